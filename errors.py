@@ -1,0 +1,46 @@
+"""Exception root of tracedep.
+
+Hierarchy::
+
+    TracedepError                 anything tracedep reports as one line
+    ├── InputError                bad input from the user: exit 2
+    │   ├── ModuleBuildError      a --module-src that is missing or does not build
+    │   └── TraceFormatError      a trace file that cannot be read
+    └── RunError                  the run itself failed: exit 3
+        ├── GuestError            the guest panicked, hung or died before tracing
+        └── QemuError             QEMU could not start or its QMP failed
+
+Exit codes are chosen only in ``tracedep.cli.main``, from ``exit_code`` here.
+"""
+
+from __future__ import annotations
+
+
+class TracedepError(Exception):
+    """Base of every error tracedep turns into one line and an exit code."""
+
+    exit_code = 3
+
+
+class InputError(TracedepError):
+    exit_code = 2
+
+
+class ModuleBuildError(InputError):
+    pass
+
+
+class TraceFormatError(InputError):
+    pass
+
+
+class RunError(TracedepError):
+    exit_code = 3
+
+
+class GuestError(RunError):
+    pass
+
+
+class QemuError(RunError):
+    pass

@@ -1,0 +1,374 @@
+"""Decode binary ftrace ring-buffer pages (``trace_pipe_raw``) into the events frame.
+
+Page layout (``events/header_page``): a u64 timestamp, a ``commit`` word whose
+low bits give the data length (bit 31: events were lost before this page; bit 30:
+their count is stored after the data), then the data.  Each record starts with a
+u32: 5-bit ``type_len`` and 27-bit time delta (0: length in the next u32;
+1–28: length/4; 29: padding; 30: time extend; 31: absolute time stamp).
+
+The walk over records is sequential by nature and is the only Python loop; all
+field extraction is done per event type on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracedep.errors import TraceFormatError
+from tracedep.tracer import control, schema
+from tracedep.tracer.ftrace_formats import (
+    EventFormat,
+    PageHeader,
+    parse_format,
+    parse_header_page,
+)
+from tracedep.tracer.probes import LOCK_FUNCS, MIGHT_SLEEP_FUNC, parse_event_name
+
+log = logging.getLogger(__name__)
+
+RB_MISSED_EVENTS = 1 << 31
+RB_MISSED_STORED = 1 << 30
+SOFTIRQ_NAMES = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",
+                 "HRTIMER", "RCU")
+# sleep_call rows for might_sleep() carry this func name, not "__cond_resched"
+MIGHT_SLEEP = "might_sleep"
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+@dataclass
+class RawRecords:
+    """Where each data record is: parallel arrays over all CPUs."""
+
+    cpu: list[int] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    off: list[int] = field(default_factory=list)  # offset of the record's payload in buf
+    length: list[int] = field(default_factory=list)
+    torn_pages: int = 0
+    missed_events: int = 0
+    missed_unknown_pages: int = 0
+
+
+def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords) -> None:
+    """Append the records of every page in ``buf`` (offsets shifted by ``base``)."""
+    psize = hp.page_size
+    dstart = hp.data_offset
+    u32 = _U32.unpack_from
+    u64 = _U64.unpack_from
+    ts_l, off_l, len_l = out.ts, out.off, out.length
+    n_before = len(ts_l)
+    prev_page_ts = 0
+    for page in range(0, len(buf) - psize + 1, psize):
+        ts = u64(buf, page)[0]
+        commit = u64(buf, page + hp.commit_offset)[0] if hp.commit_size == 8 else u32(
+            buf, page + hp.commit_offset)[0]
+        length = commit & 0x3FFFFFFF
+        if length > hp.data_size or (prev_page_ts and ts < prev_page_ts):
+            out.torn_pages += 1  # a ringbuf transport overwrote part of this page
+            continue
+        prev_page_ts = ts
+        pos = page + dstart
+        end = pos + length
+        if commit & RB_MISSED_EVENTS:
+            if commit & RB_MISSED_STORED and end + 8 <= page + psize:
+                out.missed_events += u64(buf, end)[0]
+            else:
+                out.missed_unknown_pages += 1
+        while pos < end:
+            hdr = u32(buf, pos)[0]
+            tl = hdr & 31
+            delta = hdr >> 5
+            if tl == 0:
+                rlen = u32(buf, pos + 4)[0]
+                ts += delta
+                ts_l.append(ts)
+                off_l.append(base + pos + 8)
+                len_l.append(rlen - 4)
+                pos += 4 + rlen
+            elif tl <= 28:
+                ts += delta
+                ts_l.append(ts)
+                off_l.append(base + pos + 4)
+                len_l.append(tl * 4)
+                pos += 4 + tl * 4
+            elif tl == 29:  # padding: a discarded event, or the rest of the page
+                if delta == 0:
+                    break
+                pos += 4 + u32(buf, pos + 4)[0]
+            elif tl == 30:
+                ts += (u32(buf, pos + 4)[0] << 27) | delta
+                pos += 8
+            else:  # absolute time stamp; keep the page's upper bits (59-bit field)
+                abs_ts = (u32(buf, pos + 4)[0] << 27) | delta
+                ts = (ts & ~((1 << 59) - 1)) | abs_ts
+                pos += 8
+            if pos > page + psize:
+                out.torn_pages += 1
+                break
+    out.cpu.extend([cpu] * (len(ts_l) - n_before))
+
+
+def _gather(arr: np.ndarray, offs: np.ndarray, size: int, signed: bool) -> np.ndarray:
+    if len(offs) == 0:
+        return np.zeros(0, dtype=np.int64 if signed else np.uint64)
+    idx = offs[:, None] + np.arange(size, dtype=np.int64)
+    raw = np.ascontiguousarray(arr[idx])
+    dt = {1: "i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size] if signed else {
+        1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}[size]
+    return raw.view(dt).ravel()
+
+
+def _string_at(buf: bytes, rec: int, fmt_field_off: int, data_loc: bool, reclen: int) -> str:
+    if data_loc:
+        loc = _U32.unpack_from(buf, rec + fmt_field_off)[0]
+        start, ln = rec + (loc & 0xFFFF), loc >> 16
+    else:
+        start, ln = rec + fmt_field_off, reclen - fmt_field_off
+    s = buf[start:start + ln]
+    return s.split(b"\0", 1)[0].decode("utf-8", "replace").rstrip("\n")
+
+
+@dataclass
+class Decoded:
+    events: pd.DataFrame
+    stacks: list[tuple[int, ...]]
+    counts: dict[str, int]
+    torn_pages: int
+    missed_events: int
+    total: int
+    comms: dict[int, str]
+
+
+def decode(
+    buffers: dict[int, bytes],
+    header_page: str,
+    formats: dict[str, str],
+    call_insn_size: int,
+    kprobe_irqs_off_unreliable: bool = False,
+    saved_cmdlines: str = "",
+) -> Decoded:
+    hp = parse_header_page(header_page)
+    fmts: dict[int, EventFormat] = {}
+    for name, text in formats.items():
+        f = parse_format(name, text)
+        if f is not None:
+            fmts[f.id] = f
+    recs = RawRecords()
+    chunks = []
+    base = 0
+    for cpu in sorted(buffers):
+        buf = buffers[cpu]
+        walk_pages(buf, base, cpu, hp, recs)
+        chunks.append(buf)
+        base += len(buf)
+    buf = b"".join(chunks)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    off = np.asarray(recs.off, dtype=np.int64)
+    n = len(off)
+    if n == 0:
+        return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {})
+    reclen = np.asarray(recs.length, dtype=np.int64)
+    etype = _gather(arr, off, 2, False).astype(np.int64)
+    flags = _gather(arr, off + 2, 1, False)
+    pc = _gather(arr, off + 3, 1, False)
+    pid = _gather(arr, off + 4, 4, True)
+
+    cols: dict[str, Any] = {
+        "ts_ns": np.asarray(recs.ts, dtype=np.int64),
+        "cpu": np.asarray(recs.cpu, dtype=np.int16),
+        "pid": pid.astype(np.int32),
+        "irqs_off": (flags & schema.TRACE_FLAG_IRQS_OFF) != 0,
+        "preempt_depth": (pc & 0xF).astype(np.int8),
+        "bh_off": (flags & schema.TRACE_FLAG_BH_OFF) != 0,
+        "in_hardirq": (flags & schema.TRACE_FLAG_HARDIRQ) != 0,
+        "in_softirq": (flags & schema.TRACE_FLAG_SOFTIRQ) != 0,
+        "in_nmi": (flags & schema.TRACE_FLAG_NMI) != 0,
+        "lock_addr": np.zeros(n, np.uint64),
+        "ip": np.zeros(n, np.uint64),
+        "gfp": np.zeros(n, np.uint32),
+        "ptr": np.zeros(n, np.uint64),
+        "bytes": np.zeros(n, np.int64),
+        "value": np.zeros(n, np.int64),
+        "stack_id": np.full(n, -1, np.int32),
+    }
+    kind = np.full(n, "other", dtype=object)
+    event = np.full(n, "", dtype=object)
+    lock_type = np.full(n, "", dtype=object)
+    lock_flags = np.full(n, "", dtype=object)
+    func = np.full(n, "", dtype=object)
+    keep = np.ones(n, dtype=bool)
+    comms: dict[int, str] = {}
+    for line in saved_cmdlines.splitlines():
+        p, _, c = line.strip().partition(" ")
+        if p.isdigit():
+            comms[int(p)] = c
+    stacks: list[tuple[int, ...]] = []
+    stack_rows: list[tuple[int, int]] = []  # (row of the stack record, stack id)
+    counts: dict[str, int] = {}
+
+    def fld(f: EventFormat, name: str, rows: np.ndarray, signed: bool | None = None
+            ) -> np.ndarray:
+        fd = f.fields[name]
+        return _gather(arr, off[rows] + fd.offset, fd.size,
+                       fd.signed if signed is None else signed)
+
+    for tid in np.unique(etype):
+        rows = np.nonzero(etype == tid)[0]
+        f = fmts.get(int(tid))
+        name = f.full_name if f else f"unknown/{tid}"
+        counts[name] = int(len(rows))
+        event[rows] = name
+        if f is None:
+            continue
+        ours = parse_event_name(name)
+        if ours is not None:
+            role, fn = ours
+            if kprobe_irqs_off_unreliable:
+                cols["irqs_off"][rows] = False
+            if role in ("lk", "ul"):
+                kind[rows] = "lock_acquire" if role == "lk" else "lock_release"
+                lf = LOCK_FUNCS.get(fn)
+                lock_type[rows] = lf.lock_type if lf else ""
+                lock_flags[rows] = "+".join(lf.flags) if lf else ""
+                cols["lock_addr"][rows] = fld(f, "lock", rows, False)
+                cols["ip"][rows] = fld(f, "ret", rows, False) - np.uint64(call_insn_size)
+                if "sub" in f.fields:
+                    cols["value"][rows] = fld(f, "sub", rows, True)
+            elif role == "lr":
+                kind[rows] = "lock_return"
+                lf = LOCK_FUNCS.get(fn)
+                lock_type[rows] = lf.lock_type if lf else ""
+                lock_flags[rows] = "+".join(lf.flags) if lf else ""
+                cols["value"][rows] = fld(f, "rv", rows, True)
+                cols["ip"][rows] = fld(f, "__probe_ret_ip", rows, False) - np.uint64(
+                    call_insn_size)
+            else:
+                kind[rows] = "sleep_call"
+                func[rows] = MIGHT_SLEEP if fn == MIGHT_SLEEP_FUNC else fn
+                cols["ip"][rows] = fld(f, "ret", rows, False) - np.uint64(call_insn_size)
+        elif f.system == "kmem" and "gfp_flags" in f.fields:
+            kind[rows] = "alloc"
+            cols["gfp"][rows] = fld(f, "gfp_flags", rows, False).astype(np.uint32)
+            if "ptr" in f.fields:
+                cols["ptr"][rows] = fld(f, "ptr", rows, False)
+            if "bytes_alloc" in f.fields:
+                cols["bytes"][rows] = fld(f, "bytes_alloc", rows, False).astype(np.int64)
+            elif "order" in f.fields:
+                cols["bytes"][rows] = 4096 << fld(f, "order", rows, True).astype(np.int64)
+            if "call_site" in f.fields:
+                cols["ip"][rows] = fld(f, "call_site", rows, False) - np.uint64(call_insn_size)
+            func[rows] = f.name
+        elif f.system == "kmem" and f.name in ("kfree", "kmem_cache_free"):
+            kind[rows] = "free"
+            cols["ptr"][rows] = fld(f, "ptr", rows, False)
+            cols["ip"][rows] = fld(f, "call_site", rows, False) - np.uint64(call_insn_size)
+        elif name == "sched/sched_switch":
+            kind[rows] = "sched_switch"
+            cols["value"][rows] = fld(f, "prev_state", rows, False).astype(np.int64)
+            nf = f.fields["next_comm"]
+            pf = f.fields["prev_comm"]
+            npid = fld(f, "next_pid", rows, True)
+            ppid = fld(f, "prev_pid", rows, True)
+            for r, a, b in zip(rows.tolist(), ppid.tolist(), npid.tolist(), strict=True):
+                o = int(off[r])
+                comms[a] = buf[o + pf.offset:o + pf.offset + pf.size].split(b"\0")[0].decode(
+                    "utf-8", "replace")
+                comms[b] = buf[o + nf.offset:o + nf.offset + nf.size].split(b"\0")[0].decode(
+                    "utf-8", "replace")
+        elif name in ("irq/irq_handler_entry", "irq/irq_handler_exit"):
+            kind[rows] = "irq_entry" if name.endswith("entry") else "irq_exit"
+            cols["value"][rows] = fld(f, "irq", rows, True)
+            if "name" in f.fields:
+                nf = f.fields["name"]
+                for r in rows.tolist():
+                    func[r] = _string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
+                                         int(reclen[r]))
+        elif name in ("irq/softirq_entry", "irq/softirq_exit"):
+            kind[rows] = "softirq_entry" if name.endswith("entry") else "softirq_exit"
+            vec = fld(f, "vec", rows, False).astype(np.int64)
+            cols["value"][rows] = vec
+            func[rows] = [SOFTIRQ_NAMES[v] if v < len(SOFTIRQ_NAMES) else str(v) for v in vec]
+        elif name == "module/module_load":
+            kind[rows] = "module_load"
+            nf = f.fields["name"]
+            for r in rows.tolist():
+                func[r] = _string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
+                                     int(reclen[r]))
+        elif name == "ftrace/print":
+            kind[rows] = "marker"
+            bf = f.fields["buf"]
+            for r in rows.tolist():
+                func[r] = _string_at(buf, int(off[r]), bf.offset, False, int(reclen[r]))
+        elif name == "ftrace/kernel_stack":
+            keep[rows] = False
+            sz = f.fields["size"]
+            cf = f.fields["caller"]
+            nent = fld(f, "size", rows, True)
+            for r, k in zip(rows.tolist(), nent.tolist(), strict=True):
+                o = int(off[r])
+                room = (int(reclen[r]) - cf.offset) // 8
+                k = max(0, min(int(k), room))
+                frames = struct.unpack_from(f"<{k}Q", buf, o + cf.offset)
+                stack_rows.append((r, len(stacks)))
+                stacks.append(tuple(x for x in frames if x))
+            del sz
+        elif name.startswith("timer/timer_expire") and "function" in f.fields:
+            cols["ip"][rows] = fld(f, "function", rows, False)
+    cols.update(kind=kind, event=event, lock_type=lock_type, lock_flags=lock_flags, func=func)
+    df = pd.DataFrame(cols)
+    df["comm"] = df["pid"].map(comms).fillna("<...>")
+    df.loc[df["pid"] == 0, "comm"] = "<idle>"
+    # A conditional stacktrace trigger records its stack right after the event, on
+    # the same CPU: hand the stack to the record before it.
+    if stack_rows:
+        srow = np.array([r for r, _ in stack_rows], dtype=np.int64)
+        sid = np.array([s for _, s in stack_rows], dtype=np.int32)
+        cpu_arr = cols["cpu"]
+        # records are in per-CPU order here (concatenated CPU by CPU)
+        prev = srow - 1
+        ok = (prev >= 0) & (cpu_arr[np.maximum(prev, 0)] == cpu_arr[srow]) & keep[
+            np.maximum(prev, 0)]
+        sid_col = df["stack_id"].to_numpy().copy()
+        sid_col[prev[ok]] = sid[ok]
+        df["stack_id"] = sid_col
+    df = df[keep]
+    df = df.sort_values(["ts_ns", "cpu"], kind="stable")
+    events = schema.conform(df)
+    return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events, len(events),
+                   comms)
+
+
+def read_run_buffers(run_dir: Path) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for p in sorted((run_dir / "trace").glob("cpu*.raw")):
+        out[int(p.stem[3:])] = p.read_bytes()
+    return out
+
+
+def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
+    """Decode a run directory written by ``tracer.session``."""
+    ctl = control.load(run_dir / "control.log")
+    hp = ctl.header_page()
+    if not hp:
+        raise TraceFormatError(f"{run_dir}: the guest sent no ring-buffer header "
+                               "(it died before tracing was armed)")
+    if info is None:
+        from tracedep.tracer import manifest
+
+        info = manifest.read(run_dir)
+    return decode(
+        read_run_buffers(run_dir),
+        hp,
+        ctl.formats(),
+        int(info.get("call_insn_size", 5)),
+        bool(info.get("kprobe_reports_irqs_off", False)),
+        ctl.file("/sys/kernel/tracing/saved_cmdlines") or "",
+    )

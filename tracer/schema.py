@@ -1,0 +1,154 @@
+"""The event schema: the contract between ``tracer`` (and any trace parser) and ``analysis``.
+
+Every event source (the binary ftrace decoder, the ftrace text parser, a kernel
+with lock tracepoints) produces one :class:`pandas.DataFrame` with exactly the
+columns of :data:`COLUMNS`, in that order, with those dtypes.  The frame is
+sorted by ``ts_ns`` (ties keep ring-buffer order within a CPU).
+
+Versioning (semver on the schema only): a new optional column is a minor bump;
+renaming, removing or changing the meaning of a column is a major bump and needs
+an upgrade function registered in :data:`UPGRADES` with its test.
+
+Columns
+-------
+``ts_ns``           int64   guest timestamp (ns, trace clock ``global``)
+``cpu``             int16   CPU the event was recorded on
+``pid``             int32   current task (0 = idle/swapper)
+``comm``            category task name (``<...>`` when the source did not know it)
+``irqs_off``        bool    hardirqs disabled (already calibrated per arch/probe kind)
+``preempt_depth``   int8    preemption-disable depth of the *traced code* (0–15)
+``bh_off``          bool    softirqs disabled by ``local_bh_disable`` (not serving one)
+``in_hardirq``      bool    running a hardirq handler
+``in_softirq``      bool    running a softirq handler
+``in_nmi``          bool    running an NMI handler
+``kind``            category one of :data:`KINDS`
+``event``           category the raw event name (``tracedep/lk_spin``, ``kmem/kmalloc`` …)
+``lock_addr``       uint64  lock instance address (0 when not a lock event)
+``lock_type``       category one of :data:`LOCK_TYPES` or ``""``
+``lock_flags``      category ``+``-joined subset of :data:`LOCK_FLAGS` (``"trylock+irqsave"``) or ``""``
+``ip``              uint64  call site: return address − call-instruction size (0 when unknown)
+``gfp``             uint32  GFP flags of an allocation (0 otherwise)
+``ptr``             uint64  allocated/freed object address (0 otherwise)
+``bytes``           int64   bytes allocated (``bytes_alloc``), 0 otherwise
+``func``            category for ``sleep_call``: the function that may sleep; for irq events the handler/vector name
+``value``           int64   event-specific integer: return value (``lock_return``), prev_state
+                            (``sched_switch``), irq or softirq vector number, subclass
+``stack_id``        int32   index into the run's stack table, -1 when no stack was taken
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = "1.0"
+
+KINDS = (
+    "lock_acquire",  # entry of a lock function (the lock is held once it returns)
+    "lock_return",  # return of a lock function whose outcome matters (trylock, *_interruptible)
+    "lock_release",
+    "alloc",
+    "free",
+    "sleep_call",  # entry of a function that may sleep (catalog, might_sleep via __cond_resched)
+    "sched_switch",
+    "irq_entry",
+    "irq_exit",
+    "softirq_entry",
+    "softirq_exit",
+    "module_load",
+    "marker",  # trace_marker writes from the guest's init (workload phases)
+    "other",
+)
+
+LOCK_TYPES = (
+    "spinlock",
+    "rwlock-r",
+    "rwlock-w",
+    "mutex",
+    "rwsem-r",
+    "rwsem-w",
+    "semaphore",
+)
+
+LOCK_FLAGS = ("trylock", "irqsave", "irq", "bh", "nested", "interruptible", "killable")
+
+COLUMNS: dict[str, str] = {
+    "ts_ns": "int64",
+    "cpu": "int16",
+    "pid": "int32",
+    "comm": "category",
+    "irqs_off": "bool",
+    "preempt_depth": "int8",
+    "bh_off": "bool",
+    "in_hardirq": "bool",
+    "in_softirq": "bool",
+    "in_nmi": "bool",
+    "kind": "category",
+    "event": "category",
+    "lock_addr": "uint64",
+    "lock_type": "category",
+    "lock_flags": "category",
+    "ip": "uint64",
+    "gfp": "uint32",
+    "ptr": "uint64",
+    "bytes": "int64",
+    "func": "category",
+    "value": "int64",
+    "stack_id": "int32",
+}
+
+# ftrace record header flag bits (kernel/trace/trace.h, enum trace_flag_type)
+TRACE_FLAG_IRQS_OFF = 0x01
+TRACE_FLAG_IRQS_NOSUPPORT = 0x02
+TRACE_FLAG_NEED_RESCHED = 0x04
+TRACE_FLAG_HARDIRQ = 0x08
+TRACE_FLAG_SOFTIRQ = 0x10
+TRACE_FLAG_PREEMPT_RESCHED = 0x20
+TRACE_FLAG_NMI = 0x40
+TRACE_FLAG_BH_OFF = 0x80
+
+Upgrade = Callable[[pd.DataFrame], pd.DataFrame]
+UPGRADES: dict[str, tuple[str, Upgrade]] = {}
+"""``{from_major: (to_version, function)}``; empty while the schema is at 1.x."""
+
+
+def empty() -> pd.DataFrame:
+    """An empty events frame with the schema's columns and dtypes."""
+    return conform(pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS}))
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Fix column order and dtypes in one place; missing optional values get defaults."""
+    out = {}
+    n = len(df)
+    for col, dtype in COLUMNS.items():
+        if col in df.columns:
+            s = df[col]
+        elif dtype == "category":
+            s = pd.Series([""] * n, index=df.index)
+        elif dtype == "bool":
+            s = pd.Series(np.zeros(n, dtype=bool), index=df.index)
+        elif col == "stack_id":
+            s = pd.Series(np.full(n, -1, dtype=np.int32), index=df.index)
+        else:
+            s = pd.Series(np.zeros(n, dtype=dtype), index=df.index)
+        if dtype == "category":
+            out[col] = s.astype("string").fillna("").astype("category")
+        else:
+            out[col] = s.astype(dtype)
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def validate(df: pd.DataFrame) -> None:
+    """Raise ``ValueError`` if ``df`` breaks the contract (columns, dtypes, kinds)."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"events frame lacks columns {missing}")
+    for col, dtype in COLUMNS.items():
+        if str(df[col].dtype) != dtype:
+            raise ValueError(f"column {col} has dtype {df[col].dtype}, expected {dtype}")
+    bad = set(df["kind"].astype(str).unique()) - set(KINDS)
+    if bad:
+        raise ValueError(f"unknown event kinds {sorted(bad)}")

@@ -1,0 +1,337 @@
+"""One traced boot: build the guest, run it under QEMU, bring the trace home, write the run directory.
+
+Run directory layout::
+
+    manifest.json         see tracer.manifest; rewritten as the run progresses
+    trace/cpuN.raw        binary ftrace pages of CPU N, as trace_pipe_raw gave them
+    control.log           the guest's control channel (formats, modules, stats …)
+    console.log           the guest's serial console
+    qemu.log              QEMU's own output
+    initramfs.cpio.gz     the exact guest that ran (kept: it is small)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import logging
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracedep import __version__
+from tracedep.errors import GuestError, InputError, RunError
+from tracedep.tracer import control, manifest
+from tracedep.tracer.channels import Sink, open_sink
+from tracedep.tracer.probes import (
+    TRACEPOINTS,
+    Discovery,
+    probe_definitions,
+    stack_triggers,
+)
+from tracedep.tracer.qemu import END_POWEROFF, Vm, VmSpec
+from tracedep.vm.accel import choose_accel
+from tracedep.vm.initramfs import GuestConfig, build_initramfs
+from tracedep.vm.kernel import Kernel, cache_root, fetch_debian_kernel
+from tracedep.vm.machines import Machine, machine_for
+from tracedep.vm.modules import BuiltModule, build_modules, bundled_driver_dirs
+
+log = logging.getLogger(__name__)
+
+BOOT_ARGS = (
+    # no_hash_pointers: kmalloc's ptr would print as (____ptrval____) otherwise;
+    # preempt=voluntary: might_sleep() then calls __cond_resched, our catch-all probe
+    "panic=-1 no_hash_pointers preempt=voluntary quiet loglevel=4 tsc=reliable"
+)
+
+
+@dataclass
+class TraceOptions:
+    out: Path
+    arch: str = "x86_64"
+    abi: str | None = None
+    kernel: Kernel | None = None  # a user kernel instead of Debian's
+    module_srcs: list[Path] = field(default_factory=list)
+    workload: Path | None = None
+    timeout: float = 300.0
+    transport: str = "socket"
+    smp: int = 2
+    mem_mb: int = 1024
+    accel: str = "auto"
+    buffer_kb: int = 16384
+    settle_s: float = 0.5
+
+
+@dataclass
+class TraceResult:
+    run_dir: Path
+    ending: str
+    manifest: dict[str, Any]
+
+
+def boot_args(machine: Machine) -> str:
+    return f"console={machine.console} {BOOT_ARGS} {machine.extra_append}".strip()
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"--out {out} is not empty; tracedep never overwrites a run")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trace").mkdir()
+
+
+async def _boot(spec: VmSpec, ports: list[tuple[str, Path]], transport: str, timeout: float,
+                on_start: Any = None) -> tuple[str, str, dict[str, Any]]:
+    """Boot, stream ``ports`` to files, wait for the end; return (ending, detail, timings)."""
+    t0 = time.monotonic()
+    timings: dict[str, Any] = {}
+    sinks: list[Sink] = []
+    async with Vm(spec) as vm:
+        if on_start:
+            on_start(vm)
+        for name, path in ports:
+            sinks.append(await open_sink(vm, transport, name, path))
+        await vm.cont()
+        t_cont = time.monotonic()
+        ending = await vm.wait_end(timeout)
+        # -no-shutdown keeps QEMU alive after the guest stops: drain what is in flight
+        for s in sinks:
+            await s.drain(idle=0.3, limit=10)
+        timings["qemu_command"] = shlex.join(vm.cmdline)
+        timings["qmp_events"] = vm.events
+        for s in sinks:
+            await s.close()
+        firsts = [s.first_byte_at for s in sinks[1:] if s.first_byte_at]
+        timings["boot_to_first_event_s"] = round(min(firsts) - t_cont, 3) if firsts else None
+        timings["bytes"] = {s.name: s.nbytes for s in sinks}
+    timings["wall_s"] = round(time.monotonic() - t0, 3)
+    return ending.how, ending.detail, timings
+
+
+def _discovery_key(kernel: Kernel) -> str:
+    h = hashlib.sha256()
+    with open(kernel.image, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
+    """What this kernel can probe; one boot per kernel image, cached."""
+    key = _discovery_key(kernel)
+    cdir = cache_root() / "discovery" / f"{kernel.release or 'kernel'}-{key}"
+    cfile = cdir / "discovery.json"
+    if cfile.is_file():
+        d = json.loads(cfile.read_text())
+        return Discovery(frozenset(d["functions"]), frozenset(d["traceable"]),
+                         frozenset(d["blacklist"]), tuple(d["sched_text"]))
+    cdir.mkdir(parents=True, exist_ok=True)
+    initrd = build_initramfs(machine, kernel, [], GuestConfig(mode="discover"),
+                             cdir / "initramfs.cpio.gz")
+    spec = VmSpec(machine, kernel.image, initrd, boot_args(machine), cdir, accel=accel)
+    how, detail, _ = asyncio.run(_boot(spec, [("tracedep.ctl", cdir / "control.log")],
+                                       "socket", 180))
+    ctl = control.load(cdir / "control.log")
+    if "discover" not in ctl.done:
+        raise RunError(f"discovery boot of {kernel.image} did not finish ({how} {detail}); "
+                       f"see {cdir / 'console.log'}")
+    kallsyms = ctl.file("/proc/kallsyms") or ""
+    funcs: list[tuple[int, str]] = []
+    for line in kallsyms.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            funcs.append((int(parts[0], 16), parts[2]))
+    funcs.sort()
+    addr = {n: a for a, n in funcs}
+    lo, hi = addr.get("__sched_text_start"), addr.get("__sched_text_end")
+    sched = [n for a, n in funcs if lo is not None and hi is not None and lo <= a < hi]
+    traceable = {ln.split()[0] for ln in (ctl.file(
+        "/sys/kernel/tracing/available_filter_functions") or "").splitlines() if ln.strip()}
+    blacklist: set[str] = set()
+    for ln in (ctl.file("/sys/kernel/debug/kprobes/blacklist") or "").splitlines():
+        parts = ln.split()
+        if len(parts) >= 2:
+            blacklist.add(parts[-1])
+    data = {"functions": sorted({n for _, n in funcs}), "traceable": sorted(traceable),
+            "blacklist": sorted(blacklist), "sched_text": sched}
+    with gzip.open(cdir / "kallsyms.gz", "wt") as fh:
+        fh.write(kallsyms)
+    tmp = cfile.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(cfile)
+    return discover(machine, kernel, accel)
+
+
+def _modules_record(built: list[BuiltModule], ctl: control.Control) -> list[dict[str, Any]]:
+    loaded = ctl.modules()
+    out = []
+    for m in built:
+        info = loaded.get(m.name)
+        out.append({
+            "name": m.name,
+            "src_dir": str(m.src_dir),
+            "ko": str(m.ko),
+            "build_dir": str(m.build_dir),
+            "loaded": info is not None,
+            "base": info.base if info else None,
+            "size": info.size if info else None,
+            "sections": info.sections if info else {},
+        })
+    return out
+
+
+def trace(opts: TraceOptions) -> TraceResult:
+    """Run one traced boot into ``opts.out``; raise after recording if the run failed."""
+    machine = machine_for(opts.arch)
+    if opts.timeout <= 0:
+        raise InputError("--timeout must be positive")
+    if opts.workload is not None and not opts.workload.is_file():
+        raise InputError(f"--workload {opts.workload}: no such file")
+    for src in opts.module_srcs:
+        if not src.is_dir():
+            raise InputError(f"--module-src {src}: no such directory")
+    _prepare_out(opts.out)
+    t_start = time.time()
+    info: dict[str, Any] = {
+        "state": "preparing",
+        "tracedep_version": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+        "arch": machine.arch,
+        "transport": opts.transport,
+        "timeout_s": opts.timeout,
+    }
+    manifest.write(opts.out, info)
+    try:
+        return _trace(opts, machine, info)
+    except BaseException as e:
+        info["state"] = "failed"
+        info["error"] = str(e) or type(e).__name__
+        manifest.write(opts.out, info)
+        raise
+
+
+def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceResult:
+    out = opts.out
+    kernel = opts.kernel or fetch_debian_kernel(machine, opts.abi)
+    info["kernel"] = {"release": kernel.release, "abi": kernel.abi,
+                      "package_version": kernel.package_version, "image": str(kernel.image),
+                      "build_dir": str(kernel.build_dir) if kernel.build_dir else None,
+                      "vmlinux": str(kernel.vmlinux) if kernel.vmlinux else None,
+                      "flavour": machine.flavour}
+    srcs = opts.module_srcs or bundled_driver_dirs()
+    info["bundled_drivers"] = not opts.module_srcs
+    built = build_modules(srcs, kernel, machine)
+    info["modules"] = [{"name": m.name, "src_dir": str(m.src_dir), "ko": str(m.ko)}
+                       for m in built]
+    manifest.write(out, info)
+
+    accel = choose_accel(machine, kernel.image, opts.accel)
+    disc = discover(machine, kernel, accel)
+    defs = probe_definitions(machine, disc)
+    workload = opts.workload.read_text() if opts.workload else None
+    cfg = GuestConfig(
+        kprobes=[d.definition for d in defs],
+        events=list(TRACEPOINTS),
+        stack_triggers=stack_triggers(defs),
+        buffer_kb=opts.buffer_kb,
+        settle_s=opts.settle_s,
+        workload=workload,
+    )
+    initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz")
+    info["workload"] = {"script": str(opts.workload) if opts.workload else "default"}
+    info["probes"] = {"defined": len(defs), "definitions": [d.definition for d in defs]}
+    spec = VmSpec(machine, kernel.image, initrd, boot_args(machine), out, smp=opts.smp,
+                  mem_mb=opts.mem_mb, accel=accel)
+    info["qemu"] = {"accel": accel, "smp": opts.smp, "mem_mb": opts.mem_mb,
+                    "append": spec.append}
+    info["state"] = "running"
+    manifest.write(out, info)
+
+    ports = [("tracedep.ctl", out / "control.log")]
+    ports += [(f"tracedep.cpu{n}", out / "trace" / f"cpu{n}.raw") for n in range(opts.smp)]
+
+    def record_cmdline(vm: Vm) -> None:
+        info["qemu"]["command"] = shlex.join(vm.spec.command(vm.qmp_path))
+        manifest.write(out, info)
+
+    how, detail, timings = asyncio.run(_boot(spec, ports, opts.transport, opts.timeout,
+                                             on_start=record_cmdline))
+    info["qemu"]["command"] = timings.pop("qemu_command", info["qemu"].get("command"))
+    info["qemu"]["events"] = timings.pop("qmp_events", [])
+    info["timing"] = timings
+    info["ending"] = {"how": how, "detail": detail}
+    finish_manifest(out, info, built, machine)
+    info["state"] = "complete" if info["trace_complete"] else "incomplete"
+    manifest.write(out, info)
+    if how != END_POWEROFF:
+        raise GuestError(f"guest {how}: {detail or 'see console.log'}; "
+                         f"partial trace kept in {out}")
+    if not info["trace_complete"]:
+        raise GuestError(f"guest powered off before the trace was complete; see "
+                         f"{out / 'console.log'}")
+    return TraceResult(out, how, info)
+
+
+def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
+                    machine: Machine) -> None:
+    """Fill the manifest from what the guest sent and from the trace itself."""
+    ctl = control.load(out / "control.log")
+    hello = ctl.keyvals("hello")
+    info["guest"] = {"release": hello.get("release"), "cmdline": hello.get("cmdline"),
+                     "ncpus": int(hello["ncpus"]) if hello.get("ncpus") else None,
+                     "boot_uptime_s": _float(hello.get("uptime"))}
+    start = ctl.keyvals("start")
+    wl = ctl.keyvals("workload")
+    info.setdefault("workload", {})
+    info["workload"].update({"rc": int(wl["rc"]) if "rc" in wl else None,
+                             "start_uptime_s": _float(start.get("uptime")),
+                             "end_uptime_s": _float(wl.get("uptime"))})
+    kas = ctl.kaslr_text()
+    info["kaslr"] = {"symbol": kas[1], "runtime": kas[0]} if kas else None
+    info["modules"] = _modules_record(built, ctl)
+    info["other_modules"] = {n: asdict(m) for n, m in ctl.modules().items()
+                             if n not in {b.name for b in built}}
+    info["probes"]["failed"] = ctl.probe_failures()
+    info["events_enabled"] = ctl.event_status()
+    stats = ctl.cpu_stats()
+    info["trace_complete"] = "trace" in ctl.done
+    lost: dict[str, Any] = {
+        "ftrace_overrun": int(sum(s.get("overrun", 0) for s in stats.values())),
+        "ftrace_commit_overrun": int(sum(s.get("commit_overrun", 0) for s in stats.values())),
+        "ftrace_dropped": int(sum(s.get("dropped_events", 0) for s in stats.values())),
+        "per_cpu": stats,
+        "guest_stats_missing": not stats,
+    }
+    info["lost"] = lost
+    info["call_insn_size"] = machine.call_insn_size
+    info["kprobe_reports_irqs_off"] = machine.kprobe_reports_irqs_off
+    try:
+        from tracedep.tracer.ftrace_binary import decode_run
+
+        decoded = decode_run(out, info)
+        info["event_counts"] = decoded.counts
+        lost["decoder_torn_pages"] = decoded.torn_pages
+        lost["ring_buffer_missed"] = decoded.missed_events
+        read_total = int(sum(s.get("read_events", 0) for s in stats.values()))
+        lost["read_events_guest"] = read_total
+        lost["decoded_events"] = decoded.total
+    except Exception as e:  # the manifest must still be written
+        log.warning("decoding the trace failed: %s", e)
+        info["decode_error"] = str(e)
+    total_lost = sum(int(lost.get(k, 0) or 0) for k in (
+        "ftrace_overrun", "ftrace_dropped", "ring_buffer_missed", "decoder_torn_pages"))
+    lost["total"] = total_lost
+    lost["truncated"] = not info["trace_complete"]
+
+
+def _float(v: str | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None

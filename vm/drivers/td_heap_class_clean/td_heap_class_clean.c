@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * td_heap_class_clean - tracedep example driver, clean twin of td_heap_class_bug.
+ *
+ * A toy DMA engine with two channels.  Each channel is a separately
+ * kmalloc'd struct td_chan (all allocated by td_chan_create()) holding two
+ * spinlocks: state_lock (channel state machine) and fifo_lock (descriptor
+ * FIFO).  A work item starts channel 0 and drains channel 1, a few times.
+ *
+ * Same work as td_heap_class_bug, done correctly: td_chan_start() and
+ * td_chan_drain() both take ->state_lock before ->fifo_lock, so the two lock
+ * classes are always nested the same way.  Expected findings: none.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/jiffies.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/workqueue.h>
+
+#define TD_NR_CHANS		2
+#define TD_CHAN_ROUNDS		4
+#define TD_CHAN_FIFO_DEPTH	16
+#define TD_CHAN_TIMEOUT_MS	5000
+
+enum td_chan_state {
+	TD_CHAN_IDLE,
+	TD_CHAN_RUNNING,
+};
+
+struct td_chan {
+	unsigned int id;
+	spinlock_t state_lock;		/* protects state, starts */
+	enum td_chan_state state;
+	unsigned int starts;
+
+	spinlock_t fifo_lock;		/* protects the descriptor FIFO */
+	unsigned int fifo_head;
+	unsigned int fifo_tail;
+	u32 fifo[TD_CHAN_FIFO_DEPTH];
+};
+
+struct td_dma {
+	struct td_chan *chans[TD_NR_CHANS];
+	unsigned int drained;
+
+	struct work_struct run_work;
+	struct completion run_done;
+};
+
+static struct td_dma *td_dma;
+
+static struct td_chan *td_chan_create(unsigned int id)
+{
+	struct td_chan *c;
+
+	c = kzalloc(sizeof(*c), GFP_KERNEL);
+	if (!c)
+		return NULL;
+	c->id = id;
+	spin_lock_init(&c->state_lock);
+	spin_lock_init(&c->fifo_lock);
+	c->state = TD_CHAN_IDLE;
+	return c;
+}
+
+/* Start the channel and post one descriptor: state_lock -> fifo_lock. */
+static void td_chan_start(struct td_chan *c, u32 desc)
+{
+	spin_lock(&c->state_lock);
+	c->state = TD_CHAN_RUNNING;
+	c->starts++;
+	spin_lock(&c->fifo_lock);
+	c->fifo[c->fifo_head++ % TD_CHAN_FIFO_DEPTH] = desc;
+	spin_unlock(&c->fifo_lock);
+	spin_unlock(&c->state_lock);
+}
+
+/* Drain the FIFO and idle the channel; returns the descriptors drained. */
+static unsigned int td_chan_drain(struct td_chan *c)
+{
+	unsigned int n;
+
+	/* state_lock -> fifo_lock, as in td_chan_start(). */
+	spin_lock(&c->state_lock);
+	spin_lock(&c->fifo_lock);
+	n = c->fifo_head - c->fifo_tail;
+	c->fifo_tail = c->fifo_head;
+	spin_unlock(&c->fifo_lock);
+	c->state = TD_CHAN_IDLE;
+	spin_unlock(&c->state_lock);
+
+	return n;
+}
+
+static void td_dma_run_work(struct work_struct *work)
+{
+	struct td_dma *dma = container_of(work, struct td_dma, run_work);
+	int i;
+
+	for (i = 0; i < TD_CHAN_ROUNDS; i++) {
+		td_chan_start(dma->chans[0], 0x1000 + i);
+		dma->drained += td_chan_drain(dma->chans[1]);
+	}
+	complete(&dma->run_done);
+}
+
+static void td_dma_free(struct td_dma *dma)
+{
+	int i;
+
+	for (i = 0; i < TD_NR_CHANS; i++)
+		kfree(dma->chans[i]);
+	kfree(dma);
+}
+
+static int __init td_heap_class_clean_init(void)
+{
+	struct td_dma *dma;
+	int i;
+
+	dma = kzalloc(sizeof(*dma), GFP_KERNEL);
+	if (!dma)
+		return -ENOMEM;
+	for (i = 0; i < TD_NR_CHANS; i++) {
+		dma->chans[i] = td_chan_create(i);
+		if (!dma->chans[i]) {
+			td_dma_free(dma);
+			return -ENOMEM;
+		}
+	}
+	INIT_WORK(&dma->run_work, td_dma_run_work);
+	init_completion(&dma->run_done);
+
+	schedule_work(&dma->run_work);
+	if (!wait_for_completion_timeout(&dma->run_done,
+					 msecs_to_jiffies(TD_CHAN_TIMEOUT_MS))) {
+		pr_err("run work did not finish\n");
+		cancel_work_sync(&dma->run_work);
+		td_dma_free(dma);
+		return -ETIMEDOUT;
+	}
+	flush_work(&dma->run_work);
+
+	td_dma = dma;
+	pr_info("scenario complete: chan0 started %u times, chan1 drained %u\n",
+		dma->chans[0]->starts, dma->drained);
+	return 0;
+}
+
+static void __exit td_heap_class_clean_exit(void)
+{
+	cancel_work_sync(&td_dma->run_work);
+	td_dma_free(td_dma);
+}
+
+module_init(td_heap_class_clean_init);
+module_exit(td_heap_class_clean_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("tracedep example: consistent lock-class order across heap instances (clean twin)");

@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * td_irq_dep_bug - tracedep example driver with one planted bug.
+ *
+ * A toy DMA device: its "interrupt handler" (an hrtimer in
+ * HRTIMER_MODE_REL_HARD, so hardirq context) advances the hardware head under
+ * dd->irq_lock.  Process context copies the head into a mapping table
+ * protected by the static td_dma_map_lock, nesting it inside dd->irq_lock, and
+ * a garbage-collection pass cleans the mapping table on its own.
+ *
+ * PLANTED BUG (irq-lock-inversion, lockdep's "HARDIRQ-safe -> HARDIRQ-unsafe
+ * lock order" / "possible irq lock inversion dependency"):
+ *   - dd->irq_lock is HARDIRQ-safe (taken in td_dma_irq_fn);
+ *   - td_dma_map_update() takes td_dma_map_lock inside dd->irq_lock
+ *     (irqsave), creating the dependency irq_lock -> td_dma_map_lock;
+ *   - td_dma_map_gc() takes td_dma_map_lock with plain spin_lock() and
+ *     interrupts enabled, making it HARDIRQ-unsafe.
+ * CPU0 in td_dma_map_gc() holds the map lock and is interrupted, the handler
+ * spins on irq_lock, which CPU1 holds in td_dma_map_update() while it spins
+ * on the map lock: deadlock.  Here each round lets the timer finish and
+ * cancels it before touching either lock, so nothing hangs.
+ *
+ * Clean twin: td_irq_dep_clean (td_dma_map_gc() uses spin_lock_irqsave()).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/hrtimer.h>
+#include <linux/jiffies.h>
+#include <linux/ktime.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+
+#define TD_DMA_ROUNDS		4
+#define TD_DMA_MAP_SLOTS	8
+#define TD_DMA_IRQ_DELAY_NS	(200 * NSEC_PER_USEC)
+#define TD_DMA_TIMEOUT_MS	5000
+
+/* Mapping table shared by all td_dma devices. */
+static DEFINE_SPINLOCK(td_dma_map_lock);
+static u32 td_dma_map[TD_DMA_MAP_SLOTS];
+static unsigned int td_dma_map_used;
+
+struct td_dma_dev {
+	spinlock_t irq_lock;		/* protects hw_head; taken in hardirq */
+	u32 hw_head;
+	unsigned int irqs;
+
+	struct hrtimer irq_timer;	/* stands in for the device interrupt */
+	struct completion irq_seen;
+};
+
+static struct td_dma_dev *td_dma_dev;
+
+static enum hrtimer_restart td_dma_irq_fn(struct hrtimer *t)
+{
+	struct td_dma_dev *dd = container_of(t, struct td_dma_dev, irq_timer);
+
+	spin_lock(&dd->irq_lock);
+	dd->hw_head += 4;
+	dd->irqs++;
+	spin_unlock(&dd->irq_lock);
+
+	complete(&dd->irq_seen);
+	return HRTIMER_NORESTART;
+}
+
+/* Publish the current hardware head in the mapping table. */
+static void td_dma_map_update(struct td_dma_dev *dd, unsigned int slot)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&dd->irq_lock, flags);
+	spin_lock(&td_dma_map_lock);
+	td_dma_map[slot % TD_DMA_MAP_SLOTS] = dd->hw_head;
+	td_dma_map_used++;
+	spin_unlock(&td_dma_map_lock);
+	spin_unlock_irqrestore(&dd->irq_lock, flags);
+}
+
+/* Drop mappings older than @keep; returns how many were dropped. */
+static unsigned int td_dma_map_gc(u32 keep)
+{
+	unsigned int i, dropped = 0;
+
+	/* BUG: td_dma_map_lock nests inside a hardirq-safe lock; IRQs must be off. */
+	spin_lock(&td_dma_map_lock);
+	for (i = 0; i < TD_DMA_MAP_SLOTS; i++) {
+		if (td_dma_map[i] && td_dma_map[i] < keep) {
+			td_dma_map[i] = 0;
+			dropped++;
+		}
+	}
+	td_dma_map_used -= min(dropped, td_dma_map_used);
+	spin_unlock(&td_dma_map_lock);
+
+	return dropped;
+}
+
+static int __init td_irq_dep_bug_init(void)
+{
+	struct td_dma_dev *dd;
+	unsigned int dropped = 0;
+	int i;
+
+	dd = kzalloc(sizeof(*dd), GFP_KERNEL);
+	if (!dd)
+		return -ENOMEM;
+	spin_lock_init(&dd->irq_lock);
+	init_completion(&dd->irq_seen);
+	hrtimer_init(&dd->irq_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_HARD);
+	dd->irq_timer.function = td_dma_irq_fn;
+
+	for (i = 0; i < TD_DMA_ROUNDS; i++) {
+		hrtimer_start(&dd->irq_timer, ns_to_ktime(TD_DMA_IRQ_DELAY_NS),
+			      HRTIMER_MODE_REL_HARD);
+		if (!wait_for_completion_timeout(&dd->irq_seen,
+						 msecs_to_jiffies(TD_DMA_TIMEOUT_MS))) {
+			pr_err("interrupt timer did not fire\n");
+			hrtimer_cancel(&dd->irq_timer);
+			kfree(dd);
+			return -ETIMEDOUT;
+		}
+		/* The callback may still be returning: wait for it. */
+		hrtimer_cancel(&dd->irq_timer);
+		td_dma_map_update(dd, i);
+		dropped += td_dma_map_gc(dd->hw_head);
+	}
+
+	td_dma_dev = dd;
+	pr_info("scenario complete: %u interrupts, %u mappings dropped\n",
+		dd->irqs, dropped);
+	return 0;
+}
+
+static void __exit td_irq_dep_bug_exit(void)
+{
+	hrtimer_cancel(&td_dma_dev->irq_timer);
+	kfree(td_dma_dev);
+}
+
+module_init(td_irq_dep_bug_init);
+module_exit(td_irq_dep_bug_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("tracedep example: HARDIRQ-safe -> HARDIRQ-unsafe lock order (planted bug)");

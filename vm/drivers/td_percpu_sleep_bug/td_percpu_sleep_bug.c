@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * td_percpu_sleep_bug - tracedep example driver with one planted bug.
+ *
+ * A toy per-CPU scratch-buffer cache: each CPU has a slot holding a scratch
+ * buffer, and a refill work item replaces the local CPU's buffer with a fresh
+ * one a few times.  The slot is pinned with get_cpu()/put_cpu(), as drivers
+ * doing per-CPU work do.
+ *
+ * PLANTED BUG (sleep-in-atomic, preemption disabled, no lock held):
+ * td_pcpu_refill_local() calls kmalloc(GFP_KERNEL) between get_cpu() and
+ * put_cpu().  GFP_KERNEL may sleep; preemption is disabled.  Here the
+ * allocation is small and memory is plentiful, so it never sleeps.
+ *
+ * Clean twin: td_percpu_sleep_clean (allocate before get_cpu()).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/jiffies.h>
+#include <linux/module.h>
+#include <linux/percpu.h>
+#include <linux/slab.h>
+#include <linux/smp.h>
+#include <linux/workqueue.h>
+
+#define TD_PCPU_ROUNDS		4
+#define TD_PCPU_SCRATCH_SIZE	256
+#define TD_PCPU_TIMEOUT_MS	5000
+
+struct td_pcpu_slot {
+	void *scratch;
+	unsigned int refills;
+};
+
+struct td_pcpu_cache {
+	struct td_pcpu_slot __percpu *slots;
+	unsigned int refills;
+
+	struct work_struct refill_work;
+	struct completion refilled;
+};
+
+static struct td_pcpu_cache *td_pcpu_cache;
+
+/* Replace this CPU's scratch buffer; returns 0 or -ENOMEM. */
+static int td_pcpu_refill_local(struct td_pcpu_cache *pc)
+{
+	struct td_pcpu_slot *slot;
+	void *buf, *old;
+
+	slot = per_cpu_ptr(pc->slots, get_cpu());
+	/* BUG: GFP_KERNEL may sleep, but get_cpu() disabled preemption. */
+	buf = kmalloc(TD_PCPU_SCRATCH_SIZE, GFP_KERNEL);
+	if (!buf) {
+		put_cpu();
+		return -ENOMEM;
+	}
+	old = slot->scratch;
+	slot->scratch = buf;
+	slot->refills++;
+	put_cpu();
+
+	kfree(old);
+	return 0;
+}
+
+static void td_pcpu_refill_work(struct work_struct *work)
+{
+	struct td_pcpu_cache *pc = container_of(work, struct td_pcpu_cache, refill_work);
+	int i;
+
+	for (i = 0; i < TD_PCPU_ROUNDS; i++)
+		if (!td_pcpu_refill_local(pc))
+			pc->refills++;
+
+	complete(&pc->refilled);
+}
+
+static void td_pcpu_cache_free(struct td_pcpu_cache *pc)
+{
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		kfree(per_cpu_ptr(pc->slots, cpu)->scratch);
+	free_percpu(pc->slots);
+	kfree(pc);
+}
+
+static int __init td_percpu_sleep_bug_init(void)
+{
+	struct td_pcpu_cache *pc;
+
+	pc = kzalloc(sizeof(*pc), GFP_KERNEL);
+	if (!pc)
+		return -ENOMEM;
+	pc->slots = alloc_percpu(struct td_pcpu_slot);
+	if (!pc->slots) {
+		kfree(pc);
+		return -ENOMEM;
+	}
+	INIT_WORK(&pc->refill_work, td_pcpu_refill_work);
+	init_completion(&pc->refilled);
+
+	schedule_work(&pc->refill_work);
+	if (!wait_for_completion_timeout(&pc->refilled,
+					 msecs_to_jiffies(TD_PCPU_TIMEOUT_MS))) {
+		pr_err("refill work did not finish\n");
+		cancel_work_sync(&pc->refill_work);
+		td_pcpu_cache_free(pc);
+		return -ETIMEDOUT;
+	}
+	flush_work(&pc->refill_work);
+
+	td_pcpu_cache = pc;
+	pr_info("scenario complete: %u refills\n", pc->refills);
+	return 0;
+}
+
+static void __exit td_percpu_sleep_bug_exit(void)
+{
+	cancel_work_sync(&td_pcpu_cache->refill_work);
+	td_pcpu_cache_free(td_pcpu_cache);
+}
+
+module_init(td_percpu_sleep_bug_init);
+module_exit(td_percpu_sleep_bug_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("tracedep example: GFP_KERNEL allocation with preemption disabled (planted bug)");

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * td_wait_spin_bug - tracedep example driver with one planted bug.
+ *
+ * A toy device that must not be sent commands before its firmware is up: a
+ * firmware-load work item signals fw->fw_ready with complete_all(), and the
+ * command path waits for that completion.  Module init loads the firmware,
+ * then sends a few commands.
+ *
+ * PLANTED BUG (sleep-in-atomic, spinlock): td_fw_send_cmd() calls
+ * wait_for_completion(&fw->fw_ready) while holding fw->lock.  If the
+ * firmware were not ready yet, it would sleep with a spinlock held.  Here the
+ * completion is always already done (init waits for it first, outside the
+ * lock), so wait_for_completion() returns at once and nothing hangs.
+ *
+ * Clean twin: td_wait_spin_clean (waits before taking the lock).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/jiffies.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/workqueue.h>
+
+#define TD_FW_CMDS		4
+#define TD_FW_TIMEOUT_MS	5000
+
+struct td_fw_dev {
+	spinlock_t lock;		/* protects cmd_seq, cmds_sent */
+	u32 cmd_seq;
+	unsigned int cmds_sent;
+	u32 fw_version;
+
+	struct work_struct fw_load_work;
+	struct completion fw_ready;	/* complete_all() once loaded */
+};
+
+static struct td_fw_dev *td_fw_dev;
+
+static void td_fw_load_work(struct work_struct *work)
+{
+	struct td_fw_dev *fw = container_of(work, struct td_fw_dev, fw_load_work);
+
+	fw->fw_version = 0x20240101;
+	complete_all(&fw->fw_ready);
+}
+
+static u32 td_fw_send_cmd(struct td_fw_dev *fw, u32 opcode)
+{
+	u32 seq;
+
+	spin_lock(&fw->lock);
+	/* BUG: wait_for_completion() may sleep, but fw->lock is a spinlock. */
+	wait_for_completion(&fw->fw_ready);
+	seq = ++fw->cmd_seq;
+	fw->cmds_sent++;
+	spin_unlock(&fw->lock);
+
+	return seq ^ opcode;
+}
+
+static int __init td_wait_spin_bug_init(void)
+{
+	struct td_fw_dev *fw;
+	u32 tag = 0;
+	int i;
+
+	fw = kzalloc(sizeof(*fw), GFP_KERNEL);
+	if (!fw)
+		return -ENOMEM;
+	spin_lock_init(&fw->lock);
+	INIT_WORK(&fw->fw_load_work, td_fw_load_work);
+	init_completion(&fw->fw_ready);
+
+	schedule_work(&fw->fw_load_work);
+	if (!wait_for_completion_timeout(&fw->fw_ready,
+					 msecs_to_jiffies(TD_FW_TIMEOUT_MS))) {
+		pr_err("firmware load did not finish\n");
+		cancel_work_sync(&fw->fw_load_work);
+		kfree(fw);
+		return -ETIMEDOUT;
+	}
+	flush_work(&fw->fw_load_work);
+
+	for (i = 0; i < TD_FW_CMDS; i++)
+		tag ^= td_fw_send_cmd(fw, 0x10 + i);
+
+	td_fw_dev = fw;
+	pr_info("scenario complete: fw %#x, %u commands, tag %#x\n",
+		fw->fw_version, fw->cmds_sent, tag);
+	return 0;
+}
+
+static void __exit td_wait_spin_bug_exit(void)
+{
+	cancel_work_sync(&td_fw_dev->fw_load_work);
+	kfree(td_fw_dev);
+}
+
+module_init(td_wait_spin_bug_init);
+module_exit(td_wait_spin_bug_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("tracedep example: wait_for_completion under a spinlock (planted bug)");

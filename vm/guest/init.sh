@@ -1,0 +1,203 @@
+#!/bin/sh
+# tracedep guest init (busybox sh).  Arms tracing, runs the workload, streams the
+# trace to the host over virtio-serial ports and powers off.
+#
+# Everything the host needs to know is written to the control port as framed
+# blocks: "@@TD <tag> [args]" ... "@@TD end <tag>".  Trace data never goes through
+# this script: tdpump moves each CPU's binary ring buffer to its own port.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+/bin/busybox --install -s /bin
+. /etc/tracedep/config
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+T=/sys/kernel/tracing
+[ -d $T/events ] || T=/sys/kernel/debug/tracing
+
+say() { echo "tracedep-init: $*" > /dev/console; }
+
+while read -r m; do
+    [ -n "$m" ] && insmod "/lib/modules/boot/$m.ko" 2>/dev/null
+done < /etc/tracedep/kmods
+
+# virtio ports appear asynchronously after virtio_console probes
+port_dev() {
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && { echo "/dev/${p##*/}"; return 0; }
+    done
+    return 1
+}
+i=0
+while ! CTL=$(port_dev tracedep.ctl) || [ ! -c "$CTL" ]; do
+    i=$((i + 1))
+    if [ $i -gt 200 ]; then say "no control port; powering off"; poweroff -f; fi
+    sleep 0.05
+done
+exec 3>"$CTL"
+
+block() { echo "@@TD $*" >&3; }
+endblock() { echo "@@TD end $1" >&3; }
+sendfile() { block file "$1"; cat "$1" >&3 2>/dev/null; echo >&3; endblock file; }
+
+block hello
+echo "release=$(uname -r)" >&3
+echo "machine=$(uname -m)" >&3
+echo "ncpus=$(grep -c ^processor /proc/cpuinfo)" >&3
+echo "cmdline=$(cat /proc/cmdline)" >&3
+echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
+endblock hello
+
+if [ "$TD_MODE" = discover ]; then
+    # One boot per kernel: what can be probed, and where .sched.text lies.
+    sendfile /proc/kallsyms
+    sendfile $T/available_filter_functions
+    sendfile /sys/kernel/debug/kprobes/blacklist
+    block done discover
+    sync
+    poweroff -f
+fi
+
+# The KASLR offset: the host compares this with the link-time address.
+block kaslr
+grep -m1 " $TD_TEXT_SYMBOL\$" /proc/kallsyms >&3
+endblock kaslr
+
+echo 0 > $T/tracing_on
+echo > $T/trace
+echo "$TD_BUFFER_KB" > $T/buffer_size_kb
+echo global > $T/trace_clock
+echo 4096 > $T/saved_cmdlines_size 2>/dev/null
+echo 0 > $T/options/event-fork 2>/dev/null
+
+block probes
+while IFS= read -r def; do
+    [ -z "$def" ] && continue
+    if ! echo "$def" >> $T/kprobe_events 2>/dev/null; then
+        echo "FAIL $def" >&3
+    fi
+done < /etc/tracedep/kprobes
+endblock probes
+
+block events
+[ -d $T/events/tracedep ] && echo 1 > $T/events/tracedep/enable
+while IFS= read -r ev; do
+    [ -z "$ev" ] && continue
+    if [ -e "$T/events/$ev/enable" ]; then
+        echo 1 > "$T/events/$ev/enable" && echo "ON $ev" >&3
+    else
+        echo "MISSING $ev" >&3
+    fi
+done < /etc/tracedep/events
+# Witness stacks only where a finding can come from: events in atomic context.
+while IFS= read -r trig; do
+    [ -z "$trig" ] && continue
+    ev=${trig%% *}
+    cond=${trig#* }
+    if [ -e "$T/events/$ev/trigger" ]; then
+        echo "stacktrace $cond" > "$T/events/$ev/trigger" 2>/dev/null || echo "NOTRIGGER $ev" >&3
+    fi
+done < /etc/tracedep/stack_triggers
+endblock events
+
+block formats
+cat $T/events/header_page >&3
+endblock formats
+block file header_event
+cat $T/events/header_event >&3
+endblock file
+for f in $T/events/*/*/format; do
+    ev=${f%/format}
+    ev=${ev#$T/events/}
+    case "$ev" in
+        tracedep/*|kmem/*|sched/sched_switch|irq/*|module/*|ftrace/kernel_stack|ftrace/print|lock/*|timer/timer_expire_*) ;;
+        *) continue ;;
+    esac
+    block format "$ev"
+    cat "$f" >&3
+    endblock format
+done
+
+# One pump per CPU, each to its own port.
+ncpu=0
+for d in $T/per_cpu/cpu*; do
+    n=${d##*/cpu}
+    P=$(port_dev "tracedep.cpu$n") || { say "no port for cpu$n"; continue; }
+    /bin/tdpump "$d/trace_pipe_raw" "$P" 2>/dev/console &
+    echo $! >> /tmp/pumps
+    ncpu=$((ncpu + 1))
+done
+
+# Loaded modules and their section addresses, as the symbolizer needs them.
+report_module() {
+    name=$1
+    [ -d /sys/module/$name/sections ] || return 0
+    grep -q "^$name\$" /tmp/reported 2>/dev/null && return 0
+    echo "$name" >> /tmp/reported
+    block module "$name"
+    grep "^$name " /proc/modules >&3
+    for s in /sys/module/$name/sections/.* /sys/module/$name/sections/*; do
+        [ -f "$s" ] && echo "section ${s##*/} $(cat "$s")" >&3
+    done
+    endblock module
+}
+td_insmod() {
+    ko=$1
+    shift
+    name=$(basename "$ko" .ko | tr - _)
+    echo "tracedep: insmod $name" > $T/trace_marker
+    insmod "$ko" "$@"
+    rc=$?
+    report_module "$name"
+    return $rc
+}
+td_rmmod() {
+    echo "tracedep: rmmod $1" > $T/trace_marker
+    rmmod "$1"
+}
+# Modules loaded by a custom workload with plain insmod are caught by this poller.
+(
+    while :; do
+        cut -d' ' -f1 /proc/modules | while read -r m; do report_module "$m"; done
+        sleep 0.5
+    done
+) &
+POLLER=$!
+
+block start
+echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
+endblock start
+echo 1 > $T/tracing_on
+echo "tracedep: workload start" > $T/trace_marker
+
+# a subshell, so a workload that calls exit does not kill init
+( . /workload.sh )
+rc=$?
+
+echo "tracedep: workload end rc=$rc" > $T/trace_marker
+echo 0 > $T/tracing_on
+kill $POLLER 2>/dev/null
+cut -d' ' -f1 /proc/modules | while read -r m; do report_module "$m"; done
+
+block workload
+echo "rc=$rc" >&3
+echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
+endblock workload
+
+for p in $(cat /tmp/pumps); do kill -USR1 "$p"; done
+for p in $(cat /tmp/pumps); do wait "$p"; done
+
+for d in $T/per_cpu/cpu*; do
+    block stats "${d##*/}"
+    cat "$d/stats" >&3
+    endblock stats
+done
+sendfile $T/saved_cmdlines
+sendfile $T/saved_tgids
+block done trace
+exec 3>&-
+sync
+poweroff -f

@@ -1,0 +1,206 @@
+"""Kernel packages: download, extract and cache a Debian kernel, its modules and headers.
+
+Packages are fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x``
+(never installed), under ``~/.cache/tracedep`` (``TRACEDEP_CACHE`` overrides).
+Extraction goes to a temporary directory renamed into place, under a file
+lock, so a killed or concurrent run never leaves a half-extracted tree.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracedep.errors import InputError, RunError
+from tracedep.vm.machines import DEFAULT_ABI, Machine
+
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRACEDEP_CACHE", Path.home() / ".cache" / "tracedep"))
+
+
+def default_abi() -> str:
+    return os.environ.get("TRACEDEP_KERNEL_ABI", DEFAULT_ABI)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel ready to boot and to build modules against."""
+
+    release: str  # uname -r, e.g. 6.1.0-56-cloud-amd64
+    abi: str  # Debian ABI, e.g. 6.1.0-56 ("" for a user-supplied kernel)
+    package_version: str  # Debian package version, e.g. 6.1.192-2 ("" if unknown)
+    image: Path  # bzImage / Image given to -kernel
+    modules_dir: Path  # lib/modules/<release>
+    build_dir: Path | None  # kbuild tree (headers) for out-of-tree modules
+    config: Path | None
+    vmlinux: Path | None = None  # with DWARF, when known
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def download(package: str, dest: Path) -> Path:
+    """``apt-get download`` one package into ``dest`` (cached); return the .deb path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    name = package.split(":")[0]
+    arch_suffix = package.split(":")[1] if ":" in package else None
+
+    def cached() -> list[Path]:
+        pat = f"{name}_*_{arch_suffix}.deb" if arch_suffix else f"{name}_*.deb"
+        return sorted(dest.glob(pat))
+
+    found = cached()
+    if found:
+        return found[-1]
+    with locked(dest / f".{name}.lock"):
+        found = cached()
+        if found:
+            return found[-1]
+        log.info("downloading %s", package)
+        proc = subprocess.run(
+            ["apt-get", "download", package],
+            cwd=dest,
+            capture_output=True,
+            text=True,
+        )
+        found = cached()
+        if proc.returncode != 0 or not found:
+            err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise InputError(f"cannot download Debian package {package}: {err}")
+        return found[-1]
+
+
+def extract(debs: list[Path], dest: Path) -> None:
+    """Unpack ``debs`` into ``dest`` atomically (skip if already there)."""
+    if dest.is_dir():
+        return
+    with locked(dest.with_name(dest.name + ".lock")):
+        if dest.is_dir():
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+        try:
+            for deb in debs:
+                proc = subprocess.run(
+                    ["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True
+                )
+                if proc.returncode != 0:
+                    raise RunError(f"dpkg-deb -x {deb.name} failed: {proc.stderr.strip()}")
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fix_headers(root: Path, release: str) -> Path:
+    """Point the extracted headers at themselves and at the host's linux-kbuild.
+
+    Debian's headers carry an absolute ``include /usr/src/...`` and relative
+    symlinks into ``/usr/lib/linux-kbuild-X.Y``; both assume an installed package.
+    """
+    src = root / "usr" / "src"
+    build = src / f"linux-headers-{release}"
+    makefile = build / "Makefile"
+    text = makefile.read_text()
+    fixed = re.sub(r"^include /usr/src/", f"include {src}/", text, flags=re.M)
+    if fixed != text:
+        makefile.write_text(fixed)
+    for d in src.iterdir():
+        for name in ("scripts", "tools"):
+            link = d / name
+            if link.is_symlink():
+                target = os.readlink(link)
+                if target.startswith("../../lib/"):
+                    host = Path("/usr") / target.removeprefix("../../")
+                    link.unlink()
+                    link.symlink_to(host)
+    return build
+
+
+def package_version(deb: Path) -> str:
+    # name_version_arch.deb; the version's epoch colon is encoded as %3a
+    return deb.name.split("_")[1].replace("%3a", ":")
+
+
+def fetch_debian_kernel(machine: Machine, abi: str | None = None) -> Kernel:
+    """Download (once) and unpack Debian's kernel image and headers for ``machine``."""
+    abi = abi or default_abi()
+    if not re.fullmatch(r"\d+\.\d+\.\d+-\d+", abi):
+        raise InputError(f"kernel ABI {abi!r} is not of the form 6.1.0-56")
+    release = f"{abi}-{machine.flavour}"
+    debs_dir = cache_root() / "debs"
+    qual = f":{machine.debian_arch}" if machine.debian_arch != host_debian_arch() else ""
+    image_deb = download(f"linux-image-{release}-unsigned{qual}", debs_dir)
+    headers = [
+        download(f"linux-headers-{release}{qual}", debs_dir),
+        download(f"linux-headers-{abi}-common", debs_dir),
+    ]
+    root = cache_root() / "kernels" / release
+    extract([image_deb, *headers], root / "tree")
+    with locked(root / "fixup.lock"):
+        build = _fix_headers(root / "tree", release)
+    image = root / "tree" / machine.kernel_in_pkg.format(abi=abi, flavour=machine.flavour)
+    return Kernel(
+        release=release,
+        abi=abi,
+        package_version=package_version(image_deb),
+        image=image,
+        modules_dir=root / "tree" / "lib" / "modules" / release,
+        build_dir=build,
+        config=root / "tree" / "boot" / f"config-{release}",
+    )
+
+
+def user_kernel(image: Path, modules_dir: Path | None, build_dir: Path | None,
+                vmlinux: Path | None) -> Kernel:
+    """A kernel given on the command line instead of a Debian package."""
+    if not image.is_file():
+        raise InputError(f"--kernel {image}: no such file")
+    for opt, p in (("--kernel-modules", modules_dir), ("--kernel-build", build_dir)):
+        if p is not None and not p.is_dir():
+            raise InputError(f"{opt} {p}: no such directory")
+    release = modules_dir.name if modules_dir else ""
+    if not release and build_dir and (build_dir / "include/config/kernel.release").is_file():
+        release = (build_dir / "include/config/kernel.release").read_text().strip()
+    config = build_dir / ".config" if build_dir and (build_dir / ".config").is_file() else None
+    return Kernel(
+        release=release,
+        abi="",
+        package_version="",
+        image=image,
+        modules_dir=modules_dir or Path("/nonexistent"),
+        build_dir=build_dir,
+        config=config,
+        vmlinux=vmlinux,
+    )
+
+
+_host_arch: str | None = None
+
+
+def host_debian_arch() -> str:
+    global _host_arch
+    if _host_arch is None:
+        _host_arch = subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    return _host_arch

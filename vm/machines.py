@@ -1,0 +1,104 @@
+"""Guest machines as data: one frozen description per architecture.
+
+Everything that differs between architectures lives in :data:`MACHINES`;
+code elsewhere reads fields, it does not test ``arch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The Debian kernel ABI that tracedep uses when none is given (overridable with
+# --abi or TRACEDEP_KERNEL_ABI).  One place, on purpose.
+DEFAULT_ABI = "6.1.0-56"
+
+
+@dataclass(frozen=True)
+class Machine:
+    arch: str  # tracedep's name: x86_64, arm64
+    debian_arch: str  # dpkg architecture of the kernel packages
+    flavour: str  # Debian kernel flavour
+    qemu: str
+    qemu_package: str  # Debian package that ships ``qemu``
+    machine: str
+    cpu: str
+    console: str  # kernel console device
+    kernel_format: str  # bzImage or Image: informational, both boot with -kernel
+    kernel_in_pkg: str  # path of the kernel inside the image package, {abi}/{flavour} expanded
+    kbuild_arch: str  # ARCH= for kbuild
+    cross_compile: str  # CROSS_COMPILE= prefix, "" when native
+    busybox_package: str  # busybox-static of the guest's arch
+    panic_device: str  # QEMU device that raises GUEST_PANICKED
+    panic_module: str  # guest module that drives it
+    virtio_serial_device: str
+    # kprobe fetch-args: the first two integer arguments and the return address
+    arg1: str
+    arg2: str
+    retaddr: str
+    call_insn_size: int  # return address − this = call site
+    text_symbol: str  # kallsyms symbol used to measure the KASLR offset
+    kprobe_reports_irqs_off: bool  # kprobe handlers run with IRQs masked (arm64 BRK)
+    extra_append: str = ""
+
+
+MACHINES: dict[str, Machine] = {
+    "x86_64": Machine(
+        arch="x86_64",
+        debian_arch="amd64",
+        flavour="cloud-amd64",
+        qemu="qemu-system-x86_64",
+        qemu_package="qemu-system-x86",
+        machine="q35",
+        cpu="max",
+        console="ttyS0",
+        kernel_format="bzImage",
+        kernel_in_pkg="boot/vmlinuz-{abi}-{flavour}",
+        kbuild_arch="x86",
+        cross_compile="",
+        busybox_package="busybox-static",
+        panic_device="pvpanic-pci",
+        panic_module="pvpanic-pci",
+        virtio_serial_device="virtio-serial-pci",
+        arg1="%di",
+        arg2="%si",
+        retaddr="+0(%sp)",
+        call_insn_size=5,
+        text_symbol="_text",
+        kprobe_reports_irqs_off=False,
+    ),
+    "arm64": Machine(
+        arch="arm64",
+        debian_arch="arm64",
+        flavour="cloud-arm64",
+        qemu="qemu-system-aarch64",
+        qemu_package="qemu-system-arm",
+        machine="virt",
+        cpu="cortex-a57",
+        console="ttyAMA0",
+        kernel_format="Image",
+        kernel_in_pkg="boot/vmlinuz-{abi}-{flavour}",
+        kbuild_arch="arm64",
+        cross_compile="aarch64-linux-gnu-",
+        busybox_package="busybox-static:arm64",
+        panic_device="pvpanic-pci",
+        panic_module="pvpanic-pci",
+        virtio_serial_device="virtio-serial-pci",
+        arg1="%x0",
+        arg2="%x1",
+        retaddr="%x30",
+        call_insn_size=4,
+        text_symbol="_stext",
+        kprobe_reports_irqs_off=True,
+    ),
+}
+
+
+def machine_for(arch: str) -> Machine:
+    try:
+        return MACHINES[arch]
+    except KeyError:
+        from tracedep.errors import InputError
+
+        raise InputError(
+            f"unknown --arch {arch!r}; known: {', '.join(sorted(MACHINES))}"
+        ) from None

@@ -1,0 +1,137 @@
+"""Out-of-tree driver modules: build each ``--module-src`` with kbuild against the guest kernel.
+
+Sources are copied to a build directory in the cache keyed by their content, so
+the user's tree never receives build products and an unchanged driver is not
+rebuilt.  Debug info comes from the kernel's own config (``CONFIG_DEBUG_INFO``);
+``-g`` is forced in case a user kernel lacks it, because the symbolizer needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracedep.errors import InputError, ModuleBuildError
+from tracedep.vm.kernel import Kernel, cache_root, locked
+from tracedep.vm.machines import Machine
+
+log = logging.getLogger(__name__)
+
+BUILD_PRODUCTS = re.compile(r"\.(o|ko|mod|mod\.c|cmd|symvers|order|a)$|^\.tmp_|^modules\.order$")
+
+
+@dataclass(frozen=True)
+class BuiltModule:
+    name: str  # as the kernel names it (dashes become underscores)
+    ko: Path
+    src_dir: Path  # the user's directory, for reports
+    build_dir: Path  # where the .ko and its objects are (DWARF paths point here)
+
+
+def _source_files(src: Path) -> list[Path]:
+    files = []
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.is_file() and not BUILD_PRODUCTS.search(p.name) and not any(
+            part.startswith(".") for part in rel.parts
+        ):
+            files.append(p)
+    return files
+
+
+def _digest(src: Path, files: list[Path], kernel: Kernel, machine: Machine) -> str:
+    h = hashlib.sha256()
+    h.update(f"{kernel.release}\0{machine.arch}\0{kernel.build_dir}\0".encode())
+    for p in files:
+        h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _first_error(output: str) -> str:
+    for line in output.splitlines():
+        if re.search(r"\berror\b|No rule to make target|missing", line, re.I):
+            return line.strip()
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def build_module_dir(src: Path, kernel: Kernel, machine: Machine) -> list[BuiltModule]:
+    """Build one kbuild directory; return every module it produced."""
+    src = src.resolve()
+    if not src.is_dir():
+        raise InputError(f"--module-src {src}: no such directory")
+    files = _source_files(src)
+    if not any(p.name in ("Kbuild", "Makefile") for p in files):
+        raise ModuleBuildError(f"--module-src {src}: no Kbuild or Makefile")
+    if kernel.build_dir is None:
+        raise InputError("this kernel has no build tree (headers) to build modules against")
+    key = _digest(src, files, kernel, machine)
+    out = cache_root() / "build" / kernel.release / f"{src.name}-{key}"
+    with locked(out.with_name(out.name + ".lock")):
+        done = out / ".tracedep-built"
+        if not done.exists():
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            for p in files:
+                dest = out / p.relative_to(src)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, dest)
+            cmd = [
+                "make",
+                "-C",
+                str(kernel.build_dir),
+                f"M={out}",
+                f"ARCH={machine.kbuild_arch}",
+                "modules",
+                # -g for the symbolizer even on kernels built without DEBUG_INFO
+                "KCFLAGS=-g",
+                f"-j{os.cpu_count() or 1}",
+            ]
+            if machine.cross_compile:
+                cmd.append(f"CROSS_COMPILE={machine.cross_compile}")
+            log.info("building %s", src)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                (out / "build.log").write_text(proc.stdout + proc.stderr)
+                raise ModuleBuildError(
+                    f"--module-src {src} does not build: {_first_error(proc.stderr + proc.stdout)}"
+                )
+            done.write_text(" ".join(cmd) + "\n")
+    kos = sorted(out.rglob("*.ko"))
+    if not kos:
+        raise ModuleBuildError(f"--module-src {src} built no .ko (is obj-m set?)")
+    return [
+        BuiltModule(name=k.stem.replace("-", "_"), ko=k, src_dir=src, build_dir=out) for k in kos
+    ]
+
+
+def build_modules(srcs: list[Path], kernel: Kernel, machine: Machine) -> list[BuiltModule]:
+    built: list[BuiltModule] = []
+    seen: dict[str, Path] = {}
+    for src in srcs:
+        for m in build_module_dir(src, kernel, machine):
+            if m.name in seen:
+                raise InputError(
+                    f"module {m.name} is built by both {seen[m.name]} and {m.src_dir}"
+                )
+            seen[m.name] = m.src_dir
+            built.append(m)
+    return built
+
+
+def bundled_drivers_dir() -> Path:
+    return Path(__file__).resolve().parent / "drivers"
+
+
+def bundled_driver_dirs() -> list[Path]:
+    root = bundled_drivers_dir()
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "Kbuild").exists()) if (
+        root.is_dir()
+    ) else []
