@@ -148,7 +148,10 @@ class ElfFile:
         return "nobuildid-" + hashlib.sha1(ident).hexdigest()[:20]
 
     def close(self) -> None:
-        self._mm.close()
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # numpy views of the symbol table are still alive; the GC unmaps later
 
 
 def _iter_notes(data: bytes) -> Iterator[tuple[bytes, int, bytes]]:
@@ -215,7 +218,8 @@ class SymbolTable:
         self.is_exec = exec_mask if exec_mask is not None else np.ones(len(names), dtype=bool)
         # bisect on a plain list is ~3x faster per single lookup than np.searchsorted.
         self._keys: list[int] = addrs.tolist()
-        self._by_name: dict[str, int] | None = None
+        self._by_name: dict[str, list[int]] | None = None
+        self.aliases: dict[str, int] = {}  # names dropped for an alias at the same address
 
     def __len__(self) -> int:
         return len(self.names)
@@ -231,24 +235,35 @@ class SymbolTable:
             return None
         return self.names[i], start, size
 
-    def address_of(self, name: str) -> int | None:
+    def addresses_of(self, name: str) -> list[int]:
+        """Every address of ``name`` (static functions may share a name), aliases included."""
         if self._by_name is None:
-            self._by_name = {}
-            for i, n in enumerate(self.names):
-                self._by_name.setdefault(n, i)
-        i = self._by_name.get(name)
-        return None if i is None else self._keys[i]
+            by: dict[str, list[int]] = {}
+            for n, a in zip(self.names, self._keys, strict=True):
+                by.setdefault(n, []).append(a)
+            for n, a in self.aliases.items():
+                by.setdefault(n, []).append(a)
+            self._by_name = by
+        return self._by_name.get(name, [])
+
+    def bounds(self) -> tuple[int, int]:
+        """[lowest symbol, end of the highest symbol) or (0, 0) when empty."""
+        if not self._keys:
+            return 0, 0
+        return self._keys[0], self._keys[-1] + int(self.sizes[-1])
 
     # -- construction -------------------------------------------------------
 
     @classmethod
     def from_arrays(cls, addrs: npt.NDArray[np.uint64], names: list[str],
                     weak: npt.NDArray[np.bool_], execs: npt.NDArray[np.bool_],
-                    ends: npt.NDArray[np.uint64]) -> SymbolTable:
+                    ends: npt.NDArray[np.uint64], first_alias: bool = False) -> SymbolTable:
         """Build from parallel arrays in symbol-table order.
 
         ``ends`` bounds the size of the last symbol of a region (its section
-        end, or 0 if unknown).  Of aliases, the one kallsyms prints is kept.
+        end, or 0 if unknown).  Of aliases, the one kallsyms prints is kept:
+        ranked as scripts/kallsyms.c ranks them, or with ``first_alias`` the
+        first in symbol-table order, as the kernel's module kallsyms does.
         """
         n = len(names)
         order = np.argsort(addrs, kind="stable")
@@ -259,14 +274,22 @@ class SymbolTable:
             dup[1:] |= same
             dup[:-1] |= same
         keep = ~dup
+        aliases: dict[str, int] = {}
         # Alias groups are rare (a few hundred): rank them in Python.
         if dup.any():
             groups: dict[int, list[int]] = {}
             for pos in np.nonzero(dup)[0].tolist():
                 groups.setdefault(int(sa[pos]), []).append(pos)
             for members in groups.values():
-                best = min(members, key=lambda p: _alias_rank(names[order[p]], bool(weak[order[p]])))
+                if first_alias:
+                    best = members[0]  # argsort is stable: symbol-table order
+                else:
+                    best = min(members,
+                               key=lambda p: _alias_rank(names[order[p]], bool(weak[order[p]])))
                 keep[best] = True
+                for p in members:
+                    if p != best:
+                        aliases.setdefault(names[order[p]], int(sa[p]))
         pick = order[keep]
         out_addrs = addrs[pick]
         out_ends = ends[pick]
@@ -279,10 +302,13 @@ class SymbolTable:
             # A symbol never runs past its region end (the kernel stops at _etext).
             limit = np.where(out_ends > out_addrs, np.minimum(nxt, out_ends), nxt)
             sizes = limit - out_addrs
-        return cls(out_addrs, sizes, [names[i] for i in pick.tolist()], execs[pick])
+        table = cls(out_addrs, sizes, [names[i] for i in pick.tolist()], execs[pick])
+        table.aliases = aliases
+        return table
 
     @classmethod
-    def from_elf(cls, elf: ElfFile, bases: dict[int, int] | None = None) -> SymbolTable | None:
+    def from_elf(cls, elf: ElfFile, bases: dict[int, int] | None = None,
+                 first_alias: bool = False) -> SymbolTable | None:
         """Symbols of ``elf``; None if it has no ``.symtab``.
 
         ``bases`` maps section index to the address at which that section is
@@ -339,7 +365,7 @@ class SymbolTable:
         else:
             names = [strtab[a:b].decode("utf-8", "replace")
                      for a, b in zip(name_off.tolist(), name_end.tolist(), strict=True)]
-        return cls.from_arrays(addrs, names, weak, execs, ends)
+        return cls.from_arrays(addrs, names, weak, execs, ends, first_alias)
 
     @classmethod
     def from_kallsyms(cls, entries: Iterable[tuple[int, str, str]]) -> SymbolTable:
@@ -372,8 +398,12 @@ class SymbolTable:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".symbols.{os.getpid()}.npz"
         with open(tmp, "wb") as f:
+            alias_names = list(self.aliases)
             np.savez(f, addrs=self.addrs, sizes=self.sizes, is_exec=self.is_exec,
-                     names=np.frombuffer("\n".join(self.names).encode(), dtype=np.uint8))
+                     names=np.frombuffer("\n".join(self.names).encode(), dtype=np.uint8),
+                     alias_names=np.frombuffer("\n".join(alias_names).encode(), dtype=np.uint8),
+                     alias_addrs=np.array([self.aliases[n] for n in alias_names],
+                                          dtype=np.uint64))
         os.replace(tmp, directory / "symbols.npz")
 
     @classmethod
@@ -386,6 +416,9 @@ class SymbolTable:
                 names_blob = z["names"].tobytes().decode()
                 names = names_blob.split("\n") if names_blob else []
                 table = cls(z["addrs"], z["sizes"], names, z["is_exec"])
+                blob = z["alias_names"].tobytes().decode()
+                table.aliases = dict(zip(blob.split("\n") if blob else [],
+                                         z["alias_addrs"].tolist(), strict=True))
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring unreadable symbol cache %s: %s", path, e)
             return None

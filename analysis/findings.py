@@ -103,3 +103,43 @@ def finding_from_json(d: dict[str, Any]) -> Finding:
 
 def dump(findings: list[Finding]) -> str:
     return json.dumps([f.to_json() for f in findings], indent=2, sort_keys=True)
+
+
+@dataclass
+class ClassStats:
+    """Per lock class timing, from acquire/release pairs (``analysis.lockstats``)."""
+
+    lock_class: str
+    lock_type: str
+    driver: str  # module that defines/allocates the lock; vmlinux for core kernel
+    acquisitions: int
+    hold_ns: dict[str, float]  # {"mean", "p50", "p99", "max"}
+    hold_hist: dict[str, int]  # log2 buckets: {"<1us": n, "1-2us": n, …}, in order
+    wait_ns: dict[str, float]  # sleeping locks only (entry→return of the lock call); {} else
+    wait_hist: dict[str, int]
+    contexts: list[str]  # "process", "softirq", "hardirq" where it was taken
+
+
+@dataclass
+class Edge:
+    """A lock-order dependency: ``before`` was held when ``after`` was acquired."""
+
+    before: str
+    after: str
+    count: int
+    drivers: list[str]
+    witness: Site  # the acquisition of ``after`` (first seen)
+    held_witness: Site | None  # where ``before`` had been acquired
+    read_only: bool = False  # both sides were read acquisitions of rwlocks
+    trylock: bool = False  # ``after`` only ever taken by trylock
+
+
+@dataclass
+class Analysis:
+    """Everything ``analysis`` hands to ``reports`` (``findings.json`` + ``analysis.json``)."""
+
+    findings: list[Finding]
+    classes: list[ClassStats]
+    edges: list[Edge]
+    health: dict[str, Any]  # events, lost events, truncation, how the guest ended, warnings
+    run: dict[str, Any]  # the manifest's summary: kernel, arch, modules, timing

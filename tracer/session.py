@@ -122,10 +122,13 @@ def _discovery_key(kernel: Kernel) -> str:
     return h.hexdigest()[:16]
 
 
+def discovery_dir(kernel: Kernel) -> Path:
+    return cache_root() / "discovery" / f"{kernel.release or 'kernel'}-{_discovery_key(kernel)}"
+
+
 def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
     """What this kernel can probe; one boot per kernel image, cached."""
-    key = _discovery_key(kernel)
-    cdir = cache_root() / "discovery" / f"{kernel.release or 'kernel'}-{key}"
+    cdir = discovery_dir(kernel)
     cfile = cdir / "discovery.json"
     if cfile.is_file():
         d = json.loads(cfile.read_text())
@@ -233,6 +236,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
 
     accel = choose_accel(machine, kernel.image, opts.accel)
     disc = discover(machine, kernel, accel)
+    info["discovery_dir"] = str(discovery_dir(kernel))
     defs = probe_definitions(machine, disc)
     workload = opts.workload.read_text() if opts.workload else None
     cfg = GuestConfig(
@@ -294,6 +298,8 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
                              "end_uptime_s": _float(wl.get("uptime"))})
     kas = ctl.kaslr_text()
     info["kaslr"] = {"symbol": kas[1], "runtime": kas[0]} if kas else None
+    if kas and info.get("discovery_dir"):
+        _copy_kallsyms(Path(info["discovery_dir"]) / "kallsyms.gz", out / "kallsyms.gz", kas)
     info["modules"] = _modules_record(built, ctl)
     info["other_modules"] = {n: asdict(m) for n, m in ctl.modules().items()
                              if n not in {b.name for b in built}}
@@ -328,6 +334,28 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
         "ftrace_overrun", "ftrace_dropped", "ring_buffer_missed", "decoder_torn_pages"))
     lost["total"] = total_lost
     lost["truncated"] = not info["trace_complete"]
+
+
+def _copy_kallsyms(src: Path, dest: Path, text: tuple[int, str]) -> None:
+    """The discovery boot's kallsyms, moved to this boot's KASLR slide."""
+    if not src.is_file():
+        return
+    with gzip.open(src, "rt") as fh:
+        lines = fh.read().splitlines()
+    disc_text = next((int(ln.split()[0], 16) for ln in lines
+                      if ln.endswith(f" {text[1]}") and len(ln.split()) == 3), None)
+    if disc_text is None:
+        return
+    shift = text[0] - disc_text
+    out = []
+    for ln in lines:
+        parts = ln.split(maxsplit=2)
+        if len(parts) == 3 and parts[1] not in "aA":
+            out.append(f"{(int(parts[0], 16) + shift) & (2**64 - 1):016x} {parts[1]} {parts[2]}")
+        else:
+            out.append(ln)
+    with gzip.open(dest, "wt", compresslevel=6) as fh:
+        fh.write("\n".join(out) + "\n")
 
 
 def _float(v: str | None) -> float | None:

@@ -62,12 +62,13 @@ def locked(path: Path) -> Iterator[None]:
 def download(package: str, dest: Path) -> Path:
     """``apt-get download`` one package into ``dest`` (cached); return the .deb path."""
     dest.mkdir(parents=True, exist_ok=True)
-    name = package.split(":")[0]
-    arch_suffix = package.split(":")[1] if ":" in package else None
+    # name[:arch][=version], as apt-get takes it
+    spec, _, version = package.partition("=")
+    name, _, arch = spec.partition(":")
 
     def cached() -> list[Path]:
-        pat = f"{name}_*_{arch_suffix}.deb" if arch_suffix else f"{name}_*.deb"
-        return sorted(dest.glob(pat))
+        ver = version.replace(":", "%3a") if version else "*"
+        return sorted(dest.glob(f"{name}_{ver}_{arch or '*'}.deb"))
 
     found = cached()
     if found:
@@ -112,10 +113,11 @@ def extract(debs: list[Path], dest: Path) -> None:
 
 
 def _fix_headers(root: Path, release: str) -> Path:
-    """Point the extracted headers at themselves and at the host's linux-kbuild.
+    """Point the extracted headers' Makefile at the extracted common tree.
 
-    Debian's headers carry an absolute ``include /usr/src/...`` and relative
-    symlinks into ``/usr/lib/linux-kbuild-X.Y``; both assume an installed package.
+    Debian's headers carry an absolute ``include /usr/src/...`` that assumes an
+    installed package; their relative ``scripts`` links already resolve inside
+    the tree because linux-kbuild is extracted beside them.
     """
     src = root / "usr" / "src"
     build = src / f"linux-headers-{release}"
@@ -124,16 +126,18 @@ def _fix_headers(root: Path, release: str) -> Path:
     fixed = re.sub(r"^include /usr/src/", f"include {src}/", text, flags=re.M)
     if fixed != text:
         makefile.write_text(fixed)
-    for d in src.iterdir():
-        for name in ("scripts", "tools"):
-            link = d / name
-            if link.is_symlink():
-                target = os.readlink(link)
-                if target.startswith("../../lib/"):
-                    host = Path("/usr") / target.removeprefix("../../")
-                    link.unlink()
-                    link.symlink_to(host)
     return build
+
+
+def _kbuild_dependency(headers_deb: Path) -> str:
+    """``linux-kbuild-6.1=6.1.192-2``: the kbuild built with these headers."""
+    deps = subprocess.run(["dpkg-deb", "-f", str(headers_deb), "Depends"],
+                          capture_output=True, text=True).stdout
+    m = re.search(r"(linux-kbuild-[\d.]+)", deps)
+    if not m:
+        raise RunError(f"{headers_deb.name} does not depend on a linux-kbuild package")
+    # the same source upload builds both, so the headers' version is kbuild's
+    return f"{m.group(1)}={package_version(headers_deb)}"
 
 
 def package_version(deb: Path) -> str:
@@ -154,19 +158,23 @@ def fetch_debian_kernel(machine: Machine, abi: str | None = None) -> Kernel:
         download(f"linux-headers-{release}{qual}", debs_dir),
         download(f"linux-headers-{abi}-common", debs_dir),
     ]
+    # kbuild's host tools (fixdep, modpost) of exactly the headers' version, for
+    # the host's architecture: cross builds use them too
+    kbuild = download(_kbuild_dependency(headers[0]), debs_dir)
     root = cache_root() / "kernels" / release
-    extract([image_deb, *headers], root / "tree")
+    tree = root / "tree-v2"
+    extract([image_deb, *headers, kbuild], tree)
     with locked(root / "fixup.lock"):
-        build = _fix_headers(root / "tree", release)
-    image = root / "tree" / machine.kernel_in_pkg.format(abi=abi, flavour=machine.flavour)
+        build = _fix_headers(tree, release)
+    image = tree / machine.kernel_in_pkg.format(abi=abi, flavour=machine.flavour)
     return Kernel(
         release=release,
         abi=abi,
         package_version=package_version(image_deb),
         image=image,
-        modules_dir=root / "tree" / "lib" / "modules" / release,
+        modules_dir=tree / "lib" / "modules" / release,
         build_dir=build,
-        config=root / "tree" / "boot" / f"config-{release}",
+        config=tree / "boot" / f"config-{release}",
     )
 
 

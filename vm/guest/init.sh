@@ -132,17 +132,19 @@ for d in $T/per_cpu/cpu*; do
 done
 
 # Loaded modules and their section addresses, as the symbolizer needs them.
+# The poller and td_insmod may race: mkdir makes one of them the reporter, and
+# the block goes out in a single write so blocks never interleave on the port.
 report_module() {
     name=$1
     [ -d /sys/module/$name/sections ] || return 0
-    grep -q "^$name\$" /tmp/reported 2>/dev/null && return 0
-    echo "$name" >> /tmp/reported
-    block module "$name"
-    grep "^$name " /proc/modules >&3
-    for s in /sys/module/$name/sections/.* /sys/module/$name/sections/*; do
-        [ -f "$s" ] && echo "section ${s##*/} $(cat "$s")" >&3
+    mkdir /tmp/reported.$name 2>/dev/null || return 0
+    text="@@TD module $name
+$(grep "^$name " /proc/modules)"
+    for s in /sys/module/$name/sections/.[!.]* /sys/module/$name/sections/[!.]*; do
+        [ -e "$s" ] && text="$text
+section ${s##*/} $(cat "$s")"
     done
-    endblock module
+    printf '%s\n@@TD end module\n' "$text" >&3
 }
 td_insmod() {
     ko=$1
@@ -156,7 +158,7 @@ td_insmod() {
 }
 td_rmmod() {
     echo "tracedep: rmmod $1" > $T/trace_marker
-    rmmod "$1"
+    rmmod "$1" && rmdir /tmp/reported.$1 2>/dev/null
 }
 # Modules loaded by a custom workload with plain insmod are caught by this poller.
 (

@@ -4,8 +4,8 @@
  *
  * A toy transfer engine: transfers are submitted onto a pending queue
  * (td_xfer_queue_lock) and accounted in counters (td_xfer_stats_lock).  The
- * submit path runs in process context from module init; the completion path
- * runs afterwards from a work item.
+ * probe routine (run from a work item) submits a few transfers, then kicks a
+ * separate completion work item that completes them.
  *
  * Same work as td_abba_bug, done correctly: both paths take
  * td_xfer_queue_lock before td_xfer_stats_lock.  Expected findings: none.
@@ -21,7 +21,7 @@
 #include <linux/workqueue.h>
 
 #define TD_XFER_ROUNDS		4
-#define TD_XFER_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 static DEFINE_SPINLOCK(td_xfer_queue_lock);	/* A: protects td_xfer_dev.pending */
 static DEFINE_SPINLOCK(td_xfer_stats_lock);	/* B: protects the counters */
@@ -44,6 +44,8 @@ struct td_xfer_dev {
 };
 
 static struct td_xfer_dev *td_xfer_dev;
+static int td_xfer_probe_err;
+static DECLARE_COMPLETION(td_xfer_probed);
 
 /* Submit path: A then B. */
 static void td_xfer_submit(struct td_xfer_dev *xd, struct td_xfer *x)
@@ -86,7 +88,7 @@ static void td_xfer_complete_work(struct work_struct *work)
 	complete(&xd->all_done);
 }
 
-static int __init td_abba_clean_init(void)
+static int td_xfer_probe(void)
 {
 	struct td_xfer_dev *xd;
 	int i;
@@ -106,24 +108,46 @@ static int __init td_abba_clean_init(void)
 
 	schedule_work(&xd->complete_work);
 	if (!wait_for_completion_timeout(&xd->all_done,
-					 msecs_to_jiffies(TD_XFER_TIMEOUT_MS))) {
-		pr_err("completion work did not finish\n");
-		cancel_work_sync(&xd->complete_work);
-		kfree(xd);
-		return -ETIMEDOUT;
-	}
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("completion work is taking too long\n");
 	flush_work(&xd->complete_work);
 
 	td_xfer_dev = xd;
+	return 0;
+}
+
+static void td_xfer_remove(void)
+{
+	cancel_work_sync(&td_xfer_dev->complete_work);
+	kfree(td_xfer_dev);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_xfer_probe_work_fn(struct work_struct *work)
+{
+	td_xfer_probe_err = td_xfer_probe();
+	complete(&td_xfer_probed);
+}
+static DECLARE_WORK(td_xfer_probe_work, td_xfer_probe_work_fn);
+
+static int __init td_abba_clean_init(void)
+{
+	schedule_work(&td_xfer_probe_work);
+	if (!wait_for_completion_timeout(&td_xfer_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_xfer_probe_work);
+	if (td_xfer_probe_err)
+		return td_xfer_probe_err;
+
 	pr_info("scenario complete: %u submitted, %u completed, %llu bytes\n",
-		xd->submitted, xd->completed, xd->bytes);
+		td_xfer_dev->submitted, td_xfer_dev->completed, td_xfer_dev->bytes);
 	return 0;
 }
 
 static void __exit td_abba_clean_exit(void)
 {
-	cancel_work_sync(&td_xfer_dev->complete_work);
-	kfree(td_xfer_dev);
+	td_xfer_remove();
 }
 
 module_init(td_abba_clean_init);

@@ -2,7 +2,8 @@
 /*
  * td_alloc_spin_clean - tracedep example driver, clean twin of td_alloc_spin_bug.
  *
- * A toy event ring: a work item appends a few entries to a list that is
+ * A toy event ring: the device's probe routine (run from a work item, as an
+ * asynchronously probed driver's would be) appends a few entries to a list
  * protected by a spinlock in the device structure.
  *
  * Same work as td_alloc_spin_bug, done correctly: the allocation under
@@ -19,7 +20,7 @@
 #include <linux/workqueue.h>
 
 #define TD_RING_ROUNDS		4
-#define TD_RING_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_ring_entry {
 	struct list_head node;
@@ -32,13 +33,11 @@ struct td_ring {
 	struct list_head entries;
 	unsigned int nr_entries;
 	u32 next_seq;
-
-	struct work_struct fill_work;
-	struct completion fill_done;
-	int fill_err;
 };
 
 static struct td_ring *td_ring;
+static int td_ring_probe_err;
+static DECLARE_COMPLETION(td_ring_probed);
 
 static int td_ring_add_entry(struct td_ring *ring, u32 len)
 {
@@ -60,18 +59,6 @@ static int td_ring_add_entry(struct td_ring *ring, u32 len)
 	return 0;
 }
 
-static void td_ring_fill_work(struct work_struct *work)
-{
-	struct td_ring *ring = container_of(work, struct td_ring, fill_work);
-	int i, err = 0;
-
-	for (i = 0; i < TD_RING_ROUNDS && !err; i++)
-		err = td_ring_add_entry(ring, 64u << i);
-
-	ring->fill_err = err;
-	complete(&ring->fill_done);
-}
-
 static void td_ring_purge(struct td_ring *ring)
 {
 	struct td_ring_entry *e, *tmp;
@@ -88,44 +75,60 @@ static void td_ring_purge(struct td_ring *ring)
 	}
 }
 
-static int __init td_alloc_spin_clean_init(void)
+static int td_ring_probe(void)
 {
 	struct td_ring *ring;
-	unsigned int nr;
+	int i, err = 0;
 
 	ring = kzalloc(sizeof(*ring), GFP_KERNEL);
 	if (!ring)
 		return -ENOMEM;
 	spin_lock_init(&ring->lock);
 	INIT_LIST_HEAD(&ring->entries);
-	INIT_WORK(&ring->fill_work, td_ring_fill_work);
-	init_completion(&ring->fill_done);
 
-	schedule_work(&ring->fill_work);
-	if (!wait_for_completion_timeout(&ring->fill_done,
-					 msecs_to_jiffies(TD_RING_TIMEOUT_MS))) {
-		pr_err("fill work did not finish\n");
-		cancel_work_sync(&ring->fill_work);
+	for (i = 0; i < TD_RING_ROUNDS && !err; i++)
+		err = td_ring_add_entry(ring, 64u << i);
+	if (err) {
 		td_ring_purge(ring);
 		kfree(ring);
-		return -ETIMEDOUT;
+		return err;
 	}
-	flush_work(&ring->fill_work);
-
-	spin_lock(&ring->lock);
-	nr = ring->nr_entries;
-	spin_unlock(&ring->lock);
 
 	td_ring = ring;
-	pr_info("scenario complete: %u entries, err=%d\n", nr, ring->fill_err);
+	return 0;
+}
+
+static void td_ring_remove(void)
+{
+	td_ring_purge(td_ring);
+	kfree(td_ring);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_ring_probe_work_fn(struct work_struct *work)
+{
+	td_ring_probe_err = td_ring_probe();
+	complete(&td_ring_probed);
+}
+static DECLARE_WORK(td_ring_probe_work, td_ring_probe_work_fn);
+
+static int __init td_alloc_spin_clean_init(void)
+{
+	schedule_work(&td_ring_probe_work);
+	if (!wait_for_completion_timeout(&td_ring_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_ring_probe_work);
+	if (td_ring_probe_err)
+		return td_ring_probe_err;
+
+	pr_info("scenario complete: %u entries\n", td_ring->nr_entries);
 	return 0;
 }
 
 static void __exit td_alloc_spin_clean_exit(void)
 {
-	cancel_work_sync(&td_ring->fill_work);
-	td_ring_purge(td_ring);
-	kfree(td_ring);
+	td_ring_remove();
 }
 
 module_init(td_alloc_spin_clean_init);

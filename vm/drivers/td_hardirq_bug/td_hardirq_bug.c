@@ -4,8 +4,9 @@
  *
  * A toy sampler: an hrtimer started in HRTIMER_MODE_REL_HARD (its callback
  * runs in hardirq context, standing in for a device interrupt handler)
- * accumulates samples under s->lock; process context reads them back.
- * Module init runs a few rounds of "fire the sampler once, then read".
+ * accumulates samples under s->lock; process context reads them back.  The
+ * probe routine (run from a work item) does a few rounds of "fire the
+ * sampler once, then read".
  *
  * PLANTED BUG (irq-lock-inversion, hardirq; lockdep's "inconsistent
  * {HARDIRQ-ON-W} -> {IN-HARDIRQ-W} usage"): td_sampler_read() takes s->lock
@@ -25,21 +26,27 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/workqueue.h>
 
 #define TD_SAMPLER_ROUNDS	4
 #define TD_SAMPLER_PERIOD_NS	(200 * NSEC_PER_USEC)
-#define TD_SAMPLER_TIMEOUT_MS	5000
+#define TD_SAMPLER_TIMEOUT_MS	2000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_sampler {
 	spinlock_t lock;		/* protects sum, nr; taken in hardirq */
 	u64 sum;
 	u32 nr;
+	u64 read_sum;			/* last values read by process context */
+	u32 read_nr;
 
 	struct hrtimer timer;
 	struct completion fired;
 };
 
 static struct td_sampler *td_sampler;
+static int td_sampler_probe_err;
+static DECLARE_COMPLETION(td_sampler_probed);
 
 static enum hrtimer_restart td_sampler_hrtimer_fn(struct hrtimer *t)
 {
@@ -68,11 +75,9 @@ static u32 td_sampler_read(struct td_sampler *s, u64 *sum)
 	return nr;
 }
 
-static int __init td_hardirq_bug_init(void)
+static int td_sampler_probe(void)
 {
 	struct td_sampler *s;
-	u64 sum = 0;
-	u32 nr = 0;
 	int i;
 
 	s = kzalloc(sizeof(*s), GFP_KERNEL);
@@ -95,18 +100,45 @@ static int __init td_hardirq_bug_init(void)
 		}
 		/* The callback may still be returning: wait for it. */
 		hrtimer_cancel(&s->timer);
-		nr = td_sampler_read(s, &sum);
+		s->read_nr = td_sampler_read(s, &s->read_sum);
 	}
 
 	td_sampler = s;
-	pr_info("scenario complete: %u samples, sum %llu\n", nr, sum);
+	return 0;
+}
+
+static void td_sampler_remove(void)
+{
+	hrtimer_cancel(&td_sampler->timer);
+	kfree(td_sampler);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_sampler_probe_work_fn(struct work_struct *work)
+{
+	td_sampler_probe_err = td_sampler_probe();
+	complete(&td_sampler_probed);
+}
+static DECLARE_WORK(td_sampler_probe_work, td_sampler_probe_work_fn);
+
+static int __init td_hardirq_bug_init(void)
+{
+	schedule_work(&td_sampler_probe_work);
+	if (!wait_for_completion_timeout(&td_sampler_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_sampler_probe_work);
+	if (td_sampler_probe_err)
+		return td_sampler_probe_err;
+
+	pr_info("scenario complete: %u samples, sum %llu\n",
+		td_sampler->read_nr, td_sampler->read_sum);
 	return 0;
 }
 
 static void __exit td_hardirq_bug_exit(void)
 {
-	hrtimer_cancel(&td_sampler->timer);
-	kfree(td_sampler);
+	td_sampler_remove();
 }
 
 module_init(td_hardirq_bug_init);

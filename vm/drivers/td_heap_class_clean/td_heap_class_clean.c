@@ -5,7 +5,8 @@
  * A toy DMA engine with two channels.  Each channel is a separately
  * kmalloc'd struct td_chan (all allocated by td_chan_create()) holding two
  * spinlocks: state_lock (channel state machine) and fifo_lock (descriptor
- * FIFO).  A work item starts channel 0 and drains channel 1, a few times.
+ * FIFO).  The probe routine (run from a work item) starts channel 0, and
+ * posts to and drains channel 1, a few times.
  *
  * Same work as td_heap_class_bug, done correctly: td_chan_start() and
  * td_chan_drain() both take ->state_lock before ->fifo_lock, so the two lock
@@ -23,7 +24,7 @@
 #define TD_NR_CHANS		2
 #define TD_CHAN_ROUNDS		4
 #define TD_CHAN_FIFO_DEPTH	16
-#define TD_CHAN_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 enum td_chan_state {
 	TD_CHAN_IDLE,
@@ -45,12 +46,11 @@ struct td_chan {
 struct td_dma {
 	struct td_chan *chans[TD_NR_CHANS];
 	unsigned int drained;
-
-	struct work_struct run_work;
-	struct completion run_done;
 };
 
 static struct td_dma *td_dma;
+static int td_dma_probe_err;
+static DECLARE_COMPLETION(td_dma_probed);
 
 static struct td_chan *td_chan_create(unsigned int id)
 {
@@ -78,6 +78,14 @@ static void td_chan_start(struct td_chan *c, u32 desc)
 	spin_unlock(&c->state_lock);
 }
 
+/* Queue one descriptor on a channel that is already running: fifo_lock only. */
+static void td_chan_post(struct td_chan *c, u32 desc)
+{
+	spin_lock(&c->fifo_lock);
+	c->fifo[c->fifo_head++ % TD_CHAN_FIFO_DEPTH] = desc;
+	spin_unlock(&c->fifo_lock);
+}
+
 /* Drain the FIFO and idle the channel; returns the descriptors drained. */
 static unsigned int td_chan_drain(struct td_chan *c)
 {
@@ -95,18 +103,6 @@ static unsigned int td_chan_drain(struct td_chan *c)
 	return n;
 }
 
-static void td_dma_run_work(struct work_struct *work)
-{
-	struct td_dma *dma = container_of(work, struct td_dma, run_work);
-	int i;
-
-	for (i = 0; i < TD_CHAN_ROUNDS; i++) {
-		td_chan_start(dma->chans[0], 0x1000 + i);
-		dma->drained += td_chan_drain(dma->chans[1]);
-	}
-	complete(&dma->run_done);
-}
-
 static void td_dma_free(struct td_dma *dma)
 {
 	int i;
@@ -116,7 +112,7 @@ static void td_dma_free(struct td_dma *dma)
 	kfree(dma);
 }
 
-static int __init td_heap_class_clean_init(void)
+static int td_dma_probe(void)
 {
 	struct td_dma *dma;
 	int i;
@@ -131,29 +127,48 @@ static int __init td_heap_class_clean_init(void)
 			return -ENOMEM;
 		}
 	}
-	INIT_WORK(&dma->run_work, td_dma_run_work);
-	init_completion(&dma->run_done);
 
-	schedule_work(&dma->run_work);
-	if (!wait_for_completion_timeout(&dma->run_done,
-					 msecs_to_jiffies(TD_CHAN_TIMEOUT_MS))) {
-		pr_err("run work did not finish\n");
-		cancel_work_sync(&dma->run_work);
-		td_dma_free(dma);
-		return -ETIMEDOUT;
+	for (i = 0; i < TD_CHAN_ROUNDS; i++) {
+		td_chan_start(dma->chans[0], 0x1000 + i);
+		td_chan_post(dma->chans[1], 0x2000 + i);
+		dma->drained += td_chan_drain(dma->chans[1]);
 	}
-	flush_work(&dma->run_work);
 
 	td_dma = dma;
+	return 0;
+}
+
+static void td_dma_remove(void)
+{
+	td_dma_free(td_dma);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_dma_probe_work_fn(struct work_struct *work)
+{
+	td_dma_probe_err = td_dma_probe();
+	complete(&td_dma_probed);
+}
+static DECLARE_WORK(td_dma_probe_work, td_dma_probe_work_fn);
+
+static int __init td_heap_class_clean_init(void)
+{
+	schedule_work(&td_dma_probe_work);
+	if (!wait_for_completion_timeout(&td_dma_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_dma_probe_work);
+	if (td_dma_probe_err)
+		return td_dma_probe_err;
+
 	pr_info("scenario complete: chan0 started %u times, chan1 drained %u\n",
-		dma->chans[0]->starts, dma->drained);
+		td_dma->chans[0]->starts, td_dma->drained);
 	return 0;
 }
 
 static void __exit td_heap_class_clean_exit(void)
 {
-	cancel_work_sync(&td_dma->run_work);
-	td_dma_free(td_dma);
+	td_dma_remove();
 }
 
 module_init(td_heap_class_clean_init);

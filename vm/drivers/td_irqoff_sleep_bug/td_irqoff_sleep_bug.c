@@ -3,8 +3,9 @@
  * td_irqoff_sleep_bug - tracedep example driver with one planted bug.
  *
  * A toy device whose status registers must be read as a consistent set, so
- * the driver reads them with local interrupts disabled.  A work item takes a
- * few register snapshots into freshly allocated records.
+ * the driver reads them with local interrupts disabled.  The probe routine
+ * (run from a work item) takes a few register snapshots into freshly
+ * allocated records.
  *
  * PLANTED BUG (sleep-in-atomic, interrupts disabled, no lock held):
  * td_hw_snapshot_regs() calls kmalloc(GFP_KERNEL) between local_irq_save()
@@ -25,7 +26,7 @@
 
 #define TD_HW_ROUNDS		4
 #define TD_HW_NR_REGS		4
-#define TD_HW_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_regs_snapshot {
 	u32 regs[TD_HW_NR_REGS];
@@ -36,12 +37,11 @@ struct td_hw {
 	u32 regs[TD_HW_NR_REGS];	/* stands in for MMIO registers */
 	struct td_regs_snapshot *last;
 	unsigned int snapshots;
-
-	struct work_struct snap_work;
-	struct completion snap_done;
 };
 
 static struct td_hw *td_hw;
+static int td_hw_probe_err;
+static DECLARE_COMPLETION(td_hw_probed);
 
 static struct td_regs_snapshot *td_hw_snapshot_regs(struct td_hw *hw)
 {
@@ -62,11 +62,15 @@ static struct td_regs_snapshot *td_hw_snapshot_regs(struct td_hw *hw)
 	return snap;
 }
 
-static void td_hw_snap_work(struct work_struct *work)
+static int td_hw_probe(void)
 {
-	struct td_hw *hw = container_of(work, struct td_hw, snap_work);
 	struct td_regs_snapshot *snap;
+	struct td_hw *hw;
 	int i;
+
+	hw = kzalloc(sizeof(*hw), GFP_KERNEL);
+	if (!hw)
+		return -ENOMEM;
 
 	for (i = 0; i < TD_HW_ROUNDS; i++) {
 		WRITE_ONCE(hw->regs[i % TD_HW_NR_REGS], 0xa5a50000u | i);
@@ -77,41 +81,43 @@ static void td_hw_snap_work(struct work_struct *work)
 		hw->last = snap;
 		hw->snapshots++;
 	}
-	complete(&hw->snap_done);
+
+	td_hw = hw;
+	return 0;
 }
+
+static void td_hw_remove(void)
+{
+	kfree(td_hw->last);
+	kfree(td_hw);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_hw_probe_work_fn(struct work_struct *work)
+{
+	td_hw_probe_err = td_hw_probe();
+	complete(&td_hw_probed);
+}
+static DECLARE_WORK(td_hw_probe_work, td_hw_probe_work_fn);
 
 static int __init td_irqoff_sleep_bug_init(void)
 {
-	struct td_hw *hw;
+	schedule_work(&td_hw_probe_work);
+	if (!wait_for_completion_timeout(&td_hw_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_hw_probe_work);
+	if (td_hw_probe_err)
+		return td_hw_probe_err;
 
-	hw = kzalloc(sizeof(*hw), GFP_KERNEL);
-	if (!hw)
-		return -ENOMEM;
-	INIT_WORK(&hw->snap_work, td_hw_snap_work);
-	init_completion(&hw->snap_done);
-
-	schedule_work(&hw->snap_work);
-	if (!wait_for_completion_timeout(&hw->snap_done,
-					 msecs_to_jiffies(TD_HW_TIMEOUT_MS))) {
-		pr_err("snapshot work did not finish\n");
-		cancel_work_sync(&hw->snap_work);
-		kfree(hw->last);
-		kfree(hw);
-		return -ETIMEDOUT;
-	}
-	flush_work(&hw->snap_work);
-
-	td_hw = hw;
-	pr_info("scenario complete: %u snapshots, reg0 %#x\n", hw->snapshots,
-		hw->last ? hw->last->regs[0] : 0);
+	pr_info("scenario complete: %u snapshots, reg0 %#x\n", td_hw->snapshots,
+		td_hw->last ? td_hw->last->regs[0] : 0);
 	return 0;
 }
 
 static void __exit td_irqoff_sleep_bug_exit(void)
 {
-	cancel_work_sync(&td_hw->snap_work);
-	kfree(td_hw->last);
-	kfree(td_hw);
+	td_hw_remove();
 }
 
 module_init(td_irqoff_sleep_bug_init);

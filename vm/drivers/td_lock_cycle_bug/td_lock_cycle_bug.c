@@ -3,9 +3,9 @@
  * td_lock_cycle_bug - tracedep example driver with one planted bug.
  *
  * A toy bus driver with three static mutexes: td_bus_mutex (bus topology),
- * td_port_mutex (per-port state) and td_fw_mutex (firmware image).  A work
- * item rescans the bus, loads port firmware and runs firmware recovery, a few
- * times.
+ * td_port_mutex (per-port state) and td_fw_mutex (firmware image).  The probe
+ * routine (run from a work item) rescans the bus, loads port firmware and
+ * runs firmware recovery, a few times.
  *
  * PLANTED BUG (lock-order-inversion, three-lock cycle):
  *   td_bus_rescan()          bus  -> port
@@ -27,7 +27,7 @@
 
 #define TD_BUS_NR_PORTS		4
 #define TD_BUS_ROUNDS		3
-#define TD_BUS_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 static DEFINE_MUTEX(td_bus_mutex);	/* A: bus topology */
 static DEFINE_MUTEX(td_port_mutex);	/* B: port state */
@@ -43,12 +43,11 @@ struct td_bus {
 	unsigned int rescans;
 	unsigned int recoveries;
 	u32 fw_version;			/* protected by td_fw_mutex */
-
-	struct work_struct maint_work;
-	struct completion maint_done;
 };
 
 static struct td_bus *td_bus;
+static int td_bus_probe_err;
+static DECLARE_COMPLETION(td_bus_probed);
 
 /* bus -> port */
 static void td_bus_rescan(struct td_bus *bus)
@@ -88,50 +87,57 @@ static void td_fw_recover(struct td_bus *bus)
 	mutex_unlock(&td_fw_mutex);
 }
 
-static void td_bus_maint_work(struct work_struct *work)
+static int td_bus_probe(void)
 {
-	struct td_bus *bus = container_of(work, struct td_bus, maint_work);
+	struct td_bus *bus;
 	int i;
+
+	bus = kzalloc(sizeof(*bus), GFP_KERNEL);
+	if (!bus)
+		return -ENOMEM;
+	bus->fw_version = 0x100;
 
 	for (i = 0; i < TD_BUS_ROUNDS; i++) {
 		td_bus_rescan(bus);
 		td_port_load_firmware(bus, i % TD_BUS_NR_PORTS);
 		td_fw_recover(bus);
 	}
-	complete(&bus->maint_done);
+
+	td_bus = bus;
+	return 0;
 }
+
+static void td_bus_remove(void)
+{
+	kfree(td_bus);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_bus_probe_work_fn(struct work_struct *work)
+{
+	td_bus_probe_err = td_bus_probe();
+	complete(&td_bus_probed);
+}
+static DECLARE_WORK(td_bus_probe_work, td_bus_probe_work_fn);
 
 static int __init td_lock_cycle_bug_init(void)
 {
-	struct td_bus *bus;
+	schedule_work(&td_bus_probe_work);
+	if (!wait_for_completion_timeout(&td_bus_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_bus_probe_work);
+	if (td_bus_probe_err)
+		return td_bus_probe_err;
 
-	bus = kzalloc(sizeof(*bus), GFP_KERNEL);
-	if (!bus)
-		return -ENOMEM;
-	bus->fw_version = 0x100;
-	INIT_WORK(&bus->maint_work, td_bus_maint_work);
-	init_completion(&bus->maint_done);
-
-	schedule_work(&bus->maint_work);
-	if (!wait_for_completion_timeout(&bus->maint_done,
-					 msecs_to_jiffies(TD_BUS_TIMEOUT_MS))) {
-		pr_err("maintenance work did not finish\n");
-		cancel_work_sync(&bus->maint_work);
-		kfree(bus);
-		return -ETIMEDOUT;
-	}
-	flush_work(&bus->maint_work);
-
-	td_bus = bus;
 	pr_info("scenario complete: %u rescans, %u recoveries, fw %#x\n",
-		bus->rescans, bus->recoveries, bus->fw_version);
+		td_bus->rescans, td_bus->recoveries, td_bus->fw_version);
 	return 0;
 }
 
 static void __exit td_lock_cycle_bug_exit(void)
 {
-	cancel_work_sync(&td_bus->maint_work);
-	kfree(td_bus);
+	td_bus_remove();
 }
 
 module_init(td_lock_cycle_bug_init);

@@ -4,7 +4,8 @@
  *
  * A toy controller whose configuration is serialised by a mutex in the
  * device structure, and whose global statistics are protected by a static
- * spinlock.  A work item applies a few configuration changes.
+ * spinlock.  The probe routine (run from a work item) applies a few
+ * configuration changes.
  *
  * Same work as td_mutex_spin_bug, done correctly: td_ctrl_apply_config()
  * takes the (sleeping) mutex first and the statistics spinlock inside it.
@@ -21,7 +22,7 @@
 #include <linux/workqueue.h>
 
 #define TD_CTRL_ROUNDS		4
-#define TD_CTRL_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_ctrl_cfg {
 	u32 mtu;
@@ -32,9 +33,6 @@ struct td_ctrl {
 	struct mutex cfg_mutex;		/* serialises configuration changes */
 	struct td_ctrl_cfg cfg;
 	unsigned int generation;
-
-	struct work_struct apply_work;
-	struct completion applied;
 };
 
 /* Statistics shared by every controller instance. */
@@ -45,6 +43,8 @@ static struct {
 } td_ctrl_stats;
 
 static struct td_ctrl *td_ctrl;
+static int td_ctrl_probe_err;
+static DECLARE_COMPLETION(td_ctrl_probed);
 
 static void td_ctrl_apply_config(struct td_ctrl *ctrl, u32 mtu, u32 flags)
 {
@@ -59,54 +59,55 @@ static void td_ctrl_apply_config(struct td_ctrl *ctrl, u32 mtu, u32 flags)
 	mutex_unlock(&ctrl->cfg_mutex);
 }
 
-static void td_ctrl_apply_work(struct work_struct *work)
-{
-	struct td_ctrl *ctrl = container_of(work, struct td_ctrl, apply_work);
-	int i;
-
-	for (i = 0; i < TD_CTRL_ROUNDS; i++)
-		td_ctrl_apply_config(ctrl, 1500 + 500 * i, i & 1);
-
-	complete(&ctrl->applied);
-}
-
-static int __init td_mutex_spin_clean_init(void)
+static int td_ctrl_probe(void)
 {
 	struct td_ctrl *ctrl;
-	u64 applies;
+	int i;
 
 	ctrl = kzalloc(sizeof(*ctrl), GFP_KERNEL);
 	if (!ctrl)
 		return -ENOMEM;
 	mutex_init(&ctrl->cfg_mutex);
-	INIT_WORK(&ctrl->apply_work, td_ctrl_apply_work);
-	init_completion(&ctrl->applied);
 
-	schedule_work(&ctrl->apply_work);
-	if (!wait_for_completion_timeout(&ctrl->applied,
-					 msecs_to_jiffies(TD_CTRL_TIMEOUT_MS))) {
-		pr_err("apply work did not finish\n");
-		cancel_work_sync(&ctrl->apply_work);
-		kfree(ctrl);
-		return -ETIMEDOUT;
-	}
-	flush_work(&ctrl->apply_work);
-
-	spin_lock(&td_ctrl_stats_lock);
-	applies = td_ctrl_stats.applies;
-	spin_unlock(&td_ctrl_stats_lock);
+	for (i = 0; i < TD_CTRL_ROUNDS; i++)
+		td_ctrl_apply_config(ctrl, 1500 + 500 * i, i & 1);
 
 	td_ctrl = ctrl;
+	return 0;
+}
+
+static void td_ctrl_remove(void)
+{
+	mutex_destroy(&td_ctrl->cfg_mutex);
+	kfree(td_ctrl);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_ctrl_probe_work_fn(struct work_struct *work)
+{
+	td_ctrl_probe_err = td_ctrl_probe();
+	complete(&td_ctrl_probed);
+}
+static DECLARE_WORK(td_ctrl_probe_work, td_ctrl_probe_work_fn);
+
+static int __init td_mutex_spin_clean_init(void)
+{
+	schedule_work(&td_ctrl_probe_work);
+	if (!wait_for_completion_timeout(&td_ctrl_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_ctrl_probe_work);
+	if (td_ctrl_probe_err)
+		return td_ctrl_probe_err;
+
 	pr_info("scenario complete: %llu config changes, generation %u\n",
-		applies, ctrl->generation);
+		td_ctrl_stats.applies, td_ctrl->generation);
 	return 0;
 }
 
 static void __exit td_mutex_spin_clean_exit(void)
 {
-	cancel_work_sync(&td_ctrl->apply_work);
-	mutex_destroy(&td_ctrl->cfg_mutex);
-	kfree(td_ctrl);
+	td_ctrl_remove();
 }
 
 module_init(td_mutex_spin_clean_init);

@@ -3,9 +3,9 @@
  * td_percpu_sleep_bug - tracedep example driver with one planted bug.
  *
  * A toy per-CPU scratch-buffer cache: each CPU has a slot holding a scratch
- * buffer, and a refill work item replaces the local CPU's buffer with a fresh
- * one a few times.  The slot is pinned with get_cpu()/put_cpu(), as drivers
- * doing per-CPU work do.
+ * buffer, and the probe routine (run from a work item) replaces the local
+ * CPU's buffer with a fresh one a few times.  The slot is pinned with
+ * get_cpu()/put_cpu(), as drivers doing per-CPU work do.
  *
  * PLANTED BUG (sleep-in-atomic, preemption disabled, no lock held):
  * td_pcpu_refill_local() calls kmalloc(GFP_KERNEL) between get_cpu() and
@@ -26,7 +26,7 @@
 
 #define TD_PCPU_ROUNDS		4
 #define TD_PCPU_SCRATCH_SIZE	256
-#define TD_PCPU_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_pcpu_slot {
 	void *scratch;
@@ -36,12 +36,11 @@ struct td_pcpu_slot {
 struct td_pcpu_cache {
 	struct td_pcpu_slot __percpu *slots;
 	unsigned int refills;
-
-	struct work_struct refill_work;
-	struct completion refilled;
 };
 
 static struct td_pcpu_cache *td_pcpu_cache;
+static int td_pcpu_probe_err;
+static DECLARE_COMPLETION(td_pcpu_probed);
 
 /* Replace this CPU's scratch buffer; returns 0 or -ENOMEM. */
 static int td_pcpu_refill_local(struct td_pcpu_cache *pc)
@@ -65,18 +64,6 @@ static int td_pcpu_refill_local(struct td_pcpu_cache *pc)
 	return 0;
 }
 
-static void td_pcpu_refill_work(struct work_struct *work)
-{
-	struct td_pcpu_cache *pc = container_of(work, struct td_pcpu_cache, refill_work);
-	int i;
-
-	for (i = 0; i < TD_PCPU_ROUNDS; i++)
-		if (!td_pcpu_refill_local(pc))
-			pc->refills++;
-
-	complete(&pc->refilled);
-}
-
 static void td_pcpu_cache_free(struct td_pcpu_cache *pc)
 {
 	int cpu;
@@ -87,9 +74,10 @@ static void td_pcpu_cache_free(struct td_pcpu_cache *pc)
 	kfree(pc);
 }
 
-static int __init td_percpu_sleep_bug_init(void)
+static int td_pcpu_probe(void)
 {
 	struct td_pcpu_cache *pc;
+	int i;
 
 	pc = kzalloc(sizeof(*pc), GFP_KERNEL);
 	if (!pc)
@@ -99,28 +87,45 @@ static int __init td_percpu_sleep_bug_init(void)
 		kfree(pc);
 		return -ENOMEM;
 	}
-	INIT_WORK(&pc->refill_work, td_pcpu_refill_work);
-	init_completion(&pc->refilled);
 
-	schedule_work(&pc->refill_work);
-	if (!wait_for_completion_timeout(&pc->refilled,
-					 msecs_to_jiffies(TD_PCPU_TIMEOUT_MS))) {
-		pr_err("refill work did not finish\n");
-		cancel_work_sync(&pc->refill_work);
-		td_pcpu_cache_free(pc);
-		return -ETIMEDOUT;
-	}
-	flush_work(&pc->refill_work);
+	for (i = 0; i < TD_PCPU_ROUNDS; i++)
+		if (!td_pcpu_refill_local(pc))
+			pc->refills++;
 
 	td_pcpu_cache = pc;
-	pr_info("scenario complete: %u refills\n", pc->refills);
+	return 0;
+}
+
+static void td_pcpu_remove(void)
+{
+	td_pcpu_cache_free(td_pcpu_cache);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_pcpu_probe_work_fn(struct work_struct *work)
+{
+	td_pcpu_probe_err = td_pcpu_probe();
+	complete(&td_pcpu_probed);
+}
+static DECLARE_WORK(td_pcpu_probe_work, td_pcpu_probe_work_fn);
+
+static int __init td_percpu_sleep_bug_init(void)
+{
+	schedule_work(&td_pcpu_probe_work);
+	if (!wait_for_completion_timeout(&td_pcpu_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_pcpu_probe_work);
+	if (td_pcpu_probe_err)
+		return td_pcpu_probe_err;
+
+	pr_info("scenario complete: %u refills\n", td_pcpu_cache->refills);
 	return 0;
 }
 
 static void __exit td_percpu_sleep_bug_exit(void)
 {
-	cancel_work_sync(&td_pcpu_cache->refill_work);
-	td_pcpu_cache_free(td_pcpu_cache);
+	td_pcpu_remove();
 }
 
 module_init(td_percpu_sleep_bug_init);

@@ -4,8 +4,8 @@
  *
  * A toy polled sensor: a timer_list callback (softirq context) samples the
  * "hardware" into counters protected by pd->lock; process context reads the
- * counters back.  Module init runs a few rounds of "let the poll timer fire
- * once, then read the statistics".
+ * counters back.  The probe routine (run from a work item) does a few rounds
+ * of "let the poll timer fire once, then read the statistics".
  *
  * Same work as td_softirq_bug, done correctly: td_poll_read_stats() takes
  * pd->lock with spin_lock_bh(), so the poll timer cannot run on this CPU
@@ -19,9 +19,11 @@
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/timer.h>
+#include <linux/workqueue.h>
 
 #define TD_POLL_ROUNDS		4
-#define TD_POLL_TIMEOUT_MS	5000
+#define TD_POLL_TIMEOUT_MS	2000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_poll_stats {
 	u64 samples;
@@ -33,12 +35,15 @@ struct td_poll_dev {
 	spinlock_t lock;		/* protects stats; taken in softirq */
 	struct td_poll_stats stats;
 	u32 fake_reg;			/* stands in for a device register */
+	struct td_poll_stats snap;	/* last value read by process context */
 
 	struct timer_list poll_timer;
 	struct completion polled;
 };
 
 static struct td_poll_dev *td_poll_dev;
+static int td_poll_probe_err;
+static DECLARE_COMPLETION(td_poll_probed);
 
 static void td_poll_timer_fn(struct timer_list *t)
 {
@@ -65,9 +70,8 @@ static void td_poll_read_stats(struct td_poll_dev *pd, struct td_poll_stats *out
 	spin_unlock_bh(&pd->lock);
 }
 
-static int __init td_softirq_clean_init(void)
+static int td_poll_probe(void)
 {
-	struct td_poll_stats snap = {};
 	struct td_poll_dev *pd;
 	int i;
 
@@ -90,18 +94,45 @@ static int __init td_softirq_clean_init(void)
 		}
 		/* The callback may still be returning: wait for it. */
 		timer_delete_sync(&pd->poll_timer);
-		td_poll_read_stats(pd, &snap);
+		td_poll_read_stats(pd, &pd->snap);
 	}
 
 	td_poll_dev = pd;
-	pr_info("scenario complete: %llu samples, max %u\n", snap.samples, snap.max);
+	return 0;
+}
+
+static void td_poll_remove(void)
+{
+	timer_shutdown_sync(&td_poll_dev->poll_timer);
+	kfree(td_poll_dev);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_poll_probe_work_fn(struct work_struct *work)
+{
+	td_poll_probe_err = td_poll_probe();
+	complete(&td_poll_probed);
+}
+static DECLARE_WORK(td_poll_probe_work, td_poll_probe_work_fn);
+
+static int __init td_softirq_clean_init(void)
+{
+	schedule_work(&td_poll_probe_work);
+	if (!wait_for_completion_timeout(&td_poll_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_poll_probe_work);
+	if (td_poll_probe_err)
+		return td_poll_probe_err;
+
+	pr_info("scenario complete: %llu samples, max %u\n",
+		td_poll_dev->snap.samples, td_poll_dev->snap.max);
 	return 0;
 }
 
 static void __exit td_softirq_clean_exit(void)
 {
-	timer_shutdown_sync(&td_poll_dev->poll_timer);
-	kfree(td_poll_dev);
+	td_poll_remove();
 }
 
 module_init(td_softirq_clean_init);

@@ -1,0 +1,475 @@
+"""Runtime kernel addresses → frames that read like ``scripts/decode_stacktrace.sh``.
+
+A frame is ``function+0x1c/0x80 [module] file:line`` with the functions inlined
+at that address listed before it, innermost first, exactly in the order
+``addr2line -f -i`` prints them.
+
+Address spaces: the core kernel is resolved at its link-time address
+(runtime − ``kaslr_offset``, checked against kallsyms, never trusted blindly);
+a module address is mapped through the runtime address of the section that
+contains it (every section, not only ``.text``: GCC puts init-only code in
+``.text.unlikely``) to an offset in that section of the ``.ko``.
+
+Names and sizes follow kallsyms (``func+off/size`` as the kernel itself prints
+it); file:line and inline chains follow binutils' addr2line.  With
+``style="addr2line"`` the output is byte-for-byte what ``addr2line -f -i``
+prints (DWARF function names, addr2line's path joining), which the agreement
+test relies on.
+
+Return addresses (``call_site=True``) are resolved as the kernel's ``%pB``
+does: everything is looked up at ``addr - 1`` (so a call at the very end of a
+function stays in that function, and file:line is the call's, not the next
+statement's), but the reported offset is that of the return address, so
+``func+0x1c/0x80`` is what a kernel backtrace of the same frame shows.
+
+Exceptions: :class:`SymbolizerError` (an :class:`~tracedep.errors.InputError`)
+for a KASLR offset that does not match the vmlinux.  Everything else that is
+wrong with the inputs (stripped vmlinux, build-id mismatch, missing .ko) is
+said once in :attr:`Symbolizer.warnings` and degrades the answer, never to a
+wrong one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tracedep.analysis.dwarf_lines import DwarfError, DwarfIndex, SourceFrame, layout_sections
+from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
+from tracedep.analysis.findings import Frame
+from tracedep.errors import InputError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+DEFAULT_CACHE_DIR = Path("~/.cache/tracedep/symbols")
+Style = Literal["kernel", "addr2line"]
+# A cached answer: (function, offset from the looked-up address's symbol start
+# or -1 for inlined, size, file, line, inlined) per frame.
+_Proto = tuple[tuple[str, int, int, str | None, int | None, bool], ...]
+_KASLR_SAMPLE_NAMES = ("_text", "_stext", "startup_64", "_etext", "_sinittext", "schedule",
+                       "printk", "_printk", "mutex_lock", "kmalloc_trace", "__kmalloc")
+
+
+class SymbolizerError(InputError):
+    """The symbols cannot be trusted at all (e.g. the KASLR offset does not match)."""
+
+
+@dataclass(frozen=True)
+class ModuleImage:
+    """A loaded module: its debug .ko (None if unavailable) and where its sections are.
+
+    ``sections`` maps section names to runtime addresses as
+    ``/sys/module/<name>/sections/*`` reports them.  ``build_id`` is the one the
+    guest reports in ``/sys/module/<name>/notes/.note.gnu.build-id``, if known.
+    """
+
+    name: str
+    ko_path: Path | None
+    sections: dict[str, int]
+    build_id: str | None = None
+
+
+def _hexkey(addr: int) -> str:
+    return f"{addr:x}"
+
+
+class _Object:
+    """One ELF image (vmlinux or a .ko): symbols, lazily its DWARF, and its answer cache."""
+
+    def __init__(self, name: str, elf: ElfFile, bases: dict[int, int] | None,
+                 symbols: SymbolTable | None, cache_dir: Path | None, style: Style) -> None:
+        self.name = name
+        self.elf = elf
+        self.bases = bases
+        self.symbols = symbols
+        self.has_dwarf = elf.has_section(".debug_info") and elf.has_section(".debug_line")
+        self._dwarf: DwarfIndex | None = None
+        self._dwarf_failed = False
+        self.cache_path = (cache_dir / elf.cache_key() / f"resolved-v{CACHE_FORMAT}-{style}.json"
+                           if cache_dir is not None else None)
+        self._cache: dict[str, _Proto] | None = None
+        self.dirty = False
+
+    def dwarf(self) -> DwarfIndex | None:
+        if self._dwarf is None and self.has_dwarf and not self._dwarf_failed:
+            try:
+                self._dwarf = DwarfIndex(self.elf, self.bases)
+            except (DwarfError, ElfFormatError) as e:
+                self._dwarf_failed = True
+                raise DwarfError(str(e)) from e
+        return self._dwarf
+
+    def cached(self, key: int) -> _Proto | None:
+        if self._cache is None:
+            self._cache = {}
+            if self.cache_path is not None and self.cache_path.is_file():
+                try:
+                    raw = json.loads(self.cache_path.read_text())
+                    self._cache = {k: tuple(tuple(f) for f in v) for k, v in raw.items()}
+                except (OSError, ValueError) as e:
+                    log.warning("ignoring unreadable cache %s: %s", self.cache_path, e)
+        return self._cache.get(_hexkey(key))
+
+    def remember(self, key: int, proto: _Proto) -> None:
+        if self._cache is None:
+            self.cached(key)
+        assert self._cache is not None
+        self._cache[_hexkey(key)] = proto
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty or self.cache_path is None or self._cache is None:
+            return
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(self._cache, separators=(",", ":")))
+            os.replace(tmp, self.cache_path)
+            self.dirty = False
+        except OSError as e:
+            log.warning("cannot write symbol cache %s: %s", self.cache_path, e)
+
+
+@dataclass
+class _ModuleMap:
+    """Runtime section ranges of one module."""
+
+    image: ModuleImage
+    # (runtime start, runtime end, section name, section index or -1)
+    ranges: list[tuple[int, int, str, int]] = field(default_factory=list)
+    obj: _Object | None = None
+    kallsyms: SymbolTable | None = None
+
+
+class Symbolizer:
+    """Resolves runtime addresses of a kernel and its modules to :class:`Frame` tuples.
+
+    ``vmlinux`` is the debug vmlinux (None if unavailable), ``kaslr_offset`` its
+    runtime − link-time displacement, ``modules`` the loaded modules by name,
+    ``kallsyms`` the guest's /proc/kallsyms as (address, type, name) — used to
+    verify the KASLR offset and as the names of last resort.  ``vmlinux_build_id``
+    is the running kernel's build-id (/sys/kernel/notes), if known.
+    ``style="kernel"`` gives kallsyms names and source-tree-relative paths;
+    ``"addr2line"`` gives exactly what ``addr2line -f -i`` prints.
+    """
+
+    def __init__(
+        self,
+        vmlinux: Path | None,
+        kaslr_offset: int,
+        modules: dict[str, ModuleImage],
+        cache_dir: Path | None = None,
+        kallsyms: list[tuple[int, str, str]] | None = None,
+        *,
+        vmlinux_build_id: str | None = None,
+        style: Style = "kernel",
+        use_cache: bool = True,
+    ) -> None:
+        self.kaslr_offset = kaslr_offset
+        self.style: Style = style
+        self.warnings: list[str] = []
+        self._warned: set[str] = set()
+        self._cache_dir = (cache_dir or DEFAULT_CACHE_DIR).expanduser() if use_cache else None
+        self._core: _Object | None = None
+        self._core_range: tuple[int, int] | None = None  # link-time
+        self._core_kallsyms: SymbolTable | None = None
+        self._modules: list[_ModuleMap] = []
+
+        module_ks, core_ks = self._split_kallsyms(kallsyms or [], modules)
+        if core_ks:
+            self._core_kallsyms = SymbolTable.from_kallsyms(core_ks)
+        if vmlinux is not None:
+            self._core = self._open_vmlinux(Path(vmlinux), vmlinux_build_id)
+        else:
+            self._warn("no vmlinux given: core-kernel addresses resolve from kallsyms only")
+        if self._core is not None and self._core.symbols is not None:
+            if core_ks:
+                samples = _kaslr_samples(core_ks)
+                _verify_offset(self._core.symbols, kaslr_offset, samples, self._core.elf.path)
+            else:
+                self._warn("KASLR offset not verified: no kallsyms given")
+            self._core_range = self._core.symbols.bounds()
+        for image in modules.values():
+            self._modules.append(self._open_module(image, module_ks.get(image.name, [])))
+
+    # -- setup ----------------------------------------------------------------------
+
+    def _warn(self, msg: str) -> None:
+        if msg not in self._warned:
+            self._warned.add(msg)
+            self.warnings.append(msg)
+            log.warning("%s", msg)
+
+    @staticmethod
+    def _split_kallsyms(
+        kallsyms: list[tuple[int, str, str]], modules: dict[str, ModuleImage],
+    ) -> tuple[dict[str, list[tuple[int, str, str]]], list[tuple[int, str, str]]]:
+        """Module symbols (by the ``[mod]`` tag /proc/kallsyms prints) and core ones."""
+        per_mod: dict[str, list[tuple[int, str, str]]] = {}
+        core: list[tuple[int, str, str]] = []
+        for addr, typ, name in kallsyms:
+            mod = None
+            if "[" in name:
+                base, _, tag = name.partition("[")
+                mod = tag.rstrip("]").strip()
+                name = base.strip()
+            if mod:
+                per_mod.setdefault(mod, []).append((addr, typ, name))
+            else:
+                core.append((addr, typ, name))
+        return per_mod, core
+
+    def _open_vmlinux(self, path: Path, expected_build_id: str | None) -> _Object | None:
+        try:
+            elf = ElfFile(path)
+        except (OSError, ElfFormatError) as e:
+            self._warn(f"cannot read vmlinux {path}: {e}")
+            return None
+        if expected_build_id and elf.build_id and elf.build_id != expected_build_id.lower():
+            self._warn(f"vmlinux {path} has build-id {elf.build_id}, the running kernel "
+                       f"{expected_build_id}: ignoring it")
+            elf.close()
+            return None
+        cache = self._cache_dir / elf.cache_key() if self._cache_dir else None
+        symbols = SymbolTable.load(cache) if cache else None
+        if symbols is None:
+            symbols = SymbolTable.from_elf(elf)
+            if symbols is not None and cache is not None:
+                try:
+                    symbols.save(cache)
+                except OSError as e:
+                    log.warning("cannot write symbol cache %s: %s", cache, e)
+        obj = _Object("vmlinux", elf, None, symbols, self._cache_dir, self.style)
+        if symbols is None:
+            self._warn(f"vmlinux {path} has no symbol table (stripped): names from "
+                       + ("kallsyms" if self._core_kallsyms else "nowhere"))
+        if not obj.has_dwarf:
+            self._warn(f"vmlinux {path} has no DWARF: no file:line or inline frames")
+        return obj
+
+    def _open_module(self, image: ModuleImage, ks: list[tuple[int, str, str]]) -> _ModuleMap:
+        mm = _ModuleMap(image)
+        if ks:
+            mm.kallsyms = SymbolTable.from_kallsyms(ks)
+        elf: ElfFile | None = None
+        if image.ko_path is None:
+            self._warn(f"module {image.name}: no .ko given: "
+                       + ("names from kallsyms" if ks else "addresses stay section+offset"))
+        else:
+            try:
+                elf = ElfFile(Path(image.ko_path))
+            except (OSError, ElfFormatError) as e:
+                self._warn(f"module {image.name}: cannot read {image.ko_path}: {e}")
+        if elf is not None and image.build_id and elf.build_id \
+                and elf.build_id != image.build_id.lower():
+            self._warn(f"module {image.name}: {image.ko_path} has build-id {elf.build_id}, "
+                       f"the loaded module {image.build_id}: ignoring it")
+            elf.close()
+            elf = None
+        if elf is not None:
+            bases = layout_sections(elf)
+            symbols = SymbolTable.from_elf(elf, bases, first_alias=True)
+            mm.obj = _Object(image.name, elf, bases, symbols, self._cache_dir, self.style)
+            if symbols is None:
+                self._warn(f"module {image.name}: {image.ko_path} has no symbol table")
+            if not mm.obj.has_dwarf:
+                self._warn(f"module {image.name}: {image.ko_path} has no DWARF")
+            for sec_name, start in image.sections.items():
+                sec = elf.by_name.get(sec_name)
+                if sec is None or not sec.alloc:
+                    continue
+                mm.ranges.append((start, start + max(sec.size, 1), sec_name, sec.index))
+        else:
+            # Without the .ko the section sizes are unknown: a section is taken
+            # to run to the next known section start, at most 1 MiB.
+            starts = sorted((a, n) for n, a in image.sections.items())
+            for i, (start, name) in enumerate(starts):
+                end = starts[i + 1][0] if i + 1 < len(starts) else start + (1 << 20)
+                mm.ranges.append((start, min(end, start + (1 << 20)), name, -1))
+        return mm
+
+    # -- lookup ---------------------------------------------------------------------
+
+    def resolve(self, runtime_addr: int, call_site: bool = False) -> tuple[Frame, ...]:
+        """Frames for one address, inlined ones first (innermost first), the real
+        function last.  ``call_site``: the address is a return address (see module doc)."""
+        look = runtime_addr - 1 if call_site else runtime_addr
+        bump = 1 if call_site else 0
+        for mm in self._modules:
+            for start, end, sec_name, sec_idx in mm.ranges:
+                if start <= look < end:
+                    return self._resolve_module(mm, runtime_addr, look, bump, start, sec_name,
+                                                sec_idx)
+        return self._resolve_core(runtime_addr, look, bump)
+
+    def resolve_many(self, addrs: Iterable[int], call_site: bool = False,
+                     ) -> dict[int, tuple[Frame, ...]]:
+        """:meth:`resolve` for many addresses (each once); the disk cache is saved after."""
+        out: dict[int, tuple[Frame, ...]] = {}
+        for a in sorted(set(addrs)):
+            out[a] = self.resolve(a, call_site)
+        self.save_cache()
+        return out
+
+    def save_cache(self) -> None:
+        """Write newly resolved addresses to the on-disk cache."""
+        if self._core is not None:
+            self._core.save()
+        for mm in self._modules:
+            if mm.obj is not None:
+                mm.obj.save()
+
+    def _resolve_core(self, addr: int, look: int, bump: int) -> tuple[Frame, ...]:
+        link = look - self.kaslr_offset
+        core = self._core
+        if core is not None and core.symbols is not None:
+            lo, hi = self._core_range or (0, 0)
+            if lo <= link < hi:
+                return self._from_object(core, "vmlinux", addr, link, bump)
+        elif core is not None and self._core_kallsyms is None:
+            # Stripped and no kallsyms: DWARF may still name the function.
+            return self._from_object(core, "vmlinux", addr, link, bump)
+        if self._core_kallsyms is not None:
+            hit = self._core_kallsyms.lookup(look)
+            if hit is not None:
+                name, start, size = hit
+                frames = self._dwarf_only(core, link) if core is not None else ()
+                last = Frame(name, look - start + bump, size, "vmlinux",
+                             frames[-1].file if frames else None,
+                             frames[-1].line if frames else None, False, addr)
+                return (*frames[:-1], last)
+        if core is None and self._core_kallsyms is None:
+            return (Frame("[vmlinux]", link + bump, 0, "vmlinux", None, None, False, addr),)
+        self._warn("some addresses are outside vmlinux and every known module "
+                   f"(first: {addr:#x})")
+        return (Frame("??", 0, 0, "??", None, None, False, addr),)
+
+    def _dwarf_only(self, core: _Object, link: int) -> tuple[Frame, ...]:
+        protos = self._lookup_object(core, link)
+        return tuple(Frame(f, max(o, 0), s, "vmlinux", fl, ln, inl, 0)
+                     for f, o, s, fl, ln, inl in protos)
+
+    def _resolve_module(self, mm: _ModuleMap, addr: int, look: int, bump: int, sec_start: int,
+                        sec_name: str, sec_idx: int) -> tuple[Frame, ...]:
+        name = mm.image.name
+        off = look - sec_start
+        if mm.obj is not None and sec_idx >= 0 and mm.obj.bases is not None:
+            return self._from_object(mm.obj, name, addr, mm.obj.bases[sec_idx] + off, bump)
+        if mm.kallsyms is not None:
+            hit = mm.kallsyms.lookup(look)
+            if hit is not None:
+                sym, start, size = hit
+                return (Frame(sym, look - start + bump, size, name, None, None, False, addr),)
+        # Decodable later with `addr2line -j <section> -e <module>.ko <offset>`.
+        return (Frame(sec_name, off + bump, 0, name, None, None, False, addr),)
+
+    def _from_object(self, obj: _Object, module: str, addr: int, key: int, bump: int,
+                     ) -> tuple[Frame, ...]:
+        protos = self._lookup_object(obj, key)
+        frames = []
+        for func, off, size, file, line, inlined in protos:
+            frames.append(Frame(func, off + bump if not inlined else 0, size, module, file, line,
+                                inlined, addr))
+        return tuple(frames)
+
+    def _lookup_object(self, obj: _Object, key: int) -> _Proto:
+        hit = obj.cached(key)
+        if hit is not None:
+            return hit
+        proto = self._compute(obj, key)
+        obj.remember(key, proto)
+        return proto
+
+    def _compute(self, obj: _Object, key: int) -> _Proto:
+        sym = obj.symbols.lookup(key) if obj.symbols is not None else None
+        chain: list[SourceFrame] | None = None
+        try:
+            dwarf = obj.dwarf()
+            if dwarf is not None:
+                chain = dwarf.lookup(key)
+        except (DwarfError, ElfFormatError) as e:
+            self._warn(f"{obj.name}: unreadable DWARF ({e}): no file:line")
+        except Exception as e:  # noqa: BLE001 — pyelftools raises many types on bad input
+            self._warn(f"{obj.name}: DWARF lookup failed ({type(e).__name__}: {e})")
+            log.debug("DWARF lookup of %#x in %s", key, obj.name, exc_info=True)
+        addr2line = self.style == "addr2line"
+        out: list[tuple[str, int, int, str | None, int | None, bool]] = []
+        if chain:
+            for sf in chain[:-1]:
+                file = sf.file if addr2line else sf.source_file
+                out.append((sf.function or "??", -1, 0, file, sf.line, True))
+            outer = chain[-1]
+            file = outer.file if addr2line else outer.source_file
+            line = outer.line
+            dwarf_name = outer.function
+        else:
+            file = line = dwarf_name = None
+        if sym is not None:
+            sym_name, start, size = sym
+            # addr2line names the DWARF function; kallsyms the symbol (foo.cold,
+            # foo.constprop.0), which is also what the kernel prints.
+            name = (dwarf_name or sym_name) if addr2line else sym_name
+            out.append((name, key - start, size, file, line, False))
+        else:
+            out.append((dwarf_name or "??", 0, 0, file, line, False))
+        return tuple(out)
+
+
+def _kaslr_samples(core_ks: Sequence[tuple[int, str, str]]) -> list[tuple[int, str]]:
+    """A few well-known text symbols plus an even spread of others."""
+    text = [(a, n) for a, t, n in core_ks if t in "tT" and a]
+    chosen = [(a, n) for a, n in text if n in _KASLR_SAMPLE_NAMES]
+    step = max(1, len(text) // 16)
+    chosen += text[::step][:16]
+    return chosen
+
+
+def _verify_offset(symbols: SymbolTable, kaslr_offset: int, samples: Sequence[tuple[int, str]],
+                   path: Path) -> None:
+    checked = 0
+    bad: list[tuple[str, int, list[int]]] = []
+    for runtime, name in samples:
+        link = symbols.addresses_of(name)
+        if not link:
+            continue
+        checked += 1
+        if runtime - kaslr_offset not in link:
+            bad.append((name, runtime, link))
+    if not checked:
+        raise SymbolizerError(
+            f"cannot verify KASLR offset {kaslr_offset:#x}: none of {len(samples)} kallsyms "
+            f"symbols is in {path} (wrong vmlinux?)")
+    if bad:
+        name, runtime, link = bad[0]
+        raise SymbolizerError(
+            f"KASLR offset {kaslr_offset:#x} does not fit {path}: {name} is at {runtime:#x} in "
+            f"the guest and {link[0]:#x} in vmlinux (offset {runtime - link[0]:#x}); "
+            f"{len(bad)}/{checked} symbols disagree (wrong vmlinux or offset)")
+
+
+def verify_kaslr(vmlinux: Path, kaslr_offset: int,
+                 kallsyms_samples: list[tuple[int, str]]) -> None:
+    """Check ``kaslr_offset`` against (runtime address, name) pairs from the guest's kallsyms.
+
+    Raises :class:`SymbolizerError` (one line) when a symbol is elsewhere than
+    the offset says, or when no sample can be found in vmlinux at all.  A
+    vmlinux without a symbol table cannot be checked and is accepted.
+    """
+    try:
+        elf = ElfFile(Path(vmlinux))
+    except (OSError, ElfFormatError) as e:
+        raise SymbolizerError(f"cannot read vmlinux {vmlinux}: {e}") from e
+    try:
+        symbols = SymbolTable.from_elf(elf)
+    finally:
+        elf.close()
+    if symbols is None:
+        log.warning("%s has no symbol table: KASLR offset not verified", vmlinux)
+        return
+    _verify_offset(symbols, kaslr_offset, kallsyms_samples, Path(vmlinux))

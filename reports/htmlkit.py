@@ -1,0 +1,80 @@
+"""A tiny HTML/SVG builder that escapes by construction.
+
+Every string that reaches a page came from the guest or the trace (function
+names, comms, paths, lock and module names), so nothing is ever pasted into
+markup as is: plain ``str`` is always escaped, and only :class:`Markup` — what
+this module itself built — passes through untouched.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable
+
+__all__ = ["Markup", "el", "esc", "join", "slug"]
+
+
+class Markup(str):
+    """A string that is already safe markup."""
+
+    __slots__ = ()
+
+
+def esc(value: object) -> Markup:
+    """Escape any value for use as HTML/SVG text or attribute value."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape(str(value), quote=True))
+
+
+def _render(child: object) -> str:
+    if child is None or child is False:
+        return ""
+    if isinstance(child, Markup):
+        return child
+    if isinstance(child, str | int | float):
+        return html.escape(str(child), quote=True)
+    if isinstance(child, Iterable):
+        return "".join(_render(c) for c in child)
+    return html.escape(str(child), quote=True)
+
+
+_ATTR_NAME = re.compile(r"^[a-zA-Z_:][-a-zA-Z0-9_:.]*$")
+_VOID = frozenset({"br", "hr", "meta", "img", "input", "link", "col", "wbr"})
+
+
+def el(tag: str, *children: object, **attrs: object) -> Markup:
+    """``<tag attrs>children</tag>``; ``class_`` → ``class``, ``_`` → ``-`` in names.
+
+    Attribute values and text children are escaped; ``None``/``False`` attributes
+    are left out and ``True`` ones are written bare.
+    """
+    parts = [f"<{tag}"]
+    for name, value in attrs.items():
+        if value is None or value is False:
+            continue
+        name = name.rstrip("_").replace("__", ":").replace("_", "-")
+        if not _ATTR_NAME.match(name):  # only ever our own keyword names
+            raise ValueError(f"bad attribute name {name!r}")
+        if value is True:
+            parts.append(f" {name}")
+        else:
+            parts.append(f' {name}="{html.escape(str(value), quote=True)}"')
+    if tag in _VOID and not children:
+        return Markup("".join(parts) + ">")
+    parts.append(">")
+    parts.append(_render(children))
+    parts.append(f"</{tag}>")
+    return Markup("".join(parts))
+
+
+def join(items: Iterable[object], sep: str = "") -> Markup:
+    """Concatenate children (escaping plain strings), with a literal separator."""
+    return Markup(html.escape(sep, quote=True).join(_render(i) for i in items))
+
+
+def slug(value: str) -> str:
+    """A string safe as a file name, URL path segment or element id."""
+    s = re.sub(r"[^A-Za-z0-9_.-]", "_", value).lstrip(".")
+    return s or "_"

@@ -1,0 +1,463 @@
+"""Symbolizer tests.
+
+The agreement tests compare every frame with binutils ``addr2line -f -i`` run
+here as the oracle, on the Debian -dbg vmlinux, an in-tree debug module of the
+same package and an out-of-tree module built against the headers at test time.
+
+Normalising addr2line's output: `` (discriminator N)`` is dropped (a Frame has no
+discriminator); ``??`` as a file and ``0``/``?`` as a line become None; a return
+address is resolved at ``addr - 1`` by both sides (see symbolizer's docstring).
+The symbolizer runs with ``style="addr2line"`` so names and paths must be
+identical; the default ``style="kernel"`` is then checked to differ only in
+presentation (kallsyms symbol names, source-tree-relative paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tracedep.analysis.elf_symbols import STT_FUNC, ElfFile, read_symtab
+from tracedep.analysis.findings import Frame
+from tracedep.analysis.symbolizer import ModuleImage, Symbolizer, SymbolizerError, verify_kaslr
+from tracedep.vm.debug_symbols import dbg_modules_dir, dbg_vmlinux_path
+
+ABI = os.environ.get("TRACEDEP_TEST_ABI", "6.1.0-56-cloud-amd64")
+CACHE = Path(os.environ.get("TRACEDEP_CACHE", "~/.cache/tracedep")).expanduser()
+VMLINUX = dbg_vmlinux_path(ABI, CACHE)
+INTREE_KO = dbg_modules_dir(ABI, CACHE) / "kernel/net/netfilter/nf_conntrack.ko"
+HEADERS = Path(os.environ.get(
+    "TRACEDEP_TEST_HEADERS", str(CACHE / f"x/usr/src/linux-headers-{ABI}"))).expanduser()
+DATA = Path(__file__).parent / "data" / "symbolizer"
+KASLR = 0x2C400000  # any 2 MiB multiple: the guest's offset is not known here
+MODULE_BASE = 0xFFFFFFFFC0A00000
+
+needs_dbg = pytest.mark.skipif(
+    not VMLINUX.is_file(),
+    reason=f"{VMLINUX} missing: the -dbg package is fetched by ensure_dbg_vmlinux() "
+           "before tests run",
+)
+needs_tools = pytest.mark.skipif(
+    not (shutil.which("addr2line") and shutil.which("objdump")),
+    reason="binutils addr2line/objdump (the oracle) not installed",
+)
+
+# -- the oracle -----------------------------------------------------------------
+
+Triple = tuple[str, str | None, int | None]
+_DISCRIMINATOR = re.compile(r" \(discriminator \d+\)$")
+
+
+def parse_addr2line(out: str) -> dict[int, list[Triple]]:
+    """``addr2line -a -f -i`` output → address: [(function, file, line), ...] innermost first."""
+    result: dict[int, list[Triple]] = {}
+    lines = out.splitlines()
+    i = 0
+    cur: list[Triple] | None = None
+    while i < len(lines):
+        ln = lines[i]
+        if ln.startswith("0x") and re.fullmatch(r"0x[0-9a-f]+", ln):
+            cur = result.setdefault(int(ln, 16), [])
+            i += 1
+            continue
+        assert cur is not None, f"unexpected addr2line output {ln!r}"
+        func = ln
+        loc = _DISCRIMINATOR.sub("", lines[i + 1])
+        file, _, line = loc.rpartition(":")
+        cur.append((func, None if file == "??" else file,
+                    int(line) if line.isdigit() and line != "0" else None))
+        i += 2
+    return result
+
+
+def addr2line(elf: Path, addrs: list[int], section: str | None = None) -> dict[int, list[Triple]]:
+    cmd = ["addr2line", "-a", "-f", "-i", "-e", str(elf)]
+    if section:
+        cmd[1:1] = ["-j", section]
+    out: dict[int, list[Triple]] = {}
+    for chunk in range(0, len(addrs), 500):
+        part = addrs[chunk : chunk + 500]
+        proc = subprocess.run(cmd + [hex(a) for a in part], capture_output=True, text=True,
+                              check=True)
+        out.update(parse_addr2line(proc.stdout))
+    return out
+
+
+def triples(frames: tuple[Frame, ...]) -> list[Triple]:
+    return [(f.function, f.file, f.line) for f in frames]
+
+
+# -- picking addresses ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One address to resolve: ``key`` is what addr2line is asked about."""
+
+    section: str
+    offset: int  # in the section (vmlinux: link-time address)
+    call_site: bool
+
+    @property
+    def key(self) -> int:
+        return self.offset - 1 if self.call_site else self.offset
+
+
+def functions(elf: ElfFile) -> list[tuple[str, str, int, int]]:
+    """(name, section, value, size) of every sized STT_FUNC in an executable PROGBITS section."""
+    raw = read_symtab(elf)
+    assert raw is not None
+    syms, strtab = raw
+    out = []
+    for s in syms:
+        if (int(s["info"]) & 0xF) != STT_FUNC or not s["size"] or not 0 < s["shndx"] < 0xFF00:
+            continue
+        sec = elf.sections[int(s["shndx"])]
+        if not sec.exec or sec.type != 1:
+            continue
+        name = strtab[int(s["name"]) : strtab.index(b"\0", int(s["name"]))].decode()
+        out.append((name, sec.name, int(s["value"]), int(s["size"])))
+    out.sort(key=lambda t: (t[1], t[2], t[0]))
+    return out
+
+
+_INSN = re.compile(r"^\s*([0-9a-f]+):\s+((?:[0-9a-f]{2} )+)\s*(\S+)?")
+
+
+def instructions(code: bytes, vma: int, tmp: Path) -> list[tuple[int, int, str]]:
+    """(address, length, mnemonic) of each instruction, by objdump on the raw bytes."""
+    blob = tmp / "code.bin"
+    blob.write_bytes(code)
+    out = subprocess.run(
+        ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", f"--adjust-vma={vma:#x}",
+         str(blob)], capture_output=True, text=True, check=True).stdout
+    insns: list[tuple[int, int, str]] = []
+    for ln in out.splitlines():
+        m = _INSN.match(ln)
+        if not m:
+            continue
+        nbytes = len(m.group(2).split())
+        if m.group(3) is None and insns:  # continuation line of a long instruction
+            a, n, mn = insns[-1]
+            insns[-1] = (a, n + nbytes, mn)
+            continue
+        insns.append((int(m.group(1), 16), nbytes, m.group(3) or ""))
+    return insns
+
+
+def probes_for(elf: ElfFile, funcs: list[tuple[str, str, int, int]], tmp: Path,
+               per_function: int, every_insn: bool = False) -> list[Probe]:
+    """Call instructions and their return sites (the frames a stack holds), the
+    function's first instruction, and with ``every_insn`` every instruction."""
+    probes: list[Probe] = []
+    for _name, secname, value, size in funcs:
+        sec = elf.by_name[secname]
+        start = value - sec.addr if not elf.is_relocatable else value
+        code = bytes(elf.data(sec)[start : start + size])
+        insns = instructions(code, value, tmp)
+        picked: list[Probe] = [Probe(secname, value, False)]
+        for addr, n, mnem in insns:
+            if every_insn:
+                picked.append(Probe(secname, addr, False))
+            if mnem.startswith("call"):
+                picked.append(Probe(secname, addr + n, True))  # a return address
+                if not every_insn:
+                    picked.append(Probe(secname, addr, False))
+        if not every_insn:
+            picked = picked[: 1 + per_function]
+        probes.extend(p for p in picked if p not in probes)
+    return probes
+
+
+def vmlinux_probes(tmp: Path, nfuncs: int = 110) -> list[Probe]:
+    elf = ElfFile(VMLINUX)
+    funcs = [f for f in functions(elf) if f[3] >= 16]
+    text = [f for f in funcs if f[1] == ".text"]
+    init = [f for f in funcs if f[1] == ".init.text"]
+    # Evenly through .text (every subsystem, asm entry code included) and a
+    # few __init functions.
+    chosen = text[:: max(1, len(text) // nfuncs)][:nfuncs] + init[:: max(1, len(init) // 8)][:8]
+    return probes_for(elf, chosen, tmp, per_function=4)
+
+
+def module_sections(elf: ElfFile) -> dict[str, int]:
+    """Runtime addresses for every allocated section, laid out as the kernel would."""
+    out: dict[str, int] = {}
+    cur = MODULE_BASE
+    for s in elf.sections:
+        if s.alloc and s.size:
+            cur = (cur + 0xFFF) & ~0xFFF if s.exec else (cur + 63) & ~63
+            out[s.name] = cur
+            cur += s.size
+    return out
+
+
+# -- fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def symtest_ko(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The out-of-tree test module, built against the kernel headers now."""
+    if not (HEADERS / "Makefile").is_file():
+        pytest.skip(f"kernel headers not found at {HEADERS} (set TRACEDEP_TEST_HEADERS)")
+    src = tmp_path_factory.mktemp("symtestmod")
+    for f in (DATA / "symtestmod").iterdir():
+        shutil.copy(f, src / f.name)
+    proc = subprocess.run(["make", "-s", "-C", str(HEADERS), f"M={src}", "modules"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return src / "symtest.ko"
+
+
+def check_agreement(sym: Symbolizer, probes: list[Probe], runtime_of: dict[Probe, int],
+                    oracle: dict[Probe, list[Triple]]) -> list[str]:
+    bad = []
+    for p in probes:
+        got = triples(sym.resolve(runtime_of[p], call_site=p.call_site))
+        want = oracle[p]
+        if got != want:
+            bad.append(f"{p}: symbolizer {got} != addr2line {want}")
+    return bad
+
+
+def check_kernel_style(a2l: Symbolizer, kern: Symbolizer, probes: list[Probe],
+                       runtime_of: dict[Probe, int]) -> list[str]:
+    """The default style: same chain, kallsyms names, paths that are suffixes of addr2line's."""
+    bad = []
+    for p in probes:
+        fa = a2l.resolve(runtime_of[p], call_site=p.call_site)
+        fk = kern.resolve(runtime_of[p], call_site=p.call_site)
+        ok = len(fa) == len(fk) and all(
+            x.line == y.line and x.inlined == y.inlined
+            and (x.file is None) == (y.file is None)
+            and (y.file is None or x.file == y.file or (x.file or "").endswith("/" + y.file))
+            and (x.inlined and x.function == y.function or not x.inlined)
+            for x, y in zip(fa, fk, strict=False))
+        if not ok:
+            bad.append(f"{p}: {[f.short() for f in fk]} vs {[f.short() for f in fa]}")
+    return bad
+
+
+# -- agreement with addr2line ------------------------------------------------------------
+
+
+@needs_dbg
+@needs_tools
+def test_vmlinux_agrees_with_addr2line(tmp_path: Path) -> None:
+    probes = vmlinux_probes(tmp_path)
+    assert len(probes) >= 200
+    oracle_raw = addr2line(VMLINUX, sorted({p.key for p in probes}))
+    oracle = {p: oracle_raw[p.key] for p in probes}
+    runtime_of = {p: p.offset + KASLR for p in probes}
+    sym = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path / "cache", style="addr2line")
+    bad = check_agreement(sym, probes, runtime_of, oracle)
+    inlined = sum(1 for p in probes if len(oracle[p]) > 1)
+    assert not bad, f"{len(bad)}/{len(probes)} disagree:\n" + "\n".join(bad[:20])
+    assert inlined >= len(probes) // 4, f"only {inlined} addresses inside inlined code"
+    kern = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path / "cache")
+    bad = check_kernel_style(sym, kern, probes, runtime_of)
+    assert not bad, "\n".join(bad[:20])
+    print(f"vmlinux: {len(probes)} addresses ({inlined} in inlined code) agree with addr2line")
+
+
+def _module_agreement(ko: Path, tmp_path: Path, every_insn: bool, nfuncs: int) -> int:
+    elf = ElfFile(ko)
+    funcs = functions(elf)
+    funcs = funcs[:: max(1, len(funcs) // nfuncs)][:nfuncs]
+    probes = probes_for(elf, funcs, tmp_path, per_function=4, every_insn=every_insn)
+    sections = module_sections(elf)
+    name = ko.name.removesuffix(".ko")
+    runtime_of = {p: sections[p.section] + p.offset for p in probes}
+    oracle: dict[Probe, list[Triple]] = {}
+    for secname in sorted({p.section for p in probes}):
+        mine = [p for p in probes if p.section == secname]
+        raw = addr2line(ko, sorted({p.key for p in mine}), section=secname)
+        oracle.update({p: raw[p.key] for p in mine})
+    image = ModuleImage(name, ko, sections)
+    sym = Symbolizer(VMLINUX if VMLINUX.is_file() else None, KASLR, {name: image},
+                     cache_dir=tmp_path / "cache", style="addr2line")
+    bad = check_agreement(sym, probes, runtime_of, oracle)
+    assert not bad, f"{len(bad)}/{len(probes)} disagree:\n" + "\n".join(bad[:20])
+    assert all(f.module == name for p in probes
+               for f in sym.resolve(runtime_of[p], p.call_site))
+    kern = Symbolizer(None, KASLR, {name: image}, cache_dir=tmp_path / "cache")
+    bad = check_kernel_style(sym, kern, probes, runtime_of)
+    assert not bad, "\n".join(bad[:20])
+    return len(probes)
+
+
+@needs_tools
+def test_out_of_tree_module_agrees_with_addr2line(symtest_ko: Path, tmp_path: Path) -> None:
+    # Every instruction of every function: .text, .text.unlikely (the cold
+    # part and the init-only helper), .init.text and .exit.text.
+    n = _module_agreement(symtest_ko, tmp_path, every_insn=True, nfuncs=1000)
+    assert n >= 100
+    print(f"symtest.ko: {n} addresses agree with addr2line")
+
+
+@needs_dbg
+@needs_tools
+def test_in_tree_module_agrees_with_addr2line(tmp_path: Path) -> None:
+    if not INTREE_KO.is_file():
+        pytest.skip(f"{INTREE_KO} not in the -dbg package")
+    n = _module_agreement(INTREE_KO, tmp_path, every_insn=False, nfuncs=80)
+    assert n >= 200
+    print(f"{INTREE_KO.name}: {n} addresses agree with addr2line")
+
+
+# -- behaviour on the real vmlinux ----------------------------------------------------------
+
+
+def _system_map() -> Iterator[tuple[int, str, str]]:
+    path = VMLINUX.parent / f"System.map-{ABI}"
+    for ln in path.read_text().splitlines():
+        a, t, n = ln.split()[:3]
+        yield int(a, 16), t, n
+
+
+@needs_dbg
+def test_kaslr_offset_is_verified(tmp_path: Path) -> None:
+    ks = [(a + KASLR, t, n) for a, t, n in _system_map()]
+    samples = [(a, n) for a, t, n in ks if n in ("_text", "schedule", "mutex_lock")]
+    verify_kaslr(VMLINUX, KASLR, samples)
+    with pytest.raises(SymbolizerError, match="does not fit"):
+        verify_kaslr(VMLINUX, KASLR + 0x200000, samples)
+    with pytest.raises(SymbolizerError, match="does not fit"):
+        Symbolizer(VMLINUX, KASLR - 0x200000, {}, cache_dir=tmp_path, kallsyms=ks)
+    sym = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path, kallsyms=ks)
+    assert sym.warnings == []
+
+
+@needs_dbg
+def test_call_site_offsets_follow_the_kernel(tmp_path: Path) -> None:
+    sym = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path)
+    start = dict((n, a) for a, _, n in _system_map())["mutex_lock"]
+    frames = sym.resolve(start + KASLR + 0x10)
+    assert frames[-1].function == "mutex_lock" and frames[-1].offset == 0x10
+    # A return address: looked up at addr - 1, offset of the return address.
+    frames = sym.resolve(start + KASLR + 0x10, call_site=True)
+    assert frames[-1].function == "mutex_lock" and frames[-1].offset == 0x10
+    assert frames[-1].address == start + KASLR + 0x10
+    assert frames[-1].line == 285 and frames[-1].file == "kernel/locking/mutex.c"
+
+
+@needs_dbg
+def test_disk_cache_answers_without_dwarf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          ) -> None:
+    addrs = [a + KASLR for a, t, n in _system_map() if n in ("schedule", "mutex_lock")]
+    first = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path).resolve_many(addrs)
+    assert list(tmp_path.glob("*/resolved-v*-kernel.json"))
+    assert list(tmp_path.glob("*/symbols.npz"))
+
+    def no_dwarf(*_a: object, **_k: object) -> None:
+        raise AssertionError("DWARF read although the answer was cached")
+
+    monkeypatch.setattr("tracedep.analysis.symbolizer.DwarfIndex", no_dwarf)
+    again = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path).resolve_many(addrs)
+    assert again == first
+
+
+# -- degraded inputs (small ELF files built here) ----------------------------------------------
+
+FAKE_C = r"""
+static int counter;
+static inline __attribute__((always_inline)) int leaf(int x) { counter += x; return counter; }
+__attribute__((noinline)) int helper(int x) { return leaf(x) * 2; }
+__attribute__((noinline)) int entry(int x) { return helper(x) + leaf(x + 1); }
+void _start(void) { entry(3); for (;;) ; }
+"""
+
+
+@pytest.fixture(scope="session")
+def fake_vmlinux(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny kernel-like ELF: linked at 0xffffffff81000000, DWARF 5, a build-id."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc not installed")
+    d = tmp_path_factory.mktemp("fake")
+    (d / "fake.c").write_text(FAKE_C)
+    subprocess.run(
+        ["gcc", "-O2", "-gdwarf-5", "-mcmodel=kernel", "-fno-pie", "-no-pie", "-nostdlib",
+         "-static", "-ffreestanding", "-Wl,--build-id", "-Wl,-Ttext=0xffffffff81000000",
+         "-o", str(d / "vmlinux"), str(d / "fake.c")], check=True, cwd=d)
+    return d / "vmlinux"
+
+
+def _fake_symbols(path: Path) -> dict[str, int]:
+    out = subprocess.run(["nm", str(path)], capture_output=True, text=True, check=True).stdout
+    return {ln.split()[2]: int(ln.split()[0], 16) for ln in out.splitlines()
+            if len(ln.split()) == 3}
+
+
+def test_fake_vmlinux_inline_chain(fake_vmlinux: Path, tmp_path: Path) -> None:
+    syms = _fake_symbols(fake_vmlinux)
+    sym = Symbolizer(fake_vmlinux, KASLR, {}, cache_dir=tmp_path, style="addr2line")
+    addr = syms["helper"]
+    want = addr2line(fake_vmlinux, [addr])[addr]
+    assert triples(sym.resolve(addr + KASLR)) == want
+
+
+def test_stripped_vmlinux_keeps_function_names(fake_vmlinux: Path, tmp_path: Path) -> None:
+    syms = _fake_symbols(fake_vmlinux)
+    stripped = tmp_path / "vmlinux.nodebug"
+    subprocess.run(["objcopy", "--strip-debug", str(fake_vmlinux), str(stripped)], check=True)
+    sym = Symbolizer(stripped, KASLR, {}, cache_dir=tmp_path)
+    (frame,) = sym.resolve(syms["entry"] + 2 + KASLR)
+    assert (frame.function, frame.offset, frame.file) == ("entry", 2, None)
+    assert any("no DWARF" in w for w in sym.warnings)
+    assert len(sym.warnings) == len(set(sym.warnings))
+    sym.resolve(syms["helper"] + KASLR)
+    assert sum("no DWARF" in w for w in sym.warnings) == 1
+
+
+def test_fully_stripped_vmlinux_uses_kallsyms(fake_vmlinux: Path, tmp_path: Path) -> None:
+    syms = _fake_symbols(fake_vmlinux)
+    bare = tmp_path / "vmlinux.bare"
+    subprocess.run(["objcopy", "--strip-all", str(fake_vmlinux), str(bare)], check=True)
+    ks = [(a + KASLR, "T", n) for n, a in syms.items() if n in ("helper", "entry", "_start")]
+    sym = Symbolizer(bare, KASLR, {}, cache_dir=tmp_path, kallsyms=ks)
+    (frame,) = sym.resolve(syms["entry"] + 3 + KASLR)
+    assert (frame.function, frame.offset) == ("entry", 3)
+    assert any("no symbol table" in w for w in sym.warnings)
+    nothing = Symbolizer(bare, KASLR, {}, cache_dir=tmp_path)
+    assert nothing.resolve(syms["entry"] + KASLR)[-1].function in ("entry", "??")
+
+
+def test_build_id_mismatch_is_warned_and_not_trusted(fake_vmlinux: Path, tmp_path: Path) -> None:
+    syms = _fake_symbols(fake_vmlinux)
+    ks = [(syms["entry"] + KASLR, "T", "entry")]
+    sym = Symbolizer(fake_vmlinux, KASLR, {}, cache_dir=tmp_path, kallsyms=ks,
+                     vmlinux_build_id="00" * 20)
+    assert any("build-id" in w for w in sym.warnings)
+    (frame,) = sym.resolve(syms["entry"] + 1 + KASLR)
+    assert (frame.function, frame.file) == ("entry", None)  # from kallsyms, not the ELF
+
+
+def test_missing_module(tmp_path: Path) -> None:
+    sections = {".text": MODULE_BASE, ".init.text": MODULE_BASE + 0x10000}
+    image = ModuleImage("gone", tmp_path / "gone.ko", sections)
+    sym = Symbolizer(None, 0, {"gone": image}, cache_dir=tmp_path)
+    (frame,) = sym.resolve(MODULE_BASE + 0x1C)
+    assert (frame.function, frame.offset, frame.module) == (".text", 0x1C, "gone")
+    (frame,) = sym.resolve(MODULE_BASE + 0x10004, call_site=True)
+    assert (frame.function, frame.offset) == (".init.text", 4)
+    assert sum("gone" in w for w in sym.warnings) == 1
+    ks = [(MODULE_BASE, "t", "gone_fn\t[gone]"), (MODULE_BASE + 0x40, "t", "gone_other\t[gone]")]
+    sym = Symbolizer(None, 0, {"gone": ModuleImage("gone", None, sections)},
+                     cache_dir=tmp_path, kallsyms=ks)
+    (frame,) = sym.resolve(MODULE_BASE + 0x1C)
+    assert (frame.function, frame.offset, frame.size) == ("gone_fn", 0x1C, 0x40)
+
+
+def test_recorded_frames_render_like_decode_stacktrace() -> None:
+    """Golden frames (recorded from the -dbg vmlinux) keep their decode_stacktrace shape."""
+    golden = json.loads((DATA / "frames_mutex_lock.json").read_text())
+    frames = tuple(Frame(**f) for f in golden["frames"])
+    assert [f.short() for f in frames] == golden["short"]

@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * td_rwlock_write_bug - tracedep example driver with one planted bug.
+ *
+ * A toy neighbour cache with two static rwlocks: td_route_lock (route table)
+ * and td_neigh_lock (neighbour table).  A garbage-collection timer (timer_list,
+ * softirq context) alternates between two paths:
+ *   td_route_lookup()  read_lock(route)  -> read_lock(neigh)
+ *   td_neigh_sync()    write_lock(neigh) -> write_lock(route)
+ * and process context flushes the route table with write_lock_bh().
+ *
+ * PLANTED BUG (lock-order-inversion, rwlock write): td_neigh_sync() here
+ * rewrites the tables, so it takes td_neigh_lock and then td_route_lock for
+ * *write*, opposite to td_route_lookup()'s read(route) -> read(neigh).
+ * CPU0 in td_route_lookup() holds route for read and waits for neigh, which
+ * CPU1 in td_neigh_sync() holds for write while it waits for route to be
+ * free of readers: deadlock.  (With read locks on both sides, as in the
+ * clean twin, this cannot happen in softirq context.)  Here a single timer
+ * runs the two paths one after the other, so nothing hangs.
+ *
+ * Clean twin: td_rwlock_read_clean (td_neigh_sync() only reads).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/jiffies.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/timer.h>
+
+#define TD_NBR_SLOTS		4
+#define TD_NBR_TICKS		6	/* alternate the two paths, 3 times each */
+#define TD_NBR_TIMEOUT_MS	5000
+
+static DEFINE_RWLOCK(td_route_lock);	/* R1: protects td_nbr_cache.routes */
+static DEFINE_RWLOCK(td_neigh_lock);	/* R2: protects td_nbr_cache.neigh */
+
+struct td_nbr_cache {
+	u32 routes[TD_NBR_SLOTS];	/* route slot -> neighbour index */
+	u32 neigh[TD_NBR_SLOTS];	/* neighbour index -> hw address */
+	unsigned int ticks;		/* only touched by the timer */
+	u64 hits;			/* only touched by the timer */
+	unsigned int stale;		/* only touched by the timer */
+
+	struct timer_list gc_timer;
+	struct completion gc_done;
+};
+
+static struct td_nbr_cache *td_nbr_cache;
+
+/* route -> neigh */
+static u32 td_route_lookup(struct td_nbr_cache *nc, u32 dst)
+{
+	u32 hw;
+
+	read_lock(&td_route_lock);
+	read_lock(&td_neigh_lock);
+	hw = nc->neigh[nc->routes[dst % TD_NBR_SLOTS] % TD_NBR_SLOTS];
+	read_unlock(&td_neigh_lock);
+	read_unlock(&td_route_lock);
+
+	return hw;
+}
+
+/* Drop neighbours that no route uses; returns the stale count. */
+static unsigned int td_neigh_sync(struct td_nbr_cache *nc)
+{
+	unsigned int i, j, stale = 0;
+
+	write_lock(&td_neigh_lock);
+	/* BUG: neigh -> route for write, opposite to td_route_lookup(). */
+	write_lock(&td_route_lock);
+	for (i = 0; i < TD_NBR_SLOTS; i++) {
+		for (j = 0; j < TD_NBR_SLOTS; j++)
+			if (nc->routes[j] == i)
+				break;
+		if (j == TD_NBR_SLOTS && nc->neigh[i]) {
+			nc->neigh[i] = 0;
+			stale++;
+		}
+	}
+	write_unlock(&td_route_lock);
+	write_unlock(&td_neigh_lock);
+
+	return stale;
+}
+
+static void td_nbr_gc_timer_fn(struct timer_list *t)
+{
+	struct td_nbr_cache *nc = from_timer(nc, t, gc_timer);
+
+	if (nc->ticks & 1)
+		nc->stale += td_neigh_sync(nc);
+	else
+		nc->hits += td_route_lookup(nc, nc->ticks) != 0;
+
+	if (++nc->ticks < TD_NBR_TICKS)
+		mod_timer(&nc->gc_timer, jiffies + 1);
+	else
+		complete(&nc->gc_done);
+}
+
+/* Process context: point every route at neighbour 0. */
+static void td_route_flush(struct td_nbr_cache *nc)
+{
+	int i;
+
+	write_lock_bh(&td_route_lock);
+	for (i = 0; i < TD_NBR_SLOTS; i++)
+		nc->routes[i] = 0;
+	write_unlock_bh(&td_route_lock);
+}
+
+static int __init td_rwlock_write_bug_init(void)
+{
+	struct td_nbr_cache *nc;
+	int i;
+
+	nc = kzalloc(sizeof(*nc), GFP_KERNEL);
+	if (!nc)
+		return -ENOMEM;
+	for (i = 0; i < TD_NBR_SLOTS; i++) {
+		nc->routes[i] = i;
+		nc->neigh[i] = 0x5e0000 + i;
+	}
+	timer_setup(&nc->gc_timer, td_nbr_gc_timer_fn, 0);
+	init_completion(&nc->gc_done);
+
+	mod_timer(&nc->gc_timer, jiffies + 1);
+	if (!wait_for_completion_timeout(&nc->gc_done,
+					 msecs_to_jiffies(TD_NBR_TIMEOUT_MS))) {
+		pr_err("gc timer did not finish\n");
+		timer_shutdown_sync(&nc->gc_timer);
+		kfree(nc);
+		return -ETIMEDOUT;
+	}
+	timer_delete_sync(&nc->gc_timer);
+	td_route_flush(nc);
+
+	td_nbr_cache = nc;
+	pr_info("scenario complete: %u gc ticks, %llu hits, %u stale\n",
+		nc->ticks, nc->hits, nc->stale);
+	return 0;
+}
+
+static void __exit td_rwlock_write_bug_exit(void)
+{
+	timer_shutdown_sync(&td_nbr_cache->gc_timer);
+	kfree(td_nbr_cache);
+}
+
+module_init(td_rwlock_write_bug_init);
+module_exit(td_rwlock_write_bug_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("tracedep example: rwlock order inversion with a write side (planted bug)");

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * td_trylock_bug - tracedep example driver with one planted bug.
+ *
+ * A toy transmit queue with two spinlocks in its structure: tx_lock
+ * (serialises transmitters) and ring_lock (descriptor ring indices).  The
+ * transmit path runs from module init; a reclaim work item runs afterwards.
+ *   td_txq_xmit()     tx_lock -> ring_lock
+ *   td_txq_reclaim()  ring_lock -> tx_lock
+ *
+ * PLANTED BUG (lock-order-inversion, AB/BA on one heap object):
+ * td_txq_reclaim() takes q->tx_lock with spin_lock() while holding
+ * q->ring_lock, the reverse of td_txq_xmit().  A transmitter and a reclaimer
+ * on two CPUs can deadlock.  Here the two paths run one after the other, so
+ * nothing hangs.
+ *
+ * Clean twin: td_trylock_clean (spin_trylock(tx_lock), backing off if busy).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/jiffies.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/workqueue.h>
+
+#define TD_TXQ_ROUNDS		4
+#define TD_TXQ_RING_SIZE	64
+#define TD_TXQ_TIMEOUT_MS	5000
+
+struct td_txq {
+	spinlock_t tx_lock;		/* A: serialises transmitters */
+	u32 tx_bytes;
+
+	spinlock_t ring_lock;		/* B: protects head, tail */
+	u32 head;
+	u32 tail;
+	u32 ring[TD_TXQ_RING_SIZE];
+
+	unsigned int reclaimed;
+	unsigned int reclaim_busy;
+	struct work_struct reclaim_work;
+	struct completion reclaim_done;
+};
+
+static struct td_txq *td_txq;
+
+/* tx_lock -> ring_lock */
+static void td_txq_xmit(struct td_txq *q, u32 len)
+{
+	spin_lock(&q->tx_lock);
+	q->tx_bytes += len;
+	spin_lock(&q->ring_lock);
+	q->ring[q->head++ % TD_TXQ_RING_SIZE] = len;
+	spin_unlock(&q->ring_lock);
+	spin_unlock(&q->tx_lock);
+}
+
+/* Reclaim one completed descriptor; false when the ring is empty or busy. */
+static bool td_txq_reclaim(struct td_txq *q)
+{
+	bool done = false;
+
+	spin_lock(&q->ring_lock);
+	if (q->tail == q->head)
+		goto out;
+	/* BUG: ring_lock -> tx_lock, the reverse of td_txq_xmit(). */
+	spin_lock(&q->tx_lock);
+	q->tx_bytes -= q->ring[q->tail++ % TD_TXQ_RING_SIZE];
+	q->reclaimed++;
+	done = true;
+	spin_unlock(&q->tx_lock);
+out:
+	spin_unlock(&q->ring_lock);
+	return done;
+}
+
+static void td_txq_reclaim_work(struct work_struct *work)
+{
+	struct td_txq *q = container_of(work, struct td_txq, reclaim_work);
+
+	while (td_txq_reclaim(q))
+		;
+	complete(&q->reclaim_done);
+}
+
+static int __init td_trylock_bug_init(void)
+{
+	struct td_txq *q;
+	int i;
+
+	q = kzalloc(sizeof(*q), GFP_KERNEL);
+	if (!q)
+		return -ENOMEM;
+	spin_lock_init(&q->tx_lock);
+	spin_lock_init(&q->ring_lock);
+	INIT_WORK(&q->reclaim_work, td_txq_reclaim_work);
+	init_completion(&q->reclaim_done);
+
+	for (i = 0; i < TD_TXQ_ROUNDS; i++)
+		td_txq_xmit(q, 60 + 100 * i);
+
+	schedule_work(&q->reclaim_work);
+	if (!wait_for_completion_timeout(&q->reclaim_done,
+					 msecs_to_jiffies(TD_TXQ_TIMEOUT_MS))) {
+		pr_err("reclaim work did not finish\n");
+		cancel_work_sync(&q->reclaim_work);
+		kfree(q);
+		return -ETIMEDOUT;
+	}
+	flush_work(&q->reclaim_work);
+
+	td_txq = q;
+	pr_info("scenario complete: %u reclaimed, %u busy, %u bytes in flight\n",
+		q->reclaimed, q->reclaim_busy, q->tx_bytes);
+	return 0;
+}
+
+static void __exit td_trylock_bug_exit(void)
+{
+	cancel_work_sync(&td_txq->reclaim_work);
+	kfree(td_txq);
+}
+
+module_init(td_trylock_bug_init);
+module_exit(td_trylock_bug_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("tracedep example: reverse nesting with spin_lock instead of spin_trylock (planted bug)");
