@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from elftools.construct.lib.container import Container
+from elftools.dwarf.abbrevtable import AbbrevDecl, AbbrevTable
 from elftools.dwarf.compileunit import CompileUnit
 from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DebugSectionDescriptor, DwarfConfig, DWARFInfo
+from elftools.dwarf.enums import ENUM_DW_AT, ENUM_DW_FORM, ENUM_DW_TAG
 from elftools.dwarf.ranges import BaseAddressEntry
 
 from .elf_symbols import ELF64_RELA, ELF64_SYM, SHN_LORESERVE, SHT_RELA, ElfFile, Section
@@ -433,15 +436,6 @@ def scan_top_level_functions(cu: CompileUnit, info: memoryview | bytearray,
     return out
 
 
-def _form_names() -> dict[int, str]:
-    from elftools.dwarf.enums import ENUM_DW_FORM
-
-    return {v: k for k, v in ENUM_DW_FORM.items()}
-
-
-_FORM_NAMES = _form_names()
-
-
 # -- one compile unit ----------------------------------------------------------------
 
 
@@ -521,6 +515,9 @@ class _CompileUnit:
         for addr, file, line, disc, end in decode_line_rows(
                 data, lp.program_start_offset, lp.program_end_offset, lp.header):
             if end:
+                # A row at the end address covers no bytes (bfd never returns
+                # it); left in, it would shadow the next section's first row.
+                cur.pop(addr, None)
                 seq = sorted(cur.items())
                 if seq:
                     seqs.append([*seq, (addr, None)])
@@ -688,6 +685,90 @@ def _source_path(comp_dir: str | None, subdir: str | None, name: str) -> str:
     return path
 
 
+# -- abbreviation tables ------------------------------------------------------------------
+
+
+def _reverse(enum: dict[str, int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for name, code in enum.items():
+        out.setdefault(code, name)
+    return out
+
+
+_TAG_NAMES = _reverse(ENUM_DW_TAG)
+_AT_NAMES = _reverse(ENUM_DW_AT)
+_FORM_NAMES = _reverse(ENUM_DW_FORM)
+_DW_FORM_implicit_const = 0x21
+
+
+class _FastAbbrevTable(AbbrevTable):
+    """pyelftools' AbbrevTable, read without construct.
+
+    Every kernel CU has its own table of a few hundred entries; parsing them
+    through construct was 40 % of the cold lookup time.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, structs: Any, stream: Any, offset: int, data: bytes) -> None:
+        self.structs = structs
+        self.stream = stream
+        self.offset = offset
+        self._abbrev_map = _parse_abbrevs(data, offset)
+
+
+def _parse_abbrevs(buf: bytes, pos: int) -> dict[int, AbbrevDecl]:
+    table: dict[int, AbbrevDecl] = {}
+    while True:
+        code, pos = _uleb(buf, pos)
+        if code == 0:
+            return table
+        tag, pos = _uleb(buf, pos)
+        children = buf[pos]
+        pos += 1
+        specs = []
+        while True:
+            at, pos = _uleb(buf, pos)
+            form, pos = _uleb(buf, pos)
+            if at == 0 and form == 0:
+                break
+            spec = Container(name=_AT_NAMES.get(at, at), form=_FORM_NAMES.get(form, form))
+            if form == _DW_FORM_implicit_const:
+                spec.value, pos = _sleb(buf, pos)
+            specs.append(spec)
+        table[code] = AbbrevDecl(code, Container(
+            tag=_TAG_NAMES.get(tag, tag),
+            children_flag="DW_CHILDREN_yes" if children else "DW_CHILDREN_no",
+            attr_spec=specs))
+
+
+def _sleb(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            if b & 0x40:
+                result -= 1 << shift
+            return result, pos
+
+
+class _DWARFInfo(DWARFInfo):
+    """DWARFInfo whose abbreviation tables come from :class:`_FastAbbrevTable`."""
+
+    abbrev_data: bytes = b""
+
+    def get_abbrev_table(self, offset: int) -> AbbrevTable:
+        table = self._abbrevtable_cache.get(offset)
+        if table is None:
+            assert self.debug_abbrev_sec is not None
+            table = self._abbrevtable_cache[offset] = _FastAbbrevTable(
+                self.structs, self.debug_abbrev_sec.stream, offset, self.abbrev_data)
+        return table
+
+
 # -- the index ----------------------------------------------------------------------
 
 
@@ -719,7 +800,7 @@ class DwarfIndex:
                 address=0)
         if ".debug_info" not in secs or ".debug_line" not in secs:
             raise DwarfError(f"{elf.path}: no DWARF (.debug_info/.debug_line)")
-        self.dwarf = DWARFInfo(
+        self.dwarf = _DWARFInfo(
             config=DwarfConfig(little_endian=True, default_address_size=8,
                                machine_arch="x64" if elf.machine == EM_X86_64 else "AArch64"),
             debug_info_sec=secs[".debug_info"],
@@ -742,6 +823,8 @@ class DwarfIndex:
             gnu_debugaltlink_sec=None,
             debug_types_sec=None,
         )
+        abbrev = elf.by_name.get(".debug_abbrev")
+        self.dwarf.abbrev_data = bytes(elf.data(abbrev)) if abbrev is not None else b""
         aranges_sec = elf.by_name.get(".debug_aranges")
         items: list[tuple[int, int, int]] = []
         if aranges_sec is not None:

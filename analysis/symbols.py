@@ -132,11 +132,15 @@ class RunSymbols:
             elif m.get("ko"):
                 warnings.append(f"module {m['name']}: {m['ko']} is missing; "
                                 "its functions are unnamed")
-            # one span per section: a module's init and core allocations lie apart
-            for sec, addr in sections.items():
-                size = sizes.get(sec, 0)
-                if size or not sizes:
-                    mods.append(ModuleSpan(m["name"], addr, addr + (size or 0x1000), table))
+            if sizes:
+                # one span per section: a module's init and core allocations lie apart
+                for sec, addr in sections.items():
+                    if sizes.get(sec):
+                        mods.append(ModuleSpan(m["name"], addr, addr + sizes[sec], table))
+            elif m.get("base") and m.get("size"):
+                # no .ko here: the core allocation /proc/modules reported
+                mods.append(ModuleSpan(m["name"], int(m["base"]),
+                                       int(m["base"]) + int(m["size"]), None))
         out = cls(kernel, span, mods)
         out.warnings = warnings
         return out

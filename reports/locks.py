@@ -9,9 +9,10 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tracedep.analysis.findings import ClassStats, Edge, Finding, Site
+from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Site
+from tracedep.reports.frames import is_primitive
 
 SLEEPING_TYPES = ("mutex", "rwsem", "semaphore", "rt_mutex", "ww_mutex")
 CYCLE_KINDS = ("lock-order-inversion",)
@@ -35,7 +36,8 @@ class Context:
     def flags(self) -> str:
         """lockdep's ``[HC0[0]:SC0[0]:HE1:SE1]``."""
         hc, sc = int(self.hardirq), int(self.softirq)
-        return f"[HC{hc}[{hc}]:SC{sc}[{sc}]:HE{int(not self.irqs_off)}:SE{int(not (self.softirq or self.bh_off))}]"
+        he, se = int(not self.irqs_off), int(not (self.softirq or self.bh_off))
+        return f"[HC{hc}[{hc}]:SC{sc}[{sc}]:HE{he}:SE{se}]"
 
 
 _PREEMPT = re.compile(r"preempt(?:_depth|_count)?[=:](\d+)")
@@ -60,31 +62,71 @@ def is_read(lock_type: str | None) -> bool:
     return bool(lock_type) and str(lock_type).endswith(("-r", "-read", "_read"))
 
 
-def usage_bits(cls: ClassStats | None) -> str:
-    """lockdep's ``{+.+.}``: per hardirq and softirq, write then read usage.
+@dataclass
+class Usage:
+    """What lockdep's usage bits say about a class: contexts it was used in or
+    taken with enabled (``"hardirq"``, ``"softirq"``), and if it is a read lock."""
 
-    ``-`` taken in that interrupt context, ``+`` taken with it enabled, ``?``
-    both, ``.`` neither (or not known).  A sleeping lock taken in process
-    context necessarily had interrupts enabled; for spinlocks only what the
-    analysis recorded (``hardirq-on``/``softirq-on`` contexts) is claimed.
+    used: set[str] = field(default_factory=set)
+    enabled: set[str] = field(default_factory=set)
+    read: bool = False
+
+    def bits(self) -> str:
+        """``{+.+.}``: per hardirq then softirq, the write then the read column.
+
+        ``-`` used in that context, ``+`` taken with it enabled, ``?`` both,
+        ``.`` neither or not known.
+        """
+        out: list[str] = []
+        for state in ("hardirq", "softirq"):
+            used, enabled = state in self.used, state in self.enabled
+            c = "?" if used and enabled else "-" if used else "+" if enabled else "."
+            out.extend((".", c) if self.read else (c, "."))
+        return "{" + "".join(out) + "}"
+
+
+_DISABLES_IRQS = re.compile(r"_irq(save)?$")
+
+
+def usages(classes: Iterable[ClassStats], sites: Iterable[Site]) -> dict[str, Usage]:
+    """Usage of every class, from its stats and from acquisition witnesses.
+
+    A witness counts only when its innermost frame is the locking primitive, so
+    that the state *after* ``spin_lock_irqsave()`` disabled interrupts is known
+    (the trace gives the state at the primitive's entry).  A sleeping lock
+    taken in process context necessarily had interrupts enabled.
     """
-    if cls is None:
-        return ""
-    ctx = {c.lower() for c in cls.contexts}
-    sleeping = cls.lock_type.startswith(SLEEPING_TYPES)
-    read = is_read(cls.lock_type)
-    out = []
-    for state in ("hardirq", "softirq"):
-        used = state in ctx or f"in-{state}" in ctx
-        enabled = f"{state}-on" in ctx or (sleeping and "process" in ctx)
-        c = "?" if used and enabled else "-" if used else "+" if enabled else "."
-        out.extend((".", c) if read else (c, "."))
-    return "{" + "".join(out) + "}"
+    out: dict[str, Usage] = {}
+    for c in classes:
+        u = out.setdefault(c.lock_class, Usage())
+        ctx = {x.lower() for x in c.contexts}
+        u.read = is_read(c.lock_type)
+        u.used.update(x for x in ("hardirq", "softirq") if x in ctx or f"in-{x}" in ctx)
+        u.enabled.update(x for x in ("hardirq", "softirq") if f"{x}-on" in ctx)
+        if c.lock_type.startswith(SLEEPING_TYPES) and "process" in ctx:
+            u.enabled.update(("hardirq", "softirq"))
+    for s in sites:
+        if not s.lock or not s.frames or not is_primitive(s.frames[0].function):
+            continue
+        prim = s.frames[0].function
+        c = parse_context(s.context)
+        u = out.setdefault(s.lock, Usage())
+        if c.hardirq:
+            u.used.add("hardirq")
+        if c.softirq:
+            u.used.add("softirq")
+        hard_off = c.irqs_off or c.hardirq or c.nmi or bool(_DISABLES_IRQS.search(prim))
+        if not hard_off:
+            u.enabled.add("hardirq")
+            if not (c.softirq or c.bh_off or prim.endswith("_bh")):
+                u.enabled.add("softirq")
+    return out
 
 
-def lock_name(name: str, classes: Mapping[str, ClassStats]) -> str:
-    """``(name){+.+.}`` as lockdep prints a class."""
-    return f"({name}){usage_bits(classes.get(name))}"
+def lock_name(name: str, usage: Mapping[str, Usage]) -> str:
+    """``(name){+.+.}`` as lockdep prints a class (no bits when nothing is known)."""
+    u = usage.get(name)
+    return f"({name}){u.bits()}" if u is not None else f"({name})"
 
 
 def edge_map(edges: Iterable[Edge]) -> dict[tuple[str, str], Edge]:
@@ -151,13 +193,32 @@ def irq_edges(findings: Iterable[Finding], edges: Iterable[Edge]) -> set[tuple[s
     return out
 
 
+_IRQ_ROLE = re.compile(r"\b(in[- ])?(hard|soft)?irq([- ]context)?\b")
+
+
 def site_irq(site: Site) -> str | None:
-    """``"hardirq"``/``"softirq"`` if the site ran in that interrupt context."""
+    """``"hardirq"``/``"softirq"`` if the site ran in that interrupt context.
+
+    ``"irq"`` when only the role says so (``"irq-context"``); roles such as
+    ``"irqs-on"`` describe process context and do not count.
+    """
     c = parse_context(site.context)
-    if c.hardirq or "hardirq" in site.role.lower():
+    if c.hardirq:
         return "hardirq"
-    if c.softirq or "softirq" in site.role.lower():
+    if c.softirq:
         return "softirq"
-    if "irq" in site.role.lower():
-        return "irq"
-    return None
+    role = site.role.lower()
+    m = _IRQ_ROLE.search(role)
+    if m is None:
+        return None
+    return f"{m.group(2)}irq" if m.group(2) else "irq"
+
+
+def all_sites(a: Analysis) -> list[Site]:
+    """Every witness of the analysis: findings' sites and both ends of every edge."""
+    out = [s for f in a.findings for s in f.sites]
+    for e in a.edges:
+        out.append(e.witness)
+        if e.held_witness is not None:
+            out.append(e.held_witness)
+    return out

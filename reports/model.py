@@ -26,6 +26,14 @@ KIND_TITLES = {
     "same-class-nesting": "same-class nesting",
 }
 
+KIND_ABBREV = {
+    "sleep-in-atomic": "sleep",
+    "lock-order-inversion": "order",
+    "irq-lock-inversion": "irq",
+    "recursive-locking": "recursive",
+    "same-class-nesting": "nesting",
+}
+
 CORE = "vmlinux"
 CLEAN_ENDINGS = frozenset({"poweroff", "powered-off", "power-off", "shutdown", "clean", "exit"})
 
@@ -206,6 +214,11 @@ def kinds(findings: Iterable[Finding]) -> list[str]:
 
 def kind_title(kind: str) -> str:
     return KIND_TITLES.get(kind, kind)
+
+
+def kind_abbrev(kind: str) -> str:
+    """A column header a few letters wide."""
+    return KIND_ABBREV.get(kind, kind)
 
 
 def _module_names(run: Mapping[str, Any]) -> list[str]:

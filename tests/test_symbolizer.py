@@ -7,6 +7,14 @@ same package and an out-of-tree module built against the headers at test time.
 Normalising addr2line's output: `` (discriminator N)`` is dropped (a Frame has no
 discriminator); ``??`` as a file and ``0``/``?`` as a line become None; a return
 address is resolved at ``addr - 1`` by both sides (see symbolizer's docstring).
+
+One known addr2line bug is not copied: binutils 2.40 starts every DWARF 5 line
+sequence with file 0 instead of file 1 (DWARF 5 section 6.2.2, table 6.4), so code
+of a sequence that never sets its file (e.g. ``__traceiter_*`` defined by
+``include/trace/events/*.h``) is put in the CU's main file with the header's
+line.  Such frames count as agreeing only if nothing but the innermost file
+differs, addr2line's file is the CU's file 0, and llvm-symbolizer (when
+installed) gives our answer.  The tests print how many there were.
 The symbolizer runs with ``style="addr2line"`` so names and paths must be
 identical; the default ``style="kernel"`` is then checked to differ only in
 presentation (kallsyms symbol names, source-tree-relative paths).
@@ -14,7 +22,6 @@ presentation (kallsyms symbol names, source-tree-relative paths).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -164,16 +171,17 @@ def probes_for(elf: ElfFile, funcs: list[tuple[str, str, int, int]], tmp: Path,
         code = bytes(elf.data(sec)[start : start + size])
         insns = instructions(code, value, tmp)
         picked: list[Probe] = [Probe(secname, value, False)]
-        for addr, n, mnem in insns:
-            if every_insn:
-                picked.append(Probe(secname, addr, False))
-            if mnem.startswith("call"):
-                picked.append(Probe(secname, addr + n, True))  # a return address
-                if not every_insn:
-                    picked.append(Probe(secname, addr, False))
-        if not every_insn:
-            picked = picked[: 1 + per_function]
-        probes.extend(p for p in picked if p not in probes)
+        calls = [(a, n) for a, n, mnem in insns if mnem.startswith("call") and a != value]
+        if every_insn:
+            picked += [Probe(secname, a, False) for a, _, _ in insns]
+        else:
+            # Spread over the function (the first call is often __fentry__).
+            calls = calls[:: max(1, len(calls) // per_function)][:per_function]
+        for a, n in calls:
+            picked.append(Probe(secname, a + n, True))  # a return address
+            picked.append(Probe(secname, a, False))
+        seen = set(probes)
+        probes.extend(p for p in dict.fromkeys(picked) if p not in seen)
     return probes
 
 
@@ -185,7 +193,7 @@ def vmlinux_probes(tmp: Path, nfuncs: int = 110) -> list[Probe]:
     # Evenly through .text (every subsystem, asm entry code included) and a
     # few __init functions.
     chosen = text[:: max(1, len(text) // nfuncs)][:nfuncs] + init[:: max(1, len(init) // 8)][:8]
-    return probes_for(elf, chosen, tmp, per_function=4)
+    return probes_for(elf, chosen, tmp, per_function=2)
 
 
 def module_sections(elf: ElfFile) -> dict[str, int]:
@@ -217,15 +225,65 @@ def symtest_ko(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src / "symtest.ko"
 
 
+def llvm_symbolizer(elf: Path, addrs: list[int], section: str | None = None,
+                    ) -> dict[int, list[Triple]] | None:
+    """The second opinion, in addr2line's shape; None when llvm-symbolizer is absent."""
+    exe = shutil.which("llvm-symbolizer")
+    # It has no addr2line -j: section-relative addresses of a .ko are not asked.
+    if exe is None or not addrs or section is not None:
+        return None
+    out: dict[int, list[Triple]] = {}
+    for a in addrs:
+        proc = subprocess.run([exe, "--inlining", "--no-demangle", "-e", str(elf), f"{a:#x}"],
+                              capture_output=True, text=True, check=True)
+        frames: list[Triple] = []
+        ln = proc.stdout.strip().splitlines()
+        for i in range(0, len(ln) - 1, 2):
+            file, line, _col = ln[i + 1].rsplit(":", 2)
+            frames.append((ln[i], None if file == "??" else file,
+                           int(line) if line.isdigit() and line != "0" else None))
+        out[a] = frames
+    return out
+
+
+def file0_of(sym: Symbolizer, runtime: int, key: int) -> str | None:
+    """addr2line's path for file 0 of the CU that holds ``key`` (test introspection)."""
+    obj = sym._core  # noqa: SLF001 — the test checks a DWARF detail on purpose
+    for mm in sym._modules:  # noqa: SLF001
+        for start, end, _n, idx in mm.ranges:
+            if start <= runtime < end and mm.obj is not None and mm.obj.bases is not None:
+                obj, key = mm.obj, mm.obj.bases[idx] + runtime - start
+    assert obj is not None
+    dwarf = obj.dwarf()
+    assert dwarf is not None
+    offs = dwarf._cu_offsets(key)  # noqa: SLF001
+    return dwarf._cu(offs[0]).file(0)[0] if offs else None  # noqa: SLF001
+
+
 def check_agreement(sym: Symbolizer, probes: list[Probe], runtime_of: dict[Probe, int],
-                    oracle: dict[Probe, list[Triple]]) -> list[str]:
+                    oracle: dict[Probe, list[Triple]], elf: Path,
+                    section: str | None = None) -> tuple[list[str], int]:
+    """Disagreements, and how many frames differ only by addr2line's file-0 bug."""
     bad = []
+    quirks: list[Probe] = []
     for p in probes:
         got = triples(sym.resolve(runtime_of[p], call_site=p.call_site))
         want = oracle[p]
-        if got != want:
-            bad.append(f"{p}: symbolizer {got} != addr2line {want}")
-    return bad
+        if got == want:
+            continue
+        if (len(got) == len(want) and got[1:] == want[1:] and got[0][0] == want[0][0]
+                and got[0][2] == want[0][2]
+                and want[0][1] == file0_of(sym, runtime_of[p] - p.call_site, p.key)):
+            quirks.append(p)
+            continue
+        bad.append(f"{p}: symbolizer {got} != addr2line {want}")
+    second = llvm_symbolizer(elf, sorted({p.key for p in quirks}), section)
+    if second is not None:
+        for p in quirks:
+            got = triples(sym.resolve(runtime_of[p], call_site=p.call_site))
+            if [(f, fl) for f, fl, _ in got[:1]] != [(f, fl) for f, fl, _ in second[p.key][:1]]:
+                bad.append(f"{p}: symbolizer {got} != llvm-symbolizer {second[p.key]}")
+    return bad, len(quirks)
 
 
 def check_kernel_style(a2l: Symbolizer, kern: Symbolizer, probes: list[Probe],
@@ -258,21 +316,22 @@ def test_vmlinux_agrees_with_addr2line(tmp_path: Path) -> None:
     oracle = {p: oracle_raw[p.key] for p in probes}
     runtime_of = {p: p.offset + KASLR for p in probes}
     sym = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path / "cache", style="addr2line")
-    bad = check_agreement(sym, probes, runtime_of, oracle)
+    bad, quirks = check_agreement(sym, probes, runtime_of, oracle, VMLINUX)
     inlined = sum(1 for p in probes if len(oracle[p]) > 1)
     assert not bad, f"{len(bad)}/{len(probes)} disagree:\n" + "\n".join(bad[:20])
     assert inlined >= len(probes) // 4, f"only {inlined} addresses inside inlined code"
     kern = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path / "cache")
     bad = check_kernel_style(sym, kern, probes, runtime_of)
     assert not bad, "\n".join(bad[:20])
-    print(f"vmlinux: {len(probes)} addresses ({inlined} in inlined code) agree with addr2line")
+    print(f"vmlinux: {len(probes)} addresses ({inlined} in inlined code) agree with addr2line"
+          f" ({quirks} of them up to addr2line's DWARF 5 file-0 bug)")
 
 
 def _module_agreement(ko: Path, tmp_path: Path, every_insn: bool, nfuncs: int) -> int:
     elf = ElfFile(ko)
     funcs = functions(elf)
     funcs = funcs[:: max(1, len(funcs) // nfuncs)][:nfuncs]
-    probes = probes_for(elf, funcs, tmp_path, per_function=4, every_insn=every_insn)
+    probes = probes_for(elf, funcs, tmp_path, per_function=2, every_insn=every_insn)
     sections = module_sections(elf)
     name = ko.name.removesuffix(".ko")
     runtime_of = {p: sections[p.section] + p.offset for p in probes}
@@ -284,8 +343,9 @@ def _module_agreement(ko: Path, tmp_path: Path, every_insn: bool, nfuncs: int) -
     image = ModuleImage(name, ko, sections)
     sym = Symbolizer(VMLINUX if VMLINUX.is_file() else None, KASLR, {name: image},
                      cache_dir=tmp_path / "cache", style="addr2line")
-    bad = check_agreement(sym, probes, runtime_of, oracle)
+    bad, quirks = check_agreement(sym, probes, runtime_of, oracle, ko, section="module")
     assert not bad, f"{len(bad)}/{len(probes)} disagree:\n" + "\n".join(bad[:20])
+    print(f"{ko.name}: {quirks} frames up to addr2line's DWARF 5 file-0 bug")
     assert all(f.module == name for p in probes
                for f in sym.resolve(runtime_of[p], p.call_site))
     kern = Symbolizer(None, KASLR, {name: image}, cache_dir=tmp_path / "cache")
@@ -456,8 +516,38 @@ def test_missing_module(tmp_path: Path) -> None:
     assert (frame.function, frame.offset, frame.size) == ("gone_fn", 0x1C, 0x40)
 
 
-def test_recorded_frames_render_like_decode_stacktrace() -> None:
-    """Golden frames (recorded from the -dbg vmlinux) keep their decode_stacktrace shape."""
-    golden = json.loads((DATA / "frames_mutex_lock.json").read_text())
-    frames = tuple(Frame(**f) for f in golden["frames"])
-    assert [f.short() for f in frames] == golden["short"]
+GOLDEN_PROBES = (
+    # (symbol, offset, call_site): plain code, inline chains, a return address,
+    # a .cold part, a .constprop clone, __init code, addr2line's file-0 case.
+    ("mutex_lock", 0x10, False),
+    ("_raw_spin_lock_irqsave", 0x20, False),
+    ("schedule", 0x33, True),
+    ("kmalloc_trace", 0x30, True),
+    ("__x64_sys_read", 0x8, False),
+    ("do_sys_openat2", 0x40, True),
+    ("name_to_dev_t.cold", 0x4, False),
+    ("event_function_local.constprop.0", 0x10, False),
+    ("start_kernel", 0x20, True),
+    ("__traceiter_xen_mc_batch", 0x0, False),
+)
+
+
+def render_golden(sym: Symbolizer, addresses: dict[str, int]) -> str:
+    out = []
+    for name, off, call_site in GOLDEN_PROBES:
+        out.append(f"{name}+{off:#x}{' (return address)' if call_site else ''}")
+        for f in sym.resolve(addresses[name] + KASLR + off, call_site=call_site):
+            out.append(f"    {f.short()}")
+    return "\n".join(out) + "\n"
+
+
+@needs_dbg
+def test_golden_vmlinux_frames(tmp_path: Path) -> None:
+    """decode_stacktrace-style frames of fixed addresses; TRACEDEP_RENDER=1 rewrites them."""
+    addresses = {n: a for a, _, n in _system_map()}
+    sym = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path)
+    text = render_golden(sym, addresses)
+    golden = DATA / f"golden_frames_{ABI}.txt"
+    if os.environ.get("TRACEDEP_RENDER") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text()

@@ -138,7 +138,9 @@ _NOT_SLEEPERS = re.compile(
     r"__mutex_.*|__ww_mutex_.*|ww_mutex_.*|__rt_mutex.*|rt_mutex_.*|rwsem_down_.*|"
     r"__down.*|__up.*|.*_slowpath.*|mutex_spin_on_owner|__percpu_down_.*|"
     r"percpu_.*|__sched_.*|.*\..*|mark_wakeup_next_waiter|remove_waiter|"
-    r"try_to_take_rt_mutex|task_blocks_on_rt_mutex.*)$"
+    r"try_to_take_rt_mutex|task_blocks_on_rt_mutex.*|"
+    # called with preemption disabled by design (it re-enables around schedule())
+    r"schedule_preempt_disabled|console_conditional_schedule)$"
 )
 
 
@@ -187,15 +189,17 @@ def probe_definitions(machine: Machine, disc: Discovery) -> list[ProbeDef]:
         if not usable(f):
             continue
         role = "ul" if lf.release else "lk"
+        # the outcome of conditional acquires, and the wait of sleeping locks.  Defined
+        # before the entry probe: kprobes on one address run newest first, and the
+        # entry probe must read the return address before the kretprobe replaces it.
+        if not lf.release and (lf.success or lf.lock_type in SLEEPING_LOCK_TYPES):
+            rev = _event_name("lr", f)
+            defs.append(ProbeDef(rev, f, "lr", f"r128:{GROUP}/{rev} {f} rv=$retval:s64"))
         ev = _event_name(role, f)
         extra = f" sub={a2}:s32" if "nested" in lf.flags and not lf.release else ""
         defs.append(
             ProbeDef(ev, f, role, f"p:{GROUP}/{ev} {f} lock={a1}:x64 ret={ret}:x64{extra}")
         )
-        # the outcome of conditional acquires, and the wait of sleeping locks
-        if not lf.release and (lf.success or lf.lock_type in SLEEPING_LOCK_TYPES):
-            ev = _event_name("lr", f)
-            defs.append(ProbeDef(ev, f, "lr", f"r128:{GROUP}/{ev} {f} rv=$retval:s64"))
     if usable(MIGHT_SLEEP_FUNC):
         ev = _event_name("sl", MIGHT_SLEEP_FUNC)
         defs.append(ProbeDef(ev, MIGHT_SLEEP_FUNC, "sl",

@@ -2,11 +2,13 @@
 /*
  * td_heap_class_bug - tracedep example driver with one planted bug.
  *
- * A toy DMA engine with two channels.  Each channel is a separately
- * kmalloc'd struct td_chan (all allocated by td_chan_create()) holding two
- * spinlocks: state_lock (channel state machine) and fifo_lock (descriptor
- * FIFO).  The probe routine (run from a work item) starts channel 0, and
- * posts to and drains channel 1, a few times.
+ * A toy DMA engine with two or more channels (module parameter nr_chans).
+ * Each channel is a separately kmalloc'd struct td_chan, all allocated by the
+ * single kzalloc() in td_chan_create() (the channel count is not a constant,
+ * so the compiler cannot unroll that loop into several allocation sites).  A
+ * channel holds two spinlocks: state_lock (channel state machine) and
+ * fifo_lock (descriptor FIFO).  The probe routine (run from a work item)
+ * starts channel 0, and posts to and drains channel 1, a few times.
  *
  * PLANTED BUG (lock-order-inversion, lock classes): td_chan_start() takes
  * ->state_lock then ->fifo_lock; td_chan_drain() takes ->fifo_lock then
@@ -22,12 +24,13 @@
 
 #include <linux/completion.h>
 #include <linux/jiffies.h>
+#include <linux/minmax.h>
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/workqueue.h>
 
-#define TD_NR_CHANS		2
+#define TD_MAX_CHANS		4
 #define TD_CHAN_ROUNDS		4
 #define TD_CHAN_FIFO_DEPTH	16
 #define TD_PROBE_TIMEOUT_MS	5000
@@ -50,9 +53,14 @@ struct td_chan {
 };
 
 struct td_dma {
-	struct td_chan *chans[TD_NR_CHANS];
+	unsigned int nr_chans;
+	struct td_chan *chans[TD_MAX_CHANS];
 	unsigned int drained;
 };
+
+static unsigned int nr_chans = 2;
+module_param(nr_chans, uint, 0444);
+MODULE_PARM_DESC(nr_chans, "number of DMA channels to create (2-4)");
 
 static struct td_dma *td_dma;
 static int td_dma_probe_err;
@@ -113,7 +121,7 @@ static void td_dma_free(struct td_dma *dma)
 {
 	int i;
 
-	for (i = 0; i < TD_NR_CHANS; i++)
+	for (i = 0; i < dma->nr_chans; i++)
 		kfree(dma->chans[i]);
 	kfree(dma);
 }
@@ -126,12 +134,14 @@ static int td_dma_probe(void)
 	dma = kzalloc(sizeof(*dma), GFP_KERNEL);
 	if (!dma)
 		return -ENOMEM;
-	for (i = 0; i < TD_NR_CHANS; i++) {
+	/* Every channel comes from the one allocation in td_chan_create(). */
+	for (i = 0; i < clamp(nr_chans, 2u, (unsigned int)TD_MAX_CHANS); i++) {
 		dma->chans[i] = td_chan_create(i);
 		if (!dma->chans[i]) {
 			td_dma_free(dma);
 			return -ENOMEM;
 		}
+		dma->nr_chans++;
 	}
 
 	for (i = 0; i < TD_CHAN_ROUNDS; i++) {

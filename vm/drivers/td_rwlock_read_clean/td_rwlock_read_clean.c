@@ -7,7 +7,8 @@
  * softirq context) alternates between two read-side paths:
  *   td_route_lookup()  read_lock(route) -> read_lock(neigh)
  *   td_neigh_sync()    read_lock(neigh) -> read_lock(route)
- * and process context flushes the route table with write_lock_bh().
+ * and process context (the probe routine, run from a work item) then flushes
+ * the route table with write_lock_bh().
  *
  * NOT A BUG: the two nestings are opposite, but both are read-read and run
  * in softirq context, where rwlock readers are recursive (a reader in
@@ -31,10 +32,12 @@
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/timer.h>
+#include <linux/workqueue.h>
 
 #define TD_NBR_SLOTS		4
 #define TD_NBR_TICKS		6	/* alternate the two paths, 3 times each */
-#define TD_NBR_TIMEOUT_MS	5000
+#define TD_NBR_TIMEOUT_MS	2000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 static DEFINE_RWLOCK(td_route_lock);	/* R1: protects td_nbr_cache.routes */
 static DEFINE_RWLOCK(td_neigh_lock);	/* R2: protects td_nbr_cache.neigh */
@@ -51,6 +54,8 @@ struct td_nbr_cache {
 };
 
 static struct td_nbr_cache *td_nbr_cache;
+static int td_nbr_probe_err;
+static DECLARE_COMPLETION(td_nbr_probed);
 
 /* route -> neigh */
 static u32 td_route_lookup(struct td_nbr_cache *nc, u32 dst)
@@ -113,7 +118,7 @@ static void td_route_flush(struct td_nbr_cache *nc)
 	write_unlock_bh(&td_route_lock);
 }
 
-static int __init td_rwlock_read_clean_init(void)
+static int td_nbr_probe(void)
 {
 	struct td_nbr_cache *nc;
 	int i;
@@ -140,15 +145,41 @@ static int __init td_rwlock_read_clean_init(void)
 	td_route_flush(nc);
 
 	td_nbr_cache = nc;
+	return 0;
+}
+
+static void td_nbr_remove(void)
+{
+	timer_shutdown_sync(&td_nbr_cache->gc_timer);
+	kfree(td_nbr_cache);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_nbr_probe_work_fn(struct work_struct *work)
+{
+	td_nbr_probe_err = td_nbr_probe();
+	complete(&td_nbr_probed);
+}
+static DECLARE_WORK(td_nbr_probe_work, td_nbr_probe_work_fn);
+
+static int __init td_rwlock_read_clean_init(void)
+{
+	schedule_work(&td_nbr_probe_work);
+	if (!wait_for_completion_timeout(&td_nbr_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_nbr_probe_work);
+	if (td_nbr_probe_err)
+		return td_nbr_probe_err;
+
 	pr_info("scenario complete: %u gc ticks, %llu hits, %u stale\n",
-		nc->ticks, nc->hits, nc->stale);
+		td_nbr_cache->ticks, td_nbr_cache->hits, td_nbr_cache->stale);
 	return 0;
 }
 
 static void __exit td_rwlock_read_clean_exit(void)
 {
-	timer_shutdown_sync(&td_nbr_cache->gc_timer);
-	kfree(td_nbr_cache);
+	td_nbr_remove();
 }
 
 module_init(td_rwlock_read_clean_init);

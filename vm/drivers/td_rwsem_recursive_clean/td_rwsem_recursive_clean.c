@@ -3,11 +3,11 @@
  * td_rwsem_recursive_clean - tracedep example driver, clean twin of td_rwsem_recursive_bug.
  *
  * A toy key/value configuration store protected by an rw_semaphore: lookups
- * take it for read, updates for write.  A work item updates a few keys and
- * dumps the store after each update.
+ * take it for read, updates for write.  The probe routine (run from a work
+ * item) updates a few keys and dumps the store after each update.
  *
  * Same work as td_rwsem_recursive_bug, done correctly: td_cfg_dump() takes
- * cd->cfg_rwsem for read once and uses __td_cfg_lookup(), which expects the
+ * cs->cfg_rwsem for read once and uses __td_cfg_lookup(), which expects the
  * caller to hold it.  Expected findings: none.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -21,109 +21,117 @@
 
 #define TD_CFG_NR_KEYS		8
 #define TD_CFG_ROUNDS		3
-#define TD_CFG_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_cfg_store {
 	struct rw_semaphore cfg_rwsem;	/* protects keys[], vals[] */
 	u32 keys[TD_CFG_NR_KEYS];
 	u32 vals[TD_CFG_NR_KEYS];
 	u64 dump_sum;
-
-	struct work_struct cfg_work;
-	struct completion cfg_done;
+	u32 probe_val;
 };
 
 static struct td_cfg_store *td_cfg_store;
+static int td_cfg_probe_err;
+static DECLARE_COMPLETION(td_cfg_probed);
 
-/* Caller holds cd->cfg_rwsem. */
-static u32 __td_cfg_lookup(struct td_cfg_store *cd, u32 key)
+/* Caller holds cs->cfg_rwsem. */
+static u32 __td_cfg_lookup(struct td_cfg_store *cs, u32 key)
 {
 	int i;
 
 	for (i = 0; i < TD_CFG_NR_KEYS; i++)
-		if (cd->keys[i] == key)
-			return cd->vals[i];
+		if (cs->keys[i] == key)
+			return cs->vals[i];
 	return 0;
 }
 
-static u32 td_cfg_lookup(struct td_cfg_store *cd, u32 key)
+static u32 td_cfg_lookup(struct td_cfg_store *cs, u32 key)
 {
 	u32 val;
 
-	down_read(&cd->cfg_rwsem);
-	val = __td_cfg_lookup(cd, key);
-	up_read(&cd->cfg_rwsem);
+	down_read(&cs->cfg_rwsem);
+	val = __td_cfg_lookup(cs, key);
+	up_read(&cs->cfg_rwsem);
 
 	return val;
 }
 
-static void td_cfg_update(struct td_cfg_store *cd, u32 key, u32 val)
+static void td_cfg_update(struct td_cfg_store *cs, u32 key, u32 val)
 {
-	down_write(&cd->cfg_rwsem);
-	cd->keys[key % TD_CFG_NR_KEYS] = key;
-	cd->vals[key % TD_CFG_NR_KEYS] = val;
-	up_write(&cd->cfg_rwsem);
+	down_write(&cs->cfg_rwsem);
+	cs->keys[key % TD_CFG_NR_KEYS] = key;
+	cs->vals[key % TD_CFG_NR_KEYS] = val;
+	up_write(&cs->cfg_rwsem);
 }
 
-static u64 td_cfg_dump(struct td_cfg_store *cd)
+static u64 td_cfg_dump(struct td_cfg_store *cs)
 {
 	u64 sum = 0;
 	int i;
 
-	down_read(&cd->cfg_rwsem);
+	down_read(&cs->cfg_rwsem);
 	for (i = 0; i < TD_CFG_NR_KEYS; i++) {
-		if (!cd->keys[i])
+		if (!cs->keys[i])
 			continue;
-		sum += __td_cfg_lookup(cd, cd->keys[i]);
+		sum += __td_cfg_lookup(cs, cs->keys[i]);
 	}
-	up_read(&cd->cfg_rwsem);
+	up_read(&cs->cfg_rwsem);
 
 	return sum;
 }
 
-static void td_cfg_work(struct work_struct *work)
+static int td_cfg_probe(void)
 {
-	struct td_cfg_store *cd = container_of(work, struct td_cfg_store, cfg_work);
+	struct td_cfg_store *cs;
 	int i;
 
+	cs = kzalloc(sizeof(*cs), GFP_KERNEL);
+	if (!cs)
+		return -ENOMEM;
+	init_rwsem(&cs->cfg_rwsem);
+
 	for (i = 0; i < TD_CFG_ROUNDS; i++) {
-		td_cfg_update(cd, 0x100 + i, 1000 * (i + 1));
-		cd->dump_sum = td_cfg_dump(cd);
+		td_cfg_update(cs, 0x100 + i, 1000 * (i + 1));
+		cs->dump_sum = td_cfg_dump(cs);
 	}
-	complete(&cd->cfg_done);
+	cs->probe_val = td_cfg_lookup(cs, 0x101);
+
+	td_cfg_store = cs;
+	return 0;
 }
+
+static void td_cfg_remove(void)
+{
+	kfree(td_cfg_store);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_cfg_probe_work_fn(struct work_struct *work)
+{
+	td_cfg_probe_err = td_cfg_probe();
+	complete(&td_cfg_probed);
+}
+static DECLARE_WORK(td_cfg_probe_work, td_cfg_probe_work_fn);
 
 static int __init td_rwsem_recursive_clean_init(void)
 {
-	struct td_cfg_store *cd;
+	schedule_work(&td_cfg_probe_work);
+	if (!wait_for_completion_timeout(&td_cfg_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_cfg_probe_work);
+	if (td_cfg_probe_err)
+		return td_cfg_probe_err;
 
-	cd = kzalloc(sizeof(*cd), GFP_KERNEL);
-	if (!cd)
-		return -ENOMEM;
-	init_rwsem(&cd->cfg_rwsem);
-	INIT_WORK(&cd->cfg_work, td_cfg_work);
-	init_completion(&cd->cfg_done);
-
-	schedule_work(&cd->cfg_work);
-	if (!wait_for_completion_timeout(&cd->cfg_done,
-					 msecs_to_jiffies(TD_CFG_TIMEOUT_MS))) {
-		pr_err("config work did not finish\n");
-		cancel_work_sync(&cd->cfg_work);
-		kfree(cd);
-		return -ETIMEDOUT;
-	}
-	flush_work(&cd->cfg_work);
-
-	td_cfg_store = cd;
 	pr_info("scenario complete: dump sum %llu, key 0x101 = %u\n",
-		cd->dump_sum, td_cfg_lookup(cd, 0x101));
+		td_cfg_store->dump_sum, td_cfg_store->probe_val);
 	return 0;
 }
 
 static void __exit td_rwsem_recursive_clean_exit(void)
 {
-	cancel_work_sync(&td_cfg_store->cfg_work);
-	kfree(td_cfg_store);
+	td_cfg_remove();
 }
 
 module_init(td_rwsem_recursive_clean_init);

@@ -4,7 +4,7 @@
  *
  * A toy watchdog: a timer_list callback (softirq context) fires a few times
  * and logs an event record for each tick onto a list; process context drains
- * the list afterwards.
+ * the list afterwards.  The probe routine runs from a work item.
  *
  * Same work as td_timer_sleep_bug, done correctly: td_wdog_log_event() runs
  * from the timer callback (softirq), so it allocates with GFP_ATOMIC.
@@ -19,9 +19,11 @@
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/timer.h>
+#include <linux/workqueue.h>
 
 #define TD_WDOG_TICKS		4
-#define TD_WDOG_TIMEOUT_MS	5000
+#define TD_WDOG_TIMEOUT_MS	2000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_wdog_event {
 	struct list_head node;
@@ -34,12 +36,15 @@ struct td_wdog {
 	struct list_head events;
 	unsigned int nr_events;
 	unsigned int ticks;		/* only touched by the timer */
+	unsigned int drained;
 
 	struct timer_list timer;
 	struct completion expired;
 };
 
 static struct td_wdog *td_wdog;
+static int td_wdog_probe_err;
+static DECLARE_COMPLETION(td_wdog_probed);
 
 static void td_wdog_log_event(struct td_wdog *wd, unsigned int tick)
 {
@@ -89,10 +94,9 @@ static unsigned int td_wdog_drain_events(struct td_wdog *wd)
 	return n;
 }
 
-static int __init td_timer_sleep_clean_init(void)
+static int td_wdog_probe(void)
 {
 	struct td_wdog *wd;
-	unsigned int n;
 
 	wd = kzalloc(sizeof(*wd), GFP_KERNEL);
 	if (!wd)
@@ -112,18 +116,45 @@ static int __init td_timer_sleep_clean_init(void)
 		return -ETIMEDOUT;
 	}
 	timer_delete_sync(&wd->timer);
-	n = td_wdog_drain_events(wd);
+	wd->drained = td_wdog_drain_events(wd);
 
 	td_wdog = wd;
-	pr_info("scenario complete: %u ticks, %u events logged\n", wd->ticks, n);
+	return 0;
+}
+
+static void td_wdog_remove(void)
+{
+	timer_shutdown_sync(&td_wdog->timer);
+	td_wdog_drain_events(td_wdog);
+	kfree(td_wdog);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_wdog_probe_work_fn(struct work_struct *work)
+{
+	td_wdog_probe_err = td_wdog_probe();
+	complete(&td_wdog_probed);
+}
+static DECLARE_WORK(td_wdog_probe_work, td_wdog_probe_work_fn);
+
+static int __init td_timer_sleep_clean_init(void)
+{
+	schedule_work(&td_wdog_probe_work);
+	if (!wait_for_completion_timeout(&td_wdog_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_wdog_probe_work);
+	if (td_wdog_probe_err)
+		return td_wdog_probe_err;
+
+	pr_info("scenario complete: %u ticks, %u events logged\n",
+		td_wdog->ticks, td_wdog->drained);
 	return 0;
 }
 
 static void __exit td_timer_sleep_clean_exit(void)
 {
-	timer_shutdown_sync(&td_wdog->timer);
-	td_wdog_drain_events(td_wdog);
-	kfree(td_wdog);
+	td_wdog_remove();
 }
 
 module_init(td_timer_sleep_clean_init);

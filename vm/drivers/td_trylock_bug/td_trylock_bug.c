@@ -4,7 +4,8 @@
  *
  * A toy transmit queue with two spinlocks in its structure: tx_lock
  * (serialises transmitters) and ring_lock (descriptor ring indices).  The
- * transmit path runs from module init; a reclaim work item runs afterwards.
+ * probe routine (run from a work item) transmits a few packets, then kicks a
+ * reclaim work item that reclaims them.
  *   td_txq_xmit()     tx_lock -> ring_lock
  *   td_txq_reclaim()  ring_lock -> tx_lock
  *
@@ -27,7 +28,7 @@
 
 #define TD_TXQ_ROUNDS		4
 #define TD_TXQ_RING_SIZE	64
-#define TD_TXQ_TIMEOUT_MS	5000
+#define TD_PROBE_TIMEOUT_MS	5000
 
 struct td_txq {
 	spinlock_t tx_lock;		/* A: serialises transmitters */
@@ -45,6 +46,8 @@ struct td_txq {
 };
 
 static struct td_txq *td_txq;
+static int td_txq_probe_err;
+static DECLARE_COMPLETION(td_txq_probed);
 
 /* tx_lock -> ring_lock */
 static void td_txq_xmit(struct td_txq *q, u32 len)
@@ -85,7 +88,7 @@ static void td_txq_reclaim_work(struct work_struct *work)
 	complete(&q->reclaim_done);
 }
 
-static int __init td_trylock_bug_init(void)
+static int td_txq_probe(void)
 {
 	struct td_txq *q;
 	int i;
@@ -103,24 +106,46 @@ static int __init td_trylock_bug_init(void)
 
 	schedule_work(&q->reclaim_work);
 	if (!wait_for_completion_timeout(&q->reclaim_done,
-					 msecs_to_jiffies(TD_TXQ_TIMEOUT_MS))) {
-		pr_err("reclaim work did not finish\n");
-		cancel_work_sync(&q->reclaim_work);
-		kfree(q);
-		return -ETIMEDOUT;
-	}
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("reclaim work is taking too long\n");
 	flush_work(&q->reclaim_work);
 
 	td_txq = q;
+	return 0;
+}
+
+static void td_txq_remove(void)
+{
+	cancel_work_sync(&td_txq->reclaim_work);
+	kfree(td_txq);
+}
+
+/* Probe asynchronously, from a work item. */
+static void td_txq_probe_work_fn(struct work_struct *work)
+{
+	td_txq_probe_err = td_txq_probe();
+	complete(&td_txq_probed);
+}
+static DECLARE_WORK(td_txq_probe_work, td_txq_probe_work_fn);
+
+static int __init td_trylock_bug_init(void)
+{
+	schedule_work(&td_txq_probe_work);
+	if (!wait_for_completion_timeout(&td_txq_probed,
+					 msecs_to_jiffies(TD_PROBE_TIMEOUT_MS)))
+		pr_err("probe is taking too long\n");
+	flush_work(&td_txq_probe_work);
+	if (td_txq_probe_err)
+		return td_txq_probe_err;
+
 	pr_info("scenario complete: %u reclaimed, %u busy, %u bytes in flight\n",
-		q->reclaimed, q->reclaim_busy, q->tx_bytes);
+		td_txq->reclaimed, td_txq->reclaim_busy, td_txq->tx_bytes);
 	return 0;
 }
 
 static void __exit td_trylock_bug_exit(void)
 {
-	cancel_work_sync(&td_txq->reclaim_work);
-	kfree(td_txq);
+	td_txq_remove();
 }
 
 module_init(td_trylock_bug_init);

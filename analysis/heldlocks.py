@@ -1,0 +1,340 @@
+"""Held-lock state: replay the lock events in time order, as lockdep would see them.
+
+Held locks are kept per task and per IRQ context (lockdep's ``irq_context``): a
+hardirq or softirq runs on top of whatever task it interrupted, with its own
+lock chain, and dependencies are only recorded within one context.  Each CPU's
+idle task is its own "task".
+
+The replay is the one place where order matters, so it is a loop over plain
+Python lists; everything around it is column work.  It produces:
+
+* ``acquisitions``: one row per successful acquisition (with its release);
+* ``edges``: class-level dependencies ``held → acquired`` with a witness each;
+* ``usage``: lockdep's usage bits per class (used in hardirq/softirq, taken with
+  hardirqs/softirqs enabled), each with its first witness;
+* ``recursions``: a lock (instance or class) taken again by its holder;
+* ``sleeps``: every may-sleep event with the atomic state it happened in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tracedep.tracer.probes import LOCK_FUNCS, SLEEPING_LOCK_TYPES
+
+SPIN_TYPES = frozenset({"spinlock", "rwlock-r", "rwlock-w"})
+SHARED_TYPES = frozenset({"rwlock-r", "rwsem-r"})
+RECURSIVE_READ = frozenset({"rwlock-r"})  # rwlock_t readers may nest; rwsem readers may not
+GFP_DIRECT_RECLAIM = 0x400
+
+# usage bits (lockdep's names)
+USED_IN_HARDIRQ = "IN-HARDIRQ-W"
+USED_IN_HARDIRQ_READ = "IN-HARDIRQ-R"
+USED_IN_SOFTIRQ = "IN-SOFTIRQ-W"
+USED_IN_SOFTIRQ_READ = "IN-SOFTIRQ-R"
+ENABLED_HARDIRQ = "HARDIRQ-ON-W"
+ENABLED_HARDIRQ_READ = "HARDIRQ-ON-R"
+ENABLED_SOFTIRQ = "SOFTIRQ-ON-W"
+ENABLED_SOFTIRQ_READ = "SOFTIRQ-ON-R"
+
+
+@dataclass
+class Held:
+    acq: int  # index into acquisitions
+    addr: int
+    cls: int
+    ltype: str
+    row: int  # event row of the acquire
+    trylock: bool
+    nested: bool
+
+
+@dataclass
+class EdgeAcc:
+    count: int
+    row: int  # event row acquiring ``after`` (first witness)
+    held_row: int  # event row where ``before`` was acquired
+    before_shared: bool
+    after_recursive_read: bool
+    ctx: str
+
+
+@dataclass
+class SleepEvent:
+    row: int
+    reasons: list[str]  # "spinlock", "preempt", "irqs-off", "bh-off", "softirq", "hardirq"
+    held: list[int]  # acquisition indices of spin/rwlocks held (and all held, for the report)
+    all_held: list[int]
+    preempt_extra: int  # preempt depth not explained by held spinning locks
+
+
+@dataclass
+class Recursion:
+    row: int
+    held_row: int
+    same_instance: bool
+    cls: int
+
+
+@dataclass
+class Replay:
+    acquisitions: pd.DataFrame
+    edges: dict[tuple[int, int], list[EdgeAcc]]  # one accumulator per mode variant
+    usage: dict[int, dict[str, int]]  # class → usage bit → first event row
+    recursions: list[Recursion]
+    sleeps: list[SleepEvent]
+    switch_baseline: int
+    unmatched_releases: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
+    if nmi:
+        return "nmi"
+    if hard:
+        return "hardirq"
+    if soft:
+        return "softirq"
+    return "process"
+
+
+def replay(events: pd.DataFrame, class_of_row: dict[int, int],
+           kprobe_irqs_reliable: bool = True) -> Replay:
+    kinds = events["kind"].to_numpy()
+    ltypes = events["lock_type"].to_numpy()
+    gfp = events["gfp"].to_numpy()
+    value = events["value"].to_numpy()
+    func_col = events["func"].to_numpy()
+    event_col = events["event"].to_numpy()
+    is_lock = np.isin(kinds, ("lock_acquire", "lock_return", "lock_release"))
+    is_sleep = (kinds == "sleep_call") | ((kinds == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) != 0))
+    is_switch = (kinds == "sched_switch") & (value != 0)
+    rows = np.nonzero(is_lock | is_sleep | is_switch)[0]
+
+    # calibrate: the preempt depth the scheduler itself runs at in sched_switch
+    sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch)[0]]
+    baseline = int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
+
+    pid = events["pid"].to_numpy()[rows].tolist()
+    cpu = events["cpu"].to_numpy()[rows].tolist()
+    ts = events["ts_ns"].to_numpy()[rows].tolist()
+    addr = events["lock_addr"].to_numpy()[rows].tolist()
+    irqs_off = events["irqs_off"].to_numpy()[rows].tolist()
+    bh_off = events["bh_off"].to_numpy()[rows].tolist()
+    hard = events["in_hardirq"].to_numpy()[rows].tolist()
+    soft = events["in_softirq"].to_numpy()[rows].tolist()
+    nmi = events["in_nmi"].to_numpy()[rows].tolist()
+    depth = events["preempt_depth"].to_numpy()[rows].tolist()
+    kind_l = kinds[rows].tolist()
+    ltype_l = ltypes[rows].tolist()
+    flags_l = events["lock_flags"].to_numpy()[rows].tolist()
+    value_l = value[rows].tolist()
+    ev_l = event_col[rows].tolist()
+    del func_col
+
+    stacks: dict[tuple[int, str], list[Held]] = {}
+    pending: dict[tuple[int, str], list[tuple[int, str, int]]] = {}  # (row, func, held index)
+    acq_cols: dict[str, list[int | str | bool]] = {k: [] for k in (
+        "row", "cls", "addr", "lock_type", "ctx", "task", "ts_acquire", "ts_acquired",
+        "ts_release", "release_row", "trylock", "irqs_off", "bh_off", "handed_off")}
+    edges: dict[tuple[int, int], list[EdgeAcc]] = {}
+    usage: dict[int, dict[str, int]] = {}
+    recursions: list[Recursion] = []
+    sleeps: list[SleepEvent] = []
+    unmatched = 0
+    wait_open: dict[tuple[int, str], list[tuple[int, int]]] = {}  # sleeping locks: (acq, row)
+
+    def new_acq(r: int, i: int, cls: int, task: int, ctx: str, tryl: bool) -> int:
+        a = len(acq_cols["row"])
+        acq_cols["row"].append(r)
+        acq_cols["cls"].append(cls)
+        acq_cols["addr"].append(addr[i])
+        acq_cols["lock_type"].append(ltype_l[i])
+        acq_cols["ctx"].append(ctx)
+        acq_cols["task"].append(task)
+        acq_cols["ts_acquire"].append(ts[i])
+        acq_cols["ts_acquired"].append(ts[i])
+        acq_cols["ts_release"].append(-1)
+        acq_cols["release_row"].append(-1)
+        acq_cols["trylock"].append(tryl)
+        acq_cols["irqs_off"].append(irqs_off[i])
+        acq_cols["bh_off"].append(bh_off[i])
+        acq_cols["handed_off"].append(False)
+        return a
+
+    def mark(cls: int, bit: str, r: int) -> None:
+        u = usage.setdefault(cls, {})
+        if bit not in u:
+            u[bit] = r
+
+    def acquire(r: int, i: int, task: int, ctx: str, tryl: bool, flags: str) -> None:
+        cls = class_of_row.get(r, -1)
+        stack = stacks.setdefault((task, ctx), [])
+        lt = ltype_l[i]
+        shared = lt in SHARED_TYPES
+        rec_read = lt in RECURSIVE_READ
+        nested = "nested" in flags
+        a = addr[i]
+        if not tryl:
+            for h in stack:
+                if h.addr == a:
+                    if not (rec_read and h.ltype in RECURSIVE_READ):
+                        recursions.append(Recursion(r, h.row, True, cls))
+                elif h.cls == cls and not nested and not h.nested:
+                    recursions.append(Recursion(r, h.row, False, cls))
+            for h in stack:
+                if h.addr == a or h.cls == cls:
+                    continue
+                key = (h.cls, cls)
+                accs = edges.setdefault(key, [])
+                hs = h.ltype in SHARED_TYPES
+                for acc in accs:
+                    if acc.before_shared == hs and acc.after_recursive_read == rec_read:
+                        acc.count += 1
+                        break
+                else:
+                    accs.append(EdgeAcc(1, r, h.row, hs, rec_read, ctx))
+        # usage bits; the lock function itself masks IRQs/BH for its variants
+        eff_irqs_off = irqs_off[i] or "irq" in flags  # "irq" and "irqsave"
+        eff_bh_off = bh_off[i] or "bh" in flags or ctx != "process"
+        if not tryl:
+            if ctx == "hardirq":
+                mark(cls, USED_IN_HARDIRQ_READ if shared else USED_IN_HARDIRQ, r)
+            elif ctx == "softirq":
+                mark(cls, USED_IN_SOFTIRQ_READ if shared else USED_IN_SOFTIRQ, r)
+        if kprobe_irqs_reliable and not eff_irqs_off and ctx in ("process", "softirq"):
+            mark(cls, ENABLED_HARDIRQ_READ if shared else ENABLED_HARDIRQ, r)
+            if not eff_bh_off:
+                mark(cls, ENABLED_SOFTIRQ_READ if shared else ENABLED_SOFTIRQ, r)
+        acq = new_acq(r, i, cls, task, ctx, tryl)
+        stack.append(Held(acq, a, cls, lt, r, tryl, nested))
+        if lt in SLEEPING_LOCK_TYPES:
+            wait_open.setdefault((task, ctx), []).append((acq, r))
+
+    for i, r in enumerate(rows.tolist()):
+        p = pid[i]
+        task = p if p > 0 else -1 - cpu[i]
+        ctx = _ctx(hard[i], soft[i], nmi[i])
+        k = kind_l[i]
+        if k == "lock_acquire":
+            fn = ev_l[i].partition("_")[2]
+            lf = LOCK_FUNCS.get(fn)
+            flags = flags_l[i]
+            if lf is not None and lf.success:
+                pending.setdefault((task, ctx), []).append((r, fn, i))
+            else:
+                acquire(r, i, task, ctx, False, flags)
+            if ltype_l[i] in SLEEPING_LOCK_TYPES and "trylock" not in flags:
+                _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off,
+                             depth, kprobe_irqs_reliable)
+        elif k == "lock_return":
+            fn = ev_l[i].partition("_")[2]
+            lf = LOCK_FUNCS.get(fn)
+            pend = pending.get((task, ctx))
+            if pend and pend[-1][1] == fn:
+                prow, _, pi = pend.pop()
+                ok = (value_l[i] != 0) if lf and lf.success == "nonzero" else (value_l[i] == 0)
+                if ok:
+                    acquire(prow, pi, task, ctx, lf is not None and "trylock" in lf.flags,
+                            flags_l[pi])
+                    # a sleeping lock's wait ends when the call returns
+                    if acq_cols["row"][-1] == prow:
+                        acq_cols["ts_acquired"][-1] = ts[i]
+            else:
+                wo = wait_open.get((task, ctx))
+                if wo:
+                    acq, _ = wo.pop()
+                    acq_cols["ts_acquired"][acq] = ts[i]
+        elif k == "lock_release":
+            a = addr[i]
+            found = False
+            for key in ((task, ctx), (task, "process"), (task, "softirq"), (task, "hardirq")):
+                st = stacks.get(key)
+                if not st:
+                    continue
+                for j in range(len(st) - 1, -1, -1):
+                    if st[j].addr == a:
+                        h = st.pop(j)
+                        acq_cols["ts_release"][h.acq] = ts[i]
+                        acq_cols["release_row"][h.acq] = r
+                        found = True
+                        break
+                if found:
+                    break
+            if not found:
+                # Released by another task: semaphores used as completions, and the
+                # runqueue lock that __schedule() hands to the next task (lockdep
+                # annotates the same hand-off in prepare_lock_switch()).
+                for st in stacks.values():
+                    for j in range(len(st) - 1, -1, -1):
+                        if st[j].addr == a:
+                            h = st.pop(j)
+                            acq_cols["ts_release"][h.acq] = ts[i]
+                            acq_cols["release_row"][h.acq] = r
+                            acq_cols["handed_off"][h.acq] = True
+                            found = True
+                            break
+                    if found:
+                        break
+            if not found:
+                unmatched += 1  # taken before tracing started
+        elif k == "sched_switch":
+            held = [h for h in stacks.get((task, "process"), []) if h.ltype in SPIN_TYPES]
+            extra = depth[i] - baseline - len(held)
+            if held:
+                sleeps.append(SleepEvent(r, ["spinlock"], [h.acq for h in held],
+                                         [h.acq for h in stacks.get((task, "process"), [])],
+                                         max(extra, 0)))
+        else:  # sleep_call or alloc that may reclaim
+            _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
+                         kprobe_irqs_reliable)
+
+    acqs = pd.DataFrame(acq_cols)
+    # A switch with only handed-off locks held (the scheduler's own runqueue lock)
+    # is the scheduler working, not a task sleeping under a lock.
+    handed = acq_cols["handed_off"]
+    kept = []
+    for s in sleeps:
+        if kind_of_row(kinds, s.row) == "sched_switch":
+            s.held = [a for a in s.held if not handed[a]]
+            s.all_held = [a for a in s.all_held if not handed[a]]
+            if not s.held:
+                continue
+        kept.append(s)
+    return Replay(acqs, edges, usage, recursions, kept, baseline, unmatched)
+
+
+def kind_of_row(kinds: np.ndarray, row: int) -> str:
+    return str(kinds[row])
+
+
+def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,
+                 i: int, task: int, ctx: str, hard: list[bool], soft: list[bool],
+                 irqs_off: list[bool], bh_off: list[bool], depth: list[int],
+                 irqs_reliable: bool) -> None:
+    held_all = list(stacks.get((task, ctx), []))
+    if ctx != "process":
+        held_all = list(stacks.get((task, "process"), [])) + held_all
+    spin = [h for h in held_all if h.ltype in SPIN_TYPES]
+    reasons: list[str] = []
+    if hard[i]:
+        reasons.append("hardirq")
+    elif soft[i]:
+        reasons.append("softirq")
+    if spin:
+        reasons.append("spinlock")
+    if irqs_reliable and irqs_off[i]:
+        reasons.append("irqs-off")
+    if bh_off[i] and not soft[i] and not hard[i]:
+        reasons.append("bh-off")
+    # every held spinning lock accounts for one level of preempt_count
+    own = [h for h in stacks.get((task, ctx), []) if h.ltype in SPIN_TYPES]
+    extra = depth[i] - len(own)
+    if extra > 0 and not hard[i]:
+        reasons.append("preempt")
+    if reasons:
+        sleeps.append(SleepEvent(r, reasons, [h.acq for h in spin], [h.acq for h in held_all],
+                                 max(extra, 0)))

@@ -1,0 +1,139 @@
+"""analysis: trace → lock classes → replay → rules → :class:`Analysis`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracedep.analysis import classes as lock_classes
+from tracedep.analysis import rules
+from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
+from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
+from tracedep.analysis.trace import Trace
+
+log = logging.getLogger(__name__)
+
+BUCKETS_NS = [1_000 * 2**i for i in range(0, 24)]  # 1 µs … ~8 s
+
+
+def _hist(values: np.ndarray) -> dict[str, int]:
+    if len(values) == 0:
+        return {}
+    idx = np.searchsorted(np.array(BUCKETS_NS), values, side="right")
+    counts = np.bincount(idx, minlength=len(BUCKETS_NS) + 1)
+    out: dict[str, int] = {}
+    lo_i, hi_i = int(idx.min()), int(idx.max())
+    for i in range(lo_i, hi_i + 1):
+        lo = 0 if i == 0 else BUCKETS_NS[i - 1]
+        out[f"{_fmt_ns(lo)}-{_fmt_ns(BUCKETS_NS[i]) if i < len(BUCKETS_NS) else 'inf'}"] = int(
+            counts[i])
+    return out
+
+
+def _fmt_ns(ns: int) -> str:
+    if ns >= 1_000_000_000:
+        return f"{ns / 1e9:g}s"
+    if ns >= 1_000_000:
+        return f"{ns / 1e6:g}ms"
+    if ns >= 1_000:
+        return f"{ns / 1e3:g}us"
+    return f"{ns}ns"
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
+            "p99": float(np.percentile(values, 99)), "max": float(values.max())}
+
+
+def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass]) -> list[ClassStats]:
+    out: list[ClassStats] = []
+    if acqs.empty:
+        return out
+    acqs = acqs.assign(hold=acqs["ts_release"] - acqs["ts_acquired"],
+                       wait=acqs["ts_acquired"] - acqs["ts_acquire"])
+    for c, grp in acqs.groupby("cls", sort=True):
+        ci = int(c)  # type: ignore[call-overload]
+        if ci < 0:
+            continue
+        lc = table[ci]
+        held = grp.loc[grp["ts_release"] >= 0, "hold"].to_numpy()
+        lt = str(grp["lock_type"].iloc[0])
+        wait = grp["wait"].to_numpy() if lt in SLEEPING_LOCK_TYPES else np.zeros(0)
+        out.append(ClassStats(
+            lock_class=lc.name, lock_type=lt, driver=lc.module, acquisitions=len(grp),
+            hold_ns=_summary(held), hold_hist=_hist(held), wait_ns=_summary(wait),
+            wait_hist=_hist(wait), contexts=sorted(set(grp["ctx"].astype(str))),
+        ))
+    return out
+
+
+def analyze(trace: Trace) -> Analysis:
+    t0 = time.monotonic()
+    ev = trace.events
+    lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+    cls_ids, table = lock_classes.assign(ev, trace.symbols, lock_rows)
+    class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
+    irqs_reliable = not bool(trace.info.get("kprobe_reports_irqs_off", False))
+    rep = replay(ev, class_of_row, irqs_reliable)
+    cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size)
+    findings: list[Finding] = []
+    findings += rules.sleep_findings(cx)
+    findings += rules.order_findings(cx)
+    findings += rules.irq_findings(cx)
+    findings += rules.recursion_findings(cx)
+    findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))
+    edges = []
+    for (u, v), accs in rep.edges.items():
+        acc = accs[0]
+        drivers = sorted({table[u].module, table[v].module})
+        edges.append(Edge(
+            before=table[u].name, after=table[v].name, count=sum(a.count for a in accs),
+            drivers=drivers, witness=cx.site(acc.row, "acquire", table[v].name, False),
+            held_witness=cx.site(acc.held_row, "held", table[u].name, False),
+            read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
+    stats = class_stats(rep.acquisitions, table)
+    health = _health(trace, rep.unmatched_releases)
+    health["analysis_s"] = round(time.monotonic() - t0, 3)
+    run = _run_summary(trace.info)
+    return Analysis(findings=findings, classes=stats, edges=edges, health=health, run=run)
+
+
+def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
+    info = trace.info
+    lost = info.get("lost", {})
+    ending = info.get("ending", {})
+    warnings = list(trace.warnings)
+    if lost.get("total"):
+        warnings.append(f"{lost['total']} events were lost: findings may be missing")
+    if lost.get("truncated"):
+        warnings.append("the trace is truncated: the guest did not finish sending it")
+    if ending and ending.get("how") not in (None, "poweroff"):
+        warnings.append(f"the guest did not power off cleanly: {ending.get('how')} "
+                        f"{ending.get('detail', '')}".strip())
+    failed = info.get("probes", {}).get("failed", [])
+    if failed:
+        warnings.append(f"{len(failed)} probes could not be placed (see manifest)")
+    return {
+        "events": len(trace.events),
+        "lost": lost.get("total", 0),
+        "truncated": bool(lost.get("truncated", False)),
+        "ending": ending,
+        "unmatched_releases": unmatched,
+        "warnings": warnings,
+        "source": str(trace.source),
+    }
+
+
+def _run_summary(info: dict[str, Any]) -> dict[str, Any]:
+    keys = ("arch", "kernel", "started", "tracedep_version", "timing", "workload", "qemu",
+            "transport")
+    out = {k: info[k] for k in keys if k in info}
+    out["modules"] = [{k: m.get(k) for k in ("name", "src_dir", "loaded")}
+                      for m in info.get("modules", [])]
+    return out

@@ -1,0 +1,480 @@
+"""The rules: turn a replayed trace into findings, with lockdep's semantics.
+
+* ``sleep-in-atomic``: a may-sleep event (allocation allowed to reclaim, sleeping
+  lock, sleep catalog, might_sleep(), voluntary switch) while a spinning lock is
+  held, or preemption, IRQs or BH are off, or in hardirq/softirq context.
+* ``lock-order-inversion``: a cycle in the class dependency graph that lockdep
+  would call a deadlock: trylocks add no dependency, and a cycle is harmless if
+  it passes a lock acquired as a recursive reader and left while held shared
+  (lockdep's "strong path" rule; ``rwlock_t`` readers are recursive).
+* ``irq-lock-inversion``: a class used in hardirq (softirq) context and taken
+  elsewhere with hardirqs (softirqs) enabled; or an IRQ-safe class held while an
+  IRQ-unsafe class is taken (``HARDIRQ-safe -> HARDIRQ-unsafe``).
+* ``recursive-locking``: an instance taken again by its holder;
+  ``same-class-nesting``: two instances of one class nested without a
+  ``*_nested`` annotation (invisible on kernels without lockdep: said so).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tracedep.analysis.classes import LockClass
+from tracedep.analysis.findings import Finding, Frame, Site
+from tracedep.analysis.heldlocks import (
+    ENABLED_HARDIRQ,
+    ENABLED_HARDIRQ_READ,
+    ENABLED_SOFTIRQ,
+    ENABLED_SOFTIRQ_READ,
+    USED_IN_HARDIRQ,
+    USED_IN_HARDIRQ_READ,
+    USED_IN_SOFTIRQ,
+    USED_IN_SOFTIRQ_READ,
+    Replay,
+)
+from tracedep.analysis.symbols import RunSymbols
+from tracedep.analysis.witness import clean_stack, frame_at
+from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
+
+ALLOC_FUNCS = frozenset({
+    "kmalloc_trace", "__kmalloc", "kmem_cache_alloc", "kmem_cache_alloc_lru", "__kmalloc_node",
+    "kmalloc_node_trace", "kmem_cache_alloc_node", "__alloc_pages", "alloc_pages",
+    "__get_free_pages", "__vmalloc_node_range", "__kmem_cache_alloc_node", "slab_pre_alloc_hook",
+    "__kmalloc_node_track_caller", "kmalloc_large", "alloc_pages_exact",
+})
+
+GFP_NAMES = (  # most specific first, as the kernel's show_gfp_flags prints them
+    (0xCC0 | 0x400000, "GFP_KERNEL_ACCOUNT"), (0xCC0, "GFP_KERNEL"), (0xC40, "GFP_NOFS"),
+    (0xC00, "GFP_NOIO"), (0xA20, "GFP_ATOMIC"), (0x800, "GFP_NOWAIT"),
+)
+CONTEXT_TEXT = {
+    "hardirq": "in hardirq context",
+    "softirq": "in softirq context",
+    "spinlock": "with a spinning lock held",
+    "irqs-off": "with IRQs disabled",
+    "bh-off": "with softirqs (BH) disabled",
+    "preempt": "with preemption disabled",
+}
+REASON_ORDER = ("hardirq", "softirq", "spinlock", "irqs-off", "bh-off", "preempt")
+
+
+def gfp_text(gfp: int) -> str:
+    for mask, name in GFP_NAMES:
+        if gfp & mask == mask:
+            rest = gfp & ~mask
+            return name if not rest else f"{name}|{rest:#x}"
+    return f"{gfp:#x}"
+
+
+@dataclass
+class Ctx:
+    events: pd.DataFrame
+    stacks: list[tuple[int, ...]]
+    symbols: RunSymbols
+    classes: list[LockClass]
+    replay: Replay
+    call_insn_size: int
+    lockdep_events: bool = False
+
+    def row(self, r: int) -> pd.Series:
+        return self.events.iloc[r]
+
+    def site(self, r: int, role: str, lock: str | None = None, with_stack: bool = True
+             ) -> Site:
+        e = self.events
+        sid = int(e["stack_id"].iat[r])
+        if with_stack and sid >= 0:
+            frames = clean_stack(self.symbols, self.stacks[sid], self.call_insn_size)
+        else:
+            frames = [frame_at(self.symbols, int(e["ip"].iat[r]), True)]
+        return Site(role=role, frames=tuple(frames), lock=lock, ts_ns=int(e["ts_ns"].iat[r]),
+                    pid=int(e["pid"].iat[r]), comm=str(e["comm"].iat[r]),
+                    context=context_text(e, r))
+
+    def nesting_visible(self, ip: int) -> bool:
+        """Can a ``*_nested`` annotation at this call site be seen?  Only with lockdep's
+        own events, or in a module (its source is checked at report time)."""
+        return self.lockdep_events or self.symbols.module_of(ip) not in ("vmlinux", None)
+
+    def cls(self, c: int) -> LockClass:
+        return self.classes[c] if c >= 0 else LockClass("?", "?", "instance", "vmlinux", sig="?")
+
+
+def context_text(e: pd.DataFrame, r: int) -> str:
+    parts = [f"preempt={int(e['preempt_depth'].iat[r])}"]
+    if e["irqs_off"].iat[r]:
+        parts.append("irqs-off")
+    if e["bh_off"].iat[r]:
+        parts.append("bh-off")
+    if e["in_hardirq"].iat[r]:
+        parts.append("hardirq")
+    if e["in_softirq"].iat[r]:
+        parts.append("softirq")
+    return " ".join(parts)
+
+
+def _driver(frames: list[Frame], fallback: list[str]) -> str:
+    for f in frames:
+        if f.module not in ("vmlinux", "?"):
+            return f.module
+    for m in fallback:
+        if m not in ("vmlinux", "?"):
+            return m
+    return "vmlinux"
+
+
+# -- sleep in atomic -------------------------------------------------------------
+
+
+def sleep_findings(cx: Ctx) -> list[Finding]:
+    e = cx.events
+    acq = cx.replay.acquisitions
+    kinds = e["kind"].to_numpy()
+    funcs = e["func"].to_numpy()
+    events = e["event"].to_numpy()
+    pids = e["pid"].to_numpy()
+    ts = e["ts_ns"].to_numpy()
+    sleeps = cx.replay.sleeps
+    # might_sleep() inside an API whose own event is also here is the same incident
+    api_by_task: dict[int, list[int]] = {}
+    for s in sleeps:
+        if not (kinds[s.row] == "sleep_call" and funcs[s.row] == MIGHT_SLEEP):
+            api_by_task.setdefault(int(pids[s.row]), []).append(int(ts[s.row]))
+    groups: dict[tuple[str, ...], Finding] = {}
+    for s in sleeps:
+        r = s.row
+        k = kinds[r]
+        frames: list[Frame]
+        sid = int(e["stack_id"].iat[r])
+        frames = (clean_stack(cx.symbols, cx.stacks[sid], cx.call_insn_size) if sid >= 0
+                  else [])
+        call = frame_at(cx.symbols, int(e["ip"].iat[r]), True)
+        if k == "sleep_call" and funcs[r] == MIGHT_SLEEP:
+            near = api_by_task.get(int(pids[r]), [])
+            i = int(np.searchsorted(near, ts[r]))
+            close = any(abs(near[j] - int(ts[r])) < 1_000_000 for j in (i - 1, i)
+                        if 0 <= j < len(near))
+            inside_api = any(f.function in ALLOC_FUNCS for f in frames[1:4])
+            if close or inside_api:
+                continue
+            where = frames[1].function if len(frames) > 1 else call.function
+            api = f"might_sleep() in {where}()"
+        elif k == "sleep_call":
+            api = f"{funcs[r]}()"
+        elif k == "alloc":
+            api = f"{funcs[r]}({gfp_text(int(e['gfp'].iat[r]))})"
+        elif k == "lock_acquire":
+            fn = str(events[r]).partition("_")[2]
+            api = f"{fn}()"
+        else:
+            api = "schedule() (voluntary context switch)"
+        # the culprit: the innermost frame of a module, else the call site
+        culprit = next((f for f in frames if f.module not in ("vmlinux", "?")), None)
+        if culprit is None:
+            culprit = call if call.module not in ("?",) else (frames[1] if len(frames) > 1
+                                                                else call)
+        held_cls = sorted({int(acq["cls"].iat[a]) for a in s.held})
+        held_names = [cx.cls(c).name for c in held_cls]
+        reasons = [x for x in REASON_ORDER if x in s.reasons]
+        primary = reasons[0]
+        key = (culprit.function, api.split("(")[0], primary,
+               *sorted(cx.cls(c).sig for c in held_cls))
+        f = groups.get(key)
+        if f is not None:
+            f.count += 1
+            continue
+        sites = [cx.site(r, "sleep")]
+        if not frames:  # no stack: the call site is the witness
+            sites = [Site("sleep", (call,), None, int(ts[r]), int(pids[r]),
+                          str(e["comm"].iat[r]), context_text(e, r))]
+        for a in s.all_held:
+            ar = int(acq["row"].iat[a])
+            c = int(acq["cls"].iat[a])
+            sites.append(cx.site(ar, f"held {cx.cls(c).name}", cx.cls(c).name,
+                                 with_stack=False))
+        mods = [cx.cls(c).module for c in held_cls]
+        driver = _driver([culprit, *frames], [st.frames[0].module for st in sites[1:]] + mods)
+        ctx_words = ", ".join(CONTEXT_TEXT[x] for x in reasons)
+        if held_names:
+            ctx_words += f" ({', '.join(held_names)})"
+        msg = (f"{api} may sleep, called from {culprit.function}() {ctx_words}")
+        if s.preempt_extra > 0 and "preempt" in reasons:
+            msg += f"; preempt_count is {s.preempt_extra} beyond the locks held"
+        groups[key] = Finding(
+            kind="sleep-in-atomic", driver=driver, locks=held_names, sites=sites,
+            message=msg, first_ts_ns=int(ts[r]), count=1, key=key,
+            details={"api": api, "context": reasons, "function": culprit.function},
+        )
+    return list(groups.values())
+
+
+# -- lock order ------------------------------------------------------------------
+
+
+def _sccs(nodes: list[int], adj: dict[int, list[int]]) -> list[list[int]]:
+    """Tarjan, iteratively (kernel graphs are deep)."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on: set[int] = set()
+    stack: list[int] = []
+    out: list[list[int]] = []
+    counter = 0
+    for root in nodes:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            v, pi = work.pop()
+            if pi == 0:
+                index[v] = low[v] = counter
+                counter += 1
+                stack.append(v)
+                on.add(v)
+            succ = adj.get(v, [])
+            for j in range(pi, len(succ)):
+                w = succ[j]
+                if w not in index:
+                    work.append((v, j + 1))
+                    work.append((w, 0))
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            else:
+                if low[v] == index[v]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == v:
+                            break
+                    out.append(comp)
+                if work:
+                    u = work[-1][0]
+                    low[u] = min(low[u], low[v])
+    return out
+
+
+def order_findings(cx: Ctx, max_cycles: int = 500) -> list[Finding]:
+    edges = cx.replay.edges
+    # expanded node = class*2 + (1 if it was acquired as a recursive reader)
+    adj: dict[int, list[int]] = {}
+    label: dict[tuple[int, int], tuple[int, int, int]] = {}  # (xu, xv) → (u, v, variant)
+    for (u, v), accs in edges.items():
+        for vi, acc in enumerate(accs):
+            for arrived_rr in (0, 1):
+                if arrived_rr and acc.before_shared:
+                    continue  # -(*R)-> then -(S*)->: not a deadlock
+                xu, xv = u * 2 + arrived_rr, v * 2 + int(acc.after_recursive_read)
+                adj.setdefault(xu, []).append(xv)
+                label.setdefault((xu, xv), (u, v, vi))
+    nodes = sorted(adj)
+    cycles: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
+    for comp in _sccs(nodes, adj):
+        if len(comp) < 2:
+            continue
+        members = set(comp)
+        for xu in comp:
+            for xv in adj.get(xu, []):
+                if xv not in members:
+                    continue
+                path = _bfs(adj, xv, xu, members)
+                if path is None:
+                    continue
+                xcycle = [xu, *path]  # xu → xv … → xu
+                cls_seq = tuple(x // 2 for x in xcycle[:-1])
+                if len(set(cls_seq)) != len(cls_seq):
+                    continue  # not elementary at class level
+                canon = _canonical(cls_seq, cx)
+                if canon in cycles:
+                    continue
+                cycles[canon] = [label[(a, b)] for a, b in zip(xcycle, xcycle[1:], strict=False)]
+                if len(cycles) >= max_cycles:
+                    break
+    out = []
+    for canon, labs in cycles.items():
+        out.append(_cycle_finding(cx, labs, canon))
+    return out
+
+
+def _bfs(adj: dict[int, list[int]], src: int, dst: int, members: set[int]) -> list[int] | None:
+    prev: dict[int, int] = {src: src}
+    q = deque([src])
+    while q:
+        v = q.popleft()
+        if v == dst:
+            path = [v]
+            while path[-1] != src:
+                path.append(prev[path[-1]])
+            return path[::-1]
+        for w in adj.get(v, []):
+            if w in members and w not in prev:
+                prev[w] = v
+                q.append(w)
+    return None
+
+
+def _canonical(seq: tuple[int, ...], cx: Ctx) -> tuple[int, ...]:
+    sigs = [cx.cls(c).sig for c in seq]
+    k = min(range(len(seq)), key=lambda i: sigs[i:] + sigs[:i])
+    return seq[k:] + seq[:k]
+
+
+def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, ...]
+                   ) -> Finding:
+    edges = cx.replay.edges
+    sites: list[Site] = []
+    first_ts = None
+    frames_all: list[Frame] = []
+    for u, v, vi in labs:
+        acc = edges[(u, v)][vi]
+        a, b = cx.cls(u).name, cx.cls(v).name
+        s_b = cx.site(acc.row, f"{b} acquired while holding {a}", b, with_stack=False)
+        s_a = cx.site(acc.held_row, f"{a} acquired earlier", a, with_stack=False)
+        sites += [s_b, s_a]
+        frames_all += list(s_b.frames) + list(s_a.frames)
+        t = s_b.ts_ns or 0
+        first_ts = t if first_ts is None else min(first_ts, t)
+    names = [cx.cls(c).name for c in canon]
+    driver = _driver(frames_all, [cx.cls(c).module for c in canon])
+    chain = " -> ".join(names + [names[0]])
+    count = min(edges[(u, v)][vi].count for u, v, vi in labs)
+    n = len(canon)
+    what = "AB-BA" if n == 2 else f"{n}-lock cycle"
+    instance = [cx.cls(c).name for c in canon if cx.cls(c).origin == "instance"]
+    msg = f"possible circular locking dependency ({what}): {chain}"
+    if instance:
+        msg += ("; " + ", ".join(instance) + " identified by instance only (no allocation "
+                "or symbol known)")
+    return Finding(kind="lock-order-inversion", driver=driver, locks=names, sites=sites,
+                   message=msg, first_ts_ns=first_ts or 0, count=count,
+                   key=tuple(cx.cls(c).sig for c in canon),
+                   details={"cycle": names, "edges": [[cx.cls(u).name, cx.cls(v).name]
+                                                      for u, v, _ in labs]})
+
+
+# -- IRQ safety ------------------------------------------------------------------
+
+IRQ_KINDS = (
+    ("hardirq", (USED_IN_HARDIRQ, USED_IN_HARDIRQ_READ), (ENABLED_HARDIRQ, ENABLED_HARDIRQ_READ)),
+    ("softirq", (USED_IN_SOFTIRQ, USED_IN_SOFTIRQ_READ), (ENABLED_SOFTIRQ, ENABLED_SOFTIRQ_READ)),
+)
+
+
+def irq_findings(cx: Ctx) -> list[Finding]:
+    usage = cx.replay.usage
+    out: list[Finding] = []
+    adj: dict[int, set[int]] = {}
+    for (u, v), accs in cx.replay.edges.items():
+        adj.setdefault(u, set()).add(v)
+    for irq, (used_w, used_r), (en_w, en_r) in IRQ_KINDS:
+        safe = {c for c, u in usage.items() if used_w in u or used_r in u}
+        unsafe = {c for c, u in usage.items() if en_w in u or en_r in u}
+        inconsistent = set()
+        for c in sorted(safe):
+            u = usage[c]
+            # read-in-irq vs read-with-irqs-on is fine for recursive readers
+            bad_used = used_w if used_w in u else used_r
+            bad_en = en_w if en_w in u else (en_r if (en_r in u and used_w in u) else None)
+            if bad_en is None:
+                continue
+            inconsistent.add(c)
+            lc = cx.cls(c)
+            s_irq = cx.site(u[bad_used], f"{lc.name} taken in {irq} context", lc.name,
+                            with_stack=False)
+            s_on = cx.site(u[bad_en], f"{lc.name} taken with {irq}s enabled", lc.name,
+                           with_stack=False)
+            up = irq.upper()
+            msg = (f"inconsistent lock state: {lc.name} is taken in {irq} context "
+                   f"({s_irq.frames[0].function}) and with {irq}s enabled "
+                   f"({s_on.frames[0].function}); {{IN-{up}-W}} -> {{{up}-ON-W}} usage: "
+                   f"an interrupt arriving while it is held there deadlocks")
+            out.append(Finding(
+                kind="irq-lock-inversion", driver=_driver(
+                    [*s_on.frames, *s_irq.frames], [lc.module]),
+                locks=[lc.name], sites=[s_on, s_irq], message=msg,
+                first_ts_ns=min(s_irq.ts_ns or 0, s_on.ts_ns or 0), count=1,
+                key=("inconsistent", irq, lc.sig), details={"irq": irq, "form": "usage"}))
+        # the dependency form: a safe class held while an unsafe class is taken
+        for s in sorted(safe):
+            prev: dict[int, int] = {s: s}
+            q = deque([s])
+            while q:
+                v = q.popleft()
+                for w in sorted(adj.get(v, ())):
+                    if w in prev:
+                        continue
+                    prev[w] = v
+                    q.append(w)
+                    if w in unsafe and w != s and w not in inconsistent and s not in (
+                            inconsistent):
+                        path = [w]
+                        while path[-1] != s:
+                            path.append(prev[path[-1]])
+                        path.reverse()
+                        out.append(_safe_unsafe(cx, irq, path))
+    return out
+
+
+def _safe_unsafe(cx: Ctx, irq: str, path: list[int]) -> Finding:
+    usage = cx.replay.usage
+    s, u = path[0], path[-1]
+    ls, lu = cx.cls(s), cx.cls(u)
+    used = next(b for b in usage[s] if b.startswith("IN-"))
+    enabled = next(b for b in usage[u] if "-ON-" in b)
+    sites = [cx.site(usage[s][used], f"{ls.name} taken in {irq} context ({irq}-safe)", ls.name,
+                     with_stack=False),
+             cx.site(usage[u][enabled], f"{lu.name} taken with {irq}s enabled ({irq}-unsafe)",
+                     lu.name, with_stack=False)]
+    for a, b in zip(path, path[1:], strict=False):
+        acc = cx.replay.edges[(a, b)][0]
+        sites.append(cx.site(acc.row, f"{cx.cls(b).name} acquired while holding "
+                                      f"{cx.cls(a).name}", cx.cls(b).name, with_stack=False))
+    names = [cx.cls(c).name for c in path]
+    up = irq.upper()
+    msg = (f"{up}-safe -> {up}-unsafe lock order detected: {ls.name} (taken in {irq} context) "
+           f"is held while {lu.name} (taken elsewhere with {irq}s enabled) is acquired"
+           + (f" via {' -> '.join(names)}" if len(path) > 2 else ""))
+    frames = [f for st in sites for f in st.frames]
+    return Finding(kind="irq-lock-inversion", driver=_driver(frames, [ls.module, lu.module]),
+                   locks=names, sites=sites, message=msg,
+                   first_ts_ns=min(st.ts_ns or 0 for st in sites), count=1,
+                   key=("safe-unsafe", irq, ls.sig, lu.sig),
+                   details={"irq": irq, "form": "dependency", "path": names})
+
+
+# -- recursion -------------------------------------------------------------------
+
+
+def recursion_findings(cx: Ctx) -> list[Finding]:
+    groups: dict[tuple[str, ...], Finding] = {}
+    for rec in cx.replay.recursions:
+        lc = cx.cls(rec.cls)
+        if not rec.same_instance and (lc.origin == "instance" or not cx.nesting_visible(
+                int(cx.events["ip"].iat[rec.row]))):
+            continue
+        s2 = cx.site(rec.row, f"{lc.name} acquired again", lc.name, with_stack=False)
+        s1 = cx.site(rec.held_row, f"{lc.name} already held", lc.name, with_stack=False)
+        kind = "recursive-locking" if rec.same_instance else "same-class-nesting"
+        key = (lc.sig, s2.frames[0].function)
+        f = groups.get((kind, *key))
+        if f is not None:
+            f.count += 1
+            continue
+        if rec.same_instance:
+            msg = (f"possible recursive locking: {lc.name} is acquired again in "
+                   f"{s2.frames[0].function}() by the task that already holds it "
+                   f"(taken in {s1.frames[0].function}())")
+        else:
+            msg = (f"two locks of class {lc.name} nested: taken in {s1.frames[0].function}() "
+                   f"then again in {s2.frames[0].function}(); if intended, lockdep needs "
+                   f"spin_lock_nested()/mutex_lock_nested() (not visible on a kernel "
+                   f"without lockdep)")
+        groups[(kind, *key)] = Finding(
+            kind=kind, driver=_driver([*s2.frames, *s1.frames], [lc.module]), locks=[lc.name],
+            sites=[s2, s1], message=msg, first_ts_ns=s2.ts_ns or 0, count=1, key=key)
+    return list(groups.values())

@@ -1,0 +1,58 @@
+"""A trace ready for analysis: the events frame, its stack table, and what the run knew.
+
+``load(path)`` takes a run directory (binary ring-buffer pages + manifest) or a
+plain ftrace text file (``trace``/``trace_pipe`` output captured elsewhere with
+tracedep's probes), and validates the events against ``tracer.schema``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tracedep.analysis.symbols import RunSymbols
+from tracedep.errors import InputError, TraceFormatError
+from tracedep.tracer import manifest, schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trace:
+    events: pd.DataFrame  # tracer.schema columns, sorted by ts_ns
+    stacks: list[tuple[int, ...]]  # raw return addresses, innermost first
+    info: dict[str, Any]  # the run's manifest (a minimal one for foreign text traces)
+    symbols: RunSymbols
+    source: Path
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def call_insn_size(self) -> int:
+        return int(self.info.get("call_insn_size", 5))
+
+
+def load(path: Path, kallsyms: Path | None = None) -> Trace:
+    if path.is_dir():
+        return _load_run(path)
+    if path.is_file():
+        from tracedep.analysis.ftrace_text import load_text
+
+        return load_text(path, kallsyms)
+    raise InputError(f"{path}: no such run directory or trace file")
+
+
+def _load_run(run_dir: Path) -> Trace:
+    from tracedep.tracer.ftrace_binary import decode_run
+
+    info = manifest.read(run_dir)
+    if not (run_dir / "control.log").is_file():
+        raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
+    decoded = decode_run(run_dir, info)
+    schema.validate(decoded.events)
+    syms = RunSymbols.for_run(run_dir, info)
+    warnings = list(syms.warnings)
+    return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)

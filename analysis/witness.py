@@ -1,0 +1,57 @@
+"""Witness frames: call sites and kernel stacks turned into :class:`Frame` lists.
+
+Stacks taken by ftrace's stacktrace trigger start inside the tracing code
+(the kprobe or tracepoint handler); those frames are dropped so a stack starts
+at the probed function, as a developer reading it expects.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tracedep.analysis.findings import Frame
+from tracedep.analysis.symbols import RunSymbols
+
+_TRACING = re.compile(
+    r"^(kprobe_.*|aggr_pre_handler|trace_event_raw_event_.*|perf_trace_.*|trace_event_buffer_.*|"
+    r"event_trigger.*|.*stacktrace_.*|__ftrace_trace_stack|__trace_stack|ftrace_.*|"
+    r"trace_buffer_unlock_commit.*|.*_trace_func|kprobe_int3_handler|exc_int3|asm_exc_int3|"
+    r"optimized_callback|optprobe_template_.*|arch_ftrace_ops_list_func|trace_.*_probe|"
+    r"__traceiter_.*|trace_call_bpf|brk_handler|do_debug_exception|el1_dbg|el1h_64_sync.*|"
+    r"call_break_hook|kprobe_breakpoint_handler)$"
+)
+
+
+def frame_at(symbols: RunSymbols, addr: int, call_site: bool) -> Frame:
+    """A frame for a runtime address (``call_site``: already return address − call size)."""
+    s = symbols.lookup(addr)
+    if s is None:
+        mod = symbols.module_of(addr) or "?"
+        return Frame(function=f"{addr:#x}" if mod == "?" else f"[{mod}]", offset=0, size=0,
+                     module=mod, address=addr)
+    return Frame(function=s.name, offset=s.offset, size=s.size, module=s.module, address=addr)
+
+
+def clean_stack(symbols: RunSymbols, stack: tuple[int, ...], call_insn_size: int
+                ) -> list[Frame]:
+    """Frames of a trigger stack, innermost first, starting at the probed function.
+
+    Entries after the first are return addresses; they are turned into call
+    sites (address − call size) so that file:line names the call.
+    """
+    names = [symbols.lookup(a) for a in stack]
+    start = 0
+    for i, s in enumerate(names[:12]):
+        if s is None and symbols.module_of(stack[i]) in (None, "?"):
+            start = i + 1  # ftrace trampoline: no symbol
+        elif s is not None and _TRACING.match(s.name):
+            start = i + 1
+        elif s is None:
+            start = i + 1  # an unnamed trampoline in module space
+    # After the tracing frames comes the probed function itself (a kprobe at its
+    # entry) or the function that fired the tracepoint; both are real.
+    frames = []
+    for j, a in enumerate(stack[start:]):
+        site = a if j == 0 else a - call_insn_size
+        frames.append(frame_at(symbols, site, j > 0))
+    return frames
