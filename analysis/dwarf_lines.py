@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+from array import array
 import posixpath
 import re
 import struct
@@ -224,9 +225,21 @@ class _IntervalIndex:
 # -- line programs --------------------------------------------------------------------
 
 
+Row = tuple[int, int, int]  # file number, line, discriminator
+
+
+@dataclass
+class LineSequence:
+    """One DW_LNE_end_sequence-terminated run: row i covers [addrs[i], addrs[i+1] or end)."""
+
+    addrs: list[int]
+    rows: list[Row]
+    end: int
+
+
 def decode_line_rows(data: memoryview | bytes | bytearray, start: int, end: int,
-                     hdr: Any) -> list[tuple[int, int, int, int, bool]]:
-    """Rows (address, file, line, discriminator, end_sequence) of one line program.
+                     hdr: Any) -> list[LineSequence]:
+    """The sequences of one line program, one row per address (the last, as bfd keeps it).
 
     pyelftools' decoder copies a state object per row (0.7 s for kernel/sched/
     core.c); this is the same state machine (DWARF 5 section 6.2.5) on raw bytes.
@@ -237,14 +250,16 @@ def decode_line_rows(data: memoryview | bytes | bytearray, start: int, end: int,
     line_range = hdr["line_range"]
     opcode_base = hdr["opcode_base"]
     std_lengths = list(hdr["standard_opcode_lengths"])
-    default_is_stmt = hdr["default_is_stmt"]
     const_add = min_inst * ((255 - opcode_base) // line_range)
     buf = bytes(data[start:end])
     n = len(buf)
-    rows: list[tuple[int, int, int, int, bool]] = []
-    append = rows.append
+    seqs: list[LineSequence] = []
+    addrs: list[int] = []
+    rows: list[Row] = []
+    # DWARF 5 keeps "file 1" as the initial file (table 6.4); binutils 2.40
+    # uses file 0 there, which is a bug we do not copy.
     address, file, line, disc = 0, 1, 1, 0
-    is_stmt = default_is_stmt
+    last = -1
     pos = 0
 
     def uleb(pos: int) -> tuple[int, int]:
@@ -257,15 +272,40 @@ def decode_line_rows(data: memoryview | bytes | bytearray, start: int, end: int,
                 return result, pos
             shift += 7
 
+    # Special opcodes are most of a line program: their effects, precomputed.
+    addr_step = [0] * 256
+    line_step = [0] * 256
+    for op in range(opcode_base, 256):
+        adj = op - opcode_base
+        addr_step[op] = min_inst * (adj // line_range)
+        line_step[op] = line_base + adj % line_range
+
     while pos < n:
         op = buf[pos]
         pos += 1
         if op >= opcode_base:
-            adj = op - opcode_base
-            address += min_inst * (adj // line_range)
-            line += line_base + adj % line_range
-            append((address, file, line, disc, False))
+            address += addr_step[op]
+            line += line_step[op]
+            if address == last:
+                rows[-1] = (file, line, disc)
+            else:
+                addrs.append(address)
+                rows.append((file, line, disc))
+                last = address
             disc = 0
+        elif op == 5:  # DW_LNS_set_column: GCC sets it before almost every row
+            if buf[pos] < 0x80:
+                pos += 1
+            else:
+                _, pos = uleb(pos)
+        elif op == 3:  # DW_LNS_advance_line (signed LEB128)
+            b = buf[pos]
+            if b < 0x80:
+                line += b - 0x80 if b & 0x40 else b
+                pos += 1
+            else:
+                v, pos = _sleb(buf, pos)
+                line += v
         elif op == 0:
             length, pos = uleb(pos)
             if length == 0:
@@ -273,45 +313,109 @@ def decode_line_rows(data: memoryview | bytes | bytearray, start: int, end: int,
             sub = buf[pos]
             nxt = pos + length
             if sub == 1:  # DW_LNE_end_sequence
-                append((address, file, line, disc, True))
+                if addrs and addrs[-1] == address:
+                    # Covers no bytes; left in, it would shadow the first row
+                    # of whatever section is placed right after this one.
+                    addrs.pop()
+                    rows.pop()
+                if addrs:
+                    seqs.append(LineSequence(addrs, rows, address))
+                addrs, rows = [], []
                 address, file, line, disc = 0, 1, 1, 0
-                is_stmt = default_is_stmt
+                last = -1
             elif sub == 2:  # DW_LNE_set_address
                 address = int.from_bytes(buf[pos + 1 : nxt], "little")
             elif sub == 4:  # DW_LNE_set_discriminator
                 disc, _ = uleb(pos + 1)
             pos = nxt
         elif op == 1:  # DW_LNS_copy
-            append((address, file, line, disc, False))
+            if address == last:
+                rows[-1] = (file, line, disc)
+            else:
+                addrs.append(address)
+                rows.append((file, line, disc))
+                last = address
             disc = 0
         elif op == 2:  # DW_LNS_advance_pc
             v, pos = uleb(pos)
             address += min_inst * v
-        elif op == 3:  # DW_LNS_advance_line (signed LEB128)
-            result = shift = 0
-            while True:
-                b = buf[pos]
-                pos += 1
-                result |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            if b & 0x40:
-                result -= 1 << shift
-            line += result
         elif op == 4:  # DW_LNS_set_file
             file, pos = uleb(pos)
-        elif op == 6:  # DW_LNS_negate_stmt
-            is_stmt = not is_stmt
         elif op == 8:  # DW_LNS_const_add_pc
             address += const_add
         elif op == 9:  # DW_LNS_fixed_advance_pc
             address += buf[pos] | (buf[pos + 1] << 8)
             pos += 2
-        else:  # set_column, set_isa, unknown: skip their LEB128 operands
-            for _ in range(std_lengths[op - 1] if op - 1 < len(std_lengths) else 0):
+        elif op - 1 < len(std_lengths):
+            # negate_stmt, basic_block, prologue_end, set_isa, …: nothing a
+            # lookup needs; skip their LEB128 operands.
+            for _ in range(std_lengths[op - 1]):
                 _, pos = uleb(pos)
-    return rows
+    return seqs
+
+
+def merge_sequences(seqs: list[LineSequence]) -> tuple[list[int], list[Row | None]]:
+    """One sorted (address → row or None for "no line") table for bisection."""
+    for seq in seqs:
+        if any(b < a for a, b in zip(seq.addrs, seq.addrs[1:], strict=False)):
+            # Out-of-order rows (never seen from GCC): sort, last row wins.
+            pairs = dict(sorted(zip(seq.addrs, range(len(seq.rows)), strict=True)))
+            seq.addrs = list(pairs)
+            seq.rows = [seq.rows[i] for i in pairs.values()]
+    seqs = sorted(seqs, key=lambda q: q.addrs[0])
+    keys: list[int] = []
+    rows: list[Row | None] = []
+    for seq in seqs:
+        if keys and seq.addrs[0] < keys[-1]:
+            return _merge_overlapping(seqs)
+        if keys and keys[-1] == seq.addrs[0]:
+            keys.pop()  # the previous end marker gives way to a real row
+            rows.pop()
+        keys.extend(seq.addrs)
+        rows.extend(seq.rows)
+        keys.append(seq.end)
+        rows.append(None)
+    return keys, rows
+
+
+_NO_ROW = 0xFFFFFFFF
+
+
+class LineTable:
+    """A CU's merged line rows in flat arrays: ~20 bytes a row instead of ~130 as
+    Python objects (a few hundred CUs hold millions of rows)."""
+
+    __slots__ = ("keys", "files", "lines", "discs")
+
+    def __init__(self, keys: list[int], rows: list[Row | None]) -> None:
+        self.keys = array("Q", keys)
+        self.files = array("I", (_NO_ROW if r is None else r[0] for r in rows))
+        self.lines = array("I", (0 if r is None else r[1] for r in rows))
+        self.discs = array("I", (0 if r is None else r[2] for r in rows))
+
+    def lookup(self, addr: int) -> Row | None:
+        i = bisect_right(self.keys, addr) - 1
+        if i < 0 or self.files[i] == _NO_ROW:
+            return None
+        return self.files[i], self.lines[i], self.discs[i]
+
+
+def _merge_overlapping(seqs: list[LineSequence]) -> tuple[list[int], list[Row | None]]:
+    items: list[tuple[int, int, Row | None]] = []
+    for seq in seqs:
+        items.extend((a, 1, r) for a, r in zip(seq.addrs, seq.rows, strict=True))
+        items.append((seq.end, 0, None))
+    items.sort(key=lambda t: (t[0], t[1]))
+    keys: list[int] = []
+    rows: list[Row | None] = []
+    for addr, _, row in items:
+        if keys and keys[-1] == addr:
+            if row is not None:
+                rows[-1] = row
+            continue
+        keys.append(addr)
+        rows.append(row)
+    return keys, rows
 
 
 # -- a fast walk over a CU's top-level DIEs ----------------------------------------------
@@ -354,22 +458,60 @@ def _uleb(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+_Plan = tuple[bool, bool, list[tuple[int, int, str | None, str]]]
+# Plan operations: skip N bytes, read N bytes, LEB128, C string, block with an
+# N-byte (0: LEB128) length, implicit constant.
+_SKIP, _READ, _LEB128, _CSTR, _BLOCKN, _IMPLICIT = range(6)
+
+
+def _compile_plan(decl: AbbrevDecl, addr_size: int, off_size: int) -> _Plan | None:
+    """Turn an abbreviation into a few skip/read steps; None if it uses DW_FORM_indirect."""
+    is_sub = decl["tag"] == "DW_TAG_subprogram"
+    ops: list[tuple[int, int, str | None, str]] = []
+    for spec in decl["attr_spec"]:
+        name, form = spec.name, spec.form
+        keep = name == "DW_AT_sibling" or (is_sub and name in _WANTED)
+        size = _FIXED.get(form)
+        if form == "DW_FORM_indirect":
+            return None
+        if form == "DW_FORM_implicit_const":
+            if keep:
+                ops.append((_IMPLICIT, spec.value, name, form))
+            continue
+        if size is not None:
+            size = addr_size if size == -1 else off_size if size == -2 else size
+            if keep:
+                ops.append((_READ, size, name, form))
+            elif ops and ops[-1][0] == _SKIP:
+                ops[-1] = (_SKIP, ops[-1][1] + size, None, "")
+            elif size:
+                ops.append((_SKIP, size, None, ""))
+        elif form in _LEB or form in _SLEB:
+            ops.append((_LEB128, 0, name if keep else None, form))
+        elif form == "DW_FORM_string":
+            ops.append((_CSTR, 0, None, form))
+        elif form in _BLOCK:
+            ops.append((_BLOCKN, _BLOCK[form], None, form))
+        else:
+            raise DwarfError(f"unsupported DWARF form {form}")
+    return is_sub, decl.has_children(), ops
+
+
 def scan_top_level_functions(cu: CompileUnit, info: memoryview | bytearray,
                              ) -> list[tuple[int, dict[str, tuple[str, int]]]]:
     """(DIE offset, {attribute: (form, raw value)}) of each top-level subprogram.
 
     Reading every top-level DIE through pyelftools costs ~40 µs each (0.15 s
     for kernel/sched/core.c); this walks them on raw bytes with the CU's
-    abbreviation table, skipping subtrees by DW_AT_sibling, and decodes only
-    the attributes that locate code.
+    abbreviation table compiled into skip steps, jumps over subtrees by
+    DW_AT_sibling, and decodes only the attributes that locate code.
     """
     abbrevs = cu.get_abbrev_table()
     addr_size = cu["address_size"]
     off_size = 8 if cu.dwarf_format() == 64 else 4
     start = cu.cu_offset
-    end = cu.cu_offset + cu.size
-    buf = bytes(info[start:end])
-    plans: dict[int, tuple[bool, bool, list[tuple[str, str, Any]]]] = {}
+    buf = bytes(info[start : cu.cu_offset + cu.size])
+    plans: dict[int, _Plan] = {}
     top = cu.get_top_DIE()
     pos = top.offset + top.size - start
     depth = 0  # nesting below the top DIE, when a subtree has no DW_AT_sibling
@@ -377,7 +519,10 @@ def scan_top_level_functions(cu: CompileUnit, info: memoryview | bytearray,
     n = len(buf)
     while pos < n:
         die_pos = pos
-        code, pos = _uleb(buf, pos)
+        code = buf[pos]
+        pos += 1
+        if code >= 0x80:
+            code, pos = _uleb(buf, pos - 1)
         if code == 0:
             if depth == 0:
                 break
@@ -385,54 +530,45 @@ def scan_top_level_functions(cu: CompileUnit, info: memoryview | bytearray,
             continue
         plan = plans.get(code)
         if plan is None:
-            decl = abbrevs.get_abbrev(code)
-            specs = [(sp.name, sp.form, getattr(sp, "value", None)) for sp in decl["attr_spec"]]
-            plan = plans[code] = (decl["tag"] == "DW_TAG_subprogram", decl.has_children(), specs)
-        is_sub, has_children, specs = plan
+            compiled = _compile_plan(abbrevs.get_abbrev(code), addr_size, off_size)
+            if compiled is None:
+                raise DwarfError("DW_FORM_indirect in a top-level DIE is not supported")
+            plan = plans[code] = compiled
+        is_sub, has_children, ops = plan
         wanted: dict[str, tuple[str, int]] = {}
-        for name, form, implicit in specs:
-            while form == "DW_FORM_indirect":
-                fcode, pos = _uleb(buf, pos)
-                form = _FORM_NAMES[fcode]
-            size = _FIXED.get(form)
-            value = 0
-            if size is not None:
-                if size == -1:
-                    size = addr_size
-                elif size == -2:
-                    size = off_size
-                if name in _WANTED:
-                    value = implicit if form == "DW_FORM_implicit_const" else int.from_bytes(
-                        buf[pos : pos + size], "little")
-                pos += size
-            elif form in _LEB:
+        for op, arg, name, form in ops:
+            if op == _SKIP:
+                pos += arg
+            elif op == _READ:
+                assert name is not None
+                wanted[name] = (form, int.from_bytes(buf[pos : pos + arg], "little"))
+                pos += arg
+            elif op == _LEB128:
                 value, pos = _uleb(buf, pos)
-            elif form in _SLEB:
-                _, pos = _uleb(buf, pos)  # only its length matters here
-            elif form == "DW_FORM_string":
+                if name is not None:
+                    wanted[name] = (form, value)
+            elif op == _CSTR:
                 pos = buf.index(b"\0", pos) + 1
-            elif form in _BLOCK:
-                lsize = _BLOCK[form]
-                if lsize:
-                    length = int.from_bytes(buf[pos : pos + lsize], "little")
-                    pos += lsize
+            elif op == _BLOCKN:
+                if arg:
+                    length = int.from_bytes(buf[pos : pos + arg], "little")
+                    pos += arg
                 else:
                     length, pos = _uleb(buf, pos)
                 pos += length
-            else:
-                raise DwarfError(f"unsupported DWARF form {form}")
-            if name in _WANTED:
-                wanted[name] = (form, value)
+            else:  # _IMPLICIT
+                assert name is not None
+                wanted[name] = (form, arg)
         if is_sub and depth == 0 and ("DW_AT_low_pc" in wanted or "DW_AT_ranges" in wanted):
             out.append((start + die_pos, wanted))
         if has_children:
             sib = wanted.get("DW_AT_sibling")
-            if sib is not None and sib[0] != "DW_FORM_ref_addr":
-                pos = sib[1]  # CU-relative, as is pos
-            elif sib is not None:
+            if sib is None:
+                depth += 1
+            elif sib[0] == "DW_FORM_ref_addr":
                 pos = sib[1] - start
             else:
-                depth += 1
+                pos = sib[1]  # CU-relative, as is pos
     return out
 
 
@@ -456,7 +592,7 @@ class _CompileUnit:
         self.version = cu.header.version
         self._lineprog = dwarf.line_program_for_CU(cu)
         self._files: dict[int, tuple[str | None, str | None]] = {}
-        self._rows: tuple[list[int], list[tuple[int, int, int] | None]] | None = None
+        self._rows: LineTable | None = None
         self._funcs: _IntervalIndex | None = None
         self._names: dict[int, str | None] = {}
         base = top.attributes.get("DW_AT_low_pc")
@@ -493,53 +629,18 @@ class _CompileUnit:
 
     # line table
 
-    def line_at(self, addr: int) -> tuple[int, int, int] | None:
+    def line_at(self, addr: int) -> Row | None:
         """(file number, line, discriminator) of the line row covering ``addr``."""
         if self._rows is None:
             self._rows = self._build_rows()
-        keys, rows = self._rows
-        i = bisect_right(keys, addr) - 1
-        if i < 0:
-            return None
-        return rows[i]
+        return self._rows.lookup(addr)
 
-    def _build_rows(self) -> tuple[list[int], list[tuple[int, int, int] | None]]:
+    def _build_rows(self) -> LineTable:
         lp = self._lineprog
         if lp is None:
-            return [], []
-        # Per sequence, one row per address (the last one, as bfd keeps it),
-        # then the end-of-sequence marker; sequences are merged by address.
-        seqs: list[list[tuple[int, tuple[int, int, int] | None]]] = []
-        cur: dict[int, tuple[int, int, int]] = {}
-        data = self.line_data
-        for addr, file, line, disc, end in decode_line_rows(
-                data, lp.program_start_offset, lp.program_end_offset, lp.header):
-            if end:
-                # A row at the end address covers no bytes (bfd never returns
-                # it); left in, it would shadow the next section's first row.
-                cur.pop(addr, None)
-                seq = sorted(cur.items())
-                if seq:
-                    seqs.append([*seq, (addr, None)])
-                cur = {}
-            else:
-                cur[addr] = (file, line, disc)
-        items: list[tuple[int, int, tuple[int, int, int] | None]] = []
-        for seq in seqs:
-            for addr, row in seq:
-                # At equal addresses a real row beats the end of an earlier sequence.
-                items.append((addr, 0 if row is None else 1, row))
-        items.sort(key=lambda t: (t[0], t[1]))
-        keys: list[int] = []
-        rows: list[tuple[int, int, int] | None] = []
-        for addr, _, row in items:
-            if keys and keys[-1] == addr:
-                if row is not None:
-                    rows[-1] = row
-                continue
-            keys.append(addr)
-            rows.append(row)
-        return keys, rows
+            return LineTable([], [])
+        return LineTable(*merge_sequences(decode_line_rows(
+            self.line_data, lp.program_start_offset, lp.program_end_offset, lp.header)))
 
     # functions
 
@@ -699,6 +800,7 @@ _TAG_NAMES = _reverse(ENUM_DW_TAG)
 _AT_NAMES = _reverse(ENUM_DW_AT)
 _FORM_NAMES = _reverse(ENUM_DW_FORM)
 _DW_FORM_implicit_const = 0x21
+_SPECS: dict[tuple[int, int], Container] = {}
 
 
 class _FastAbbrevTable(AbbrevTable):
@@ -732,9 +834,16 @@ def _parse_abbrevs(buf: bytes, pos: int) -> dict[int, AbbrevDecl]:
             form, pos = _uleb(buf, pos)
             if at == 0 and form == 0:
                 break
-            spec = Container(name=_AT_NAMES.get(at, at), form=_FORM_NAMES.get(form, form))
             if form == _DW_FORM_implicit_const:
-                spec.value, pos = _sleb(buf, pos)
+                value, pos = _sleb(buf, pos)
+                spec = Container(name=_AT_NAMES.get(at, at), form="DW_FORM_implicit_const",
+                                 value=value)
+            else:
+                # Specs are never modified: share one per (attribute, form).
+                spec = _SPECS.get((at, form))
+                if spec is None:
+                    spec = _SPECS[(at, form)] = Container(name=_AT_NAMES.get(at, at),
+                                                          form=_FORM_NAMES.get(form, form))
             specs.append(spec)
         table[code] = AbbrevDecl(code, Container(
             tag=_TAG_NAMES.get(tag, tag),

@@ -44,6 +44,7 @@ td.zero { color: #b0b7c3; }
 .banner.ok { background: #e8f5e9; border: 1px solid #a5d6a7; color: #1b5e20; }
 .banner.bad { background: #ffebee; border: 2px solid var(--red); color: #8e0000; }
 .banner.bad strong { font-size: 16px; }
+.banner.warn { background: #fff8e1; border: 1px solid #ffcc80; color: #6d4c00; }
 .banner ul { margin: 6px 0 0 18px; padding: 0; }
 .facts th { background: none; text-align: left; color: var(--muted); font-weight: 500;
   border: none; padding: 2px 14px 2px 0; }
@@ -121,6 +122,10 @@ def _page(title: str, body: Iterable[object], generated: str | None) -> str:
     return "<!DOCTYPE html>\n" + doc + "\n"
 
 
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def _badge(kind: str) -> Markup:
     cls = f"k-{kind}" if kind in model.KIND_TITLES else "k-other"
     return el("span", kind, class_=f"badge {cls}")
@@ -128,12 +133,17 @@ def _badge(kind: str) -> Markup:
 
 def _banner(facts: model.RunFacts) -> Markup:
     ev = f"{facts.events:,}" if facts.events is not None else "an unknown number of"
+    warn = (el("div", el("strong", "Warnings from the analysis:"),
+               el("ul", *(el("li", w) for w in facts.warnings)), class_="banner warn")
+            if facts.warnings else Markup(""))
     if facts.problems:
-        return el("div", el("strong", "Trace incomplete: this report may be missing findings."),
-                  el("ul", *(el("li", p) for p in facts.problems)), class_="banner bad")
+        return join([el("div", el("strong", "Trace incomplete: this report may be missing "
+                                            "findings."),
+                         el("ul", *(el("li", p) for p in facts.problems)), class_="banner bad"),
+                     warn])
     ending = f", guest ended: {facts.ending}" if facts.ending else ""
-    return el("div", f"Trace complete: {ev} events analysed, 0 lost{ending}.",
-              class_="banner ok")
+    return join([el("div", f"Trace complete: {ev} events analysed, 0 lost{ending}.",
+                    class_="banner ok"), warn])
 
 
 def _facts_table(facts: model.RunFacts, extra: Sequence[tuple[str, object]] = ()) -> Markup:
@@ -154,8 +164,22 @@ def _kv_table(pairs: Sequence[tuple[str, str]]) -> Markup:
                          for k, v in pairs))
 
 
-def _link_finding(f: Finding, page: str, ids: _Ids) -> str:
-    return f"drivers/{page}#{ids('f', f.signature)}"
+def _anchors(findings: Sequence[Finding]) -> dict[int, str]:
+    """Element id of each finding of one driver page, by ``id()`` of the finding.
+
+    Unique even if two findings share a signature; the index links with the same ids.
+    """
+    out: dict[int, str] = {}
+    used: set[str] = set()
+    for f in findings:
+        base = cand = f"f-{slug(f.signature)}"
+        i = 1
+        while cand in used:
+            i += 1
+            cand = f"{base}-{i}"
+        used.add(cand)
+        out[id(f)] = cand
+    return out
 
 
 # ---------------------------------------------------------------------------- index
@@ -178,10 +202,12 @@ def render_index(a: Analysis, generated: str | None = None) -> str:
                        el("td", el("strong", total) if total else "·",
                           class_="n" + ("" if total else " zero")),
                        el("td", nclasses.get(d, 0), class_="n")))
-    ids: dict[str, _Ids] = {}  # one per driver page, assigned in the page's order
+    anchors: dict[int, str] = {}
+    for d in counts:
+        anchors.update(_anchors(model.sorted_findings(f for f in a.findings if f.driver == d)))
     frows = []
     for i, f in enumerate(model.sorted_findings(a.findings), 1):
-        href = _link_finding(f, pages.get(f.driver, "_.html"), ids.setdefault(f.driver, _Ids()))
+        href = f"drivers/{pages.get(f.driver, '')}#{anchors.get(id(f), '')}"
         frows.append(el("tr", el("td", i, class_="n"),
                         el("td", el("a", f.driver, href=f"drivers/{pages.get(f.driver, '')}")),
                         el("td", _badge(f.kind)),
@@ -244,20 +270,23 @@ def _site(s: Site, driver: str, lock_ids: _Ids) -> Markup:
     return el("div", el("div", *head, class_="site-head"), stack, class_="site")
 
 
-def _finding(f: Finding, driver: str, tctx: text.TextContext, ids: _Ids) -> Markup:
+def _finding(f: Finding, driver: str, tctx: text.TextContext, ids: _Ids, anchor: str
+             ) -> Markup:
     times = "once" if f.count == 1 else f"{f.count} times"
     meta = el("p", "seen ", times, ", first at ", model.fmt_ts(f.first_ts_ns).strip("[] "),
               " s · locks: ",
               join((el("a", el("code", x), href=f"#{ids('c', x)}") for x in f.locks), ", ")
               if f.locks else "none",
-              " · signature ", el("code", f.signature), class_="meta")
+              " · signature ", el("code", f.signature),
+              *((el("br"), "details: ", el("code", model.details_text(f.details)))
+                if f.details else ()), class_="meta")
     kernel = "\n".join(text.render_finding(f, tctx))
     return el("section",
               el("h3", _badge(f.kind), " ", f.message), meta,
               *(_site(s, driver, ids) for s in f.sites),
               el("details", el("summary", "Kernel-style report (as in report.txt)"),
                  el("pre", kernel, class_="kernel")),
-              class_="finding", id=ids("f", f.signature))
+              class_="finding", id=anchor)
 
 
 def _driver_classes(a: Analysis, driver: str, findings: Sequence[Finding],
@@ -280,7 +309,7 @@ def _graph(a: Analysis, driver: str, findings: Sequence[Finding], edges: Sequenc
     nodes = []
     for n in names:
         c = cidx.get(n)
-        owner = c.driver if c is not None else "?"
+        owner = c.driver if c is not None else "other module"
         sub = " · ".join(x for x in (c.lock_type if c else "", ", ".join(c.contexts) if c else "",
                                      owner if owner != driver else "") if x)
         tip = f"{n}\n{sub}" if sub else n
@@ -369,6 +398,7 @@ def render_driver(a: Analysis, driver: str, generated: str | None = None) -> str
     seen = {c.lock_class for c in classes}
     classes += [c for c in a.classes if c.lock_class in set(names) - seen]
     ids = _Ids()
+    anchors = _anchors(findings)
     tctx = text.TextContext.of(a)
     red = lk.cycle_edges(findings, a.edges)
     c = model.counts(a).get(driver)
@@ -380,11 +410,12 @@ def render_driver(a: Analysis, driver: str, generated: str | None = None) -> str
            facts.arch, ")", class_="crumbs"),
         el("h1", el("code", driver)),
         _banner(facts),
-        el("p", el("strong", f"{len(findings)} finding{'s' if len(findings) != 1 else ''}"),
-           f" ({summary})" if findings else "", f" · {len(classes)} lock classes · "
-           f"{len(edges)} dependencies"),
+        el("p", el("strong", _plural(len(findings), "finding")),
+           f" ({summary})" if findings else "",
+           f" · {_plural(len(classes), 'lock class', 'lock classes')}"
+           f" · {_plural(len(edges), 'dependency', 'dependencies')}"),
         el("h2", "Findings"),
-        *([_finding(f, driver, tctx, ids) for f in findings]
+        *([_finding(f, driver, tctx, ids, anchors[id(f)]) for f in findings]
           or [el("p", "No findings for this driver.", class_="empty")]),
         el("h2", "Lock-order graph"), _graph(a, driver, findings, edges, names),
         el("h2", "Lock classes: hold and wait times"), _classes_table(classes, ids),

@@ -58,6 +58,15 @@ def parse_context(ctx: str | None) -> Context:
     )
 
 
+def role_text(site: Site) -> str:
+    """The site's role in lower case with its lock's name left out, so that a
+    lock called ``irq_lock`` or ``l`` is not read as a word of the role."""
+    role = site.role
+    if site.lock:
+        role = re.sub(rf"(?<![\w.@:]){re.escape(site.lock)}(?![\w.@:])", " ", role)
+    return " ".join(role.lower().split())
+
+
 def is_read(lock_type: str | None) -> bool:
     return bool(lock_type) and str(lock_type).endswith(("-r", "-read", "_read"))
 
@@ -86,31 +95,51 @@ class Usage:
 
 
 _DISABLES_IRQS = re.compile(r"_irq(save)?$")
+# The analysis says in a witness's role how the lock was used ("X taken with
+# hardirqs enabled", "X taken in softirq context").
+_ROLE_ENABLED = re.compile(r"\btaken with (hard|soft)irqs enabled\b")
+_ROLE_USED = re.compile(r"\btaken in (hard|soft)irq context\b")
 
 
 def usages(classes: Iterable[ClassStats], sites: Iterable[Site]) -> dict[str, Usage]:
-    """Usage of every class, from its stats and from acquisition witnesses.
+    """Usage of the classes whose usage is known, from stats and witnesses.
 
-    A witness counts only when its innermost frame is the locking primitive, so
-    that the state *after* ``spin_lock_irqsave()`` disabled interrupts is known
-    (the trace gives the state at the primitive's entry).  A sleeping lock
-    taken in process context necessarily had interrupts enabled.
+    Known means: a sleeping lock (taken in process context, so with interrupts
+    enabled), a ``hardirq-on``/``softirq-on`` context in the stats, a class used
+    in interrupt context, or a witness that says how it was taken (its role, or
+    its innermost frame being the locking primitive, so that the state *after*
+    ``spin_lock_irqsave()`` is known).  Classes absent from the result print
+    without bits rather than with bits that would claim "never with IRQs on".
     """
     out: dict[str, Usage] = {}
+    types = {c.lock_class: c.lock_type for c in classes}
+
+    def get(name: str) -> Usage:
+        return out.setdefault(name, Usage(read=is_read(types.get(name))))
+
     for c in classes:
-        u = out.setdefault(c.lock_class, Usage())
         ctx = {x.lower() for x in c.contexts}
-        u.read = is_read(c.lock_type)
-        u.used.update(x for x in ("hardirq", "softirq") if x in ctx or f"in-{x}" in ctx)
-        u.enabled.update(x for x in ("hardirq", "softirq") if f"{x}-on" in ctx)
+        used = {x for x in ("hardirq", "softirq") if x in ctx or f"in-{x}" in ctx}
+        enabled = {x for x in ("hardirq", "softirq") if f"{x}-on" in ctx}
         if c.lock_type.startswith(SLEEPING_TYPES) and "process" in ctx:
-            u.enabled.update(("hardirq", "softirq"))
+            enabled |= {"hardirq", "softirq"}
+        if used or enabled:
+            u = get(c.lock_class)
+            u.used |= used
+            u.enabled |= enabled
     for s in sites:
-        if not s.lock or not s.frames or not is_primitive(s.frames[0].function):
+        if not s.lock:
+            continue
+        role = role_text(s)
+        if m := _ROLE_ENABLED.search(role):
+            get(s.lock).enabled.add(f"{m.group(1)}irq")
+        if m := _ROLE_USED.search(role):
+            get(s.lock).used.add(f"{m.group(1)}irq")
+        if not s.frames or not is_primitive(s.frames[0].function):
             continue
         prim = s.frames[0].function
         c = parse_context(s.context)
-        u = out.setdefault(s.lock, Usage())
+        u = get(s.lock)
         if c.hardirq:
             u.used.add("hardirq")
         if c.softirq:
@@ -124,7 +153,7 @@ def usages(classes: Iterable[ClassStats], sites: Iterable[Site]) -> dict[str, Us
 
 
 def lock_name(name: str, usage: Mapping[str, Usage]) -> str:
-    """``(name){+.+.}`` as lockdep prints a class (no bits when nothing is known)."""
+    """``(name){+.+.}`` as lockdep prints a class (no bits when they are not known)."""
     u = usage.get(name)
     return f"({name}){u.bits()}" if u is not None else f"({name})"
 
@@ -133,16 +162,45 @@ def edge_map(edges: Iterable[Edge]) -> dict[tuple[str, str], Edge]:
     return {(e.before, e.after): e for e in edges}
 
 
-def _is_cycle(order: Sequence[str], emap: Mapping[tuple[str, str], Edge]) -> bool:
+@dataclass(frozen=True)
+class Dep:
+    """One dependency ``before -> after`` as a finding shows it."""
+
+    witness: Site | None  # acquisition of ``after``
+    held: Site | None  # where ``before`` had been taken
+
+
+_ACQ_WHILE = re.compile(r"^(?P<b>.+) acquired while holding (?P<a>.+)$")
+_EARLIER = " acquired earlier"
+
+
+def deps(f: Finding, emap: Mapping[tuple[str, str], Edge]) -> dict[tuple[str, str], Dep]:
+    """The dependencies a finding can show: its own witnesses where it has them
+    (``"B acquired while holding A"``, then ``"A acquired earlier"``), else the
+    run's edges."""
+    out = {k: Dep(e.witness, e.held_witness) for k, e in emap.items()}
+    for i, s in enumerate(f.sites):
+        m = _ACQ_WHILE.match(s.role)
+        if m is None:
+            continue
+        a, b = m.group("a"), m.group("b")
+        nxt = f.sites[i + 1] if i + 1 < len(f.sites) else None
+        held = nxt if nxt is not None and nxt.role == a + _EARLIER else None
+        old = out.get((a, b))
+        out[(a, b)] = Dep(s, held or (old.held if old else None))
+    return out
+
+
+def _is_cycle(order: Sequence[str], dmap: Mapping[tuple[str, str], Dep]) -> bool:
     n = len(order)
-    return n >= 2 and all((order[i], order[(i + 1) % n]) in emap for i in range(n))
+    return n >= 2 and all((order[i], order[(i + 1) % n]) in dmap for i in range(n))
 
 
-def cycle_order(f: Finding, emap: Mapping[tuple[str, str], Edge]) -> list[str] | None:
+def cycle_order(f: Finding, dmap: Mapping[tuple[str, str], Dep]) -> list[str] | None:
     """The finding's locks as a cycle ``c0 -> c1 -> … -> c0`` whose closing edge
     ``c[-1] -> c0`` is the dependency seen last (where lockdep would have fired).
 
-    ``None`` if the edges of the run do not close the cycle.
+    ``None`` if the dependencies known do not close the cycle.
     """
     locks = list(dict.fromkeys(f.locks))
     hint = f.details.get("cycle")
@@ -150,16 +208,17 @@ def cycle_order(f: Finding, emap: Mapping[tuple[str, str], Edge]) -> list[str] |
     if isinstance(hint, list) and all(isinstance(x, str) for x in hint):
         cands.append(list(dict.fromkeys(hint)))
     cands += [locks, locks[::-1]]
-    order = next((c for c in cands if _is_cycle(c, emap)), None)
+    order = next((c for c in cands if _is_cycle(c, dmap)), None)
     if order is None and 2 < len(locks) <= 7:
         order = next(([locks[0], *p] for p in itertools.permutations(locks[1:])
-                      if _is_cycle([locks[0], *p], emap)), None)
+                      if _is_cycle([locks[0], *p], dmap)), None)
     if order is None:
         return None
     n = len(order)
 
     def seen(i: int) -> tuple[int, int]:
-        ts = emap[(order[i], order[(i + 1) % n])].witness.ts_ns
+        w = dmap[(order[i], order[(i + 1) % n])].witness
+        ts = w.ts_ns if w is not None else None
         return (ts if ts is not None else -1, i)
 
     last = max(range(n), key=seen)
@@ -174,7 +233,7 @@ def cycle_edges(findings: Iterable[Finding], edges: Iterable[Edge]) -> set[tuple
     for f in findings:
         if f.kind not in CYCLE_KINDS:
             continue
-        order = cycle_order(f, emap)
+        order = cycle_order(f, deps(f, emap))
         if order is None:
             continue
         out.update((order[i], order[(i + 1) % len(order)]) for i in range(len(order)))
@@ -188,8 +247,8 @@ def irq_edges(findings: Iterable[Finding], edges: Iterable[Edge]) -> set[tuple[s
     for f in findings:
         if f.kind != "irq-lock-inversion":
             continue
-        locks = list(dict.fromkeys(f.locks))
-        out.update(k for k in itertools.permutations(locks, 2) if k in emap)
+        path = list(dict.fromkeys(f.locks))  # safe lock first, unsafe last
+        out.update(k for k in zip(path, path[1:], strict=False) if k in emap)
     return out
 
 
@@ -207,7 +266,9 @@ def site_irq(site: Site) -> str | None:
         return "hardirq"
     if c.softirq:
         return "softirq"
-    role = site.role.lower()
+    role = role_text(site)
+    if _ROLE_ENABLED.search(role):
+        return None
     m = _IRQ_ROLE.search(role)
     if m is None:
         return None

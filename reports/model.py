@@ -50,7 +50,8 @@ class RunFacts:
     truncated: bool
     ending: str | None  # how the guest ended, with detail
     ended_cleanly: bool | None
-    problems: list[str] = field(default_factory=list)  # said at the top of every report
+    problems: list[str] = field(default_factory=list)  # the trace is not whole: said first
+    warnings: list[str] = field(default_factory=list)  # anything else the analysis noticed
 
     @property
     def complete(self) -> bool:
@@ -145,6 +146,13 @@ def _ending(health: Mapping[str, Any], run: Mapping[str, Any]) -> tuple[str | No
     return text, how.lower() in CLEAN_ENDINGS
 
 
+def _said(warning: str, facts: RunFacts) -> bool:
+    """Is this analysis warning one of the problems already spelled out?"""
+    w = warning.lower()
+    return bool((facts.lost and "lost" in w) or (facts.truncated and "truncat" in w)
+                or (facts.ended_cleanly is False and ("power off" in w or "cleanly" in w)))
+
+
 def run_facts(a: Analysis) -> RunFacts:
     """The run's identity and the trace's health, with every problem spelled out."""
     run, health = a.run, a.health
@@ -181,7 +189,7 @@ def run_facts(a: Analysis) -> RunFacts:
     if isinstance(warnings, str):
         warnings = [warnings]
     if isinstance(warnings, Iterable):
-        facts.problems.extend(f"warning: {w}" for w in warnings)
+        facts.warnings.extend(str(w) for w in warnings if not _said(str(w), facts))
     return facts
 
 
@@ -204,6 +212,16 @@ def flatten(d: Any, prefix: str = "", limit: int = 6) -> list[tuple[str, str]]:
     else:
         out.append((prefix, "" if d is None else str(d)))
     return out
+
+
+def details_text(details: Mapping[str, Any]) -> str:
+    """A finding's extra details as ``key=value, …`` (nested values as JSON)."""
+    import json
+
+    def show(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+
+    return ", ".join(f"{k}={show(v)}" for k, v in details.items())
 
 
 def kinds(findings: Iterable[Finding]) -> list[str]:
@@ -237,15 +255,14 @@ def _module_names(run: Mapping[str, Any]) -> list[str]:
 def drivers(a: Analysis) -> list[str]:
     """Every driver the run is about: modules under test, and any with findings or locks.
 
-    Sorted by name, with the core kernel last.
+    The core kernel is one only if it has findings (its locks alone would make a
+    page of every lock in the kernel).  Sorted by name, with the core kernel last.
     """
     names = set(_module_names(a.run))
     names.update(f.driver for f in a.findings)
     names.update(c.driver for c in a.classes if c.driver != CORE)
     for e in a.edges:
         names.update(d for d in e.drivers if d != CORE)
-    if any(c.driver == CORE for c in a.classes) and any(f.driver == CORE for f in a.findings):
-        names.add(CORE)
     return sorted(names, key=lambda n: (n == CORE, n))
 
 

@@ -55,6 +55,14 @@ class _Out:
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
 
+    def at(self, site: Site | None) -> str:
+        """The ``at:`` text of a site; a one-frame site is then shown in full."""
+        if site is None:
+            return "?"
+        if len(site.frames) <= 1:
+            self.shown.append(site)
+        return fr.at(site.frames)
+
     def stack(self, site: Site | None, indent: str) -> None:
         if site is None:
             self.add(f"{indent}(no witness stack recorded)")
@@ -72,16 +80,14 @@ def _task(site: Site | None) -> str:
     return f"{comm}/{site.pid if site.pid is not None else '?'}"
 
 
-def _at(site: Site | None) -> str:
-    return fr.at(site.frames) if site is not None else "?"
-
-
 def _banner(out: _Out, title: str, kernel: str) -> None:
     out.add("=" * len(title), title, f"{kernel} (tracedep)", "-" * len(title))
 
 
-def _role(site: Site, *prefixes: str) -> bool:
-    return site.role.lower().startswith(prefixes)
+def _role(site: Site, *words: str) -> bool:
+    """Does the role (the lock's name left out) start with or contain one of ``words``?"""
+    role = lk.role_text(site)
+    return role.startswith(words) or any(f" {w}" in f" {role}" for w in words)
 
 
 def _by_ts(sites: Sequence[Site]) -> list[Site]:
@@ -105,7 +111,8 @@ def _sleep_in_atomic(f: Finding, ctx: TextContext, out: _Out) -> None:
     held = _by_ts([s for s in f.sites if _role(s, "held")])
     top = sleep.frames[0] if sleep is not None and sleep.frames else None
     where = fr.where(top) if top is not None else ""
-    func = str(f.details.get("func") or (top.function if top is not None else "?"))
+    func = str(f.details.get("api") or f.details.get("func")
+               or (top.function if top is not None else "?"))
     c = lk.parse_context(sleep.context if sleep is not None else None)
     pc = c.preempt_count if c.preempt is not None else len(held)
     out.add(f"BUG: sleeping function called from invalid context at {where or func}",
@@ -118,14 +125,15 @@ def _sleep_in_atomic(f: Finding, ctx: TextContext, out: _Out) -> None:
     out.add(f"no locks held by {who}." if n == 0 else
             f"{n} lock{'s' if n > 1 else ''} held by {who}:")
     for i, h in enumerate(held):
-        out.add(f" #{i}: {ctx.name(h.lock)}, at: {_at(h)}")
+        out.add(f" #{i}: {ctx.name(h.lock)}, at: {out.at(h)}")
     if held:
-        out.add("Preemption disabled at:", f" {_at(held[0])}")
+        out.add("Preemption disabled at:", f" {out.at(held[0])}")
     if sleep is not None:
         _call_trace(out, sleep, ctx)
     for i, h in enumerate(held):
-        out.add("", f"tracedep: held lock #{i} {ctx.name(h.lock)} was taken at:")
-        out.stack(h, " ")
+        if len(h.frames) > 1:  # a one-frame witness is its "at:" line above
+            out.add("", f"tracedep: held lock #{i} {ctx.name(h.lock)} was taken at:")
+            out.stack(h, " ")
 
 
 def _scenario(order: Sequence[str], ctx: TextContext, out: _Out) -> None:
@@ -152,26 +160,26 @@ def _scenario(order: Sequence[str], ctx: TextContext, out: _Out) -> None:
 
 
 def _lock_order(f: Finding, ctx: TextContext, out: _Out) -> None:
-    order = lk.cycle_order(f, ctx.edges)
+    dmap = lk.deps(f, ctx.edges)
+    order = lk.cycle_order(f, dmap)
     if order is None:
         _generic(f, ctx, out, "WARNING: possible circular locking dependency detected")
         out.add("", "tracedep: the run's dependency edges do not close this cycle; "
                     "witnesses as recorded above")
         return
     n = len(order)
-    closing = ctx.edges[(order[-1], order[0])]
+    closing = dmap[(order[-1], order[0])]
     new = closing.witness
     _banner(out, "WARNING: possible circular locking dependency detected", ctx.kernel)
     out.add(f"{_task(new)} is trying to acquire lock:",
-            f" {ctx.name(order[0])}, at: {_at(new)}", "",
+            f" {ctx.name(order[0])}, at: {out.at(new)}", "",
             "but task is already holding lock:",
-            f" {ctx.name(order[-1])}, at: {_at(closing.held_witness)}", "",
+            f" {ctx.name(order[-1])}, at: {out.at(closing.held)}", "",
             "which lock already depends on the new lock.", "", "",
             "the existing dependency chain (in reverse order) is:")
     for i in range(n - 1, 0, -1):
-        e = ctx.edges[(order[i - 1], order[i])]
         out.add("", f"-> #{i} {ctx.name(order[i])}:")
-        out.stack(e.witness, " " * 7)
+        out.stack(dmap[(order[i - 1], order[i])].witness, " " * 7)
     out.add("", f"-> #0 {ctx.name(order[0])}:")
     out.stack(new, " " * 7)
     out.add("", "other info that might help us debug this:", "")
@@ -194,7 +202,9 @@ def _irq_inversion(f: Finding, ctx: TextContext, out: _Out) -> None:
     locks = list(dict.fromkeys(f.locks))
     irq_sites = [s for s in f.sites if lk.site_irq(s)]
     state = _irq_state(f, irq_sites)
-    if len(locks) == 1:
+    if not locks:
+        _generic(f, ctx, out, "WARNING: inconsistent lock state")
+    elif len(locks) == 1:
         _inconsistent(f, locks[0], state, irq_sites, ctx, out)
     else:
         _safe_unsafe(f, locks, state, irq_sites, ctx, out)
@@ -204,9 +214,10 @@ def _inconsistent(f: Finding, lock: str, state: str, irq_sites: Sequence[Site],
                   ctx: TextContext, out: _Out) -> None:
     rw = "R" if ctx.is_read(lock) else "W"
     in_irq = irq_sites[0] if irq_sites else None
-    on = next((s for s in _by_ts([s for s in f.sites if s not in irq_sites])
-               if not lk.parse_context(s.context).irqs_off), None) or next(
-        (s for s in f.sites if s not in irq_sites), None)
+    others = _by_ts([s for s in f.sites if s not in irq_sites])
+    on = next((s for s in others if _role(s, "enabled", "irqs-on")), None) or next(
+        (s for s in others if not lk.parse_context(s.context).irqs_off),
+        others[0] if others else None)
     used, enabled = f"{{IN-{state}-{rw}}}", f"{{{state}-ON-{rw}}}"
     # lockdep fires on the second usage; the first is "registered".
     first_irq = (in_irq is not None and on is not None and (in_irq.ts_ns or 0) <= (on.ts_ns or 0))
@@ -216,7 +227,7 @@ def _inconsistent(f: Finding, lock: str, state: str, irq_sites: Sequence[Site],
     flags = lk.parse_context(new.context).flags() if new is not None else ""
     out.add(f"inconsistent {old_state} -> {new_state} usage.",
             f"{_task(new)} {flags} takes:",
-            f" {ctx.name(lock)}, at: {_at(new)}",
+            f" {ctx.name(lock)}, at: {out.at(new)}",
             f"{old_state} state was registered at:")
     out.stack(old, "  ")
     out.add("", "other info that might help us debug this:",
@@ -230,30 +241,26 @@ def _inconsistent(f: Finding, lock: str, state: str, irq_sites: Sequence[Site],
 
 def _safe_unsafe(f: Finding, locks: list[str], state: str, irq_sites: Sequence[Site],
                  ctx: TextContext, out: _Out) -> None:
-    dep = next((ctx.edges[k] for k in zip(locks, locks[1:], strict=False) if k in ctx.edges),
-               None) or next((ctx.edges[(b, a)] for a, b in zip(locks, locks[1:], strict=False)
-                              if (b, a) in ctx.edges), None)
-    if dep is not None:
-        safe, unsafe = dep.before, dep.after
-    else:
-        safe = next((s.lock for s in irq_sites if s.lock), locks[0]) or locks[0]
-        unsafe = next(x for x in locks if x != safe)
-    acquire = dep.witness if dep else next((s for s in f.sites if _role(s, "acquire")), None)
-    holding = dep.held_witness if dep else next((s for s in f.sites if _role(s, "held")), None)
+    # locks is the dependency path: the irq-safe lock first, the irq-unsafe one last
+    safe, prev, unsafe = locks[0], locks[-2], locks[-1]
+    dep = lk.deps(f, ctx.edges).get((prev, unsafe), lk.Dep(None, None))
+    acquire = dep.witness or next((s for s in f.sites if s.lock == unsafe
+                                   and _role(s, "acquire", "acquired")), None)
+    holding = dep.held
     safe_site = next((s for s in irq_sites if s.lock == safe), irq_sites[0] if irq_sites else None)
-    unsafe_cands = [s for s in f.sites if s.lock == unsafe and s not in irq_sites
-                    and s is not acquire]
-    unsafe_site = next((s for s in unsafe_cands if not lk.parse_context(s.context).irqs_off),
-                       unsafe_cands[0] if unsafe_cands else None)
+    cands = [s for s in f.sites if s.lock == unsafe and s not in irq_sites and s != acquire]
+    unsafe_site = next((s for s in cands if _role(s, "enabled", "unsafe", "irqs-on")),
+                       next((s for s in cands if not lk.parse_context(s.context).irqs_off),
+                            cands[0] if cands else None))
     disable = "local_bh_disable();" if state == "SOFTIRQ" else "local_irq_disable();"
     _banner(out, f"WARNING: {state}-safe -> {state}-unsafe lock order detected", ctx.kernel)
     flags = lk.parse_context(acquire.context).flags() if acquire is not None else ""
     out.add(f"{_task(acquire)} {flags} is trying to acquire:",
-            f" {ctx.name(unsafe)}, at: {_at(acquire)}", "",
+            f" {ctx.name(unsafe)}, at: {out.at(acquire)}", "",
             "and this task is already holding:",
-            f" {ctx.name(safe)}, at: {_at(holding)}",
+            f" {ctx.name(prev)}, at: {out.at(holding)}",
             "which would create a new lock dependency:",
-            f" {ctx.name(safe)} -> {ctx.name(unsafe)}", "",
+            f" {ctx.name(prev)} -> {ctx.name(unsafe)}", "",
             f"but this new dependency connects a {state}-irq-safe lock:",
             f" {ctx.name(safe)}", "", f"... which became {state}-irq-safe at:")
     out.stack(safe_site, "  ")
@@ -274,14 +281,15 @@ def _safe_unsafe(f: Finding, locks: list[str], state: str, irq_sites: Sequence[S
 
 def _recursive(f: Finding, ctx: TextContext, out: _Out) -> None:
     ordered = _by_ts(f.sites)
-    new = next((s for s in f.sites if _role(s, "acquire")), ordered[-1] if ordered else None)
-    old = next((s for s in f.sites if _role(s, "held")),
+    new = next((s for s in f.sites if _role(s, "acquire", "acquired again")),
+               ordered[-1] if ordered else None)
+    old = next((s for s in f.sites if s is not new and _role(s, "held", "already held")),
                next((s for s in ordered if s is not new), None))
     lock_new = (new.lock if new and new.lock else None) or (f.locks[0] if f.locks else "?")
     lock_old = (old.lock if old and old.lock else None) or (f.locks[-1] if f.locks else "?")
     _banner(out, "WARNING: possible recursive locking detected", ctx.kernel)
-    out.add(f"{_task(new)} is trying to acquire lock:", f" {ctx.name(lock_new)}, at: {_at(new)}",
-            "", "but task is already holding lock:", f" {ctx.name(lock_old)}, at: {_at(old)}",
+    out.add(f"{_task(new)} is trying to acquire lock:", f" {ctx.name(lock_new)}, at: {out.at(new)}",
+            "", "but task is already holding lock:", f" {ctx.name(lock_old)}, at: {out.at(old)}",
             "", "other info that might help us debug this:",
             " Possible unsafe locking scenario:", "", "       CPU0", "       ----",
             f"  {ctx.lock_call(lock_old)}", f"  {ctx.lock_call(lock_new)}", "",
@@ -330,9 +338,12 @@ def render_finding(f: Finding, ctx: TextContext) -> list[str]:
 
 def finding_heading(f: Finding, i: int, n: int) -> list[str]:
     times = "once" if f.count == 1 else f"{f.count} times"
-    return [f"tracedep finding {i}/{n}: [{f.driver}] {f.kind}: {f.message}",
-            f"  signature {f.signature}, seen {times}, first at {model.fmt_ts(f.first_ts_ns)}",
-            f"  locks: {', '.join(f.locks) if f.locks else '-'}"]
+    lines = [f"tracedep finding {i}/{n}: [{f.driver}] {f.kind}: {f.message}",
+             f"  signature {f.signature}, seen {times}, first at {model.fmt_ts(f.first_ts_ns)}",
+             f"  locks: {', '.join(f.locks) if f.locks else '-'}"]
+    if f.details:
+        lines.append(f"  details: {model.details_text(f.details)}")
+    return lines
 
 
 def _header(a: Analysis, facts: model.RunFacts, generated: str | None) -> list[str]:
@@ -343,6 +354,7 @@ def _header(a: Analysis, facts: model.RunFacts, generated: str | None) -> list[s
         lines += [bar, "!!! TRACE INCOMPLETE: this report may be missing findings"]
         lines += [f"!!!   {p}" for p in facts.problems]
         lines += [bar]
+    lines += [f"tracedep warning: {w}" for w in facts.warnings]
     run = ", ".join(x for x in (f"started {facts.started}" if facts.started else "",
                                  model.fmt_duration(facts.duration_s)
                                  if facts.duration_s is not None else "") if x)

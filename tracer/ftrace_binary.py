@@ -55,6 +55,19 @@ class RawRecords:
     torn_pages: int = 0
     missed_events: int = 0
     missed_unknown_pages: int = 0
+    # arrays from the native walker: (cpu, ts, off, length) per buffer
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        parts = list(self.chunks)
+        if self.ts:
+            parts.append((np.asarray(self.cpu, np.int16), np.asarray(self.ts, np.int64),
+                          np.asarray(self.off, np.int64), np.asarray(self.length, np.int32)))
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return z.astype(np.int16), z, z, z.astype(np.int32)
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore
 
 
 def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords) -> None:
@@ -116,6 +129,107 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords)
     out.cpu.extend([cpu] * (len(ts_l) - n_before))
 
 
+def _native() -> Any:
+    """The C page walker (tracer/native/ringwalk.c), compiled once into the cache; None
+    when no compiler is at hand (the pure-Python walk is then used)."""
+    global _NATIVE
+    if _NATIVE is not None:
+        return _NATIVE or None
+    import ctypes
+    import hashlib
+    import os
+    import subprocess
+
+    from tracedep.vm.kernel import cache_root
+
+    src = Path(__file__).resolve().parent / "native" / "ringwalk.c"
+    key = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    so = cache_root() / "native" / f"ringwalk-{key}.so"
+    try:
+        if not so.is_file():
+            so.parent.mkdir(parents=True, exist_ok=True)
+            tmp = so.with_suffix(f".{os.getpid()}.tmp")
+            subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                           check=True, capture_output=True)
+            os.replace(tmp, so)
+        lib = ctypes.CDLL(str(so))
+        lib.td_walk.restype = ctypes.c_long
+        _NATIVE = lib
+    except (OSError, subprocess.CalledProcessError) as e:
+        log.info("native ring walker unavailable (%s); using Python", e)
+        _NATIVE = False
+    return _NATIVE or None
+
+
+_NATIVE: Any = None
+
+
+def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
+                out: RawRecords) -> bool:
+    import ctypes
+
+    cap = max(16, len(buf) // 8)
+    ts = np.empty(cap, np.int64)
+    off = np.empty(cap, np.int64)
+    ln = np.empty(cap, np.int32)
+    torn = ctypes.c_long(0)
+    missed = ctypes.c_uint64(0)
+    unknown = ctypes.c_long(0)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    n = lib.td_walk(
+        arr.ctypes.data_as(ctypes.c_void_p), ctypes.c_long(len(buf)), ctypes.c_long(base),
+        ctypes.c_long(hp.page_size), ctypes.c_long(hp.commit_offset),
+        ctypes.c_long(hp.commit_size), ctypes.c_long(hp.data_offset),
+        ctypes.c_long(hp.data_size), ts.ctypes.data_as(ctypes.c_void_p),
+        off.ctypes.data_as(ctypes.c_void_p), ln.ctypes.data_as(ctypes.c_void_p),
+        ctypes.c_long(cap), ctypes.byref(torn), ctypes.byref(missed), ctypes.byref(unknown))
+    if n < 0:
+        return False
+    out.chunks.append((np.full(n, cpu, np.int16), ts[:n], off[:n], ln[:n]))
+    out.torn_pages += torn.value
+    out.missed_events += missed.value
+    out.missed_unknown_pages += unknown.value
+    return True
+
+
+class _Cat:
+    """A categorical column built by assigning strings to row sets, never per row."""
+
+    def __init__(self, n: int, default: str) -> None:
+        self.cats: list[str] = [default]
+        self.index: dict[str, int] = {default: 0}
+        self.codes = np.zeros(n, dtype=np.int32)
+
+    def code(self, value: str) -> int:
+        c = self.index.get(value)
+        if c is None:
+            c = self.index[value] = len(self.cats)
+            self.cats.append(value)
+        return c
+
+    def __setitem__(self, rows: Any, value: Any) -> None:
+        if isinstance(value, str):
+            self.codes[rows] = self.code(value)
+        else:  # one string per row
+            self.codes[rows] = [self.code(v) for v in value]
+
+    def build(self) -> pd.Categorical:
+        return pd.Categorical.from_codes(self.codes, categories=pd.Index(self.cats, dtype=object))
+
+
+def _unique_names(names: list[str], inverse: np.ndarray) -> pd.Categorical:
+    cats: list[str] = []
+    index: dict[str, int] = {}
+    remap = np.empty(len(names), dtype=np.int32)
+    for i, nm in enumerate(names):
+        c = index.get(nm)
+        if c is None:
+            c = index[nm] = len(cats)
+            cats.append(nm)
+        remap[i] = c
+    return pd.Categorical.from_codes(remap[inverse], categories=pd.Index(cats, dtype=object))
+
+
 def _gather(arr: np.ndarray, offs: np.ndarray, size: int, signed: bool) -> np.ndarray:
     if len(offs) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
@@ -154,6 +268,7 @@ def decode(
     call_insn_size: int,
     kprobe_irqs_off_unreliable: bool = False,
     saved_cmdlines: str = "",
+    native: bool = True,
 ) -> Decoded:
     hp = parse_header_page(header_page)
     fmts: dict[int, EventFormat] = {}
@@ -164,26 +279,28 @@ def decode(
     recs = RawRecords()
     chunks = []
     base = 0
+    lib = _native() if native else None
     for cpu in sorted(buffers):
         buf = buffers[cpu]
-        walk_pages(buf, base, cpu, hp, recs)
+        if lib is None or not walk_native(lib, buf, base, cpu, hp, recs):
+            walk_pages(buf, base, cpu, hp, recs)
         chunks.append(buf)
         base += len(buf)
     buf = b"".join(chunks)
     arr = np.frombuffer(buf, dtype=np.uint8)
-    off = np.asarray(recs.off, dtype=np.int64)
+    rec_cpu, rec_ts, off, reclen32 = recs.arrays()
     n = len(off)
     if n == 0:
         return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {})
-    reclen = np.asarray(recs.length, dtype=np.int64)
+    reclen = reclen32.astype(np.int64)
     etype = _gather(arr, off, 2, False).astype(np.int64)
     flags = _gather(arr, off + 2, 1, False)
     pc = _gather(arr, off + 3, 1, False)
     pid = _gather(arr, off + 4, 4, True)
 
     cols: dict[str, Any] = {
-        "ts_ns": np.asarray(recs.ts, dtype=np.int64),
-        "cpu": np.asarray(recs.cpu, dtype=np.int16),
+        "ts_ns": rec_ts,
+        "cpu": rec_cpu,
         "pid": pid.astype(np.int32),
         "irqs_off": (flags & schema.TRACE_FLAG_IRQS_OFF) != 0,
         "preempt_depth": (pc & 0xF).astype(np.int8),
@@ -199,11 +316,11 @@ def decode(
         "value": np.zeros(n, np.int64),
         "stack_id": np.full(n, -1, np.int32),
     }
-    kind = np.full(n, "other", dtype=object)
-    event = np.full(n, "", dtype=object)
-    lock_type = np.full(n, "", dtype=object)
-    lock_flags = np.full(n, "", dtype=object)
-    func = np.full(n, "", dtype=object)
+    kind = _Cat(n, "other")
+    event = _Cat(n, "")
+    lock_type = _Cat(n, "")
+    lock_flags = _Cat(n, "")
+    func = _Cat(n, "")
     keep = np.ones(n, dtype=bool)
     comms: dict[int, str] = {}
     for line in saved_cmdlines.splitlines():
@@ -288,9 +405,8 @@ def decode(
             cols["value"][rows] = fld(f, "irq", rows, True)
             if "name" in f.fields:
                 nf = f.fields["name"]
-                for r in rows.tolist():
-                    func[r] = _string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
-                                         int(reclen[r]))
+                func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
+                                         int(reclen[r])) for r in rows.tolist()]
         elif name in ("irq/softirq_entry", "irq/softirq_exit"):
             kind[rows] = "softirq_entry" if name.endswith("entry") else "softirq_exit"
             vec = fld(f, "vec", rows, False).astype(np.int64)
@@ -299,14 +415,13 @@ def decode(
         elif name == "module/module_load":
             kind[rows] = "module_load"
             nf = f.fields["name"]
-            for r in rows.tolist():
-                func[r] = _string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
-                                     int(reclen[r]))
+            func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
+                                     int(reclen[r])) for r in rows.tolist()]
         elif name == "ftrace/print":
             kind[rows] = "marker"
             bf = f.fields["buf"]
-            for r in rows.tolist():
-                func[r] = _string_at(buf, int(off[r]), bf.offset, False, int(reclen[r]))
+            func[rows] = [_string_at(buf, int(off[r]), bf.offset, False, int(reclen[r]))
+                          for r in rows.tolist()]
         elif name == "ftrace/kernel_stack":
             keep[rows] = False
             sz = f.fields["size"]
@@ -322,10 +437,12 @@ def decode(
             del sz
         elif name.startswith("timer/timer_expire") and "function" in f.fields:
             cols["ip"][rows] = fld(f, "function", rows, False)
-    cols.update(kind=kind, event=event, lock_type=lock_type, lock_flags=lock_flags, func=func)
+    cols.update(kind=kind.build(), event=event.build(), lock_type=lock_type.build(),
+                lock_flags=lock_flags.build(), func=func.build())
+    comms_idle = {**comms, 0: "<idle>"}
+    upids, pinv = np.unique(cols["pid"], return_inverse=True)
+    cols["comm"] = _unique_names([comms_idle.get(int(p), "<...>") for p in upids], pinv)
     df = pd.DataFrame(cols)
-    df["comm"] = df["pid"].map(comms).fillna("<...>")
-    df.loc[df["pid"] == 0, "comm"] = "<idle>"
     # A conditional stacktrace trigger records its stack right after the event, on
     # the same CPU: hand the stack to the record before it.
     if stack_rows:

@@ -135,7 +135,10 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
         else:
             s = pd.Series(np.zeros(n, dtype=dtype), index=df.index)
         if dtype == "category":
-            out[col] = s.astype("string").fillna("").astype("category")
+            if isinstance(s.dtype, pd.CategoricalDtype) and s.cat.categories.dtype == object:
+                out[col] = s
+            else:
+                out[col] = s.astype("string").fillna("").astype(object).astype("category")
         else:
             out[col] = s.astype(dtype)
     return pd.DataFrame(out).reset_index(drop=True)

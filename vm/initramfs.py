@@ -178,6 +178,8 @@ def build_initramfs(
         "TD_TEXT_SYMBOL": machine.text_symbol,
         "TD_BUFFER_KB": str(cfg.buffer_kb),
         "TD_SETTLE": f"{cfg.settle_s:g}",
+        # the default workload reports what it loads; a custom one may use plain insmod
+        "TD_POLL": "0" if cfg.workload is None else "1",
     }
     cpio.file(
         "etc/tracedep/config",

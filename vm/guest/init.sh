@@ -128,6 +128,8 @@ for d in $T/per_cpu/cpu*; do
     P=$(port_dev "tracedep.cpu$n") || { say "no port for cpu$n"; continue; }
     /bin/tdpump "$d/trace_pipe_raw" "$P" 2>/dev/console &
     echo $! >> /tmp/pumps
+    # reading the trace must not feed the trace
+    echo $! >> $T/set_event_notrace_pid 2>/dev/null
     ncpu=$((ncpu + 1))
 done
 
@@ -136,20 +138,29 @@ done
 # the block goes out in a single write so blocks never interleave on the port.
 report_module() {
     name=$1
+    # builtins only on the common path: every fork here would be traced
     [ -d /sys/module/$name/sections ] || return 0
+    [ -d /tmp/reported.$name ] && return 0
     mkdir /tmp/reported.$name 2>/dev/null || return 0
-    text="@@TD module $name
-$(grep "^$name " /proc/modules)"
+    text="@@TD module $name"
+    while read -r line; do
+        case "$line" in "$name "*) text="$text
+$line" ;; esac
+    done < /proc/modules
     for s in /sys/module/$name/sections/.[!.]* /sys/module/$name/sections/[!.]*; do
-        [ -e "$s" ] && text="$text
-section ${s##*/} $(cat "$s")"
+        [ -e "$s" ] || continue
+        read -r v < "$s"
+        text="$text
+section ${s##*/} $v"
     done
     printf '%s\n@@TD end module\n' "$text" >&3
 }
 td_insmod() {
     ko=$1
     shift
-    name=$(basename "$ko" .ko | tr - _)
+    name=${ko##*/}
+    name=${name%.ko}
+    name=${name//-/_}
     echo "tracedep: insmod $name" > $T/trace_marker
     insmod "$ko" "$@"
     rc=$?
@@ -161,13 +172,16 @@ td_rmmod() {
     rmmod "$1" && rmdir /tmp/reported.$1 2>/dev/null
 }
 # Modules loaded by a custom workload with plain insmod are caught by this poller.
-(
-    while :; do
-        cut -d' ' -f1 /proc/modules | while read -r m; do report_module "$m"; done
-        sleep 0.5
-    done
-) &
-POLLER=$!
+POLLER=
+if [ "$TD_POLL" = 1 ]; then
+    (
+        while :; do
+            while read -r m _; do report_module "$m"; done < /proc/modules
+            sleep 1
+        done
+    ) &
+    POLLER=$!
+fi
 
 block start
 echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
@@ -181,8 +195,8 @@ rc=$?
 
 echo "tracedep: workload end rc=$rc" > $T/trace_marker
 echo 0 > $T/tracing_on
-kill $POLLER 2>/dev/null
-cut -d' ' -f1 /proc/modules | while read -r m; do report_module "$m"; done
+[ -n "$POLLER" ] && kill $POLLER 2>/dev/null
+while read -r m _; do report_module "$m"; done < /proc/modules
 
 block workload
 echo "rc=$rc" >&3

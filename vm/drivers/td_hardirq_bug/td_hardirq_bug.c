@@ -9,7 +9,7 @@
  * sampler once, then read".
  *
  * PLANTED BUG (irq-lock-inversion, hardirq; lockdep's "inconsistent
- * {HARDIRQ-ON-W} -> {IN-HARDIRQ-W} usage"): td_sampler_read() takes s->lock
+ * {IN-HARDIRQ-W} -> {HARDIRQ-ON-W} usage"): td_sampler_read() takes s->lock
  * with plain spin_lock(), interrupts enabled.  If the hrtimer fires on the
  * same CPU while it holds the lock, the callback spins on it for ever.  Here
  * every round waits for the callback and cancels the timer (hrtimer_cancel)

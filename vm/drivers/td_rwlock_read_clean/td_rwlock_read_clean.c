@@ -20,7 +20,9 @@
  * Beware: the same opposite read-read nesting in *process* context is a
  * real deadlock on queued-rwlock kernels once a writer queues on either
  * lock (process-context readers wait behind queued writers), and lockdep
- * reports it there.
+ * reports it there: since Linux kernel commit e918188611f0 ("locking: More
+ * accurate annotations for read_lock()") (in v5.10), read_lock() is a
+ * recursive read only when in_interrupt().
  *
  * Bug twin: td_rwlock_write_bug (td_neigh_sync() takes both write locks).
  */

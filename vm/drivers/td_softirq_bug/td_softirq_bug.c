@@ -8,7 +8,7 @@
  * of "let the poll timer fire once, then read the statistics".
  *
  * PLANTED BUG (irq-lock-inversion, softirq; lockdep's "inconsistent
- * {SOFTIRQ-ON-W} -> {IN-SOFTIRQ-W} usage"): td_poll_read_stats() takes
+ * {IN-SOFTIRQ-W} -> {SOFTIRQ-ON-W} usage"): td_poll_read_stats() takes
  * pd->lock with plain spin_lock(), softirqs enabled.  If the poll timer
  * fires on the same CPU while it holds the lock, the timer spins on it for
  * ever.  Here every round waits for the timer to finish and deletes it
