@@ -78,7 +78,7 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
     uniq, inverse = np.unique(addr, return_inverse=True)
     for ui, a in enumerate(uniq.tolist()):
         members = np.nonzero(inverse == ui)[0]
-        sym = symbols.lookup(a)
+        sym = symbols.lookup(a, int(ts[members[0]]))
         if sym is not None:
             name = sym.name if sym.offset == 0 else f"{sym.name}+{sym.offset:#x}"
             key = f"static:{sym.module}:{name}"
@@ -99,7 +99,7 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
                 base = int(a_ptr[j])
                 frees_here = frees_by_ptr.get(base, [])
                 if not any(cand_ts[k] < ft < t for ft in frees_here):
-                    site = symbols.lookup(int(a_ip[j]))
+                    site = symbols.lookup(int(a_ip[j]), int(a_ts[j]))
                     if site is not None and site.name not in GENERIC_ALLOCATORS:
                         off = a - base
                         size = int(a_end[j]) - base
@@ -113,11 +113,12 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
                 unknown.append(m)
                 continue
             out[m] = intern(cls)
-    _instance_classes(unknown, addr, ips, symbols, out, intern)
+    _instance_classes(unknown, addr, ips, ts, symbols, out, intern)
     return out, table
 
 
-def _instance_classes(rows: list[int], addr: np.ndarray, ips: np.ndarray, symbols: RunSymbols,
+def _instance_classes(rows: list[int], addr: np.ndarray, ips: np.ndarray, ts: np.ndarray,
+                      symbols: RunSymbols,
                       out: np.ndarray, intern: Callable[[LockClass], int]) -> None:
     """Classes for locks with neither symbol nor allocation: instances taken at a
     common call site are one class (the code that takes them is the code that
@@ -140,7 +141,7 @@ def _instance_classes(rows: list[int], addr: np.ndarray, ips: np.ndarray, symbol
     # name each group after its most frequent acquiring function
     funcs: dict[int, dict[str, int]] = {}
     for m in rows:
-        sym = symbols.lookup(int(ips[m]))
+        sym = symbols.lookup(int(ips[m]), int(ts[m]))
         fn = sym.name if sym else "?"
         d = funcs.setdefault(find(int(addr[m])), {})
         d[fn] = d.get(fn, 0) + 1
@@ -148,7 +149,7 @@ def _instance_classes(rows: list[int], addr: np.ndarray, ips: np.ndarray, symbol
         root = find(int(addr[m]))
         fns = funcs[root]
         where = max(sorted(fns), key=lambda f: fns[f])
-        sym = symbols.lookup(int(ips[m]))
+        sym = symbols.lookup(int(ips[m]), int(ts[m]))
         mod = sym.module if sym else "vmlinux"
         out[m] = intern(LockClass(
             f"lock@{where}", f"instance:{root:#x}", "instance", mod,

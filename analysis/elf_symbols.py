@@ -94,20 +94,31 @@ class ElfFile:
             raise ElfFormatError(f"{path}: not an ELF file")
         if mm[4] != 2 or mm[5] != 1:
             raise ElfFormatError(f"{path}: only ELF64 little-endian is supported")
-        (self.type, self.machine) = struct.unpack_from("<HH", mm, 16)
+        self.type: int
+        self.machine: int
+        self.type, self.machine = struct.unpack_from("<HH", mm, 16)
         (shoff,) = struct.unpack_from("<Q", mm, 0x28)
         shentsize, shnum, shstrndx = struct.unpack_from("<HHH", mm, 0x3A)
         if shoff == 0 or shnum == 0:
             raise ElfFormatError(f"{path}: no section headers")
-        raw = [
-            struct.unpack_from("<IIQQQQIIQQ", mm, shoff + i * shentsize) for i in range(shnum)
-        ]
+        raw = [struct.unpack_from("<IIQQQQIIQQ", mm, shoff + i * shentsize) for i in range(shnum)]
         strtab_off = raw[shstrndx][4]
         self.sections: list[Section] = []
         for i, (nm, typ, flg, addr, off, size, link, info, align, ent) in enumerate(raw):
             self.sections.append(
-                Section(i, self._cstr(strtab_off + nm), typ, flg, addr, off, size, link, info,
-                        align, ent)
+                Section(
+                    i,
+                    self._cstr(strtab_off + nm),
+                    typ,
+                    flg,
+                    addr,
+                    off,
+                    size,
+                    link,
+                    info,
+                    align,
+                    ent,
+                )
             )
         self.by_name: dict[str, Section] = {}
         for s in self.sections:
@@ -198,8 +209,9 @@ def _alias_rank(name: str, weak: bool) -> tuple[int, int, int, str]:
     linker = 0
     if len(name) >= 8 and name.startswith("__"):
         rest = name[2:]
-        linker = int(rest.startswith(("start_", "stop_", "end_"))
-                     or name.endswith(("_start", "_end")))
+        linker = int(
+            rest.startswith(("start_", "stop_", "end_")) or name.endswith(("_start", "_end"))
+        )
     return (int(weak), linker, len(name) - len(name.lstrip("_")), name)
 
 
@@ -210,8 +222,13 @@ class SymbolTable:
     for vmlinux, runtime for modules and kallsyms); sizes run to the next symbol.
     """
 
-    def __init__(self, addrs: npt.NDArray[np.uint64], sizes: npt.NDArray[np.uint64],
-                 names: list[str], exec_mask: npt.NDArray[np.bool_] | None = None) -> None:
+    def __init__(
+        self,
+        addrs: npt.NDArray[np.uint64],
+        sizes: npt.NDArray[np.uint64],
+        names: list[str],
+        exec_mask: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
         self.addrs = addrs
         self.sizes = sizes
         self.names = names
@@ -231,7 +248,9 @@ class SymbolTable:
             return None
         start = self._keys[i]
         size = int(self.sizes[i])
-        if addr >= start + size and size != 0:
+        # Size 0 means "extent unknown" (the last kallsyms entry): only its
+        # own address is known to be inside it.
+        if addr >= start + size and not (size == 0 and addr == start):
             return None
         return self.names[i], start, size
 
@@ -255,9 +274,15 @@ class SymbolTable:
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_arrays(cls, addrs: npt.NDArray[np.uint64], names: list[str],
-                    weak: npt.NDArray[np.bool_], execs: npt.NDArray[np.bool_],
-                    ends: npt.NDArray[np.uint64], first_alias: bool = False) -> SymbolTable:
+    def from_arrays(
+        cls,
+        addrs: npt.NDArray[np.uint64],
+        names: list[str],
+        weak: npt.NDArray[np.bool_],
+        execs: npt.NDArray[np.bool_],
+        ends: npt.NDArray[np.uint64],
+        first_alias: bool = False,
+    ) -> SymbolTable:
         """Build from parallel arrays in symbol-table order.
 
         ``ends`` bounds the size of the last symbol of a region (its section
@@ -284,8 +309,9 @@ class SymbolTable:
                 if first_alias:
                     best = members[0]  # argsort is stable: symbol-table order
                 else:
-                    best = min(members,
-                               key=lambda p: _alias_rank(names[order[p]], bool(weak[order[p]])))
+                    best = min(
+                        members, key=lambda p: _alias_rank(names[order[p]], bool(weak[order[p]]))
+                    )
                 keep[best] = True
                 for p in members:
                     if p != best:
@@ -307,8 +333,9 @@ class SymbolTable:
         return table
 
     @classmethod
-    def from_elf(cls, elf: ElfFile, bases: dict[int, int] | None = None,
-                 first_alias: bool = False) -> SymbolTable | None:
+    def from_elf(
+        cls, elf: ElfFile, bases: dict[int, int] | None = None, first_alias: bool = False
+    ) -> SymbolTable | None:
         """Symbols of ``elf``; None if it has no ``.symtab``.
 
         ``bases`` maps section index to the address at which that section is
@@ -363,8 +390,10 @@ class SymbolTable:
             text = strtab.decode("ascii")
             names = [text[a:b] for a, b in zip(name_off.tolist(), name_end.tolist(), strict=True)]
         else:
-            names = [strtab[a:b].decode("utf-8", "replace")
-                     for a, b in zip(name_off.tolist(), name_end.tolist(), strict=True)]
+            names = [
+                strtab[a:b].decode("utf-8", "replace")
+                for a, b in zip(name_off.tolist(), name_end.tolist(), strict=True)
+            ]
         return cls.from_arrays(addrs, names, weak, execs, ends, first_alias)
 
     @classmethod
@@ -388,9 +417,13 @@ class SymbolTable:
             weak.append(typ in "wWvV")
             execs.append(typ in "tTwW")
         # Without section ends, the last symbol gets size 0.
-        return cls.from_arrays(np.array(addrs, dtype=np.uint64), names,
-                               np.array(weak, dtype=bool), np.array(execs, dtype=bool),
-                               np.zeros(len(names), dtype=np.uint64))
+        return cls.from_arrays(
+            np.array(addrs, dtype=np.uint64),
+            names,
+            np.array(weak, dtype=bool),
+            np.array(execs, dtype=bool),
+            np.zeros(len(names), dtype=np.uint64),
+        )
 
     # -- on-disk cache --------------------------------------------------------
 
@@ -399,11 +432,15 @@ class SymbolTable:
         tmp = directory / f".symbols.{os.getpid()}.npz"
         with open(tmp, "wb") as f:
             alias_names = list(self.aliases)
-            np.savez(f, addrs=self.addrs, sizes=self.sizes, is_exec=self.is_exec,
-                     names=np.frombuffer("\n".join(self.names).encode(), dtype=np.uint8),
-                     alias_names=np.frombuffer("\n".join(alias_names).encode(), dtype=np.uint8),
-                     alias_addrs=np.array([self.aliases[n] for n in alias_names],
-                                          dtype=np.uint64))
+            np.savez(
+                f,
+                addrs=self.addrs,
+                sizes=self.sizes,
+                is_exec=self.is_exec,
+                names=np.frombuffer("\n".join(self.names).encode(), dtype=np.uint8),
+                alias_names=np.frombuffer("\n".join(alias_names).encode(), dtype=np.uint8),
+                alias_addrs=np.array([self.aliases[n] for n in alias_names], dtype=np.uint64),
+            )
         os.replace(tmp, directory / "symbols.npz")
 
     @classmethod
@@ -417,8 +454,9 @@ class SymbolTable:
                 names = names_blob.split("\n") if names_blob else []
                 table = cls(z["addrs"], z["sizes"], names, z["is_exec"])
                 blob = z["alias_names"].tobytes().decode()
-                table.aliases = dict(zip(blob.split("\n") if blob else [],
-                                         z["alias_addrs"].tolist(), strict=True))
+                table.aliases = dict(
+                    zip(blob.split("\n") if blob else [], z["alias_addrs"].tolist(), strict=True)
+                )
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring unreadable symbol cache %s: %s", path, e)
             return None

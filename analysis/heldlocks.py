@@ -102,7 +102,9 @@ def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
 
 
 def replay(events: pd.DataFrame, class_of_row: dict[int, int],
-           kprobe_irqs_reliable: bool = True) -> Replay:
+           kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset()) -> Replay:
+    """``untraced``: pids whose events the guest filtered out; their partial
+    events are skipped, and lock hand-offs to and from them are balanced."""
     kinds = events["kind"].to_numpy()
     ltypes = events["lock_type"].to_numpy()
     gfp = events["gfp"].to_numpy()
@@ -111,11 +113,12 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     event_col = events["event"].to_numpy()
     is_lock = np.isin(kinds, ("lock_acquire", "lock_return", "lock_release"))
     is_sleep = (kinds == "sleep_call") | ((kinds == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) != 0))
-    is_switch = (kinds == "sched_switch") & (value != 0)
-    rows = np.nonzero(is_lock | is_sleep | is_switch)[0]
+    is_switch = kinds == "sched_switch"
+    own = ~np.isin(events["pid"].to_numpy(), list(untraced)) if untraced else True
+    rows = np.nonzero(((is_lock | is_sleep) & own) | is_switch)[0]
 
     # calibrate: the preempt depth the scheduler itself runs at in sched_switch
-    sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch)[0]]
+    sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch & (value != 0))[0]]
     baseline = int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
 
     pid = events["pid"].to_numpy()[rows].tolist()
@@ -133,6 +136,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     flags_l = events["lock_flags"].to_numpy()[rows].tolist()
     value_l = value[rows].tolist()
     ev_l = event_col[rows].tolist()
+    target_l = events["target_pid"].to_numpy()[rows].tolist()
     del func_col
 
     stacks: dict[tuple[int, str], list[Held]] = {}
@@ -146,6 +150,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     sleeps: list[SleepEvent] = []
     unmatched = 0
     wait_open: dict[tuple[int, str], list[tuple[int, int]]] = {}  # sleeping locks: (acq, row)
+    last_holder: dict[int, tuple[int, str]] = {}
 
     def new_acq(r: int, i: int, cls: int, task: int, ctx: str, tryl: bool) -> int:
         a = len(acq_cols["row"])
@@ -175,13 +180,16 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
         stack = stacks.setdefault((task, ctx), [])
         lt = ltype_l[i]
         shared = lt in SHARED_TYPES
-        rec_read = lt in RECURSIVE_READ
+        # rwlock_t readers nest only in interrupt context (queued rwlocks: Linux
+        # kernel commit e918188611f0 ("locking: More accurate annotations for
+        # read_lock()") (in v5.10)); process-context readers wait behind writers
+        rec_read = lt in RECURSIVE_READ and ctx != "process"
         nested = "nested" in flags
         a = addr[i]
         if not tryl:
             for h in stack:
                 if h.addr == a:
-                    if not (rec_read and h.ltype in RECURSIVE_READ):
+                    if not (rec_read and h.ltype in SHARED_TYPES):
                         recursions.append(Recursion(r, h.row, True, cls))
                 elif h.cls == cls and not nested and not h.nested:
                     recursions.append(Recursion(r, h.row, False, cls))
@@ -211,6 +219,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                 mark(cls, ENABLED_SOFTIRQ_READ if shared else ENABLED_SOFTIRQ, r)
         acq = new_acq(r, i, cls, task, ctx, tryl)
         stack.append(Held(acq, a, cls, lt, r, tryl, nested))
+        last_holder[a] = (task, ctx)
         if lt in SLEEPING_LOCK_TYPES:
             wait_open.setdefault((task, ctx), []).append((acq, r))
 
@@ -267,8 +276,10 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             if not found:
                 # Released by another task: semaphores used as completions, and the
                 # runqueue lock that __schedule() hands to the next task (lockdep
-                # annotates the same hand-off in prepare_lock_switch()).
-                for st in stacks.values():
+                # annotates the same hand-off in prepare_lock_switch()).  The holder
+                # is whoever took this instance last.
+                hk = last_holder.get(a)
+                for st in [stacks[hk]] if hk in stacks else []:
                     for j in range(len(st) - 1, -1, -1):
                         if st[j].addr == a:
                             h = st.pop(j)
@@ -282,33 +293,35 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             if not found:
                 unmatched += 1  # taken before tracing started
         elif k == "sched_switch":
-            held = [h for h in stacks.get((task, "process"), []) if h.ltype in SPIN_TYPES]
-            extra = depth[i] - baseline - len(held)
-            if held:
-                sleeps.append(SleepEvent(r, ["spinlock"], [h.acq for h in held],
-                                         [h.acq for h in stacks.get((task, "process"), [])],
-                                         max(extra, 0)))
+            # __schedule() takes the runqueue lock last and the next task releases
+            # it (lockdep moves it across in prepare/finish_lock_switch()): the
+            # lock on top of prev's stack goes to next.  This also balances tasks
+            # whose own events are not traced (the trace pumps).
+            st = stacks.get((task, "process"), [])
+            top = next((j for j in range(len(st) - 1, -1, -1) if st[j].ltype in SPIN_TYPES),
+                       None)
+            if top is not None:
+                h = st.pop(top)
+                tp = target_l[i]
+                if tp in untraced:  # it releases the lock where we cannot see
+                    acq_cols["ts_release"][h.acq] = ts[i]
+                    acq_cols["handed_off"][h.acq] = True
+                else:
+                    nkey = (tp if tp > 0 else -1 - cpu[i], "process")
+                    stacks.setdefault(nkey, []).append(h)
+                    last_holder[h.addr] = nkey
+            if value_l[i] != 0:  # a voluntary switch: the task sleeps
+                held = [h for h in st if h.ltype in SPIN_TYPES]
+                if held:
+                    sleeps.append(SleepEvent(r, ["spinlock"], [h.acq for h in held],
+                                             [h.acq for h in st],
+                                             max(depth[i] - baseline, 0)))
         else:  # sleep_call or alloc that may reclaim
             _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
                          kprobe_irqs_reliable)
 
     acqs = pd.DataFrame(acq_cols)
-    # A switch with only handed-off locks held (the scheduler's own runqueue lock)
-    # is the scheduler working, not a task sleeping under a lock.
-    handed = acq_cols["handed_off"]
-    kept = []
-    for s in sleeps:
-        if kind_of_row(kinds, s.row) == "sched_switch":
-            s.held = [a for a in s.held if not handed[a]]
-            s.all_held = [a for a in s.all_held if not handed[a]]
-            if not s.held:
-                continue
-        kept.append(s)
-    return Replay(acqs, edges, usage, recursions, kept, baseline, unmatched)
-
-
-def kind_of_row(kinds: np.ndarray, row: int) -> str:
-    return str(kinds[row])
+    return Replay(acqs, edges, usage, recursions, sleeps, baseline, unmatched)
 
 
 def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,
@@ -333,7 +346,7 @@ def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[He
     # every held spinning lock accounts for one level of preempt_count
     own = [h for h in stacks.get((task, ctx), []) if h.ltype in SPIN_TYPES]
     extra = depth[i] - len(own)
-    if extra > 0 and not hard[i]:
+    if extra > 0 and ctx == "process":
         reasons.append("preempt")
     if reasons:
         sleeps.append(SleepEvent(r, reasons, [h.acq for h in spin], [h.acq for h in held_all],

@@ -80,7 +80,8 @@ def analyze(trace: Trace) -> Analysis:
     cls_ids, table = lock_classes.assign(ev, trace.symbols, lock_rows)
     class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
     irqs_reliable = not bool(trace.info.get("kprobe_reports_irqs_off", False))
-    rep = replay(ev, class_of_row, irqs_reliable)
+    untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))
+    rep = replay(ev, class_of_row, irqs_reliable, untraced)
     cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size)
     findings: list[Finding] = []
     findings += rules.sleep_findings(cx)

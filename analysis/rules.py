@@ -87,18 +87,19 @@ class Ctx:
              ) -> Site:
         e = self.events
         sid = int(e["stack_id"].iat[r])
+        t = int(e["ts_ns"].iat[r])
         if with_stack and sid >= 0:
-            frames = clean_stack(self.symbols, self.stacks[sid], self.call_insn_size)
+            frames = clean_stack(self.symbols, self.stacks[sid], self.call_insn_size, t)
         else:
-            frames = [frame_at(self.symbols, int(e["ip"].iat[r]), True)]
+            frames = [frame_at(self.symbols, int(e["ip"].iat[r]), True, t)]
         return Site(role=role, frames=tuple(frames), lock=lock, ts_ns=int(e["ts_ns"].iat[r]),
                     pid=int(e["pid"].iat[r]), comm=str(e["comm"].iat[r]),
                     context=context_text(e, r))
 
-    def nesting_visible(self, ip: int) -> bool:
+    def nesting_visible(self, ip: int, ts: int) -> bool:
         """Can a ``*_nested`` annotation at this call site be seen?  Only with lockdep's
         own events, or in a module (its source is checked at report time)."""
-        return self.lockdep_events or self.symbols.module_of(ip) not in ("vmlinux", None)
+        return self.lockdep_events or self.symbols.module_of(ip, ts) not in ("vmlinux", None)
 
     def cls(self, c: int) -> LockClass:
         return self.classes[c] if c >= 0 else LockClass("?", "?", "instance", "vmlinux", sig="?")
@@ -150,9 +151,10 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
         k = kinds[r]
         frames: list[Frame]
         sid = int(e["stack_id"].iat[r])
-        frames = (clean_stack(cx.symbols, cx.stacks[sid], cx.call_insn_size) if sid >= 0
+        t = int(ts[r])
+        frames = (clean_stack(cx.symbols, cx.stacks[sid], cx.call_insn_size, t) if sid >= 0
                   else [])
-        call = frame_at(cx.symbols, int(e["ip"].iat[r]), True)
+        call = frame_at(cx.symbols, int(e["ip"].iat[r]), True, t)
         if k == "sleep_call" and funcs[r] == MIGHT_SLEEP:
             near = api_by_task.get(int(pids[r]), [])
             i = int(np.searchsorted(near, ts[r]))
@@ -455,7 +457,7 @@ def recursion_findings(cx: Ctx) -> list[Finding]:
     for rec in cx.replay.recursions:
         lc = cx.cls(rec.cls)
         if not rec.same_instance and (lc.origin == "instance" or not cx.nesting_visible(
-                int(cx.events["ip"].iat[rec.row]))):
+                int(cx.events["ip"].iat[rec.row]), int(cx.events["ts_ns"].iat[rec.row]))):
             continue
         s2 = cx.site(rec.row, f"{lc.name} acquired again", lc.name, with_stack=False)
         s1 = cx.site(rec.held_row, f"{lc.name} already held", lc.name, with_stack=False)

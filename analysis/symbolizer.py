@@ -11,10 +11,15 @@ contains it (every section, not only ``.text``: GCC puts init-only code in
 ``.text.unlikely``) to an offset in that section of the ``.ko``.
 
 Names and sizes follow kallsyms (``func+off/size`` as the kernel itself prints
-it); file:line and inline chains follow binutils' addr2line.  With
-``style="addr2line"`` the output is byte-for-byte what ``addr2line -f -i``
-prints (DWARF function names, addr2line's path joining), which the agreement
-test relies on.
+it; ``foo.cold``, ``foo.constprop.0`` included); file:line and inline chains
+follow binutils' addr2line, paths relative to the source tree as
+decode_stacktrace.sh shows them.  With ``style="addr2line"`` names and paths
+are what ``addr2line -f -i`` prints (DWARF function names, addr2line's path
+joining), which the agreement test relies on — except where binutils 2.40 is
+wrong (it starts DWARF 5 line sequences at file 0; see dwarf_lines).
+
+Without a usable .ko a module address reads ``.text+0x1c [mod]``: the section
+and offset that ``addr2line -j .text -e mod.ko 0x1c`` decodes later.
 
 Return addresses (``call_site=True``) are resolved as the kernel's ``%pB``
 does: everything is looked up at ``addr - 1`` (so a call at the very end of a
@@ -34,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +58,19 @@ Style = Literal["kernel", "addr2line"]
 # A cached answer: (function, offset from the looked-up address's symbol start
 # or -1 for inlined, size, file, line, inlined) per frame.
 _Proto = tuple[tuple[str, int, int, str | None, int | None, bool], ...]
-_KASLR_SAMPLE_NAMES = ("_text", "_stext", "startup_64", "_etext", "_sinittext", "schedule",
-                       "printk", "_printk", "mutex_lock", "kmalloc_trace", "__kmalloc")
+_KASLR_SAMPLE_NAMES = (
+    "_text",
+    "_stext",
+    "startup_64",
+    "_etext",
+    "_sinittext",
+    "schedule",
+    "printk",
+    "_printk",
+    "mutex_lock",
+    "kmalloc_trace",
+    "__kmalloc",
+)
 
 
 class SymbolizerError(InputError):
@@ -82,8 +99,15 @@ def _hexkey(addr: int) -> str:
 class _Object:
     """One ELF image (vmlinux or a .ko): symbols, lazily its DWARF, and its answer cache."""
 
-    def __init__(self, name: str, elf: ElfFile, bases: dict[int, int] | None,
-                 symbols: SymbolTable | None, cache_dir: Path | None, style: Style) -> None:
+    def __init__(
+        self,
+        name: str,
+        elf: ElfFile,
+        bases: dict[int, int] | None,
+        symbols: SymbolTable | None,
+        cache_dir: Path | None,
+        style: Style,
+    ) -> None:
         self.name = name
         self.elf = elf
         self.bases = bases
@@ -91,8 +115,11 @@ class _Object:
         self.has_dwarf = elf.has_section(".debug_info") and elf.has_section(".debug_line")
         self._dwarf: DwarfIndex | None = None
         self._dwarf_failed = False
-        self.cache_path = (cache_dir / elf.cache_key() / f"resolved-v{CACHE_FORMAT}-{style}.json"
-                           if cache_dir is not None else None)
+        self.cache_path = (
+            cache_dir / elf.cache_key() / f"resolved-v{CACHE_FORMAT}-{style}.json"
+            if cache_dir is not None
+            else None
+        )
         self._cache: dict[str, _Proto] | None = None
         self.dirty = False
 
@@ -152,8 +179,9 @@ class Symbolizer:
 
     ``vmlinux`` is the debug vmlinux (None if unavailable), ``kaslr_offset`` its
     runtime − link-time displacement, ``modules`` the loaded modules by name,
-    ``kallsyms`` the guest's /proc/kallsyms as (address, type, name) — used to
-    verify the KASLR offset and as the names of last resort.  ``vmlinux_build_id``
+    ``kallsyms`` the guest's /proc/kallsyms as (address, type, name), a module
+    symbol's name optionally followed by ``\t[module]`` — used to verify the
+    KASLR offset and as the names of last resort.  ``vmlinux_build_id``
     is the running kernel's build-id (/sys/kernel/notes), if known.
     ``style="kernel"`` gives kallsyms names and source-tree-relative paths;
     ``"addr2line"`` gives exactly what ``addr2line -f -i`` prints.
@@ -200,17 +228,27 @@ class Symbolizer:
 
     # -- setup ----------------------------------------------------------------------
 
-    def _warn(self, msg: str) -> None:
-        if msg not in self._warned:
-            self._warned.add(msg)
+    def _warn(self, msg: str, key: str | None = None) -> None:
+        """Say ``msg`` once; ``key`` groups messages that differ only in detail."""
+        key = key or msg
+        if key not in self._warned:
+            self._warned.add(key)
             self.warnings.append(msg)
             log.warning("%s", msg)
 
     @staticmethod
     def _split_kallsyms(
-        kallsyms: list[tuple[int, str, str]], modules: dict[str, ModuleImage],
+        kallsyms: list[tuple[int, str, str]],
+        modules: dict[str, ModuleImage],
     ) -> tuple[dict[str, list[tuple[int, str, str]]], list[tuple[int, str, str]]]:
-        """Module symbols (by the ``[mod]`` tag /proc/kallsyms prints) and core ones."""
+        """Module symbols and core ones.
+
+        A module symbol is known by the ``[mod]`` tag /proc/kallsyms prints after
+        its name or, untagged, by lying within 1 MiB after one of the module's
+        section starts (modules live far from the core kernel on every arch).
+        """
+        starts = sorted((a, m.name) for m in modules.values() for a in m.sections.values())
+        keys = [a for a, _ in starts]
         per_mod: dict[str, list[tuple[int, str, str]]] = {}
         core: list[tuple[int, str, str]] = []
         for addr, typ, name in kallsyms:
@@ -219,6 +257,10 @@ class Symbolizer:
                 base, _, tag = name.partition("[")
                 mod = tag.rstrip("]").strip()
                 name = base.strip()
+            elif starts:
+                i = bisect_right(keys, addr) - 1
+                if i >= 0 and addr - keys[i] < (1 << 20):
+                    mod = starts[i][1]
             if mod:
                 per_mod.setdefault(mod, []).append((addr, typ, name))
             else:
@@ -232,8 +274,10 @@ class Symbolizer:
             self._warn(f"cannot read vmlinux {path}: {e}")
             return None
         if expected_build_id and elf.build_id and elf.build_id != expected_build_id.lower():
-            self._warn(f"vmlinux {path} has build-id {elf.build_id}, the running kernel "
-                       f"{expected_build_id}: ignoring it")
+            self._warn(
+                f"vmlinux {path} has build-id {elf.build_id}, the running kernel "
+                f"{expected_build_id}: ignoring it"
+            )
             elf.close()
             return None
         cache = self._cache_dir / elf.cache_key() if self._cache_dir else None
@@ -247,8 +291,10 @@ class Symbolizer:
                     log.warning("cannot write symbol cache %s: %s", cache, e)
         obj = _Object("vmlinux", elf, None, symbols, self._cache_dir, self.style)
         if symbols is None:
-            self._warn(f"vmlinux {path} has no symbol table (stripped): names from "
-                       + ("kallsyms" if self._core_kallsyms else "nowhere"))
+            self._warn(
+                f"vmlinux {path} has no symbol table (stripped): names from "
+                + ("kallsyms" if self._core_kallsyms else "nowhere")
+            )
         if not obj.has_dwarf:
             self._warn(f"vmlinux {path} has no DWARF: no file:line or inline frames")
         return obj
@@ -259,17 +305,25 @@ class Symbolizer:
             mm.kallsyms = SymbolTable.from_kallsyms(ks)
         elf: ElfFile | None = None
         if image.ko_path is None:
-            self._warn(f"module {image.name}: no .ko given: "
-                       + ("names from kallsyms" if ks else "addresses stay section+offset"))
+            self._warn(
+                f"module {image.name}: no .ko given: "
+                + ("names from kallsyms" if ks else "addresses stay section+offset")
+            )
         else:
             try:
                 elf = ElfFile(Path(image.ko_path))
             except (OSError, ElfFormatError) as e:
                 self._warn(f"module {image.name}: cannot read {image.ko_path}: {e}")
-        if elf is not None and image.build_id and elf.build_id \
-                and elf.build_id != image.build_id.lower():
-            self._warn(f"module {image.name}: {image.ko_path} has build-id {elf.build_id}, "
-                       f"the loaded module {image.build_id}: ignoring it")
+        if (
+            elf is not None
+            and image.build_id
+            and elf.build_id
+            and elf.build_id != image.build_id.lower()
+        ):
+            self._warn(
+                f"module {image.name}: {image.ko_path} has build-id {elf.build_id}, "
+                f"the loaded module {image.build_id}: ignoring it"
+            )
             elf.close()
             elf = None
         if elf is not None:
@@ -304,12 +358,16 @@ class Symbolizer:
         for mm in self._modules:
             for start, end, sec_name, sec_idx in mm.ranges:
                 if start <= look < end:
-                    return self._resolve_module(mm, runtime_addr, look, bump, start, sec_name,
-                                                sec_idx)
+                    return self._resolve_module(
+                        mm, runtime_addr, look, bump, start, sec_name, sec_idx
+                    )
         return self._resolve_core(runtime_addr, look, bump)
 
-    def resolve_many(self, addrs: Iterable[int], call_site: bool = False,
-                     ) -> dict[int, tuple[Frame, ...]]:
+    def resolve_many(
+        self,
+        addrs: Iterable[int],
+        call_site: bool = False,
+    ) -> dict[int, tuple[Frame, ...]]:
         """:meth:`resolve` for many addresses (each once); the disk cache is saved after."""
         out: dict[int, tuple[Frame, ...]] = {}
         for a in sorted(set(addrs)):
@@ -328,35 +386,73 @@ class Symbolizer:
     def _resolve_core(self, addr: int, look: int, bump: int) -> tuple[Frame, ...]:
         link = look - self.kaslr_offset
         core = self._core
-        if core is not None and core.symbols is not None:
-            lo, hi = self._core_range or (0, 0)
-            if lo <= link < hi:
+        if core is not None:
+            if core.symbols is not None:
+                lo, hi = self._core_range or (0, 0)
+                if lo <= link < hi:
+                    return self._from_object(core, "vmlinux", addr, link, bump)
+            elif self._core_kallsyms is None:
+                # No symbol table and no kallsyms: DWARF may still name the function.
                 return self._from_object(core, "vmlinux", addr, link, bump)
-        elif core is not None and self._core_kallsyms is None:
-            # Stripped and no kallsyms: DWARF may still name the function.
-            return self._from_object(core, "vmlinux", addr, link, bump)
         if self._core_kallsyms is not None:
             hit = self._core_kallsyms.lookup(look)
             if hit is not None:
                 name, start, size = hit
-                frames = self._dwarf_only(core, link) if core is not None else ()
-                last = Frame(name, look - start + bump, size, "vmlinux",
-                             frames[-1].file if frames else None,
-                             frames[-1].line if frames else None, False, addr)
-                return (*frames[:-1], last)
+                # A vmlinux without .symtab may still have DWARF for file:line.
+                dwarf: tuple[Frame, ...] = ()
+                if core is not None and core.symbols is None:
+                    dwarf = self._from_object(core, "vmlinux", addr, link, bump)
+                file = dwarf[-1].file if dwarf else None
+                line = dwarf[-1].line if dwarf else None
+                last = Frame(name, look - start + bump, size, "vmlinux", file, line, False, addr)
+                return (*dwarf[:-1], last)
         if core is None and self._core_kallsyms is None:
             return (Frame("[vmlinux]", link + bump, 0, "vmlinux", None, None, False, addr),)
-        self._warn("some addresses are outside vmlinux and every known module "
-                   f"(first: {addr:#x})")
+        self._warn(
+            f"some addresses are outside vmlinux and every known module (first: {addr:#x})",
+            key="outside",
+        )
         return (Frame("??", 0, 0, "??", None, None, False, addr),)
 
-    def _dwarf_only(self, core: _Object, link: int) -> tuple[Frame, ...]:
-        protos = self._lookup_object(core, link)
-        return tuple(Frame(f, max(o, 0), s, "vmlinux", fl, ln, inl, 0)
-                     for f, o, s, fl, ln, inl in protos)
+    def symbol(self, runtime_addr: int) -> tuple[str, int, int, str] | None:
+        """(name, offset, size, module) of the symbol holding any address, data
+        included — a static lock's class is its symbol, e.g. ``rtnl_mutex``."""
+        for mm in self._modules:
+            for start, end, _sec, idx in mm.ranges:
+                if not start <= runtime_addr < end:
+                    continue
+                hit = None
+                if mm.obj is not None and mm.obj.symbols is not None and mm.obj.bases:
+                    key = mm.obj.bases[idx] + runtime_addr - start
+                    hit = mm.obj.symbols.lookup(key)
+                    if hit is not None:
+                        return hit[0], key - hit[1], hit[2], mm.image.name
+                if mm.kallsyms is not None:
+                    hit = mm.kallsyms.lookup(runtime_addr)
+                    if hit is not None:
+                        return hit[0], runtime_addr - hit[1], hit[2], mm.image.name
+                return None
+        if self._core is not None and self._core.symbols is not None:
+            link = runtime_addr - self.kaslr_offset
+            hit = self._core.symbols.lookup(link)
+            if hit is not None:
+                return hit[0], link - hit[1], hit[2], "vmlinux"
+        if self._core_kallsyms is not None:
+            hit = self._core_kallsyms.lookup(runtime_addr)
+            if hit is not None:
+                return hit[0], runtime_addr - hit[1], hit[2], "vmlinux"
+        return None
 
-    def _resolve_module(self, mm: _ModuleMap, addr: int, look: int, bump: int, sec_start: int,
-                        sec_name: str, sec_idx: int) -> tuple[Frame, ...]:
+    def _resolve_module(
+        self,
+        mm: _ModuleMap,
+        addr: int,
+        look: int,
+        bump: int,
+        sec_start: int,
+        sec_name: str,
+        sec_idx: int,
+    ) -> tuple[Frame, ...]:
         name = mm.image.name
         off = look - sec_start
         if mm.obj is not None and sec_idx >= 0 and mm.obj.bases is not None:
@@ -369,34 +465,51 @@ class Symbolizer:
         # Decodable later with `addr2line -j <section> -e <module>.ko <offset>`.
         return (Frame(sec_name, off + bump, 0, name, None, None, False, addr),)
 
-    def _from_object(self, obj: _Object, module: str, addr: int, key: int, bump: int,
-                     ) -> tuple[Frame, ...]:
+    def _from_object(
+        self,
+        obj: _Object,
+        module: str,
+        addr: int,
+        key: int,
+        bump: int,
+    ) -> tuple[Frame, ...]:
         protos = self._lookup_object(obj, key)
         frames = []
         for func, off, size, file, line, inlined in protos:
-            frames.append(Frame(func, off + bump if not inlined else 0, size, module, file, line,
-                                inlined, addr))
+            frames.append(
+                Frame(
+                    func, off + bump if not inlined else 0, size, module, file, line, inlined, addr
+                )
+            )
         return tuple(frames)
 
     def _lookup_object(self, obj: _Object, key: int) -> _Proto:
         hit = obj.cached(key)
         if hit is not None:
             return hit
-        proto = self._compute(obj, key)
-        obj.remember(key, proto)
+        proto, complete = self._compute(obj, key)
+        if complete:  # a degraded answer must not outlive the problem that caused it
+            obj.remember(key, proto)
         return proto
 
-    def _compute(self, obj: _Object, key: int) -> _Proto:
+    def _compute(self, obj: _Object, key: int) -> tuple[_Proto, bool]:
         sym = obj.symbols.lookup(key) if obj.symbols is not None else None
         chain: list[SourceFrame] | None = None
+        complete = True
         try:
             dwarf = obj.dwarf()
             if dwarf is not None:
                 chain = dwarf.lookup(key)
         except (DwarfError, ElfFormatError) as e:
-            self._warn(f"{obj.name}: unreadable DWARF ({e}): no file:line")
-        except Exception as e:  # noqa: BLE001 — pyelftools raises many types on bad input
-            self._warn(f"{obj.name}: DWARF lookup failed ({type(e).__name__}: {e})")
+            complete = False
+            self._warn(f"{obj.name}: unreadable DWARF ({e}): no file:line", key=f"dwarf:{obj.name}")
+        except Exception as e:  # pyelftools raises many types on malformed DWARF
+            complete = False
+            self._warn(
+                f"{obj.name}: DWARF lookup failed for some addresses (first: "
+                f"{key:#x}, {type(e).__name__}: {e})",
+                key=f"dwarf-lookup:{obj.name}",
+            )
             log.debug("DWARF lookup of %#x in %s", key, obj.name, exc_info=True)
         addr2line = self.style == "addr2line"
         out: list[tuple[str, int, int, str | None, int | None, bool]] = []
@@ -418,7 +531,7 @@ class Symbolizer:
             out.append((name, key - start, size, file, line, False))
         else:
             out.append((dwarf_name or "??", 0, 0, file, line, False))
-        return tuple(out)
+        return tuple(out), complete
 
 
 def _kaslr_samples(core_ks: Sequence[tuple[int, str, str]]) -> list[tuple[int, str]]:
@@ -430,8 +543,9 @@ def _kaslr_samples(core_ks: Sequence[tuple[int, str, str]]) -> list[tuple[int, s
     return chosen
 
 
-def _verify_offset(symbols: SymbolTable, kaslr_offset: int, samples: Sequence[tuple[int, str]],
-                   path: Path) -> None:
+def _verify_offset(
+    symbols: SymbolTable, kaslr_offset: int, samples: Sequence[tuple[int, str]], path: Path
+) -> None:
     checked = 0
     bad: list[tuple[str, int, list[int]]] = []
     for runtime, name in samples:
@@ -444,17 +558,18 @@ def _verify_offset(symbols: SymbolTable, kaslr_offset: int, samples: Sequence[tu
     if not checked:
         raise SymbolizerError(
             f"cannot verify KASLR offset {kaslr_offset:#x}: none of {len(samples)} kallsyms "
-            f"symbols is in {path} (wrong vmlinux?)")
+            f"symbols is in {path} (wrong vmlinux?)"
+        )
     if bad:
         name, runtime, link = bad[0]
         raise SymbolizerError(
             f"KASLR offset {kaslr_offset:#x} does not fit {path}: {name} is at {runtime:#x} in "
             f"the guest and {link[0]:#x} in vmlinux (offset {runtime - link[0]:#x}); "
-            f"{len(bad)}/{checked} symbols disagree (wrong vmlinux or offset)")
+            f"{len(bad)}/{checked} symbols disagree (wrong vmlinux or offset)"
+        )
 
 
-def verify_kaslr(vmlinux: Path, kaslr_offset: int,
-                 kallsyms_samples: list[tuple[int, str]]) -> None:
+def verify_kaslr(vmlinux: Path, kaslr_offset: int, kallsyms_samples: list[tuple[int, str]]) -> None:
     """Check ``kaslr_offset`` against (runtime address, name) pairs from the guest's kallsyms.
 
     Raises :class:`SymbolizerError` (one line) when a symbol is elsewhere than
@@ -473,3 +588,22 @@ def verify_kaslr(vmlinux: Path, kaslr_offset: int,
         log.warning("%s has no symbol table: KASLR offset not verified", vmlinux)
         return
     _verify_offset(symbols, kaslr_offset, kallsyms_samples, Path(vmlinux))
+
+
+def kaslr_offset_of(vmlinux: Path, symbol: str, runtime: int) -> int:
+    """runtime − link-time address of ``symbol`` (``_text`` on x86_64, ``_stext`` on
+    arm64, as the guest's kallsyms reports it): the ``kaslr_offset`` to pass on."""
+    try:
+        elf = ElfFile(Path(vmlinux))
+    except (OSError, ElfFormatError) as e:
+        raise SymbolizerError(f"cannot read vmlinux {vmlinux}: {e}") from e
+    try:
+        symbols = SymbolTable.from_elf(elf)
+    finally:
+        elf.close()
+    link = symbols.addresses_of(symbol) if symbols is not None else []
+    if len(link) != 1:
+        raise SymbolizerError(
+            f"{vmlinux}: {symbol} is " + ("ambiguous" if link else "not in the symbol table")
+        )
+    return runtime - link[0]

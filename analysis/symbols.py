@@ -37,10 +37,14 @@ class Sym:
 
 @dataclass(frozen=True)
 class ModuleSpan:
+    """One section of one load of a module, alive from ``t0`` until ``t1`` (trace ns)."""
+
     name: str
     lo: int
     hi: int
     table: SymbolTable | None
+    t0: int = -(1 << 62)
+    t1: int = 1 << 62
 
 
 def read_kallsyms(text: str) -> list[tuple[int, str, str]]:
@@ -56,7 +60,12 @@ def read_kallsyms(text: str) -> list[tuple[int, str, str]]:
 
 
 class RunSymbols:
-    """``lookup(addr)`` → :class:`Sym` for code and data of the kernel and the traced modules."""
+    """``lookup(addr, ts)`` → :class:`Sym` for code and data of the kernel and the traced modules.
+
+    Modules unloaded during the run free their addresses for the next module, so
+    a module address means different things at different times: pass the event's
+    timestamp where one is known.
+    """
 
     def __init__(self, kernel: SymbolTable | None, kernel_span: tuple[int, int],
                  modules: list[ModuleSpan]) -> None:
@@ -64,25 +73,46 @@ class RunSymbols:
         self.kernel_span = kernel_span
         self.modules = sorted(modules, key=lambda m: m.lo)
         self._mod_lo = [m.lo for m in self.modules]
+        self._max_hi: list[int] = []
+        hi = 0
+        for m in self.modules:
+            hi = max(hi, m.hi)
+            self._max_hi.append(hi)
         self.warnings: list[str] = []
-        self._cache: dict[int, Sym | None] = {}
+        self._cache: dict[tuple[int, int], Sym | None] = {}
 
-    def module_of(self, addr: int) -> str | None:
+    def _span(self, addr: int, ts: int | None) -> ModuleSpan | None:
         i = bisect_right(self._mod_lo, addr) - 1
-        if i >= 0 and addr < self.modules[i].hi:
-            return self.modules[i].name
+        cands = []
+        while i >= 0 and self._max_hi[i] > addr:
+            m = self.modules[i]
+            if m.lo <= addr < m.hi:
+                cands.append(m)
+            i -= 1
+        if len(cands) <= 1 or ts is None:
+            return max(cands, key=lambda m: m.t0) if cands else None
+        live = [m for m in cands if m.t0 <= ts < m.t1]
+        if live:
+            return max(live, key=lambda m: m.t0)
+        before = [m for m in cands if m.t0 <= ts]
+        return max(before, key=lambda m: m.t0) if before else min(cands, key=lambda m: m.t0)
+
+    def module_of(self, addr: int, ts: int | None = None) -> str | None:
+        m = self._span(addr, ts)
+        if m is not None:
+            return m.name
         lo, hi = self.kernel_span
         if lo <= addr < hi:
             return "vmlinux"
         return None
 
-    def lookup(self, addr: int) -> Sym | None:
-        if addr in self._cache:
-            return self._cache[addr]
+    def lookup(self, addr: int, ts: int | None = None) -> Sym | None:
+        m = self._span(addr, ts)
+        key = (addr, m.t0 if m is not None else 0)
+        if key in self._cache:
+            return self._cache[key]
         res: Sym | None = None
-        i = bisect_right(self._mod_lo, addr) - 1
-        if i >= 0 and addr < self.modules[i].hi:
-            m = self.modules[i]
+        if m is not None:
             hit = m.table.lookup(addr) if m.table else None
             res = Sym(hit[0], addr - hit[1], hit[2], m.name) if hit else Sym(
                 f"[{m.name}]", addr - m.lo, 0, m.name)
@@ -92,7 +122,7 @@ class RunSymbols:
                 hit = self.kernel.lookup(addr)
                 if hit:
                     res = Sym(hit[0], addr - hit[1], hit[2], "vmlinux")
-        self._cache[addr] = res
+        self._cache[key] = res
         return res
 
     def function(self, addr: int) -> str:
@@ -100,7 +130,10 @@ class RunSymbols:
         return s.name if s else f"{addr:#x}"
 
     @classmethod
-    def for_run(cls, run_dir: Path, info: dict[str, Any]) -> RunSymbols:
+    def for_run(cls, run_dir: Path, info: dict[str, Any],
+                load_times: dict[str, list[tuple[int, int]]] | None = None) -> RunSymbols:
+        """``load_times``: per module, the (load, free) trace times of each load, from
+        the module_load/module_free events (loads before tracing have none)."""
         kernel: SymbolTable | None = None
         span = (0, 0)
         warnings = []
@@ -114,36 +147,44 @@ class RunSymbols:
             warnings.append("no kallsyms in the run directory: core-kernel addresses unnamed")
         mods: list[ModuleSpan] = []
         for m in _module_records(info):
-            sections: dict[str, int] = m.get("sections") or {}
-            if not sections:
-                continue
-            table = None
-            sizes: dict[str, int] = {}
+            loads = m.get("loads") or []
             ko = Path(m["ko"]) if m.get("ko") else None
+            elf = None
             if ko is not None and ko.is_file():
                 try:
                     elf = ElfFile(ko)
-                    bases = {s.index: sections[s.name] for s in elf.sections
-                             if s.name in sections}
-                    table = SymbolTable.from_elf(elf, bases)
-                    sizes = {s.name: s.size for s in elf.sections if s.alloc}
                 except (OSError, ElfFormatError) as e:
                     warnings.append(f"{ko}: {e}")
             elif m.get("ko"):
                 warnings.append(f"module {m['name']}: {m['ko']} is missing; "
                                 "its functions are unnamed")
-            if sizes:
-                # one span per section: a module's init and core allocations lie apart
-                for sec, addr in sections.items():
-                    if sizes.get(sec):
-                        mods.append(ModuleSpan(m["name"], addr, addr + sizes[sec], table))
-            elif m.get("base") and m.get("size"):
-                # no .ko here: the core allocation /proc/modules reported
-                mods.append(ModuleSpan(m["name"], int(m["base"]),
-                                       int(m["base"]) + int(m["size"]), None))
+            times = (load_times or {}).get(m["name"], [])
+            # loads before tracing started have no load event: the times line up
+            # with the last reports
+            offset = len(loads) - len(times)
+            for k, load in enumerate(loads):
+                t0, t1 = times[k - offset] if 0 <= k - offset < len(times) else (
+                    -(1 << 62), 1 << 62)
+                mods += _load_spans(m["name"], load, elf, t0, t1)
         out = cls(kernel, span, mods)
         out.warnings = warnings
         return out
+
+
+def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t1: int
+                ) -> list[ModuleSpan]:
+    sections: dict[str, int] = load.get("sections") or {}
+    if elf is not None and sections:
+        bases = {s.index: sections[s.name] for s in elf.sections if s.name in sections}
+        table = SymbolTable.from_elf(elf, bases)
+        # one span per section: a module's init and core allocations lie apart
+        return [ModuleSpan(name, sections[s.name], sections[s.name] + s.size, table, t0, t1)
+                for s in elf.sections if s.alloc and s.size and s.name in sections]
+    if load.get("base") and load.get("size"):
+        # no .ko here: the core allocation /proc/modules reported
+        return [ModuleSpan(name, int(load["base"]), int(load["base"]) + int(load["size"]),
+                           None, t0, t1)]
+    return []
 
 
 def _module_records(info: dict[str, Any]) -> list[dict[str, Any]]:

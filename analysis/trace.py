@@ -45,6 +45,20 @@ def load(path: Path, kallsyms: Path | None = None) -> Trace:
     raise InputError(f"{path}: no such run directory or trace file")
 
 
+def module_load_times(events: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
+    """Per module name, (loaded, freed) trace times of each load seen in the trace."""
+    ev = events[events["event"].isin(["module/module_load", "module/module_free"])]
+    out: dict[str, list[tuple[int, int]]] = {}
+    for name, is_load, t in zip(ev["func"].astype(str), ev["event"].astype(str) ==
+                                "module/module_load", ev["ts_ns"].tolist(), strict=True):
+        spans = out.setdefault(name, [])
+        if is_load:
+            spans.append((int(t), 1 << 62))
+        elif spans and spans[-1][1] == 1 << 62:
+            spans[-1] = (spans[-1][0], int(t))
+    return out
+
+
 def _load_run(run_dir: Path) -> Trace:
     from tracedep.tracer.ftrace_binary import decode_run
 
@@ -53,6 +67,6 @@ def _load_run(run_dir: Path) -> Trace:
         raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
     decoded = decode_run(run_dir, info)
     schema.validate(decoded.events)
-    syms = RunSymbols.for_run(run_dir, info)
+    syms = RunSymbols.for_run(run_dir, info, module_load_times(decoded.events))
     warnings = list(syms.warnings)
     return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)

@@ -22,27 +22,28 @@ _TRACING = re.compile(
 )
 
 
-def frame_at(symbols: RunSymbols, addr: int, call_site: bool) -> Frame:
+def frame_at(symbols: RunSymbols, addr: int, call_site: bool, ts: int | None = None
+             ) -> Frame:
     """A frame for a runtime address (``call_site``: already return address − call size)."""
-    s = symbols.lookup(addr)
+    s = symbols.lookup(addr, ts)
     if s is None:
-        mod = symbols.module_of(addr) or "?"
+        mod = symbols.module_of(addr, ts) or "?"
         return Frame(function=f"{addr:#x}" if mod == "?" else f"[{mod}]", offset=0, size=0,
                      module=mod, address=addr)
     return Frame(function=s.name, offset=s.offset, size=s.size, module=s.module, address=addr)
 
 
-def clean_stack(symbols: RunSymbols, stack: tuple[int, ...], call_insn_size: int
-                ) -> list[Frame]:
+def clean_stack(symbols: RunSymbols, stack: tuple[int, ...], call_insn_size: int,
+                ts: int | None = None) -> list[Frame]:
     """Frames of a trigger stack, innermost first, starting at the probed function.
 
     Entries after the first are return addresses; they are turned into call
     sites (address − call size) so that file:line names the call.
     """
-    names = [symbols.lookup(a) for a in stack]
+    names = [symbols.lookup(a, ts) for a in stack]
     start = 0
     for i, s in enumerate(names[:12]):
-        if s is None and symbols.module_of(stack[i]) in (None, "?"):
+        if s is None and symbols.module_of(stack[i], ts) in (None, "?"):
             start = i + 1  # ftrace trampoline: no symbol
         elif s is not None and _TRACING.match(s.name):
             start = i + 1
@@ -53,5 +54,5 @@ def clean_stack(symbols: RunSymbols, stack: tuple[int, ...], call_insn_size: int
     frames = []
     for j, a in enumerate(stack[start:]):
         site = a if j == 0 else a - call_insn_size
-        frames.append(frame_at(symbols, site, j > 0))
+        frames.append(frame_at(symbols, site, j > 0, ts))
     return frames

@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,14 +43,19 @@ def _load_test_helpers():  # type: ignore[no-untyped-def]
     return mod
 
 
-def _rss_mb(ru: object) -> float:
-    return getattr(ru, "ru_maxrss") / 1024.0  # kB on Linux
+def _rss_mb(ru: resource.struct_rusage) -> float:
+    return ru.ru_maxrss / 1024.0  # kB on Linux
 
 
 def _run_child(args: list[str], stdin: str | None = None) -> tuple[str, float]:
     """Run a child, return its stdout and peak RSS (MB) from wait4()."""
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin is not None else None,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE if stdin is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out_parts: list[str] = []
     reader = threading.Thread(target=lambda: out_parts.append(proc.stdout.read()))  # type: ignore[union-attr]
     reader.start()
@@ -89,12 +95,19 @@ def worker(vmlinux: Path, addr_file: Path, cache_dir: Path) -> None:
 # -- streaming the other tools ----------------------------------------------------------
 
 
-def stream_tool(cmd: list[str], addrs: list[int], sentinel: int,
-                is_end: object) -> tuple[float, float, float]:
+def stream_tool(
+    cmd: list[str], addrs: list[int], sentinel: int, is_end: object
+) -> tuple[float, float, float]:
     """Feed ``addrs`` twice through one process on stdin; return (first pass s,
     second pass s, peak RSS MB).  A sentinel query marks the end of each pass."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    )
     assert proc.stdin and proc.stdout
     batch = "".join(f"{a:#x}\n" for a in addrs) + f"{sentinel:#x}\n"
     times = []
@@ -115,11 +128,16 @@ def stream_tool(cmd: list[str], addrs: list[int], sentinel: int,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--functions", type=int, default=400,
-                    help="functions of vmlinux to take call sites from (default 400)")
+    ap.add_argument(
+        "--functions",
+        type=int,
+        default=400,
+        help="functions of vmlinux to take call sites from (default 400)",
+    )
     ap.add_argument("--vmlinux", type=Path, default=None)
-    ap.add_argument("--worker", nargs=3, metavar=("VMLINUX", "ADDRS", "CACHE"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", nargs=3, metavar=("VMLINUX", "ADDRS", "CACHE"), help=argparse.SUPPRESS
+    )
     a = ap.parse_args()
     if a.worker:
         worker(Path(a.worker[0]), Path(a.worker[1]), Path(a.worker[2]))
@@ -137,38 +155,52 @@ def main() -> int:
         n = len(addrs)
         addr_file = tmp / "addrs.txt"
         addr_file.write_text("\n".join(f"{x:x}" for x in addrs))
-        print(f"{n} distinct vmlinux addresses from {a.functions} functions; "
-              f"{Path(vmlinux).stat().st_size >> 20} MB vmlinux (page-cached)")
+        print(
+            f"{n} distinct vmlinux addresses from {a.functions} functions; "
+            f"{Path(vmlinux).stat().st_size >> 20} MB vmlinux (page-cached)"
+        )
         rows: list[tuple[str, str, float, float]] = []
 
         # Ours: cold (empty disk cache), then warm from the disk cache.
         cache = tmp / "cache"
-        me = [sys.executable, str(Path(__file__).resolve()), "--worker", str(vmlinux),
-              str(addr_file), str(cache)]
+        me = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            str(vmlinux),
+            str(addr_file),
+            str(cache),
+        ]
         out, rss = _run_child(me)
         cold = json.loads(out)
         rows.append(("tracedep (pyelftools)", "cold", cold["total"], rss))
         rows.append(("tracedep (pyelftools)", "warm, in-process", cold["again"], rss))
         out, rss = _run_child(me)
         warm = json.loads(out)
-        rows.append(("tracedep (pyelftools)", "warm, disk cache, new process", warm["total"],
-                     rss))
+        rows.append(("tracedep (pyelftools)", "warm, disk cache, new process", warm["total"], rss))
 
         # addr2line: one batch process (cold); stdin streaming for the warm pass.
         if shutil.which("addr2line"):
             t0 = time.perf_counter()
-            _, rss = _run_child(["addr2line", "-f", "-i", "-a", "-e", str(vmlinux)],
-                                stdin="".join(f"{x:#x}\n" for x in addrs))
+            _, rss = _run_child(
+                ["addr2line", "-f", "-i", "-a", "-e", str(vmlinux)],
+                stdin="".join(f"{x:#x}\n" for x in addrs),
+            )
             rows.append(("addr2line -f -i", "cold", time.perf_counter() - t0, rss))
             sentinel_line = f"0x{0:016x}\n"
-            _t1, t2, rss = stream_tool(["addr2line", "-f", "-i", "-a", "-e", str(vmlinux)],
-                                       addrs, 0, lambda ln: ln == sentinel_line)
+            _t1, t2, rss = stream_tool(
+                ["addr2line", "-f", "-i", "-a", "-e", str(vmlinux)],
+                addrs,
+                0,
+                lambda ln: ln == sentinel_line,
+            )
             rows.append(("addr2line -f -i", "warm, in-process", t2, rss))
         llvm = shutil.which("llvm-symbolizer") or "/usr/bin/llvm-symbolizer"
         if Path(llvm).exists():
             t0 = time.perf_counter()
-            _, rss = _run_child([llvm, "--inlining", "-e", str(vmlinux)],
-                                stdin="".join(f"{x:#x}\n" for x in addrs))
+            _, rss = _run_child(
+                [llvm, "--inlining", "-e", str(vmlinux)], stdin="".join(f"{x:#x}\n" for x in addrs)
+            )
             rows.append(("llvm-symbolizer --inlining", "cold", time.perf_counter() - t0, rss))
             seen = {"n": 0}
 
@@ -181,15 +213,16 @@ def main() -> int:
                         return True
                 return False
 
-            _t1, t2, rss = stream_tool([llvm, "--inlining", "-e", str(vmlinux)], addrs, 0,
-                                       llvm_end)
+            _t1, t2, rss = stream_tool([llvm, "--inlining", "-e", str(vmlinux)], addrs, 0, llvm_end)
             rows.append(("llvm-symbolizer --inlining", "warm, in-process", t2, rss))
 
         print(f"{'tool':28} {'mode':32} {'seconds':>8} {'addr/s':>10} {'peak RSS':>9}")
         for tool, mode, secs, rss in rows:
             print(f"{tool:28} {mode:32} {secs:8.3f} {n / secs:10.0f} {rss:7.0f} MB")
-        print(f"tracedep cold: Symbolizer() {cold['init']:.2f} s, "
-              f"{cold['frames']} frames; python {sys.version.split()[0]}")
+        print(
+            f"tracedep cold: Symbolizer() {cold['init']:.2f} s, "
+            f"{cold['frames']} frames; python {sys.version.split()[0]}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

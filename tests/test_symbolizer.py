@@ -15,6 +15,7 @@ of a sequence that never sets its file (e.g. ``__traceiter_*`` defined by
 line.  Such frames count as agreeing only if nothing but the innermost file
 differs, addr2line's file is the CU's file 0, and llvm-symbolizer (when
 installed) gives our answer.  The tests print how many there were.
+
 The symbolizer runs with ``style="addr2line"`` so names and paths must be
 identical; the default ``style="kernel"`` is then checked to differ only in
 presentation (kallsyms symbol names, source-tree-relative paths).
@@ -26,23 +27,31 @@ import os
 import re
 import shutil
 import subprocess
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
+from tracedep.analysis.dwarf_lines import DwarfIndex, layout_sections
 from tracedep.analysis.elf_symbols import STT_FUNC, ElfFile, read_symtab
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.symbolizer import ModuleImage, Symbolizer, SymbolizerError, verify_kaslr
+from tracedep.analysis.symbolizer import (
+    ModuleImage,
+    Symbolizer,
+    SymbolizerError,
+    kaslr_offset_of,
+    verify_kaslr,
+)
 from tracedep.vm.debug_symbols import dbg_modules_dir, dbg_vmlinux_path
 
 ABI = os.environ.get("TRACEDEP_TEST_ABI", "6.1.0-56-cloud-amd64")
 CACHE = Path(os.environ.get("TRACEDEP_CACHE", "~/.cache/tracedep")).expanduser()
 VMLINUX = dbg_vmlinux_path(ABI, CACHE)
 INTREE_KO = dbg_modules_dir(ABI, CACHE) / "kernel/net/netfilter/nf_conntrack.ko"
-HEADERS = Path(os.environ.get(
-    "TRACEDEP_TEST_HEADERS", str(CACHE / f"x/usr/src/linux-headers-{ABI}"))).expanduser()
+HEADERS = Path(
+    os.environ.get("TRACEDEP_TEST_HEADERS", str(CACHE / f"x/usr/src/linux-headers-{ABI}"))
+).expanduser()
 DATA = Path(__file__).parent / "data" / "symbolizer"
 KASLR = 0x2C400000  # any 2 MiB multiple: the guest's offset is not known here
 MODULE_BASE = 0xFFFFFFFFC0A00000
@@ -50,7 +59,7 @@ MODULE_BASE = 0xFFFFFFFFC0A00000
 needs_dbg = pytest.mark.skipif(
     not VMLINUX.is_file(),
     reason=f"{VMLINUX} missing: the -dbg package is fetched by ensure_dbg_vmlinux() "
-           "before tests run",
+    "before tests run",
 )
 needs_tools = pytest.mark.skipif(
     not (shutil.which("addr2line") and shutil.which("objdump")),
@@ -79,8 +88,13 @@ def parse_addr2line(out: str) -> dict[int, list[Triple]]:
         func = ln
         loc = _DISCRIMINATOR.sub("", lines[i + 1])
         file, _, line = loc.rpartition(":")
-        cur.append((func, None if file == "??" else file,
-                    int(line) if line.isdigit() and line != "0" else None))
+        cur.append(
+            (
+                func,
+                None if file == "??" else file,
+                int(line) if line.isdigit() and line != "0" else None,
+            )
+        )
         i += 2
     return result
 
@@ -92,8 +106,9 @@ def addr2line(elf: Path, addrs: list[int], section: str | None = None) -> dict[i
     out: dict[int, list[Triple]] = {}
     for chunk in range(0, len(addrs), 500):
         part = addrs[chunk : chunk + 500]
-        proc = subprocess.run(cmd + [hex(a) for a in part], capture_output=True, text=True,
-                              check=True)
+        proc = subprocess.run(
+            cmd + [hex(a) for a in part], capture_output=True, text=True, check=True
+        )
         out.update(parse_addr2line(proc.stdout))
     return out
 
@@ -144,8 +159,11 @@ def instructions(code: bytes, vma: int, tmp: Path) -> list[tuple[int, int, str]]
     blob = tmp / "code.bin"
     blob.write_bytes(code)
     out = subprocess.run(
-        ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", f"--adjust-vma={vma:#x}",
-         str(blob)], capture_output=True, text=True, check=True).stdout
+        ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", f"--adjust-vma={vma:#x}", str(blob)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     insns: list[tuple[int, int, str]] = []
     for ln in out.splitlines():
         m = _INSN.match(ln)
@@ -160,8 +178,13 @@ def instructions(code: bytes, vma: int, tmp: Path) -> list[tuple[int, int, str]]
     return insns
 
 
-def probes_for(elf: ElfFile, funcs: list[tuple[str, str, int, int]], tmp: Path,
-               per_function: int, every_insn: bool = False) -> list[Probe]:
+def probes_for(
+    elf: ElfFile,
+    funcs: list[tuple[str, str, int, int]],
+    tmp: Path,
+    per_function: int,
+    every_insn: bool = False,
+) -> list[Probe]:
     """Call instructions and their return sites (the frames a stack holds), the
     function's first instruction, and with ``every_insn`` every instruction."""
     probes: list[Probe] = []
@@ -173,7 +196,10 @@ def probes_for(elf: ElfFile, funcs: list[tuple[str, str, int, int]], tmp: Path,
         picked: list[Probe] = [Probe(secname, value, False)]
         calls = [(a, n) for a, n, mnem in insns if mnem.startswith("call") and a != value]
         if every_insn:
+            # Every instruction, also as a return address (looked up at its
+            # address - 1: the last byte of the instruction before it).
             picked += [Probe(secname, a, False) for a, _, _ in insns]
+            picked += [Probe(secname, a, True) for a, _, _ in insns if a != value]
         else:
             # Spread over the function (the first call is often __fentry__).
             calls = calls[:: max(1, len(calls) // per_function)][:per_function]
@@ -219,14 +245,18 @@ def symtest_ko(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("symtestmod")
     for f in (DATA / "symtestmod").iterdir():
         shutil.copy(f, src / f.name)
-    proc = subprocess.run(["make", "-s", "-C", str(HEADERS), f"M={src}", "modules"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(HEADERS), f"M={src}", "modules"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return src / "symtest.ko"
 
 
-def llvm_symbolizer(elf: Path, addrs: list[int], section: str | None = None,
-                    ) -> dict[int, list[Triple]] | None:
+def llvm_symbolizer(
+    elf: Path,
+    addrs: list[int],
+    section: str | None = None,
+) -> dict[int, list[Triple]] | None:
     """The second opinion, in addr2line's shape; None when llvm-symbolizer is absent."""
     exe = shutil.which("llvm-symbolizer")
     # It has no addr2line -j: section-relative addresses of a .ko are not asked.
@@ -234,46 +264,66 @@ def llvm_symbolizer(elf: Path, addrs: list[int], section: str | None = None,
         return None
     out: dict[int, list[Triple]] = {}
     for a in addrs:
-        proc = subprocess.run([exe, "--inlining", "--no-demangle", "-e", str(elf), f"{a:#x}"],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [exe, "--inlining", "--no-demangle", "-e", str(elf), f"{a:#x}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         frames: list[Triple] = []
         ln = proc.stdout.strip().splitlines()
         for i in range(0, len(ln) - 1, 2):
             file, line, _col = ln[i + 1].rsplit(":", 2)
-            frames.append((ln[i], None if file == "??" else file,
-                           int(line) if line.isdigit() and line != "0" else None))
+            frames.append(
+                (
+                    ln[i],
+                    None if file == "??" else file,
+                    int(line) if line.isdigit() and line != "0" else None,
+                )
+            )
         out[a] = frames
     return out
 
 
-def file0_of(sym: Symbolizer, runtime: int, key: int) -> str | None:
-    """addr2line's path for file 0 of the CU that holds ``key`` (test introspection)."""
-    obj = sym._core  # noqa: SLF001 — the test checks a DWARF detail on purpose
-    for mm in sym._modules:  # noqa: SLF001
-        for start, end, _n, idx in mm.ranges:
-            if start <= runtime < end and mm.obj is not None and mm.obj.bases is not None:
-                obj, key = mm.obj, mm.obj.bases[idx] + runtime - start
-    assert obj is not None
-    dwarf = obj.dwarf()
-    assert dwarf is not None
-    offs = dwarf._cu_offsets(key)  # noqa: SLF001
-    return dwarf._cu(offs[0]).file(0)[0] if offs else None  # noqa: SLF001
+class MainFiles:
+    """addr2line's path of each probe's CU file 0, from an index of our own."""
+
+    def __init__(self, elf_path: Path) -> None:
+        self.elf = ElfFile(elf_path)
+        self.bases = layout_sections(self.elf) if self.elf.is_relocatable else None
+        self.index = DwarfIndex(self.elf, self.bases)
+
+    def __call__(self, p: Probe) -> str | None:
+        key = p.key
+        if self.bases is not None:
+            key += self.bases[self.elf.by_name[p.section].index]
+        return self.index.main_file(key)
 
 
-def check_agreement(sym: Symbolizer, probes: list[Probe], runtime_of: dict[Probe, int],
-                    oracle: dict[Probe, list[Triple]], elf: Path,
-                    section: str | None = None) -> tuple[list[str], int]:
+def check_agreement(
+    sym: Symbolizer,
+    probes: list[Probe],
+    runtime_of: dict[Probe, int],
+    oracle: dict[Probe, list[Triple]],
+    elf: Path,
+    section: str | None = None,
+) -> tuple[list[str], int]:
     """Disagreements, and how many frames differ only by addr2line's file-0 bug."""
     bad = []
     quirks: list[Probe] = []
+    main_file = MainFiles(elf)
     for p in probes:
         got = triples(sym.resolve(runtime_of[p], call_site=p.call_site))
         want = oracle[p]
         if got == want:
             continue
-        if (len(got) == len(want) and got[1:] == want[1:] and got[0][0] == want[0][0]
-                and got[0][2] == want[0][2]
-                and want[0][1] == file0_of(sym, runtime_of[p] - p.call_site, p.key)):
+        if (
+            len(got) == len(want)
+            and got[1:] == want[1:]
+            and got[0][0] == want[0][0]
+            and got[0][2] == want[0][2]
+            and want[0][1] == main_file(p)
+        ):
             quirks.append(p)
             continue
         bad.append(f"{p}: symbolizer {got} != addr2line {want}")
@@ -286,21 +336,46 @@ def check_agreement(sym: Symbolizer, probes: list[Probe], runtime_of: dict[Probe
     return bad, len(quirks)
 
 
-def check_kernel_style(a2l: Symbolizer, kern: Symbolizer, probes: list[Probe],
-                       runtime_of: dict[Probe, int]) -> list[str]:
+def check_kernel_style(
+    a2l: Symbolizer, kern: Symbolizer, probes: list[Probe], runtime_of: dict[Probe, int]
+) -> list[str]:
     """The default style: same chain, kallsyms names, paths that are suffixes of addr2line's."""
     bad = []
     for p in probes:
         fa = a2l.resolve(runtime_of[p], call_site=p.call_site)
         fk = kern.resolve(runtime_of[p], call_site=p.call_site)
         ok = len(fa) == len(fk) and all(
-            x.line == y.line and x.inlined == y.inlined
+            x.line == y.line
+            and x.inlined == y.inlined
             and (x.file is None) == (y.file is None)
             and (y.file is None or x.file == y.file or (x.file or "").endswith("/" + y.file))
             and (x.inlined and x.function == y.function or not x.inlined)
-            for x, y in zip(fa, fk, strict=False))
+            for x, y in zip(fa, fk, strict=False)
+        )
         if not ok:
             bad.append(f"{p}: {[f.short() for f in fk]} vs {[f.short() for f in fa]}")
+    return bad
+
+
+def check_against_system_map(
+    kern: Symbolizer, probes: list[Probe], runtime_of: dict[Probe, int]
+) -> list[str]:
+    """function+offset/size of the real frame as the kernel's %pS/%pB would print it,
+    judged by the build's own System.map (kallsyms' input): the name is one of the
+    symbols at the closest text address, the size runs to the next one."""
+    sysmap: dict[int, list[str]] = {}
+    for a, t, n in _system_map():
+        if t in "tTwW":
+            sysmap.setdefault(a, []).append(n)
+    starts = sorted(sysmap)
+    bad = []
+    for p in probes:
+        i = bisect_right(starts, p.key) - 1
+        sym_at, nxt = starts[i], starts[i + 1]
+        f = kern.resolve(runtime_of[p], call_site=p.call_site)[-1]
+        want_off = p.key - sym_at + p.call_site
+        if f.function not in sysmap[sym_at] or f.offset != want_off or f.size != nxt - sym_at:
+            bad.append(f"{p}: {f.short()} vs System.map {sysmap[sym_at]}+{want_off:#x}")
     return bad
 
 
@@ -323,8 +398,12 @@ def test_vmlinux_agrees_with_addr2line(tmp_path: Path) -> None:
     kern = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path / "cache")
     bad = check_kernel_style(sym, kern, probes, runtime_of)
     assert not bad, "\n".join(bad[:20])
-    print(f"vmlinux: {len(probes)} addresses ({inlined} in inlined code) agree with addr2line"
-          f" ({quirks} of them up to addr2line's DWARF 5 file-0 bug)")
+    bad = check_against_system_map(kern, probes, runtime_of)
+    assert not bad, "\n".join(bad[:20])
+    print(
+        f"vmlinux: {len(probes)} addresses ({inlined} in inlined code) agree with addr2line"
+        f" ({quirks} of them up to addr2line's DWARF 5 file-0 bug)"
+    )
 
 
 def _module_agreement(ko: Path, tmp_path: Path, every_insn: bool, nfuncs: int) -> int:
@@ -341,13 +420,17 @@ def _module_agreement(ko: Path, tmp_path: Path, every_insn: bool, nfuncs: int) -
         raw = addr2line(ko, sorted({p.key for p in mine}), section=secname)
         oracle.update({p: raw[p.key] for p in mine})
     image = ModuleImage(name, ko, sections)
-    sym = Symbolizer(VMLINUX if VMLINUX.is_file() else None, KASLR, {name: image},
-                     cache_dir=tmp_path / "cache", style="addr2line")
+    sym = Symbolizer(
+        VMLINUX if VMLINUX.is_file() else None,
+        KASLR,
+        {name: image},
+        cache_dir=tmp_path / "cache",
+        style="addr2line",
+    )
     bad, quirks = check_agreement(sym, probes, runtime_of, oracle, ko, section="module")
     assert not bad, f"{len(bad)}/{len(probes)} disagree:\n" + "\n".join(bad[:20])
     print(f"{ko.name}: {quirks} frames up to addr2line's DWARF 5 file-0 bug")
-    assert all(f.module == name for p in probes
-               for f in sym.resolve(runtime_of[p], p.call_site))
+    assert all(f.module == name for p in probes for f in sym.resolve(runtime_of[p], p.call_site))
     kern = Symbolizer(None, KASLR, {name: image}, cache_dir=tmp_path / "cache")
     bad = check_kernel_style(sym, kern, probes, runtime_of)
     assert not bad, "\n".join(bad[:20])
@@ -359,7 +442,7 @@ def test_out_of_tree_module_agrees_with_addr2line(symtest_ko: Path, tmp_path: Pa
     # Every instruction of every function: .text, .text.unlikely (the cold
     # part and the init-only helper), .init.text and .exit.text.
     n = _module_agreement(symtest_ko, tmp_path, every_insn=True, nfuncs=1000)
-    assert n >= 100
+    assert n >= 200
     print(f"symtest.ko: {n} addresses agree with addr2line")
 
 
@@ -388,12 +471,23 @@ def test_kaslr_offset_is_verified(tmp_path: Path) -> None:
     ks = [(a + KASLR, t, n) for a, t, n in _system_map()]
     samples = [(a, n) for a, t, n in ks if n in ("_text", "schedule", "mutex_lock")]
     verify_kaslr(VMLINUX, KASLR, samples)
+    text = next(a for a, _, n in ks if n == "_text")
+    assert kaslr_offset_of(VMLINUX, "_text", text) == KASLR
     with pytest.raises(SymbolizerError, match="does not fit"):
         verify_kaslr(VMLINUX, KASLR + 0x200000, samples)
     with pytest.raises(SymbolizerError, match="does not fit"):
         Symbolizer(VMLINUX, KASLR - 0x200000, {}, cache_dir=tmp_path, kallsyms=ks)
     sym = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path, kallsyms=ks)
     assert sym.warnings == []
+
+
+@needs_dbg
+def test_data_symbols(tmp_path: Path) -> None:
+    addresses = {n: a for a, _, n in _system_map()}
+    sym = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path)
+    assert sym.symbol(addresses["rtnl_mutex"] + KASLR + 8)[:2] == ("rtnl_mutex", 8)  # type: ignore[index]
+    # jiffies_64 and jiffies alias; kallsyms prints the one nm lists first.
+    assert sym.symbol(addresses["jiffies_64"] + KASLR)[::3] == ("jiffies", "vmlinux")  # type: ignore[index]
 
 
 @needs_dbg
@@ -410,8 +504,10 @@ def test_call_site_offsets_follow_the_kernel(tmp_path: Path) -> None:
 
 
 @needs_dbg
-def test_disk_cache_answers_without_dwarf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          ) -> None:
+def test_disk_cache_answers_without_dwarf(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     addrs = [a + KASLR for a, t, n in _system_map() if n in ("schedule", "mutex_lock")]
     first = Symbolizer(VMLINUX, KASLR, {}, cache_dir=tmp_path).resolve_many(addrs)
     assert list(tmp_path.glob("*/resolved-v*-kernel.json"))
@@ -444,16 +540,33 @@ def fake_vmlinux(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("fake")
     (d / "fake.c").write_text(FAKE_C)
     subprocess.run(
-        ["gcc", "-O2", "-gdwarf-5", "-mcmodel=kernel", "-fno-pie", "-no-pie", "-nostdlib",
-         "-static", "-ffreestanding", "-Wl,--build-id", "-Wl,-Ttext=0xffffffff81000000",
-         "-o", str(d / "vmlinux"), str(d / "fake.c")], check=True, cwd=d)
+        [
+            "gcc",
+            "-O2",
+            "-gdwarf-5",
+            "-mcmodel=kernel",
+            "-fno-pie",
+            "-no-pie",
+            "-nostdlib",
+            "-static",
+            "-ffreestanding",
+            "-Wl,--build-id",
+            "-Wl,-Ttext=0xffffffff81000000",
+            "-o",
+            str(d / "vmlinux"),
+            str(d / "fake.c"),
+        ],
+        check=True,
+        cwd=d,
+    )
     return d / "vmlinux"
 
 
 def _fake_symbols(path: Path) -> dict[str, int]:
     out = subprocess.run(["nm", str(path)], capture_output=True, text=True, check=True).stdout
-    return {ln.split()[2]: int(ln.split()[0], 16) for ln in out.splitlines()
-            if len(ln.split()) == 3}
+    return {
+        ln.split()[2]: int(ln.split()[0], 16) for ln in out.splitlines() if len(ln.split()) == 3
+    }
 
 
 def test_fake_vmlinux_inline_chain(fake_vmlinux: Path, tmp_path: Path) -> None:
@@ -492,9 +605,10 @@ def test_fully_stripped_vmlinux_uses_kallsyms(fake_vmlinux: Path, tmp_path: Path
 
 def test_build_id_mismatch_is_warned_and_not_trusted(fake_vmlinux: Path, tmp_path: Path) -> None:
     syms = _fake_symbols(fake_vmlinux)
-    ks = [(syms["entry"] + KASLR, "T", "entry")]
-    sym = Symbolizer(fake_vmlinux, KASLR, {}, cache_dir=tmp_path, kallsyms=ks,
-                     vmlinux_build_id="00" * 20)
+    ks = [(a + KASLR, "T", n) for n, a in syms.items() if n in ("helper", "entry", "_start")]
+    sym = Symbolizer(
+        fake_vmlinux, KASLR, {}, cache_dir=tmp_path, kallsyms=ks, vmlinux_build_id="00" * 20
+    )
     assert any("build-id" in w for w in sym.warnings)
     (frame,) = sym.resolve(syms["entry"] + 1 + KASLR)
     assert (frame.function, frame.file) == ("entry", None)  # from kallsyms, not the ELF
@@ -510,8 +624,9 @@ def test_missing_module(tmp_path: Path) -> None:
     assert (frame.function, frame.offset) == (".init.text", 4)
     assert sum("gone" in w for w in sym.warnings) == 1
     ks = [(MODULE_BASE, "t", "gone_fn\t[gone]"), (MODULE_BASE + 0x40, "t", "gone_other\t[gone]")]
-    sym = Symbolizer(None, 0, {"gone": ModuleImage("gone", None, sections)},
-                     cache_dir=tmp_path, kallsyms=ks)
+    sym = Symbolizer(
+        None, 0, {"gone": ModuleImage("gone", None, sections)}, cache_dir=tmp_path, kallsyms=ks
+    )
     (frame,) = sym.resolve(MODULE_BASE + 0x1C)
     assert (frame.function, frame.offset, frame.size) == ("gone_fn", 0x1C, 0x40)
 
@@ -551,3 +666,70 @@ def test_golden_vmlinux_frames(tmp_path: Path) -> None:
     if os.environ.get("TRACEDEP_RENDER") == "1":
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+# -- the -dbg package (vm/debug_symbols.py), with a fake package: no network -------------
+
+
+def _fake_dbg_deb(debs: Path, abi: str) -> Path:
+    root = debs.parent / "pkgroot"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: linux-image-{abi}-dbg\nVersion: 1\nArchitecture: all\n"
+        "Maintainer: t <t@t>\nDescription: fake\n"
+    )
+    boot = root / "usr/lib/debug/boot"
+    boot.mkdir(parents=True)
+    (boot / f"vmlinux-{abi}").write_bytes(b"\x7fELF fake")
+    debs.mkdir(parents=True, exist_ok=True)
+    deb = debs / f"linux-image-{abi}-dbg_1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="dpkg-deb not installed")
+def test_ensure_dbg_vmlinux_extracts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracedep.vm import debug_symbols
+
+    abi = "9.9.9-1-fake-amd64"
+    _fake_dbg_deb(tmp_path / "debs", abi)
+    path = debug_symbols.ensure_dbg_vmlinux(abi, tmp_path)
+    assert path == dbg_vmlinux_path(abi, tmp_path) and path.read_bytes() == b"\x7fELF fake"
+    assert not list((tmp_path / "dbg").glob(".*"))  # no temporary directory left
+
+    def no_run(*_a: object, **_k: object) -> None:
+        raise AssertionError("downloaded or extracted again")
+
+    monkeypatch.setattr(debug_symbols, "_run", no_run)
+    assert debug_symbols.ensure_dbg_vmlinux(abi, tmp_path) == path
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="dpkg-deb not installed")
+def test_ensure_dbg_vmlinux_errors_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracedep.vm import debug_symbols
+    from tracedep.vm.debug_symbols import DebugSymbolsError, ensure_dbg_vmlinux
+
+    real_run = debug_symbols._run
+
+    def apt_fails(cmd: list[str], cwd: Path, what: str) -> None:
+        if cmd[0] == "apt-get":  # as apt says it, without asking any archive
+            cmd = [
+                "sh",
+                "-c",
+                "echo 'W: noise' >&2; echo 'E: Unable to locate package' >&2; exit 100",
+            ]
+        real_run(cmd, cwd, what)
+
+    monkeypatch.setattr(debug_symbols, "_run", apt_fails)
+    abi = "9.9.9-1-fake-amd64"
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    (debs / f"linux-image-{abi}-dbg_1_all.deb").write_bytes(b"truncated")
+    # The broken .deb is dropped and downloaded again, which fails.
+    with pytest.raises(DebugSymbolsError) as e:
+        ensure_dbg_vmlinux(abi, tmp_path)
+    assert str(e.value).endswith("(exit 100): E: Unable to locate package")
+    assert "\n" not in str(e.value) and "apt-get download" in str(e.value)
+    assert not (debs / f"linux-image-{abi}-dbg_1_all.deb").exists()

@@ -71,8 +71,9 @@ class Control:
         b = self.first("formats")
         return b.text if b else None
 
-    def modules(self) -> dict[str, ModuleInfo]:
-        mods: dict[str, ModuleInfo] = {}
+    def module_loads(self) -> list[ModuleInfo]:
+        """Every module report, in the order the guest sent them (one per load)."""
+        out: list[ModuleInfo] = []
         for b in self.all("module"):
             base = size = 0
             sections: dict[str, int] = {}
@@ -90,7 +91,14 @@ class Control:
                         size = int(parts[1])
                         base = int(parts[5], 16)
             if sections or base:
-                mods[b.args] = ModuleInfo(b.args, base, size, sections)
+                out.append(ModuleInfo(b.args, base, size, sections))
+        return out
+
+    def modules(self) -> dict[str, ModuleInfo]:
+        """The first load of each module."""
+        mods: dict[str, ModuleInfo] = {}
+        for m in self.module_loads():
+            mods.setdefault(m.name, m)
         return mods
 
     def cpu_stats(self) -> dict[str, dict[str, float]]:

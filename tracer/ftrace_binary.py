@@ -315,6 +315,7 @@ def decode(
         "bytes": np.zeros(n, np.int64),
         "value": np.zeros(n, np.int64),
         "stack_id": np.full(n, -1, np.int32),
+        "target_pid": np.full(n, -1, np.int32),
     }
     kind = _Cat(n, "other")
     event = _Cat(n, "")
@@ -394,6 +395,7 @@ def decode(
             pf = f.fields["prev_comm"]
             npid = fld(f, "next_pid", rows, True)
             ppid = fld(f, "prev_pid", rows, True)
+            cols["target_pid"][rows] = npid.astype(np.int32)
             for r, a, b in zip(rows.tolist(), ppid.tolist(), npid.tolist(), strict=True):
                 o = int(off[r])
                 comms[a] = buf[o + pf.offset:o + pf.offset + pf.size].split(b"\0")[0].decode(
@@ -412,8 +414,8 @@ def decode(
             vec = fld(f, "vec", rows, False).astype(np.int64)
             cols["value"][rows] = vec
             func[rows] = [SOFTIRQ_NAMES[v] if v < len(SOFTIRQ_NAMES) else str(v) for v in vec]
-        elif name == "module/module_load":
-            kind[rows] = "module_load"
+        elif name in ("module/module_load", "module/module_free"):
+            kind[rows] = "module_load" if name.endswith("load") else "other"
             nf = f.fields["name"]
             func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
                                      int(reclen[r])) for r in rows.tolist()]

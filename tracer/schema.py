@@ -34,6 +34,7 @@ Columns
 ``value``           int64   event-specific integer: return value (``lock_return``), prev_state
                             (``sched_switch``), irq or softirq vector number, subclass
 ``stack_id``        int32   index into the run's stack table, -1 when no stack was taken
+``target_pid``      int32   ``sched_switch``: the task switched to (-1 otherwise)  [1.1]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: target_pid
 
 KINDS = (
     "lock_acquire",  # entry of a lock function (the lock is held once it returns)
@@ -97,6 +98,7 @@ COLUMNS: dict[str, str] = {
     "func": "category",
     "value": "int64",
     "stack_id": "int32",
+    "target_pid": "int32",
 }
 
 # ftrace record header flag bits (kernel/trace/trace.h, enum trace_flag_type)
@@ -130,7 +132,7 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
             s = pd.Series([""] * n, index=df.index)
         elif dtype == "bool":
             s = pd.Series(np.zeros(n, dtype=bool), index=df.index)
-        elif col == "stack_id":
+        elif col in ("stack_id", "target_pid"):
             s = pd.Series(np.full(n, -1, dtype=np.int32), index=df.index)
         else:
             s = pd.Series(np.zeros(n, dtype=dtype), index=df.index)

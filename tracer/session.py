@@ -19,7 +19,7 @@ import json
 import logging
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,19 +172,22 @@ def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
 
 
 def _modules_record(built: list[BuiltModule], ctl: control.Control) -> list[dict[str, Any]]:
-    loaded = ctl.modules()
+    loads: dict[str, list[dict[str, Any]]] = {}
+    for m in ctl.module_loads():
+        loads.setdefault(m.name, []).append(
+            {"base": m.base, "size": m.size, "sections": m.sections})
     out = []
     for m in built:
-        info = loaded.get(m.name)
+        ls = loads.get(m.name, [])
         out.append({
             "name": m.name,
             "src_dir": str(m.src_dir),
             "ko": str(m.ko),
             "build_dir": str(m.build_dir),
-            "loaded": info is not None,
-            "base": info.base if info else None,
-            "size": info.size if info else None,
-            "sections": info.sections if info else {},
+            "loaded": bool(ls),
+            # every load, in order: a module reloaded may land elsewhere, and
+            # another module may later reuse its addresses
+            "loads": ls,
         })
     return out
 
@@ -293,6 +296,8 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
     start = ctl.keyvals("start")
     wl = ctl.keyvals("workload")
     info.setdefault("workload", {})
+    # tasks whose own events the guest filtered out (the trace pumps)
+    info["untraced_pids"] = [int(p) for p in start.get("untraced_pids", "").split() if p.isdigit()]
     info["workload"].update({"rc": int(wl["rc"]) if "rc" in wl else None,
                              "start_uptime_s": _float(start.get("uptime")),
                              "end_uptime_s": _float(wl.get("uptime"))})
@@ -301,8 +306,13 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
     if kas and info.get("discovery_dir"):
         _copy_kallsyms(Path(info["discovery_dir"]) / "kallsyms.gz", out / "kallsyms.gz", kas)
     info["modules"] = _modules_record(built, ctl)
-    info["other_modules"] = {n: asdict(m) for n, m in ctl.modules().items()
-                             if n not in {b.name for b in built}}
+    ours = {b.name for b in built}
+    other: dict[str, Any] = {}
+    for m in ctl.module_loads():
+        if m.name not in ours:
+            other.setdefault(m.name, {"loads": []})["loads"].append(
+                {"base": m.base, "size": m.size, "sections": m.sections})
+    info["other_modules"] = other
     info["probes"]["failed"] = ctl.probe_failures()
     info["events_enabled"] = ctl.event_status()
     stats = ctl.cpu_stats()

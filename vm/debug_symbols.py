@@ -92,8 +92,23 @@ def ensure_dbg_vmlinux(abi: str, cache: Path) -> Path:
     vmlinux = dbg_vmlinux_path(abi, cache)
     if vmlinux.is_file():
         return vmlinux
+    had_deb = _find_deb(abi, cache / "debs") is not None
     deb = download_dbg_deb(abi, cache)
+    try:
+        _extract(deb, abi, cache)
+    except DebugSymbolsError:
+        if not had_deb:
+            raise
+        # A .deb left by an interrupted download is truncated: fetch it again, once.
+        log.warning("%s does not extract; downloading it again", deb.name)
+        deb.unlink()
+        _extract(download_dbg_deb(abi, cache), abi, cache)
+    return vmlinux
+
+
+def _extract(deb: Path, abi: str, cache: Path) -> None:
     root = dbg_root(abi, cache)
+    vmlinux = dbg_vmlinux_path(abi, cache)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{abi}.", dir=root.parent))
     try:
@@ -110,4 +125,3 @@ def ensure_dbg_vmlinux(abi: str, cache: Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return vmlinux

@@ -70,6 +70,8 @@ echo 0 > $T/tracing_on
 echo > $T/trace
 echo "$TD_BUFFER_KB" > $T/buffer_size_kb
 echo global > $T/trace_clock
+# wake the pumps when a CPU's ring is 5 % full (they also look every 250 ms)
+echo 5 > $T/buffer_percent 2>/dev/null
 echo 4096 > $T/saved_cmdlines_size 2>/dev/null
 echo 0 > $T/options/event-fork 2>/dev/null
 
@@ -128,7 +130,7 @@ for d in $T/per_cpu/cpu*; do
     P=$(port_dev "tracedep.cpu$n") || { say "no port for cpu$n"; continue; }
     /bin/tdpump "$d/trace_pipe_raw" "$P" 2>/dev/console &
     echo $! >> /tmp/pumps
-    # reading the trace must not feed the trace
+    # reading the trace must not feed the trace (the analysis knows the pids)
     echo $! >> $T/set_event_notrace_pid 2>/dev/null
     ncpu=$((ncpu + 1))
 done
@@ -147,11 +149,17 @@ report_module() {
         case "$line" in "$name "*) text="$text
 $line" ;; esac
     done < /proc/modules
+    # one cat for all: a section file only answers a read at offset 0, so the
+    # shell's byte-wise read builtin cannot be used
+    files=""
     for s in /sys/module/$name/sections/.[!.]* /sys/module/$name/sections/[!.]*; do
-        [ -e "$s" ] || continue
-        read -r v < "$s"
+        [ -e "$s" ] && files="$files $s"
+    done
+    set -- $files
+    for v in $(cat "$@"); do
         text="$text
-section ${s##*/} $v"
+section ${1##*/} $v"
+        shift
     done
     printf '%s\n@@TD end module\n' "$text" >&3
 }
@@ -185,6 +193,7 @@ fi
 
 block start
 echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
+echo "untraced_pids=$(cat /tmp/pumps | tr '\n' ' ')" >&3
 endblock start
 echo 1 > $T/tracing_on
 echo "tracedep: workload start" > $T/trace_marker

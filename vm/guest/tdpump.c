@@ -2,20 +2,21 @@
  * tdpump: move one CPU's binary ftrace ring buffer to a virtio-serial port.
  *
  * Runs in the guest, built static by tracedep's vm stage.  Reads
- * per_cpu/cpuN/trace_pipe_raw in non-blocking mode (a blocking read waits for
- * buffer_percent of the ring to fill, which would hold back the tail of a run)
- * and writes whole pages to the port, whose host end applies back-pressure.
- * On SIGUSR1 it drains what is left and exits, so tracing must be off first.
+ * per_cpu/cpuN/trace_pipe_raw in non-blocking mode, woken by poll() when the
+ * ring fills to buffer_percent or every 250 ms, whichever comes first: a
+ * tight polling loop would itself fill the trace it is reading.  Writes whole
+ * pages to the port, whose host end applies back-pressure.  On SIGUSR1 it
+ * drains what is left and exits, so tracing must be off first.
  *
  * usage: tdpump SRC DST
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t stop;
@@ -45,7 +46,6 @@ static int write_all(int fd, const char *buf, size_t len)
 int main(int argc, char **argv)
 {
 	static char buf[1 << 16];
-	struct timespec nap = { 0, 10 * 1000 * 1000 };
 	unsigned long long total = 0;
 	int src, dst, idle = 0;
 	struct sigaction sa;
@@ -86,7 +86,11 @@ int main(int argc, char **argv)
 		/* empty: after a stop request, two empty reads in a row mean drained */
 		if (stop && ++idle >= 2)
 			break;
-		nanosleep(&nap, NULL);
+		if (!stop) {
+			struct pollfd pfd = { .fd = src, .events = POLLIN };
+
+			poll(&pfd, 1, 250);
+		}
 	}
 	fprintf(stderr, "tdpump %s: %llu bytes\n", argv[1], total);
 	close(dst);

@@ -62,12 +62,44 @@ static noinline struct symtest_obj *symtest_alloc(int v)
 	return o;
 }
 
+static LIST_HEAD(symtest_list);
+
+struct symtest_item {
+	struct list_head node;
+	int v;
+};
+
+noinline int symtest_fill(int n)
+{
+	struct symtest_item *it, *tmp;
+	int i, sum = 0;
+
+	for (i = 0; i < n; i++) {
+		it = kzalloc(sizeof(*it), GFP_KERNEL);
+		if (!it)
+			break;
+		it->v = symtest_leaf(i);
+		spin_lock(&symtest_lock);
+		list_add_tail(&it->node, &symtest_list);
+		spin_unlock(&symtest_lock);
+	}
+	spin_lock(&symtest_lock);
+	list_for_each_entry_safe(it, tmp, &symtest_list, node) {
+		sum += it->v;
+		list_del(&it->node);
+		kfree(it);
+	}
+	spin_unlock(&symtest_lock);
+	return sum;
+}
+EXPORT_SYMBOL_GPL(symtest_fill);
+
 static int __init symtest_init(void)
 {
 	struct symtest_obj *o;
 
 	mutex_lock(&symtest_mutex);
-	o = symtest_alloc(symtest_outer(2));
+	o = symtest_alloc(symtest_outer(2) + symtest_fill(4));
 	mutex_unlock(&symtest_mutex);
 	kfree(o);
 	return 0;
