@@ -68,6 +68,121 @@ def cmd_trace(a: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
+                        kallsyms: Path | None = None) -> int:
+    """Analyze a run directory or trace file into ``out``; return the findings count."""
+    from tracedep.analysis.enrich import debug_vmlinux, symbolize
+    from tracedep.analysis.pipeline import analyze
+    from tracedep.analysis.trace import load
+    from tracedep.reports.serialize import write_run_outputs
+
+    trace = load(source, kallsyms)
+    a = analyze(trace)
+    if dwarf:
+        vml = vmlinux or debug_vmlinux(trace.info)
+        for w in symbolize(a, trace, vml):
+            if w not in a.health["warnings"]:
+                a.health["warnings"].append(w)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_outputs(out, a)
+    by_driver: dict[str, int] = {}
+    for f in a.findings:
+        by_driver[f.driver] = by_driver.get(f.driver, 0) + 1
+    summary = ", ".join(f"{d}: {n}" for d, n in sorted(by_driver.items())) or "none"
+    print(f"tracedep: {len(a.findings)} findings ({summary}); report in {out / 'index.html'}")
+    for w in a.health["warnings"]:
+        print(f"tracedep: warning: {w}", file=sys.stderr)
+    return len(a.findings)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from tracedep.errors import GuestError
+    from tracedep.tracer.session import trace
+
+    opts = _trace_options(a)
+    failure: GuestError | None = None
+    try:
+        trace(opts)
+    except GuestError as e:
+        # keep and analyze what the guest sent before it died; still a failed run
+        failure = e
+        if not (a.out / "control.log").is_file():
+            raise
+    try:
+        n = _analyze_and_report(a.out, a.out, a.vmlinux, not a.no_dwarf)
+    except TracedepError as e:
+        if failure is not None:
+            print(f"tracedep: error: {e}", file=sys.stderr)
+            raise failure from None
+        raise
+    if failure is not None:
+        raise failure
+    return 1 if n else 0
+
+
+def cmd_analyze(a: argparse.Namespace) -> int:
+    src: Path = a.trace
+    out: Path = a.out or (src if src.is_dir() else src.with_name(src.name + ".tracedep"))
+    n = _analyze_and_report(src, out, a.vmlinux, not a.no_dwarf, a.kallsyms)
+    return 1 if n else 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from tracedep.reports.serialize import load_run_outputs, write_run_outputs
+
+    analysis = load_run_outputs(a.run_dir)
+    write_run_outputs(a.run_dir, analysis)
+    print(f"tracedep: report in {a.run_dir / 'index.html'}")
+    return 1 if analysis.findings else 0
+
+
+def cmd_fetch(a: argparse.Namespace) -> int:
+    """Download and prepare everything a run needs, so later runs start at once."""
+    from tracedep.analysis.enrich import debug_vmlinux
+    from tracedep.tracer.session import discover
+    from tracedep.vm.accel import choose_accel
+    from tracedep.vm.initramfs import busybox_binary, pump_binary
+    from tracedep.vm.kernel import fetch_debian_kernel
+    from tracedep.vm.machines import machine_for
+
+    machine = machine_for(a.arch)
+    kernel = fetch_debian_kernel(machine, a.abi)
+    busybox_binary(machine)
+    pump_binary(machine)
+    discover(machine, kernel, choose_accel(machine, kernel.image, a.accel))
+    vml = None if a.no_dwarf else debug_vmlinux(
+        {"kernel": {"release": kernel.release, "abi": kernel.abi}})
+    print(f"tracedep: ready: {kernel.release} ({kernel.package_version}), "
+          f"debug symbols {'at ' + str(vml) if vml else 'not fetched'}")
+    return 0
+
+
+def cmd_probes(a: argparse.Namespace) -> int:
+    """Print a shell script that arms tracedep's probes on a real machine."""
+    from tracedep.tracer.probes import TRACEPOINTS, probe_definitions, stack_triggers
+    from tracedep.tracer.session import discover
+    from tracedep.vm.accel import choose_accel
+    from tracedep.vm.kernel import fetch_debian_kernel
+    from tracedep.vm.machines import machine_for
+
+    machine = machine_for(a.arch)
+    kernel = fetch_debian_kernel(machine, a.abi)
+    defs = probe_definitions(machine, discover(machine, kernel,
+                                               choose_accel(machine, kernel.image, "auto")))
+    print("#!/bin/sh\n# tracedep probes for", kernel.release)
+    print("T=/sys/kernel/tracing\necho 0 > $T/tracing_on")
+    for d in defs:
+        print(f"echo '{d.definition}' >> $T/kprobe_events")
+    print("echo 1 > $T/events/tracedep/enable")
+    for tp in TRACEPOINTS:
+        print(f"[ -e $T/events/{tp}/enable ] && echo 1 > $T/events/{tp}/enable")
+    for trig in stack_triggers(defs):
+        ev, _, cond = trig.partition(" ")
+        print(f"echo 'stacktrace {cond}' > $T/events/{ev}/trigger")
+    print("echo 1 > $T/tracing_on")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tracedep", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -75,11 +190,34 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("trace", help="boot a kernel with the modules under test and trace it")
     _add_guest_args(t)
     t.set_defaults(func=cmd_trace)
+    r = sub.add_parser("run", help="trace, analyze and report (exit 1 when there are findings)")
+    _add_guest_args(r)
+    r.add_argument("--no-dwarf", action="store_true",
+                   help="do not fetch the debug vmlinux; frames get function+offset only")
+    r.set_defaults(func=cmd_run)
+    an = sub.add_parser("analyze", help="analyze a run directory or an ftrace text file")
+    an.add_argument("trace", type=Path, help="run directory, or `trace`/`trace_pipe` text")
+    an.add_argument("--vmlinux", type=Path, default=None, help="vmlinux with DWARF")
+    an.add_argument("--kallsyms", type=Path, default=None,
+                    help="the traced machine's /proc/kallsyms (for text traces)")
+    an.add_argument("--no-dwarf", action="store_true")
+    an.add_argument("--out", type=Path, default=None,
+                    help="where to write the report (default: the run directory)")
+    an.set_defaults(func=cmd_analyze)
+    rp = sub.add_parser("report", help="regenerate the text and HTML reports of a run")
+    rp.add_argument("run_dir", type=Path)
+    rp.set_defaults(func=cmd_report)
+    f = sub.add_parser("fetch", help="download and prepare the default kernel and tools")
+    f.add_argument("--arch", default="x86_64")
+    f.add_argument("--abi", default=None)
+    f.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    f.add_argument("--no-dwarf", action="store_true")
+    f.set_defaults(func=cmd_fetch)
+    pr = sub.add_parser("probes", help="print a script arming tracedep's probes on a machine")
+    pr.add_argument("--arch", default="x86_64")
+    pr.add_argument("--abi", default=None)
+    pr.set_defaults(func=cmd_probes)
     return p
-
-
-class _Parser(argparse.ArgumentParser):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="tracedep: %(message)s",
     )
+    if not args.verbose:
+        # their warnings reach the user once, through the report's health section
+        logging.getLogger("tracedep.analysis.symbolizer").setLevel(logging.ERROR)
     try:
         rc: int = args.func(args)
         return rc

@@ -312,6 +312,11 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
         if m.name not in ours:
             other.setdefault(m.name, {"loads": []})["loads"].append(
                 {"base": m.base, "size": m.size, "sections": m.sections})
+    kos = {ko.name.split(".ko")[0].replace("-", "_"): ko
+           for ko in Path(info["kernel"]["image"]).parents[1].glob("lib/modules/*/kernel/**/*.ko")}
+    for name, rec in other.items():
+        if name in kos:
+            rec["ko"] = str(kos[name])
     info["other_modules"] = other
     info["probes"]["failed"] = ctl.probe_failures()
     info["events_enabled"] = ctl.event_status()
@@ -324,6 +329,12 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
         "per_cpu": stats,
         "guest_stats_missing": not stats,
     }
+    missed = 0
+    for ln in (ctl.file("/sys/kernel/tracing/kprobe_profile") or "").splitlines():
+        parts = ln.split()
+        if len(parts) >= 3 and parts[-1].isdigit():
+            missed += int(parts[-1])
+    lost["kprobe_missed"] = missed
     info["lost"] = lost
     info["call_insn_size"] = machine.call_insn_size
     info["kprobe_reports_irqs_off"] = machine.kprobe_reports_irqs_off
@@ -341,7 +352,8 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
         log.warning("decoding the trace failed: %s", e)
         info["decode_error"] = str(e)
     total_lost = sum(int(lost.get(k, 0) or 0) for k in (
-        "ftrace_overrun", "ftrace_dropped", "ring_buffer_missed", "decoder_torn_pages"))
+        "ftrace_overrun", "ftrace_dropped", "ring_buffer_missed", "decoder_torn_pages",
+        "kprobe_missed"))
     lost["total"] = total_lost
     lost["truncated"] = not info["trace_complete"]
 

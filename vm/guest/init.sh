@@ -222,6 +222,8 @@ for d in $T/per_cpu/cpu*; do
 done
 sendfile $T/saved_cmdlines
 sendfile $T/saved_tgids
+# per probe: hits and misses (a kprobe that fired while another ran is lost)
+sendfile $T/kprobe_profile
 block done trace
 exec 3>&-
 sync

@@ -1,0 +1,164 @@
+"""Give every witness frame of an analysis its file:line and inline chain (DWARF).
+
+The rules name frames from symbol tables only (fast, enough for signatures);
+this pass resolves just the frames that reach a report, through
+``analysis.symbolizer``, with one symbolizer per generation of module loads (a
+module reloaded elsewhere needs its own layout).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tracedep.analysis.findings import Analysis, Frame, Site
+from tracedep.analysis.symbolizer import (
+    ModuleImage,
+    Symbolizer,
+    SymbolizerError,
+    kaslr_offset_of,
+)
+from tracedep.analysis.symbols import read_kallsyms
+from tracedep.analysis.trace import Trace
+
+log = logging.getLogger(__name__)
+
+
+class _Resolver:
+    def __init__(self, trace: Trace, vmlinux: Path | None) -> None:
+        self.trace = trace
+        self.vmlinux = vmlinux
+        self.warnings: list[str] = []
+        self._by_gen: dict[int, Symbolizer | None] = {}
+        info = trace.info
+        kas = info.get("kaslr") or {}
+        self.kaslr = 0
+        if vmlinux is not None and kas.get("runtime") is not None:
+            try:
+                self.kaslr = kaslr_offset_of(vmlinux, kas["symbol"], int(kas["runtime"]))
+            except SymbolizerError as e:
+                self.warnings.append(str(e))
+                self.vmlinux = None
+        self.build_dirs = {m["name"]: (m["build_dir"], m["src_dir"])
+                           for m in info.get("modules", [])
+                           if m.get("build_dir") and m.get("src_dir")}
+        kpath = trace.source / "kallsyms.gz" if trace.source.is_dir() else None
+        self.kallsyms: list[tuple[int, str, str]] = []
+        if kpath is not None and kpath.is_file():
+            with gzip.open(kpath, "rt") as fh:
+                self.kallsyms = read_kallsyms(fh.read())
+
+    def _images(self, gen: int) -> dict[str, ModuleImage]:
+        out = {}
+        info = self.trace.info
+        recs = list(info.get("modules", [])) + [
+            {"name": n, **v} for n, v in (info.get("other_modules") or {}).items()]
+        for m in recs:
+            loads = m.get("loads") or []
+            if not loads:
+                continue
+            load = loads[min(gen, len(loads) - 1)]
+            ko = Path(m["ko"]) if m.get("ko") else None
+            dbg = self._debug_ko(ko)
+            ko = dbg or ko
+            out[m["name"]] = ModuleImage(m["name"], ko if ko and ko.is_file() else None,
+                                         dict(load.get("sections") or {}))
+        return out
+
+    def _debug_ko(self, ko: Path | None) -> Path | None:
+        """An in-tree module's twin with DWARF from the -dbg package, if extracted."""
+        if ko is None or self.vmlinux is None or "/lib/modules/" not in str(ko):
+            return None
+        rel = str(ko).split("/lib/modules/", 1)[1]
+        root = self.vmlinux.parents[1]  # …/usr/lib/debug/boot/vmlinux → …/usr/lib/debug
+        cand = root / "lib" / "modules" / rel
+        return cand if cand.is_file() else None
+
+    def symbolizer(self, gen: int) -> Symbolizer | None:
+        if gen not in self._by_gen:
+            try:
+                s = Symbolizer(self.vmlinux, self.kaslr, self._images(gen),
+                               kallsyms=self.kallsyms or None)
+                self.warnings += [w for w in s.warnings if w not in self.warnings]
+            except SymbolizerError as e:
+                self.warnings.append(str(e))
+                s = None
+            self._by_gen[gen] = s
+        return self._by_gen[gen]
+
+    def generation(self, f: Frame, ts: int | None) -> int:
+        """Which load of ``f.module`` was live at ``ts`` (0 for the core kernel)."""
+        if f.module in ("vmlinux", "?"):
+            return 0
+        spans = [m for m in self.trace.symbols.modules if m.name == f.module]
+        t0s = sorted({m.t0 for m in spans})
+        span = self.trace.symbols._span(f.address, ts)
+        return t0s.index(span.t0) if span is not None and span.t0 in t0s else 0
+
+    def frames(self, frames: tuple[Frame, ...], ts: int | None) -> tuple[Frame, ...]:
+        out: list[Frame] = []
+        for i, f in enumerate(frames):
+            if not f.address or f.inlined:
+                out.append(f)
+                continue
+            s = self.symbolizer(self.generation(f, ts))
+            if s is None:
+                out.append(f)
+                continue
+            # frames below the first are call sites (return address − call size):
+            # resolve the call instruction itself, keep its offset
+            res = s.resolve(f.address)
+            if not res:
+                out.append(f)
+                continue
+            for r in res:
+                out.append(self._source_path(replace(r, address=f.address)
+                                             if not r.inlined else r))
+            del i
+        return tuple(out)
+
+    def _source_path(self, f: Frame) -> Frame:
+        """Module sources were built in a cache copy: show the user's own path."""
+        m = self.build_dirs.get(f.module)
+        if m and f.file and f.file.startswith(m[0] + "/"):
+            return replace(f, file=m[1] + f.file[len(m[0]):])
+        return f
+
+
+def symbolize(a: Analysis, trace: Trace, vmlinux: Path | None) -> list[str]:
+    """Resolve every witness frame in place; return the warnings to show (each once)."""
+    r = _Resolver(trace, vmlinux)
+
+    def site(s: Site) -> Site:
+        return replace(s, frames=r.frames(s.frames, s.ts_ns))
+
+    for f in a.findings:
+        f.sites = [site(s) for s in f.sites]
+    a.edges = [replace(e, witness=site(e.witness),
+                       held_witness=site(e.held_witness) if e.held_witness else None)
+               for e in a.edges]
+    for s in r._by_gen.values():
+        if s is not None:
+            s.save_cache()
+    return r.warnings
+
+
+def debug_vmlinux(info: dict[str, Any]) -> Path | None:
+    """The Debian -dbg vmlinux of the run's kernel (downloaded once), or None."""
+    from tracedep.vm.debug_symbols import ensure_dbg_vmlinux
+    from tracedep.vm.kernel import cache_root
+
+    kernel = info.get("kernel") or {}
+    if kernel.get("vmlinux"):
+        return Path(kernel["vmlinux"])
+    release = kernel.get("release")
+    if not release or not kernel.get("abi"):
+        return None
+    try:
+        return ensure_dbg_vmlinux(release, cache_root())
+    except Exception as e:  # no network, no space: names from kallsyms still work
+        log.warning("no debug vmlinux for %s: %s", release, e)
+        return None
