@@ -32,6 +32,8 @@ def _add_guest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module-src", type=Path, action="append", default=[],
                    help="a kbuild directory of driver modules to test (repeatable; default: "
                         "the bundled example drivers)")
+    p.add_argument("--no-modules", action="store_true",
+                   help="trace the kernel alone: no driver modules (not even the bundled ones)")
     p.add_argument("--workload", type=Path, default=None,
                    help="shell script run in the guest instead of load/settle/unload")
     p.add_argument("--timeout", type=float, default=300.0,
@@ -52,6 +54,7 @@ def _trace_options(a: argparse.Namespace):  # type: ignore[no-untyped-def]
         kernel = user_kernel(a.kernel, a.kernel_modules, a.kernel_build, a.vmlinux)
     return TraceOptions(
         out=a.out, arch=a.arch, abi=a.abi, kernel=kernel, module_srcs=a.module_src,
+        no_modules=a.no_modules,
         workload=a.workload, timeout=a.timeout, transport=a.transport, smp=a.smp,
         mem_mb=a.memory, accel=a.accel,
     )

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from tracedep.analysis.symbols import RunSymbols
 
 # Allocation helpers whose call site says nothing about the object's type.

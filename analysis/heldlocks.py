@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
 from tracedep.tracer.probes import LOCK_FUNCS, SLEEPING_LOCK_TYPES
 
 SPIN_TYPES = frozenset({"spinlock", "rwlock-r", "rwlock-w"})

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import rules
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from tracedep.analysis.classes import LockClass
 from tracedep.analysis.findings import Finding, Frame, Site
 from tracedep.analysis.heldlocks import (
@@ -371,7 +370,7 @@ def irq_findings(cx: Ctx) -> list[Finding]:
     usage = cx.replay.usage
     out: list[Finding] = []
     adj: dict[int, set[int]] = {}
-    for (u, v), accs in cx.replay.edges.items():
+    for u, v in cx.replay.edges:
         adj.setdefault(u, set()).add(v)
     for irq, (used_w, used_r), (en_w, en_r) in IRQ_KINDS:
         safe = {c for c, u in usage.items() if used_w in u or used_r in u}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from tracedep.analysis.symbols import RunSymbols
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import manifest, schema

@@ -23,8 +23,29 @@ _PRIMITIVE = re.compile(
 )
 
 
+# Inlined tracepoint helpers the probes sit in (trace_kmalloc() inside kmalloc_trace()).
+_TRACEPOINT = re.compile(r"^(trace_|__trace_|perf_trace_)")
+
+
 def is_primitive(function: str) -> bool:
     return bool(_PRIMITIVE.match(function))
+
+
+def dedup(frames: Sequence[Frame]) -> list[Frame]:
+    """The frames without immediate repeats (one DWARF inline entry seen twice)."""
+    out: list[Frame] = []
+    for f in frames:
+        if out and (f.function, f.file, f.line, f.inlined, f.module) == (
+                out[-1].function, out[-1].file, out[-1].line, out[-1].inlined, out[-1].module):
+            continue
+        out.append(f)
+    return out
+
+
+def sleep_site(frames: Sequence[Frame]) -> Frame | None:
+    """The frame of the sleeping function itself, past any tracepoint helper."""
+    return next((f for f in frames if not _TRACEPOINT.match(f.function)),
+                frames[0] if frames else None)
 
 
 def where(f: Frame) -> str:

@@ -72,6 +72,7 @@ pre.kernel { background: #111827; color: #e5e7eb; padding: 12px 14px; border-rad
   overflow-x: auto; line-height: 1.35; }
 .graph-wrap { overflow-x: auto; text-align: center; border: 1px solid var(--line);
   border-radius: 8px; padding: 8px; background: #fcfdff; }
+svg.graph { max-width: 100%; height: auto; }
 svg.graph .node rect { fill: #e3edf9; stroke: #7a9cc6; stroke-width: 1.2; }
 svg.graph .node.foreign rect { fill: #eef0f3; stroke: #a3acb9; stroke-dasharray: 4 3; }
 svg.graph .node.flagged rect { stroke: var(--red); stroke-width: 2.2; }
@@ -265,7 +266,8 @@ def _site(s: Site, driver: str, lock_ids: _Ids) -> Markup:
     ctx = " · ".join(x for x in (who, model.fmt_ts(s.ts_ns).strip("[] ") + " s"
                                  if s.ts_ns is not None else "", s.context or "") if x)
     head += [" ", el("span", f"— {ctx}", class_="ctx")]
-    stack = (el("div", *(_frame(f, driver) for f in s.frames), class_="stack") if s.frames
+    stack = (el("div", *(_frame(f, driver) for f in fr.dedup(s.frames)), class_="stack")
+             if s.frames
              else el("div", "no stack recorded", class_="stack empty"))
     return el("div", el("div", *head, class_="site-head"), stack, class_="site")
 
@@ -297,12 +299,20 @@ def _driver_classes(a: Analysis, driver: str, findings: Sequence[Finding],
     return list(dict.fromkeys(names))
 
 
+def _classes_for(a: Analysis, driver: str) -> dict[str, ClassStats]:
+    """Class by name as this driver sees it: its own class wins over a namesake
+    of another module (a bug driver and its clean twin name locks alike)."""
+    idx = model.class_index(a.classes)
+    idx.update({c.lock_class: c for c in a.classes if c.driver == driver})
+    return idx
+
+
 def _graph(a: Analysis, driver: str, findings: Sequence[Finding], edges: Sequence[Edge],
            names: Sequence[str]) -> Markup:
     if not edges:
         return el("p", "No lock-order dependencies were recorded for this driver's locks.",
                   class_="empty")
-    cidx = model.class_index(a.classes)
+    cidx = _classes_for(a, driver)
     red = lk.cycle_edges(findings, a.edges)
     orange = lk.irq_edges(findings, a.edges)
     flagged = {x for f in findings for x in f.locks}
@@ -395,8 +405,11 @@ def render_driver(a: Analysis, driver: str, generated: str | None = None) -> str
     edges = [e for e in a.edges if driver in e.drivers or (e.before in own and e.after in own)]
     names = _driver_classes(a, driver, findings, edges)
     classes = [c for c in a.classes if c.driver == driver]
-    seen = {c.lock_class for c in classes}
-    classes += [c for c in a.classes if c.lock_class in set(names) - seen]
+    # Other modules' locks only where this driver's findings name them.
+    cidx = _classes_for(a, driver)
+    named = [x for f in findings for x in f.locks]
+    classes += [cidx[n] for n in dict.fromkeys(named)
+                if n in cidx and cidx[n].driver != driver]
     ids = _Ids()
     anchors = _anchors(findings)
     tctx = text.TextContext.of(a)

@@ -92,8 +92,9 @@ def analysis_from_json(d: dict[str, Any]) -> Analysis:
         raise InputError(f"malformed analysis: {type(e).__name__}: {e}") from None
 
 
-def _dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+def _dumps(data: Any, sort_keys: bool = False) -> str:
+    # analysis.json keeps insertion order: histogram buckets are ordered by it
+    return json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -118,7 +119,7 @@ def render_all(a: Analysis, generated: str | None = None) -> dict[str, str]:
 
     d = analysis_to_json(a)
     findings: list[Any] = d.pop("findings")
-    out = {FINDINGS_FILE: _dumps(findings), ANALYSIS_FILE: _dumps(d),
+    out = {FINDINGS_FILE: _dumps(findings, sort_keys=True), ANALYSIS_FILE: _dumps(d),
            REPORT_FILE: text.render_text(a, generated=generated)}
     out.update(html.render_site(a, generated=generated))
     return out

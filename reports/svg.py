@@ -9,6 +9,7 @@ No JavaScript and no external tool: the page must read the same with JS off.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -125,44 +126,107 @@ def _clip(cx: float, cy: float, hw: float, hh: float, dx: float, dy: float) -> t
     return cx + dx * t, cy + dy * t
 
 
+def _components(names: Sequence[str], edges: Sequence[GEdge]) -> list[list[str]]:
+    """Weakly connected components, each in the order of ``names``."""
+    nbrs: dict[str, set[str]] = defaultdict(set)
+    for e in edges:
+        nbrs[e.before].add(e.after)
+        nbrs[e.after].add(e.before)
+    comp_of: dict[str, int] = {}
+    comps: list[list[str]] = []
+    for root in names:
+        if root in comp_of:
+            continue
+        comp_of[root] = len(comps)
+        todo, members = [root], {root}
+        while todo:
+            for m in nbrs[todo.pop()]:
+                if m not in members:
+                    members.add(m)
+                    comp_of[m] = comp_of[root]
+                    todo.append(m)
+        comps.append([n for n in names if n in members])
+    return comps
+
+
+@dataclass
+class _Block:
+    """One laid-out piece of the graph, positions relative to its corner."""
+
+    width: float
+    height: float
+    pos: dict[str, tuple[float, float]]
+
+
+def _block(rows: list[list[str]], byname: Mapping[str, GNode], side: float) -> _Block:
+    widths = [sum(_width(byname[n]) for n in r) + NODE_GAP * (len(r) - 1) for r in rows]
+    width = max(widths, default=0.0) + 2 * side
+    pos: dict[str, tuple[float, float]] = {}
+    for i, r in enumerate(rows):
+        x = (width - widths[i]) / 2
+        for n in r:
+            w = _width(byname[n])
+            pos[n] = (x + w / 2, i * LAYER_GAP + NODE_H / 2)
+            x += w + NODE_GAP
+    return _Block(width, max(len(rows) - 1, 0) * LAYER_GAP + NODE_H, pos)
+
+
 def lock_graph(nodes: Sequence[GNode], edges: Sequence[GEdge], title: str) -> Markup:
-    """The lock-order graph as an ``<svg>`` element."""
+    """The lock-order graph as an ``<svg>`` element.
+
+    Each connected group of locks is laid out on its own, those with a lock
+    of a finding first, then the groups are packed in bands.
+    """
     byname = {n.name: n for n in nodes}
     edges = [e for e in edges if e.before in byname and e.after in byname]
     linked = {e.before for e in edges} | {e.after for e in edges}
     names = [n.name for n in nodes if n.name in linked]
     loners = [n.name for n in nodes if n.name not in linked]
-    layer, back = _layers(names, edges)
-    nlayers = max(layer.values(), default=-1) + 1
-    rows: list[list[str]] = [[] for _ in range(nlayers)]
-    for n in names:
-        rows[layer[n]].append(n)
-    _order(rows, edges)
+    flagged = {n.name for n in nodes if n.flagged}
+    comps = sorted(_components(names, edges),
+                   key=lambda c: (not flagged.intersection(c), -len(c), c[0]))
+    layer: dict[str, int] = {}
+    back: set[tuple[str, str]] = set()
+    blocks: list[_Block] = []
+    for comp in comps:
+        members = set(comp)
+        cedges = [e for e in edges if e.before in members]
+        clayer, cback = _layers(comp, cedges)
+        layer.update(clayer)
+        back |= cback
+        rows: list[list[str]] = [[] for _ in range(max(clayer.values()) + 1)]
+        for n in comp:
+            rows[clayer[n]].append(n)
+        _order(rows, cedges)
+        # Room beside the nodes for curves that bow out and the labels next to them.
+        label_w = max((len(_short(e.label, 32)) * 6.4 for e in cedges), default=0.0)
+        blocks.append(_block(rows, byname, 30 + label_w))
     row: list[str] = []  # locks without dependencies go last, wrapped
+    lone_rows: list[list[str]] = []
     for n in loners:
         if row and sum(_width(byname[m]) + NODE_GAP for m in [*row, n]) > MAX_ROW_W:
-            rows.append(row)
+            lone_rows.append(row)
             row = []
         row.append(n)
     if row:
-        rows.append(row)
+        lone_rows.append(row)
+    if lone_rows:
+        blocks.append(_block(lone_rows, byname, 0.0))
 
-    widths = [sum(_width(byname[n]) for n in r) + NODE_GAP * (len(r) - 1) for r in rows]
-    # Room on both sides for curves that bow out and the labels beside them.
-    max_hw = max((_width(byname[n]) / 2 for n in names), default=0.0)
-    label_w = max((len(_short(e.label, 32)) * 6.4 for e in edges), default=0.0)
-    side = (max_hw + 40 + label_w) if edges else 0.0
-    total_w = max([*widths, 240.0]) + 2 * MARGIN + 2 * side
     pos: dict[str, tuple[float, float]] = {}
-    for i, r in enumerate(rows):
-        x = (total_w - widths[i]) / 2
-        y = MARGIN + 10 + i * LAYER_GAP + NODE_H / 2
-        for n in r:
-            w = _width(byname[n])
-            pos[n] = (x + w / 2, y)
-            x += w + NODE_GAP
-    total_h = MARGIN * 2 + 10 + max(len(rows) - 1, 0) * LAYER_GAP + NODE_H
+    x = y = band_h = total_w = 0.0
+    for b in blocks:
+        if x and x + b.width > MAX_ROW_W:
+            x, y, band_h = 0.0, y + band_h + LAYER_GAP * 0.6, 0.0
+        for n, (px, py) in b.pos.items():
+            pos[n] = (MARGIN + x + px, MARGIN + 10 + y + py)
+        x += b.width + NODE_GAP
+        band_h = max(band_h, b.height)
+        total_w = max(total_w, x - NODE_GAP)
+    total_w = max(total_w, 240.0) + 2 * MARGIN
+    total_h = MARGIN * 2 + 10 + y + band_h
 
+    max_hw = max((_width(byname[n]) / 2 for n in names), default=0.0)
     pairs = {(e.before, e.after) for e in edges}
     parts: list[Markup] = [_defs()]
     wide = 2 * (max_hw + 18)  # a curve bows half its bend: clear the widest node
@@ -244,10 +308,27 @@ def _edge(e: GEdge, pos: Mapping[str, tuple[float, float]], byname: Mapping[str,
     return el("g", *parts, class_=f"edge {e.style}")
 
 
+_BOUND = re.compile(r"^(<)?\s*([0-9.]+)\s*(ns|us|µs|ms|s)\b")
+_UNIT_NS = {"ns": 1.0, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def _in_order(buckets: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Buckets by their lower bound when every label says it ("8us-16us", "<1us"):
+    a JSON writer that sorted keys must not scramble the axis."""
+    keyed = []
+    for k, v in buckets.items():
+        m = _BOUND.match(k)
+        if m is None:
+            return list(buckets.items())
+        low = 0.0 if m.group(1) else float(m.group(2)) * _UNIT_NS[m.group(3)]
+        keyed.append((low, k, v))
+    return [(k, v) for _, k, v in sorted(keyed, key=lambda t: t[0])]
+
+
 def histogram(buckets: Mapping[str, int], title: str, width: int = 210,
               height: int = 64) -> Markup:
     """Bars of a log2-bucket histogram, a tooltip per bucket."""
-    items = list(buckets.items())
+    items = _in_order(buckets)
     if not items or not any(v for _, v in items):
         return el("span", "no samples", class_="muted")
     top = max(v for _, v in items)

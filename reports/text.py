@@ -70,7 +70,7 @@ class _Out:
         self.shown.append(site)
         if not site.frames:
             self.add(f"{indent}(empty stack)")
-        self.add(*(f"{indent}{fr.frame_line(f)}" for f in site.frames))
+        self.add(*(f"{indent}{fr.frame_line(f)}" for f in fr.dedup(site.frames)))
 
 
 def _task(site: Site | None) -> str:
@@ -109,7 +109,7 @@ def _call_trace(out: _Out, site: Site, ctx: TextContext) -> None:
 def _sleep_in_atomic(f: Finding, ctx: TextContext, out: _Out) -> None:
     sleep = next((s for s in f.sites if _role(s, "sleep")), f.sites[0] if f.sites else None)
     held = _by_ts([s for s in f.sites if _role(s, "held")])
-    top = sleep.frames[0] if sleep is not None and sleep.frames else None
+    top = fr.sleep_site(sleep.frames) if sleep is not None else None
     where = fr.where(top) if top is not None else ""
     func = str(f.details.get("api") or f.details.get("func")
                or (top.function if top is not None else "?"))

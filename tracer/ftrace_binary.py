@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import control, schema
 from tracedep.tracer.ftrace_formats import (

@@ -22,7 +22,6 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient
 from qemu.qmp.error import QMPError
-
 from tracedep.errors import QemuError
 from tracedep.vm.machines import Machine
 
@@ -175,7 +174,7 @@ class Vm:
         assert self._ending is not None
         async for ev in self._listener:
             name = ev["event"]
-            data = ev.get("data", {})
+            data: dict[str, Any] = dict(ev.get("data") or {})  # type: ignore[call-overload]
             self.events.append({"event": name, "data": data,
                                 "t": round(time.monotonic() - self.started_at, 3)})
             if self._ending.done():
@@ -204,7 +203,7 @@ class Vm:
         assert self._ending is not None
         try:
             return await asyncio.wait_for(asyncio.shield(self._ending), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Ending(END_TIMEOUT, f"no power-off within {timeout:g} s")
 
     async def _cleanup(self) -> None:
@@ -213,11 +212,11 @@ class Vm:
                 await asyncio.wait_for(self.qmp.execute("quit"), 3)
             try:
                 await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.terminate()
                 try:
                     await asyncio.wait_for(self.proc.wait(), 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.proc.kill()
                     await self.proc.wait()
         if self._event_task is not None:

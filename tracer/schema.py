@@ -25,12 +25,14 @@ Columns
 ``event``           category the raw event name (``tracedep/lk_spin``, ``kmem/kmalloc`` …)
 ``lock_addr``       uint64  lock instance address (0 when not a lock event)
 ``lock_type``       category one of :data:`LOCK_TYPES` or ``""``
-``lock_flags``      category ``+``-joined subset of :data:`LOCK_FLAGS` (``"trylock+irqsave"``) or ``""``
+``lock_flags``      category ``+``-joined subset of :data:`LOCK_FLAGS` (``"trylock+irqsave"``),
+                            or ``""``
 ``ip``              uint64  call site: return address − call-instruction size (0 when unknown)
 ``gfp``             uint32  GFP flags of an allocation (0 otherwise)
 ``ptr``             uint64  allocated/freed object address (0 otherwise)
 ``bytes``           int64   bytes allocated (``bytes_alloc``), 0 otherwise
-``func``            category for ``sleep_call``: the function that may sleep; for irq events the handler/vector name
+``func``            category for ``sleep_call``: the function that may sleep; for irq events
+                            the handler or vector name; module name for ``module_load``
 ``value``           int64   event-specific integer: return value (``lock_return``), prev_state
                             (``sched_switch``), irq or softirq vector number, subclass
 ``stack_id``        int32   index into the run's stack table, -1 when no stack was taken

@@ -191,6 +191,10 @@ if [ "$TD_POLL" = 1 ]; then
     POLLER=$!
 fi
 
+# misses counted before tracing starts are not lost trace events: keep a baseline
+block file kprobe_profile_start
+cat $T/kprobe_profile >&3
+endblock file
 block start
 echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
 echo "untraced_pids=$(cat /tmp/pumps | tr '\n' ' ')" >&3
