@@ -11,9 +11,8 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -58,9 +57,8 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
     max_obj = int(events["bytes"].to_numpy()[a_rows].max()) if len(a_rows) else 0
     f_ptr = events["ptr"].to_numpy()[frees]
     f_ts = events["ts_ns"].to_numpy()[frees]
-    frees_by_ptr: dict[int, list[int]] = {}
-    for p, t in zip(f_ptr.tolist(), f_ts.tolist(), strict=True):
-        frees_by_ptr.setdefault(p, []).append(t)
+    forder = np.lexsort((f_ts, f_ptr))
+    f_ptr, f_ts = f_ptr[forder], f_ts[forder]
 
     table: list[LockClass] = []
     index: dict[str, int] = {}
@@ -72,56 +70,83 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
             table.append(c)
         return i
 
+    def freed_between(ptr: int, after: int, before: np.ndarray) -> np.ndarray:
+        """For each time in ``before``: was ``ptr`` freed in (after, that time)?"""
+        lo = int(np.searchsorted(f_ptr, np.uint64(ptr), side="left"))
+        hi = int(np.searchsorted(f_ptr, np.uint64(ptr), side="right"))
+        times = f_ts[lo:hi]
+        first = int(np.searchsorted(times, after, side="right"))
+        if first >= len(times):
+            return np.zeros(len(before), dtype=bool)
+        return before > times[first]
+
     out = np.full(len(lock_rows), -1, dtype=np.int64)
-    unknown: list[int] = []
+    unknown: list[np.ndarray] = []
     uniq, inverse = np.unique(addr, return_inverse=True)
+    by_addr = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[by_addr], np.arange(len(uniq) + 1))
     for ui, a in enumerate(uniq.tolist()):
-        members = np.nonzero(inverse == ui)[0]
+        members = by_addr[bounds[ui]:bounds[ui + 1]]
         sym = symbols.lookup(a, int(ts[members[0]]))
         if sym is not None:
             name = sym.name if sym.offset == 0 else f"{sym.name}+{sym.offset:#x}"
             key = f"static:{sym.module}:{name}"
             out[members] = intern(LockClass(name, key, "static", sym.module, sig=key))
             continue
-        # heap: objects that contained ``a`` at some time
+        # heap: the object that contained ``a`` when each event happened
         lo = int(np.searchsorted(a_ptr, np.uint64(max(a - max_obj, 0)), side="left"))
         hi = int(np.searchsorted(a_ptr, np.uint64(a), side="right"))
-        cand = [j for j in range(lo, hi) if int(a_end[j]) > a]
-        cand.sort(key=lambda j: int(a_ts[j]))
-        cand_ts = [int(a_ts[j]) for j in cand]
-        for m in members.tolist():
-            t = int(ts[m])
-            k = bisect_right(cand_ts, t) - 1
+        cand = np.arange(lo, hi)[a_end[lo:hi] > np.uint64(a)]
+        cand = cand[np.argsort(a_ts[cand], kind="stable")]
+        mts = ts[members]
+        k = np.searchsorted(a_ts[cand], mts, side="right") - 1
+        for kk in np.unique(k).tolist():
+            sel = members[k == kk]
             cls = None
-            if k >= 0:
-                j = cand[k]
+            if kk >= 0:
+                j = int(cand[kk])
                 base = int(a_ptr[j])
-                frees_here = frees_by_ptr.get(base, [])
-                if not any(cand_ts[k] < ft < t for ft in frees_here):
-                    site = symbols.lookup(int(a_ip[j]), int(a_ts[j]))
-                    if site is not None and site.name not in GENERIC_ALLOCATORS:
-                        off = a - base
-                        size = int(a_end[j]) - base
-                        name = f"{site.name}():obj+{off:#x}"
-                        key = f"heap:{site.module}:{site.name}:{off:#x}:{size}"
-                        cls = LockClass(
-                            name, key, "heap", site.module,
-                            f"at offset {off:#x} of a {size}-byte object allocated at {site}",
-                            sig=key)
-            if cls is None:
-                unknown.append(m)
-                continue
-            out[m] = intern(cls)
-    _instance_classes(unknown, addr, ips, ts, symbols, out, intern)
-    return out, table
+                live = ~freed_between(base, int(a_ts[j]), ts[sel])
+                site = symbols.lookup(int(a_ip[j]), int(a_ts[j]))
+                if site is not None and site.name not in GENERIC_ALLOCATORS:
+                    off = a - base
+                    size = int(a_end[j]) - base
+                    name = f"{site.name}():obj+{off:#x}"
+                    key = f"heap:{site.module}:{site.name}:{off:#x}:{size}"
+                    cls = LockClass(
+                        name, key, "heap", site.module,
+                        f"at offset {off:#x} of a {size}-byte object allocated at {site}",
+                        sig=key)
+                    out[sel[live]] = intern(cls)
+                    sel = sel[~live]
+            if len(sel):
+                unknown.append(sel)
+    rest = np.concatenate(unknown) if unknown else np.zeros(0, dtype=np.int64)
+    _instance_classes(rest, addr, ips, ts, symbols, out, intern)
+    return out, _unique_names(table)
 
 
-def _instance_classes(rows: list[int], addr: np.ndarray, ips: np.ndarray, ts: np.ndarray,
-                      symbols: RunSymbols,
-                      out: np.ndarray, intern: Callable[[LockClass], int]) -> None:
+def _unique_names(table: list[LockClass]) -> list[LockClass]:
+    """Two modules may name their locks alike (a driver and its twin): say whose."""
+    seen: dict[str, int] = {}
+    for c in table:
+        seen[c.name] = seen.get(c.name, 0) + 1
+    return [replace(c, name=f"{c.name} [{c.module}]") if seen[c.name] > 1
+            and c.module != "vmlinux" else c for c in table]
+
+
+def _instance_classes(rows: np.ndarray, addr: np.ndarray, ips: np.ndarray, ts: np.ndarray,
+                      symbols: RunSymbols, out: np.ndarray,
+                      intern: Callable[[LockClass], int]) -> None:
     """Classes for locks with neither symbol nor allocation: instances taken at a
     common call site are one class (the code that takes them is the code that
     knows their type), found with a union-find over (instance, call site)."""
+    if len(rows) == 0:
+        return
+    pairs = np.stack([addr[rows], ips[rows]], axis=1)
+    upairs, first, pinv, counts = np.unique(pairs, axis=0, return_index=True,
+                                            return_inverse=True, return_counts=True)
+    pinv = pinv.reshape(-1)
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -131,26 +156,28 @@ def _instance_classes(rows: list[int], addr: np.ndarray, ips: np.ndarray, ts: np
         return x
 
     site_owner: dict[int, int] = {}
-    for m in rows:
-        a, ip = int(addr[m]), int(ips[m])
+    for a, ip in upairs.tolist():
         o = site_owner.setdefault(ip, a)
         ra, ro = find(a), find(o)
         if ra != ro:
             parent[max(ra, ro)] = min(ra, ro)
-    # name each group after its most frequent acquiring function
     funcs: dict[int, dict[str, int]] = {}
-    for m in rows:
-        sym = symbols.lookup(int(ips[m]), int(ts[m]))
+    syms = []
+    for (a, ip), f0, n in zip(upairs.tolist(), first.tolist(), counts.tolist(), strict=True):
+        sym = symbols.lookup(ip, int(ts[rows[f0]]))
+        syms.append(sym)
+        d = funcs.setdefault(find(a), {})
         fn = sym.name if sym else "?"
-        d = funcs.setdefault(find(int(addr[m])), {})
-        d[fn] = d.get(fn, 0) + 1
-    for m in rows:
-        root = find(int(addr[m]))
+        d[fn] = d.get(fn, 0) + n
+    pair_cls = np.empty(len(upairs), dtype=np.int64)
+    for i, (a, _ip) in enumerate(upairs.tolist()):
+        root = find(a)
         fns = funcs[root]
         where = max(sorted(fns), key=lambda f: fns[f])
-        sym = symbols.lookup(int(ips[m]), int(ts[m]))
-        mod = sym.module if sym else "vmlinux"
-        out[m] = intern(LockClass(
-            f"lock@{where}", f"instance:{root:#x}", "instance", mod,
+        sym = syms[i]
+        pair_cls[i] = intern(LockClass(
+            f"lock@{where}", f"instance:{root:#x}", "instance",
+            sym.module if sym else "vmlinux",
             f"no allocation or symbol known; instances taken at the same call sites, "
             f"mostly in {where}()", sig=f"instance@{where}"))
+    out[rows] = pair_cls[pinv]

@@ -32,7 +32,7 @@ class _Resolver:
         self.trace = trace
         self.vmlinux = vmlinux
         self.warnings: list[str] = []
-        self._by_gen: dict[int, Symbolizer | None] = {}
+        self._by_key: dict[tuple[str, int], Symbolizer | None] = {}
         info = trace.info
         kas = info.get("kaslr") or {}
         self.kaslr = 0
@@ -51,22 +51,20 @@ class _Resolver:
             with gzip.open(kpath, "rt") as fh:
                 self.kallsyms = read_kallsyms(fh.read())
 
-    def _images(self, gen: int) -> dict[str, ModuleImage]:
-        out = {}
+    def _image(self, name: str, gen: int) -> ModuleImage | None:
         info = self.trace.info
         recs = list(info.get("modules", [])) + [
             {"name": n, **v} for n, v in (info.get("other_modules") or {}).items()]
         for m in recs:
             loads = m.get("loads") or []
-            if not loads:
+            if m["name"] != name or not loads:
                 continue
             load = loads[min(gen, len(loads) - 1)]
             ko = Path(m["ko"]) if m.get("ko") else None
-            dbg = self._debug_ko(ko)
-            ko = dbg or ko
-            out[m["name"]] = ModuleImage(m["name"], ko if ko and ko.is_file() else None,
-                                         dict(load.get("sections") or {}))
-        return out
+            ko = self._debug_ko(ko) or ko
+            return ModuleImage(name, ko if ko and ko.is_file() else None,
+                               dict(load.get("sections") or {}))
+        return None
 
     def _debug_ko(self, ko: Path | None) -> Path | None:
         """An in-tree module's twin with DWARF from the -dbg package, if extracted."""
@@ -77,17 +75,25 @@ class _Resolver:
         cand = root / "lib" / "modules" / rel
         return cand if cand.is_file() else None
 
-    def symbolizer(self, gen: int) -> Symbolizer | None:
-        if gen not in self._by_gen:
+    def symbolizer(self, module: str, gen: int) -> Symbolizer | None:
+        """The core kernel's, or one module load's: freed init sections of one module
+        are reused by the next, so module layouts are never mixed in one symbolizer."""
+        key = (module, gen)
+        if key not in self._by_key:
             try:
-                s = Symbolizer(self.vmlinux, self.kaslr, self._images(gen),
-                               kallsyms=self.kallsyms or None)
+                if module in ("vmlinux", "?"):
+                    s = Symbolizer(self.vmlinux, self.kaslr, {},
+                                   kallsyms=self.kallsyms or None)
+                else:
+                    img = self._image(module, gen)
+                    s = Symbolizer(None, 0, {module: img} if img else {}, kallsyms=None)
+                    s.warnings = [w for w in s.warnings if "no vmlinux" not in w]
                 self.warnings += [w for w in s.warnings if w not in self.warnings]
             except SymbolizerError as e:
                 self.warnings.append(str(e))
                 s = None
-            self._by_gen[gen] = s
-        return self._by_gen[gen]
+            self._by_key[key] = s
+        return self._by_key[key]
 
     def generation(self, f: Frame, ts: int | None) -> int:
         """Which load of ``f.module`` was live at ``ts`` (0 for the core kernel)."""
@@ -104,7 +110,7 @@ class _Resolver:
             if not f.address or f.inlined:
                 out.append(f)
                 continue
-            s = self.symbolizer(self.generation(f, ts))
+            s = self.symbolizer(f.module, self.generation(f, ts))
             if s is None:
                 out.append(f)
                 continue
@@ -140,7 +146,7 @@ def symbolize(a: Analysis, trace: Trace, vmlinux: Path | None) -> list[str]:
     a.edges = [replace(e, witness=site(e.witness),
                        held_witness=site(e.held_witness) if e.held_witness else None)
                for e in a.edges]
-    for s in r._by_gen.values():
+    for s in r._by_key.values():
         if s is not None:
             s.save_cache()
     return r.warnings

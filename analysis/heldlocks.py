@@ -19,11 +19,14 @@ Python lists; everything around it is column work.  It produces:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tracedep.tracer.probes import LOCK_FUNCS, SLEEPING_LOCK_TYPES
 
+ACQ_COLUMNS = ("row", "cls", "addr", "lock_type", "ctx", "task", "ts_acquire", "ts_acquired",
+               "ts_release", "release_row", "trylock", "irqs_off", "bh_off", "handed_off")
 SPIN_TYPES = frozenset({"spinlock", "rwlock-r", "rwlock-w"})
 SHARED_TYPES = frozenset({"rwlock-r", "rwsem-r"})
 RECURSIVE_READ = frozenset({"rwlock-r"})  # rwlock_t readers may nest; rwsem readers may not
@@ -140,9 +143,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
 
     stacks: dict[tuple[int, str], list[Held]] = {}
     pending: dict[tuple[int, str], list[tuple[int, str, int]]] = {}  # (row, func, held index)
-    acq_cols: dict[str, list[int | str | bool]] = {k: [] for k in (
-        "row", "cls", "addr", "lock_type", "ctx", "task", "ts_acquire", "ts_acquired",
-        "ts_release", "release_row", "trylock", "irqs_off", "bh_off", "handed_off")}
+    acqs: list[list[Any]] = []  # one row per acquisition, columns ACQ_COLUMNS
     edges: dict[tuple[int, int], list[EdgeAcc]] = {}
     usage: dict[int, dict[str, int]] = {}
     recursions: list[Recursion] = []
@@ -152,22 +153,9 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     last_holder: dict[int, tuple[int, str]] = {}
 
     def new_acq(r: int, i: int, cls: int, task: int, ctx: str, tryl: bool) -> int:
-        a = len(acq_cols["row"])
-        acq_cols["row"].append(r)
-        acq_cols["cls"].append(cls)
-        acq_cols["addr"].append(addr[i])
-        acq_cols["lock_type"].append(ltype_l[i])
-        acq_cols["ctx"].append(ctx)
-        acq_cols["task"].append(task)
-        acq_cols["ts_acquire"].append(ts[i])
-        acq_cols["ts_acquired"].append(ts[i])
-        acq_cols["ts_release"].append(-1)
-        acq_cols["release_row"].append(-1)
-        acq_cols["trylock"].append(tryl)
-        acq_cols["irqs_off"].append(irqs_off[i])
-        acq_cols["bh_off"].append(bh_off[i])
-        acq_cols["handed_off"].append(False)
-        return a
+        acqs.append([r, cls, addr[i], ltype_l[i], ctx, task, ts[i], ts[i], -1, -1, tryl,
+                     irqs_off[i], bh_off[i], False])
+        return len(acqs) - 1
 
     def mark(cls: int, bit: str, r: int) -> None:
         u = usage.setdefault(cls, {})
@@ -249,13 +237,13 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                     acquire(prow, pi, task, ctx, lf is not None and "trylock" in lf.flags,
                             flags_l[pi])
                     # a sleeping lock's wait ends when the call returns
-                    if acq_cols["row"][-1] == prow:
-                        acq_cols["ts_acquired"][-1] = ts[i]
+                    if acqs[-1][0] == prow:
+                        acqs[-1][7] = ts[i]
             else:
                 wo = wait_open.get((task, ctx))
                 if wo:
                     acq, _ = wo.pop()
-                    acq_cols["ts_acquired"][acq] = ts[i]
+                    acqs[acq][7] = ts[i]
         elif k == "lock_release":
             a = addr[i]
             found = False
@@ -266,8 +254,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                 for j in range(len(st) - 1, -1, -1):
                     if st[j].addr == a:
                         h = st.pop(j)
-                        acq_cols["ts_release"][h.acq] = ts[i]
-                        acq_cols["release_row"][h.acq] = r
+                        acqs[h.acq][8] = ts[i]
+                        acqs[h.acq][9] = r
                         found = True
                         break
                 if found:
@@ -282,9 +270,9 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                     for j in range(len(st) - 1, -1, -1):
                         if st[j].addr == a:
                             h = st.pop(j)
-                            acq_cols["ts_release"][h.acq] = ts[i]
-                            acq_cols["release_row"][h.acq] = r
-                            acq_cols["handed_off"][h.acq] = True
+                            acqs[h.acq][8] = ts[i]
+                            acqs[h.acq][9] = r
+                            acqs[h.acq][13] = True
                             found = True
                             break
                     if found:
@@ -303,8 +291,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                 h = st.pop(top)
                 tp = target_l[i]
                 if tp in untraced:  # it releases the lock where we cannot see
-                    acq_cols["ts_release"][h.acq] = ts[i]
-                    acq_cols["handed_off"][h.acq] = True
+                    acqs[h.acq][8] = ts[i]
+                    acqs[h.acq][13] = True
                 else:
                     nkey = (tp if tp > 0 else -1 - cpu[i], "process")
                     stacks.setdefault(nkey, []).append(h)
@@ -319,14 +307,17 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
                          kprobe_irqs_reliable)
 
-    acqs = pd.DataFrame(acq_cols)
-    return Replay(acqs, edges, usage, recursions, sleeps, baseline, unmatched)
+    frame = pd.DataFrame.from_records(acqs, columns=list(ACQ_COLUMNS))
+    return Replay(frame, edges, usage, recursions, sleeps, baseline, unmatched)
 
 
 def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,
                  i: int, task: int, ctx: str, hard: list[bool], soft: list[bool],
                  irqs_off: list[bool], bh_off: list[bool], depth: list[int],
                  irqs_reliable: bool) -> None:
+    # every atomic state shows in the record (a held spinlock raises preempt_count)
+    if not (depth[i] or hard[i] or soft[i] or bh_off[i] or (irqs_reliable and irqs_off[i])):
+        return
     held_all = list(stacks.get((task, ctx), []))
     if ctx != "process":
         held_all = list(stacks.get((task, "process"), [])) + held_all

@@ -50,7 +50,8 @@ def _summary(values: np.ndarray) -> dict[str, float]:
             "p99": float(np.percentile(values, 99)), "max": float(values.max())}
 
 
-def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass]) -> list[ClassStats]:
+def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass],
+                usage: dict[int, dict[str, int]] | None = None) -> list[ClassStats]:
     out: list[ClassStats] = []
     if acqs.empty:
         return out
@@ -67,9 +68,20 @@ def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass]) -> list
         out.append(ClassStats(
             lock_class=lc.name, lock_type=lt, driver=lc.module, acquisitions=len(grp),
             hold_ns=_summary(held), hold_hist=_hist(held), wait_ns=_summary(wait),
-            wait_hist=_hist(wait), contexts=sorted(set(grp["ctx"].astype(str))),
+            wait_hist=_hist(wait), contexts=sorted(set(grp["ctx"].astype(str)) | _usage_words(
+                (usage or {}).get(ci, {}))),
         ))
     return out
+
+
+def _usage_words(bits: dict[str, int]) -> set[str]:
+    """lockdep's usage bits as context words: taken with hardirqs/softirqs enabled."""
+    words = set()
+    if any(b.startswith("HARDIRQ-ON") for b in bits):
+        words.add("hardirq-on")
+    if any(b.startswith("SOFTIRQ-ON") for b in bits):
+        words.add("softirq-on")
+    return words
 
 
 def analyze(trace: Trace) -> Analysis:
@@ -97,7 +109,7 @@ def analyze(trace: Trace) -> Analysis:
             drivers=drivers, witness=cx.site(acc.row, "acquire", table[v].name, False),
             held_witness=cx.site(acc.held_row, "held", table[u].name, False),
             read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
-    stats = class_stats(rep.acquisitions, table)
+    stats = class_stats(rep.acquisitions, table, rep.usage)
     health = _health(trace, rep.unmatched_releases)
     health["analysis_s"] = round(time.monotonic() - t0, 3)
     run = _run_summary(trace.info)

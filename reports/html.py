@@ -377,32 +377,37 @@ def _classes_table(classes: Sequence[ClassStats], ids: _Ids) -> Markup:
     return el("div", el("table", head, *rows), style="overflow-x:auto")
 
 
-def _edges_table(edges: Sequence[Edge], red: set[tuple[str, str]], ids: _Ids) -> Markup:
+def _edges_table(edges: Sequence[Edge], red: set[tuple[str, str]], driver: str,
+                 ids: _Ids) -> Markup:
     if not edges:
         return el("p", "None.", class_="empty")
     rows = []
     for e in sorted(edges, key=lambda e: (e.before, e.after)):
-        flags = ", ".join(x for x in ("in a cycle" if (e.before, e.after) in red else "",
-                                      "trylock" if e.trylock else "",
-                                      "read/read" if e.read_only else "") if x)
+        notes = [x for x in ("in a reported cycle" if (e.before, e.after) in red else "",
+                             "trylock only" if e.trylock else "",
+                             "read/read" if e.read_only else "") if x]
+        others = [d for d in e.drivers if d != driver]
+        if others:
+            notes.append("with " + ", ".join(others))
         held = fr.at(e.held_witness.frames) if e.held_witness is not None else "-"
         rows.append(el("tr",
                        el("td", el("a", el("code", e.before), href=f"#{ids('c', e.before)}"),
                           " → ", el("a", el("code", e.after), href=f"#{ids('c', e.after)}")),
                        el("td", e.count, class_="n"), el("td", el("code", held)),
                        el("td", el("code", fr.at(e.witness.frames))),
-                       el("td", ", ".join(e.drivers)), el("td", flags)))
-    return el("table", el("tr", el("th", "dependency (held → taken)"), el("th", "seen", class_="n"),
-                          el("th", "first lock taken at"), el("th", "second lock taken at"),
-                          el("th", "drivers"), el("th", "")), *rows)
+                       el("td", "; ".join(notes))))
+    return el("div", el("table", el("tr", el("th", "dependency (held → taken)"),
+                                    el("th", "seen", class_="n"),
+                                    el("th", "first lock taken at"),
+                                    el("th", "second lock taken at"), el("th", "notes")),
+                        *rows), style="overflow-x:auto")
 
 
 def render_driver(a: Analysis, driver: str, generated: str | None = None) -> str:
     """One driver's page: its findings, lock-order graph and lock statistics."""
     facts = model.run_facts(a)
     findings = model.sorted_findings(f for f in a.findings if f.driver == driver)
-    own = {c.lock_class for c in a.classes if c.driver == driver}
-    edges = [e for e in a.edges if driver in e.drivers or (e.before in own and e.after in own)]
+    edges = [e for e in a.edges if driver in e.drivers]
     names = _driver_classes(a, driver, findings, edges)
     classes = [c for c in a.classes if c.driver == driver]
     # Other modules' locks only where this driver's findings name them.
@@ -432,7 +437,7 @@ def render_driver(a: Analysis, driver: str, generated: str | None = None) -> str
           or [el("p", "No findings for this driver.", class_="empty")]),
         el("h2", "Lock-order graph"), _graph(a, driver, findings, edges, names),
         el("h2", "Lock classes: hold and wait times"), _classes_table(classes, ids),
-        el("h2", "Lock-order dependencies"), _edges_table(edges, red, ids),
+        el("h2", "Lock-order dependencies"), _edges_table(edges, red, driver, ids),
     ]
     return _page(title, body, generated)
 

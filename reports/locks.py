@@ -158,8 +158,14 @@ def lock_name(name: str, usage: Mapping[str, Usage]) -> str:
     return f"({name}){u.bits()}" if u is not None else f"({name})"
 
 
-def edge_map(edges: Iterable[Edge]) -> dict[tuple[str, str], Edge]:
-    return {(e.before, e.after): e for e in edges}
+def edge_map(edges: Iterable[Edge], driver: str | None = None) -> dict[tuple[str, str], Edge]:
+    """Edges by (before, after); a driver's own edge wins over a namesake's (a bug
+    driver and its clean twin may name their locks alike)."""
+    edges = list(edges)
+    out = {(e.before, e.after): e for e in edges}
+    if driver is not None:
+        out.update({(e.before, e.after): e for e in edges if driver in e.drivers})
+    return out
 
 
 @dataclass(frozen=True)
@@ -174,11 +180,11 @@ _ACQ_WHILE = re.compile(r"^(?P<b>.+) acquired while holding (?P<a>.+)$")
 _EARLIER = " acquired earlier"
 
 
-def deps(f: Finding, emap: Mapping[tuple[str, str], Edge]) -> dict[tuple[str, str], Dep]:
+def deps(f: Finding, edges: Iterable[Edge]) -> dict[tuple[str, str], Dep]:
     """The dependencies a finding can show: its own witnesses where it has them
     (``"B acquired while holding A"``, then ``"A acquired earlier"``), else the
-    run's edges."""
-    out = {k: Dep(e.witness, e.held_witness) for k, e in emap.items()}
+    run's edges, the finding's driver's first."""
+    out = {k: Dep(e.witness, e.held_witness) for k, e in edge_map(edges, f.driver).items()}
     for i, s in enumerate(f.sites):
         m = _ACQ_WHILE.match(s.role)
         if m is None:
@@ -228,12 +234,12 @@ def cycle_order(f: Finding, dmap: Mapping[tuple[str, str], Dep]) -> list[str] | 
 
 def cycle_edges(findings: Iterable[Finding], edges: Iterable[Edge]) -> set[tuple[str, str]]:
     """Every dependency that is part of a reported lock-order cycle."""
-    emap = edge_map(edges)
+    edges = list(edges)
     out: set[tuple[str, str]] = set()
     for f in findings:
         if f.kind not in CYCLE_KINDS:
             continue
-        order = cycle_order(f, deps(f, emap))
+        order = cycle_order(f, deps(f, edges))
         if order is None:
             continue
         out.update((order[i], order[(i + 1) % len(order)]) for i in range(len(order)))

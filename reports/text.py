@@ -27,13 +27,13 @@ class TextContext:
     kernel: str
     arch: str
     classes: Mapping[str, ClassStats]
-    edges: Mapping[tuple[str, str], Edge]
+    edges: Sequence[Edge]
     usage: Mapping[str, lk.Usage]
 
     @classmethod
     def of(cls, a: Analysis) -> TextContext:
         facts = model.run_facts(a)
-        return cls(facts.kernel, facts.arch, model.class_index(a.classes), lk.edge_map(a.edges),
+        return cls(facts.kernel, facts.arch, model.class_index(a.classes), a.edges,
                    lk.usages(a.classes, lk.all_sites(a)))
 
     def name(self, lock: str | None) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Frame, Site
 from tracedep.errors import InputError
-from tracedep.reports import html, model, text
+from tracedep.reports import html, model, svg, text
 from tracedep.reports.serialize import (
     analysis_from_json,
     analysis_to_json,
@@ -192,6 +192,15 @@ def test_round_trip_exact(tmp_path: Path) -> None:
     on_disk = json.loads((tmp_path / "findings.json").read_text())
     assert on_disk == json.loads(json.dumps([f.to_json() for f in a.findings]))
     assert "findings" not in json.loads((tmp_path / "analysis.json").read_text())
+    # histogram buckets are ordered by insertion: the file must keep that order
+    assert list(load_run_outputs(tmp_path).classes[0].hold_hist) == ["<1us", "1-2us", "2-4us"]
+
+
+def test_histogram_axis_in_bucket_order() -> None:
+    svg_text = svg.histogram({"8us-16us": 1, "1.024ms-2.048ms": 5, "<1us": 3, "2us-4us": 2},
+                             "hold")
+    titles = re.findall(r"<title>([^<:]+):", svg_text)
+    assert titles == ["&lt;1us", "2us-4us", "8us-16us", "1.024ms-2.048ms"]
 
 
 def test_outputs_written_whole(tmp_path: Path) -> None:
