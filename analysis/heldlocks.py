@@ -307,7 +307,9 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
                          kprobe_irqs_reliable)
 
-    frame = pd.DataFrame.from_records(acqs, columns=list(ACQ_COLUMNS))
+    cols = list(zip(*acqs, strict=True)) if acqs else [()] * len(ACQ_COLUMNS)
+    frame = pd.DataFrame({c: np.asarray(v, dtype=object if c in ("lock_type", "ctx") else None)
+                          for c, v in zip(ACQ_COLUMNS, cols, strict=True)})
     return Replay(frame, edges, usage, recursions, sleeps, baseline, unmatched)
 
 

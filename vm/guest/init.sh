@@ -170,15 +170,19 @@ td_insmod() {
     name=${name%.ko}
     name=${name//-/_}
     echo "tracedep: insmod $name" > $T/trace_marker
-    insmod "$ko" "$@"
+    /bin/busybox insmod "$ko" "$@"
     rc=$?
     report_module "$name"
     return $rc
 }
 td_rmmod() {
     echo "tracedep: rmmod $1" > $T/trace_marker
-    rmmod "$1" && rmdir /tmp/reported.$1 2>/dev/null
+    /bin/busybox rmmod "$1" && rmdir /tmp/reported.$1 2>/dev/null
 }
+# A workload's plain insmod/rmmod report the module at once too: the poller
+# below misses a module loaded and unloaded within its period.
+insmod() { td_insmod "$@"; }
+rmmod() { td_rmmod "$@"; }
 # Modules loaded by a custom workload with plain insmod are caught by this poller.
 POLLER=
 if [ "$TD_POLL" = 1 ]; then
