@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--arch", default="x86_64")
     pr.add_argument("--abi", default=None)
     pr.set_defaults(func=cmd_probes)
+    from tracedep import gitbisect, nightly
+
+    nightly.add_parser(sub)
+    gitbisect.add_parser(sub)
     return p
 
 

@@ -62,24 +62,32 @@ echo 0 > $A/tracing_on
 cat $A/trace_pipe > /tmp/txta.txt
 echo 64 > $A/buffer_size_kb
 
-# both instances around the module load
-echo 1 > $T/instances/txt/tracing_on
-echo 1 > $A/tracing_on
-echo "record_text: insmod" > $T/instances/txt/trace_marker
-echo "record_text: insmod" > $A/trace_marker
+# both instances around the module load and, later, its unload
+on() { echo 1 > $T/instances/txt/tracing_on; echo 1 > $A/tracing_on; }
+off() { echo 0 > $A/tracing_on; echo 0 > $T/instances/txt/tracing_on; }
+mark() { echo "record_text: $*" > $T/instances/txt/trace_marker; echo "record_text: $*" > $A/trace_marker; }
+on
+mark insmod
 # plain insmod (td_insmod's module report is slow under TCG: it runs after)
 echo "tracedep: insmod td_alloc_spin_bug" > $T/trace_marker
 insmod $MOD
-echo "record_text: insmod done" > $T/instances/txt/trace_marker
-echo "record_text: insmod done" > $A/trace_marker
-echo 0 > $A/tracing_on
-echo 0 > $T/instances/txt/tracing_on
+# a line on the serial console: its UART interrupt shows as irq_handler_entry/exit
+echo "record_text: loaded" > /dev/console
+mark insmod done
+off
 report_module td_alloc_spin_bug
+grep '\[td_alloc_spin_bug\]' /proc/kallsyms > /tmp/kallsyms.mod
+on
+mark rmmod
+echo "tracedep: rmmod td_alloc_spin_bug" > $T/trace_marker
+rmmod td_alloc_spin_bug
+mark rmmod done
+off
 cat $A/trace_pipe >> /tmp/txta.txt
 
 {
     echo "=====RECORD-TEXT kallsyms BEGIN====="
-    grep '\[td_alloc_spin_bug\]' /proc/kallsyms
+    cat /tmp/kallsyms.mod
     echo "=====RECORD-TEXT kallsyms END====="
     echo "=====RECORD-TEXT trace BEGIN====="
     cat $T/instances/txt/trace
