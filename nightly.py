@@ -92,7 +92,7 @@ class Cell:
     @property
     def dirname(self) -> str:
         k = self.key
-        return "_".join(re.sub(r"[^A-Za-z0-9.+-]", "-", p)
+        return "--".join(re.sub(r"[^A-Za-z0-9._+-]", "-", p)
                         for p in (k.kernel, k.arch, k.driver_set, k.workload))
 
 

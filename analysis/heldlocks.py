@@ -90,6 +90,7 @@ class Replay:
     sleeps: list[SleepEvent]
     switch_baseline: int
     unmatched_releases: int = 0
+    irq_leaked: int = 0  # interrupt-context locks never released (their unlock was missed)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -151,6 +152,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     unmatched = 0
     wait_open: dict[tuple[int, str], list[tuple[int, int]]] = {}  # sleeping locks: (acq, row)
     last_holder: dict[int, tuple[int, str]] = {}
+    irq_dirty: set[int] = set()
+    leaked = 0
 
     def new_acq(r: int, i: int, cls: int, task: int, ctx: str, tryl: bool) -> int:
         acqs.append([r, cls, addr[i], ltype_l[i], ctx, task, ts[i], ts[i], -1, -1, tryl,
@@ -215,6 +218,17 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
         task = p if p > 0 else -1 - cpu[i]
         ctx = _ctx(hard[i], soft[i], nmi[i])
         k = kind_l[i]
+        if ctx != "process":
+            irq_dirty.add(task)
+        elif task in irq_dirty:
+            # Back in process context: no interrupt handler can still hold a lock.
+            # Whatever is left is an unlock that was missed (a probe that fired
+            # inside another probe's handler), not a lock to build on.
+            irq_dirty.discard(task)
+            for c in ("hardirq", "softirq", "nmi"):
+                left = stacks.pop((task, c), None)
+                if left:
+                    leaked += len(left)
         if k == "lock_acquire":
             fn = ev_l[i].partition("_")[2]
             lf = LOCK_FUNCS.get(fn)
@@ -310,7 +324,9 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     cols = list(zip(*acqs, strict=True)) if acqs else [()] * len(ACQ_COLUMNS)
     frame = pd.DataFrame({c: np.asarray(v, dtype=object if c in ("lock_type", "ctx") else None)
                           for c, v in zip(ACQ_COLUMNS, cols, strict=True)})
-    return Replay(frame, edges, usage, recursions, sleeps, baseline, unmatched)
+    rep = Replay(frame, edges, usage, recursions, sleeps, baseline, unmatched)
+    rep.irq_leaked = leaked
+    return rep
 
 
 def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,

@@ -111,6 +111,7 @@ def analyze(trace: Trace) -> Analysis:
             read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
     stats = class_stats(rep.acquisitions, table, rep.usage)
     health = _health(trace, rep.unmatched_releases)
+    health["irq_locks_unreleased"] = rep.irq_leaked
     health["analysis_s"] = round(time.monotonic() - t0, 3)
     run = _run_summary(trace.info)
     return Analysis(findings=findings, classes=stats, edges=edges, health=health, run=run)
@@ -122,7 +123,16 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     ending = info.get("ending", {})
     warnings = list(trace.warnings)
     if lost.get("total"):
-        warnings.append(f"{lost['total']} events were lost: findings may be missing")
+        missed = int(lost.get("kprobe_missed", 0) or 0)
+        other = int(lost["total"]) - missed
+        if other:
+            warnings.append(f"{other} events were lost (ring-buffer overruns or a torn "
+                            f"transport): findings may be missing")
+        if missed:
+            warnings.append(f"{missed} probe hits were missed: a probe that fires while "
+                            f"another probe's handler runs on the same CPU (mostly "
+                            f"interrupt-context lock operations) is not recorded; "
+                            f"findings in interrupt context may be missing")
     if lost.get("truncated"):
         warnings.append("the trace is truncated: the guest did not finish sending it")
     if ending and ending.get("how") not in (None, "poweroff"):

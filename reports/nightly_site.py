@@ -37,7 +37,7 @@ INDEX = "index.html"
 EXTRA_CSS = """
 .c-new { background: var(--red); } .c-fixed { background: var(--green); }
 .c-flaky { background: var(--orange); } .c-still { background: #5f6b7a; }
-.s-ok { color: var(--green); } .s-error, .s-failed, .s-interrupted { color: var(--red); }
+.s-ok, .s-complete { color: var(--green); } .s-error, .s-failed, .s-interrupted { color: var(--red); }
 .s-running { color: var(--orange); }
 svg.plot text { font: 11px ui-monospace, "DejaVu Sans Mono", monospace; fill: #687385; }
 svg.plot .line { fill: none; stroke: var(--blue); stroke-width: 2; }

@@ -1,0 +1,485 @@
+"""Recorded-trace fixtures: the small slice of a real run that the analysis of some modules needs.
+
+``save_fixture(run_dir, modules, out_dir)`` keeps, from a real run directory:
+
+* every lock, sleep, reclaiming-allocation and ``sched_switch`` event of each
+  task (or idle CPU) while it runs the modules' code: one window per burst of
+  the modules' activity on that task (module code in the call site or in the
+  witness stack, or a lock that lives in the modules' data or heap objects);
+* the acquisitions still held when a window opens, and the release (and
+  trylock outcome) of every kept acquisition, found with a replay of the whole
+  run, so no lock is left held by the slice that the run released;
+* the hardirq/softirq lock events, on any task, of the locks those windows use;
+* the allocations (and frees) of the objects that hold the kept locks, so heap
+  locks get the same classes;
+* the ``module_load``/``module_free`` events.
+
+It writes, into ``out_dir``::
+
+    events.csv.gz   the kept events, tracer.schema columns
+    stacks.json     the witness stacks they refer to (``stack_id`` indexes this list)
+    kallsyms        /proc/kallsyms format: every symbol an address of the slice falls in,
+                    and the next one (which bounds its size); module symbols carry
+                    ``\\t[module]`` and come from the module's .ko placed as the run loaded it
+    manifest.json   the run's manifest without its bulk, plus a ``fixture`` key: where
+                    each module load lay (section spans, trace times) and the kernel span
+
+``load_fixture(out_dir)`` reads it back as an :class:`analysis.trace.Trace`
+whose ``analyze()`` gives what the whole run gave for those modules.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracedep.analysis import classes as lock_classes
+from tracedep.analysis.elf_symbols import SymbolTable
+from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
+from tracedep.analysis.symbols import ModuleSpan, RunSymbols, read_kallsyms
+from tracedep.analysis.trace import Trace, load
+from tracedep.errors import InputError
+from tracedep.tracer import manifest, schema
+from tracedep.tracer.probes import LOCK_FUNCS
+
+log = logging.getLogger(__name__)
+
+FIXTURE_VERSION = 1
+# Two events of a task's module activity further apart than this start a new window.
+DEFAULT_GAP_NS = 5_000_000
+LOCK_KINDS = ("lock_acquire", "lock_return", "lock_release")
+_MANIFEST_KEYS = ("manifest_version", "state", "tracedep_version", "started", "arch",
+                  "transport", "call_insn_size", "kprobe_reports_irqs_off", "untraced_pids",
+                  "ending", "kaslr", "guest", "workload", "bundled_drivers")
+
+
+@dataclass
+class _Run:
+    """A run directory decoded and replayed once (saving many fixtures reuses it)."""
+
+    trace: Trace
+    key: np.ndarray  # task key per row: pid, or -1 - cpu for the idle task
+    acqs: pd.DataFrame  # heldlocks acquisitions of the whole run
+    acq_by_row: dict[int, int]  # acquire row -> index into acqs
+    rows_by_key: dict[int, np.ndarray]  # event rows of each task key, in time order
+
+
+_RUNS: dict[Path, _Run] = {}
+
+
+def _prepare(run_dir: Path) -> _Run:
+    run_dir = run_dir.resolve()
+    if run_dir in _RUNS:
+        return _RUNS[run_dir]
+    trace = load(run_dir)
+    ev = trace.events
+    lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+    cls_ids, _table = lock_classes.assign(ev, trace.symbols, lock_rows)
+    class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
+    untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))
+    rep = replay(ev, class_of_row, not bool(trace.info.get("kprobe_reports_irqs_off", False)),
+                 untraced)
+    pid = ev["pid"].to_numpy().astype(np.int64)
+    key = np.where(pid > 0, pid, -1 - ev["cpu"].to_numpy().astype(np.int64))
+    order = np.argsort(key, kind="stable")
+    uniq, starts = np.unique(key[order], return_index=True)
+    parts = np.split(order, starts[1:])
+    acqs = rep.acquisitions.reset_index(drop=True)
+    run = _Run(trace, key, acqs, {int(r): i for i, r in enumerate(acqs["row"].tolist())},
+               {int(k): p for k, p in zip(uniq.tolist(), parts, strict=True)})
+    _RUNS.clear()  # one run at a time: a whole run's frames are big
+    _RUNS[run_dir] = run
+    return run
+
+
+def _module_rows(run: _Run, names: set[str]) -> np.ndarray:
+    """Rows whose call site, witness stack or lock belongs to the modules ``names``."""
+    ev = run.trace.events
+    syms = run.trace.symbols
+    n = len(ev)
+    ip = ev["ip"].to_numpy()
+    ts = ev["ts_ns"].to_numpy()
+    addr = ev["lock_addr"].to_numpy()
+    kinds = ev["kind"].to_numpy()
+    is_lock = np.isin(kinds, LOCK_KINDS)
+    spans = [m for m in syms.modules if m.name in names]
+    hit = np.zeros(n, dtype=bool)
+    for m in spans:
+        live = (ts >= m.t0) & (ts < m.t1)
+        hit |= live & (ip >= np.uint64(m.lo)) & (ip < np.uint64(m.hi))
+        hit |= live & is_lock & (addr >= np.uint64(m.lo)) & (addr < np.uint64(m.hi))
+    # witness stacks through the modules' code
+    sid = ev["stack_id"].to_numpy()
+    with_stack = np.nonzero(sid >= 0)[0]
+    for r in with_stack.tolist():
+        if not hit[r]:
+            t = int(ts[r])
+            hit[r] = any(syms.module_of(a, t) in names for a in run.trace.stacks[int(sid[r])])
+    # locks inside objects the modules allocated, while those objects live
+    objs = np.nonzero(hit & (kinds == "alloc") & (ev["ptr"].to_numpy() != 0))[0]
+    frees = _frees_by_ptr(ev)
+    ptrs = ev["ptr"].to_numpy()
+    nbytes = ev["bytes"].to_numpy()
+    for r in objs.tolist():
+        lo, hi, t0 = int(ptrs[r]), int(ptrs[r]) + int(nbytes[r]), int(ts[r])
+        t1 = next((t for t in frees.get(lo, []) if t > t0), 1 << 62)
+        hit |= (is_lock & (addr >= np.uint64(lo)) & (addr < np.uint64(hi)) & (ts >= t0)
+                & (ts < t1))
+    return np.nonzero(hit)[0]
+
+
+def _frees_by_ptr(ev: pd.DataFrame) -> dict[int, list[int]]:
+    fr = np.nonzero(ev["kind"].to_numpy() == "free")[0]
+    out: dict[int, list[int]] = {}
+    for p, t in zip(ev["ptr"].to_numpy()[fr].tolist(), ev["ts_ns"].to_numpy()[fr].tolist(),
+                    strict=True):
+        out.setdefault(int(p), []).append(int(t))
+    return out
+
+
+def _windows(run: _Run, rows: np.ndarray, gap_ns: int) -> list[tuple[int, int, int]]:
+    """(task key, first ts, last ts) of each burst of activity in ``rows``."""
+    ts = run.trace.events["ts_ns"].to_numpy()[rows]
+    keys = run.key[rows]
+    order = np.lexsort((ts, keys))
+    ts, keys = ts[order], keys[order]
+    out: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(ts) + 1):
+        if i == len(ts) or keys[i] != keys[start] or ts[i] - ts[i - 1] > gap_ns:
+            out.append((int(keys[start]), int(ts[start]), int(ts[i - 1])))
+            start = i
+    return out
+
+
+def _needed(ev: pd.DataFrame) -> np.ndarray:
+    """Events the rules read: locks, may-sleep events, context switches."""
+    kinds = ev["kind"].to_numpy()
+    return (np.isin(kinds, (*LOCK_KINDS, "sleep_call", "sched_switch"))
+            | ((kinds == "alloc") & ((ev["gfp"].to_numpy() & GFP_DIRECT_RECLAIM) != 0)))
+
+
+def _outcome_row(run: _Run, r: int) -> int | None:
+    """The ``lock_return`` that tells whether the conditional acquire at row ``r`` succeeded."""
+    ev = run.trace.events
+    fn = str(ev["event"].iat[r]).partition("_")[2]
+    lf = LOCK_FUNCS.get(fn)
+    if lf is None or lf.release:
+        return None
+    want = f"tracedep/lr_{fn}"
+    rows = run.rows_by_key[int(run.key[r])]
+    i = int(np.searchsorted(rows, r, side="right"))
+    ev_col = ev["event"].to_numpy()
+    for j in rows[i:i + 4096].tolist():
+        if ev_col[j] == want:
+            return int(j)
+        if ev_col[j] == f"tracedep/lk_{fn}":
+            return None  # a new call of the same function before any return
+    return None
+
+
+def _close(run: _Run, keep: set[int]) -> None:
+    """Add the release and the outcome of every kept acquire, in place."""
+    acqs = run.acqs
+    rel = acqs["release_row"].to_numpy()
+    kinds = run.trace.events["kind"].to_numpy()
+    for r in [r for r in keep if kinds[r] == "lock_acquire"]:
+        a = run.acq_by_row.get(r)
+        if a is not None and rel[a] >= 0:
+            keep.add(int(rel[a]))
+        o = _outcome_row(run, r)
+        if o is not None:
+            keep.add(o)
+
+
+def _held_at(run: _Run, task: int, t: int, ctx: str | None = None) -> list[int]:
+    """Acquire rows of the locks ``task`` held (in ``ctx``, or any) at time ``t``."""
+    a = run.acqs
+    m = ((a["task"].to_numpy() == task) & (a["ts_acquire"].to_numpy() < t)
+         & ((a["ts_release"].to_numpy() >= t) | (a["ts_release"].to_numpy() < 0))
+         & ~a["handed_off"].to_numpy().astype(bool))
+    if ctx is not None:
+        m &= a["ctx"].to_numpy() == ctx
+    return [int(r) for r in a["row"].to_numpy()[m].tolist()]
+
+
+def _alloc_rows(run: _Run, keep: set[int]) -> set[int]:
+    """Allocations (and frees) that give the kept heap locks their classes."""
+    ev = run.trace.events
+    syms = run.trace.symbols
+    kinds = ev["kind"].to_numpy()
+    ts = ev["ts_ns"].to_numpy()
+    addr = ev["lock_addr"].to_numpy()
+    uses: dict[int, list[int]] = {}
+    for r in keep:
+        if kinds[r] in LOCK_KINDS and addr[r]:
+            uses.setdefault(int(addr[r]), []).append(int(ts[r]))
+    allocs = np.nonzero((kinds == "alloc") & (ev["ptr"].to_numpy() != 0)
+                        & (ev["bytes"].to_numpy() > 0))[0]
+    a_ptr = ev["ptr"].to_numpy()[allocs]
+    order = np.argsort(a_ptr, kind="stable")
+    a_ptr, a_rows = a_ptr[order], allocs[order]
+    a_end = a_ptr + ev["bytes"].to_numpy()[a_rows].astype(np.uint64)
+    a_ts = ts[a_rows]
+    max_obj = int(ev["bytes"].to_numpy()[a_rows].max()) if len(a_rows) else 0
+    frees = np.nonzero(kinds == "free")[0]
+    free_rows: dict[int, list[int]] = {}
+    for r, p in zip(frees.tolist(), ev["ptr"].to_numpy()[frees].tolist(), strict=True):
+        free_rows.setdefault(int(p), []).append(int(r))
+    out: set[int] = set()
+    for a, times in uses.items():
+        if syms.lookup(a, times[0]) is not None:
+            continue  # a static lock: named by its symbol
+        lo = int(np.searchsorted(a_ptr, np.uint64(max(a - max_obj, 0)), side="left"))
+        hi = int(np.searchsorted(a_ptr, np.uint64(a), side="right"))
+        cand = sorted((j for j in range(lo, hi) if int(a_end[j]) > a), key=lambda j: int(a_ts[j]))
+        cand_ts = [int(a_ts[j]) for j in cand]
+        for t in sorted(set(times)):
+            k = bisect_right(cand_ts, t) - 1
+            if k < 0:
+                continue
+            j = cand[k]
+            out.add(int(a_rows[j]))
+            for fr in free_rows.get(int(a_ptr[j]), []):
+                if cand_ts[k] < int(ts[fr]) <= t:
+                    out.add(fr)
+    return out
+
+
+def select_rows(run_dir: Path, module_names: list[str], gap_ns: int = DEFAULT_GAP_NS
+                ) -> tuple[Trace, np.ndarray]:
+    """The run's trace and the rows a fixture of ``module_names`` keeps (sorted)."""
+    run = _prepare(run_dir)
+    ev = run.trace.events
+    names = set(module_names)
+    known = {m["name"] for m in run.trace.info.get("modules", [])}
+    missing = names - known
+    if missing:
+        raise InputError(f"{run_dir}: no module {', '.join(sorted(missing))} in this run")
+    mrows = _module_rows(run, names)
+    needed = _needed(ev)
+    ts = ev["ts_ns"].to_numpy()
+    keep: set[int] = set()
+    wins = _windows(run, mrows, gap_ns)
+    for task, t0, t1 in wins:
+        rows = run.rows_by_key[task]
+        lo = int(np.searchsorted(ts[rows], t0, side="left"))
+        hi = int(np.searchsorted(ts[rows], t1, side="right"))
+        sel = rows[lo:hi]
+        keep.update(sel[needed[sel]].tolist())
+        keep.update(_held_at(run, task, t0))
+    keep.update(int(r) for r in mrows.tolist() if needed[r] or ev["kind"].iat[r] == "alloc")
+    _close(run, keep)
+    # IRQ-context events of the same locks while the modules were active
+    if wins:
+        lo_t, hi_t = min(w[1] for w in wins), max(w[2] for w in wins)
+        kinds = ev["kind"].to_numpy()
+        addr = ev["lock_addr"].to_numpy()
+        addrs = np.array(sorted({int(addr[r]) for r in keep if kinds[r] in LOCK_KINDS}),
+                         dtype=np.uint64)
+        irq = (ev["in_hardirq"].to_numpy() | ev["in_softirq"].to_numpy())
+        cand = np.nonzero(irq & np.isin(kinds, LOCK_KINDS) & (ts >= lo_t) & (ts <= hi_t)
+                          & np.isin(addr, addrs))[0]
+        extra = set(cand.tolist()) - keep
+        hard = ev["in_hardirq"].to_numpy()
+        for r in sorted(extra):
+            if kinds[r] == "lock_acquire":
+                ctx = "hardirq" if hard[r] else "softirq"
+                extra.update(_held_at(run, int(run.key[r]), int(ts[r]), ctx))
+        keep |= extra
+        _close(run, keep)
+    keep |= _alloc_rows(run, keep)
+    mods = np.nonzero(np.isin(ev["event"].to_numpy(),
+                              ["module/module_load", "module/module_free"]))[0]
+    keep.update(mods.tolist())
+    return run.trace, np.array(sorted(keep), dtype=np.int64)
+
+
+def save_fixture(run_dir: Path, module_names: list[str], out_dir: Path,
+                 gap_ns: int = DEFAULT_GAP_NS) -> dict[str, int]:
+    """Write the fixture of ``module_names`` from ``run_dir`` into ``out_dir``; return sizes."""
+    trace, rows = select_rows(run_dir, module_names, gap_ns)
+    ev = trace.events.iloc[rows].reset_index(drop=True)
+    # renumber the stacks the slice refers to
+    sid = ev["stack_id"].to_numpy()
+    used = sorted({int(s) for s in sid.tolist() if s >= 0})
+    remap = {s: i for i, s in enumerate(used)}
+    ev["stack_id"] = np.array([remap.get(int(s), -1) for s in sid.tolist()], dtype=np.int32)
+    stacks = [list(trace.stacks[s]) for s in used]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_events(ev, out_dir / "events.csv.gz")
+    (out_dir / "stacks.json").write_text(json.dumps(stacks, separators=(",", ":")) + "\n")
+    referenced = _referenced(ev, stacks, trace.call_insn_size)
+    mods_used = _write_symbols(trace.symbols, referenced, set(module_names),
+                               out_dir / "kallsyms")
+    info = _trim_manifest(trace, set(module_names) | mods_used, module_names, len(trace.events))
+    manifest.write(out_dir, info)
+    return {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+
+
+def _write_events(ev: pd.DataFrame, path: Path) -> None:
+    df = ev[list(schema.COLUMNS)].copy()
+    for col, dtype in schema.COLUMNS.items():
+        if dtype == "bool":
+            df[col] = df[col].astype(np.int8)  # 0/1: smaller than True/False
+    with gzip.GzipFile(path, "wb", mtime=0) as fh:  # byte-stable output
+        fh.write(df.to_csv(index=False, lineterminator="\n").encode())
+
+
+def _read_events(path: Path) -> pd.DataFrame:
+    dtypes: dict[str, Any] = {}
+    for col, dtype in schema.COLUMNS.items():
+        dtypes[col] = {"category": str, "bool": np.int8}.get(dtype, dtype)
+    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[])
+    for col, dtype in schema.COLUMNS.items():
+        if dtype == "bool" and col in df:
+            df[col] = df[col].astype(bool)
+    return schema.conform(df)
+
+
+def _referenced(ev: pd.DataFrame, stacks: list[list[int]], call: int) -> list[tuple[int, int]]:
+    """(address, trace time) of everything the analysis will look up."""
+    out: list[tuple[int, int]] = []
+    ts = ev["ts_ns"].to_numpy().tolist()
+    for col in ("ip", "lock_addr"):
+        vals = ev[col].to_numpy().tolist()
+        out += [(int(a), t) for a, t in zip(vals, ts, strict=True) if a]
+    for s, t in zip(ev["stack_id"].to_numpy().tolist(), ts, strict=True):
+        if s >= 0:
+            for a in stacks[s]:
+                out += [(int(a), t), (int(a) - call, t)]
+    return sorted(set(out))
+
+
+def _index(table: SymbolTable, addr: int) -> int | None:
+    i = int(np.searchsorted(table.addrs, np.uint64(addr), side="right")) - 1
+    return i if i >= 0 and table.lookup(addr) is not None else None
+
+
+def _write_symbols(syms: RunSymbols, referenced: list[tuple[int, int]], names: set[str],
+                   path: Path) -> set[str]:
+    """The kallsyms lines naming every referenced address; return the modules involved."""
+    lines: dict[tuple[int, str], str] = {}
+    mods: set[str] = set()
+
+    def add(table: SymbolTable, i: int, module: str | None) -> None:
+        for j in (i, i + 1):  # the next symbol bounds this one's size
+            if j >= len(table):
+                continue
+            a = int(table.addrs[j])
+            typ = "t" if bool(table.is_exec[j]) else "d"
+            suffix = f"\t[{module}]" if module else ""
+            lines[(a, module or "")] = f"{a:016x} {typ} {table.names[j]}{suffix}"
+
+    # per module load, the table of the span an address falls in
+    for addr, t in referenced:
+        span = syms._span(addr, t)
+        if span is not None:
+            mods.add(span.name)
+            if span.table is not None:
+                i = _index(span.table, addr)
+                if i is not None:
+                    add(span.table, i, span.name)
+            continue
+        lo, hi = syms.kernel_span
+        if syms.kernel is not None and lo <= addr < hi:
+            i = _index(syms.kernel, addr)
+            if i is not None:
+                add(syms.kernel, i, None)
+    path.write_text("".join(lines[k] + "\n" for k in sorted(lines)))
+    return mods
+
+
+def _trim_manifest(trace: Trace, modules: set[str], wanted: list[str], total: int
+                   ) -> dict[str, Any]:
+    info = trace.info
+    out: dict[str, Any] = {k: info[k] for k in _MANIFEST_KEYS if k in info}
+    out["kernel"] = {k: v for k, v in (info.get("kernel") or {}).items()
+                     if k in ("release", "abi", "package_version", "flavour")}
+    lost = dict(info.get("lost") or {})
+    lost.pop("per_cpu", None)
+    out["lost"] = lost
+    out["probes"] = {"failed": (info.get("probes") or {}).get("failed", [])}
+    repo = Path(__file__).resolve().parents[1]
+    recs = []
+    for m in info.get("modules", []):
+        if m["name"] not in modules:
+            continue
+        src = m.get("src_dir") or ""
+        try:
+            src = str(Path(src).resolve().relative_to(repo))
+        except ValueError:
+            pass
+        recs.append({"name": m["name"], "src_dir": src, "loaded": m.get("loaded", False)})
+    out["modules"] = recs
+    loads: dict[str, list[dict[str, Any]]] = {}
+    for s in trace.symbols.modules:
+        if s.name not in modules:
+            continue
+        per = loads.setdefault(s.name, [])
+        rec = next((r for r in per if r["t0"] == s.t0), None)
+        if rec is None:
+            rec = {"t0": s.t0, "t1": s.t1, "spans": []}
+            per.append(rec)
+        rec["spans"].append([s.lo, s.hi])
+    out["fixture"] = {
+        "version": FIXTURE_VERSION,
+        "modules": sorted(wanted),
+        "source_events": total,
+        "kernel_span": list(trace.symbols.kernel_span),
+        "module_loads": loads,
+    }
+    return out
+
+
+def load_fixture(fixture_dir: Path) -> Trace:
+    """A fixture written by :func:`save_fixture`, ready for ``analysis.pipeline.analyze``."""
+    info = manifest.read(fixture_dir)
+    fx = info.get("fixture")
+    if not fx or int(fx.get("version", 0)) != FIXTURE_VERSION:
+        raise InputError(f"{fixture_dir}: not a tracedep fixture (version {FIXTURE_VERSION})")
+    events = _read_events(fixture_dir / "events.csv.gz")
+    schema.validate(events)
+    stacks = [tuple(int(a) for a in s) for s in json.loads(
+        (fixture_dir / "stacks.json").read_text())]
+    kernel_entries: list[tuple[int, str, str]] = []
+    mod_entries: dict[str, list[tuple[int, str, bool]]] = {}
+    for addr, typ, name in read_kallsyms((fixture_dir / "kallsyms").read_text()):
+        sym, _, mod = name.partition("\t")
+        if mod:
+            mod_entries.setdefault(mod.strip("[]"), []).append((addr, sym, typ in "tT"))
+        else:
+            kernel_entries.append((addr, typ, sym))
+    kernel = SymbolTable.from_kallsyms(kernel_entries) if kernel_entries else None
+    spans: list[ModuleSpan] = []
+    for name, loads in fx["module_loads"].items():
+        table = _module_table(mod_entries.get(name, []),
+                              [tuple(s) for ld in loads for s in ld["spans"]])
+        for ld in loads:
+            spans += [ModuleSpan(name, int(lo), int(hi), table, int(ld["t0"]), int(ld["t1"]))
+                      for lo, hi in ld["spans"]]
+    lo, hi = fx["kernel_span"]
+    syms = RunSymbols(kernel, (int(lo), int(hi)), spans)
+    return Trace(events, stacks, info, syms, fixture_dir, [])
+
+
+def _module_table(entries: list[tuple[int, str, bool]], spans: list[tuple[int, int]]
+                  ) -> SymbolTable | None:
+    if not entries:
+        return None
+    entries.sort()
+    addrs = np.array([a for a, _, _ in entries], dtype=np.uint64)
+    ends = np.array([next((h for lo, h in spans if lo <= a < h), 0) for a, _, _ in entries],
+                    dtype=np.uint64)
+    return SymbolTable.from_arrays(addrs, [n for _, n, _ in entries],
+                                   np.zeros(len(entries), dtype=bool),
+                                   np.array([x for _, _, x in entries], dtype=bool), ends,
+                                   first_alias=True)
