@@ -111,8 +111,9 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
                 if site is not None and site.name not in GENERIC_ALLOCATORS:
                     off = a - base
                     size = int(a_end[j]) - base
-                    name = f"{site.name}():obj+{off:#x}"
-                    key = f"heap:{site.module}:{site.name}:{off:#x}:{size}"
+                    fn = symbols.source_function(int(a_ip[j]), int(a_ts[j])) or site.name
+                    name = f"{fn}():obj+{off:#x}"
+                    key = f"heap:{site.module}:{fn}:{off:#x}:{size}"
                     cls = LockClass(
                         name, key, "heap", site.module,
                         f"at offset {off:#x} of a {size}-byte object allocated at {site}",

@@ -100,6 +100,13 @@ class Ctx:
         own events, or in a module (its source is checked at report time)."""
         return self.lockdep_events or self.symbols.module_of(ip, ts) not in ("vmlinux", None)
 
+    def src(self, f: Frame, ts: int | None) -> str:
+        """The function to name in signatures and messages: for module code the
+        innermost source function (inlining-independent), else the symbol."""
+        if f.module in ("vmlinux", "?") or not f.address:
+            return f.function
+        return self.symbols.source_function(f.address, ts) or f.function
+
     def cls(self, c: int) -> LockClass:
         return self.classes[c] if c >= 0 else LockClass("?", "?", "instance", "vmlinux", sig="?")
 
@@ -178,11 +185,12 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
         if culprit is None:
             culprit = call if call.module not in ("?",) else (frames[1] if len(frames) > 1
                                                                 else call)
+        culprit_fn = cx.src(culprit, t)
         held_cls = sorted({int(acq["cls"].iat[a]) for a in s.held})
         held_names = [cx.cls(c).name for c in held_cls]
         reasons = [x for x in REASON_ORDER if x in s.reasons]
         primary = reasons[0]
-        key = (culprit.function, api.split("(")[0], primary,
+        key = (culprit_fn, api.split("(")[0], primary,
                *sorted(cx.cls(c).sig for c in held_cls))
         f = groups.get(key)
         if f is not None:
@@ -202,13 +210,13 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
         ctx_words = ", ".join(CONTEXT_TEXT[x] for x in reasons)
         if held_names:
             ctx_words += f" ({', '.join(held_names)})"
-        msg = (f"{api} may sleep, called from {culprit.function}() {ctx_words}")
+        msg = (f"{api} may sleep, called from {culprit_fn}() {ctx_words}")
         if s.preempt_extra > 0 and "preempt" in reasons:
             msg += f"; preempt_count is {s.preempt_extra} beyond the locks held"
         groups[key] = Finding(
             kind="sleep-in-atomic", driver=driver, locks=held_names, sites=sites,
             message=msg, first_ts_ns=int(ts[r]), count=1, key=key,
-            details={"api": api, "context": reasons, "function": culprit.function},
+            details={"api": api, "context": reasons, "function": culprit_fn},
         )
     return list(groups.values())
 
@@ -461,21 +469,23 @@ def recursion_findings(cx: Ctx) -> list[Finding]:
         s2 = cx.site(rec.row, f"{lc.name} acquired again", lc.name, with_stack=False)
         s1 = cx.site(rec.held_row, f"{lc.name} already held", lc.name, with_stack=False)
         kind = "recursive-locking" if rec.same_instance else "same-class-nesting"
-        key = (lc.sig, s2.frames[0].function)
+        fn2 = cx.src(s2.frames[0], s2.ts_ns)
+        fn1 = cx.src(s1.frames[0], s1.ts_ns)
+        key = (lc.sig, fn2)
         f = groups.get((kind, *key))
         if f is not None:
             f.count += 1
             continue
         if rec.same_instance:
             msg = (f"possible recursive locking: {lc.name} is acquired again in "
-                   f"{s2.frames[0].function}() by the task that already holds it "
-                   f"(taken in {s1.frames[0].function}())")
+                   f"{fn2}() by the task that already holds it (taken in {fn1}())")
         else:
-            msg = (f"two locks of class {lc.name} nested: taken in {s1.frames[0].function}() "
-                   f"then again in {s2.frames[0].function}(); if intended, lockdep needs "
+            msg = (f"two locks of class {lc.name} nested: taken in {fn1}() "
+                   f"then again in {fn2}(); if intended, lockdep needs "
                    f"spin_lock_nested()/mutex_lock_nested() (not visible on a kernel "
                    f"without lockdep)")
         groups[(kind, *key)] = Finding(
             kind=kind, driver=_driver([*s2.frames, *s1.frames], [lc.module]), locks=[lc.name],
-            sites=[s2, s1], message=msg, first_ts_ns=s2.ts_ns or 0, count=1, key=key)
+            sites=[s2, s1], message=msg, first_ts_ns=s2.ts_ns or 0, count=1, key=key,
+            details={"function": fn2})
     return list(groups.values())

@@ -45,6 +45,8 @@ class ModuleSpan:
     table: SymbolTable | None
     t0: int = -(1 << 62)
     t1: int = 1 << 62
+    ko: Path | None = None  # for DWARF names
+    sections: tuple[tuple[str, int], ...] = ()
 
 
 def read_kallsyms(text: str) -> list[tuple[int, str, str]]:
@@ -80,6 +82,8 @@ class RunSymbols:
             self._max_hi.append(hi)
         self.warnings: list[str] = []
         self._cache: dict[tuple[int, int], Sym | None] = {}
+        self._src_cache: dict[tuple[int, int], str | None] = {}
+        self._symbolizers: dict[tuple[str, int], Any] = {}
 
     def _span(self, addr: int, ts: int | None) -> ModuleSpan | None:
         i = bisect_right(self._mod_lo, addr) - 1
@@ -124,6 +128,53 @@ class RunSymbols:
                     res = Sym(hit[0], addr - hit[1], hit[2], "vmlinux")
         self._cache[key] = res
         return res
+
+    def source_function(self, addr: int, ts: int | None = None) -> str | None:
+        """The innermost source function at a module address, inlined or not (DWARF).
+
+        Signatures and class names use it for module code: it does not depend on
+        what the compiler chose to inline, so one driver gives the same names on
+        every architecture.  None for the core kernel or without DWARF.
+        """
+        m = self._span(addr, ts)
+        if m is None or m.ko is None:
+            return None
+        key = (addr, m.t0)
+        if key in self._src_cache:
+            return self._src_cache[key]
+        sym = self._module_symbolizer(m)
+        name = None
+        if sym is not None:
+            try:
+                frames = sym.resolve(addr)
+            except Exception:  # a DWARF problem costs the name, never the run
+                frames = ()
+            # skip the kernel's header inlines (kmalloc, spin_lock…): the name is
+            # the driver's own function around them
+            own = [f for f in frames if f.file and not f.file.startswith(("include/", "arch/"))]
+            if own:
+                name = own[0].function
+        self._src_cache[key] = name
+        return name
+
+    def _module_symbolizer(self, m: ModuleSpan) -> Any:
+        from tracedep.analysis.symbolizer import ModuleImage, Symbolizer
+
+        k = (m.name, m.t0)
+        if k not in self._symbolizers:
+            quiet = logging.getLogger("tracedep.analysis.symbolizer")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # "no vmlinux": by design, modules only here
+            try:
+                self._symbolizers[k] = Symbolizer(
+                    None, 0, {m.name: ModuleImage(m.name, m.ko, dict(m.sections))},
+                    use_cache=False)
+            except Exception as e:
+                self.warnings.append(f"{m.ko}: no DWARF names ({e})")
+                self._symbolizers[k] = None
+            finally:
+                quiet.setLevel(level)
+        return self._symbolizers[k]
 
     def function(self, addr: int) -> str:
         s = self.lookup(addr)
@@ -178,7 +229,9 @@ def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t
         bases = {s.index: sections[s.name] for s in elf.sections if s.name in sections}
         table = SymbolTable.from_elf(elf, bases)
         # one span per section: a module's init and core allocations lie apart
-        return [ModuleSpan(name, sections[s.name], sections[s.name] + s.size, table, t0, t1)
+        secs = tuple(sorted(sections.items()))
+        return [ModuleSpan(name, sections[s.name], sections[s.name] + s.size, table, t0, t1,
+                           elf.path, secs)
                 for s in elf.sections if s.alloc and s.size and s.name in sections]
     if load.get("base") and load.get("size"):
         # no .ko here: the core allocation /proc/modules reported

@@ -1,0 +1,261 @@
+"""Analysis throughput and peak memory on a large real trace, and on prefixes of it.
+
+Usage: python bench/bench_analysis.py [RUN_DIR] [--record] [--seconds S]
+                                      [--fractions 1/8,1/4,1/2,1] [--decode-repeats N]
+                                      [--profile]
+
+With no RUN_DIR the large run in ~/.cache/tracedep/bench/analysis/large-<S>s is
+used, recorded the first time (``--record`` records it again): one real
+``tracedep trace`` of bench/workloads/saturate.sh (bench/drivers/td_bench_load,
+one kthread per CPU spinning spinlocks, a mutex and kmalloc/kfree for S
+seconds, default 30, every probe unfiltered, socket transport, 2 CPUs): millions
+of events.  Prefixes are truncated copies of the run directory holding the first
+1/8, 1/4, 1/2 of each trace/cpu*.raw's pages (cached beside the run, never in the
+repo).  Every measurement runs in a fresh process, so peak RSS is that stage's:
+
+  decode     tracer.ftrace_binary.decode_run: pages → events DataFrame (best of
+             --decode-repeats processes, median shown)
+  load       analysis.trace.load: decode + schema validation + run symbols
+  analyze    analysis.pipeline.analyze on the loaded trace (classes, held-lock
+             replay, rules, class statistics); no DWARF
+  together   load + analyze in one process (what ``tracedep analyze --no-dwarf``
+             costs before writing reports)
+
+ev/s is events per wall second and ev/cpu-s per CPU second of the child (the
+child is single-threaded, so ev/cpu-s is the one-core rate, less sensitive to
+other load on the host).  "RSS" columns are ru_maxrss of the child in MB; "+an"
+is how much analyze raised the peak above what load had reached.  The
+1-minute load average is printed per row.  ``--profile`` adds a cProfile of
+analyze on the full trace (top functions by cumulative time).  Prints numbers;
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_transport import CACHE, loadavg, record, workload_file  # noqa: E402
+
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+# -- child processes ------------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def child(stage: str, run: Path) -> None:
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+
+    from tracedep.analysis.pipeline import analyze
+    from tracedep.analysis.trace import load
+    from tracedep.tracer.ftrace_binary import decode_run
+
+    out: dict[str, Any] = {"rss_base_mb": _rss_mb()}
+    if stage == "decode":
+        c0, t0 = _cpu(), time.perf_counter()
+        d = decode_run(run)
+        out.update(events=d.total, decode_s=time.perf_counter() - t0, decode_cpu_s=_cpu() - c0,
+                   rss_mb=_rss_mb())
+    elif stage == "analyze":
+        c0, t0 = _cpu(), time.perf_counter()
+        tr = load(run)
+        t1, c1 = time.perf_counter(), _cpu()
+        out.update(events=len(tr.events), load_s=t1 - t0, load_cpu_s=c1 - c0,
+                   rss_load_mb=_rss_mb())
+        a = analyze(tr)
+        out.update(analyze_s=time.perf_counter() - t1, analyze_cpu_s=_cpu() - c1,
+                   rss_mb=_rss_mb(), findings=len(a.findings), classes=len(a.classes))
+    elif stage == "profile":
+        import cProfile
+        import io
+        import pstats
+
+        tr = load(run)
+        pr = cProfile.Profile()
+        pr.enable()
+        analyze(tr)
+        pr.disable()
+        buf = io.StringIO()
+        st = pstats.Stats(pr, stream=buf)
+        st.sort_stats("cumulative").print_stats(12)
+        st.sort_stats("tottime").print_stats(10)
+        out["profile"] = buf.getvalue()
+    print(json.dumps(out))
+
+
+def run_child(stage: str, run: Path) -> dict[str, Any]:
+    la = loadavg()
+    proc = subprocess.run([str(PYTHON), __file__, "--child", stage, str(run)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{stage} on {run} failed: {proc.stderr[-2000:]}")
+    res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["load1"] = la
+    return res
+
+
+# -- the large run and its prefixes ---------------------------------------------------------
+
+
+def large_run(seconds: int, force: bool) -> Path:
+    base = CACHE / "analysis"
+    run = base / f"large-{seconds}s"
+    if run.is_dir() and not force:
+        try:
+            m = json.loads((run / "manifest.json").read_text())
+            if m.get("state") == "complete":
+                return run
+        except (OSError, ValueError):
+            pass
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".recording-{seconds}s-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    wl_dir = base / ".workloads"
+    wl_dir.mkdir(exist_ok=True)
+    print(f"bench_analysis: recording a {seconds} s saturating run into {run} …", flush=True)
+    rr = record(tmp, "socket", 2, workload_file(seconds, wl_dir), seconds)
+    m = json.loads((tmp / "manifest.json").read_text())
+    if m.get("state") != "complete":
+        raise SystemExit(f"bench_analysis: the recording in {tmp} is {m.get('state')} "
+                         f"(tracedep rc {rr['rc']})")
+    shutil.rmtree(run, ignore_errors=True)
+    tmp.rename(run)
+    for prefix in base.glob(f"{run.name}-prefix-*"):
+        shutil.rmtree(prefix, ignore_errors=True)
+    print(f"bench_analysis: recorded in {rr['wall_s']:.0f} s "
+          f"(load average {rr['load_before']:.1f}→{rr['load_after']:.1f})", flush=True)
+    return run
+
+
+def prefix_run(run: Path, frac: Fraction) -> Path:
+    """A copy of ``run`` whose trace/cpu*.raw keep the first ``frac`` of their pages."""
+    if frac >= 1:
+        return run
+    dest = run.parent / f"{run.name}-prefix-{frac.numerator}_{frac.denominator}"
+    done = dest / ".bench-prefix-done"
+    if done.is_file() and done.read_text() == str(run.stat().st_mtime_ns):
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "trace").mkdir(parents=True)
+    for p in run.iterdir():
+        if p.is_file():
+            shutil.copy2(p, dest / p.name)
+    page = 4096
+    for raw in sorted((run / "trace").glob("cpu*.raw")):
+        pages = raw.stat().st_size // page
+        keep = int(pages * frac) * page
+        with open(raw, "rb") as src, open(dest / "trace" / raw.name, "wb") as dst:
+            left = keep
+            while left:
+                chunk = src.read(min(left, 1 << 24))
+                if not chunk:
+                    break
+                dst.write(chunk)
+                left -= len(chunk)
+    done.write_text(str(run.stat().st_mtime_ns))
+    return dest
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("run_dir", nargs="?", type=Path, help="a run directory (default: the cached "
+                    "large run, recorded if missing)")
+    ap.add_argument("--record", action="store_true", help="record the large run again")
+    ap.add_argument("--seconds", type=int, default=30, help="workload length of the large run")
+    ap.add_argument("--fractions", default="1/8,1/4,1/2,1")
+    ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile analyze on the full trace (cProfile)")
+    ap.add_argument("--child", choices=("decode", "analyze", "profile"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        child(a.child, a.run_dir)
+        return 0
+    if a.run_dir is not None and a.record:
+        ap.error("give a RUN_DIR or --record, not both")
+    t_start = time.monotonic()
+    run = a.run_dir.resolve() if a.run_dir else large_run(a.seconds, a.record)
+    fracs = [Fraction(f) for f in a.fractions.split(",")]
+    trace_mb = sum(p.stat().st_size for p in (run / "trace").glob("cpu*.raw")) / 1e6
+    print(f"bench_analysis: {run} ({trace_mb:.0f} MB of pages)")
+    print(f"host: {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    row = ("{:>5} {:>9} {:>7} | {:>7} {:>9} {:>10} {:>6} | {:>7} {:>7} {:>9} {:>10} {:>6} "
+           "{:>5} | {:>8} {:>9} {:>10} {:>6} | {:>5}")
+    print()
+    print(row.format("size", "events", "MB", "dec s", "dec ev/s", "ev/cpu-s", "RSS",
+                     "load s", "an s", "an ev/s", "ev/cpu-s", "RSS", "+an",
+                     "total s", "tot ev/s", "ev/cpu-s", "RSS", "load1"))
+    full: dict[str, Any] = {}
+    for frac in fracs:
+        d = prefix_run(run, frac)
+        mb = sum(p.stat().st_size for p in (d / "trace").glob("cpu*.raw")) / 1e6
+        decs = [run_child("decode", d) for _ in range(max(1, a.decode_repeats))]
+        dec_s = statistics.median(x["decode_s"] for x in decs)
+        dec_cpu = statistics.median(x["decode_cpu_s"] for x in decs)
+        dec_rss = max(x["rss_mb"] for x in decs)
+        an = run_child("analyze", d)
+        n = an["events"]
+        tot_s = an["load_s"] + an["analyze_s"]
+        tot_cpu = an["load_cpu_s"] + an["analyze_cpu_s"]
+        print(row.format(
+            str(frac), n, f"{mb:.0f}",
+            f"{dec_s:.2f}", f"{n / dec_s:.0f}", f"{n / dec_cpu:.0f}", f"{dec_rss:.0f}",
+            f"{an['load_s']:.2f}", f"{an['analyze_s']:.2f}", f"{n / an['analyze_s']:.0f}",
+            f"{n / an['analyze_cpu_s']:.0f}", f"{an['rss_mb']:.0f}",
+            f"{max(0.0, an['rss_mb'] - an['rss_load_mb']):.0f}",
+            f"{tot_s:.2f}", f"{n / tot_s:.0f}", f"{n / tot_cpu:.0f}", f"{an['rss_mb']:.0f}",
+            f"{an['load1']:.1f}"), flush=True)
+        if frac >= 1:
+            full = {"events": n, "tot_cpu": tot_cpu, "tot_s": tot_s, "dec_cpu": dec_cpu,
+                    "an_cpu": an["analyze_cpu_s"], "findings": an["findings"],
+                    "classes": an["classes"], "base": an["rss_base_mb"], "rss": an["rss_mb"]}
+    print()
+    print("RSS = peak resident MB of the child (after imports it is "
+          f"{decs[0]['rss_base_mb']:.0f} MB); +an = peak added by analyze over load.")
+    if full:
+        n = full["events"]
+        rate = n / full["tot_cpu"]
+        print(f"full trace: {n} events, {full['findings']} findings, {full['classes']} lock "
+              f"classes; decode {full['dec_cpu'] / n * 1e9:.0f} ns/event, analyze "
+              f"{full['an_cpu'] / n * 1e9:.0f} ns/event (CPU); peak "
+              f"{(full['rss'] - full['base']) / n * 1e6:.0f} bytes/event above imports")
+        print(f"parse + analysis on one core: {rate:,.0f} events/s = {rate / 1e6:.3f} of "
+              f"1M events/s ({1e6 / rate:.1f}x short)")
+    if a.profile:
+        print()
+        print("cProfile of analyze on the full trace:")
+        print(run_child("profile", run)["profile"])
+    print(f"bench_analysis: {time.monotonic() - t_start:.0f} s; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
