@@ -85,7 +85,6 @@ done < /etc/tracedep/kprobes
 endblock probes
 
 block events
-[ -d $T/events/tracedep ] && echo 1 > $T/events/tracedep/enable
 while IFS= read -r ev; do
     [ -z "$ev" ] && continue
     if [ -e "$T/events/$ev/enable" ]; then
@@ -103,6 +102,9 @@ while IFS= read -r trig; do
         echo "stacktrace $cond" > "$T/events/$ev/trigger" 2>/dev/null || echo "NOTRIGGER $ev" >&3
     fi
 done < /etc/tracedep/stack_triggers
+# Probes last: enabling a tracepoint patches kernel text, and doing that while
+# hundreds of lock probes already fire on every CPU is the riskiest order.
+[ -d $T/events/tracedep ] && echo 1 > $T/events/tracedep/enable
 endblock events
 
 block formats
