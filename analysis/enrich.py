@@ -149,39 +149,7 @@ def symbolize(a: Analysis, trace: Trace, vmlinux: Path | None) -> list[str]:
     for s in r._by_key.values():
         if s is not None:
             s.save_cache()
-    honoured = _drop_annotated_nesting(a)
-    if honoured:
-        r.warnings.append(f"{honoured} same-class nesting(s) annotated with *_nested() in the "
-                          "driver's source were honoured")
     return r.warnings
-
-
-def _drop_annotated_nesting(a: Analysis) -> int:
-    """``spin_lock_nested()`` and friends compile to the plain lock without lockdep, so
-    the annotation is read from the driver's source line of the second acquisition."""
-    keep = []
-    dropped = 0
-    for f in a.findings:
-        if f.kind == "same-class-nesting" and f.sites and _annotated(f.sites[0]):
-            dropped += 1
-            continue
-        keep.append(f)
-    a.findings = keep
-    return dropped
-
-
-def _annotated(site: Site) -> bool:
-    for fr in site.frames:
-        if fr.module in ("vmlinux", "?") or not fr.file or not fr.line:
-            continue
-        try:
-            lines = Path(fr.file).read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        if 0 < fr.line <= len(lines):
-            text = lines[fr.line - 1]
-            return "_nested(" in text or "_nest_lock(" in text
-    return False
 
 
 def debug_vmlinux(info: dict[str, Any]) -> Path | None:

@@ -112,6 +112,10 @@ def analyze(trace: Trace) -> Analysis:
     stats = class_stats(rep.acquisitions, table, rep.usage)
     health = _health(trace, rep.unmatched_releases)
     health["irq_locks_unreleased"] = rep.irq_leaked
+    if cx.honoured_nesting:
+        health["warnings"].append(
+            f"{cx.honoured_nesting} same-class nesting(s) annotated with *_nested() in the "
+            "driver's source were honoured")
     health["analysis_s"] = round(time.monotonic() - t0, 3)
     run = _run_summary(trace.info)
     return Analysis(findings=findings, classes=stats, edges=edges, health=health, run=run)

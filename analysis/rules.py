@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,7 @@ class Ctx:
     replay: Replay
     call_insn_size: int
     lockdep_events: bool = False
+    honoured_nesting: int = 0
 
     def row(self, r: int) -> pd.Series:
         return self.events.iloc[r]
@@ -459,6 +461,20 @@ def _safe_unsafe(cx: Ctx, irq: str, path: list[int]) -> Finding:
 # -- recursion -------------------------------------------------------------------
 
 
+def _annotated(cx: Ctx, ip: int, ts: int) -> bool:
+    """``spin_lock_nested()`` and friends compile to the plain lock without lockdep:
+    the annotation is read from the driver's source line of the acquisition."""
+    loc = cx.symbols.source_location(ip, ts)
+    if loc is None:
+        return False
+    try:
+        lines = Path(loc[0]).read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    text = lines[loc[1] - 1] if 0 < loc[1] <= len(lines) else ""
+    return "_nested(" in text or "_nest_lock(" in text
+
+
 def recursion_findings(cx: Ctx) -> list[Finding]:
     groups: dict[tuple[str, ...], Finding] = {}
     for rec in cx.replay.recursions:
@@ -468,6 +484,10 @@ def recursion_findings(cx: Ctx) -> list[Finding]:
             continue
         s2 = cx.site(rec.row, f"{lc.name} acquired again", lc.name, with_stack=False)
         s1 = cx.site(rec.held_row, f"{lc.name} already held", lc.name, with_stack=False)
+        if not rec.same_instance and _annotated(cx, int(cx.events["ip"].iat[rec.row]),
+                                                 int(cx.events["ts_ns"].iat[rec.row])):
+            cx.honoured_nesting += 1
+            continue
         kind = "recursive-locking" if rec.same_instance else "same-class-nesting"
         fn2 = cx.src(s2.frames[0], s2.ts_ns)
         fn1 = cx.src(s1.frames[0], s1.ts_ns)

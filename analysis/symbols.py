@@ -82,7 +82,7 @@ class RunSymbols:
             self._max_hi.append(hi)
         self.warnings: list[str] = []
         self._cache: dict[tuple[int, int], Sym | None] = {}
-        self._src_cache: dict[tuple[int, int], str | None] = {}
+        self._src_cache: dict[tuple[int, int], Any] = {}
         self._symbolizers: dict[tuple[str, int], Any] = {}
 
     def _span(self, addr: int, ts: int | None) -> ModuleSpan | None:
@@ -129,6 +129,11 @@ class RunSymbols:
         self._cache[key] = res
         return res
 
+    def source_location(self, addr: int, ts: int | None = None) -> tuple[str, int] | None:
+        """(file, line) of the driver's own code at a module address (DWARF)."""
+        fr = self._own_frame(addr, ts)
+        return (fr.file, fr.line) if fr is not None and fr.file and fr.line else None
+
     def source_function(self, addr: int, ts: int | None = None) -> str | None:
         """The innermost source function at a module address, inlined or not (DWARF).
 
@@ -136,6 +141,10 @@ class RunSymbols:
         what the compiler chose to inline, so one driver gives the same names on
         every architecture.  None for the core kernel or without DWARF.
         """
+        fr = self._own_frame(addr, ts)
+        return fr.function if fr is not None else None
+
+    def _own_frame(self, addr: int, ts: int | None) -> Any:
         m = self._span(addr, ts)
         if m is None or m.ko is None:
             return None
@@ -143,7 +152,7 @@ class RunSymbols:
         if key in self._src_cache:
             return self._src_cache[key]
         sym = self._module_symbolizer(m)
-        name = None
+        own_frame = None
         if sym is not None:
             try:
                 frames = sym.resolve(addr)
@@ -153,9 +162,9 @@ class RunSymbols:
             # the driver's own function around them
             own = [f for f in frames if f.file and not f.file.startswith(("include/", "arch/"))]
             if own:
-                name = own[0].function
-        self._src_cache[key] = name
-        return name
+                own_frame = own[0]
+        self._src_cache[key] = own_frame
+        return own_frame
 
     def _module_symbolizer(self, m: ModuleSpan) -> Any:
         from tracedep.analysis.symbolizer import ModuleImage, Symbolizer
