@@ -11,7 +11,7 @@ run: setup
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy --no-error-summary vm tracer analysis reports cli.py errors.py
+	.venv/bin/mypy --no-error-summary vm tracer analysis reports cli.py errors.py nightly.py gitbisect.py
 
 test: setup lint
 	.venv/bin/python -m pytest -q

@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # their warnings reach the user once, through the report's health section
         logging.getLogger("tracedep.analysis.symbolizer").setLevel(logging.ERROR)
+        # qemu.qmp logs (with tracebacks) what our QemuError then says in one line
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL + 1)
     try:
         rc: int = args.func(args)
         return rc

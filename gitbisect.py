@@ -38,11 +38,19 @@ verdict in ``DIR/<commit>.json``.
 
 checks the arguments, runs ``git bisect start BAD GOOD``, ``git bisect run``
 with ``tracedep bisect-run``, and ``git bisect reset`` (always), in the
-repository of ``--repo`` (default: the one holding the first ``--module-src``,
-else the current directory), then prints the first bad commit, its finding and
-the run that showed it.  Exit 0 when a first bad commit was found, 2 for bad
-arguments (not a git repository, unknown revision, bisection already running),
-3 when the bisection could not name one commit (too many skipped commits).
+repository of ``--repo`` (default: when bisecting a kernel, ``--kernel-repo`` or
+the current directory; else the one holding the first ``--module-src``), then
+prints the first bad commit, its finding and the run that showed it::
+
+    tracedep bisect v1.0 main -- --module-src . --match sleep-in-atomic:foo_fill
+    tracedep bisect --repo ~/linux v6.6 v6.7 -- --kernel-build 'make -j8 bzImage' \
+        --kernel-image ~/linux/arch/x86/boot/bzImage --module-src ~/drv --match recursive-locking
+
+Relative paths are taken from where ``tracedep bisect`` runs; the run
+directories are kept (``--keep``, default a new temporary folder, printed).
+Exit 0 when a first bad commit was found, 2 for bad arguments (not a git
+repository, unknown revision, bisection already running), 3 when the bisection
+could not name one commit (every candidate skipped: build or boot failures).
 """
 
 from __future__ import annotations
@@ -140,6 +148,27 @@ def run_argv(a: argparse.Namespace) -> list[str]:
     return argv
 
 
+def bisect_run_argv(a: argparse.Namespace) -> list[str]:
+    """``a`` (parsed bisect-run arguments) as bisect-run arguments again, paths absolute."""
+    argv = ["--match", a.match, "--repeat", str(a.repeat)]
+    for m in a.module_src:
+        argv += ["--module-src", str(Path(m).absolute())]
+    if a.kernel_build:
+        argv += ["--kernel-build", a.kernel_build]
+    for opt, val in (("--kernel-image", a.kernel_image), ("--kernel-repo", a.kernel_repo),
+                     ("--kernel-modules", a.kernel_modules), ("--kernel-tree", a.kernel_tree),
+                     ("--vmlinux", a.vmlinux), ("--workload", a.workload), ("--keep", a.keep)):
+        if val is not None:
+            argv += [opt, str(Path(val).absolute())]
+    argv += ["--arch", a.arch, "--timeout", f"{a.timeout:g}", "--smp", str(a.smp),
+             "--memory", str(a.memory), "--accel", a.accel]
+    if a.abi:
+        argv += ["--abi", a.abi]
+    if a.no_dwarf:
+        argv.append("--no-dwarf")
+    return argv
+
+
 def _fresh(path: Path) -> Path:
     cand, i = path, 1
     while cand.exists():
@@ -152,7 +181,7 @@ def _attempt(argv: list[str], run_dir: Path, match: Match) -> tuple[str, str, Fi
     """One ``tracedep run``: ("present" | "absent" | "nobuild" | "failed", detail, finding)."""
     from tracedep.reports.serialize import load_run_outputs
 
-    proc = subprocess.run([sys.executable, "-m", "tracedep.cli", "run", *argv,
+    proc = subprocess.run([sys.executable, "-P", "-m", "tracedep.cli", "run", *argv,
                            "--out", str(run_dir)], capture_output=True, text=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     run_dir.with_name(run_dir.name + ".log").write_text(proc.stdout + proc.stderr)
@@ -289,7 +318,12 @@ def _run_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _repo_of(a: argparse.Namespace, run: argparse.Namespace) -> Path:
-    start = a.repo or (run.module_src[0] if run.module_src else run.kernel_repo or Path("."))
+    if a.repo is not None:
+        start = a.repo
+    elif run.kernel_build:  # bisecting the kernel: its tree, or where we are
+        start = run.kernel_repo or Path(".")
+    else:
+        start = run.module_src[0]
     if not Path(start).is_dir():
         raise InputError(f"{start}: no such directory")
     p = _git(Path(start), "rev-parse", "--show-toplevel")
@@ -317,11 +351,10 @@ def cmd_bisect(a: argparse.Namespace) -> int:
         raise InputError(f"{repo}: a bisection is already running (git bisect reset ends it)")
     keep = (a.keep or Path(tempfile.mkdtemp(prefix="tracedep-bisect-"))).absolute()
     run.keep = keep
-    test = [sys.executable, "-m", "tracedep.cli", "bisect-run", "--match", run.match,
-            "--repeat", str(run.repeat), "--keep", str(keep), *run_argv(run)]
-    if run.kernel_build:
-        test += ["--kernel-build", run.kernel_build,
-                 "--kernel-repo", str((run.kernel_repo or Path(".")).absolute())]
+    if run.kernel_build and run.kernel_repo is None:
+        run.kernel_repo = repo  # the build runs where git checks the commits out
+    # -P: git runs the test in the repository, whose files must not shadow modules
+    test = [sys.executable, "-P", "-m", "tracedep.cli", "bisect-run", *bisect_run_argv(run)]
     print(f"tracedep bisect: {repo}: {a.good} (good) .. {a.bad} (bad); runs kept in {keep}",
           flush=True)
     start = _git(repo, "bisect", "start", bad, good)

@@ -52,12 +52,14 @@ import subprocess
 import sys
 import time
 import tomllib
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from tracedep.analysis.findings import Finding
 from tracedep.errors import InputError
 from tracedep.reports.history import CellKey, FindingRow, History, Verdict
 
@@ -283,6 +285,9 @@ def _die_with(parent: int) -> Callable[[], None]:
     """
 
     def preexec() -> None:  # pragma: no cover - runs in the child before exec
+        # An ignored SIGINT survives exec (a nightly started with `&` or nohup has
+        # one): the child would then ignore both this signal and the nightly's stop.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
@@ -304,6 +309,7 @@ class Job:
     proc: subprocess.Popen[bytes]
     log_file: IO[bytes]
     t0: float
+    index: int  # its place in the night, for the progress lines
     stopping: float | None = None  # when it was told to stop
 
 
@@ -343,7 +349,7 @@ def _run_drivers(analysis_run: dict[str, Any]) -> list[str]:
     return [str(m["name"]) for m in mods if isinstance(m, dict) and "name" in m]
 
 
-def collect(run_dir: Path) -> tuple[list[Any], list[str]] | None:
+def collect(run_dir: Path) -> tuple[list[Finding], list[str]] | None:
     """A run directory's findings and drivers, or None when it has no analysis."""
     from tracedep.reports.serialize import load_run_outputs
 
@@ -355,7 +361,7 @@ def collect(run_dir: Path) -> tuple[list[Any], list[str]] | None:
     return a.findings, sorted(set(drivers))
 
 
-def write_junit(run_dir: Path, name: str, findings: Sequence[Any], drivers: Sequence[str],
+def write_junit(run_dir: Path, name: str, findings: Sequence[Finding], drivers: Sequence[str],
                 error: str | None, elapsed: float) -> None:
     from tracedep.reports import junit
     from tracedep.reports.serialize import write_atomic
@@ -377,10 +383,10 @@ class Night:
         night_id, self.name = history.start_night(name, str(cfg.path), str(out))
         self.res = NightResult(self.name, night_id)
         self.dir = out / self.name
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.remaining = {c.key: cfg.repeat for c in cfg.cells}
         self.cell_ok: dict[CellKey, bool] = {c.key: False for c in cfg.cells}
-        self.suites: dict[str, Any] = {}
+        self.suites: dict[str, ET.Element] = {}  # the night's junit.xml, run by run
         self.total = len(cfg.cells) * cfg.repeat
         self.started = 0
 
@@ -395,9 +401,11 @@ class Night:
         stem = cell.dirname + (f"-r{attempt}" if self.cfg.repeat > 1 else "")
         run_dir = self.dir / stem
         log_path = self.dir / f"{stem}.log"
-        cmd = [sys.executable, "-m", "tracedep.cli", "run", *cell.args, "--out", str(run_dir)]
+        # -P: the cwd must not shadow modules (a `random.py` where cron starts us)
+        cmd = [sys.executable, "-P", "-m", "tracedep.cli", "run", *cell.args, "--out",
+               str(run_dir)]
         run_id = self.h.start_run(self.res.night_id, cell.key, attempt, str(run_dir))
-        log_file = open(log_path, "wb")  # noqa: SIM115 - closed when the job ends
+        log_file = open(log_path, "wb")  # closed when the job ends
         log_file.write(("$ " + " ".join(cmd) + "\n").encode())
         log_file.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file,
@@ -405,7 +413,8 @@ class Night:
                                 preexec_fn=_die_with(os.getpid()))
         self.started += 1
         self.say(f"[{self.started}/{self.total}] start {self._label(cell, attempt)}")
-        return Job(cell, attempt, run_dir, log_path, run_id, proc, log_file, time.monotonic())
+        return Job(cell, attempt, run_dir, log_path, run_id, proc, log_file, time.monotonic(),
+                   self.started)
 
     def finish(self, job: Job, rc: int, interrupted: bool = False) -> None:
         job.log_file.close()
@@ -437,15 +446,15 @@ class Night:
                 self.res.cells_failed += 1
         label = self._label(job.cell, job.attempt)
         write_junit(job.run_dir, label, findings, drivers, error, elapsed)
-        self._write_night_junit(job, label, findings, drivers, error, elapsed)
+        self._write_night_junit(label, findings, drivers, error, elapsed)
         counts = {c: sum(1 for v in verdicts if v.cls == c) for c in ("new", "fixed", "flaky")}
         classes = ", ".join(f"{n} {c}" for c, n in counts.items() if n)
         what = f"{len(findings)} findings" + (f" ({classes})" if classes else "") \
             if status == "ok" else f"{status}: {error}"
-        self.say(f"[{self.started}/{self.total}] done  {label}: {what}  {elapsed:.1f}s")
+        self.say(f"[{job.index}/{self.total}] done  {label}: {what}  {elapsed:.1f}s")
         self.render()
 
-    def _write_night_junit(self, job: Job, label: str, findings: Sequence[Any],
+    def _write_night_junit(self, label: str, findings: Sequence[Finding],
                            drivers: Sequence[str], error: str | None, elapsed: float) -> None:
         from tracedep.reports import junit
         from tracedep.reports.serialize import write_atomic
@@ -534,7 +543,10 @@ def cmd_nightly(a: argparse.Namespace) -> int:
         raise InputError("--jobs must be at least 1")
     out: Path = (a.out or cfg.out or Path("tracedep-nightly")).resolve()
     db: Path = (a.db or cfg.db or out / "history.sqlite").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: {e.strerror}") from None
     with History(db) as h:
         night = Night(cfg, h, out, jobs)
         res = night.run()

@@ -70,6 +70,7 @@ class _Run:
     acqs: pd.DataFrame  # heldlocks acquisitions of the whole run
     acq_by_row: dict[int, int]  # acquire row -> index into acqs
     rows_by_key: dict[int, np.ndarray]  # event rows of each task key, in time order
+    acqs_by_task: dict[int, dict[str, np.ndarray]]  # acqs columns of each task key
 
 
 _RUNS: dict[Path, _Run] = {}
@@ -93,8 +94,17 @@ def _prepare(run_dir: Path) -> _Run:
     uniq, starts = np.unique(key[order], return_index=True)
     parts = np.split(order, starts[1:])
     acqs = rep.acquisitions.reset_index(drop=True)
+    by_task: dict[int, dict[str, np.ndarray]] = {}
+    if len(acqs):
+        a_order = np.argsort(acqs["task"].to_numpy(), kind="stable")
+        a_keys, a_starts = np.unique(acqs["task"].to_numpy()[a_order], return_index=True)
+        cols = {c: acqs[c].to_numpy()[a_order] for c in (
+            "row", "ctx", "ts_acquire", "ts_release", "handed_off")}
+        bounds = [*a_starts.tolist(), len(a_order)]
+        for i, k in enumerate(a_keys.tolist()):
+            by_task[int(k)] = {c: v[bounds[i]:bounds[i + 1]] for c, v in cols.items()}
     run = _Run(trace, key, acqs, {int(r): i for i, r in enumerate(acqs["row"].tolist())},
-               {int(k): p for k, p in zip(uniq.tolist(), parts, strict=True)})
+               {int(k): p for k, p in zip(uniq.tolist(), parts, strict=True)}, by_task)
     _RUNS.clear()  # one run at a time: a whole run's frames are big
     _RUNS[run_dir] = run
     return run
@@ -112,10 +122,15 @@ def _module_rows(run: _Run, names: set[str]) -> np.ndarray:
     is_lock = np.isin(kinds, LOCK_KINDS)
     spans = [m for m in syms.modules if m.name in names]
     hit = np.zeros(n, dtype=bool)
-    for m in spans:
-        live = (ts >= m.t0) & (ts < m.t1)
-        hit |= live & (ip >= np.uint64(m.lo)) & (ip < np.uint64(m.hi))
-        hit |= live & is_lock & (addr >= np.uint64(m.lo)) & (addr < np.uint64(m.hi))
+    for col, mask in ((ip, np.ones(n, dtype=bool)), (addr, is_lock)):
+        cand = np.zeros(n, dtype=bool)
+        for m in spans:
+            cand |= (mask & (ts >= m.t0) & (ts < m.t1) & (col >= np.uint64(m.lo))
+                     & (col < np.uint64(m.hi)))
+        # one address may belong to several loads (init sections are reused): ask
+        # the run's symbols which one it was at that time
+        for r in np.nonzero(cand)[0].tolist():
+            hit[r] |= syms.module_of(int(col[r]), int(ts[r])) in names
     # witness stacks through the modules' code
     sid = ev["stack_id"].to_numpy()
     with_stack = np.nonzero(sid >= 0)[0]
@@ -202,13 +217,14 @@ def _close(run: _Run, keep: set[int]) -> None:
 
 def _held_at(run: _Run, task: int, t: int, ctx: str | None = None) -> list[int]:
     """Acquire rows of the locks ``task`` held (in ``ctx``, or any) at time ``t``."""
-    a = run.acqs
-    m = ((a["task"].to_numpy() == task) & (a["ts_acquire"].to_numpy() < t)
-         & ((a["ts_release"].to_numpy() >= t) | (a["ts_release"].to_numpy() < 0))
-         & ~a["handed_off"].to_numpy().astype(bool))
+    a = run.acqs_by_task.get(task)
+    if a is None:
+        return []
+    rel = a["ts_release"]
+    m = (a["ts_acquire"] < t) & ((rel >= t) | (rel < 0)) & ~a["handed_off"].astype(bool)
     if ctx is not None:
-        m &= a["ctx"].to_numpy() == ctx
-    return [int(r) for r in a["row"].to_numpy()[m].tolist()]
+        m &= a["ctx"] == ctx
+    return [int(r) for r in a["row"][m].tolist()]
 
 
 def _alloc_rows(run: _Run, keep: set[int]) -> set[int]:
@@ -242,15 +258,18 @@ def _alloc_rows(run: _Run, keep: set[int]) -> set[int]:
         hi = int(np.searchsorted(a_ptr, np.uint64(a), side="right"))
         cand = sorted((j for j in range(lo, hi) if int(a_end[j]) > a), key=lambda j: int(a_ts[j]))
         cand_ts = [int(a_ts[j]) for j in cand]
+        last = max(times)
         for t in sorted(set(times)):
             k = bisect_right(cand_ts, t) - 1
             if k < 0:
                 continue
             j = cand[k]
+            fr_rows = free_rows.get(int(a_ptr[j]), [])
+            if any(cand_ts[k] < int(ts[fr]) < t for fr in fr_rows):
+                continue  # freed before this use: no class from it, whether kept or not
             out.add(int(a_rows[j]))
-            for fr in free_rows.get(int(a_ptr[j]), []):
-                if cand_ts[k] < int(ts[fr]) <= t:
-                    out.add(fr)
+            # its frees up to the last use, so an older object is never taken for it
+            out.update(fr for fr in fr_rows if cand_ts[k] < int(ts[fr]) <= last)
     return out
 
 
@@ -283,7 +302,8 @@ def select_rows(run_dir: Path, module_names: list[str], gap_ns: int = DEFAULT_GA
         lo_t, hi_t = min(w[1] for w in wins), max(w[2] for w in wins)
         kinds = ev["kind"].to_numpy()
         addr = ev["lock_addr"].to_numpy()
-        addrs = np.array(sorted({int(addr[r]) for r in keep if kinds[r] in LOCK_KINDS}),
+        # the locks the modules' own code takes
+        addrs = np.array(sorted({int(addr[r]) for r in mrows.tolist() if kinds[r] in LOCK_KINDS}),
                          dtype=np.uint64)
         irq = (ev["in_hardirq"].to_numpy() | ev["in_softirq"].to_numpy())
         cand = np.nonzero(irq & np.isin(kinds, LOCK_KINDS) & (ts >= lo_t) & (ts <= hi_t)
@@ -321,7 +341,10 @@ def save_fixture(run_dir: Path, module_names: list[str], out_dir: Path,
     mods_used = _write_symbols(trace.symbols, referenced, set(module_names),
                                out_dir / "kallsyms")
     info = _trim_manifest(trace, set(module_names) | mods_used, module_names, len(trace.events))
-    manifest.write(out_dir, info)
+    # one line: a fixture's manifest is read by tests, not people
+    (out_dir / "manifest.json").write_text(
+        json.dumps({"manifest_version": manifest.MANIFEST_VERSION, **info}, sort_keys=True,
+                   separators=(",", ":")) + "\n")
     return {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
 
 

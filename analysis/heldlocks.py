@@ -105,9 +105,13 @@ def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
 
 
 def replay(events: pd.DataFrame, class_of_row: dict[int, int],
-           kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset()) -> Replay:
+           kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
+           spin_in_preempt: bool = True) -> Replay:
     """``untraced``: pids whose events the guest filtered out; their partial
-    events are skipped, and lock hand-offs to and from them are balanced."""
+    events are skipped, and lock hand-offs to and from them are balanced.
+    ``spin_in_preempt``: False when the kernel's preempt_count does not count held
+    spinlocks (no ``CONFIG_PREEMPT_COUNT``: the calibration tells, see
+    tracer.calibration); held spinlocks then come from this replay alone."""
     kinds = events["kind"].to_numpy()
     ltypes = events["lock_type"].to_numpy()
     gfp = events["gfp"].to_numpy()
@@ -236,10 +240,11 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             if lf is not None and lf.success:
                 pending.setdefault((task, ctx), []).append((r, fn, i))
             else:
-                acquire(r, i, task, ctx, False, flags)
+                # an inlined trylock arrives already resolved (tracer.inline_locks)
+                acquire(r, i, task, ctx, "trylock" in flags, flags)
             if ltype_l[i] in SLEEPING_LOCK_TYPES and "trylock" not in flags:
                 _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off,
-                             depth, kprobe_irqs_reliable)
+                             depth, kprobe_irqs_reliable, spin_in_preempt)
         elif k == "lock_return":
             fn = ev_l[i].partition("_")[2]
             lf = LOCK_FUNCS.get(fn)
@@ -319,7 +324,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                                              max(depth[i] - baseline, 0)))
         else:  # sleep_call or alloc that may reclaim
             _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
-                         kprobe_irqs_reliable)
+                         kprobe_irqs_reliable, spin_in_preempt)
 
     cols = list(zip(*acqs, strict=True)) if acqs else [()] * len(ACQ_COLUMNS)
     frame = pd.DataFrame({c: np.asarray(v, dtype=object if c in ("lock_type", "ctx") else None)
@@ -332,9 +337,12 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
 def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,
                  i: int, task: int, ctx: str, hard: list[bool], soft: list[bool],
                  irqs_off: list[bool], bh_off: list[bool], depth: list[int],
-                 irqs_reliable: bool) -> None:
-    # every atomic state shows in the record (a held spinlock raises preempt_count)
-    if not (depth[i] or hard[i] or soft[i] or bh_off[i] or (irqs_reliable and irqs_off[i])):
+                 irqs_reliable: bool, spin_in_preempt: bool = True) -> None:
+    # every atomic state shows in the record (a held spinlock raises preempt_count),
+    # unless preempt_count does not count spinlocks: then the replay's own stacks tell
+    if not (depth[i] or hard[i] or soft[i] or bh_off[i] or (irqs_reliable and irqs_off[i])
+            or (not spin_in_preempt and any(h.ltype in SPIN_TYPES for key in (
+                (task, ctx), (task, "process")) for h in stacks.get(key, [])))):
         return
     held_all = list(stacks.get((task, ctx), []))
     if ctx != "process":
@@ -353,7 +361,7 @@ def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[He
         reasons.append("bh-off")
     # every held spinning lock accounts for one level of preempt_count
     own = [h for h in stacks.get((task, ctx), []) if h.ltype in SPIN_TYPES]
-    extra = depth[i] - len(own)
+    extra = depth[i] - (len(own) if spin_in_preempt else 0)
     if extra > 0 and ctx == "process":
         reasons.append("preempt")
     if reasons:

@@ -92,8 +92,11 @@ def analyze(trace: Trace) -> Analysis:
     class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
     irqs_reliable = not bool(trace.info.get("kprobe_reports_irqs_off", False))
     untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))
-    rep = replay(ev, class_of_row, irqs_reliable, untraced)
-    cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size)
+    # tracer.calibration: does preempt_count count held spinlocks on this kernel?
+    spin_pc = (trace.info.get("calibration") or {}).get("preempt_count_tracks_spinlocks")
+    rep = replay(ev, class_of_row, irqs_reliable, untraced, spin_pc is not False)
+    cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size,
+                   text_stacks=trace.text_stacks, text_sites=trace.text_sites)
     findings: list[Finding] = []
     findings += rules.sleep_findings(cx)
     findings += rules.order_findings(cx)

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from tracedep.analysis.heldlocks import (
     Replay,
 )
 from tracedep.analysis.symbols import RunSymbols
-from tracedep.analysis.witness import clean_stack, frame_at
+from tracedep.analysis.witness import clean_stack, clean_text_stack, frame_at
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
 
 ALLOC_FUNCS = frozenset({
@@ -80,19 +80,38 @@ class Ctx:
     call_insn_size: int
     lockdep_events: bool = False
     honoured_nesting: int = 0
+    # ftrace text traces: stacks and call sites known by name (see Trace)
+    text_stacks: list[tuple[Frame, ...]] = field(default_factory=list)
+    text_sites: dict[int, Frame] = field(default_factory=dict)
 
     def row(self, r: int) -> pd.Series:
         return self.events.iloc[r]
+
+    def stack_frames(self, r: int) -> list[Frame]:
+        """The cleaned kernel stack of event row ``r`` ([] when it has none)."""
+        sid = int(self.events["stack_id"].iat[r])
+        if sid < 0:
+            return []
+        if not self.stacks[sid] and sid < len(self.text_stacks):
+            return clean_text_stack(self.text_stacks[sid], self.call_insn_size)
+        return clean_stack(self.symbols, self.stacks[sid], self.call_insn_size,
+                           int(self.events["ts_ns"].iat[r]))
+
+    def call_frame(self, r: int) -> Frame:
+        """The call site of event row ``r`` as a frame."""
+        ip = int(self.events["ip"].iat[r])
+        if ip == 0 and r in self.text_sites:
+            return self.text_sites[r]
+        return frame_at(self.symbols, ip, True, int(self.events["ts_ns"].iat[r]))
 
     def site(self, r: int, role: str, lock: str | None = None, with_stack: bool = True
              ) -> Site:
         e = self.events
         sid = int(e["stack_id"].iat[r])
-        t = int(e["ts_ns"].iat[r])
         if with_stack and sid >= 0:
-            frames = clean_stack(self.symbols, self.stacks[sid], self.call_insn_size, t)
+            frames = self.stack_frames(r)
         else:
-            frames = [frame_at(self.symbols, int(e["ip"].iat[r]), True, t)]
+            frames = [self.call_frame(r)]
         return Site(role=role, frames=tuple(frames), lock=lock, ts_ns=int(e["ts_ns"].iat[r]),
                     pid=int(e["pid"].iat[r]), comm=str(e["comm"].iat[r]),
                     context=context_text(e, r))
@@ -157,12 +176,9 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
     for s in sleeps:
         r = s.row
         k = kinds[r]
-        frames: list[Frame]
-        sid = int(e["stack_id"].iat[r])
         t = int(ts[r])
-        frames = (clean_stack(cx.symbols, cx.stacks[sid], cx.call_insn_size, t) if sid >= 0
-                  else [])
-        call = frame_at(cx.symbols, int(e["ip"].iat[r]), True, t)
+        frames = cx.stack_frames(r)
+        call = cx.call_frame(r)
         if k == "sleep_call" and funcs[r] == MIGHT_SLEEP:
             near = api_by_task.get(int(pids[r]), [])
             i = int(np.searchsorted(near, ts[r]))

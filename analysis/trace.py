@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tracedep.analysis.findings import Frame
 from tracedep.analysis.symbols import RunSymbols
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import manifest, schema
@@ -28,6 +29,12 @@ class Trace:
     symbols: RunSymbols
     source: Path
     warnings: list[str] = field(default_factory=list)
+    # ftrace text traces only (analysis.ftrace_text): a stack whose frames the text
+    # names but does not give exact addresses for has () in ``stacks`` and its frames
+    # here, at the same index (return addresses, as ftrace recorded them); events
+    # whose call site is known by name only (``ip`` 0) have it here, by row.
+    text_stacks: list[tuple[Frame, ...]] = field(default_factory=list)
+    text_sites: dict[int, Frame] = field(default_factory=dict)
 
     @property
     def call_insn_size(self) -> int:

@@ -8,6 +8,7 @@ at the probed function, as a developer reading it expects.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from tracedep.analysis.findings import Frame
 from tracedep.analysis.symbols import RunSymbols
@@ -55,4 +56,21 @@ def clean_stack(symbols: RunSymbols, stack: tuple[int, ...], call_insn_size: int
     for j, a in enumerate(stack[start:]):
         site = a if j == 0 else a - call_insn_size
         frames.append(frame_at(symbols, site, j > 0, ts))
+    return frames
+
+
+def clean_text_stack(stack: tuple[Frame, ...], call_insn_size: int) -> list[Frame]:
+    """:func:`clean_stack` for a stack known from ftrace text (``Trace.text_stacks``):
+    the tracing frames dropped by name, and return addresses after the first frame
+    turned into call sites where the text gave their offset or address."""
+    start = 0
+    for i, f in enumerate(stack[:12]):
+        if f.function.startswith("0x") or _TRACING.match(f.function):
+            start = i + 1
+    frames = []
+    for j, f in enumerate(stack[start:]):
+        if j > 0 and (f.size or f.address):
+            f = replace(f, offset=max(f.offset - call_insn_size, 0) if f.size else f.offset,
+                        address=f.address - call_insn_size if f.address else 0)
+        frames.append(f)
     return frames

@@ -29,6 +29,10 @@ Per run:
   rounds/s   the bench module's loop rounds per guest second: how much the tracing
              path slows the traced guest itself
   cpu-s      CPU seconds used by tracedep and QEMU together (wait4 rusage)
+  vcpu/main/td  that CPU time split: QEMU's threads other than its main thread
+             (the vCPUs, mostly), QEMU's main thread (main loop: chardev I/O, QMP
+             commands such as ringbuf-read, base64), and tracedep's own process
+             (the sinks, then the decode for the manifest); sampled every 0.25 s
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,21 +68,78 @@ def workload_file(seconds: int, dest_dir: Path) -> Path:
     return p
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid``'s main thread and of all its other threads together."""
+    main = rest = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            stat = (task / "stat").read_text()
+            if "qemu-system" not in stat[:stat.rindex(")")]:
+                return 0.0, 0.0
+            fields = stat[stat.rindex(")") + 2:].split()
+            cpu = (int(fields[11]) + int(fields[12])) / tick
+            if task.name == str(pid):
+                main += cpu
+            else:
+                rest += cpu
+    except (OSError, ValueError):
+        pass
+    return main, rest
+
+
 def record(out: Path, transport: str, smp: int, workload: Path, seconds: int) -> dict[str, Any]:
-    """One traced boot into ``out``; returns the CLI's rc, wall and CPU seconds."""
+    """One traced boot into ``out``; returns the CLI's rc, wall and CPU seconds.
+
+    While it runs, QEMU's threads are sampled every 0.25 s so that its CPU time
+    can be split into its main thread (the main loop, where chardev I/O and QMP
+    commands such as ``ringbuf-read`` run) and its other threads (the vCPUs,
+    mostly); what is left of the total is tracedep's own Python process.
+    """
     cmd = [str(TRACEDEP), "trace", "--transport", transport, "--smp", str(smp),
            "--module-src", str(BENCH_DRIVER), "--workload", str(workload),
            "--timeout", str(seconds + 300), "--out", str(out)]
     la0 = loadavg()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read() if proc.stdout else ""
-    _, status, ru = os.wait4(proc.pid, 0)
+    output_parts: list[str] = []
+    reader = threading.Thread(
+        target=lambda: output_parts.append(proc.stdout.read() if proc.stdout else ""))
+    reader.start()
+    qemu: dict[int, tuple[float, float]] = {}
+    while True:
+        # wait4, not Popen.poll: poll would reap the child and lose its rusage
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
+        for c in _children(proc.pid):
+            cpu = _thread_cpu(c)
+            if sum(cpu):
+                qemu[c] = cpu
+        time.sleep(0.25)
+    reader.join()
+    output = output_parts[0] if output_parts else ""
     wall = time.monotonic() - t0
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
         print(f"  ! tracedep trace exited {rc}: {output.strip()[-400:]}", file=sys.stderr)
-    return {"rc": rc, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+    main = sum(m for m, _ in qemu.values())
+    vcpu = sum(r for _, r in qemu.values())
+    total = ru.ru_utime + ru.ru_stime
+    return {"rc": rc, "wall_s": wall, "cpu_s": total, "vcpu_cpu_s": vcpu,
+            "qemu_main_cpu_s": main,
+            "tracedep_cpu_s": total - main - vcpu,
             "load_before": la0, "load_after": loadavg()}
 
 
@@ -116,6 +178,7 @@ def measure(run: Path) -> dict[str, Any]:
         "torn_pages": int(lost.get("decoder_torn_pages", 0) or 0),
         "read_events_guest": read_guest,
         "guest_minus_decoded": read_guest - records,
+        "rounds": rounds,
         "rounds_per_s": rounds / window if rounds is not None and window else None,
         "complete": bool(m.get("trace_complete")),
     }
@@ -129,9 +192,11 @@ def fmt(v: Any, spec: str = ".1f") -> str:
     return str(v)
 
 
-ROW = "{:<8} {:>3} {:>3} {:>7} {:>6} {:>9} {:>8} {:>6} {:>5} {:>8} {:>6} {:>5} {:>6} {:>9} {:>6} {:>9}"
+ROW = ("{:<8} {:>3} {:>3} {:>7} {:>6} {:>9} {:>8} {:>6} {:>5} {:>8} {:>6} {:>5} {:>6} {:>9} "
+       "{:>6} {:>15} {:>9}")
 HEAD = ROW.format("transp", "smp", "rep", "boot→ev", "window", "events", "ev/s", "MB/s", "B/ev",
-                  "lost", "loss%", "torn", "g-read", "rounds/s", "cpu-s", "load1 b/a")
+                  "lost", "loss%", "torn", "g-read", "rounds/s", "cpu-s",
+                  "vcpu/main/td", "load1 b/a")
 
 
 def print_run(transport: str, smp: int, rep: int, r: dict[str, Any]) -> None:
@@ -140,6 +205,7 @@ def print_run(transport: str, smp: int, rep: int, r: dict[str, Any]) -> None:
         r["events"], fmt(r["events_per_s"], ".0f"), fmt(r["mb_per_s"], ".2f"),
         fmt(r["bytes_per_event"], ".1f"), r["lost"], fmt(r["loss_pct"], ".2f"), r["torn_pages"],
         r["guest_minus_decoded"], fmt(r["rounds_per_s"], ".0f"), fmt(r["cpu_s"], ".1f"),
+        f"{r['vcpu_cpu_s']:.0f}/{r['qemu_main_cpu_s']:.0f}/{r['tracedep_cpu_s']:.0f}",
         f"{r['load_before']:.1f}/{r['load_after']:.1f}"), flush=True)
 
 
@@ -164,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     workload = workload_file(a.seconds, session)
     t_start = time.monotonic()
     print(f"bench_transport: {a.seconds} s saturating workload; runs in {session}")
-    print(f"host: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"host: {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(HEAD)
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     max_rep = max(a.repeats if s != 1 else a.repeats_smp1 for s in smps)
@@ -207,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         ("guest read - decoded", "guest_minus_decoded", ".0f"),
         ("bench rounds/s (guest work)", "rounds_per_s", ".0f"),
         ("CPU s (tracedep+QEMU)", "cpu_s", ".1f"),
+        ("  QEMU vCPU (non-main) threads", "vcpu_cpu_s", ".1f"),
+        ("  QEMU main thread", "qemu_main_cpu_s", ".1f"),
+        ("  tracedep process", "tracedep_cpu_s", ".1f"),
         ("wall s", "wall_s", ".1f"),
         ("load avg 1 min (before)", "load_before", ".2f"),
     ]

@@ -22,6 +22,7 @@ import os
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,7 +38,8 @@ INDEX = "index.html"
 EXTRA_CSS = """
 .c-new { background: var(--red); } .c-fixed { background: var(--green); }
 .c-flaky { background: var(--orange); } .c-still { background: #5f6b7a; }
-.s-ok, .s-complete { color: var(--green); } .s-error, .s-failed, .s-interrupted { color: var(--red); }
+.s-ok, .s-complete { color: var(--green); }
+.s-error, .s-failed, .s-interrupted { color: var(--red); }
 .s-running { color: var(--orange); }
 svg.plot text { font: 11px ui-monospace, "DejaVu Sans Mono", monospace; fill: #687385; }
 svg.plot .line { fill: none; stroke: var(--blue); stroke-width: 2; }
@@ -206,13 +208,15 @@ class Site:
             "SELECT r.night_id, COUNT(DISTINCT f.signature) AS n FROM findings f"
             " JOIN runs r ON r.id = f.run_id WHERE f.driver = ? GROUP BY r.night_id", (driver,))
         counts = {int(r["night_id"]): int(r["n"]) for r in per_night}
-        new_nights = {int(r["night_id"]) for r in self.h.query(
-            "SELECT DISTINCT night_id FROM verdicts WHERE driver = ? AND class = 'new'",
-            (driver,))}
+        changes: dict[int, dict[str, int]] = defaultdict(dict)
+        for r in self.h.query("SELECT night_id, class, COUNT(*) AS n FROM verdicts WHERE"
+                              " driver = ? AND class IN ('new', 'fixed') GROUP BY night_id,"
+                              " class", (driver,)):
+            changes[int(r["night_id"])][str(r["class"])] = int(r["n"])
         night_ids = sorted({int(r["night_id"]) for r in runs if r["status"] == "ok"}
                            | set(counts))
-        points = [(str(by_id[i]["name"]), counts.get(i, 0), i in new_nights)
-                  for i in night_ids if i in by_id]
+        points = [Point(str(by_id[i]["name"]), counts.get(i, 0), changes[i].get("new", 0),
+                        changes[i].get("fixed", 0)) for i in night_ids if i in by_id]
         # night → its runs of this driver, each with a link to the run's own page
         run_rows = []
         for nid in sorted({int(r["night_id"]) for r in runs}, reverse=True):
@@ -268,19 +272,27 @@ class Site:
         return _page(f"tracedep driver {driver}", body, crumbs)
 
 
-def plot(points: Sequence[tuple[str, int, bool]], width: int = 720, height: int = 180) -> Markup:
+@dataclass(frozen=True)
+class Point:
+    night: str
+    findings: int
+    new: int = 0
+    fixed: int = 0
+
+
+def plot(points: Sequence[Point], width: int = 720, height: int = 180) -> Markup:
     """Findings per night as a line; a red point is a night with new findings."""
     if not points:
         return el("p", "No successful runs yet.", class_="muted")
     left, right, top, bottom = 40, 16, 12, 28
-    ymax = max(1, *(c for _, c, _ in points))
+    ymax = max(1, *(p.findings for p in points))
     step = (width - left - right) / max(1, len(points) - 1)
 
     def xy(i: int, c: int) -> tuple[float, float]:
         x = left + (i * step if len(points) > 1 else (width - left - right) / 2)
         return x, top + (height - top - bottom) * (1 - c / ymax)
 
-    coords = [xy(i, c) for i, (_, c, _) in enumerate(points)]
+    coords = [xy(i, p.findings) for i, p in enumerate(points)]
     parts: list[Markup] = [
         el("line", x1=left, y1=top, x2=left, y2=height - bottom, class_="axis"),
         el("line", x1=left, y1=height - bottom, x2=width - right, y2=height - bottom,
@@ -290,12 +302,20 @@ def plot(points: Sequence[tuple[str, int, bool]], width: int = 720, height: int 
         el("polyline", points=" ".join(f"{x:.1f},{y:.1f}" for x, y in coords), class_="line"),
     ]
     label_every = max(1, len(points) // 6)
-    for i, ((name, c, new), (x, y)) in enumerate(zip(points, coords, strict=True)):
-        parts.append(el("circle", el("title", f"{name}: {c} finding{'s' if c != 1 else ''}"
-                                     + (" (new findings)" if new else "")),
-                        cx=f"{x:.1f}", cy=f"{y:.1f}", r=4, class_="pt new" if new else "pt"))
-        if i % label_every == 0 or i == len(points) - 1:
-            parts.append(el("text", name, x=f"{x:.1f}", y=height - 8, text_anchor="middle"))
-    return el("svg", *parts, xmlns="http://www.w3.org/2000/svg", class_="plot", width=width,
-              height=height, viewBox=f"0 0 {width} {height}", role="img",
-              aria_label="findings per night")
+    last = len(points) - 1
+    for i, (p, (x, y)) in enumerate(zip(points, coords, strict=True)):
+        tip = f"{p.night}: {p.findings} finding{'s' if p.findings != 1 else ''}"
+        if p.new or p.fixed:
+            tip += f" ({p.new} new, {p.fixed} fixed)"
+        parts.append(el("circle", el("title", tip), cx=f"{x:.1f}", cy=f"{y:.1f}", r=4,
+                        class_="pt new" if p.new else "pt"))
+        if i % label_every == 0 or i == last:
+            # the end labels hang inwards so the night names are not clipped
+            anchor = "start" if i == 0 and last else "end" if i == last and last else "middle"
+            parts.append(el("text", p.night, x=f"{x:.1f}", y=height - 8, text_anchor=anchor))
+    svg = el("svg", *parts, xmlns="http://www.w3.org/2000/svg", class_="plot", width=width,
+             height=height, viewBox=f"0 0 {width} {height}", role="img",
+             aria_label="findings per night")
+    return el("div", svg, el("div", "distinct findings per night; a red point is a night that "
+                                     "brought new ones (hover for new/fixed counts)",
+                             class_="muted"))

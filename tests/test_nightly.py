@@ -360,16 +360,21 @@ def two_nights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert p2.stdout is not None
     lines = []
     deadline = time.monotonic() + 900
-    for line in p2.stdout:  # kill it once the second cell has started
+    for line in p2.stdout:  # the first cell is recorded once the second one starts
         lines.append(line)
         if "[2/2] start" in line or time.monotonic() > deadline:
             break
+    night2 = sorted(d for d in out.iterdir() if d.is_dir() and d.name != "drivers")[-1]
+    res["cell2"] = night2 / "default--x86_64--again--default"
+    # kill the nightly while the second cell's guest is up, the worst moment
+    boot_by = time.monotonic() + 180
+    while not (res["cell2"] / "console.log").exists() and time.monotonic() < boot_by:
+        time.sleep(0.2)
+    res["guest_was_up"] = bool(_pids_mentioning(str(res["cell2"] / "initramfs")))
     os.kill(p2.pid, signal.SIGKILL)
     p2.wait(60)
     p2.stdout.close()
     res["out2"] = "".join(lines)
-    night2 = sorted(d for d in out.iterdir() if d.is_dir() and d.name != "drivers")[-1]
-    res["cell2"] = night2 / "default--x86_64--again--default"
     # the killed night's cell was told to stop (SIGINT on its parent's death) and its
     # guest shut down: nothing of it may be left running
     stop_by = time.monotonic() + 90
@@ -417,6 +422,7 @@ def test_second_night_new_and_fixed(two_nights: dict[str, Any]) -> None:
 def test_killed_night_keeps_finished_cell(two_nights: dict[str, Any]) -> None:
     out: Path = two_nights["out"]
     assert "[1/2] done  default/x86_64/mine/default" in two_nights["out2"]
+    assert two_nights["guest_was_up"], "the night was not killed while a guest ran"
     assert two_nights["leftover"] == [], "the killed night's cell kept running"
     db = out / "history.sqlite"
     with sqlite3.connect(db) as c:  # what any reader sees right after the kill
@@ -452,19 +458,31 @@ def test_junit_per_run(two_nights: dict[str, Any]) -> None:
 
 
 def test_every_cell_failing_is_exit_3(tmp_path: Path) -> None:
-    """A driver that does not build: the cell fails (no guest boots), the night exits 3."""
+    """Drivers that do not build: every cell fails (no guest boots), the night exits 3.
+
+    Two cells, two attempts each, two at a time: the --jobs and repeat paths.
+    """
     cfg = _write(tmp_path / "c.toml", f"""
+        repeat = 2
         [driver_sets]
         broken = "{BROKEN}"
+        broken2 = "{BROKEN}"
         """)
-    p = _nightly(cfg, tmp_path / "out")
+    p = subprocess.Popen([sys.executable, "-m", "tracedep.cli", "nightly", str(cfg), "--out",
+                          str(tmp_path / "out"), "--jobs", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
     text, _ = p.communicate(timeout=600)
     assert p.returncode == 3, text
-    assert "FAILED  default/x86_64/broken/default" in text and "does not build" in text
+    for n in (1, 2, 3, 4):
+        assert f"[{n}/4] start" in text
+    assert "FAILED  default/x86_64/broken/default #2" in text and "does not build" in text
     with History(tmp_path / "out" / "history.sqlite") as h:
         (night,) = h.nights()
-        assert night["status"] == "complete"
-        (run,) = h.runs_of_night(night["id"])
-        assert run["status"] == "error" and run["exit_code"] == 2
-    suite = ET.parse(Path(run["run_dir"]).parent / "junit.xml").getroot()[0]
-    assert suite.get("errors") == "1"
+        assert night["status"] == "complete" and night["cells"] == 2
+        runs = h.runs_of_night(night["id"])
+        assert [(r["cell"], r["attempt"], r["status"], r["exit_code"]) for r in runs] == [
+            (f"default/x86_64/{s}/default", a, "error", 2) for s in ("broken", "broken2")
+            for a in (1, 2)]
+        assert Path(runs[0]["run_dir"]).name == "default--x86_64--broken--default-r1"
+    suites = ET.parse(Path(runs[0]["run_dir"]).parent / "junit.xml").getroot()
+    assert suites.get("errors") == "4" and len(suites) == 4

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from tracedep.tracer.qemu import Vm
+from tracedep.errors import QemuError
+from tracedep.tracer.qemu import Vm, socket_error
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,11 @@ class SocketSink:
         self._fh = open(path, "wb")  # noqa: SIM115 - lives as long as the sink
 
     async def start(self, vm: Vm) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.sock_path))
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.sock_path))
+        except OSError as e:
+            raise QemuError(f"cannot listen for trace channel {self.name} on {self.sock_path}: "
+                            f"{socket_error(self.sock_path, e)}") from None
         cid = f"td_{self.name.replace('.', '_')}"
         await vm.execute("chardev-add", {
             "id": cid,

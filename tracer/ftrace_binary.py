@@ -21,14 +21,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from tracedep.errors import TraceFormatError
-from tracedep.tracer import control, schema
+from tracedep.tracer import calibration, control, schema
 from tracedep.tracer.ftrace_formats import (
     EventFormat,
     PageHeader,
     parse_format,
     parse_header_page,
 )
-from tracedep.tracer.probes import LOCK_FUNCS, MIGHT_SLEEP_FUNC, parse_event_name
+from tracedep.tracer.probes import (
+    GROUP,
+    INLINE_SUFFIX,
+    LOCK_FUNCS,
+    MIGHT_SLEEP_FUNC,
+    parse_event_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +264,8 @@ class Decoded:
     missed_events: int
     total: int
     comms: dict[int, str]
+    # what each probe kind reported at the boot's calibration point (tracer.calibration)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 def decode(
@@ -268,6 +276,7 @@ def decode(
     kprobe_irqs_off_unreliable: bool = False,
     saved_cmdlines: str = "",
     native: bool = True,
+    inline_sites: dict[str, dict[str, Any]] | None = None,
 ) -> Decoded:
     hp = parse_header_page(header_page)
     fmts: dict[int, EventFormat] = {}
@@ -330,6 +339,24 @@ def decode(
     stacks: list[tuple[int, ...]] = []
     stack_rows: list[tuple[int, int]] = []  # (row of the stack record, stack id)
     counts: dict[str, int] = {}
+    # calibration: the IRQ state a probe fetched (1 off, 0 on, -1 none) and the
+    # kind of each of our probe rows (1 kprobe, 2 kretprobe, 3 mid-function kprobe)
+    irq_state = np.full(n, -1, np.int8)
+    pkind = np.zeros(n, np.int8)
+    cal_rows: dict[str, np.ndarray] = {}
+    sites = inline_sites or {}
+
+    def fetch_irq_state(f: EventFormat, rows: np.ndarray) -> None:
+        for fname, (mask, set_means_off) in calibration.IRQ_STATE_FIELDS.items():
+            if fname in f.fields:
+                v = fld(f, fname, rows, False)
+                irq_state[rows] = ((v & np.uint64(mask)) != 0) == set_means_off
+
+    def call_site(f: EventFormat, rows: np.ndarray) -> np.ndarray:
+        # a probe on an inlined lock has no return address: it is the call site
+        if "ret" in f.fields:
+            return fld(f, "ret", rows, False) - np.uint64(call_insn_size)
+        return fld(f, "__probe_ip", rows, False)
 
     def fld(f: EventFormat, name: str, rows: np.ndarray, signed: bool | None = None
             ) -> np.ndarray:
@@ -346,19 +373,34 @@ def decode(
         if f is None:
             continue
         ours = parse_event_name(name)
+        if ours is None and f.system == GROUP and f.name.startswith(calibration.CAL_PREFIX):
+            cal_rows[f.name.removeprefix(calibration.CAL_PREFIX)] = rows
+            fetch_irq_state(f, rows)
         if ours is not None:
             role, fn = ours
             if kprobe_irqs_off_unreliable:
                 cols["irqs_off"][rows] = False
+            fetch_irq_state(f, rows)
+            pkind[rows] = 2 if role == "lr" else (3 if INLINE_SUFFIX in f.name else 1)
             if role in ("lk", "ul"):
                 kind[rows] = "lock_acquire" if role == "lk" else "lock_release"
                 lf = LOCK_FUNCS.get(fn)
                 lock_type[rows] = lf.lock_type if lf else ""
                 lock_flags[rows] = "+".join(lf.flags) if lf else ""
-                cols["lock_addr"][rows] = fld(f, "lock", rows, False)
-                cols["ip"][rows] = fld(f, "ret", rows, False) - np.uint64(call_insn_size)
+                if "lock" in f.fields:  # else a static lock: decode_run places it
+                    cols["lock_addr"][rows] = fld(f, "lock", rows, False) + np.uint64(
+                        int((sites.get(f.name) or {}).get("lock", {}).get("addend", 0))
+                        & (2**64 - 1))
+                cols["ip"][rows] = call_site(f, rows)
                 if "sub" in f.fields:
                     cols["value"][rows] = fld(f, "sub", rows, True)
+                if "val" in f.fields and lf is not None and lf.success:
+                    # an inlined trylock: taken iff the lock word let it (inline_locks)
+                    from tracedep.tracer.inline_locks import trylock_taken
+
+                    word = fld(f, "val", rows, False)
+                    cols["value"][rows] = word.astype(np.int64)
+                    kind[rows[~trylock_taken(fn, word)]] = "other"
             elif role == "lr":
                 kind[rows] = "lock_return"
                 lf = LOCK_FUNCS.get(fn)
@@ -370,7 +412,7 @@ def decode(
             else:
                 kind[rows] = "sleep_call"
                 func[rows] = MIGHT_SLEEP if fn == MIGHT_SLEEP_FUNC else fn
-                cols["ip"][rows] = fld(f, "ret", rows, False) - np.uint64(call_insn_size)
+                cols["ip"][rows] = call_site(f, rows)
         elif f.system == "kmem" and "gfp_flags" in f.fields:
             kind[rows] = "alloc"
             cols["gfp"][rows] = fld(f, "gfp_flags", rows, False).astype(np.uint32)
@@ -421,8 +463,11 @@ def decode(
         elif name == "ftrace/print":
             kind[rows] = "marker"
             bf = f.fields["buf"]
-            func[rows] = [_string_at(buf, int(off[r]), bf.offset, False, int(reclen[r]))
-                          for r in rows.tolist()]
+            texts = [_string_at(buf, int(off[r]), bf.offset, False, int(reclen[r]))
+                     for r in rows.tolist()]
+            func[rows] = texts
+            cal_rows["marker"] = rows[np.asarray([t == calibration.MARKER for t in texts],
+                                                 dtype=bool)]
         elif name == "ftrace/kernel_stack":
             keep[rows] = False
             sz = f.fields["size"]
@@ -438,6 +483,8 @@ def decode(
             del sz
         elif name.startswith("timer/timer_expire") and "function" in f.fields:
             cols["ip"][rows] = fld(f, "function", rows, False)
+    cal = _calibrate(cols, cal_rows, flags, irq_state, pkind, kprobe_irqs_off_unreliable,
+                     kind, lock_type)
     cols.update(kind=kind.build(), event=event.build(), lock_type=lock_type.build(),
                 lock_flags=lock_flags.build(), func=func.build())
     comms_idle = {**comms, 0: "<idle>"}
@@ -461,7 +508,42 @@ def decode(
     df = df.sort_values(["ts_ns", "cpu"], kind="stable")
     events = schema.conform(df)
     return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events, len(events),
-                   comms)
+                   comms, cal)
+
+
+def _calibrate(cols: dict[str, Any], cal_rows: dict[str, np.ndarray], flags: np.ndarray,
+               irq_state: np.ndarray, pkind: np.ndarray, unreliable_default: bool,
+               kind: _Cat, lock_type: _Cat) -> dict[str, Any]:
+    """Measure the calibration records and correct our probes' context columns."""
+    depth = cols["preempt_depth"]
+    cal = calibration.measure(cal_rows, flags, depth, irq_state, cols["pid"])
+    unreliable_rows = 0
+    for code, kinds in ((1, ("kprobe",)), (2, ("kretprobe",)), (3, ("kprobe_mid", "kprobe"))):
+        sel = pkind == code
+        if not sel.any():
+            continue
+        ck = next((k for k in kinds if k in cal), None)
+        reliable = calibration.irqs_reliable(cal, ck) if ck else None
+        if reliable is None:
+            reliable = not unreliable_default
+        if not reliable:
+            known = sel & (irq_state >= 0)
+            cols["irqs_off"][sel] = False
+            cols["irqs_off"][known] = irq_state[known] == 1
+            unreliable_rows += int((sel & (irq_state < 0)).sum())
+        offset = cal[ck]["preempt"] if ck else 0
+        if offset:
+            depth[sel] = np.maximum(depth[sel].astype(np.int16) - offset, 0).astype(np.int8)
+    cal["_irqs_unreliable_rows"] = unreliable_rows
+    # does preempt_count count held spinlocks?  At a spinlock's release the lock is
+    # still held: its depth is >= 1 wherever CONFIG_PREEMPT_COUNT is set
+    spin = np.isin(lock_type.codes, [lock_type.index[t] for t in ("spinlock", "rwlock-r",
+                                                                   "rwlock-w")
+                                     if t in lock_type.index])
+    rel = (kind.codes == kind.index.get("lock_release", -1)) & spin & (pkind > 0) & ~(
+        cols["in_hardirq"] | cols["in_softirq"] | cols["in_nmi"])
+    cal["_spin_preempt"] = bool((depth[rel] >= 1).mean() > 0.5) if rel.sum() >= 5 else None
+    return cal
 
 
 def read_run_buffers(run_dir: Path) -> dict[int, bytes]:
@@ -482,11 +564,36 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
         from tracedep.tracer import manifest
 
         info = manifest.read(run_dir)
-    return decode(
+    sites = info.get("inline_sites") or {}
+    decoded = decode(
         read_run_buffers(run_dir),
         hp,
         ctl.formats(),
         int(info.get("call_insn_size", 5)),
-        bool(info.get("kprobe_reports_irqs_off", False)),
+        bool(info.get("machine_kprobe_reports_irqs_off",
+                      info.get("kprobe_reports_irqs_off", False))),
         ctl.file("/sys/kernel/tracing/saved_cmdlines") or "",
+        inline_sites=sites,
     )
+    if any((s.get("lock") or {}).get("kind") == "static" for s in sites.values()):
+        _place_static_locks(decoded, sites, info)
+    return decoded
+
+
+def _place_static_locks(decoded: Decoded, sites: dict[str, dict[str, Any]],
+                        info: dict[str, Any]) -> None:
+    """Runtime addresses of the static locks of inline probes (no fetch-arg can give them)."""
+    from tracedep.tracer.inline_locks import static_lock_addresses
+
+    ev = decoded.events
+    loads = ev[ev["kind"] == "module_load"]
+    load_ts: dict[str, list[int]] = {}
+    for name, t in zip(loads["func"].astype(str), loads["ts_ns"].tolist(), strict=True):
+        load_ts.setdefault(name, []).append(int(t))
+    where = static_lock_addresses(sites, info, ev["event"].astype(str).to_numpy(),
+                                  ev["ts_ns"].to_numpy(), load_ts)
+    if where:
+        la = ev["lock_addr"].to_numpy().copy()
+        idx = np.fromiter(where.keys(), dtype=np.int64, count=len(where))
+        la[idx] = np.fromiter(where.values(), dtype=np.uint64, count=len(where))
+        ev["lock_addr"] = la

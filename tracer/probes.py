@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from tracedep.vm.machines import Machine
 
 GROUP = "tracedep"
+# ``lk__raw_spin_lock__inl12``: a probe on one inlined lock site (tracer.inline_locks)
+INLINE_SUFFIX = "__inl"
+_INLINE_RE = re.compile(re.escape(INLINE_SUFFIX) + r"\d+$")
 
 
 @dataclass(frozen=True)
@@ -197,16 +200,19 @@ def probe_definitions(machine: Machine, disc: Discovery) -> list[ProbeDef]:
             defs.append(ProbeDef(rev, f, "lr", f"r128:{GROUP}/{rev} {f} rv=$retval:s64"))
         ev = _event_name(role, f)
         extra = f" sub={a2}:s32" if "nested" in lf.flags and not lf.release else ""
+        if machine.irq_state_fetch:
+            extra += f" {machine.irq_state_fetch}"
         defs.append(
             ProbeDef(ev, f, role, f"p:{GROUP}/{ev} {f} lock={a1}:x64 ret={ret}:x64{extra}")
         )
+    irq = f" {machine.irq_state_fetch}" if machine.irq_state_fetch else ""
     if usable(MIGHT_SLEEP_FUNC):
         ev = _event_name("sl", MIGHT_SLEEP_FUNC)
         defs.append(ProbeDef(ev, MIGHT_SLEEP_FUNC, "sl",
-                             f"p:{GROUP}/{ev} {MIGHT_SLEEP_FUNC} ret={ret}:x64"))
+                             f"p:{GROUP}/{ev} {MIGHT_SLEEP_FUNC} ret={ret}:x64{irq}"))
     for f in sleep_catalog(disc):
         ev = _event_name("sl", f)
-        defs.append(ProbeDef(ev, f, "sl", f"p:{GROUP}/{ev} {f} ret={ret}:x64"))
+        defs.append(ProbeDef(ev, f, "sl", f"p:{GROUP}/{ev} {f} ret={ret}:x64{irq}"))
     return defs
 
 
@@ -259,4 +265,4 @@ def parse_event_name(name: str) -> tuple[str, str] | None:
     role, _, func = ev.partition("_")
     if role not in ("lk", "lr", "ul", "sl"):
         return None
-    return role, func
+    return role, _INLINE_RE.sub("", func)

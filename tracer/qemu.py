@@ -76,6 +76,20 @@ class VmSpec:
         ]
 
 
+# sockaddr_un.sun_path holds 108 bytes, the terminating NUL included
+UNIX_PATH_MAX = 107
+
+
+def socket_error(path: Path, e: BaseException) -> str:
+    """One line for a unix socket that could not be created at ``path``."""
+    cause = getattr(e, "exc", None) or e  # qemu.qmp's ConnectError wraps the OSError
+    why = getattr(cause, "strerror", None) or str(cause)
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        why += (f" ({len(os.fsencode(path))} bytes; a unix socket path may have at most "
+                f"{UNIX_PATH_MAX}: point TMPDIR at a shorter directory)")
+    return why
+
+
 @dataclass
 class Ending:
     how: str
@@ -128,8 +142,9 @@ class Vm:
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             await self.qmp.start_server(str(self.qmp_path))
-        except OSError as e:
-            raise QemuError(f"cannot listen for QMP on {self.qmp_path}: {e.strerror}") from None
+        except (OSError, QMPError) as e:
+            raise QemuError(f"cannot listen for QMP on {self.qmp_path}: "
+                            f"{socket_error(self.qmp_path, e)}") from None
         self.cmdline = self.spec.command(self.qmp_path)
         log.info("launching: %s", shlex.join(self.cmdline))
         with open(self.qemu_log, "wb") as out:
@@ -139,22 +154,26 @@ class Vm:
         self.started_at = time.monotonic()
         accept = asyncio.ensure_future(self.qmp.accept())
         died = asyncio.ensure_future(self.proc.wait())
-        done, _ = await asyncio.wait({accept, died}, timeout=30,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if accept not in done:
-            accept.cancel()
+        await asyncio.wait({accept, died}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if not (accept.done() and accept.exception() is None):
+            # No session.  If QEMU is dying, let the handshake fail on its own (EOF)
+            # rather than cancel it in the middle of qemu.qmp's own clean-up, and
+            # say what QEMU said.
+            await asyncio.wait({accept, died}, timeout=2, return_when=asyncio.ALL_COMPLETED)
+            if not accept.done():
+                accept.cancel()
             with contextlib.suppress(BaseException):
                 await accept
-            if died in done:
+            if died.done():
                 raise QemuError(
                     f"QEMU exited with {self.proc.returncode} before QMP connected: "
                     f"{self._qemu_output() or 'no output'} (command: {shlex.join(self.cmdline)})"
                 )
             died.cancel()
-            raise QemuError(f"QEMU did not connect to QMP within 30 s: {self._qemu_output()}")
-        died.cancel()
-        if accept.exception() is not None:
+            if accept.cancelled() or accept.exception() is None:
+                raise QemuError(f"QEMU did not connect to QMP within 30 s: {self._qemu_output()}")
             raise QemuError(f"QMP handshake failed: {accept.exception()}")
+        died.cancel()
         self.qmp.register_listener(self._listener)
         self._ending = asyncio.get_running_loop().create_future()
         self._event_task = asyncio.ensure_future(self._watch())

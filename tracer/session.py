@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from tracedep import __version__
 from tracedep.errors import GuestError, InputError, RunError
 from tracedep.tracer import control, manifest
 from tracedep.tracer.channels import Sink, open_sink
+from tracedep.tracer.extras import extra_probes, record_calibration
 from tracedep.tracer.probes import (
     TRACEPOINTS,
     Discovery,
@@ -244,10 +246,12 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     disc = discover(machine, kernel, accel)
     info["discovery_dir"] = str(discovery_dir(kernel))
     defs = probe_definitions(machine, disc)
+    # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extras)
+    extra = extra_probes(machine, disc, built)
     workload = opts.workload.read_text() if opts.workload else None
     cfg = GuestConfig(
-        kprobes=[d.definition for d in defs],
-        events=list(TRACEPOINTS),
+        kprobes=[d.definition for d in defs] + extra.kprobes,
+        events=list(TRACEPOINTS) + extra.events,
         stack_triggers=stack_triggers(defs),
         buffer_kb=opts.buffer_kb,
         settle_s=opts.settle_s,
@@ -255,7 +259,9 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     )
     initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz")
     info["workload"] = {"script": str(opts.workload) if opts.workload else "default"}
-    info["probes"] = {"defined": len(defs), "definitions": [d.definition for d in defs]}
+    info["probes"] = {"defined": len(defs) + len(extra.kprobes),
+                      "definitions": [d.definition for d in defs] + extra.kprobes}
+    info.update(extra.manifest)
     spec = VmSpec(machine, kernel.image, initrd, boot_args(machine), out, smp=opts.smp,
                   mem_mb=opts.mem_mb, accel=accel)
     info["qemu"] = {"accel": accel, "smp": opts.smp, "mem_mb": opts.mem_mb,
@@ -280,8 +286,8 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     info["state"] = "complete" if info["trace_complete"] else "incomplete"
     manifest.write(out, info)
     if how != END_POWEROFF:
-        raise GuestError(f"guest {how}: {detail or 'see console.log'}; "
-                         f"partial trace kept in {out}")
+        why = _console_panic(out / "console.log") or detail or "see console.log"
+        raise GuestError(f"guest {how}: {why}; partial trace kept in {out}")
     if not info["trace_complete"]:
         raise GuestError(f"guest powered off before the trace was complete; see "
                          f"{out / 'console.log'}")
@@ -347,6 +353,7 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
 
         decoded = decode_run(out, info)
         info["event_counts"] = decoded.counts
+        record_calibration(info, decoded.calibration, machine)
         lost["decoder_torn_pages"] = decoded.torn_pages
         lost["ring_buffer_missed"] = decoded.missed_events
         read_total = int(sum(s.get("read_events", 0) for s in stats.values()))
@@ -391,6 +398,19 @@ def _kprobe_misses(text: str | None) -> dict[str, int]:
         if len(parts) == 3 and parts[2].isdigit():
             out[parts[0]] = int(parts[2])
     return out
+
+
+def _console_panic(console: Path) -> str | None:
+    """The kernel's own words for a panic or oops, from the serial console."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        return None
+    for pat in (r"Kernel panic - not syncing: .*", r"BUG: .*", r"Oops: .*"):
+        m = re.search(pat, text)
+        if m:
+            return m.group(0).strip()
+    return None
 
 
 def _float(v: str | None) -> float | None:

@@ -21,6 +21,19 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
+# arm64 guests (--arch arm64): their kernel, headers and busybox are Debian arm64
+# packages, downloaded (never installed) with apt-get download, which needs the
+# arm64 package lists
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    echo "tracedep setup: adding the arm64 package architecture (for arm64 guests)"
+    $SUDO dpkg --add-architecture arm64
+fi
+if ! apt-cache show busybox-static:arm64 >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+fi
+
 if [ ! -x .venv/bin/tracedep ] || [ pyproject.toml -nt .venv/.installed ]; then
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true

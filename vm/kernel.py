@@ -160,7 +160,8 @@ def fetch_debian_kernel(machine: Machine, abi: str | None = None) -> Kernel:
     ]
     # kbuild's host tools (fixdep, modpost) of exactly the headers' version, for
     # the host's architecture: cross builds use them too
-    kbuild = download(_kbuild_dependency(headers[0]), debs_dir)
+    name, _, version = _kbuild_dependency(headers[0]).partition("=")
+    kbuild = download(f"{name}:{host_debian_arch()}={version}", debs_dir)
     root = cache_root() / "kernels" / release
     tree = root / "tree-v2"
     extract([image_deb, *headers, kbuild], tree)

@@ -39,6 +39,12 @@ class Machine:
     text_symbol: str  # kallsyms symbol used to measure the KASLR offset
     kprobe_reports_irqs_off: bool  # kprobe handlers run with IRQs masked (arm64 BRK)
     extra_append: str = ""
+    # fetch-arg appended to every kprobe: the interrupted context's IRQ mask, so the
+    # decoder can tell IRQs-off where the record's own flags cannot ("" = not needed)
+    irq_state_fetch: str = ""
+    # a known-steppable offset into the calibration function for a mid-function
+    # kprobe (fixed-width ISAs only; 0 = none): see tracer.calibration
+    calibration_mid_offset: int = 0
 
 
 MACHINES: dict[str, Machine] = {
@@ -89,6 +95,10 @@ MACHINES: dict[str, Machine] = {
         call_insn_size=4,
         text_symbol="_stext",
         kprobe_reports_irqs_off=True,
+        # PSTATE (SPSR of the BRK exception): bit 7 is the I (IRQ mask) bit
+        irq_state_fetch="pst=%pstate:x64",
+        # past the two ftrace NOPs and paciasp/bti
+        calibration_mid_offset=12,
     ),
 }
 

@@ -5,10 +5,12 @@
 # while the top-level buffer records them in binary as usual, so the text parse
 # can be compared with the binary decode of the same run:
 #
-#   txt   default trace options; the `trace` file (header and all) is printed
-#   txta  options/sym-addr and sym-offset on; read through `trace_pipe` twice,
-#         the first time after its small ring was overrun by markers
-#         (-> "CPU:n [LOST m EVENTS]"), then around the module load
+#   txt   default trace options, around the module load; its `trace` file
+#         (header and all) is read while the module is still loaded
+#   txta  options/sym-addr and sym-offset on; read through `trace_pipe` three
+#         times: after its small ring was overrun by markers (-> "CPU:n [LOST m
+#         EVENTS]"), after the module load, and after the module's unload (its
+#         addresses then print raw: the symbols are gone)
 #
 # The pumps that move the binary trace are not traced (as in the top-level
 # buffer).  Lock and sleep probes and kmem events are filtered to module space (x86_64:
@@ -62,7 +64,7 @@ echo 0 > $A/tracing_on
 cat $A/trace_pipe > /tmp/txta.txt
 echo 64 > $A/buffer_size_kb
 
-# both instances around the module load and, later, its unload
+# both instances around the module load
 on() { echo 1 > $T/instances/txt/tracing_on; echo 1 > $A/tracing_on; }
 off() { echo 0 > $A/tracing_on; echo 0 > $T/instances/txt/tracing_on; }
 mark() { echo "record_text: $*" > $T/instances/txt/trace_marker; echo "record_text: $*" > $A/trace_marker; }
@@ -76,13 +78,18 @@ echo "record_text: loaded" > /dev/console
 mark insmod done
 off
 report_module td_alloc_spin_bug
+# read while the module is loaded: its addresses print as symbols
 grep '\[td_alloc_spin_bug\]' /proc/kallsyms > /tmp/kallsyms.mod
-on
-mark rmmod
+cat $T/instances/txt/trace > /tmp/txt.trace
+cat $A/trace_pipe >> /tmp/txta.txt
+
+# txta only, around the unload; read after it: the module's addresses print raw
+echo 1 > $A/tracing_on
+echo "record_text: rmmod" > $A/trace_marker
 echo "tracedep: rmmod td_alloc_spin_bug" > $T/trace_marker
 rmmod td_alloc_spin_bug
-mark rmmod done
-off
+echo "record_text: rmmod done" > $A/trace_marker
+echo 0 > $A/tracing_on
 cat $A/trace_pipe >> /tmp/txta.txt
 
 {
@@ -90,7 +97,7 @@ cat $A/trace_pipe >> /tmp/txta.txt
     cat /tmp/kallsyms.mod
     echo "=====RECORD-TEXT kallsyms END====="
     echo "=====RECORD-TEXT trace BEGIN====="
-    cat $T/instances/txt/trace
+    cat /tmp/txt.trace
     echo "=====RECORD-TEXT trace END====="
     echo "=====RECORD-TEXT trace_pipe BEGIN====="
     cat /tmp/txta.txt

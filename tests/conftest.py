@@ -1,0 +1,155 @@
+"""Shared fixtures: the tracedep command line, and ONE real run of the bundled drivers.
+
+Guest tests (``@pytest.mark.guest``) boot Debian's kernel under QEMU; they are
+part of CI and never skipped: a missing QEMU or kernel cache is a failure
+(``make test`` installs both first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# test modules share the helpers below with ``from conftest import ...``
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVERS = REPO / "vm" / "drivers"
+TEST_DRIVERS = REPO / "tests" / "data" / "drivers"
+# one boot of the bundled drivers is ~1 min under TCG; leave room for a loaded CI box
+RUN_TIMEOUT_S = 900
+
+
+@dataclass
+class Result:
+    """What one ``tracedep`` command did."""
+
+    args: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    wall_s: float
+
+    @property
+    def errors(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.startswith("tracedep: error:")]
+
+    def explain(self) -> str:
+        return (f"tracedep {' '.join(self.args)} -> exit {self.rc} in {self.wall_s:.0f} s\n"
+                f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-6000:]}")
+
+
+def run_tracedep(*args: str | Path, timeout: float = RUN_TIMEOUT_S,
+                 env: dict[str, str] | None = None) -> Result:
+    """``tracedep ARGS`` in a child process, as a user runs it."""
+    argv = [str(a) for a in args]
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "tracedep.cli", *argv], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+    return Result(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+
+
+@pytest.fixture(scope="session")
+def tracedep_cli() -> Callable[..., Result]:
+    return run_tracedep
+
+
+def expectations() -> dict[str, dict[str, Any]]:
+    """``vm/drivers/*/expect.json`` by module name."""
+    out = {}
+    for p in sorted(DRIVERS.glob("*/expect.json")):
+        e = json.loads(p.read_text())
+        out[e["module"]] = e
+    return out
+
+
+def frame_functions(finding: dict[str, Any]) -> set[str]:
+    names = {fr["function"] for s in finding["sites"] for fr in s["frames"]}
+    fn = finding.get("details", {}).get("function")
+    return names | ({fn} if fn else set())
+
+
+def matches(finding: dict[str, Any], want: dict[str, Any], module: str) -> bool:
+    """Kind, driver and function (as itself, an inlined frame, or the symbol it is inlined
+    into) of an expect.json finding."""
+    if finding["kind"] != want["kind"] or finding["driver"] != module:
+        return False
+    names = frame_functions(finding)
+    fn = want["function"]
+    return fn in names or want.get("symbols", {}).get(fn) in names
+
+
+def check_expected(findings: list[dict[str, Any]], module: str) -> list[str]:
+    """Problems with ``module``'s findings against its expect.json (empty: all good)."""
+    e = expectations()[module]
+    mine = [f for f in findings if f["driver"] == module]
+    problems = []
+    for want in e["findings"]:
+        hits = [f for f in mine if matches(f, want, module)]
+        if not hits:
+            problems.append(f"missing {want['kind']} in {want['function']}(); "
+                            f"got {[(f['kind'], sorted(frame_functions(f))) for f in mine]}")
+            continue
+        f = hits[0]
+        for lock in want.get("lock_details", []):
+            if lock["storage"] == "static" and lock["name"] not in f["locks"]:
+                problems.append(f"{want['kind']}: static lock {lock['name']} not among "
+                                f"{f['locks']}")
+        if want["kind"] == "sleep-in-atomic":
+            ctx = set(f.get("details", {}).get("context", []))
+            if not set(want.get("context", [])) <= ctx:
+                problems.append(f"sleep-in-atomic context {sorted(ctx)}, expected "
+                                f"{want['context']}")
+    allowed = {w["kind"] for w in e["findings"]} | {a["kind"] for a in e.get("also_acceptable",
+                                                                                [])}
+    for f in mine:
+        if f["kind"] not in allowed:
+            problems.append(f"unexpected {f['kind']}: {f['message']}")
+    if not e["findings"] and mine:
+        problems.append(f"clean twin has findings: {[f['message'] for f in mine]}")
+    return problems
+
+
+@dataclass
+class BundledRun:
+    run_dir: Path
+    result: Result
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.run_dir / "manifest.json").read_text())
+        return data
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = json.loads((self.run_dir / "findings.json").read_text())
+        return data
+
+
+@pytest.fixture(scope="session")
+def bundled_run(tmp_path_factory: pytest.TempPathFactory) -> BundledRun:
+    """``tracedep run`` of the bundled example drivers, once per test session."""
+    out = tmp_path_factory.mktemp("bundled") / "run"
+    res = run_tracedep("run", "--out", out)
+    # exit 1: findings (the bug drivers have them); anything else is a broken run
+    assert res.rc == 1, res.explain()
+    return BundledRun(out, res)
+
+
+@pytest.fixture(scope="session")
+def bundled_trace(bundled_run: BundledRun) -> Any:
+    """The bundled run's trace, decoded (``analysis.trace.Trace``)."""
+    from tracedep.analysis.trace import load
+
+    return load(bundled_run.run_dir)

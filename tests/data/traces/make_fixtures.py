@@ -1,0 +1,137 @@
+"""Regenerate the recorded trace fixtures of the tests from real runs (README.md says how).
+
+    .venv/bin/python tests/data/traces/make_fixtures.py tiny RUN_DIR
+        crop a `tracedep trace` run of tests/data/drivers/td_tiny into tiny/
+    .venv/bin/python tests/data/traces/make_fixtures.py rules RUN_DIR [MODULE ...]
+        one analysis fixture per bundled driver (analysis.fixture) into rules/<module>/
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from tracedep.analysis.fixture import save_fixture
+from tracedep.analysis.trace import load
+from tracedep.tracer import control
+from tracedep.tracer.ftrace_binary import decode_run, read_run_buffers
+from tracedep.tracer.ftrace_formats import parse_format, parse_header_page
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+TINY = "td_tiny"
+MARGIN_PAGES = 2
+
+
+def _commit() -> str:
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                            "tracer", "vm", "analysis"], capture_output=True,
+                           text=True).stdout.strip()
+    return head + (" + uncommitted changes" if dirty else "")
+
+
+def tiny(run_dir: Path, out: Path = HERE / "tiny") -> None:
+    """The pages of CPU 0 around td_tiny's load, the control blocks they need, the manifest."""
+    info = json.loads((run_dir / "manifest.json").read_text())
+    trace = load(run_dir)
+    ev = trace.events
+    spans = [m for m in trace.symbols.modules if m.name == TINY]
+    if not spans:
+        raise SystemExit(f"{run_dir}: {TINY} was not reported by the guest")
+    ip = ev["ip"].to_numpy()
+    mine = ev[[any(m.lo <= int(a) < m.hi for m in spans) for a in ip.tolist()]]
+    load_ts = int(ev[(ev["kind"] == "module_load") & (ev["func"] == TINY)]["ts_ns"].iloc[0])
+    first_ts, last_ts = load_ts, int(mine[mine["pid"] == mine["pid"].iloc[0]]["ts_ns"].max())
+    ctl = control.load(run_dir / "control.log")
+    hp = parse_header_page(ctl.header_page() or "")
+    buf = read_run_buffers(run_dir)[0]
+    npages = len(buf) // hp.page_size
+    page_ts = [struct.unpack_from("<Q", buf, i * hp.page_size)[0] for i in range(npages)]
+    p0 = max(0, max(i for i, t in enumerate(page_ts) if t <= first_ts) - MARGIN_PAGES)
+    p1 = min(npages, max(i for i, t in enumerate(page_ts) if t <= last_ts) + 1 + MARGIN_PAGES)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "trace").mkdir(parents=True)
+    (out / "trace" / "cpu0.raw").write_bytes(buf[p0 * hp.page_size:p1 * hp.page_size])
+    # which events the crop holds: their formats are the only ones kept
+    crop = buf[p0 * hp.page_size:p1 * hp.page_size]
+    ids = _event_ids(crop, hp)
+    keep_formats = {name for name, text in ctl.formats().items()
+                    if (f := parse_format(name, text)) is not None and f.id in ids}
+    lines: list[str] = []
+    for b in ctl.blocks:
+        if b.tag == "format" and b.args not in keep_formats:
+            continue
+        if b.tag == "file" and "kprobe_profile" in b.args:
+            continue
+        lines.append(f"@@TD {b.tag} {b.args}".rstrip())
+        lines += b.lines
+        if b.complete:
+            lines.append(f"@@TD end {b.tag}")
+    lines += [f"@@TD done {d}" for d in ctl.done]
+    (out / "control.log").write_text("\n".join(lines) + "\n")
+    keep = ("manifest_version", "arch", "kernel", "call_insn_size", "kprobe_reports_irqs_off",
+            "machine_kprobe_reports_irqs_off", "untraced_pids", "ending", "state", "guest",
+            "workload", "kaslr", "tracedep_version", "trace_complete", "calibration",
+            "inline_sites")
+    small = {k: info[k] for k in keep if k in info}
+    small["modules"] = [{"name": m["name"], "loaded": m["loaded"], "loads": m["loads"]}
+                        for m in info["modules"]]
+    small["crop"] = {"cpu": 0, "pages": [p0, p1], "of_pages": npages, "commit": _commit()}
+    (out / "manifest.json").write_text(json.dumps(small, indent=1, sort_keys=True) + "\n")
+    # facts about the module the decoder tests check, from the .ko as loaded
+    table = spans[0].table
+    assert table is not None
+    fill = table.addresses_of("td_tiny_fill")[0]
+    i = table.names.index("td_tiny_fill")
+    facts = {
+        "module": TINY,
+        "td_tiny_lock": table.addresses_of("td_tiny_lock")[0],
+        "td_tiny_mutex": table.addresses_of("td_tiny_mutex")[0],
+        "td_tiny_fill": [fill, fill + int(table.sizes[i])],
+        "module_load_ts": load_ts,
+    }
+    (out / "module.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
+    decoded = decode_run(out)
+    print(f"tiny: pages {p0}..{p1} of {npages}, {decoded.total} events, "
+          f"{sum(p.stat().st_size for p in out.rglob('*') if p.is_file())} bytes")
+
+
+def _event_ids(buf: bytes, hp: object) -> set[int]:
+    from tracedep.tracer.ftrace_binary import RawRecords, walk_pages
+
+    recs = RawRecords()
+    walk_pages(buf, 0, 0, hp, recs)  # type: ignore[arg-type]
+    return {struct.unpack_from("<H", buf, o)[0] for o in recs.off}
+
+
+def rules(run_dir: Path, modules: list[str], out: Path = HERE / "rules") -> None:
+    drivers = REPO / "vm" / "drivers"
+    names = modules or sorted(p.name for p in drivers.iterdir() if (p / "expect.json").is_file())
+    for name in names:
+        dest = out / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        sizes = save_fixture(run_dir, [name], dest)
+        print(f"rules/{name}: {sum(sizes.values())} bytes")
+    (out / "SOURCE").write_text(f"run: {run_dir}\ncommit: {_commit()}\n")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] not in ("tiny", "rules"):
+        raise SystemExit(__doc__)
+    run_dir = Path(argv[1])
+    if argv[0] == "tiny":
+        tiny(run_dir)
+    else:
+        rules(run_dir, argv[2:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,317 @@
+"""arm64 guests: inlined-lock discovery from DWARF, calibration, and one real arm64 run.
+
+Unit tests build a small driver for arm64 at test time (the arm64 headers
+extracted from Debian's packages, the amd64 kbuild, aarch64-linux-gnu-gcc) and
+check what ``tracer.inline_locks`` finds in it.  The guest test boots the
+arm64 kernel ONCE (``arm64_run``, session-scoped) with the bundled drivers.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DRIVERS, BundledRun, check_expected, expectations, run_tracedep
+from tracedep.tracer.inline_locks import (
+    _a64_in_atomic_context,
+    _Module,
+    arm64_probe_ok,
+    discover_module,
+    inline_probes,
+)
+from tracedep.tracer.probes import LOCK_FUNCS, parse_event_name
+
+BUNDLED_X86 = Path(__file__).parent / "data" / "analysis" / "bundled" / "findings.json"
+
+DRIVER_C = r"""
+// SPDX-License-Identifier: GPL-2.0
+/* Written by tracedep's tests: every kind of inlined lock, on several paths. */
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+
+struct td_inl_dev {
+	int pad;
+	spinlock_t lock;
+	rwlock_t rw;
+	int vals[8];
+};
+
+static DEFINE_SPINLOCK(td_inl_static_lock);
+static struct td_inl_dev *td_inl;
+static int td_inl_count;
+
+static noinline int td_inl_static(int n)
+{
+	int r;
+
+	spin_lock(&td_inl_static_lock);
+	td_inl_count += n;
+	if (td_inl_count > 100) {
+		td_inl_count = 0;
+		spin_unlock(&td_inl_static_lock);
+		return 1;
+	}
+	r = td_inl_count;
+	spin_unlock(&td_inl_static_lock);
+	return r;
+}
+
+static noinline void td_inl_heap(struct td_inl_dev *d, int i)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&d->lock, flags);
+	d->vals[i & 7] = i;
+	spin_unlock_irqrestore(&d->lock, flags);
+	read_lock(&d->rw);
+	i = d->vals[0];
+	read_unlock(&d->rw);
+	write_lock_bh(&d->rw);
+	d->vals[1] = i;
+	write_unlock_bh(&d->rw);
+}
+
+static noinline int td_inl_try(struct td_inl_dev *d)
+{
+	if (!spin_trylock(&d->lock))
+		return 0;
+	d->vals[2]++;
+	spin_unlock(&d->lock);
+	return 1;
+}
+
+static int __init td_inl_init(void)
+{
+	td_inl = kzalloc(sizeof(*td_inl), GFP_KERNEL);
+	if (!td_inl)
+		return -ENOMEM;
+	spin_lock_init(&td_inl->lock);
+	rwlock_init(&td_inl->rw);
+	td_inl_heap(td_inl, td_inl_static(3));
+	return td_inl_try(td_inl) ? 0 : -EBUSY;
+}
+
+static void __exit td_inl_exit(void)
+{
+	kfree(td_inl);
+}
+
+module_init(td_inl_init);
+module_exit(td_inl_exit);
+MODULE_LICENSE("GPL");
+"""
+
+
+def _build(tmp: Path, arch: str) -> Path:
+    from tracedep.vm.kernel import fetch_debian_kernel
+    from tracedep.vm.machines import machine_for
+    from tracedep.vm.modules import build_module_dir
+
+    src = tmp / f"td_inl_{arch}"
+    src.mkdir()
+    (src / "td_inl.c").write_text(DRIVER_C)
+    (src / "Kbuild").write_text("obj-m += td_inl.o\n")
+    machine = machine_for(arch)
+    [mod] = build_module_dir(src, fetch_debian_kernel(machine), machine)
+    return mod.ko
+
+
+@pytest.fixture(scope="module")
+def arm64_ko(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory.mktemp("inl"), "arm64")
+
+
+@pytest.fixture(scope="module")
+def arm64_sites(arm64_ko: Path) -> Any:
+    return discover_module(arm64_ko, "td_inl")
+
+
+def _by(sites: Any, function: str) -> list[Any]:
+    return [s for s in sites.sites if s.function == function]
+
+
+def test_every_inlined_lock_is_found(arm64_sites: Any) -> None:
+    funcs = sorted({(s.function, s.func) for s in arm64_sites.sites})
+    assert ("td_inl_heap", "_raw_spin_lock_irqsave") in funcs
+    assert ("td_inl_heap", "_raw_spin_unlock_irqrestore") in funcs
+    assert ("td_inl_heap", "_raw_read_lock") in funcs
+    assert ("td_inl_heap", "_raw_read_unlock") in funcs
+    assert ("td_inl_heap", "_raw_write_lock_bh") in funcs
+    assert ("td_inl_heap", "_raw_write_unlock_bh") in funcs
+    assert ("td_inl_static", "_raw_spin_lock") in funcs
+    assert ("td_inl_static", "_raw_spin_unlock") in funcs
+    assert all(s.func in LOCK_FUNCS for s in arm64_sites.sites)
+    assert not arm64_sites.skipped, arm64_sites.skipped
+
+
+def test_an_unlock_on_two_paths_is_probed_on_both(arm64_sites: Any) -> None:
+    unlocks = [s for s in _by(arm64_sites, "td_inl_static") if s.func == "_raw_spin_unlock"]
+    assert len(unlocks) == 2, unlocks
+    locks = [s for s in _by(arm64_sites, "td_inl_static") if s.func == "_raw_spin_lock"]
+    assert len(locks) == 1, locks
+
+
+def test_static_lock_is_named_by_its_symbol(arm64_sites: Any) -> None:
+    for s in _by(arm64_sites, "td_inl_static"):
+        assert s.lock.kind == "static"
+        assert s.lock.symbol == "td_inl_static_lock" and s.lock.sym_offset == 0
+        assert s.lock.section in (".bss", ".data")
+
+
+def test_heap_lock_is_a_register_and_its_offset(arm64_sites: Any) -> None:
+    irqsave = [s for s in _by(arm64_sites, "td_inl_heap")
+               if s.func in ("_raw_spin_lock_irqsave", "_raw_spin_unlock_irqrestore")]
+    for s in irqsave:
+        assert s.lock.kind in ("reg", "mem"), s
+        assert s.lock.fetch.startswith(("%x", "+")), s
+    # spinlock_t follows an int: the lock is at offset 4 of what the register holds,
+    # unless the compiler computed &d->lock into a register of its own
+    assert {s.lock.addend for s in irqsave} <= {0, 4}
+
+
+def test_probe_addresses_are_accepted_by_arm64_kprobes(arm64_ko: Path, arm64_sites: Any
+                                                       ) -> None:
+    mod = _Module(arm64_ko, "td_inl")
+    for s in arm64_sites.sites:
+        idx = mod.elf.by_name[s.section].index
+        insn = mod.insn(idx, s.sec_offset)
+        assert insn is not None and arm64_probe_ok(insn), (s, hex(insn or 0))
+        assert not _a64_in_atomic_context(mod, idx, s.sec_offset), s
+        assert (idx, s.sec_offset) not in mod.jump_labels, s
+
+
+def test_trylock_probe_reads_the_lock_word(arm64_sites: Any) -> None:
+    tries = [s for s in arm64_sites.sites if s.func == "_raw_spin_trylock"]
+    probes = inline_probes(tries, "pst=%pstate:x64")
+    for p in probes:
+        assert " val=" in p.definition and ":u32" in p.definition, p.definition
+
+
+def test_probe_definitions_name_the_lock_function(arm64_sites: Any) -> None:
+    for p in inline_probes(arm64_sites.sites, "pst=%pstate:x64"):
+        role, func = parse_event_name(f"tracedep/{p.event}") or ("", "")
+        assert func == p.site.func and role in ("lk", "ul"), p.event
+        assert p.definition.startswith(f"p:tracedep/{p.event} td_inl:{p.site.function}+0x")
+        assert p.definition.endswith("pst=%pstate:x64")
+        assert len(p.event) < 64
+
+
+def test_x86_locks_are_calls_not_inlined(tmp_path: Path) -> None:
+    """On Debian's x86_64 kernel spin_lock() calls _raw_spin_lock: no inline probes."""
+    res = discover_module(_build(tmp_path, "x86_64"), "td_inl")
+    assert res.sites == [] and res.out_of_line >= 8, res
+
+
+def test_event_names_of_x86_probes_are_unchanged() -> None:
+    assert parse_event_name("tracedep/lk__raw_spin_lock") == ("lk", "_raw_spin_lock")
+    assert parse_event_name("tracedep/lr_mutex_lock") == ("lr", "mutex_lock")
+    assert parse_event_name("tracedep/ul__raw_spin_unlock__inl12") == ("ul", "_raw_spin_unlock")
+    assert parse_event_name("tracedep/cal_kprobe") is None
+
+
+@pytest.mark.parametrize(("insn", "ok"), [
+    (0xD503201F, True),   # nop
+    (0xD503233F, True),   # paciasp
+    (0xD50323BF, False),  # autiasp
+    (0xD53B4220, False),  # mrs x0, daif
+    (0xD50342DF, False),  # msr daifset, #2
+    (0x089FFC1B, False),  # stlrb w27, [x0]
+    (0x88E27C64, False),  # casa w2, w4, [x3]
+    (0x14000040, True),   # b (simulated)
+    (0x91002260, True),   # add x0, x19, #0x8
+])
+def test_arm64_steppable_instructions(insn: int, ok: bool) -> None:
+    assert arm64_probe_ok(insn) is ok
+
+
+# --- one real arm64 run of the bundled drivers -------------------------------------------------
+
+EXPECT = expectations()
+BUG_MODULES = sorted(m for m, e in EXPECT.items() if e["findings"])
+# Findings that cannot exist on Debian's arm64 kernel, whatever the tracer does: the
+# kernel has no CONFIG_PREEMPT_COUNT (PREEMPT_VOLUNTARY without PREEMPT_DYNAMIC), so
+# get_cpu()/preempt_disable() compile to a compiler barrier and leave nothing in the
+# binary to see.  The calibration detects this (preempt_count_tracks_spinlocks).
+NEEDS_PREEMPT_COUNT = frozenset(
+    m for m, e in EXPECT.items()
+    if any(f["kind"] == "sleep-in-atomic" and f.get("context") == ["preempt"]
+           for f in e["findings"]))
+
+
+@pytest.fixture(scope="session")
+def arm64_run(tmp_path_factory: pytest.TempPathFactory) -> BundledRun:
+    out = tmp_path_factory.mktemp("arm64") / "run"
+    res = run_tracedep("run", "--arch", "arm64", "--out", out)
+    assert res.rc == 1, res.explain()
+    return BundledRun(out, res)
+
+
+@pytest.mark.guest
+def test_arm64_run_is_complete_and_calibrated(arm64_run: BundledRun) -> None:
+    m = arm64_run.manifest
+    assert m["state"] == "complete" and m["arch"] == "arm64", arm64_run.result.explain()
+    assert m["lost"]["total"] == 0, m["lost"]
+    cal = m["calibration"]
+    # a kprobe's record says IRQs off (BRK) where they are on; PSTATE says the truth
+    assert cal["measured"]["kprobe"]["irqs_off"] is True
+    assert cal["measured"]["kprobe"]["irq_state_off"] is False
+    assert cal["applied"]["kprobe"]["irqs"] == "fetched"
+    assert cal["preempt_count_tracks_spinlocks"] is False
+    assert m["kprobe_reports_irqs_off"] is False
+
+
+@pytest.mark.guest
+def test_arm64_inline_lock_probes_all_placed(arm64_run: BundledRun) -> None:
+    m = arm64_run.manifest
+    sites = m["inline_sites"]
+    assert len(sites) > 100
+    failed = [d for d in m["probes"]["failed"] if "__inl" in d]
+    assert not failed, failed
+    # the kernel registers a module's probes when it loads, or refuses them silently:
+    # every lock site of a driver whose code ran must have fired
+    ctl = (arm64_run.run_dir / "control.log").read_text(errors="replace")
+    prof = ctl.split("@@TD file /sys/kernel/tracing/kprobe_profile")[-1]
+    hits = {p[0]: int(p[1]) for ln in prof.splitlines() if len(p := ln.split()) == 3
+            and p[1].isdigit()}
+    mods_hit = {s["module"] for ev, s in sites.items() if hits.get(ev)}
+    assert len(mods_hit) >= len(EXPECT) - 2, sorted(set(EXPECT) - mods_hit)
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize("module", sorted(EXPECT))
+def test_arm64_expected_findings(arm64_run: BundledRun, module: str) -> None:
+    if module in NEEDS_PREEMPT_COUNT:
+        mine = [f for f in arm64_run.findings if f["driver"] == module]
+        assert not mine, "found without a preempt count? " + json.dumps(mine)[:500]
+        return
+    problems = check_expected(arm64_run.findings, module)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.guest
+def test_arm64_nothing_outside_the_bug_drivers(arm64_run: BundledRun) -> None:
+    others = [f"{f['driver']}: {f['kind']}: {f['message']}" for f in arm64_run.findings
+              if f["driver"] not in BUG_MODULES]
+    assert not others, "\n".join(others)
+
+
+@pytest.mark.guest
+def test_arm64_signatures_equal_x86_64(arm64_run: BundledRun) -> None:
+    """Same driver, same finding: the signature does not depend on the architecture."""
+    x86 = json.loads(BUNDLED_X86.read_text())
+    mine = {(f["driver"], f["kind"]): f["signature"] for f in arm64_run.findings}
+    theirs = {(f["driver"], f["kind"]): f["signature"] for f in x86
+              if f["driver"] in EXPECT and f["driver"] not in NEEDS_PREEMPT_COUNT}
+    missing = sorted(set(theirs) - set(mine))
+    differ = sorted(k for k in theirs if k in mine and mine[k] != theirs[k])
+    assert not missing and not differ, textwrap.dedent(f"""
+        missing on arm64: {missing}
+        different signatures: {differ}""")
+
+
+def test_bundled_drivers_exist() -> None:
+    assert DRIVERS.is_dir() and EXPECT

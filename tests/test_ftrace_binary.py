@@ -1,0 +1,185 @@
+"""The binary ring-buffer decoder on recorded guest output (tests/data/traces/tiny/).
+
+The fixture is a crop of a real ``tracedep trace`` of tests/data/drivers/td_tiny
+(see tests/data/traces/README.md).  Expected counts live in
+tests/data/traces/tiny/expected.json; after an intended decoder change,
+regenerate them with ``TRACEDEP_RENDER=1 .venv/bin/python -m pytest -q
+tests/test_ftrace_binary.py`` and read the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tracedep.tracer import control, ftrace_binary
+from tracedep.tracer.ftrace_binary import Decoded, decode, decode_run
+from tracedep.tracer.ftrace_formats import parse_header_page
+
+TINY = Path(__file__).parent / "data" / "traces" / "tiny"
+EXPECTED = TINY / "expected.json"
+RENDER = os.environ.get("TRACEDEP_RENDER") == "1"
+GFP_ATOMIC = 0xA20
+PAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def raw() -> bytes:
+    return (TINY / "trace" / "cpu0.raw").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def ctl() -> control.Control:
+    return control.load(TINY / "control.log")
+
+
+@pytest.fixture(scope="module")
+def facts() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((TINY / "module.json").read_text())
+    return data
+
+
+def run_decode(buf: bytes, ctl: control.Control, native: bool) -> Decoded:
+    info = json.loads((TINY / "manifest.json").read_text())
+    return decode({0: buf}, ctl.header_page() or "", ctl.formats(),
+                  int(info["call_insn_size"]), False,
+                  ctl.file("/sys/kernel/tracing/saved_cmdlines") or "", native=native)
+
+
+def test_header_page(ctl: control.Control) -> None:
+    hp = parse_header_page(ctl.header_page() or "")
+    assert (hp.timestamp_size, hp.commit_offset, hp.commit_size) == (8, 8, 8)
+    assert hp.data_offset == 16 and hp.page_size == PAGE
+
+
+def test_counts_by_event_and_kind() -> None:
+    d = decode_run(TINY)
+    got = {
+        "events": d.total,
+        "by_event": dict(sorted(d.counts.items())),
+        "by_kind": {k: int(v) for k, v in sorted(
+            d.events["kind"].astype(str).value_counts().items()) if v},
+        "stacks": len(d.stacks),
+        "torn_pages": d.torn_pages,
+        "missed_events": d.missed_events,
+    }
+    if RENDER or not EXPECTED.exists():
+        EXPECTED.write_text(json.dumps(got, indent=1) + "\n")
+    assert got == json.loads(EXPECTED.read_text())
+    # every record is one of ours or a kernel tracepoint we enabled: no unknown ids
+    assert not [e for e in d.counts if e.startswith("unknown/")]
+    assert d.torn_pages == 0 and d.missed_events == 0
+
+
+def test_known_events_of_the_module(facts: dict[str, Any]) -> None:
+    """td_tiny's init, as its source says: mutex, then 4 × (kmalloc GFP_ATOMIC, lock/unlock)."""
+    ev = decode_run(TINY).events
+    (load,) = ev[ev["kind"] == "module_load"].itertuples()
+    assert load.func == "td_tiny" and load.ts_ns == facts["module_load_ts"]
+    lo, hi = facts["td_tiny_fill"]
+    fill = ev[(ev["ip"] >= lo) & (ev["ip"] < hi)]
+    allocs = fill[fill["kind"] == "alloc"]
+    assert allocs["bytes"].tolist() == [64, 96, 96, 96]  # kmalloc(64 + i): 64, then kmalloc-96
+    assert (allocs["gfp"] == GFP_ATOMIC).all()
+    assert (allocs["func"] == "kmalloc").all()
+    ptrs = [int(x) for x in allocs["ptr"]]
+    assert all(x >= 1 << 63 and x % 8 == 0 for x in ptrs) and len(set(ptrs)) == 4  # kernel heap
+    spins = fill[fill["kind"] == "lock_acquire"]
+    assert len(spins) == 4
+    assert (spins["lock_addr"] == facts["td_tiny_lock"]).all()
+    assert (spins["event"] == "tracedep/lk__raw_spin_lock").all()
+    assert (spins["lock_type"] == "spinlock").all() and (spins["preempt_depth"] == 0).all()
+    # the whole init ran in one task, in process context, nested in the mutex
+    task = ev[ev["pid"] == spins["pid"].iloc[0]]
+    assert task["comm"].iloc[0] == "insmod"
+    lk = task[task["lock_addr"].isin([facts["td_tiny_lock"], facts["td_tiny_mutex"]])]
+    seq = [(k, "m" if a == facts["td_tiny_mutex"] else "s")
+           for k, a in zip(lk["kind"], lk["lock_addr"], strict=True)]
+    assert seq == ([("lock_acquire", "m")] + [("lock_acquire", "s"), ("lock_release", "s")] * 4
+                   + [("lock_release", "m")])
+    # spin_unlock is a tail call: its return address is td_tiny_init's, still the module's
+    rel = lk[(lk["kind"] == "lock_release") & (lk["lock_addr"] == facts["td_tiny_lock"])]
+    assert ((rel["ip"] < lo) | (rel["ip"] >= hi)).all()
+    # held for the duration: the release comes after the acquire, in the same task
+    assert (rel["ts_ns"].to_numpy() > spins["ts_ns"].to_numpy()).all()
+    sleep = task[(task["kind"] == "sleep_call") & (task["func"] == "msleep")]
+    assert len(sleep) == 1 and sleep["preempt_depth"].iloc[0] == 0
+    assert not sleep["irqs_off"].iloc[0]
+
+
+def test_native_and_python_walkers_agree(raw: bytes, ctl: control.Control) -> None:
+    assert ftrace_binary._native() is not None, "the C walker did not build (is cc missing?)"
+    fast, slow = run_decode(raw, ctl, True), run_decode(raw, ctl, False)
+    pd.testing.assert_frame_equal(fast.events, slow.events)
+    assert fast.stacks == slow.stacks and fast.counts == slow.counts
+    assert (fast.torn_pages, fast.missed_events) == (slow.torn_pages, slow.missed_events)
+    assert len(fast.events) == decode_run(TINY).total
+
+
+def cut(raw: bytes, whole_pages: int, extra: int) -> bytes:
+    return raw[:whole_pages * PAGE + extra]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+def test_truncated_mid_page_decodes_the_whole_pages(raw: bytes, ctl: control.Control,
+                                                    native: bool) -> None:
+    whole = run_decode(cut(raw, 3, 0), ctl, native)
+    torn = run_decode(cut(raw, 3, 1500), ctl, native)
+    assert 0 < len(torn.events) < len(run_decode(raw, ctl, native).events)
+    pd.testing.assert_frame_equal(torn.events, whole.events)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the decoders skip a trailing partial page without counting it: a stream cut "
+    "mid-page loses its events silently (walk_pages/td_walk; reported to the lead)"))
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+def test_truncated_mid_page_counts_the_torn_page(raw: bytes, ctl: control.Control,
+                                                 native: bool) -> None:
+    assert run_decode(cut(raw, 3, 1500), ctl, native).torn_pages == 1
+
+
+def patch_commit(raw: bytes, page: int, value: int) -> bytes:
+    b = bytearray(raw)
+    struct.pack_into("<Q", b, page * PAGE + 8, value)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+def test_overwritten_page_is_counted_and_skipped(raw: bytes, ctl: control.Control,
+                                                 native: bool) -> None:
+    """A page whose header was overwritten (a ringbuf transport wrapping) is torn; the
+    others still decode."""
+    bad = run_decode(patch_commit(raw, 2, 0x3FFF_FFFF), ctl, native)
+    assert bad.torn_pages == 1
+    without = run_decode(raw[:2 * PAGE] + raw[3 * PAGE:], ctl, native)
+    pd.testing.assert_frame_equal(bad.events, without.events)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+def test_lost_events_recorded_in_a_page_are_counted(raw: bytes, ctl: control.Control,
+                                                    native: bool) -> None:
+    """Bit 31 of ``commit``: events were lost before this page; bit 30: their count follows
+    the data."""
+    page = next(p for p in range(len(raw) // PAGE)
+                if (struct.unpack_from("<Q", raw, p * PAGE + 8)[0] & 0xFFFFF) + 16 + 8 <= PAGE)
+    commit = struct.unpack_from("<Q", raw, page * PAGE + 8)[0]
+    length = commit & 0x3FFF_FFFF
+    b = bytearray(patch_commit(raw, page, commit | (1 << 31) | (1 << 30)))
+    struct.pack_into("<Q", b, page * PAGE + 16 + length, 12345)
+    d = run_decode(bytes(b), ctl, native)
+    assert d.missed_events == 12345
+    assert d.torn_pages == 0
+    pd.testing.assert_frame_equal(d.events, run_decode(raw, ctl, native).events)
+
+
+def test_empty_and_garbage_input(ctl: control.Control) -> None:
+    for native in (True, False):
+        assert run_decode(b"", ctl, native).total == 0
+        junk = run_decode(b"\xff" * (2 * PAGE), ctl, native)
+        assert junk.total == 0 and junk.torn_pages == 2

@@ -1,0 +1,80 @@
+"""Probes beyond the out-of-line catalog of ``tracer.probes``, decided per kernel and run.
+
+* calibration probes (``tracer.calibration``), on every kernel that has ``ksys_sync``;
+* probes on the driver's inlined locks (``tracer.inline_locks``), on kernels whose
+  spinlocks are inlined (no ``_raw_spin_lock`` & co. to probe);
+* lockdep's own lock tracepoints (``lock/lock_acquire``, ``lock/lock_release``) on
+  kernels built with them (``CONFIG_LOCKDEP``; see vm/lockdep.config): the guest
+  enables them when they exist and reports them ``MISSING`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracedep.tracer import calibration
+from tracedep.tracer.inline_locks import discover_cached, inline_probes, site_table
+from tracedep.tracer.probes import Discovery
+from tracedep.vm.kernel import cache_root
+from tracedep.vm.machines import Machine
+from tracedep.vm.modules import BuiltModule
+
+log = logging.getLogger(__name__)
+
+LOCKDEP_EVENTS = ("lock/lock_acquire", "lock/lock_release")
+# the lock bodies a kernel either has out of line or inlines into every caller
+_BODIES = ("_raw_spin_lock", "_raw_spin_unlock", "_raw_spin_lock_irqsave",
+           "_raw_spin_unlock_irqrestore", "_raw_spin_lock_bh", "_raw_spin_unlock_bh",
+           "_raw_spin_lock_irq", "_raw_spin_unlock_irq", "_raw_spin_trylock",
+           "_raw_read_lock", "_raw_read_unlock", "_raw_write_lock", "_raw_write_unlock")
+
+
+@dataclass
+class Extras:
+    kprobes: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def inlines_locks(disc: Discovery) -> bool:
+    """Does this kernel inline (some of) its spinlock bodies into their callers?"""
+    return any(f not in disc.functions for f in _BODIES)
+
+
+def extra_probes(machine: Machine, disc: Discovery, built: list[BuiltModule]) -> Extras:
+    ex = Extras(events=list(LOCKDEP_EVENTS))
+    ex.kprobes += calibration.probes(machine, disc)
+    if not inlines_locks(disc) or not built:
+        return ex
+    sites = []
+    skipped: list[dict[str, Any]] = []
+    out_of_line = 0
+    for m in built:
+        try:
+            d = discover_cached(m.ko, m.name, cache_root() / "inline-locks")
+        except Exception as e:  # a .ko without usable DWARF: its locks go unseen, said so
+            log.warning("%s: inlined locks not found: %s", m.ko, e)
+            skipped.append({"module": m.name, "reason": f"DWARF unusable: {e}"})
+            continue
+        sites += d.sites
+        skipped += d.skipped
+        out_of_line += d.out_of_line
+    probes = inline_probes(sites, machine.irq_state_fetch)
+    ex.kprobes += [p.definition for p in probes]
+    ex.manifest["inline_sites"] = site_table(probes)
+    ex.manifest["inline_locks"] = {"sites": len(probes), "skipped": skipped,
+                                   "calls_out_of_line": out_of_line}
+    return ex
+
+
+def record_calibration(info: dict[str, Any], cal: dict[str, Any], machine: Machine) -> None:
+    """Put the decoder's calibration in the manifest, and what it means for the analysis."""
+    info["machine_kprobe_reports_irqs_off"] = machine.kprobe_reports_irqs_off
+    if not any(k in cal for k in calibration.KINDS):
+        info["kprobe_reports_irqs_off"] = machine.kprobe_reports_irqs_off
+        return
+    info["calibration"] = calibration.summary(cal, machine.arch)
+    # after calibration, are any of our kprobe rows' irqs_off still unknown?
+    info["kprobe_reports_irqs_off"] = bool(cal.get("_irqs_unreliable_rows"))
