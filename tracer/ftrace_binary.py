@@ -290,6 +290,10 @@ def decode(
     lib = _native() if native else None
     for cpu in sorted(buffers):
         buf = buffers[cpu]
+        if len(buf) % hp.page_size:
+            # a stream cut mid-page (the guest died while sending): that page's
+            # events are lost, and the trace must say so
+            recs.torn_pages += 1
         if lib is None or not walk_native(lib, buf, base, cpu, hp, recs):
             walk_pages(buf, base, cpu, hp, recs)
         chunks.append(buf)
@@ -443,6 +447,18 @@ def decode(
                     "utf-8", "replace")
                 comms[b] = buf[o + nf.offset:o + nf.offset + nf.size].split(b"\0")[0].decode(
                     "utf-8", "replace")
+        elif name in ("lock/lock_acquire", "lock/lock_release") and "lockdep_addr" in f.fields:
+            # lockdep's own events (CONFIG_LOCKDEP kernels): the lockdep_map is the
+            # instance, its name lockdep's class name (in ``func``); type, flags and
+            # call site come from our probe of the same acquisition (_merge_lockdep)
+            kind[rows] = "lock_acquire" if name.endswith("acquire") else "lock_release"
+            cols["lock_addr"][rows] = fld(f, "lockdep_addr", rows, False)
+            nf = f.fields["name"]
+            func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
+                                     int(reclen[r])) for r in rows.tolist()]
+            if "flags" in f.fields:
+                fl = fld(f, "flags", rows, False)
+                lock_flags[rows[(fl & np.uint64(1)) != 0]] = "trylock"
         elif name in ("irq/irq_handler_entry", "irq/irq_handler_exit"):
             kind[rows] = "irq_entry" if name.endswith("entry") else "irq_exit"
             cols["value"][rows] = fld(f, "irq", rows, True)
@@ -577,7 +593,46 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
     )
     if any((s.get("lock") or {}).get("kind") == "static" for s in sites.values()):
         _place_static_locks(decoded, sites, info)
+    if decoded.counts.get("lock/lock_acquire"):
+        _merge_lockdep(decoded)
     return decoded
+
+
+def _merge_lockdep(decoded: Decoded) -> None:
+    """One row per lock operation when both our probe and lockdep saw it.
+
+    lockdep's ``lock_acquire``/``lock_release`` fire inside the lock function
+    our kprobe fired at the entry of, on the same CPU and task, with no other
+    lock operation in between: the lockdep row takes the probe row's lock type,
+    flags and call site, and the probe row is retired (kind ``other``).
+    """
+    ev = decoded.events
+    kinds = ev["kind"].astype(str).to_numpy()
+    names = ev["event"].astype(str).to_numpy()
+    lockish = np.nonzero(np.isin(kinds, ("lock_acquire", "lock_release")))[0]
+    cpu = ev["cpu"].to_numpy()
+    pid = ev["pid"].to_numpy()
+    ltype = ev["lock_type"].astype(str).to_numpy().copy()
+    lflags = ev["lock_flags"].astype(str).to_numpy().copy()
+    ip = ev["ip"].to_numpy().copy()
+    kinds_new = kinds.copy()
+    last: dict[tuple[int, str], int] = {}  # (cpu, kind) → pending probe row
+    for r in lockish.tolist():
+        k = kinds[r]
+        key = (int(cpu[r]), k)
+        if names[r].startswith("lock/"):
+            p = last.pop(key, None)
+            if p is not None and pid[p] == pid[r]:
+                ltype[r], ip[r] = ltype[p], ip[p]
+                lflags[r] = "+".join(x for x in dict.fromkeys(
+                    (lflags[p] + "+" + lflags[r]).split("+")) if x)
+                kinds_new[p] = "other"
+        else:
+            last[key] = r
+    ev["kind"] = pd.Categorical(kinds_new, categories=ev["kind"].cat.categories)
+    ev["lock_type"] = pd.Categorical(ltype)
+    ev["lock_flags"] = pd.Categorical(lflags)
+    ev["ip"] = ip
 
 
 def _place_static_locks(decoded: Decoded, sites: dict[str, dict[str, Any]],
