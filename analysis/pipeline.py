@@ -130,16 +130,13 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     ending = info.get("ending", {})
     warnings = list(trace.warnings)
     if lost.get("total"):
-        missed = int(lost.get("kprobe_missed", 0) or 0)
-        other = int(lost["total"]) - missed
-        if other:
-            warnings.append(f"{other} events were lost (ring-buffer overruns or a torn "
-                            f"transport): findings may be missing")
-        if missed:
-            warnings.append(f"{missed} probe hits were missed: a probe that fires while "
-                            f"another probe's handler runs on the same CPU (mostly "
-                            f"interrupt-context lock operations) is not recorded; "
-                            f"findings in interrupt context may be missing")
+        warnings.append(f"{lost['total']} events were lost (ring-buffer overruns or a torn "
+                        f"transport): findings may be missing")
+    missed = int(lost.get("kprobe_missed", 0) or 0)
+    if missed:
+        warnings.append(f"{missed} probe hits were missed by kprobes: interrupt handlers "
+                        f"that ran inside another probe's handler are invisible as a whole "
+                        f"(lock state stays consistent; findings inside them may be missed)")
     if lost.get("truncated"):
         warnings.append("the trace is truncated: the guest did not finish sending it")
     if ending and ending.get("how") not in (None, "poweroff"):
@@ -151,6 +148,7 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     return {
         "events": len(trace.events),
         "lost": lost.get("total", 0),
+        "kprobe_missed": int(lost.get("kprobe_missed", 0) or 0),
         "truncated": bool(lost.get("truncated", False)),
         "ending": ending,
         "unmatched_releases": unmatched,
