@@ -85,8 +85,18 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
     uniq, inverse = np.unique(addr, return_inverse=True)
     by_addr = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[by_addr], np.arange(len(uniq) + 1))
+    # a kernel with lockdep names its classes itself (lock:lock_acquire's name)
+    ld_names = events["func"].to_numpy()[lock_rows]
+    ld_rows = events["event"].to_numpy()[lock_rows] == "lock/lock_acquire"
     for ui, a in enumerate(uniq.tolist()):
         members = by_addr[bounds[ui]:bounds[ui + 1]]
+        named = members[ld_rows[members]]
+        if len(named):
+            nm = str(ld_names[named[0]])
+            key = f"lockdep:{nm}"
+            out[members] = intern(LockClass(nm, key, "static", "vmlinux",
+                                            "lockdep's own class name", sig=key))
+            continue
         sym = symbols.lookup(a, int(ts[members[0]]))
         if sym is not None:
             name = sym.name if sym.offset == 0 else f"{sym.name}+{sym.offset:#x}"

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.elf_symbols import SymbolTable
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
@@ -58,7 +57,8 @@ DEFAULT_GAP_NS = 5_000_000
 LOCK_KINDS = ("lock_acquire", "lock_return", "lock_release")
 _MANIFEST_KEYS = ("manifest_version", "state", "tracedep_version", "started", "arch",
                   "transport", "call_insn_size", "kprobe_reports_irqs_off", "untraced_pids",
-                  "ending", "kaslr", "guest", "workload", "bundled_drivers")
+                  "ending", "kaslr", "guest", "workload", "bundled_drivers", "calibration",
+                  "machine_kprobe_reports_irqs_off")
 
 
 @dataclass
@@ -86,8 +86,9 @@ def _prepare(run_dir: Path) -> _Run:
     cls_ids, _table = lock_classes.assign(ev, trace.symbols, lock_rows)
     class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
     untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))
+    spin_pc = (trace.info.get("calibration") or {}).get("preempt_count_tracks_spinlocks")
     rep = replay(ev, class_of_row, not bool(trace.info.get("kprobe_reports_irqs_off", False)),
-                 untraced)
+                 untraced, spin_pc is not False)
     pid = ev["pid"].to_numpy().astype(np.int64)
     key = np.where(pid > 0, pid, -1 - ev["cpu"].to_numpy().astype(np.int64))
     order = np.argsort(key, kind="stable")
@@ -341,6 +342,7 @@ def save_fixture(run_dir: Path, module_names: list[str], out_dir: Path,
     mods_used = _write_symbols(trace.symbols, referenced, set(module_names),
                                out_dir / "kallsyms")
     info = _trim_manifest(trace, set(module_names) | mods_used, module_names, len(trace.events))
+    info["fixture"]["source"] = _source_answers(trace, referenced)
     # one line: a fixture's manifest is read by tests, not people
     (out_dir / "manifest.json").write_text(
         json.dumps({"manifest_version": manifest.MANIFEST_VERSION, **info}, sort_keys=True,
@@ -421,6 +423,32 @@ def _write_symbols(syms: RunSymbols, referenced: list[tuple[int, int]], names: s
     return mods
 
 
+def _source_answers(trace: Trace, referenced: list[tuple[int, int]]
+                    ) -> dict[str, dict[str, list[Any]]]:
+    """What the modules' DWARF says at each referenced module address: the driver's own
+    function, file and line (``RunSymbols.source_function``/``source_location``).  Files
+    are kept relative to the module's source directory."""
+    syms = trace.symbols
+    build = {m["name"]: (m.get("build_dir") or "", m.get("src_dir") or "")
+             for m in trace.info.get("modules", [])}
+    out: dict[str, dict[str, list[Any]]] = {}
+    for addr, t in referenced:
+        span = syms._span(addr, t)
+        if span is None:
+            continue
+        fn = syms.source_function(addr, t)
+        if fn is None:
+            continue
+        loc = syms.source_location(addr, t)
+        file, line = (loc[0], loc[1]) if loc else ("", 0)
+        for root in build.get(span.name, ("", "")):
+            if root and file.startswith(root.rstrip("/") + "/"):
+                file = "src:" + file[len(root.rstrip("/")) + 1:]
+                break
+        out.setdefault(span.name, {})[f"{addr:x}"] = [fn, file, line]
+    return out
+
+
 def _trim_manifest(trace: Trace, modules: set[str], wanted: list[str], total: int
                    ) -> dict[str, Any]:
     info = trace.info
@@ -490,8 +518,38 @@ def load_fixture(fixture_dir: Path) -> Trace:
             spans += [ModuleSpan(name, int(lo), int(hi), table, int(ld["t0"]), int(ld["t1"]))
                       for lo, hi in ld["spans"]]
     lo, hi = fx["kernel_span"]
-    syms = RunSymbols(kernel, (int(lo), int(hi)), spans)
+    syms = _FixtureSymbols(kernel, (int(lo), int(hi)), spans)
+    repo = Path(__file__).resolve().parents[1]
+    srcs = {m["name"]: m.get("src_dir") or "" for m in info.get("modules", [])}
+    for mod, answers in (fx.get("source") or {}).items():
+        src = repo / srcs.get(mod, "")
+        for a, (fn, file, line) in answers.items():
+            if file.startswith("src:"):
+                file = str(src / file[4:])
+            syms.answers[(mod, int(a, 16))] = (fn, file, int(line))
     return Trace(events, stacks, info, syms, fixture_dir, [])
+
+
+class _FixtureSymbols(RunSymbols):
+    """Run symbols whose DWARF answers (driver functions and source lines) were recorded
+    with the fixture instead of read from the module's .ko."""
+
+    def __init__(self, kernel: SymbolTable | None, kernel_span: tuple[int, int],
+                 modules: list[ModuleSpan]) -> None:
+        super().__init__(kernel, kernel_span, modules)
+        self.answers: dict[tuple[str, int], tuple[str, str, int]] = {}
+
+    def _answer(self, addr: int, ts: int | None) -> tuple[str, str, int] | None:
+        name = self.module_of(addr, ts)
+        return self.answers.get((name, addr)) if name else None
+
+    def source_function(self, addr: int, ts: int | None = None) -> str | None:
+        a = self._answer(addr, ts)
+        return a[0] if a else None
+
+    def source_location(self, addr: int, ts: int | None = None) -> tuple[str, int] | None:
+        a = self._answer(addr, ts)
+        return (a[1], a[2]) if a and a[1] and a[2] else None
 
 
 def _module_table(entries: list[tuple[int, str, bool]], spans: list[tuple[int, int]]

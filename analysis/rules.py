@@ -169,9 +169,11 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
     sleeps = cx.replay.sleeps
     # might_sleep() inside an API whose own event is also here is the same incident
     api_by_task: dict[int, list[int]] = {}
+    api_rows: dict[int, list[int]] = {}
     for s in sleeps:
         if not (kinds[s.row] == "sleep_call" and funcs[s.row] == MIGHT_SLEEP):
             api_by_task.setdefault(int(pids[s.row]), []).append(int(ts[s.row]))
+            api_rows.setdefault(int(pids[s.row]), []).append(s.row)
     groups: dict[tuple[str, ...], Finding] = {}
     for s in sleeps:
         r = s.row
@@ -190,6 +192,17 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
             where = frames[1].function if len(frames) > 1 else call.function
             api = f"might_sleep() in {where}()"
         elif k == "sleep_call":
+            # one catalog function calling another (flush_work → __flush_work when
+            # the compiler kept both out of line): the outer call is the incident
+            outer = {str(funcs[q]) for q in api_rows.get(int(pids[r]), [])
+                     if 0 < t - int(ts[q]) < 1_000_000 and kinds[q] == "sleep_call"}
+            if any(f.function in outer for f in frames[1:]):
+                continue
+            if funcs[r] == "schedule" and s.reasons == ["irqs-off"]:
+                # schedule() itself may be entered with IRQs masked (arm64's
+                # do_notify_resume does): only preempt_count makes it atomic,
+                # as in the kernel's own schedule_debug()
+                continue
             api = f"{funcs[r]}()"
         elif k == "alloc":
             api = f"{funcs[r]}({gfp_text(int(e['gfp'].iat[r]))})"

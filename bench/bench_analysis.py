@@ -99,7 +99,7 @@ def child(stage: str, run: Path) -> None:
         pr.disable()
         buf = io.StringIO()
         st = pstats.Stats(pr, stream=buf)
-        st.sort_stats("cumulative").print_stats(12)
+        st.sort_stats("cumulative").print_stats(10)
         st.sort_stats("tottime").print_stats(10)
         out["profile"] = buf.getvalue()
     print(json.dumps(out))
@@ -149,13 +149,52 @@ def large_run(seconds: int, force: bool) -> Path:
     return run
 
 
+def repair_manifest(run: Path) -> None:
+    """Put back what a control-channel race dropped from the manifest.
+
+    With a custom workload the guest's module poller starts before init writes
+    its multi-line ``start`` block, and a module report can land inside it: the
+    block's ``untraced_pids`` (the trace pumps) then never reach the manifest,
+    and the analysis replays the pumps' lock hand-offs as if they were real —
+    hundreds of false findings whose reporting dominates the analysis time.
+    The lines are still in control.log; this benchmark wants the analysis cost
+    of a correct trace, so it restores them (and says so).
+    """
+    mpath = run / "manifest.json"
+    m = json.loads(mpath.read_text())
+    if m.get("untraced_pids"):
+        return
+    pids: list[int] = []
+    start: float | None = None
+    in_start = False
+    for line in (run / "control.log").read_text(errors="replace").splitlines():
+        if line.startswith("@@TD start"):
+            in_start = True
+        elif in_start and line.startswith("uptime=") and start is None:
+            start = float(line.split("=", 1)[1])
+        elif in_start and line.startswith("untraced_pids="):
+            pids = [int(p) for p in line.split("=", 1)[1].split() if p.isdigit()]
+        elif line.startswith("@@TD end start"):
+            break
+    if not pids:
+        return
+    m["untraced_pids"] = pids
+    if start is not None and not m.get("workload", {}).get("start_uptime_s"):
+        m.setdefault("workload", {})["start_uptime_s"] = start
+    m["bench_repaired"] = "untraced_pids restored from control.log (guest init.sh block race)"
+    mpath.write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    print(f"bench_analysis: NOTE: {run}: the guest's start block was interleaved with a module "
+          f"report (init.sh race); restored untraced_pids={pids} in the manifest", flush=True)
+
+
 def prefix_run(run: Path, frac: Fraction) -> Path:
     """A copy of ``run`` whose trace/cpu*.raw keep the first ``frac`` of their pages."""
     if frac >= 1:
         return run
     dest = run.parent / f"{run.name}-prefix-{frac.numerator}_{frac.denominator}"
     done = dest / ".bench-prefix-done"
-    if done.is_file() and done.read_text() == str(run.stat().st_mtime_ns):
+    key = f"{run.stat().st_mtime_ns} {(run / 'manifest.json').stat().st_mtime_ns}"
+    if done.is_file() and done.read_text() == key:
         return dest
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "trace").mkdir(parents=True)
@@ -174,7 +213,7 @@ def prefix_run(run: Path, frac: Fraction) -> Path:
                     break
                 dst.write(chunk)
                 left -= len(chunk)
-    done.write_text(str(run.stat().st_mtime_ns))
+    done.write_text(key)
     return dest
 
 
@@ -200,9 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give a RUN_DIR or --record, not both")
     t_start = time.monotonic()
     run = a.run_dir.resolve() if a.run_dir else large_run(a.seconds, a.record)
+    if not a.run_dir:
+        repair_manifest(run)  # only our own recording: never rewrite a user's run
     fracs = [Fraction(f) for f in a.fractions.split(",")]
     trace_mb = sum(p.stat().st_size for p in (run / "trace").glob("cpu*.raw")) / 1e6
-    print(f"bench_analysis: {run} ({trace_mb:.0f} MB of pages)")
+    info = json.loads((run / "manifest.json").read_text())
+    lost = info.get("lost", {})
+    print(f"bench_analysis: {run} ({trace_mb:.0f} MB of pages; the run lost "
+          f"{lost.get('total', '?')} events, {lost.get('kprobe_missed', '?')} of them kprobe "
+          f"misses)")
     print(f"host: {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     row = ("{:>5} {:>9} {:>7} | {:>7} {:>9} {:>10} {:>6} | {:>7} {:>7} {:>9} {:>10} {:>6} "

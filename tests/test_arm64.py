@@ -131,11 +131,12 @@ def arm64_sites(arm64_ko: Path) -> Any:
 
 
 def _by(sites: Any, function: str) -> list[Any]:
-    return [s for s in sites.sites if s.function == function]
+    # GCC may specialise a function: td_inl_static.constprop.0
+    return [s for s in sites.sites if s.function.split(".")[0] == function]
 
 
 def test_every_inlined_lock_is_found(arm64_sites: Any) -> None:
-    funcs = sorted({(s.function, s.func) for s in arm64_sites.sites})
+    funcs = sorted({(s.function.split(".")[0], s.func) for s in arm64_sites.sites})
     assert ("td_inl_heap", "_raw_spin_lock_irqsave") in funcs
     assert ("td_inl_heap", "_raw_spin_unlock_irqrestore") in funcs
     assert ("td_inl_heap", "_raw_read_lock") in funcs
@@ -203,7 +204,7 @@ def test_probe_definitions_name_the_lock_function(arm64_sites: Any) -> None:
 def test_x86_locks_are_calls_not_inlined(tmp_path: Path) -> None:
     """On Debian's x86_64 kernel spin_lock() calls _raw_spin_lock: no inline probes."""
     res = discover_module(_build(tmp_path, "x86_64"), "td_inl")
-    assert res.sites == [] and res.out_of_line >= 8, res
+    assert res.sites == [] and res.out_of_line >= 4, res
 
 
 def test_event_names_of_x86_probes_are_unchanged() -> None:
@@ -278,7 +279,8 @@ def test_arm64_inline_lock_probes_all_placed(arm64_run: BundledRun) -> None:
     hits = {p[0]: int(p[1]) for ln in prof.splitlines() if len(p := ln.split()) == 3
             and p[1].isdigit()}
     mods_hit = {s["module"] for ev, s in sites.items() if hits.get(ev)}
-    assert len(mods_hit) >= len(EXPECT) - 2, sorted(set(EXPECT) - mods_hit)
+    with_sites = {s["module"] for s in sites.values()}
+    assert with_sites == mods_hit, sorted(with_sites - mods_hit)
 
 
 @pytest.mark.guest
@@ -292,25 +294,43 @@ def test_arm64_expected_findings(arm64_run: BundledRun, module: str) -> None:
     assert not problems, "\n".join(problems)
 
 
+# arm64's entry code calls schedule() with IRQs masked on purpose
+# (arch/arm64/kernel/signal.c, do_notify_resume(): local_daif_restore(DAIF_PROCCTX_NOIRQ)
+# then schedule()); x86 enables IRQs first.  A known core-kernel difference, listed here
+# rather than hidden: it is the only vmlinux finding allowed.
+ARM64_KNOWN_CORE = ("schedule() may sleep, called from do_notify_resume() with IRQs disabled",)
+
+
 @pytest.mark.guest
 def test_arm64_nothing_outside_the_bug_drivers(arm64_run: BundledRun) -> None:
     others = [f"{f['driver']}: {f['kind']}: {f['message']}" for f in arm64_run.findings
-              if f["driver"] not in BUG_MODULES]
+              if f["driver"] not in BUG_MODULES and f["message"] not in ARM64_KNOWN_CORE]
     assert not others, "\n".join(others)
+
+
+def _parts(f: dict[str, Any]) -> tuple[str, ...]:
+    """Signature parts with the heap object's size dropped: classes.py keys a heap
+    class by kmalloc's bytes_alloc, and arm64's kmalloc rounds every object up to 128
+    bytes (ARCH_KMALLOC_MINALIGN = ARCH_DMA_MINALIGN = 128), x86_64's to 8..96.  The
+    allocation site and the offset, which name the class, are compared in full."""
+    return tuple(p.rsplit(":", 1)[0] if p.startswith("heap:") else p
+                 for p in f.get("signature_parts", []))
 
 
 @pytest.mark.guest
 def test_arm64_signatures_equal_x86_64(arm64_run: BundledRun) -> None:
     """Same driver, same finding: the signature does not depend on the architecture."""
     x86 = json.loads(BUNDLED_X86.read_text())
-    mine = {(f["driver"], f["kind"]): f["signature"] for f in arm64_run.findings}
-    theirs = {(f["driver"], f["kind"]): f["signature"] for f in x86
+    mine: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+    for f in arm64_run.findings:
+        mine.setdefault((f["driver"], f["kind"]), set()).add(_parts(f))
+    theirs = {(f["driver"], f["kind"]): _parts(f) for f in x86
               if f["driver"] in EXPECT and f["driver"] not in NEEDS_PREEMPT_COUNT}
     missing = sorted(set(theirs) - set(mine))
-    differ = sorted(k for k in theirs if k in mine and mine[k] != theirs[k])
+    differ = sorted(k for k in theirs if k in mine and theirs[k] not in mine[k])
     assert not missing and not differ, textwrap.dedent(f"""
         missing on arm64: {missing}
-        different signatures: {differ}""")
+        different signatures: {[(k, theirs[k], mine[k]) for k in differ]}""")
 
 
 def test_bundled_drivers_exist() -> None:
