@@ -174,6 +174,8 @@ def cmd_probes(a: argparse.Namespace) -> int:
                                                choose_accel(machine, kernel.image, "auto")))
     print("#!/bin/sh\n# tracedep probes for", kernel.release)
     print("T=/sys/kernel/tracing\necho 0 > $T/tracing_on")
+    # exact addresses next to every symbol: stacks and call sites stay resolvable
+    print("echo 1 > $T/options/sym-offset\necho 1 > $T/options/sym-addr")
     for d in defs:
         print(f"echo '{d.definition}' >> $T/kprobe_events")
     print("echo 1 > $T/events/tracedep/enable")

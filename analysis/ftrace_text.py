@@ -963,9 +963,9 @@ def _finish(p: _TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | 
                                  for s, a in zip(frames, addrs, strict=True)))
     if names_only:
         warnings.append(
-            f"{names_only} kernel stacks are known by function names only (set "
-            "options/sym-offset and options/sym-addr before capturing, and pass --kallsyms, "
-            "for exact frames)")
+            f"{names_only} kernel stacks are known by name, not by address (capture with "
+            "options/sym-addr, or with options/sym-offset and pass --kallsyms, for exact "
+            "frames)")
 
     lost_reported = sum(int(x["count"]) for x in p.lost_lines if x["count"] is not None)
     unknown_markers = sum(1 for x in p.lost_lines if x["count"] is None)

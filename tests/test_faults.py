@@ -1,0 +1,189 @@
+"""Faults, each provoked for real: what the user sees (one error line, no traceback),
+the exit code DESIGN.md promises, and the partial run directory that is kept.
+
+Exit codes: 2 usage or input error; 3 the run itself failed.  Two tests boot a
+guest to its end (a panic, a hang); the QEMU-failure tests start QEMU, which
+dies at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEST_DRIVERS, Result, run_tracedep
+
+TINY = TEST_DRIVERS / "td_tiny"  # a small clean module: cheap to build
+UNIX_PATH_MAX = 107
+
+
+def assert_one_error(res: Result, rc: int, *needles: str) -> str:
+    """Exactly one ``tracedep: error:`` line, containing ``needles``; no traceback."""
+    assert res.rc == rc, res.explain()
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.explain()
+    assert len(res.errors) == 1, res.explain()
+    line = res.errors[0]
+    for n in needles:
+        assert n in line, (n, line)
+    # every other stderr line is one of tracedep's own (warnings), never a raw log
+    assert all(ln.startswith("tracedep: ") for ln in res.stderr.splitlines()), res.explain()
+    return line
+
+
+def manifest(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    return data
+
+
+# --- input errors (exit 2) ------------------------------------------------------------------
+
+
+def test_missing_module_source(tmp_path: Path) -> None:
+    res = run_tracedep("run", "--module-src", tmp_path / "nope", "--out", tmp_path / "out")
+    assert_one_error(res, 2, "--module-src", "no such directory")
+    assert not (tmp_path / "out").exists()  # refused before anything was made
+
+
+def test_module_that_does_not_build(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_tracedep("run", "--module-src", TEST_DRIVERS / "td_broken", "--out", out)
+    line = assert_one_error(res, 2, "td_broken", "does not build")
+    # the compiler's own words
+    assert "td_broken_undeclared_symbol" in line and "undeclared" in line, line
+    m = manifest(out)
+    assert m["state"] == "failed" and "does not build" in m["error"]
+
+
+def test_out_directory_not_empty(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me\n")
+    res = run_tracedep("run", "--module-src", TINY, "--out", out)
+    assert_one_error(res, 2, "not empty")
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+
+
+def test_out_is_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.write_text("")
+    assert_one_error(run_tracedep("run", "--out", out), 2, "not a directory")
+
+
+def test_missing_kernel_file(tmp_path: Path) -> None:
+    res = run_tracedep("run", "--kernel", tmp_path / "bzImage", "--out", tmp_path / "out")
+    assert_one_error(res, 2, "--kernel", "no such file")
+
+
+def test_missing_workload(tmp_path: Path) -> None:
+    res = run_tracedep("trace", "--module-src", TINY, "--workload", tmp_path / "wl.sh",
+                       "--out", tmp_path / "out")
+    assert_one_error(res, 2, "--workload", "no such file")
+
+
+def test_usage_error(tmp_path: Path) -> None:
+    res = run_tracedep("run", "--no-such-option", "--out", tmp_path / "out")
+    assert res.rc == 2 and "Traceback" not in res.stderr
+    assert "usage:" in res.stderr
+
+
+# --- QEMU cannot run (exit 3) -------------------------------------------------------------------
+
+
+@pytest.mark.guest
+def test_qemu_cannot_allocate_guest_memory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_tracedep("run", "--module-src", TINY, "--memory", "999999999", "--out", out)
+    assert_one_error(res, 3, "QEMU exited", "cannot set up guest memory", "-m 999999999")
+    m = manifest(out)
+    assert m["state"] == "failed" and "QEMU exited" in m["error"]
+    assert "cannot set up guest memory" in (out / "qemu.log").read_text()
+    assert (out / "initramfs.cpio.gz").is_file()
+
+
+@pytest.mark.guest
+def test_kernel_that_is_not_a_kernel(tmp_path: Path) -> None:
+    """A file given as --kernel that QEMU cannot boot: the discovery boot fails at once."""
+    from tracedep.vm.kernel import fetch_debian_kernel
+    from tracedep.vm.machines import machine_for
+
+    headers = fetch_debian_kernel(machine_for("x86_64"), None).build_dir
+    assert headers is not None
+    bogus = tmp_path / "bzImage"
+    # fixed content: the discovery cache is keyed by the image's hash
+    bogus.write_bytes(b"tracedep test: this is not a kernel\n" * 4096)
+    out = tmp_path / "out"
+    res = run_tracedep("run", "--kernel", bogus, "--kernel-build", headers, "--module-src", TINY,
+                       "--out", out)
+    assert_one_error(res, 3, "QEMU exited", str(bogus))
+    assert manifest(out)["state"] == "failed"
+
+
+def short_enough_tmpdir(tmp_path: Path, total: int) -> Path:
+    """A directory whose path is ``total`` bytes long (for socket paths that do not fit)."""
+    d = tmp_path / ("t" * max(1, total - len(str(tmp_path)) - 1))
+    d.mkdir()
+    assert len(str(d)) == total
+    return d
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize("what,tmpdir_len", [
+    # the private socket directory is TMPDIR/tracedep-XXXXXXXX (17 bytes more)
+    ("QMP", UNIX_PATH_MAX - 17 - len("/qmp.sock") + 1),
+    # qmp.sock fits, the trace channel's tracedep.ctl.sock does not
+    ("trace channel", UNIX_PATH_MAX - 17 - len("/tracedep.ctl.sock") + 1),
+])
+def test_socket_that_cannot_be_created(tmp_path: Path, what: str, tmpdir_len: int) -> None:
+    """tracedep's sockets live in a fresh private (0700) directory, so no other process can
+    hold their paths ("address in use" cannot happen); what can fail is the path itself: a
+    unix socket path has at most 107 bytes, and TMPDIR decides its length."""
+    tmpdir = short_enough_tmpdir(tmp_path, tmpdir_len)
+    out = tmp_path / "out"
+    res = run_tracedep("run", "--module-src", TINY, "--out", out, env={"TMPDIR": str(tmpdir)})
+    assert_one_error(res, 3, f"cannot listen for {what}", "too long", "TMPDIR")
+    assert manifest(out)["state"] == "failed"
+    assert os.listdir(tmpdir) == []  # the private directory was cleaned up
+
+
+# --- the guest dies or hangs (exit 3), partial trace kept ----------------------------------
+
+
+@pytest.mark.guest
+def test_module_that_panics_the_guest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_tracedep("run", "--module-src", TEST_DRIVERS / "td_panic", "--out", out)
+    assert_one_error(res, 3, "guest panic", "td_panic: planted panic", str(out))
+    m = manifest(out)
+    assert m["state"] == "failed" and m["ending"]["how"] == "panic"
+    assert m["lost"]["truncated"] is True and m["trace_complete"] is False
+    assert "Kernel panic - not syncing: td_panic: planted panic" in (
+        out / "console.log").read_text()
+    # what the guest sent before it died is there, decoded and reported as incomplete
+    ctl = (out / "control.log").read_text()
+    assert "@@TD start" in ctl and "@@TD done trace" not in ctl
+    assert list((out / "trace").glob("cpu*.raw"))
+    # only whole ring-buffer pages leave the guest, so the last events before the panic
+    # (td_panic's own module_load among them) do not arrive; the earlier ones do
+    assert sum(m["event_counts"].values()) > 0
+    report = (out / "report.txt").read_text()
+    assert "INCOMPLETE" in report or "incomplete" in report
+
+
+@pytest.mark.guest
+def test_workload_that_never_ends(tmp_path: Path) -> None:
+    wl = tmp_path / "hang.sh"
+    wl.write_text("while :; do sleep 1; done\n")
+    out = tmp_path / "out"
+    res = run_tracedep("run", "--module-src", TINY, "--workload", wl, "--timeout", "40",
+                       "--out", out)
+    assert_one_error(res, 3, "guest timeout", "no power-off within 40 s", str(out))
+    m = manifest(out)
+    assert m["state"] == "failed" and m["ending"]["how"] == "timeout"
+    assert m["trace_complete"] is False and m["lost"]["truncated"] is True
+    assert (out / "console.log").is_file() and (out / "control.log").is_file()
+    ctl = (out / "control.log").read_text()
+    assert "@@TD hello" in ctl and "@@TD done trace" not in ctl
+    assert res.wall_s < 40 + 240  # killed, not waited for
