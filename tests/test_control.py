@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tracedep.tracer import control
 from tracedep.tracer.ftrace_formats import parse_format, parse_header_page
 

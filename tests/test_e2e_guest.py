@@ -91,7 +91,9 @@ def test_every_bundled_module_loaded_and_located(bundled_run: BundledRun,
     ev = bundled_trace.events
     rows = ev[module_rows(bundled_trace, "td_abba_bug")]
     assert len(rows) > 0
-    assert all(f.startswith("td_") for f in functions_of(bundled_trace, rows))
+    # (module_init/module_exit functions go by their aliases init_module/cleanup_module)
+    assert all(f.startswith("td_") or f in ("init_module", "cleanup_module")
+               for f in functions_of(bundled_trace, rows)), set(functions_of(bundled_trace, rows))
 
 
 def test_no_events_lost_in_transport(bundled_run: BundledRun, bundled_trace: Trace) -> None:
@@ -109,14 +111,19 @@ def test_no_events_lost_in_transport(bundled_run: BundledRun, bundled_trace: Tra
     assert lost["decoded_events"] == len(bundled_trace.events)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kprobe misses: a lock probe that fires while another kprobe's handler runs on the "
-    "same CPU (an interrupt arriving during a handler) is dropped by the kernel and "
-    "counted in kprobe_profile; these runs lose ~1-2 % of spinlock events, mostly in "
-    "IRQ context (reported to the lead)"))
-def test_no_events_lost_at_all(bundled_run: BundledRun) -> None:
+def test_no_events_lost(bundled_run: BundledRun) -> None:
     lost = bundled_run.manifest["lost"]
     assert lost["total"] == 0, {k: v for k, v in lost.items() if k != "per_cpu"}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kprobe misses: a lock probe that fires while another probe's handler runs on the "
+    "same CPU (an interrupt arriving during a handler) is dropped by the kernel; the "
+    "manifest counts them apart from lost.total (kprobe_missed) and the report warns; "
+    "~1-2 % of spinlock events, mostly in interrupt context"))
+def test_no_probe_hits_missed(bundled_run: BundledRun) -> None:
+    lost = bundled_run.manifest["lost"]
+    assert lost.get("kprobe_missed", 0) == 0, lost.get("kprobe_missed_by_probe")
 
 
 def test_planted_gfp_kernel_allocation_under_spinlock(bundled_trace: Trace) -> None:
@@ -151,7 +158,7 @@ def test_abba_paths_acquire_and_release(bundled_trace: Trace) -> None:
     orders: dict[tuple[int, int], int] = {}
     for _pid, seq in locks.groupby("pid", sort=False):
         held: list[int] = []
-        for kind, addr in zip(seq["kind"], seq["lock_addr"].astype(int), strict=True):
+        for kind, addr in zip(seq["kind"], seq["lock_addr"].tolist(), strict=True):
             if kind == "lock_acquire":
                 if held:
                     orders[(held[-1], addr)] = orders.get((held[-1], addr), 0) + 1

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tracedep.analysis.elf_symbols import SymbolTable
 from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.pipeline import analyze
@@ -232,7 +231,8 @@ def test_trylock_edges_never_create_a_finding(case: tuple[Builder, list[int]],
             elif e["kind"] == "lock_release":
                 held.remove(int((e["lock_addr"] - DATA) // 0x40))
             free = [i for i in range(NLOCKS) if i not in held]
-            if free and data.draw(st.booleans()):
+            take: bool = data.draw(st.booleans())
+            if free and take:
                 x = data.draw(st.sampled_from(free))
                 t.acquire(pid, x, TRY, fn=15)
                 t.release(pid, x, TRY, fn=15)

@@ -185,6 +185,13 @@ td_rmmod() {
 # below misses a module loaded and unloaded within its period.
 insmod() { td_insmod "$@"; }
 rmmod() { td_rmmod "$@"; }
+# misses counted before tracing starts are not lost trace events: keep a baseline
+block file kprobe_profile_start
+cat $T/kprobe_profile >&3
+endblock file
+# one write: the module poller and td_insmod write blocks on this port too
+printf '@@TD start\nuptime=%s\nuntraced_pids=%s\n@@TD end start\n' \
+    "$(cut -d' ' -f1 /proc/uptime)" "$(cat /tmp/pumps | tr '\n' ' ')" >&3
 # Modules loaded by a custom workload with plain insmod are caught by this poller.
 POLLER=
 if [ "$TD_POLL" = 1 ]; then
@@ -197,14 +204,6 @@ if [ "$TD_POLL" = 1 ]; then
     POLLER=$!
 fi
 
-# misses counted before tracing starts are not lost trace events: keep a baseline
-block file kprobe_profile_start
-cat $T/kprobe_profile >&3
-endblock file
-block start
-echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
-echo "untraced_pids=$(cat /tmp/pumps | tr '\n' ' ')" >&3
-endblock start
 echo 1 > $T/tracing_on
 # calibration (tracer.calibration): sync's syscall entry runs in a known context
 echo "tracedep: calibrate" > $T/trace_marker
