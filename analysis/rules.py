@@ -186,7 +186,9 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
             i = int(np.searchsorted(near, ts[r]))
             close = any(abs(near[j] - int(ts[r])) < 1_000_000 for j in (i - 1, i)
                         if 0 <= j < len(near))
-            inside_api = any(f.function in ALLOC_FUNCS for f in frames[1:4])
+            # might_alloc() inside an allocator: the allocation's own event (with its
+            # GFP flags) is the incident, stack or no stack
+            inside_api = any(f.function in ALLOC_FUNCS for f in [call, *frames[1:4]])
             if close or inside_api:
                 continue
             where = frames[1].function if len(frames) > 1 else call.function

@@ -206,6 +206,7 @@ class RunSymbols:
         else:
             warnings.append("no kallsyms in the run directory: core-kernel addresses unnamed")
         mods: list[ModuleSpan] = []
+        all_loads = sorted(t for ts in (load_times or {}).values() for t, _ in ts)
         for m in _module_records(info):
             loads = m.get("loads") or []
             ko = Path(m["ko"]) if m.get("ko") else None
@@ -225,23 +226,38 @@ class RunSymbols:
             for k, load in enumerate(loads):
                 t0, t1 = times[k - offset] if 0 <= k - offset < len(times) else (
                     -(1 << 62), 1 << 62)
-                mods += _load_spans(m["name"], load, elf, t0, t1)
+                mods += _load_spans(m["name"], load, elf, t0, t1, all_loads)
         out = cls(kernel, span, mods)
         out.warnings = warnings
         return out
 
 
-def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t1: int
-                ) -> list[ModuleSpan]:
+def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t1: int,
+                all_loads: list[int]) -> list[ModuleSpan]:
     sections: dict[str, int] = load.get("sections") or {}
     if elf is not None and sections:
         bases = {s.index: sections[s.name] for s in elf.sections if s.name in sections}
         table = SymbolTable.from_elf(elf, bases)
-        # one span per section: a module's init and core allocations lie apart
         secs = tuple(sorted(sections.items()))
-        return [ModuleSpan(name, sections[s.name], sections[s.name] + s.size, table, t0, t1,
-                           elf.path, secs)
-                for s in elf.sections if s.alloc and s.size and s.name in sections]
+        # .init sections are freed once the module's init returns, and their
+        # addresses are reused (by the next module, by ftrace trampolines): they
+        # live until the next module load at most, and not at all for a module
+        # loaded before tracing began
+        i = bisect_right(all_loads, t0)
+        init_end = all_loads[i] if i < len(all_loads) else t1
+        spans = []
+        for s in elf.sections:
+            if not (s.alloc and s.size and s.name in sections):
+                continue
+            if s.name.startswith(".init"):
+                if t0 == -(1 << 62):
+                    continue
+                end = min(t1, init_end)
+            else:
+                end = t1
+            spans.append(ModuleSpan(name, sections[s.name], sections[s.name] + s.size, table,
+                                    t0, end, elf.path, secs))
+        return spans
     if load.get("base") and load.get("size"):
         # no .ko here: the core allocation /proc/modules reported
         return [ModuleSpan(name, int(load["base"]), int(load["base"]) + int(load["size"]),
