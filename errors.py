@@ -5,7 +5,9 @@ Hierarchy::
     TracedepError                 anything tracedep reports as one line
     ├── InputError                bad input from the user: exit 2
     │   ├── ModuleBuildError      a --module-src that is missing or does not build
-    │   └── TraceFormatError      a trace file that cannot be read
+    │   ├── TraceFormatError      a trace file that cannot be read
+    │   ├── SymbolizerError       a vmlinux/.ko that contradicts the guest (analysis.symbolizer)
+    │   └── DebugSymbolsError     the -dbg package cannot be had (vm.debug_symbols)
     └── RunError                  the run itself failed: exit 3
         ├── GuestError            the guest panicked, hung or died before tracing
         └── QemuError             QEMU could not start or its QMP failed
