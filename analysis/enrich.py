@@ -21,7 +21,7 @@ from tracedep.analysis.symbolizer import (
     SymbolizerError,
     kaslr_offset_of,
 )
-from tracedep.analysis.symbols import read_kallsyms
+from tracedep.analysis.symbols import module_records, read_kallsyms
 from tracedep.analysis.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,7 @@ class _Resolver:
 
     def _image(self, name: str, gen: int) -> ModuleImage | None:
         info = self.trace.info
-        recs = list(info.get("modules", [])) + [
-            {"name": n, **v} for n, v in (info.get("other_modules") or {}).items()]
-        for m in recs:
+        for m in module_records(info):
             loads = m.get("loads") or []
             if m["name"] != name or not loads:
                 continue

@@ -207,7 +207,7 @@ class RunSymbols:
             warnings.append("no kallsyms in the run directory: core-kernel addresses unnamed")
         mods: list[ModuleSpan] = []
         all_loads = sorted(t for ts in (load_times or {}).values() for t, _ in ts)
-        for m in _module_records(info):
+        for m in module_records(info):
             loads = m.get("loads") or []
             ko = Path(m["ko"]) if m.get("ko") else None
             elf = None
@@ -265,6 +265,7 @@ def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t
     return []
 
 
-def _module_records(info: dict[str, Any]) -> list[dict[str, Any]]:
+def module_records(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's modules under test and the other loaded modules, one list."""
     return list(info.get("modules", [])) + [
         {"name": n, **v} for n, v in (info.get("other_modules") or {}).items()]
