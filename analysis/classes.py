@@ -123,7 +123,9 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
                     size = int(a_end[j]) - base
                     fn = symbols.source_function(int(a_ip[j]), int(a_ts[j])) or site.name
                     name = f"{fn}():obj+{off:#x}"
-                    key = f"heap:{site.module}:{fn}:{off:#x}:{size}"
+                    # Site and offset, not the size: kmalloc rounds sizes per arch
+                    # (arm64 to 128), and a finding must not depend on the arch.
+                    key = f"heap:{site.module}:{fn}:{off:#x}"
                     cls = LockClass(
                         name, key, "heap", site.module,
                         f"at offset {off:#x} of a {size}-byte object allocated at {site}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,19 @@ from tracedep.analysis.symbols import module_records, read_kallsyms
 from tracedep.analysis.trace import Trace
 
 log = logging.getLogger(__name__)
+
+# The lock implementation below the API a driver calls (``spin_lock`` and the
+# like).  Where spinlocks are inlined (arm64) a probe sits inside it and DWARF
+# names a dozen frames of atomics; x86_64 calls ``_raw_spin_lock`` out of line, so
+# its chain starts at the API.  Cut there, and both read the same.
+_LOCK_INTERNALS = re.compile(r"^(_raw_|__raw_|do_raw_)(spin|read|write)_")
+
+
+def _trim_lock_internals(chain: list[Frame]) -> list[Frame]:
+    """``chain``: one address's frames, innermost first (inlined ones, then the real)."""
+    cut = max((i for i, f in enumerate(chain) if f.inlined and _LOCK_INTERNALS.match(f.function)),
+              default=-1)
+    return chain[cut + 1:] if 0 <= cut < len(chain) - 1 else chain
 
 
 class _Resolver:
@@ -118,7 +132,7 @@ class _Resolver:
             if not res:
                 out.append(f)
                 continue
-            for r in res:
+            for r in _trim_lock_internals(list(res)):
                 out.append(self._source_path(replace(r, address=f.address)
                                              if not r.inlined else r))
             del i

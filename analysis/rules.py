@@ -94,8 +94,16 @@ class Ctx:
             return []
         if not self.stacks[sid] and sid < len(self.text_stacks):
             return clean_text_stack(self.text_stacks[sid], self.call_insn_size)
-        return clean_stack(self.symbols, self.stacks[sid], self.call_insn_size,
-                           int(self.events["ts_ns"].iat[r]))
+        frames = clean_stack(self.symbols, self.stacks[sid], self.call_insn_size,
+                             int(self.events["ts_ns"].iat[r]))
+        # A kprobe at a function's first instruction on arm64: the caller is only in
+        # the link register (the callee has not pushed its frame record yet), so the
+        # frame-pointer unwind skips it.  The probe fetched it: put it back.
+        if frames and frames[0].offset == 0 and int(self.events["ip"].iat[r]):
+            call = self.call_frame(r)
+            if call.module != "?" and not any(f.address == call.address for f in frames[1:3]):
+                frames.insert(1, call)
+        return frames
 
     def call_frame(self, r: int) -> Frame:
         """The call site of event row ``r`` as a frame."""
@@ -369,6 +377,10 @@ def _canonical(seq: tuple[int, ...], cx: Ctx) -> tuple[int, ...]:
 def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, ...]
                    ) -> Finding:
     edges = cx.replay.edges
+    # witnesses in the order the message names the cycle, whichever edge was found
+    # first: two runs (two architectures) then show the same page
+    k = next((i for i, lab in enumerate(labs) if lab[0] == canon[0]), 0)
+    labs = labs[k:] + labs[:k]
     sites: list[Site] = []
     first_ts = None
     frames_all: list[Frame] = []
