@@ -145,6 +145,13 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     failed = info.get("probes", {}).get("failed", [])
     if failed:
         warnings.append(f"{len(failed)} probes could not be placed (see manifest)")
+    for m in info.get("modules", []):
+        bad = [rc for rc in m.get("insmod_rc") or [] if rc != 0]
+        if bad:
+            warnings.append(f"{m['name']}: insmod failed (exit {bad[0]}): its init did not "
+                            f"complete, so code it did not reach is untested (see console.log)")
+        elif m.get("insmod_rc") == [] and "insmod_rc" in m and not m.get("loaded"):
+            warnings.append(f"{m['name']}: never loaded by the workload: untested")
     return {
         "events": len(trace.events),
         "lost": lost.get("total", 0),
@@ -161,6 +168,6 @@ def _run_summary(info: dict[str, Any]) -> dict[str, Any]:
     keys = ("arch", "kernel", "started", "tracedep_version", "timing", "workload", "qemu",
             "transport")
     out = {k: info[k] for k in keys if k in info}
-    out["modules"] = [{k: m.get(k) for k in ("name", "src_dir", "loaded")}
+    out["modules"] = [{k: m.get(k) for k in ("name", "src_dir", "loaded", "insmod_rc")}
                       for m in info.get("modules", [])]
     return out

@@ -78,6 +78,7 @@ def test_every_bundled_module_loaded_and_located(bundled_run: BundledRun,
     for name in EXPECT:
         m = mods[name]
         assert m["loaded"], name
+        assert m["insmod_rc"] == [0], (name, m["insmod_rc"])  # its init ran to the end
         (load,) = m["loads"]  # loaded once by the default workload
         base, secs = load["base"], load["sections"]
         assert base and load["size"] > 0, name

@@ -101,6 +101,15 @@ class Control:
             mods.setdefault(m.name, m)
         return mods
 
+    def insmod_results(self) -> dict[str, list[int]]:
+        """Each module's insmod exit codes, in load order (0: its init succeeded)."""
+        out: dict[str, list[int]] = {}
+        for b in self.all("insmod"):
+            name, _, rc = b.args.partition(" ")
+            if name and rc.strip().lstrip("-").isdigit():
+                out.setdefault(name, []).append(int(rc))
+        return out
+
     def cpu_stats(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for b in self.all("stats"):

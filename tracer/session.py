@@ -179,6 +179,7 @@ def _modules_record(built: list[BuiltModule], ctl: control.Control) -> list[dict
     for m in ctl.module_loads():
         loads.setdefault(m.name, []).append(
             {"base": m.base, "size": m.size, "sections": m.sections})
+    rcs = ctl.insmod_results()
     out = []
     for m in built:
         ls = loads.get(m.name, [])
@@ -191,6 +192,9 @@ def _modules_record(built: list[BuiltModule], ctl: control.Control) -> list[dict
             # every load, in order: a module reloaded may land elsewhere, and
             # another module may later reuse its addresses
             "loads": ls,
+            # insmod's exit codes in order; non-zero: the init failed and the
+            # module was freed, so its code ran only partly
+            "insmod_rc": rcs.get(m.name, []),
         })
     return out
 

@@ -175,6 +175,9 @@ td_insmod() {
     command insmod "$ko" "$@"
     rc=$?
     report_module "$name"
+    # a module whose init failed was loaded and freed: its load is in the trace, and
+    # without this the report could not tell it from a clean driver
+    printf '@@TD insmod %s %s\n@@TD end insmod\n' "$name" "$rc" >&3
     return $rc
 }
 td_rmmod() {
