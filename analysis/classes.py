@@ -31,7 +31,7 @@ GENERIC_ALLOCATORS = frozenset({
 class LockClass:
     name: str  # shown to users
     key: str  # stable across runs and KASLR: used in signatures
-    origin: str  # "static", "heap", "instance"
+    origin: str  # "static", "heap", "instance", "lockdep" (named by the kernel's lockdep)
     module: str  # where the lock is defined/allocated ("vmlinux" for the core kernel)
     detail: str = ""  # e.g. "offset 0x8 in a 64-byte object allocated at td_ring_alloc+0x1c"
     sig: str = ""  # the stable part of ``key`` (instances: who first took it, not where it is)
@@ -85,18 +85,22 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
     uniq, inverse = np.unique(addr, return_inverse=True)
     by_addr = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[by_addr], np.arange(len(uniq) + 1))
-    # a kernel with lockdep names its classes itself (lock:lock_acquire's name)
-    ld_names = events["func"].to_numpy()[lock_rows]
-    ld_rows = events["event"].to_numpy()[lock_rows] == "lock/lock_acquire"
+    # a kernel with lockdep names its classes itself (tracer.lockdep_events); a row
+    # lockdep did not name (kprobes missed its partner) takes its neighbour's name
+    ld_names = (events["lock_name"].astype(str).to_numpy()[lock_rows]
+                if "lock_name" in events.columns else np.full(len(lock_rows), ""))
+    has_name = ld_names != ""
+    row_ld = np.full(len(lock_rows), "", dtype=object)
+    for ui in range(len(uniq)) if has_name.any() else ():
+        members = by_addr[bounds[ui]:bounds[ui + 1]]
+        named = members[has_name[members]]
+        if len(named):
+            # an address reused by an object of another class: each row takes the
+            # name of the nearest named row at or before it
+            pos = np.searchsorted(named, members, side="right") - 1
+            row_ld[members] = ld_names[named[np.maximum(pos, 0)]]
     for ui, a in enumerate(uniq.tolist()):
         members = by_addr[bounds[ui]:bounds[ui + 1]]
-        named = members[ld_rows[members]]
-        if len(named):
-            nm = str(ld_names[named[0]])
-            key = f"lockdep:{nm}"
-            out[members] = intern(LockClass(nm, key, "static", "vmlinux",
-                                            "lockdep's own class name", sig=key))
-            continue
         sym = symbols.lookup(a, int(ts[members[0]]))
         if sym is not None:
             name = sym.name if sym.offset == 0 else f"{sym.name}+{sym.offset:#x}"
@@ -136,7 +140,36 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
                 unknown.append(sel)
     rest = np.concatenate(unknown) if unknown else np.zeros(0, dtype=np.int64)
     _instance_classes(rest, addr, ips, ts, symbols, out, intern)
+    if _lockdep_classes(row_ld, out, table, intern):
+        # the classes lockdep's names replaced are left unused: drop them
+        used = np.unique(out[out >= 0])
+        remap = np.full(len(table), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        out[out >= 0] = remap[out[out >= 0]]
+        table = [table[i] for i in used.tolist()]
     return out, _unique_names(table)
+
+
+def _lockdep_classes(row_ld: np.ndarray, out: np.ndarray, table: list[LockClass],
+                     intern: Callable[[LockClass], int]) -> bool:
+    """Rows lockdep named get lockdep's class.  lockdep keys a class by its
+    lock_class_key, which the tracepoint does not give, so two modules' ``&dev->lock``
+    would be one name for two classes: they are told apart by the module of the
+    class tracedep found itself (the allocation site's, the symbol's)."""
+    rows = np.nonzero(row_ld != "")[0]
+    if len(rows) == 0:
+        return False
+    pairs: dict[tuple[int, str], int] = {}
+    for r in rows.tolist():
+        k = (int(out[r]), str(row_ld[r]))
+        c = pairs.get(k)
+        if c is None:
+            mod = table[k[0]].module if k[0] >= 0 else "vmlinux"
+            key = f"lockdep:{mod}:{k[1]}"
+            c = pairs[k] = intern(LockClass(k[1], key, "lockdep", mod,
+                                            "lockdep's own class name", sig=key))
+        out[r] = c
+    return True
 
 
 def _unique_names(table: list[LockClass]) -> list[LockClass]:

@@ -183,7 +183,9 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
         # kernel commit e918188611f0 ("locking: More accurate annotations for
         # read_lock()") (in v5.10)); process-context readers wait behind writers
         rec_read = lt in RECURSIVE_READ and ctx != "process"
-        nested = "nested" in flags
+        # a *_nested() call exists only with lockdep (DEBUG_LOCK_ALLOC), where plain
+        # mutex_lock() is mutex_lock_nested(lock, 0) too: subclass 0 is no annotation
+        nested = "nested" in flags and value_l[i] != 0
         a = addr[i]
         if not tryl:
             for h in stack:

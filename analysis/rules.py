@@ -175,6 +175,8 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
     pids = e["pid"].to_numpy()
     ts = e["ts_ns"].to_numpy()
     sleeps = cx.replay.sleeps
+    ips = e["ip"].to_numpy()
+    values = e["value"].to_numpy()
     # might_sleep() inside an API whose own event is also here is the same incident
     api_by_task: dict[int, list[int]] = {}
     api_rows: dict[int, list[int]] = {}
@@ -204,9 +206,15 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
         elif k == "sleep_call":
             # one catalog function calling another (flush_work → __flush_work when
             # the compiler kept both out of line): the outer call is the incident
-            outer = {str(funcs[q]) for q in api_rows.get(int(pids[r]), [])
-                     if 0 < t - int(ts[q]) < 1_000_000 and kinds[q] == "sleep_call"}
+            before = [q for q in api_rows.get(int(pids[r]), [])
+                      if 0 < t - int(ts[q]) < 1_000_000 and kinds[q] == "sleep_call"]
+            outer = {str(funcs[q]) for q in before}
             if any(f.function in outer for f in frames[1:]):
+                continue
+            # ... or tail-calling it (flush_work: jmp __flush_work): no frame of the
+            # outer one is left, but both were entered from the same call site
+            if int(ips[r]) and any(int(ips[q]) == int(ips[r]) and funcs[q] != funcs[r]
+                                   for q in before):
                 continue
             if funcs[r] == "schedule" and s.reasons == ["irqs-off"]:
                 # schedule() itself may be entered with IRQs masked (arm64's
@@ -218,6 +226,10 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
             api = f"{funcs[r]}({gfp_text(int(e['gfp'].iat[r]))})"
         elif k == "lock_acquire":
             fn = str(events[r]).partition("_")[2]
+            if fn.endswith("_nested") and not int(values[r]):
+                # with lockdep every mutex_lock() is mutex_lock_nested(lock, 0): name
+                # what the driver called, as on a kernel without lockdep
+                fn = fn[: -len("_nested")]
             api = f"{fn}()"
         else:
             api = "schedule() (voluntary context switch)"

@@ -3,7 +3,9 @@
 tests/data/traces/rules/<module>/ holds the slice of one real run of the
 bundled drivers that the analysis of <module> needs (analysis.fixture; how it
 was made: tests/data/traces/README.md).  Each bug fixture must give exactly its
-expect.json finding, each clean twin nothing.
+expect.json finding, each clean twin nothing.  tests/data/traces/lockdep/rules/
+holds the same for a run on a kernel built with lockdep's lock tracepoints
+(vm/lockdep.config): the same findings, with lockdep's class names.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ EXPECT = expectations()
 FIXTURES = sorted(p.name for p in RULES.iterdir() if (p / "manifest.json").is_file()) if (
     RULES.is_dir()) else []
 MAX_FIXTURE_BYTES = 200_000
+LOCKDEP_RULES = Path(__file__).parent / "data" / "traces" / "lockdep" / "rules"
+LOCKDEP_FIXTURES = sorted(p.name for p in LOCKDEP_RULES.iterdir()
+                          if (p / "manifest.json").is_file()) if LOCKDEP_RULES.is_dir() else []
 
 
 def findings_of(fixture: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -48,15 +53,38 @@ def test_fixture_is_small_and_well_formed(module: str) -> None:
     assert t.info["fixture"]["modules"] == [module]
 
 
-@pytest.mark.parametrize("module", [m for m in FIXTURES if m in EXPECT])
-def test_rules_on_recorded_trace(module: str) -> None:
-    findings = findings_of(RULES / module)
+def test_every_bundled_driver_has_a_lockdep_fixture() -> None:
+    assert not sorted(set(EXPECT) - set(LOCKDEP_FIXTURES))
+
+
+@pytest.mark.parametrize("where", [
+    *[pytest.param(RULES / m, id=m) for m in FIXTURES if m in EXPECT],
+    *[pytest.param(LOCKDEP_RULES / m, id=f"lockdep-{m}") for m in LOCKDEP_FIXTURES
+      if m in EXPECT]])
+def test_rules_on_recorded_trace(where: Path) -> None:
+    module = where.name
+    findings = findings_of(where)
     problems = check_expected(findings, module)
     want = EXPECT[module]["findings"]
     if len(findings) != len(want):
         problems.append(f"{len(findings)} findings, expected {len(want)}: "
                         f"{[(f['driver'], f['kind'], f['message']) for f in findings]}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("module", [m for m in LOCKDEP_FIXTURES if EXPECT.get(m, {}).get(
+    "findings")])
+def test_lockdep_kernel_names_the_classes(module: str) -> None:
+    """On a lockdep kernel a heap lock is lockdep's class, named as spin_lock_init()'s
+    argument (``&ring->lock``), where the Debian kernel's is its allocation site."""
+    findings = findings_of(LOCKDEP_RULES / module)
+    want = EXPECT[module]["findings"][0]
+    heap = [d for d in want.get("lock_details", []) if d["storage"] == "heap"]
+    locks = [n for f in findings for n in f["locks"]]
+    for d in heap:
+        assert any(n.startswith("&") and n.split(" [")[0].endswith(f"->{d['field']}")
+                   for n in locks), (d, locks)
+    assert not any("obj+0x" in n for n in locks), locks
 
 
 @pytest.mark.parametrize("module", [m for m in FIXTURES if m in EXPECT and EXPECT[m]["findings"]])

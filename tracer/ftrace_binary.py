@@ -28,6 +28,7 @@ from tracedep.tracer.ftrace_formats import (
     parse_format,
     parse_header_page,
 )
+from tracedep.tracer.lockdep_events import merge_lockdep
 from tracedep.tracer.probes import (
     GROUP,
     INLINE_SUFFIX,
@@ -266,6 +267,8 @@ class Decoded:
     comms: dict[int, str]
     # what each probe kind reported at the boot's calibration point (tracer.calibration)
     calibration: dict[str, Any] = field(default_factory=dict)
+    # lockdep's tracepoints, when the kernel has them (tracer.lockdep_events)
+    lockdep: dict[str, int] = field(default_factory=dict)
 
 
 def decode(
@@ -450,7 +453,7 @@ def decode(
         elif name in ("lock/lock_acquire", "lock/lock_release") and "lockdep_addr" in f.fields:
             # lockdep's own events (CONFIG_LOCKDEP kernels): the lockdep_map is the
             # instance, its name lockdep's class name (in ``func``); type, flags and
-            # call site come from our probe of the same acquisition (_merge_lockdep)
+            # call site come from our probe of the same acquisition (lockdep_events)
             kind[rows] = "lock_acquire" if name.endswith("acquire") else "lock_release"
             cols["lock_addr"][rows] = fld(f, "lockdep_addr", rows, False)
             nf = f.fields["name"]
@@ -594,45 +597,8 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
     if any((s.get("lock") or {}).get("kind") == "static" for s in sites.values()):
         _place_static_locks(decoded, sites, info)
     if decoded.counts.get("lock/lock_acquire"):
-        _merge_lockdep(decoded)
+        decoded.lockdep = merge_lockdep(decoded.events)
     return decoded
-
-
-def _merge_lockdep(decoded: Decoded) -> None:
-    """One row per lock operation when both our probe and lockdep saw it.
-
-    lockdep's ``lock_acquire``/``lock_release`` fire inside the lock function
-    our kprobe fired at the entry of, on the same CPU and task, with no other
-    lock operation in between: the lockdep row takes the probe row's lock type,
-    flags and call site, and the probe row is retired (kind ``other``).
-    """
-    ev = decoded.events
-    kinds = ev["kind"].astype(str).to_numpy()
-    names = ev["event"].astype(str).to_numpy()
-    lockish = np.nonzero(np.isin(kinds, ("lock_acquire", "lock_release")))[0]
-    cpu = ev["cpu"].to_numpy()
-    pid = ev["pid"].to_numpy()
-    ltype = ev["lock_type"].astype(str).to_numpy().copy()
-    lflags = ev["lock_flags"].astype(str).to_numpy().copy()
-    ip = ev["ip"].to_numpy().copy()
-    kinds_new = kinds.copy()
-    last: dict[tuple[int, str], int] = {}  # (cpu, kind) → pending probe row
-    for r in lockish.tolist():
-        k = kinds[r]
-        key = (int(cpu[r]), k)
-        if names[r].startswith("lock/"):
-            p = last.pop(key, None)
-            if p is not None and pid[p] == pid[r]:
-                ltype[r], ip[r] = ltype[p], ip[p]
-                lflags[r] = "+".join(x for x in dict.fromkeys(
-                    (lflags[p] + "+" + lflags[r]).split("+")) if x)
-                kinds_new[p] = "other"
-        else:
-            last[key] = r
-    ev["kind"] = pd.Categorical(kinds_new, categories=ev["kind"].cat.categories)
-    ev["lock_type"] = pd.Categorical(ltype)
-    ev["lock_flags"] = pd.Categorical(lflags)
-    ev["ip"] = ip
 
 
 def _place_static_locks(decoded: Decoded, sites: dict[str, dict[str, Any]],

@@ -37,6 +37,8 @@ Columns
                             (``sched_switch``), irq or softirq vector number, subclass
 ``stack_id``        int32   index into the run's stack table, -1 when no stack was taken
 ``target_pid``      int32   ``sched_switch``: the task switched to (-1 otherwise)  [1.1]
+``lock_name``       category lockdep's class name of the lock (``&dev->lock``), on kernels
+                            with lockdep's lock tracepoints; ``""`` otherwise  [1.2]
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.1"  # 1.1: target_pid
+SCHEMA_VERSION = "1.2"  # 1.1: target_pid; 1.2: lock_name
 
 KINDS = (
     "lock_acquire",  # entry of a lock function (the lock is held once it returns)
@@ -101,6 +103,7 @@ COLUMNS: dict[str, str] = {
     "value": "int64",
     "stack_id": "int32",
     "target_pid": "int32",
+    "lock_name": "category",
 }
 
 # ftrace record header flag bits (kernel/trace/trace.h, enum trace_flag_type)

@@ -357,6 +357,8 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
 
         decoded = decode_run(out, info)
         info["event_counts"] = decoded.counts
+        if decoded.lockdep:
+            info["lockdep_events"] = decoded.lockdep
         record_calibration(info, decoded.calibration, machine)
         lost["decoder_torn_pages"] = decoded.torn_pages
         lost["ring_buffer_missed"] = decoded.missed_events

@@ -4,6 +4,9 @@
         crop a `tracedep trace` run of tests/data/drivers/td_tiny into tiny/
     .venv/bin/python tests/data/traces/make_fixtures.py rules RUN_DIR [MODULE ...]
         one analysis fixture per bundled driver (analysis.fixture) into rules/<module>/
+    .venv/bin/python tests/data/traces/make_fixtures.py lockdep RUN_DIR
+        a run on a lockdep kernel (vm/build-lockdep-kernel.sh): lockdep/raw/ (cropped
+        pages around td_abba_bug) and lockdep/rules/<module>/
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tracedep.analysis.fixture import save_fixture
 from tracedep.analysis.trace import load
@@ -38,19 +42,46 @@ def _commit() -> str:
 
 def tiny(run_dir: Path, out: Path = HERE / "tiny") -> None:
     """The pages of CPU 0 around td_tiny's load, the control blocks they need, the manifest."""
+    trace, spans, load_ts = crop(run_dir, TINY, out, cpu=0)
+    # facts about the module the decoder tests check, from the .ko as loaded
+    table = spans[0].table
+    assert table is not None
+    fill = table.addresses_of("td_tiny_fill")[0]
+    i = table.names.index("td_tiny_fill")
+    facts = {
+        "module": TINY,
+        "td_tiny_lock": table.addresses_of("td_tiny_lock")[0],
+        "td_tiny_mutex": table.addresses_of("td_tiny_mutex")[0],
+        "td_tiny_fill": [fill, fill + int(table.sizes[i])],
+        "module_load_ts": load_ts,
+    }
+    (out / "module.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
+    decoded = decode_run(out)
+    print(f"tiny: {decoded.total} events, "
+          f"{sum(p.stat().st_size for p in out.rglob('*') if p.is_file())} bytes")
+
+
+def crop(run_dir: Path, module: str, out: Path, cpu: int | None = None,
+         ) -> tuple[Any, list[Any], int]:
+    """Crop one CPU's raw pages from ``module``'s load to the last event of the task
+    that first ran its code (on ``cpu``, or the CPU of that task's first event), with
+    the control blocks and manifest entries decoding them needs."""
     info = json.loads((run_dir / "manifest.json").read_text())
     trace = load(run_dir)
     ev = trace.events
-    spans = [m for m in trace.symbols.modules if m.name == TINY]
+    spans = [m for m in trace.symbols.modules if m.name == module]
     if not spans:
-        raise SystemExit(f"{run_dir}: {TINY} was not reported by the guest")
+        raise SystemExit(f"{run_dir}: {module} was not reported by the guest")
     ip = ev["ip"].to_numpy()
     mine = ev[[any(m.lo <= int(a) < m.hi for m in spans) for a in ip.tolist()]]
-    load_ts = int(ev[(ev["kind"] == "module_load") & (ev["func"] == TINY)]["ts_ns"].iloc[0])
+    if cpu is None:
+        cpu = int(mine["cpu"].iloc[0])
+    mine = mine[mine["cpu"] == cpu]
+    load_ts = int(ev[(ev["kind"] == "module_load") & (ev["func"] == module)]["ts_ns"].iloc[0])
     first_ts, last_ts = load_ts, int(mine[mine["pid"] == mine["pid"].iloc[0]]["ts_ns"].max())
     ctl = control.load(run_dir / "control.log")
     hp = parse_header_page(ctl.header_page() or "")
-    buf = read_run_buffers(run_dir)[0]
+    buf = read_run_buffers(run_dir)[cpu]
     npages = len(buf) // hp.page_size
     page_ts = [struct.unpack_from("<Q", buf, i * hp.page_size)[0] for i in range(npages)]
     p0 = max(0, max(i for i, t in enumerate(page_ts) if t <= first_ts) - MARGIN_PAGES)
@@ -58,7 +89,7 @@ def tiny(run_dir: Path, out: Path = HERE / "tiny") -> None:
     if out.exists():
         shutil.rmtree(out)
     (out / "trace").mkdir(parents=True)
-    (out / "trace" / "cpu0.raw").write_bytes(buf[p0 * hp.page_size:p1 * hp.page_size])
+    (out / "trace" / f"cpu{cpu}.raw").write_bytes(buf[p0 * hp.page_size:p1 * hp.page_size])
     # which events the crop holds: their formats are the only ones kept
     crop = buf[p0 * hp.page_size:p1 * hp.page_size]
     ids = _event_ids(crop, hp)
@@ -83,24 +114,17 @@ def tiny(run_dir: Path, out: Path = HERE / "tiny") -> None:
     small = {k: info[k] for k in keep if k in info}
     small["modules"] = [{"name": m["name"], "loaded": m["loaded"], "loads": m["loads"]}
                         for m in info["modules"]]
-    small["crop"] = {"cpu": 0, "pages": [p0, p1], "of_pages": npages, "commit": _commit()}
+    small["crop"] = {"cpu": cpu, "pages": [p0, p1], "of_pages": npages, "commit": _commit()}
     (out / "manifest.json").write_text(json.dumps(small, indent=1, sort_keys=True) + "\n")
-    # facts about the module the decoder tests check, from the .ko as loaded
-    table = spans[0].table
-    assert table is not None
-    fill = table.addresses_of("td_tiny_fill")[0]
-    i = table.names.index("td_tiny_fill")
-    facts = {
-        "module": TINY,
-        "td_tiny_lock": table.addresses_of("td_tiny_lock")[0],
-        "td_tiny_mutex": table.addresses_of("td_tiny_mutex")[0],
-        "td_tiny_fill": [fill, fill + int(table.sizes[i])],
-        "module_load_ts": load_ts,
-    }
-    (out / "module.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
-    decoded = decode_run(out)
-    print(f"tiny: pages {p0}..{p1} of {npages}, {decoded.total} events, "
-          f"{sum(p.stat().st_size for p in out.rglob('*') if p.is_file())} bytes")
+    print(f"{out.name}: cpu{cpu} pages {p0}..{p1} of {npages}")
+    return trace, spans, load_ts
+
+
+def lockdep(run_dir: Path, out: Path = HERE / "lockdep") -> None:
+    """A run on a kernel built with vm/lockdep.config: raw pages of td_abba_bug's
+    probe (lockdep's events merged at decode time) and one rules fixture per driver."""
+    crop(run_dir, "td_abba_bug", out / "raw")
+    rules(run_dir, [], out / "rules")
 
 
 def _event_ids(buf: bytes, hp: object) -> set[int]:
@@ -124,11 +148,13 @@ def rules(run_dir: Path, modules: list[str], out: Path = HERE / "rules") -> None
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[0] not in ("tiny", "rules"):
+    if len(argv) < 2 or argv[0] not in ("tiny", "rules", "lockdep"):
         raise SystemExit(__doc__)
     run_dir = Path(argv[1])
     if argv[0] == "tiny":
         tiny(run_dir)
+    elif argv[0] == "lockdep":
+        lockdep(run_dir)
     else:
         rules(run_dir, argv[2:])
 
