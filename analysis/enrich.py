@@ -99,7 +99,6 @@ class _Resolver:
                 else:
                     img = self._image(module, gen)
                     s = Symbolizer(None, 0, {module: img} if img else {}, kallsyms=None)
-                    s.warnings = [w for w in s.warnings if "no vmlinux" not in w]
                 self.warnings += [w for w in s.warnings if w not in self.warnings]
             except SymbolizerError as e:
                 self.warnings.append(str(e))

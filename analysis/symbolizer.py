@@ -214,7 +214,7 @@ class Symbolizer:
             self._core_kallsyms = SymbolTable.from_kallsyms(core_ks)
         if vmlinux is not None:
             self._core = self._open_vmlinux(Path(vmlinux), vmlinux_build_id)
-        else:
+        elif core_ks:  # a module-only symbolizer has no core addresses to resolve
             self._warn("no vmlinux given: core-kernel addresses resolve from kallsyms only")
         if self._core is not None and self._core.symbols is not None:
             if core_ks:

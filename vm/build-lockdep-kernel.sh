@@ -115,6 +115,41 @@ CONFIG_DEBUG_KERNEL=y
 CONFIG_FUNCTION_TRACER=y
 EOF
 
+# arm64's defconfig builds hundreds of SoC platform drivers (and ~600 modules) that QEMU's
+# -M virt guest never uses.  After defconfig, and before the fragments are merged (so they
+# win), arm64_trim turns off every platform of arch/arm64/Kconfig.platforms, every =m
+# option (tracedep needs no in-tree module: virtio_pci, virtio_console and pvpanic-pci
+# are =y through vm/lockdep.config) and the big subsystems listed below.  What -M virt
+# needs stays =y and is checked like the rest (appended to our fragment below).
+ARM64_TRIM_OFF=(DRM FB SOUND SND MEDIA_SUPPORT WLAN WIRELESS CFG80211 MAC80211 BT NFC CAN
+    USB_SUPPORT USB_GADGET MMC MTD IIO STAGING VIRTUALIZATION KVM SCSI ATA MD BLK_DEV_NVME
+    NETDEVICES NET_DSA SPI INPUT_TOUCHSCREEN CRYPTO_HW REMOTEPROC RPMSG SOUNDWIRE
+    ARM_SMMU ARM_SMMU_V3 CHROME_PLATFORMS SURFACE_PLATFORMS)
+arm64_trim() {
+    local cfg=$SRC/.config off
+    off=( $(sed -nE 's/^(menu)?config (ARCH_[A-Za-z0-9_]+)[[:space:]]*$/\2/p' "$SRC/arch/arm64/Kconfig.platforms")
+          $(sed -nE 's/^CONFIG_([A-Za-z0-9_]+)=m$/\1/p' "$cfg")
+          "${ARM64_TRIM_OFF[@]}" )
+    echo "arm64_trim: disabling ${#off[@]} options"
+    local args=()
+    for o in "${off[@]}"; do args+=(--disable "$o"); done
+    "$SRC/scripts/config" --file "$cfg" "${args[@]}"
+}
+if [ "$KARCH" = arm64 ]; then
+    cat >>"$EXTRA_FRAGMENT" <<'EOF'
+# arm64 (QEMU -M virt): kept through arm64_trim
+CONFIG_PCI=y
+CONFIG_PCI_HOST_GENERIC=y
+CONFIG_SERIAL_AMBA_PL011=y
+CONFIG_SERIAL_AMBA_PL011_CONSOLE=y
+CONFIG_RTC_CLASS=y
+CONFIG_RTC_DRV_PL031=y
+CONFIG_VIRTIO=y
+CONFIG_TMPFS=y
+CONFIG_DEBUG_FS=y
+EOF
+fi
+
 KVM_FRAGMENT=""
 for f in "arch/$KARCH/configs/kvm_guest.config" kernel/configs/kvm_guest.config; do
     if [ -f "$SRC/$f" ]; then KVM_FRAGMENT=$SRC/$f; break; fi
@@ -124,6 +159,7 @@ config_key=$( {
     echo "$SRC_VERSION $KARCH $DEFCONFIG $CROSS"
     [ -z "$KVM_FRAGMENT" ] || cat "$KVM_FRAGMENT"
     cat "$LOCKDEP_FRAGMENT" "$EXTRA_FRAGMENT"
+    if [ "$KARCH" = arm64 ]; then declare -f arm64_trim; echo "${ARM64_TRIM_OFF[*]}"; fi
 } | sha256sum | cut -d' ' -f1)
 
 if [ ! -f "$SRC/.config" ] || [ "$(cat "$SRC/.tracedep-config" 2>/dev/null)" != "$config_key" ]; then
@@ -131,6 +167,7 @@ if [ ! -f "$SRC/.config" ] || [ "$(cat "$SRC/.tracedep-config" 2>/dev/null)" != 
     rm -f "$SRC/.tracedep-config" "$SRC/.tracedep-built"
     {
         "${MAKE[@]}" "$DEFCONFIG"
+        if [ "$KARCH" = arm64 ]; then arm64_trim; fi
         if [ -z "$KVM_FRAGMENT" ] && [ "$KARCH" = x86 ]; then
             "${MAKE[@]}" kvm_guest.config   # older trees: the make target only
         fi
