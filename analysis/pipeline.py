@@ -145,6 +145,10 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     failed = info.get("probes", {}).get("failed", [])
     if failed:
         warnings.append(f"{len(failed)} probes could not be placed (see manifest)")
+    for a in info.get("failed_attempts", []):
+        warnings.append(f"an earlier boot died before tracing started ({a.get('why')}); "
+                        f"this is the next boot; that one's files are kept as "
+                        f"{', '.join(a.get('files', []))}")
     for m in info.get("modules", []):
         bad = [rc for rc in m.get("insmod_rc") or [] if rc != 0]
         if bad:

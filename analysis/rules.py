@@ -47,6 +47,14 @@ ALLOC_FUNCS = frozenset({
     "__kmalloc_node_track_caller", "kmalloc_large", "alloc_pages_exact",
 })
 
+# The slab allocator's own path to the page allocator (mm/slub.c)
+SLAB_INTERNALS = frozenset({
+    "new_slab", "allocate_slab", "___slab_alloc", "__slab_alloc", "__kmem_cache_alloc_node",
+    "kmem_cache_alloc", "kmem_cache_alloc_lru", "kmem_cache_alloc_node", "kmalloc_trace",
+    "kmalloc_node_trace", "__kmalloc", "__kmalloc_node", "__kmalloc_node_track_caller",
+    "kmem_cache_alloc_bulk",
+})
+
 GFP_NAMES = (  # most specific first, as the kernel's show_gfp_flags prints them
     (0xCC0 | 0x400000, "GFP_KERNEL_ACCOUNT"), (0xCC0, "GFP_KERNEL"), (0xC40, "GFP_NOFS"),
     (0xC00, "GFP_NOIO"), (0xA20, "GFP_ATOMIC"), (0x800, "GFP_NOWAIT"),
@@ -223,6 +231,11 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
                 continue
             api = f"{funcs[r]}()"
         elif k == "alloc":
+            if events[r] == "kmem/mm_page_alloc" and any(
+                    f.function in SLAB_INTERNALS for f in frames[1:]):
+                # a slab refilling itself inside kmalloc(): that kmalloc's own event
+                # (after it returns) is the incident; this one shows only sometimes
+                continue
             api = f"{funcs[r]}({gfp_text(int(e['gfp'].iat[r]))})"
         elif k == "lock_acquire":
             fn = str(events[r]).partition("_")[2]

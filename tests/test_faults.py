@@ -213,3 +213,40 @@ def test_workload_that_never_ends(tmp_path: Path) -> None:
     ctl = (out / "control.log").read_text()
     assert "@@TD hello" in ctl and "@@TD done trace" not in ctl
     assert res.wall_s < 40 + 240  # killed, not waited for
+
+
+# --- a guest that dies before tracing starts is booted once more --------------------------
+
+CONSOLE_OOPS = """\
+[   14.669715] BUG: kernel NULL pointer dereference, address: 0000000000000008
+[   14.669726] Oops: 0002 [#1] PREEMPT SMP NOPTI
+[   14.670565] Kernel panic - not syncing: Fatal exception
+"""
+
+
+def test_died_before_tracing_is_told_from_a_run_that_died(tmp_path: Path) -> None:
+    from tracedep.tracer.session import _died_before_tracing
+
+    (tmp_path / "control.log").write_text("@@TD hello\n@@TD end hello\n")
+    assert _died_before_tracing(tmp_path, "panic")
+    assert _died_before_tracing(tmp_path, "reset")
+    assert not _died_before_tracing(tmp_path, "timeout")  # a hang: booting again costs as much
+    (tmp_path / "control.log").write_text("@@TD start\nuptime=9\n@@TD end start\n")
+    assert not _died_before_tracing(tmp_path, "panic")  # the drivers ran: a real result
+
+
+def test_a_failed_boot_is_kept_aside(tmp_path: Path) -> None:
+    from tracedep.tracer.session import _console_panic, _keep_attempt
+
+    (tmp_path / "console.log").write_text(CONSOLE_OOPS)
+    (tmp_path / "control.log").write_text("@@TD hello\n")
+    (tmp_path / "trace").mkdir()
+    (tmp_path / "trace" / "cpu0.raw").write_bytes(b"x" * 10)
+    assert _console_panic(tmp_path / "console.log") == (
+        "Kernel panic - not syncing: Fatal exception "
+        "(BUG: kernel NULL pointer dereference, address: 0000000000000008)")
+    kept = _keep_attempt(tmp_path, 1)
+    assert sorted(kept) == ["console.log.attempt1", "control.log.attempt1", "trace.attempt1"]
+    assert (tmp_path / "trace.attempt1" / "cpu0.raw").read_bytes() == b"x" * 10
+    assert (tmp_path / "trace").is_dir() and not any((tmp_path / "trace").iterdir())
+    assert not (tmp_path / "console.log").exists()

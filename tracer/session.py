@@ -35,7 +35,7 @@ from tracedep.tracer.probes import (
     probe_definitions,
     stack_triggers,
 )
-from tracedep.tracer.qemu import END_POWEROFF, Vm, VmSpec
+from tracedep.tracer.qemu import END_PANIC, END_POWEROFF, END_RESET, Vm, VmSpec
 from tracedep.vm.accel import choose_accel
 from tracedep.vm.initramfs import GuestConfig, build_initramfs
 from tracedep.vm.kernel import Kernel, cache_root, fetch_debian_kernel
@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 BOOT_ARGS = (
     # no_hash_pointers: kmalloc's ptr would print as (____ptrval____) otherwise;
     # preempt=voluntary: might_sleep() then calls __cond_resched, our catch-all probe
-    "panic=-1 no_hash_pointers preempt=voluntary quiet loglevel=4 tsc=reliable"
+    "panic=-1 no_hash_pointers preempt=voluntary quiet loglevel=4 tsc=reliable "
+    # an oops (a driver's or the kernel's) ends the run at once as a panic, with the
+    # trace so far, instead of a guest limping on until the timeout
+    "oops=panic"
 )
 
 
@@ -199,6 +202,27 @@ def _modules_record(built: list[BuiltModule], ctl: control.Control) -> list[dict
     return out
 
 
+def _died_before_tracing(out: Path, how: str) -> bool:
+    """A panic or reset before the guest said tracing started (``@@TD start``)."""
+    if how not in (END_PANIC, END_RESET):
+        return False
+    ctl = out / "control.log"
+    return not (ctl.is_file() and b"@@TD start" in ctl.read_bytes())
+
+
+def _keep_attempt(out: Path, attempt: int) -> list[str]:
+    """Move a failed boot's console, control channel and trace aside (``*.attemptN``)."""
+    kept = []
+    for name in ("console.log", "control.log", "qemu.log", "trace"):
+        p = out / name
+        if p.exists():
+            dest = out / f"{name}.attempt{attempt}"
+            p.rename(dest)
+            kept.append(dest.name)
+    (out / "trace").mkdir(exist_ok=True)
+    return kept
+
+
 def trace(opts: TraceOptions) -> TraceResult:
     """Run one traced boot into ``opts.out``; raise after recording if the run failed."""
     machine = machine_for(opts.arch)
@@ -280,8 +304,20 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
         info["qemu"]["command"] = shlex.join(vm.spec.command(vm.qmp_path))
         manifest.write(out, info)
 
-    how, detail, timings = asyncio.run(_boot(spec, ports, opts.transport, opts.timeout,
-                                             on_start=record_cmdline))
+    for attempt in (1, 2):
+        how, detail, timings = asyncio.run(_boot(spec, ports, opts.transport, opts.timeout,
+                                                 on_start=record_cmdline))
+        if attempt == 2 or not _died_before_tracing(out, how):
+            break
+        # The kernel died while the guest armed the probes, before any driver ran:
+        # not a finding about the drivers (seen under heavy host load: a kprobe hit
+        # while the kernel patched text).  Keep that boot's files, boot once more.
+        why = _console_panic(out / "console.log") or detail
+        log.warning("guest %s before tracing started (%s); booting again", how, why)
+        kept = _keep_attempt(out, attempt)
+        info.setdefault("failed_attempts", []).append(
+            {"how": how, "detail": detail, "why": why, "files": kept})
+        manifest.write(out, info)
     info["qemu"]["command"] = timings.pop("qemu_command", info["qemu"].get("command"))
     info["qemu"]["events"] = timings.pop("qmp_events", [])
     info["timing"] = timings
@@ -415,11 +451,14 @@ def _console_panic(console: Path) -> str | None:
         text = console.read_text(errors="replace")
     except OSError:
         return None
-    for pat in (r"Kernel panic - not syncing: .*", r"BUG: .*", r"Oops: .*"):
-        m = re.search(pat, text)
-        if m:
-            return m.group(0).strip()
-    return None
+    found = [m.group(0).strip() for pat in (r"Kernel panic - not syncing: .*",
+                                            r"(?:kernel )?BUG[: ].*", r"Oops: .*")
+             if (m := re.search(pat, text))]
+    if not found:
+        return None
+    # an oops made a panic by oops=panic: the panic says "Fatal exception", the oops why
+    return f"{found[0]} ({found[1]})" if len(found) > 1 and "Fatal exception" in found[0] \
+        else found[0]
 
 
 def _float(v: str | None) -> float | None:
