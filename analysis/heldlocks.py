@@ -107,8 +107,8 @@ def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
 def replay(events: pd.DataFrame, class_of_row: dict[int, int],
            kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
            spin_in_preempt: bool = True) -> Replay:
-    """``untraced``: pids whose events the guest filtered out; their partial
-    events are skipped, and lock hand-offs to and from them are balanced.
+    """``untraced``: pids whose own (process-context) events the guest filtered
+    out; what is left of them is skipped, and lock hand-offs to and from them are balanced.
     ``spin_in_preempt``: False when the kernel's preempt_count does not count held
     spinlocks (no ``CONFIG_PREEMPT_COUNT``: the calibration tells, see
     tracer.calibration); held spinlocks then come from this replay alone."""
@@ -121,7 +121,10 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     is_lock = np.isin(kinds, ("lock_acquire", "lock_return", "lock_release"))
     is_sleep = (kinds == "sleep_call") | ((kinds == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) != 0))
     is_switch = kinds == "sched_switch"
-    own = ~np.isin(events["pid"].to_numpy(), list(untraced)) if untraced else True
+    # a pump's interrupts and softirqs are traced (only its own code is filtered)
+    own = ~(np.isin(events["pid"].to_numpy(), list(untraced))
+            & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
+                | events["in_nmi"].to_numpy())) if untraced else True
     rows = np.nonzero(((is_lock | is_sleep) & own) | is_switch)[0]
 
     # calibrate: the preempt depth the scheduler itself runs at in sched_switch

@@ -132,10 +132,23 @@ for d in $T/per_cpu/cpu*; do
     P=$(port_dev "tracedep.cpu$n") || { say "no port for cpu$n"; continue; }
     /bin/tdpump "$d/trace_pipe_raw" "$P" 2>/dev/console &
     echo $! >> /tmp/pumps
-    # reading the trace must not feed the trace (the analysis knows the pids)
-    echo $! >> $T/set_event_notrace_pid 2>/dev/null
     ncpu=$((ncpu + 1))
 done
+# Reading the trace must not feed the trace: the pumps' own process-context events
+# are filtered out (the analysis knows their pids).  Not with set_event_notrace_pid:
+# that drops everything on a CPU while a pump runs there, interrupts and softirqs
+# included (a driver's timer callback firing then would vanish).  common_flags:
+# hardirq 0x08 | softirq 0x10 | nmi 0x40.  sched_switch stays whole: the
+# replay needs the pumps' switches.
+pf=""
+while read -r p; do pf="${pf:+$pf && }common_pid != $p"; done < /tmp/pumps
+if [ -n "$pf" ]; then
+    for s in tracedep kmem lock; do
+        [ -e $T/events/$s/filter ] || continue
+        echo "($pf) || (common_flags & 88)" > $T/events/$s/filter 2>/dev/null \
+            || echo "tracedep: cannot filter $s events" > /dev/console
+    done
+fi
 
 # Loaded modules and their section addresses, as the symbolizer needs them.
 # The poller and td_insmod may race: mkdir makes one of them the reporter, and
