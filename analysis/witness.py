@@ -23,6 +23,25 @@ _TRACING = re.compile(
 )
 
 
+# Where interrupt context begins on a stack.  Past it is the code the interrupt
+# happened to land in, not the incident; arm64's unwinder crosses into it, and
+# on either arch it depends on timing.
+_IRQ_BOUNDARY = re.compile(
+    r"^(__do_softirq|handle_softirqs|____do_softirq|do_softirq_own_stack|__irq_exit_rcu|"
+    r"irq_exit_rcu|__sysvec_\w+|sysvec_\w+|asm_sysvec_\w+|common_interrupt|"
+    r"asm_common_interrupt|call_on_irq_stack|el[01]_interrupt|el[01]h?_64_irq\w*|"
+    r"gic_handle_irq|do_interrupt_handler)$"
+)
+
+
+def cut_at_interrupt(frames: list[Frame]) -> list[Frame]:
+    """The frames up to and including the first interrupt-entry frame."""
+    for i, f in enumerate(frames):
+        if _IRQ_BOUNDARY.match(f.function):
+            return frames[:i + 1]
+    return frames
+
+
 def frame_at(symbols: RunSymbols, addr: int, call_site: bool, ts: int | None = None
              ) -> Frame:
     """A frame for a runtime address (``call_site``: already return address − call size)."""
@@ -56,7 +75,7 @@ def clean_stack(symbols: RunSymbols, stack: tuple[int, ...], call_insn_size: int
     for j, a in enumerate(stack[start:]):
         site = a if j == 0 else a - call_insn_size
         frames.append(frame_at(symbols, site, j > 0, ts))
-    return frames
+    return cut_at_interrupt(frames)
 
 
 def clean_text_stack(stack: tuple[Frame, ...], call_insn_size: int) -> list[Frame]:
@@ -73,4 +92,4 @@ def clean_text_stack(stack: tuple[Frame, ...], call_insn_size: int) -> list[Fram
             f = replace(f, offset=max(f.offset - call_insn_size, 0) if f.size else f.offset,
                         address=f.address - call_insn_size if f.address else 0)
         frames.append(f)
-    return frames
+    return cut_at_interrupt(frames)
