@@ -35,7 +35,7 @@ from tracedep.tracer.probes import (
     probe_definitions,
     stack_triggers,
 )
-from tracedep.tracer.qemu import END_PANIC, END_POWEROFF, END_RESET, Vm, VmSpec
+from tracedep.tracer.qemu import END_PANIC, END_POWEROFF, END_RESET, END_TIMEOUT, Vm, VmSpec
 from tracedep.vm.accel import choose_accel
 from tracedep.vm.initramfs import GuestConfig, build_initramfs
 from tracedep.vm.kernel import Kernel, cache_root, fetch_debian_kernel
@@ -326,7 +326,10 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     info["state"] = "complete" if info["trace_complete"] else "incomplete"
     manifest.write(out, info)
     if how != END_POWEROFF:
-        why = _console_panic(out / "console.log") or detail or "see console.log"
+        said = _console_panic(out / "console.log")
+        # a hang is a hang (the kernel may have complained on the way: say that too)
+        why = (f"{detail}; the console says: {said}" if how == END_TIMEOUT and said and detail
+               else said or detail or "see console.log")
         raise GuestError(f"guest {how}: {why}; partial trace kept in {out}")
     if not info["trace_complete"]:
         raise GuestError(f"guest powered off before the trace was complete; see "
