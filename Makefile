@@ -11,9 +11,9 @@ run: setup
 	.venv/bin/tracedep run --out $(OUT) || [ $$? -eq 1 ]
 	@echo "report: $(OUT)/index.html  $(OUT)/report.txt"
 
+# ruff, then mypy with the modules named tracedep.* in any folder (tools/lint.py says how)
 lint: setup
-	.venv/bin/ruff check .
-	.venv/bin/mypy --no-error-summary vm tracer analysis reports cli.py errors.py nightly.py gitbisect.py
+	.venv/bin/python tools/lint.py
 
 test: setup lint
 	.venv/bin/python -m pytest -q

@@ -12,16 +12,33 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from tracedep.errors import TracedepError
 
 log = logging.getLogger("tracedep")
 
 
+class StrictParser(argparse.ArgumentParser):
+    """An argument parser that takes no option by a prefix of its name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
+def _add_kernel_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel-series", default=None, choices=("6.1", "6.12"),
+                   help="Debian kernel series; the newest cloud kernel of it that apt can "
+                        "download is used (default 6.12, or TRACEDEP_KERNEL_SERIES)")
+    p.add_argument("--abi", default=None,
+                   help="an exact Debian kernel ABI: 6.1.0-57 or 6.12.118+deb12 "
+                        "(or TRACEDEP_KERNEL_ABI)")
+
+
 def _add_guest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="x86_64", help="x86_64 (default) or arm64")
-    p.add_argument("--abi", default=None,
-                   help="Debian kernel ABI, e.g. 6.1.0-56 (default: pinned in vm/machines.py)")
+    _add_kernel_choice(p)
     p.add_argument("--kernel", type=Path, default=None,
                    help="boot this kernel image (bzImage/Image) instead of Debian's")
     p.add_argument("--kernel-modules", type=Path, default=None,
@@ -32,6 +49,12 @@ def _add_guest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module-src", type=Path, action="append", default=[],
                    help="a kbuild directory of driver modules to test (repeatable; default: "
                         "the bundled example drivers)")
+    p.add_argument("--kernel-module", action="append", default=[], metavar="NAME",
+                   help="a module of the kernel package itself (null_blk, zram, dummy …) to "
+                        "test: it and its dependencies go into the guest under "
+                        "/lib/modules/<release>/ with a modules.dep, so a workload can "
+                        "`modprobe NAME params`; the default workload loads it (repeatable; "
+                        "without --module-src, the bundled drivers are then not loaded)")
     p.add_argument("--no-modules", action="store_true",
                    help="trace the kernel alone: no driver modules (not even the bundled ones)")
     p.add_argument("--workload", type=Path, default=None,
@@ -53,8 +76,8 @@ def _trace_options(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     if a.kernel is not None:
         kernel = user_kernel(a.kernel, a.kernel_modules, a.kernel_build, a.vmlinux)
     return TraceOptions(
-        out=a.out, arch=a.arch, abi=a.abi, kernel=kernel, module_srcs=a.module_src,
-        no_modules=a.no_modules,
+        out=a.out, arch=a.arch, abi=a.abi, series=a.kernel_series, kernel=kernel,
+        module_srcs=a.module_src, kernel_modules=a.kernel_module, no_modules=a.no_modules,
         workload=a.workload, timeout=a.timeout, transport=a.transport, smp=a.smp,
         mem_mb=a.memory, accel=a.accel,
     )
@@ -74,15 +97,15 @@ def cmd_trace(a: argparse.Namespace) -> int:
 def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
                         kallsyms: Path | None = None) -> int:
     """Analyze a run directory or trace file into ``out``; return the findings count."""
-    from tracedep.analysis.enrich import debug_vmlinux, symbolize
+    from tracedep.analysis.enrich import debug_vmlinux, nesting_judge, symbolize
     from tracedep.analysis.pipeline import analyze
     from tracedep.analysis.trace import load
     from tracedep.reports.serialize import write_run_outputs
 
     trace = load(source, kallsyms)
-    a = analyze(trace)
+    vml = (vmlinux or debug_vmlinux(trace.info)) if dwarf else None
+    a = analyze(trace, nesting_judge(trace, vml) if dwarf else None)
     if dwarf:
-        vml = vmlinux or debug_vmlinux(trace.info)
         for w in symbolize(a, trace, vml):
             if w not in a.health["warnings"]:
                 a.health["warnings"].append(w)
@@ -144,17 +167,19 @@ def cmd_fetch(a: argparse.Namespace) -> int:
     from tracedep.analysis.enrich import debug_vmlinux
     from tracedep.tracer.session import discover
     from tracedep.vm.accel import choose_accel
-    from tracedep.vm.initramfs import busybox_binary, pump_binary
+    from tracedep.vm.initramfs import busybox_binary, loader_binary, pump_binary
     from tracedep.vm.kernel import fetch_debian_kernel
     from tracedep.vm.machines import machine_for
 
     machine = machine_for(a.arch)
-    kernel = fetch_debian_kernel(machine, a.abi)
+    kernel = fetch_debian_kernel(machine, a.abi, a.kernel_series)
     busybox_binary(machine)
     pump_binary(machine)
+    loader_binary(machine)
     discover(machine, kernel, choose_accel(machine, kernel.image, a.accel))
     vml = None if a.no_dwarf else debug_vmlinux(
-        {"kernel": {"release": kernel.release, "abi": kernel.abi}})
+        {"kernel": {"release": kernel.release, "abi": kernel.abi,
+                    "packages": kernel.packages.to_json() if kernel.packages else None}})
     print(f"tracedep: ready: {kernel.release} ({kernel.package_version}), "
           f"debug symbols {'at ' + str(vml) if vml else 'not fetched'}")
     return 0
@@ -162,26 +187,29 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 
 def cmd_probes(a: argparse.Namespace) -> int:
     """Print a shell script that arms tracedep's probes on a real machine."""
+    from tracedep.tracer.lock_init import class_probes
     from tracedep.tracer.probes import TRACEPOINTS, probe_definitions, stack_triggers
-    from tracedep.tracer.session import discover
+    from tracedep.tracer.session import discover, probe_vmlinux
     from tracedep.vm.accel import choose_accel
     from tracedep.vm.kernel import fetch_debian_kernel
     from tracedep.vm.machines import machine_for
 
     machine = machine_for(a.arch)
-    kernel = fetch_debian_kernel(machine, a.abi)
-    defs = probe_definitions(machine, discover(machine, kernel,
-                                               choose_accel(machine, kernel.image, "auto")))
+    kernel = fetch_debian_kernel(machine, a.abi, a.kernel_series)
+    disc = discover(machine, kernel, choose_accel(machine, kernel.image, "auto"))
+    defs = probe_definitions(machine, disc)
+    defs += class_probes(machine, disc, probe_vmlinux(kernel))[0]
     print("#!/bin/sh\n# tracedep probes for", kernel.release)
     print("T=/sys/kernel/tracing\necho 0 > $T/tracing_on")
     # exact addresses next to every symbol: stacks and call sites stay resolvable
     print("echo 1 > $T/options/sym-offset\necho 1 > $T/options/sym-addr")
     for d in defs:
-        print(f"echo '{d.definition}' >> $T/kprobe_events")
+        # printf, not echo: some shells' echo would eat the backslash of an immediate (\\152)
+        print(f"printf '%s\\n' '{d.definition}' >> $T/kprobe_events")
     print("echo 1 > $T/events/tracedep/enable")
     for tp in TRACEPOINTS:
         print(f"[ -e $T/events/{tp}/enable ] && echo 1 > $T/events/{tp}/enable")
-    for trig in stack_triggers(defs):
+    for trig in stack_triggers(defs, machine=machine):
         ev, _, cond = trig.partition(" ")
         print(f"echo 'stacktrace {cond}' > $T/events/{ev}/trigger")
     print("echo 1 > $T/tracing_on")
@@ -189,9 +217,12 @@ def cmd_probes(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tracedep", description=__doc__.splitlines()[0])
+    # No prefix abbreviations: `--kernel-module X` must never be taken for
+    # `--kernel-modules X`.  allow_abbrev is not inherited by subparsers, so every
+    # parser the subparsers make (nightly's and bisect's too) is built strict.
+    p = StrictParser(prog="tracedep", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=StrictParser)
     t = sub.add_parser("trace", help="boot a kernel with the modules under test and trace it")
     _add_guest_args(t)
     t.set_defaults(func=cmd_trace)
@@ -214,13 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
     f = sub.add_parser("fetch", help="download and prepare the default kernel and tools")
     f.add_argument("--arch", default="x86_64")
-    f.add_argument("--abi", default=None)
+    _add_kernel_choice(f)
     f.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     f.add_argument("--no-dwarf", action="store_true")
     f.set_defaults(func=cmd_fetch)
     pr = sub.add_parser("probes", help="print a script arming tracedep's probes on a machine")
     pr.add_argument("--arch", default="x86_64")
-    pr.add_argument("--abi", default=None)
+    _add_kernel_choice(pr)
     pr.set_defaults(func=cmd_probes)
     from tracedep import gitbisect, nightly
 

@@ -134,8 +134,12 @@ def run_argv(a: argparse.Namespace) -> list[str]:
     argv = ["--arch", a.arch]
     if a.abi:
         argv += ["--abi", a.abi]
+    if a.kernel_series:
+        argv += ["--kernel-series", a.kernel_series]
     for m in a.module_src:
         argv += ["--module-src", str(Path(m).absolute())]
+    for k in a.kernel_module:
+        argv += ["--kernel-module", k]
     for opt, val in (("--kernel", a.kernel_image), ("--kernel-modules", a.kernel_modules),
                      ("--kernel-build", a.kernel_tree), ("--vmlinux", a.vmlinux),
                      ("--workload", a.workload)):
@@ -153,6 +157,8 @@ def bisect_run_argv(a: argparse.Namespace) -> list[str]:
     argv = ["--match", a.match, "--repeat", str(a.repeat)]
     for m in a.module_src:
         argv += ["--module-src", str(Path(m).absolute())]
+    for k in a.kernel_module:
+        argv += ["--kernel-module", k]
     if a.kernel_build:
         argv += ["--kernel-build", a.kernel_build]
     for opt, val in (("--kernel-image", a.kernel_image), ("--kernel-repo", a.kernel_repo),
@@ -164,6 +170,8 @@ def bisect_run_argv(a: argparse.Namespace) -> list[str]:
              "--memory", str(a.memory), "--accel", a.accel]
     if a.abi:
         argv += ["--abi", a.abi]
+    if a.kernel_series:
+        argv += ["--kernel-series", a.kernel_series]
     if a.no_dwarf:
         argv.append("--no-dwarf")
     return argv
@@ -276,6 +284,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="runs before calling a commit good (stops at the first bad run)")
     p.add_argument("--module-src", type=Path, action="append", default=[],
                    help="driver kbuild directory, checked out by git bisect (repeatable)")
+    p.add_argument("--kernel-module", action="append", default=[], metavar="NAME",
+                   help="a module of the kernel package to test (repeatable; see tracedep run)")
     p.add_argument("--kernel-build", default=None, metavar="CMD",
                    help="shell command that builds the kernel at this commit")
     p.add_argument("--kernel-image", type=Path, default=None,
@@ -289,6 +299,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vmlinux", type=Path, default=None)
     p.add_argument("--arch", default="x86_64")
     p.add_argument("--abi", default=None)
+    p.add_argument("--kernel-series", default=None, choices=("6.1", "6.12"))
     p.add_argument("--workload", type=Path, default=None)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--smp", type=int, default=2)
@@ -310,7 +321,7 @@ class _StrictParser(argparse.ArgumentParser):
 
 
 def _run_args(argv: list[str]) -> argparse.Namespace:
-    p = _StrictParser(prog="tracedep bisect-run", add_help=False)
+    p = _StrictParser(prog="tracedep bisect-run", add_help=False, allow_abbrev=False)
     add_run_args(p)
     a = p.parse_args(argv)
     _check(a)

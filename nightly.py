@@ -13,7 +13,9 @@ XML (``OUT/<night>/junit.xml``, and ``junit.xml`` in each run directory).
 
 Configuration (TOML; relative paths are relative to the file)::
 
-    kernels = ["default"]        # Debian ABIs ("6.1.0-56"), "default" for the pinned one,
+    kernels = ["default"]        # "default" (the newest kernel of the default series), a
+                                 # Debian series ("6.1", "6.12": its newest kernel), an ABI
+                                 # ("6.1.0-57", "6.12.118+deb12"),
                                  # or {name = "mine", image = "bzImage", modules = "lib/modules/X",
                                  #     build = "linux", vmlinux = "linux/vmlinux"}
     archs = ["x86_64"]           # x86_64, arm64
@@ -31,6 +33,7 @@ Configuration (TOML; relative paths are relative to the file)::
     [driver_sets]                # required: name = "bundled" | "dir" | ["dir", …]
     bundled = "bundled"
     mine = ["drivers/foo", "drivers/bar"]
+    debian = ["kernel:null_blk", "kernel:dummy"]  # the kernel package's own modules
 
 Exit status: 0 no new findings; 1 new findings tonight; 2 bad configuration
 (one line naming the key); 3 every cell failed to run.  Cells run as
@@ -62,6 +65,7 @@ from typing import IO, Any
 from tracedep.analysis.findings import Finding
 from tracedep.errors import InputError
 from tracedep.reports.history import CellKey, FindingRow, History, Verdict
+from tracedep.vm.debian_kernels import SERIES
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ KNOWN_KEYS = ("kernels", "archs", "workloads", "driver_sets", "repeat", "flaky_w
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 DEFAULT = "default"
 BUNDLED = "bundled"
+KERNEL_MODULE = "kernel:"  # a driver-set entry naming a module of the kernel package
 POLL_S = 0.2
 STOP_GRACE_S = 60.0  # a cell told to stop shuts its guest down; give it that long
 
@@ -156,7 +161,8 @@ def _kernels(path: Path, raw: dict[str, Any]) -> list[Kernel]:
         key = f"kernels[{i}]"
         if isinstance(k, str):
             name = _name(path, key, k)
-            out.append(Kernel(name, () if name == DEFAULT else ("--abi", name)))
+            out.append(Kernel(name, () if name == DEFAULT else (
+                ("--kernel-series", name) if name in SERIES else ("--abi", name))))
             continue
         if not isinstance(k, dict):
             raise _fail(path, key, "must be an ABI string or a table {name, image, …}")
@@ -206,9 +212,16 @@ def _driver_sets(path: Path, raw: dict[str, Any]) -> list[tuple[str, tuple[str, 
             continue
         dirs = [v] if isinstance(v, str) else v
         if not isinstance(dirs, list) or not dirs:
-            raise _fail(path, key, "must be \"bundled\", a directory or a list of directories")
+            raise _fail(path, key, "must be \"bundled\", a directory or a list of directories "
+                                   "and kernel:NAME modules")
         args: list[str] = []
         for d in dirs:
+            if isinstance(d, str) and d.startswith(KERNEL_MODULE):
+                # the kernel package's own module (`tracedep run --kernel-module`)
+                if not d[len(KERNEL_MODULE):]:
+                    raise _fail(path, key, "kernel: needs a module name (kernel:null_blk)")
+                args += ["--kernel-module", d[len(KERNEL_MODULE):]]
+                continue
             args += ["--module-src", str(_path(path.parent, path, key, d, True))]
         out.append((name, tuple(args)))
     return out

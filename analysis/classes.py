@@ -1,9 +1,23 @@
 """Lock classes, as lockdep means them, for every lock event of a trace.
 
 * static lock: the symbol it lives in (``rtnl_mutex``; ``td_dev+0x10`` inside a struct);
-* heap lock: the allocation site of the object that held it at that moment (from
-  the ``kmem`` events) plus the lock's offset in the object, so two instances in
-  two objects from one site are one class;
+* initialized lock: the lock's latest initializer call before the event
+  (``__mutex_init(lock, name, key)`` & co., tracer.lock_init), when the object
+  holding the lock was not freed in between: lockdep's own class, keyed by the
+  module, the function that called the initializer and the name it passed
+  (``&q->sysfs_lock``), and named by that name.  An inode's ``i_rwsem`` is keyed by
+  its file system type, as ``inode_init_always()``'s ``lockdep_set_class()`` does
+  (``&sb->s_type->i_mutex_key [debugfs]``).  An array of locks initialized at one
+  call site is one class, as in lockdep.  An init class lasts until the next
+  init at the address or the free of the object around it; memory with no
+  allocation or free events (a stack frame) keeps it until the next init there,
+  so an on-stack lock that only an inline spin_lock_init() set up, at an address
+  where an on-stack completion or wait queue lived, takes that class;
+* heap lock: the allocation call site of the object that held it at that moment
+  (from the ``kmem`` events: the source line in a module with DWARF, else the
+  call's offset in its function) plus the lock's offset in the object, so two
+  instances in two objects from one site are one class, and two allocations in one
+  function are two;
 * otherwise (allocated before tracing, per-CPU data, page allocations): the
   instance itself, named after the function that first took it.  Findings on
   such classes say so.
@@ -16,14 +30,30 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from tracedep.analysis.symbols import RunSymbols
+
+from tracedep.analysis.symbols import RunSymbols, Sym
+from tracedep.tracer.lock_init import (
+    DIR_REKEY,
+    INODE_DIR_KEY_NAME,
+    INODE_KEY_NAME,
+    INODE_REKEY,
+    LOCK_INITS,
+    REKEY_TYPES,
+    S_IFDIR,
+    S_IFMT,
+)
+from tracedep.tracer.probes import api_name
 
 # Allocation helpers whose call site says nothing about the object's type.
+SPINNING_LOCK_TYPES = ("spinlock", "rwlock-r", "rwlock-w")
+
 GENERIC_ALLOCATORS = frozenset({
     "devm_kmalloc", "kmemdup", "kstrdup", "krealloc", "kvmalloc_node", "kvmalloc",
     "__kmalloc_node_track_caller", "kmalloc_array", "kcalloc", "kvzalloc", "kvcalloc",
     "__kvmalloc_node", "mempool_alloc", "mempool_alloc_slab", "mempool_kmalloc",
     "kmemdup_nul", "alloc_netdev_mqs", "__alloc_skb", "__kmalloc_track_caller",
+    # 6.10+ (api_name strips their _noprof)
+    "kmalloc_node_track_caller", "krealloc_node", "kvrealloc", "kmemdup_array",
 })
 
 
@@ -31,7 +61,9 @@ GENERIC_ALLOCATORS = frozenset({
 class LockClass:
     name: str  # shown to users
     key: str  # stable across runs and KASLR: used in signatures
-    origin: str  # "static", "heap", "instance", "lockdep" (named by the kernel's lockdep)
+    # "static", "init" (an initializer's class), "heap", "instance", "lockdep" (named by
+    # the kernel's lockdep)
+    origin: str
     module: str  # where the lock is defined/allocated ("vmlinux" for the core kernel)
     detail: str = ""  # e.g. "offset 0x8 in a 64-byte object allocated at td_ring_alloc+0x1c"
     sig: str = ""  # the stable part of ``key`` (instances: who first took it, not where it is)
@@ -80,6 +112,27 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
             return np.zeros(len(before), dtype=bool)
         return before > times[first]
 
+    def containing(a: int, t: int) -> int:
+        """Index (into the a_* arrays) of the allocation holding ``a`` at time ``t``, or -1."""
+        lo = int(np.searchsorted(a_ptr, np.uint64(max(a - max_obj, 0)), side="left"))
+        hi = int(np.searchsorted(a_ptr, np.uint64(a), side="right"))
+        cand = np.arange(lo, hi)[(a_end[lo:hi] > np.uint64(a)) & (a_ts[lo:hi] <= t)]
+        if not len(cand):
+            return -1
+        j = int(cand[np.argmax(a_ts[cand])])
+        return -1 if freed_between(int(a_ptr[j]), int(a_ts[j]), np.array([t]))[0] else j
+
+    def freed_after(j: int) -> int:
+        """When the object of allocation ``j`` was first freed (max int64: never seen)."""
+        ptr = np.uint64(a_ptr[j])
+        lo = int(np.searchsorted(f_ptr, ptr, side="left"))
+        hi = int(np.searchsorted(f_ptr, ptr, side="right"))
+        times = f_ts[lo:hi]
+        k = int(np.searchsorted(times, a_ts[j], side="right"))
+        return int(times[k]) if k < len(times) else np.iinfo(np.int64).max
+
+    inits = _InitIndex(events, symbols, containing, freed_after)
+    ltypes = events["lock_type"].astype(str).to_numpy()[lock_rows]
     out = np.full(len(lock_rows), -1, dtype=np.int64)
     unknown: list[np.ndarray] = []
     uniq, inverse = np.unique(addr, return_inverse=True)
@@ -107,6 +160,13 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
             key = f"static:{sym.module}:{name}"
             out[members] = intern(LockClass(name, key, "static", sym.module, sig=key))
             continue
+        if a in inits.addrs:
+            got = inits.classes_for(a, ts[members], ltypes[members])
+            hit = np.array([g is not None for g in got], dtype=bool)
+            out[members[hit]] = [intern(g) for g in got if g is not None]
+            members = members[~hit]
+            if not len(members):
+                continue
         # heap: the object that contained ``a`` when each event happened
         lo = int(np.searchsorted(a_ptr, np.uint64(max(a - max_obj, 0)), side="left"))
         hi = int(np.searchsorted(a_ptr, np.uint64(a), side="right"))
@@ -122,24 +182,31 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
                 base = int(a_ptr[j])
                 live = ~freed_between(base, int(a_ts[j]), ts[sel])
                 site = symbols.lookup(int(a_ip[j]), int(a_ts[j]))
-                if site is not None and site.name not in GENERIC_ALLOCATORS:
+                if site is not None and api_name(site.name) not in GENERIC_ALLOCATORS:
                     off = a - base
                     size = int(a_end[j]) - base
                     fn = symbols.source_function(int(a_ip[j]), int(a_ts[j])) or site.name
                     name = f"{fn}():obj+{off:#x}"
-                    # Site and offset, not the size: kmalloc rounds sizes per arch
-                    # (arm64 to 128), and a finding must not depend on the arch.
-                    key = f"heap:{site.module}:{fn}:{off:#x}"
+                    # Call site and offset, not the size: kmalloc rounds sizes per arch
+                    # (arm64 to 128), and a finding must not depend on the arch.  The call
+                    # site, not the function: two objects allocated in one function are
+                    # two types.  Its source line where DWARF gives one (the same on every
+                    # arch), else its offset in the function (one kernel build's).
+                    loc = symbols.source_location(int(a_ip[j]), int(a_ts[j]))
+                    where = (f"{loc[0].rsplit('/', 1)[-1]}:{loc[1]}" if loc
+                             else f"{site.name}+{site.offset:#x}")
+                    key = f"heap:{site.module}:{fn}@{where}:{off:#x}"
                     cls = LockClass(
                         name, key, "heap", site.module,
-                        f"at offset {off:#x} of a {size}-byte object allocated at {site}",
-                        sig=key)
+                        f"at offset {off:#x} of a {size}-byte object allocated at {site}"
+                        + (f" ({loc[0]}:{loc[1]})" if loc else ""), sig=key)
                     out[sel[live]] = intern(cls)
                     sel = sel[~live]
             if len(sel):
                 unknown.append(sel)
     rest = np.concatenate(unknown) if unknown else np.zeros(0, dtype=np.int64)
     _instance_classes(rest, addr, ips, ts, symbols, out, intern)
+    _split_spinning_members(out, ltypes, table, intern)
     if _lockdep_classes(row_ld, out, table, intern):
         # the classes lockdep's names replaced are left unused: drop them
         used = np.unique(out[out >= 0])
@@ -148,6 +215,25 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
         out[out >= 0] = remap[out[out >= 0]]
         table = [table[i] for i in used.tolist()]
     return out, _unique_names(table)
+
+
+def _split_spinning_members(out: np.ndarray, ltypes: np.ndarray, table: list[LockClass],
+                            intern: Callable[[LockClass], int]) -> None:
+    """A spinning and a sleeping lock at one address are two locks: an rt_mutex's
+    ``wait_lock`` is its first member, and a mutex or rwsem never is one.  Where a
+    class holds both, its spinning rows become a class of their own."""
+    if not len(out):
+        return
+    spinning = np.isin(ltypes, np.array(SPINNING_LOCK_TYPES))
+    both = np.intersect1d(np.unique(out[spinning & (out >= 0)]),
+                          np.unique(out[~spinning & (out >= 0)]))
+    for c in both.tolist():
+        lc = table[c]
+        key = f"{lc.key}:spinlock"
+        inner = intern(LockClass(f"{lc.name}:spinlock", key, lc.origin, lc.module,
+                                 f"a spinlock at the address of {lc.name} (its first "
+                                 f"member, as an rt_mutex's wait_lock)", sig=f"{lc.sig}:spinlock"))
+        out[spinning & (out == c)] = inner
 
 
 def _lockdep_classes(row_ld: np.ndarray, out: np.ndarray, table: list[LockClass],
@@ -173,12 +259,30 @@ def _lockdep_classes(row_ld: np.ndarray, out: np.ndarray, table: list[LockClass]
 
 
 def _unique_names(table: list[LockClass]) -> list[LockClass]:
-    """Two modules may name their locks alike (a driver and its twin): say whose."""
-    seen: dict[str, int] = {}
+    """Two modules may name their locks alike (a driver and its twin): say whose.
+    Within one module, two initializers' ``&x->wait`` or two allocation sites of one
+    function: say which function or which site."""
+    def names(cs: list[LockClass]) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for c in cs:
+            seen[c.name] = seen.get(c.name, 0) + 1
+        return seen
+
+    seen = names(table)
+    table = [replace(c, name=f"{c.name} [{c.module}]") if seen[c.name] > 1
+             and c.module != "vmlinux" else c for c in table]
+    seen = names(table)
+    out = []
     for c in table:
-        seen[c.name] = seen.get(c.name, 0) + 1
-    return [replace(c, name=f"{c.name} [{c.module}]") if seen[c.name] > 1
-            and c.module != "vmlinux" else c for c in table]
+        if seen[c.name] > 1 and c.origin in ("init", "heap"):
+            # init:<module>:<function>:<name> -> the function;
+            # heap:<module>:<fn>@<site>:<offset> -> the site (a site may hold a colon)
+            rest = c.key.split(":", 2)[2]
+            where = (rest.rpartition(":")[0].partition("@")[2] if c.origin == "heap"
+                     else rest.split(":", 1)[0])
+            c = replace(c, name=f"{c.name} ({where})")
+        out.append(c)
+    return out
 
 
 def _instance_classes(rows: np.ndarray, addr: np.ndarray, ips: np.ndarray, ts: np.ndarray,
@@ -227,3 +331,124 @@ def _instance_classes(rows: np.ndarray, addr: np.ndarray, ips: np.ndarray, ts: n
             f"no allocation or symbol known; instances taken at the same call sites, "
             f"mostly in {where}()", sig=f"instance@{where}"))
     out[rows] = pair_cls[pinv]
+
+
+class _InitIndex:
+    """The lock_init rows of a trace, by lock address: which class a lock event at
+    an address takes from its latest initializer (tracer.lock_init)."""
+
+    def __init__(self, events: pd.DataFrame, symbols: RunSymbols,
+                 containing: Callable[[int, int], int], freed_after: Callable[[int], int]
+                 ) -> None:
+        rows = np.nonzero(events["kind"].to_numpy() == "lock_init")[0]
+        addr = events["lock_addr"].to_numpy()[rows]
+        ts = events["ts_ns"].to_numpy()[rows]
+        order = np.lexsort((ts, addr))
+        rows, addr, ts = rows[order], addr[order], ts[order]
+        self.addrs = frozenset(np.unique(addr).tolist())
+        self._ts: dict[int, np.ndarray] = {}
+        self._cls: dict[int, list[LockClass | None]] = {}
+        self._types: dict[int, list[tuple[str, ...]]] = {}
+        self._end: dict[int, np.ndarray] = {}
+        ip = events["ip"].to_numpy()[rows]
+        pid = events["pid"].to_numpy()[rows]
+        func = events["func"].astype(str).to_numpy()[rows]
+        name = events["lock_name"].astype(str).to_numpy()[rows]
+        value = events["value"].to_numpy()[rows]
+        key = events["key_addr"].to_numpy()[rows] if "key_addr" in events.columns \
+            else np.zeros(len(rows), dtype=np.uint64)
+        bounds = np.flatnonzero(np.diff(addr.astype(np.int64), prepend=-1, append=-1) != 0)
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            a = int(addr[lo])
+            cls: list[LockClass | None] = []
+            types: list[tuple[str, ...]] = []
+            times: list[int] = []
+            ends: list[int] = []
+            for i in range(lo, hi):
+                t, f = int(ts[i]), str(func[i])
+                site = symbols.lookup(int(ip[i]), t)
+                c: LockClass | None = None
+                if f in DIR_REKEY:
+                    # lockdep_annotate_inode_mutex_key(): a directory whose lock still has
+                    # its fs type's i_mutex_key moves to i_mutex_dir_key; else no change
+                    if not (int(value[i]) & S_IFMT == S_IFDIR and cls and cls[-1] is not None
+                            and cls[-1].key == _inode_key(symbols, int(key[i]), t,
+                                                          str(name[i]))):
+                        continue
+                    c = self._rekey_class(symbols, int(key[i]), t, str(name[i]), dir_key=True)
+                    tt = REKEY_TYPES[f]
+                elif f in INODE_REKEY:
+                    c = self._rekey_class(symbols, int(key[i]), t, str(name[i]))
+                    tt = REKEY_TYPES[f]
+                elif (i > lo and func[i - 1] in INODE_REKEY and pid[i - 1] == pid[i]
+                      and site is not None and site.name == func[i - 1] and cls):
+                    # init_rwsem() then lockdep_set_class() in the re-keying function:
+                    # the re-key (probed at that function's entry, so seen first) wins
+                    c, tt = cls[-1], types[-1]
+                else:
+                    c = self._init_class(symbols, site, int(ip[i]), t, f, str(name[i]))
+                    li = LOCK_INITS.get(f)
+                    tt = li.lock_types if li else ()
+                cls.append(c)
+                types.append(tt)
+                times.append(t)
+                j = containing(a, t)
+                ends.append(freed_after(j) if j >= 0 else int(np.iinfo(np.int64).max))
+            end = np.array(ends, dtype=np.int64)
+            self._ts[a] = np.array(times, dtype=np.int64)
+            self._cls[a] = cls
+            self._types[a] = types
+            self._end[a] = end
+
+    @staticmethod
+    def _init_class(symbols: RunSymbols, site: Sym | None, ip: int, ts: int, func: str,
+                    name: str) -> LockClass | None:
+        if site is None:
+            return None  # a call site nobody can name: no stable key
+        fn = symbols.source_function(ip, ts) or site.name
+        shown = name or f"{fn}():{func}"
+        key = f"init:{site.module}:{fn}:{shown}"
+        return LockClass(shown, key, "init", site.module,
+                         f"lockdep's class: initialized by {func}() at {site}", sig=key)
+
+    @staticmethod
+    def _rekey_class(symbols: RunSymbols, fstype: int, ts: int, fsname: str,
+                     dir_key: bool = False) -> LockClass | None:
+        key = _inode_key(symbols, fstype, ts, fsname)
+        if key is None:
+            return None
+        sym = symbols.lookup(fstype, ts) if fstype else None
+        module = key.split(":")[1]
+        fsname = fsname or (sym.name.removesuffix("_fs_type") if sym else "?")
+        what = INODE_DIR_KEY_NAME if dir_key else INODE_KEY_NAME
+        if dir_key:
+            key = key.removesuffix(INODE_KEY_NAME) + INODE_DIR_KEY_NAME
+        where = ("lockdep_annotate_inode_mutex_key" if dir_key
+                 else "inode_init_always: lockdep_set_class")
+        return LockClass(f"{what} [{fsname}]", key, "init", module,
+                         f"lockdep's class of the {'directory' if dir_key else 'inode'} "
+                         f"locks of file system type {fsname} ({where})", sig=key)
+
+    def classes_for(self, a: int, ts: np.ndarray, ltypes: np.ndarray
+                    ) -> list[LockClass | None]:
+        """The init class of each event at ``a`` (times ``ts``, lock types), or None."""
+        its = self._ts[a]
+        k = np.searchsorted(its, ts, side="right") - 1
+        out: list[LockClass | None] = []
+        for kk, t, lt in zip(k.tolist(), ts.tolist(), ltypes.tolist(), strict=True):
+            if kk < 0 or t >= self._end[a][kk] or lt not in self._types[a][kk]:
+                out.append(None)
+            else:
+                out.append(self._cls[a][kk])
+        return out
+
+
+def _inode_key(symbols: RunSymbols, fstype: int, ts: int, fsname: str) -> str | None:
+    """The class key of the inode locks of a file system type: its symbol (stable
+    across runs and KASLR), else its name."""
+    sym = symbols.lookup(fstype, ts) if fstype else None
+    if sym is not None and sym.offset == 0:
+        return f"init:{sym.module}:{sym.name}:{INODE_KEY_NAME}"
+    if fsname:
+        return f"init:vmlinux:fs:{fsname}:{INODE_KEY_NAME}"
+    return None

@@ -334,7 +334,8 @@ class SymbolTable:
 
     @classmethod
     def from_elf(
-        cls, elf: ElfFile, bases: dict[int, int] | None = None, first_alias: bool = False
+        cls, elf: ElfFile, bases: dict[int, int] | None = None, first_alias: bool = False,
+        drop_empty_objects: bool = False,
     ) -> SymbolTable | None:
         """Symbols of ``elf``; None if it has no ``.symtab``.
 
@@ -369,6 +370,12 @@ class SymbolTable:
         sh = np.where(shndx < nsec, shndx, nsec)
         keep = (syms["name"] != 0) & sec_ok[sh]
         keep &= (typ == STT_NOTYPE) | (typ == STT_OBJECT) | (typ == STT_FUNC)
+        if drop_empty_objects:
+            # A zero-size object holds no byte (a lock_class_key without lockdep is
+            # an empty struct): as a data address's name it would only hide the
+            # object that really lives there.  (kallsyms lists them: the
+            # symbolizer keeps them to name as the kernel names.)
+            keep &= ~((typ == STT_OBJECT) & (syms["size"] == 0))
         idx = np.nonzero(keep)[0]
         sh = sh[idx]
         addrs = syms["value"][idx] + sec_base[sh]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.analysis.findings import Analysis, Frame, Site
+from tracedep.analysis.nesting import NestingJudge, SourceLines
 from tracedep.analysis.symbolizer import (
     ModuleImage,
     Symbolizer,
@@ -174,8 +175,23 @@ def debug_vmlinux(info: dict[str, Any]) -> Path | None:
     release = kernel.get("release")
     if not release or not kernel.get("abi"):
         return None
+    pk = kernel.get("packages")
+    dbg = pk.get("dbg") if isinstance(pk, dict) else None
+    version = dbg.get("version") if isinstance(dbg, dict) else None
     try:
-        return ensure_dbg_vmlinux(release, cache_root())
+        return ensure_dbg_vmlinux(release, cache_root(),
+                                  version if isinstance(version, str) else None)
     except Exception as e:  # no network, no space: names from kallsyms still work
         log.warning("no debug vmlinux for %s: %s", release, e)
         return None
+
+
+def nesting_judge(trace: Trace, vmlinux: Path | None) -> NestingJudge:
+    """A judge of ``*_nested()`` annotations (analysis.nesting) for this run: DWARF from
+    the same symbolizers as the witnesses, source from the kernel's tree if the run
+    fetched it (``kernel.source_tree`` in the manifest), never downloaded here."""
+    r = _Resolver(trace, vmlinux)
+    kernel = trace.info.get("kernel") if isinstance(trace.info.get("kernel"), dict) else {}
+    tree = kernel.get("source_tree") if isinstance(kernel, dict) else None
+    roots = [Path(tree)] if isinstance(tree, str) and tree else []
+    return NestingJudge(lambda f, ts: r.frames((f,), ts), SourceLines(roots))

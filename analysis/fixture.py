@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.elf_symbols import SymbolTable
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
@@ -58,7 +59,7 @@ LOCK_KINDS = ("lock_acquire", "lock_return", "lock_release")
 _MANIFEST_KEYS = ("manifest_version", "state", "tracedep_version", "started", "arch",
                   "transport", "call_insn_size", "kprobe_reports_irqs_off", "untraced_pids",
                   "ending", "kaslr", "guest", "workload", "bundled_drivers", "calibration",
-                  "machine_kprobe_reports_irqs_off")
+                  "machine_kprobe_reports_irqs_off", "lock_classes")
 
 
 @dataclass
@@ -318,16 +319,42 @@ def select_rows(run_dir: Path, module_names: list[str], gap_ns: int = DEFAULT_GA
         keep |= extra
         _close(run, keep)
     keep |= _alloc_rows(run, keep)
+    keep |= _init_rows(ev, keep)
     mods = np.nonzero(np.isin(ev["event"].to_numpy(),
                               ["module/module_load", "module/module_free"]))[0]
     keep.update(mods.tolist())
     return run.trace, np.array(sorted(keep), dtype=np.int64)
 
 
+def _init_rows(ev: pd.DataFrame, keep: set[int]) -> set[int]:
+    """The lock_init rows (tracer.lock_init) of the kept locks, up to their last kept event:
+    they give those locks lockdep's classes."""
+    kinds = ev["kind"].to_numpy()
+    init = np.nonzero(kinds == "lock_init")[0]
+    if not len(init) or not keep:
+        return set()
+    kept = np.array(sorted(keep), dtype=np.int64)
+    kept = kept[np.isin(kinds[kept], LOCK_KINDS)]
+    addr = ev["lock_addr"].to_numpy()
+    ts = ev["ts_ns"].to_numpy()
+    last: dict[int, int] = {}
+    for a, t in zip(addr[kept].tolist(), ts[kept].tolist(), strict=True):
+        last[a] = max(last.get(a, t), t)
+    return {int(r) for r, a, t in zip(init.tolist(), addr[init].tolist(), ts[init].tolist(),
+                                      strict=True) if a in last and t <= last[a]}
+
+
 def save_fixture(run_dir: Path, module_names: list[str], out_dir: Path,
                  gap_ns: int = DEFAULT_GAP_NS) -> dict[str, int]:
     """Write the fixture of ``module_names`` from ``run_dir`` into ``out_dir``; return sizes."""
     trace, rows = select_rows(run_dir, module_names, gap_ns)
+    return save_rows(trace, rows, module_names, out_dir)
+
+
+def save_rows(trace: Trace, rows: np.ndarray, module_names: list[str], out_dir: Path
+              ) -> dict[str, int]:
+    """Write the events ``rows`` of ``trace`` as a fixture (the format of
+    :func:`save_fixture`) into ``out_dir``; return sizes."""
     ev = trace.events.iloc[rows].reset_index(drop=True)
     # renumber the stacks the slice refers to
     sid = ev["stack_id"].to_numpy()
@@ -374,7 +401,7 @@ def _referenced(ev: pd.DataFrame, stacks: list[list[int]], call: int) -> list[tu
     """(address, trace time) of everything the analysis will look up."""
     out: list[tuple[int, int]] = []
     ts = ev["ts_ns"].to_numpy().tolist()
-    for col in ("ip", "lock_addr"):
+    for col in ("ip", "lock_addr", "key_addr"):
         vals = ev[col].to_numpy().tolist()
         out += [(int(a), t) for a, t in zip(vals, ts, strict=True) if a]
     for s, t in zip(ev["stack_id"].to_numpy().tolist(), ts, strict=True):

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from tracedep.analysis.elf_symbols import SymbolTable, is_mapping_or_local_label
 from tracedep.analysis.findings import Frame
 from tracedep.analysis.symbols import ModuleSpan, RunSymbols, read_kallsyms
@@ -56,6 +57,7 @@ from tracedep.analysis.trace import Trace
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import schema
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP, SOFTIRQ_NAMES
+from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
 from tracedep.tracer.probes import (
     GROUP,
     LOCK_FUNCS,
@@ -334,6 +336,9 @@ class _Rows:
         self.value: list[int] = []
         self.stack_id: list[int] = []
         self.target_pid: list[int] = []
+        # sparse: only lock_init rows have them (row -> value)
+        self.lock_name: dict[int, str] = {}
+        self.key_addr: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -651,7 +656,10 @@ class _TextParser:
         inside, args = rest[1:close], rest[close + 1:]
         kv = dict(re.findall(r"(\w+)=(\S+)", args))
         lf = LOCK_FUNCS.get(fn)
-        if role in ("lk", "ul"):
+        if role in ("li", "lc"):
+            self._note_sym(parse_sym(inside))
+            self._lock_init(row, fn, args, kv)
+        elif role in ("lk", "ul"):
             self._note_sym(parse_sym(inside))
             if role == "lk":
                 self.last_entry[r.pid[row]] = (fn, _int(kv.get("ret"), 16))
@@ -684,6 +692,34 @@ class _TextParser:
             ret = _int(kv.get("ret"), 16)
             self.code_addrs.append(ret)
             r.ip[row] = ret
+
+    def _lock_init(self, row: int, fn: str, args: str, kv: dict[str, str]) -> None:
+        """A lock initializer or re-keying (tracer.lock_init): ``lock=`` (or ``obj=``
+        plus ``off=``), ``key=``, ``ret=``, and last the ``name="…"`` string, which may
+        hold spaces: it runs to the line's last quote."""
+        r = self.rows
+        at = args.find(' name="')
+        if at >= 0:  # the guest's string may itself hold "lock=…": never read fields in it
+            kv = dict(re.findall(r"(\w+)=(\S+)", args[:at]))
+        if "lock" in kv:
+            lock = _int(kv.get("lock"), 16)
+        else:
+            moff = _int(kv.get("off"), 0)
+            lock = (_int(kv.get("obj"), 16) + moff) & MASK64 if 0 <= moff < OFFSET_MAX else 0
+        if not lock:
+            return
+        r.kind[row] = "lock_init"
+        r.func[row] = fn
+        r.lock_addr[row] = lock
+        r.key_addr[row] = _int(kv.get("key"), 16)
+        if "mode" in kv:  # a directory re-key's i_mode (u16: printed in decimal)
+            r.value[row] = _int(kv["mode"], 10)
+        ret = _int(kv.get("ret"), 16)
+        self.code_addrs.append(ret)
+        r.ip[row] = ret
+        if at >= 0:
+            raw = args[at + 7:]
+            r.lock_name[row] = clean_name(raw[:raw.rfind('"')] if '"' in raw else raw)
 
     def _call_site(self, row: int, text: str, return_address: bool = True) -> None:
         """A return address (call_site, kretprobe's return site) or a function pointer,
@@ -874,7 +910,7 @@ def _finish(p: _TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | 
     ours = np.array([parse_event_name(e) is not None for e in r.event], dtype=bool)
     # kprobe rows hold their raw return address: now the call size is known
     lk_sl = ours & np.isin(np.array(r.kind, dtype=object), ["lock_acquire", "lock_release",
-                                                             "sleep_call"])
+                                                             "sleep_call", "lock_init"])
     ip[lk_sl] = ip[lk_sl] - np.uint64(cs)
     site_of_row: dict[int, Frame] = {}
     unresolved = 0
@@ -937,6 +973,8 @@ def _finish(p: _TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | 
         "value": np.array(r.value, dtype=np.int64),
         "stack_id": stack_id,
         "target_pid": np.array(r.target_pid, dtype=np.int32),
+        "lock_name": pd.Categorical(_sparse(r.lock_name, n, "")),
+        "key_addr": np.array(_sparse(r.key_addr, n, 0), dtype=np.uint64),
         "_row": np.arange(n, dtype=np.int64),
     })
     df = df.sort_values("ts_ns", kind="stable")
@@ -1012,6 +1050,13 @@ def _finish(p: _TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | 
     }
     return Trace(events, stacks, info, symbols, p.path, warnings, text_stacks=text_stacks,
                  text_sites=text_sites)
+
+
+def _sparse(values: dict[int, Any], n: int, default: Any) -> list[Any]:
+    out = [default] * n
+    for row, v in values.items():
+        out[row] = v
+    return out
 
 
 def _module_guess(name: str, name_module: dict[str, set[str]],

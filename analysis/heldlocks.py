@@ -13,24 +13,58 @@ Python lists; everything around it is column work.  It produces:
 * ``usage``: lockdep's usage bits per class (used in hardirq/softirq, taken with
   hardirqs/softirqs enabled), each with its first witness;
 * ``recursions``: a lock (instance or class) taken again by its holder;
-* ``sleeps``: every may-sleep event with the atomic state it happened in.
+* ``sleeps``: every may-sleep event with the atomic state it happened in;
+* ``forced``: held locks ended without their release being seen, and why.
+
+A lock whose release is never seen (a probe the kernel refused or kprobes missed,
+lost events, an inlined unlock that could not be probed) must not stay "held" for
+the rest of its task's life, making every later sleep and acquisition a finding.
+It ends where the evidence ends (:data:`FORCED_REASONS`):
+
+* ``preempted``: the task was preempted (``sched_switch`` prev_state has
+  TASK_REPORT_MAX): on a non-RT kernel a spinning lock disables preemption, and
+  the preemption points of a non-preemptible kernel (``cond_resched()``, the
+  return to user space or from an interrupt to it) cannot run with one held
+  (a ``cond_resched()`` under a spinlock is reported at its own might-sleep event);
+* ``preempt-count``: on kernels whose preempt_count counts held spinlocks (the
+  calibration says so), a process-context event shows fewer levels than spinning
+  locks the replay holds: the excess was released (the ones whose release probe
+  is known to be missing first, then the innermost);
+* ``user-space``: the task wrote a trace marker (a syscall of its own) or exited
+  (prev_state Z/X): no kernel lock survives a return to user space or exit
+  (lockdep's "lock held when returning to user space" / at exit);
+* ``release-unseen``: a spinning lock whose release may be invisible (``suspect``:
+  analysis.missing) is taken again by its holder (which would have hung), or meets
+  a may-sleep event on a kernel where preempt_count cannot tell: it is kept only
+  if the function that took it is still on that event's stack, else it ended
+  when that function returned;
+* ``re-acquired``: any spinning lock taken again by its holder (a recursion
+  finding, which would have hung the CPU): the earlier hold is not kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from tracedep.tracer.probes import LOCK_FUNCS, SLEEPING_LOCK_TYPES
 
 ACQ_COLUMNS = ("row", "cls", "addr", "lock_type", "ctx", "task", "ts_acquire", "ts_acquired",
-               "ts_release", "release_row", "trylock", "irqs_off", "bh_off", "handed_off")
+               "ts_release", "release_row", "trylock", "irqs_off", "bh_off", "handed_off",
+               "forced")  # forced: FORCED_REASONS entry when ended without a release, else ""
 SPIN_TYPES = frozenset({"spinlock", "rwlock-r", "rwlock-w"})
 SHARED_TYPES = frozenset({"rwlock-r", "rwsem-r"})
 RECURSIVE_READ = frozenset({"rwlock-r"})  # rwlock_t readers may nest; rwsem readers may not
 GFP_DIRECT_RECLAIM = 0x400
+# sched_switch prev_state (include/linux/sched.h, 6.1 and 6.12): TASK_REPORT_MAX
+# marks a preempted task; EXIT_DEAD/EXIT_ZOMBIE a task's last switch
+STATE_PREEMPTED = 0x100
+STATE_EXITED = 0x10 | 0x20
+FORCED_REASONS = ("preempted", "preempt-count", "user-space", "release-unseen", "re-acquired")
 
 # usage bits (lockdep's names)
 USED_IN_HARDIRQ = "IN-HARDIRQ-W"
@@ -52,6 +86,7 @@ class Held:
     row: int  # event row of the acquire
     trylock: bool
     nested: bool
+    suspect: bool = False  # its release may be invisible (analysis.missing)
 
 
 @dataclass
@@ -81,6 +116,20 @@ class Recursion:
     cls: int
 
 
+@dataclass(frozen=True)
+class Forced:
+    """A held lock ended without its release being seen."""
+
+    acq: int  # index into acquisitions
+    row: int  # event row whose evidence ended it
+    reason: str  # one of FORCED_REASONS
+
+
+# (acquire row, event row) -> is the function that took the lock on the event's
+# stack?  None when the event has no stack or the function is unknown
+HolderOnStack = Callable[[int, int], bool | None]
+
+
 @dataclass
 class Replay:
     acquisitions: pd.DataFrame
@@ -92,6 +141,7 @@ class Replay:
     unmatched_releases: int = 0
     irq_leaked: int = 0  # interrupt-context locks never released (their unlock was missed)
     warnings: list[str] = field(default_factory=list)
+    forced: list[Forced] = field(default_factory=list)
 
 
 def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
@@ -106,12 +156,18 @@ def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
 
 def replay(events: pd.DataFrame, class_of_row: dict[int, int],
            kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
-           spin_in_preempt: bool = True) -> Replay:
+           spin_in_preempt: bool = True, *, depth_counts_spin: bool = False,
+           suspect_rows: frozenset[int] = frozenset(),
+           holder_on_stack: HolderOnStack | None = None) -> Replay:
     """``untraced``: pids whose own (process-context) events the guest filtered
     out; what is left of them is skipped, and lock hand-offs to and from them are balanced.
     ``spin_in_preempt``: False when the kernel's preempt_count does not count held
     spinlocks (no ``CONFIG_PREEMPT_COUNT``: the calibration tells, see
-    tracer.calibration); held spinlocks then come from this replay alone."""
+    tracer.calibration); held spinlocks then come from this replay alone.
+    ``depth_counts_spin``: the calibration *measured* that it does (not merely
+    assumed): a record's preempt depth then bounds the spinning locks held.
+    ``suspect_rows``: acquire rows whose release may be invisible;
+    ``holder_on_stack``: see :data:`HolderOnStack` (module docstring: forced releases)."""
     kinds = events["kind"].to_numpy()
     ltypes = events["lock_type"].to_numpy()
     gfp = events["gfp"].to_numpy()
@@ -125,7 +181,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     own = ~(np.isin(events["pid"].to_numpy(), list(untraced))
             & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
                 | events["in_nmi"].to_numpy())) if untraced else True
-    rows = np.nonzero(((is_lock | is_sleep) & own) | is_switch)[0]
+    is_marker = kinds == "marker"  # a syscall of the task's own (user-space evidence)
+    rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch)[0]
 
     # calibrate: the preempt depth the scheduler itself runs at in sched_switch
     sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch & (value != 0))[0]]
@@ -161,11 +218,44 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     last_holder: dict[int, tuple[int, str]] = {}
     irq_dirty: set[int] = set()
     leaked = 0
+    forced: list[Forced] = []
 
     def new_acq(r: int, i: int, cls: int, task: int, ctx: str, tryl: bool) -> int:
         acqs.append([r, cls, addr[i], ltype_l[i], ctx, task, ts[i], ts[i], -1, -1, tryl,
-                     irqs_off[i], bh_off[i], False])
+                     irqs_off[i], bh_off[i], False, ""])
         return len(acqs) - 1
+
+    def end(st: list[Held], j: int, r: int, why: str) -> None:
+        # no release time: the lock ended somewhere before ``r``, not at it
+        h = st.pop(j)
+        acqs[h.acq][14] = why
+        forced.append(Forced(h.acq, r, why))
+
+    def drop_unconfirmed(task: int, r: int) -> None:
+        """At a may-sleep event, where preempt_count cannot tell: a suspect spinning
+        lock whose taker is no longer on the stack was released unseen."""
+        st = stacks.get((task, "process"))
+        if depth_counts_spin or not st:
+            return
+        for j in range(len(st) - 1, -1, -1):
+            h = st[j]
+            if h.suspect and h.ltype in SPIN_TYPES and (
+                    holder_on_stack is None or holder_on_stack(h.row, r) is not True):
+                end(st, j, r, "release-unseen")
+
+    def depth_bound(task: int, r: int, i: int) -> None:
+        """Fewer preempt levels than spinning locks held: the excess was released."""
+        st = stacks.get((task, "process"))
+        if not st:
+            return
+        spins = [j for j, h in enumerate(st) if h.ltype in SPIN_TYPES]
+        excess = len(spins) - int(depth[i])
+        if excess <= 0:
+            return
+        # a suspect release first, then the innermost (locks nest)
+        gone = sorted(spins, key=lambda j: (not st[j].suspect, -j))[:excess]
+        for j in sorted(gone, reverse=True):
+            end(st, j, r, "preempt-count")
 
     def mark(cls: int, bit: str, r: int) -> None:
         u = usage.setdefault(cls, {})
@@ -190,15 +280,31 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
         # mutex_lock() is mutex_lock_nested(lock, 0) too: subclass 0 is no annotation
         nested = "nested" in flags and value_l[i] != 0
         a = addr[i]
+        # a spinning and a sleeping lock at one address are two locks (an rt_mutex's
+        # wait_lock is its first member): an instance is its address and its family
+        spin = lt in SPIN_TYPES
         if not tryl:
+            for j in range(len(stack) - 1, -1, -1):
+                h = stack[j]
+                if h.addr == a and h.suspect and lt in SPIN_TYPES and not rec_read:
+                    # a spinning lock taken again by its holder would have hung the
+                    # machine; its release was unseen
+                    end(stack, j, r, "release-unseen")
             for h in stack:
-                if h.addr == a:
+                if h.addr == a and (h.ltype in SPIN_TYPES) == spin:
                     if not (rec_read and h.ltype in SHARED_TYPES):
                         recursions.append(Recursion(r, h.row, True, cls))
                 elif h.cls == cls and not nested and not h.nested:
                     recursions.append(Recursion(r, h.row, False, cls))
+            if lt in SPIN_TYPES and not rec_read:
+                # reported once; a spinning lock is held at most once (taken again
+                # it hangs the CPU), so the earlier hold is not kept: else its one
+                # release leaves it "held" for ever (a probe counted twice did that)
+                for j in range(len(stack) - 1, -1, -1):
+                    if stack[j].addr == a and stack[j].ltype in SPIN_TYPES:
+                        end(stack, j, r, "re-acquired")
             for h in stack:
-                if h.addr == a or h.cls == cls:
+                if (h.addr == a and (h.ltype in SPIN_TYPES) == spin) or h.cls == cls:
                     continue
                 key = (h.cls, cls)
                 accs = edges.setdefault(key, [])
@@ -222,7 +328,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             if not eff_bh_off:
                 mark(cls, ENABLED_SOFTIRQ_READ if shared else ENABLED_SOFTIRQ, r)
         acq = new_acq(r, i, cls, task, ctx, tryl)
-        stack.append(Held(acq, a, cls, lt, r, tryl, nested))
+        stack.append(Held(acq, a, cls, lt, r, tryl, nested, r in suspect_rows))
         last_holder[a] = (task, ctx)
         if lt in SLEEPING_LOCK_TYPES:
             wait_open.setdefault((task, ctx), []).append((acq, r))
@@ -243,6 +349,9 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                 left = stacks.pop((task, c), None)
                 if left:
                     leaked += len(left)
+        if depth_counts_spin and ctx == "process" and k in ("lock_acquire", "sleep_call",
+                                                            "alloc"):
+            depth_bound(task, r, i)
         if k == "lock_acquire":
             fn = ev_l[i].partition("_")[2]
             lf = LOCK_FUNCS.get(fn)
@@ -253,6 +362,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                 # an inlined trylock arrives already resolved (tracer.inline_locks)
                 acquire(r, i, task, ctx, "trylock" in flags, flags)
             if ltype_l[i] in SLEEPING_LOCK_TYPES and "trylock" not in flags:
+                drop_unconfirmed(task, r)
                 _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off,
                              depth, kprobe_irqs_reliable, spin_in_preempt)
         elif k == "lock_return":
@@ -275,13 +385,16 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                     acqs[acq][7] = ts[i]
         elif k == "lock_release":
             a = addr[i]
+            # (a release without a lock type matches either family)
+            rel_lt = ltype_l[i]
             found = False
             for key in ((task, ctx), (task, "process"), (task, "softirq"), (task, "hardirq")):
                 st = stacks.get(key)
                 if not st:
                     continue
                 for j in range(len(st) - 1, -1, -1):
-                    if st[j].addr == a:
+                    if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
+                                            == (rel_lt in SPIN_TYPES)):
                         h = st.pop(j)
                         acqs[h.acq][8] = ts[i]
                         acqs[h.acq][9] = r
@@ -297,7 +410,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                 hk = last_holder.get(a)
                 for st in [stacks[hk]] if hk in stacks else []:
                     for j in range(len(st) - 1, -1, -1):
-                        if st[j].addr == a:
+                        if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
+                                            == (rel_lt in SPIN_TYPES)):
                             h = st.pop(j)
                             acqs[h.acq][8] = ts[i]
                             acqs[h.acq][9] = r
@@ -326,21 +440,38 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                     nkey = (tp if tp > 0 else -1 - cpu[i], "process")
                     stacks.setdefault(nkey, []).append(h)
                     last_holder[h.addr] = nkey
-            if value_l[i] != 0:  # a voluntary switch: the task sleeps
+            v = value_l[i]
+            if v & (STATE_PREEMPTED | STATE_EXITED):
+                # preempted: no spinning lock held; exited: no lock at all
+                why = "user-space" if v & STATE_EXITED else "preempted"
+                for j in range(len(st) - 1, -1, -1):
+                    if why == "user-space" or st[j].ltype in SPIN_TYPES:
+                        end(st, j, r, why)
+            elif v != 0:  # a voluntary switch: the task sleeps
+                drop_unconfirmed(task, r)
                 held = [h for h in st if h.ltype in SPIN_TYPES]
                 if held:
                     sleeps.append(SleepEvent(r, ["spinlock"], [h.acq for h in held],
                                              [h.acq for h in st],
                                              max(depth[i] - baseline, 0)))
+        elif k == "marker":
+            # written by a syscall of this task: it came from user space, where
+            # it held no kernel lock
+            st = stacks.get((task, "process"), [])
+            for j in range(len(st) - 1, -1, -1):
+                end(st, j, r, "user-space")
         else:  # sleep_call or alloc that may reclaim
+            drop_unconfirmed(task, r)
             _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
                          kprobe_irqs_reliable, spin_in_preempt)
 
     cols = list(zip(*acqs, strict=True)) if acqs else [()] * len(ACQ_COLUMNS)
-    frame = pd.DataFrame({c: np.asarray(v, dtype=object if c in ("lock_type", "ctx") else None)
+    text = ("lock_type", "ctx", "forced")
+    frame = pd.DataFrame({c: np.asarray(v, dtype=object if c in text else None)
                           for c, v in zip(ACQ_COLUMNS, cols, strict=True)})
     rep = Replay(frame, edges, usage, recursions, sleeps, baseline, unmatched)
     rep.irq_leaked = leaked
+    rep.forced = forced
     return rep
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+
 from tracedep.analysis import classes as lock_classes
-from tracedep.analysis import rules
+from tracedep.analysis import missing, rules
+from tracedep.analysis.coverage import coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
+from tracedep.analysis.nesting import NestingJudge
+from tracedep.analysis.symbols import module_records
 from tracedep.analysis.trace import Trace
+from tracedep.tracer.probes import parse_event_name
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,7 @@ def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass],
     acqs = acqs.assign(hold=acqs["ts_release"] - acqs["ts_acquired"],
                        wait=acqs["ts_acquired"] - acqs["ts_acquire"])
     for c, grp in acqs.groupby("cls", sort=True):
-        ci = int(c)  # type: ignore[call-overload]
+        ci = int(cast(int, c))  # the key of column cls (int32)
         if ci < 0:
             continue
         lc = table[ci]
@@ -84,7 +90,9 @@ def _usage_words(bits: dict[str, int]) -> set[str]:
     return words
 
 
-def analyze(trace: Trace) -> Analysis:
+def analyze(trace: Trace, nesting: NestingJudge | None = None) -> Analysis:
+    """``nesting``: reads ``*_nested()`` annotations from DWARF and source (see
+    analysis.nesting); without it only a ``--module-src`` driver's own lines are read."""
     t0 = time.monotonic()
     ev = trace.events
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
@@ -94,9 +102,17 @@ def analyze(trace: Trace) -> Analysis:
     untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))
     # tracer.calibration: does preempt_count count held spinlocks on this kernel?
     spin_pc = (trace.info.get("calibration") or {}).get("preempt_count_tracks_spinlocks")
-    rep = replay(ev, class_of_row, irqs_reliable, untraced, spin_pc is not False)
+    # releases the trace may not show, and the evidence that ends such locks
+    unseen = missing.from_manifest(trace.info)
+    rep = replay(ev, class_of_row, irqs_reliable, untraced, spin_pc is not False,
+                 depth_counts_spin=spin_pc is True,
+                 suspect_rows=missing.suspect_rows(ev, lock_rows, unseen, trace.info,
+                                                   trace.symbols),
+                 holder_on_stack=missing.holder_on_stack(ev, trace.stacks, trace.symbols))
     cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size,
-                   text_stacks=trace.text_stacks, text_sites=trace.text_sites)
+                   text_stacks=trace.text_stacks, text_sites=trace.text_sites,
+                   nesting=nesting, own_source_modules=frozenset(
+                       str(m["name"]) for m in module_records(trace.info) if m.get("src_dir")))
     findings: list[Finding] = []
     findings += rules.sleep_findings(cx)
     findings += rules.order_findings(cx)
@@ -115,12 +131,24 @@ def analyze(trace: Trace) -> Analysis:
     stats = class_stats(rep.acquisitions, table, rep.usage)
     health = _health(trace, rep.unmatched_releases)
     health["irq_locks_unreleased"] = rep.irq_leaked
+    health["forced_releases"] = missing.health(rep, unseen, [c.name for c in table])
+    forced_note = missing.warning(health["forced_releases"])
+    if forced_note:
+        health["warnings"].append(forced_note)
     if cx.honoured_nesting:
         health["warnings"].append(
-            f"{cx.honoured_nesting} same-class nesting(s) annotated with *_nested() in the "
-            "driver's source were honoured")
+            f"{cx.honoured_nesting} same-class nesting(s) annotated with *_nested() "
+            "(read from DWARF and source) were honoured")
+    if cx.unjudged_nesting:
+        health["warnings"].append(
+            f"{cx.unjudged_nesting} same-class nesting(s) in modules without source or DWARF "
+            "were not judged (a *_nested() annotation there would be invisible)")
     health["analysis_s"] = round(time.monotonic() - t0, 3)
     run = _run_summary(trace.info)
+    cov = coverage(ev, trace.symbols, table, [m["name"] for m in run["modules"]])
+    for m in run["modules"]:
+        m["lock_classes"] = cov[m["name"]].lock_classes
+        m["lock_events"] = cov[m["name"]].lock_events
     return Analysis(findings=findings, classes=stats, edges=edges, health=health, run=run)
 
 
@@ -144,7 +172,11 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
                         f"{ending.get('detail', '')}".strip())
     failed = info.get("probes", {}).get("failed", [])
     if failed:
-        warnings.append(f"{len(failed)} probes could not be placed (see manifest)")
+        reasons = info.get("probes", {}).get("failed_reasons")
+        notrace = info.get("probes", {}).get("notrace")
+        warnings.append(_probe_failures(failed, reasons if isinstance(reasons, dict) else None,
+                                        set(notrace) if isinstance(notrace, list) else set()))
+    warnings += _silent_probe_classes(info)
     for a in info.get("failed_attempts", []):
         warnings.append(f"an earlier boot died before tracing started ({a.get('why')}); "
                         f"this is the next boot; that one's files are kept as "
@@ -152,7 +184,9 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     for m in info.get("modules", []):
         bad = [rc for rc in m.get("insmod_rc") or [] if rc != 0]
         if bad:
-            warnings.append(f"{m['name']}: insmod failed (exit {bad[0]}): its init did not "
+            why = errno.errorcode.get(bad[0]) if m.get("loader") == "tdinsmod" else None
+            warnings.append(f"{m['name']}: insmod failed (exit {bad[0]}"
+                            f"{', ' + why if why else ''}): its init did not "
                             f"complete, so code it did not reach is untested (see console.log)")
         elif m.get("insmod_rc") == [] and "insmod_rc" in m and not m.get("loaded"):
             warnings.append(f"{m['name']}: never loaded by the workload: untested")
@@ -168,10 +202,65 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     }
 
 
+_ROLE_TEXT = {"lk": "lock", "ul": "unlock", "lr": "lock-return", "sl": "may-sleep",
+              "li": "lock-init", "lc": "lock-class"}
+
+
+def _probe_failures(failed: list[Any], reasons: dict[str, Any] | None = None,
+                    notrace: set[str] | frozenset[str] = frozenset()) -> str:
+    """Which probes the guest's kernel refused, by what they watch, each with the
+    kernel's reason (tracefs ``error_log``) where it gave one: names, not a count.
+    ``notrace``: functions without an ftrace location, which kprobe events refuse."""
+    by_role: dict[str, dict[str, str]] = {}
+    for d in failed:
+        words = str(d).split()
+        parsed = parse_event_name(words[0].split(":", 1)[-1]) if words else None
+        role, func = parsed if parsed else ("other", words[0] if words else "?")
+        why = (reasons or {}).get(str(d))
+        if func in notrace:
+            why = (f"{why}: " if why else "") + "notrace, kprobe events need an ftrace location"
+        funcs = by_role.setdefault(role, {})
+        if func not in funcs or why:
+            funcs[func] = str(why) if why else ""
+    parts = []
+    for role, funcs in sorted(by_role.items()):
+        shown = ", ".join(f"{f} ({w})" if w else f for f, w in sorted(funcs.items()))
+        parts.append(f"{len(funcs)} {_ROLE_TEXT.get(role, role)} probe(s): {shown}")
+    return ("the kernel refused " + "; ".join(parts) + "; what they watch is unseen "
+            "(manifest.json probes.failed has the definitions)")
+
+
+def _silent_probe_classes(info: dict[str, Any]) -> list[str]:
+    """A whole class of probes that recorded nothing: a renamed or refused kernel API,
+    not a quiet workload (every boot takes locks and allocates)."""
+    probes = info.get("probes")
+    counts = info.get("event_counts")
+    if not isinstance(probes, dict) or not isinstance(counts, dict) or not counts:
+        return []
+    per_role: dict[str, int] = {}
+    for d in probes.get("definitions") or []:
+        ev = str(d).split(" ", 1)[0].split(":", 1)[-1]
+        parsed = parse_event_name(ev)
+        if parsed:
+            n = counts.get(ev, 0)
+            per_role[parsed[0]] = per_role.get(parsed[0], 0) + (n if isinstance(n, int) else 0)
+    out = [f"no {_ROLE_TEXT[r]} probe recorded any event: that class of lock operations "
+           f"is unseen on this kernel" for r in ("lk", "ul", "lr")
+           if r in per_role and per_role[r] == 0]
+    if per_role.get("li") == 0:
+        out.append("no lock-init probe recorded any event: locks have allocation-site "
+                   "classes, not lockdep's (tracer.lock_init)")
+    if not any(counts.get(tp) for tp in ("kmem/kmalloc", "kmem/kmem_cache_alloc")):
+        out.append("no allocation event (kmem/kmalloc, kmem/kmem_cache_alloc) was recorded: "
+                   "allocations in atomic context are unseen on this kernel")
+    return out
+
+
 def _run_summary(info: dict[str, Any]) -> dict[str, Any]:
     keys = ("arch", "kernel", "started", "tracedep_version", "timing", "workload", "qemu",
             "transport")
     out = {k: info[k] for k in keys if k in info}
-    out["modules"] = [{k: m.get(k) for k in ("name", "src_dir", "loaded", "insmod_rc")}
+    out["modules"] = [{k: m.get(k) for k in ("name", "origin", "src_dir", "loaded",
+                                                     "insmod_rc", "loader")}
                       for m in info.get("modules", [])]
     return out

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from tracedep.analysis.classes import LockClass
 from tracedep.analysis.findings import Finding, Frame, Site
 from tracedep.analysis.heldlocks import (
@@ -36,15 +37,22 @@ from tracedep.analysis.heldlocks import (
     USED_IN_SOFTIRQ_READ,
     Replay,
 )
+from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.symbols import RunSymbols
 from tracedep.analysis.witness import clean_stack, clean_text_stack, frame_at
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
+from tracedep.tracer.probes import api_name
 
+# Allocator entry points by API name (tracer.probes.api_name: 6.10+ spells them
+# ``*_noprof``; 6.10 also renamed kmalloc_trace/kmalloc_large to __kmalloc_cache/_large).
 ALLOC_FUNCS = frozenset({
     "kmalloc_trace", "__kmalloc", "kmem_cache_alloc", "kmem_cache_alloc_lru", "__kmalloc_node",
     "kmalloc_node_trace", "kmem_cache_alloc_node", "__alloc_pages", "alloc_pages",
     "__get_free_pages", "__vmalloc_node_range", "__kmem_cache_alloc_node", "slab_pre_alloc_hook",
     "__kmalloc_node_track_caller", "kmalloc_large", "alloc_pages_exact",
+    "__kmalloc_cache", "__kmalloc_cache_node", "__kmalloc_large", "__kmalloc_large_node",
+    "alloc_pages_mpol", "__alloc_pages_node", "alloc_pages_node", "__vmalloc_node",
+    "__kvmalloc_node", "kvmalloc_node", "mempool_alloc", "__folio_alloc", "folio_alloc",
 })
 
 # The slab allocator's own path to the page allocator (mm/slub.c)
@@ -52,7 +60,8 @@ SLAB_INTERNALS = frozenset({
     "new_slab", "allocate_slab", "___slab_alloc", "__slab_alloc", "__kmem_cache_alloc_node",
     "kmem_cache_alloc", "kmem_cache_alloc_lru", "kmem_cache_alloc_node", "kmalloc_trace",
     "kmalloc_node_trace", "__kmalloc", "__kmalloc_node", "__kmalloc_node_track_caller",
-    "kmem_cache_alloc_bulk",
+    "kmem_cache_alloc_bulk", "__kmalloc_cache", "__kmalloc_cache_node", "slab_alloc_node",
+    "__slab_alloc_node", "alloc_slab_page",
 })
 
 GFP_NAMES = (  # most specific first, as the kernel's show_gfp_flags prints them
@@ -88,6 +97,11 @@ class Ctx:
     call_insn_size: int
     lockdep_events: bool = False
     honoured_nesting: int = 0
+    # annotations read from DWARF and source (analysis.nesting); None: the old way,
+    # the driver's own source line only
+    nesting: NestingJudge | None = None
+    own_source_modules: frozenset[str] = frozenset()  # --module-src modules
+    unjudged_nesting: int = 0
     # ftrace text traces: stacks and call sites known by name (see Trace)
     text_stacks: list[tuple[Frame, ...]] = field(default_factory=list)
     text_sites: dict[int, Frame] = field(default_factory=dict)
@@ -97,17 +111,17 @@ class Ctx:
 
     def stack_frames(self, r: int) -> list[Frame]:
         """The cleaned kernel stack of event row ``r`` ([] when it has none)."""
-        sid = int(self.events["stack_id"].iat[r])
+        sid = int(self.events["stack_id"].iloc[r])
         if sid < 0:
             return []
         if not self.stacks[sid] and sid < len(self.text_stacks):
             return clean_text_stack(self.text_stacks[sid], self.call_insn_size)
         frames = clean_stack(self.symbols, self.stacks[sid], self.call_insn_size,
-                             int(self.events["ts_ns"].iat[r]))
+                             int(self.events["ts_ns"].iloc[r]))
         # A kprobe at a function's first instruction on arm64: the caller is only in
         # the link register (the callee has not pushed its frame record yet), so the
         # frame-pointer unwind skips it.  The probe fetched it: put it back.
-        if frames and frames[0].offset == 0 and int(self.events["ip"].iat[r]):
+        if frames and frames[0].offset == 0 and int(self.events["ip"].iloc[r]):
             call = self.call_frame(r)
             if call.module != "?" and not any(f.address == call.address for f in frames[1:3]):
                 frames.insert(1, call)
@@ -115,27 +129,36 @@ class Ctx:
 
     def call_frame(self, r: int) -> Frame:
         """The call site of event row ``r`` as a frame."""
-        ip = int(self.events["ip"].iat[r])
+        ip = int(self.events["ip"].iloc[r])
         if ip == 0 and r in self.text_sites:
             return self.text_sites[r]
-        return frame_at(self.symbols, ip, True, int(self.events["ts_ns"].iat[r]))
+        return frame_at(self.symbols, ip, True, int(self.events["ts_ns"].iloc[r]))
 
     def site(self, r: int, role: str, lock: str | None = None, with_stack: bool = True
              ) -> Site:
         e = self.events
-        sid = int(e["stack_id"].iat[r])
+        sid = int(e["stack_id"].iloc[r])
         if with_stack and sid >= 0:
             frames = self.stack_frames(r)
         else:
             frames = [self.call_frame(r)]
-        return Site(role=role, frames=tuple(frames), lock=lock, ts_ns=int(e["ts_ns"].iat[r]),
-                    pid=int(e["pid"].iat[r]), comm=str(e["comm"].iat[r]),
+        return Site(role=role, frames=tuple(frames), lock=lock, ts_ns=int(e["ts_ns"].iloc[r]),
+                    pid=int(e["pid"].iloc[r]), comm=str(e["comm"].iat[r]),
                     context=context_text(e, r))
 
     def nesting_visible(self, ip: int, ts: int) -> bool:
-        """Can a ``*_nested`` annotation at this call site be seen?  Only with lockdep's
-        own events, or in a module (its source is checked at report time)."""
-        return self.lockdep_events or self.symbols.module_of(ip, ts) not in ("vmlinux", None)
+        """Can a ``*_nested`` annotation at this call site be seen?  With lockdep's own
+        events; in a module given with its source; in a kernel package's module when
+        its DWARF and the kernel's source are at hand (analysis.nesting).  The core
+        kernel's own nestings are not judged."""
+        if self.lockdep_events:
+            return True
+        mod = self.symbols.module_of(ip, ts)
+        if mod in ("vmlinux", None):
+            return False
+        if mod in self.own_source_modules or self.nesting is None:
+            return True
+        return self.nesting.at(frame_at(self.symbols, ip, True, ts), ts).known
 
     def src(self, f: Frame, ts: int | None) -> str:
         """The function to name in signatures and messages: for module code the
@@ -149,7 +172,7 @@ class Ctx:
 
 
 def context_text(e: pd.DataFrame, r: int) -> str:
-    parts = [f"preempt={int(e['preempt_depth'].iat[r])}"]
+    parts = [f"preempt={int(e['preempt_depth'].iloc[r])}"]
     if e["irqs_off"].iat[r]:
         parts.append("irqs-off")
     if e["bh_off"].iat[r]:
@@ -206,7 +229,8 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
                         if 0 <= j < len(near))
             # might_alloc() inside an allocator: the allocation's own event (with its
             # GFP flags) is the incident, stack or no stack
-            inside_api = any(f.function in ALLOC_FUNCS for f in [call, *frames[1:4]])
+            inside_api = any(api_name(f.function) in ALLOC_FUNCS
+                             for f in [call, *frames[1:4]])
             if close or inside_api:
                 continue
             where = frames[1].function if len(frames) > 1 else call.function
@@ -229,14 +253,14 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
                 # do_notify_resume does): only preempt_count makes it atomic,
                 # as in the kernel's own schedule_debug()
                 continue
-            api = f"{funcs[r]}()"
+            api = f"{api_name(str(funcs[r]))}()"
         elif k == "alloc":
             if events[r] == "kmem/mm_page_alloc" and any(
-                    f.function in SLAB_INTERNALS for f in frames[1:]):
+                    api_name(f.function) in SLAB_INTERNALS for f in frames[1:]):
                 # a slab refilling itself inside kmalloc(): that kmalloc's own event
                 # (after it returns) is the incident; this one shows only sometimes
                 continue
-            api = f"{funcs[r]}({gfp_text(int(e['gfp'].iat[r]))})"
+            api = f"{funcs[r]}({gfp_text(int(e['gfp'].iloc[r]))})"
         elif k == "lock_acquire":
             fn = str(events[r]).partition("_")[2]
             if fn.endswith("_nested") and not int(values[r]):
@@ -252,7 +276,7 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
             culprit = call if call.module not in ("?",) else (frames[1] if len(frames) > 1
                                                                 else call)
         culprit_fn = cx.src(culprit, t)
-        held_cls = sorted({int(acq["cls"].iat[a]) for a in s.held})
+        held_cls = sorted({int(acq["cls"].iloc[a]) for a in s.held})
         held_names = [cx.cls(c).name for c in held_cls]
         reasons = [x for x in REASON_ORDER if x in s.reasons]
         primary = reasons[0]
@@ -267,8 +291,8 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
             sites = [Site("sleep", (call,), None, int(ts[r]), int(pids[r]),
                           str(e["comm"].iat[r]), context_text(e, r))]
         for a in s.all_held:
-            ar = int(acq["row"].iat[a])
-            c = int(acq["cls"].iat[a])
+            ar = int(acq["row"].iloc[a])
+            c = int(acq["cls"].iloc[a])
             sites.append(cx.site(ar, f"held {cx.cls(c).name}", cx.cls(c).name,
                                  with_stack=False))
         mods = [cx.cls(c).module for c in held_cls]
@@ -371,8 +395,39 @@ def order_findings(cx: Ctx, max_cycles: int = 500) -> list[Finding]:
                 if len(cycles) >= max_cycles:
                     break
     out = []
-    for canon, labs in cycles.items():
-        out.append(_cycle_finding(cx, labs, canon))
+    for hub, canons in group_cycles(list(cycles), cx):
+        if len(canons) == 1:
+            out.append(_cycle_finding(cx, cycles[canons[0]], canons[0]))
+        else:
+            out.append(_grouped_finding(cx, hub, [(c, cycles[c]) for c in canons]))
+    return out
+
+
+def group_cycles(canons: list[tuple[int, ...]], cx: Ctx
+                 ) -> list[tuple[int, list[tuple[int, ...]]]]:
+    """One root cause, one finding: cycles grouped by the class they pass through.
+
+    The rule (greedy set cover, deterministic): the class that the most remaining
+    cycles pass through (ties: the smallest class signature) takes all of them as
+    one group; repeat with the rest.  A class that many cycles share is the one to
+    fix (an ordering around it, or a class that merges locks lockdep would key
+    apart: every inode's ``i_rwsem`` as one heap class made 18 cycles); lockdep
+    itself reports only the first cycle each new dependency closes.  A group of
+    one cycle is the plain cycle, with the cycle's own signature.
+    """
+    def sigs(c: tuple[int, ...]) -> list[str]:
+        return [cx.cls(x).sig for x in c]
+
+    left = sorted(canons, key=sigs)
+    out: list[tuple[int, list[tuple[int, ...]]]] = []
+    while left:
+        count: dict[int, int] = {}
+        for c in left:
+            for x in set(c):
+                count[x] = count.get(x, 0) + 1
+        hub = min(count, key=lambda x: (-count[x], cx.cls(x).sig, x))
+        out.append((hub, [c for c in left if hub in c]))
+        left = [c for c in left if hub not in c]
     return out
 
 
@@ -397,6 +452,40 @@ def _canonical(seq: tuple[int, ...], cx: Ctx) -> tuple[int, ...]:
     sigs = [cx.cls(c).sig for c in seq]
     k = min(range(len(seq)), key=lambda i: sigs[i:] + sigs[:i])
     return seq[k:] + seq[:k]
+
+
+def _grouped_finding(cx: Ctx, hub: int,
+                     group: list[tuple[tuple[int, ...], list[tuple[int, int, int]]]]
+                     ) -> Finding:
+    """Cycles that share the class ``hub``: one finding listing each path, keyed by
+    ``hub`` alone so that the cycles a later run adds or loses keep its signature."""
+    parts = [_cycle_finding(cx, labs, canon) for canon, labs in group]
+    hub_name = cx.cls(hub).name
+    sites: list[Site] = []
+    seen: set[tuple[str, int | None, str | None]] = set()
+    for f in parts:  # each dependency's witnesses once, in the paths' order
+        for st in f.sites:
+            k = (st.role, st.ts_ns, st.lock)
+            if k not in seen:
+                seen.add(k)
+                sites.append(st)
+    locks = list(dict.fromkeys([hub_name, *(x for f in parts for x in f.locks)]))
+    paths = [f.details["cycle"] for f in parts]
+    chains = [" -> ".join([*p, p[0]]) for p in paths]
+    shown = "; ".join(chains[:3]) + (f"; … (+{len(chains) - 3} more)" if len(chains) > 3
+                                     else "")
+    msg = (f"possible circular locking dependency: {len(paths)} cycles, all through "
+           f"{hub_name}: {shown}")
+    frames = [fr for st in sites for fr in st.frames]
+    mods = [cx.cls(hub).module, *(m for canon, _ in group for m in (cx.cls(c).module
+                                                                     for c in canon))]
+    edges = list(dict.fromkeys(tuple(e) for f in parts for e in f.details["edges"]))
+    return Finding(kind="lock-order-inversion", driver=_driver(frames, mods), locks=locks,
+                   sites=sites, message=msg, first_ts_ns=min(f.first_ts_ns for f in parts),
+                   count=max(f.count for f in parts), key=("through", cx.cls(hub).sig),
+                   details={"through": hub_name, "cycle": paths[0], "paths": paths,
+                            "edges": [list(e) for e in edges],
+                            "cycle_signatures": [f.signature for f in parts]})
 
 
 def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, ...]
@@ -448,8 +537,8 @@ def irq_findings(cx: Ctx) -> list[Finding]:
     usage = cx.replay.usage
     out: list[Finding] = []
     adj: dict[int, set[int]] = {}
-    for u, v in cx.replay.edges:
-        adj.setdefault(u, set()).add(v)
+    for src, dst in cx.replay.edges:
+        adj.setdefault(src, set()).add(dst)
     for irq, (used_w, used_r), (en_w, en_r) in IRQ_KINDS:
         safe = {c for c, u in usage.items() if used_w in u or used_r in u}
         unsafe = {c for c, u in usage.items() if en_w in u or en_r in u}
@@ -531,7 +620,12 @@ def _safe_unsafe(cx: Ctx, irq: str, path: list[int]) -> Finding:
 
 def _annotated(cx: Ctx, ip: int, ts: int) -> bool:
     """``spin_lock_nested()`` and friends compile to the plain lock without lockdep:
-    the annotation is read from the driver's source line of the acquisition."""
+    the annotation is read from the DWARF inline chain and the source lines of the
+    acquisition (analysis.nesting), or, without a judge, the driver's own line."""
+    if cx.nesting is not None:
+        n = cx.nesting.at(frame_at(cx.symbols, ip, True, ts), ts)
+        if n.known or cx.symbols.module_of(ip, ts) not in cx.own_source_modules:
+            return n.annotated
     loc = cx.symbols.source_location(ip, ts)
     if loc is None:
         return False
@@ -547,13 +641,19 @@ def recursion_findings(cx: Ctx) -> list[Finding]:
     groups: dict[tuple[str, ...], Finding] = {}
     for rec in cx.replay.recursions:
         lc = cx.cls(rec.cls)
-        if not rec.same_instance and (lc.origin == "instance" or not cx.nesting_visible(
-                int(cx.events["ip"].iat[rec.row]), int(cx.events["ts_ns"].iat[rec.row]))):
+        if not rec.same_instance and lc.origin == "instance":
+            continue
+        ip, ts = int(cx.events["ip"].iloc[rec.row]), int(cx.events["ts_ns"].iloc[rec.row])
+        if not rec.same_instance and not cx.nesting_visible(ip, ts):
+            if cx.symbols.module_of(ip, ts) not in ("vmlinux", None):
+                cx.unjudged_nesting += 1
             continue
         s2 = cx.site(rec.row, f"{lc.name} acquired again", lc.name, with_stack=False)
         s1 = cx.site(rec.held_row, f"{lc.name} already held", lc.name, with_stack=False)
-        if not rec.same_instance and _annotated(cx, int(cx.events["ip"].iat[rec.row]),
-                                                 int(cx.events["ts_ns"].iat[rec.row])):
+        # an annotation on either side makes them two lockdep classes (class, subclass)
+        if not rec.same_instance and any(
+                _annotated(cx, int(cx.events["ip"].iloc[row]), int(cx.events["ts_ns"].iloc[row]))
+                for row in (rec.row, rec.held_row)):
             cx.honoured_nesting += 1
             continue
         kind = "recursive-locking" if rec.same_instance else "same-class-nesting"

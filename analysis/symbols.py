@@ -237,7 +237,8 @@ def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t
     sections: dict[str, int] = load.get("sections") or {}
     if elf is not None and sections:
         bases = {s.index: sections[s.name] for s in elf.sections if s.name in sections}
-        table = SymbolTable.from_elf(elf, bases)
+        # lock classes are named from this table: no empty struct may name a lock
+        table = SymbolTable.from_elf(elf, bases, drop_empty_objects=True)
         secs = tuple(sorted(sections.items()))
         # .init sections are freed once the module's init returns, and their
         # addresses are reused (by the next module, by ftrace trampolines): they

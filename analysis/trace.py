@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
 from tracedep.analysis.findings import Frame
 from tracedep.analysis.symbols import RunSymbols
 from tracedep.errors import InputError, TraceFormatError
@@ -75,4 +77,33 @@ def _load_run(run_dir: Path) -> Trace:
     schema.validate(decoded.events)
     syms = RunSymbols.for_run(run_dir, info, module_load_times(decoded.events))
     warnings = list(syms.warnings)
+    warnings += place_fixed_locks(decoded.events, syms)
     return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)
+
+
+def place_fixed_locks(events: pd.DataFrame, syms: RunSymbols) -> list[str]:
+    """Lock events of functions that take one known lock (``cpus_read_lock()``:
+    ``cpu_hotplug_lock``; tracer.probes.FIXED_LOCKS) get its runtime address."""
+    from tracedep.tracer.probes import FIXED_LOCKS, GROUP
+
+    if events.empty:
+        return []
+    names = events["event"].astype(str).to_numpy()
+    la = None
+    missing: set[str] = set()
+    for func, sym in FIXED_LOCKS.items():
+        rows = np.nonzero((names == f"{GROUP}/lk_{func}") | (names == f"{GROUP}/ul_{func}")
+                          | (names == f"{GROUP}/lr_{func}"))[0]
+        if not len(rows):
+            continue
+        addrs = syms.kernel.addresses_of(sym) if syms.kernel is not None else []
+        if len(addrs) != 1:
+            missing.add(sym)
+            continue
+        if la is None:
+            la = events["lock_addr"].to_numpy().copy()
+        la[rows] = np.uint64(addrs[0])
+    if la is not None:
+        events["lock_addr"] = la
+    return [f"{s}: not (or not once) in kallsyms; its lock events are unplaced"
+            for s in sorted(missing)]

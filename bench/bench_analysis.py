@@ -68,6 +68,7 @@ def _cpu() -> float:
 def child(stage: str, run: Path) -> None:
     import numpy  # noqa: F401
     import pandas  # noqa: F401
+
     from tracedep.analysis.pipeline import analyze
     from tracedep.analysis.trace import load
     from tracedep.tracer.ftrace_binary import decode_run

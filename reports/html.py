@@ -192,17 +192,25 @@ def render_index(a: Analysis, generated: str | None = None) -> str:
     pages = model.page_names(model.drivers(a))
     counts = model.counts(a)
     kinds = model.kinds(a.findings)
-    nclasses = {d: sum(1 for c in a.classes if c.driver == d) for d in counts}
+    drows = {r.name: r for r in model.driver_rows(a)}
     head = el("tr", el("th", "driver"), *(el("th", model.kind_title(k), class_="n") for k in kinds),
-              el("th", "total", class_="n"), el("th", "lock classes", class_="n"))
+              el("th", "total", class_="n"), el("th", "lock classes", class_="n"),
+              el("th", "lock events at its code", class_="n"), el("th", "load"))
     rows = []
     for d, c in counts.items():
         total = sum(c.values())
+        r = drows.get(d)
         cells = [el("td", c[k] or "·", class_="n" + ("" if c[k] else " zero")) for k in kinds]
-        rows.append(el("tr", el("td", el("a", d, href=f"drivers/{pages[d]}")), *cells,
+        ev = r.lock_events if r is not None else None
+        rows.append(el("tr", el("td", el("a", d, href=f"drivers/{pages[d]}"),
+                                " (kernel's)" if r is not None and r.origin == "kernel" else ""),
+                       *cells,
                        el("td", el("strong", total) if total else "·",
                           class_="n" + ("" if total else " zero")),
-                       el("td", nclasses.get(d, 0), class_="n")))
+                       el("td", r.lock_classes if r is not None else 0, class_="n"),
+                       el("td", f"{ev:,}" if ev is not None else "·",
+                          class_="n" + ("" if ev else " zero")),
+                       el("td", r.load if r is not None and r.load else "·")))
     anchors: dict[int, str] = {}
     for d in counts:
         anchors.update(_anchors(model.sorted_findings(f for f in a.findings if f.driver == d)))
@@ -283,8 +291,14 @@ def _finding(f: Finding, driver: str, tctx: text.TextContext, ids: _Ids, anchor:
               *((el("br"), "details: ", el("code", model.details_text(f.details)))
                 if f.details else ()), class_="meta")
     kernel = "\n".join(text.render_finding(f, tctx))
+    paths = lk.cycle_paths(f)
+    grouped = (el("div", el("p", f"{len(paths)} cycles, all through ",
+                            el("code", str(f.details.get("through", "?"))), ":"),
+                  el("ol", *(el("li", el("code", " -> ".join([*p, p[0]]))) for p in paths)),
+                  class_="paths")
+               if len(paths) > 1 else Markup(""))
     return el("section",
-              el("h3", _badge(f.kind), " ", f.message), meta,
+              el("h3", _badge(f.kind), " ", f.message), meta, grouped,
               *(_site(s, driver, ids) for s in f.sites),
               el("details", el("summary", "Kernel-style report (as in report.txt)"),
                  el("pre", kernel, class_="kernel")),

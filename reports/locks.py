@@ -138,16 +138,16 @@ def usages(classes: Iterable[ClassStats], sites: Iterable[Site]) -> dict[str, Us
         if not s.frames or not is_primitive(s.frames[0].function):
             continue
         prim = s.frames[0].function
-        c = parse_context(s.context)
+        pc = parse_context(s.context)
         u = get(s.lock)
-        if c.hardirq:
+        if pc.hardirq:
             u.used.add("hardirq")
-        if c.softirq:
+        if pc.softirq:
             u.used.add("softirq")
-        hard_off = c.irqs_off or c.hardirq or c.nmi or bool(_DISABLES_IRQS.search(prim))
+        hard_off = pc.irqs_off or pc.hardirq or pc.nmi or bool(_DISABLES_IRQS.search(prim))
         if not hard_off:
             u.enabled.add("hardirq")
-            if not (c.softirq or c.bh_off or prim.endswith("_bh")):
+            if not (pc.softirq or pc.bh_off or prim.endswith("_bh")):
                 u.enabled.add("softirq")
     return out
 
@@ -232,6 +232,15 @@ def cycle_order(f: Finding, dmap: Mapping[tuple[str, str], Dep]) -> list[str] | 
     return order[start:] + order[:start]
 
 
+def cycle_paths(f: Finding) -> list[list[str]]:
+    """The cycles of a grouped lock-order finding (``details.paths``), [] otherwise."""
+    paths = f.details.get("paths")
+    if not isinstance(paths, list):
+        return []
+    return [list(p) for p in paths
+            if isinstance(p, list) and p and all(isinstance(x, str) for x in p)]
+
+
 def cycle_edges(findings: Iterable[Finding], edges: Iterable[Edge]) -> set[tuple[str, str]]:
     """Every dependency that is part of a reported lock-order cycle."""
     edges = list(edges)
@@ -239,6 +248,8 @@ def cycle_edges(findings: Iterable[Finding], edges: Iterable[Edge]) -> set[tuple
     for f in findings:
         if f.kind not in CYCLE_KINDS:
             continue
+        for p in cycle_paths(f):
+            out.update((p[i], p[(i + 1) % len(p)]) for i in range(len(p)))
         order = cycle_order(f, deps(f, edges))
         if order is None:
             continue

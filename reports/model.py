@@ -9,6 +9,7 @@ crashes, and never hides a trace problem, because a key moved.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -264,6 +265,50 @@ def drivers(a: Analysis) -> list[str]:
     for e in a.edges:
         names.update(d for d in e.drivers if d != CORE)
     return sorted(names, key=lambda n: (n == CORE, n))
+
+
+@dataclass(frozen=True)
+class DriverRow:
+    """One row of the driver table: what a driver exercised, whatever it found."""
+
+    name: str
+    under_test: bool
+    origin: str  # "module-src", "kernel" (the kernel package's own), "" if not known
+    lock_classes: int
+    lock_events: int | None  # lock operations at its code; None: not measured
+    load: str  # the load's outcome in words ("ok", "failed: ENODEV (19)", …); "" if not ours
+
+
+def _load_words(m: Mapping[str, Any]) -> str:
+    rcs = [r for r in (m.get("insmod_rc") or []) if isinstance(r, int)]
+    bad = [r for r in rcs if r != 0]
+    if bad:
+        # tdinsmod's exit code is finit_module's errno; busybox insmod's (older runs) is 1
+        name = errno.errorcode.get(bad[0]) if m.get("loader") == "tdinsmod" else None
+        return f"failed: {name} ({bad[0]})" if name else f"failed (exit {bad[0]})"
+    if rcs:
+        return "ok" if len(rcs) == 1 else f"ok ×{len(rcs)}"
+    return "loaded" if m.get("loaded") else "not loaded"
+
+
+def driver_rows(a: Analysis) -> list[DriverRow]:
+    """Every driver of :func:`drivers`, modules under test with their load and coverage."""
+    mods = _get(a.run, "modules")
+    by_name: dict[str, Mapping[str, Any]] = {}
+    if isinstance(mods, list):
+        by_name = {str(m["name"]): m for m in mods if isinstance(m, Mapping) and "name" in m}
+    seen = Counter(c.driver for c in a.classes)
+    rows = []
+    for d in drivers(a):
+        m = by_name.get(d)
+        if m is None:
+            rows.append(DriverRow(d, False, "", seen[d], None, ""))
+            continue
+        nc = _int(m.get("lock_classes"))
+        rows.append(DriverRow(d, True, str(m.get("origin") or ""),
+                              nc if nc is not None else seen[d], _int(m.get("lock_events")),
+                              _load_words(m)))
+    return rows
 
 
 def counts(a: Analysis) -> dict[str, Counter[str]]:

@@ -159,7 +159,22 @@ def _scenario(order: Sequence[str], ctx: TextContext, out: _Out) -> None:
     out.add(col(0, ctx.lock_call(order[0])), "", " *** DEADLOCK ***")
 
 
+def _paths(f: Finding, out: _Out) -> None:
+    """A grouped lock-order finding (analysis.rules.group_cycles): every cycle."""
+    paths = lk.cycle_paths(f)
+    if len(paths) < 2:
+        return
+    out.add("", f"tracedep: {len(paths)} cycles share one root cause, all through "
+                f"{f.details.get('through', '?')} (the report above is path #1):")
+    out.add(*(f"  path #{i}: {' -> '.join([*p, p[0]])}" for i, p in enumerate(paths, 1)))
+
+
 def _lock_order(f: Finding, ctx: TextContext, out: _Out) -> None:
+    _lock_order_first(f, ctx, out)
+    _paths(f, out)
+
+
+def _lock_order_first(f: Finding, ctx: TextContext, out: _Out) -> None:
     dmap = lk.deps(f, ctx.edges)
     order = lk.cycle_order(f, dmap)
     if order is None:
@@ -378,18 +393,29 @@ def _header(a: Analysis, facts: model.RunFacts, generated: str | None) -> list[s
 
 def _summary(a: Analysis) -> list[str]:
     counts = model.counts(a)
+    drows = {r.name: r for r in model.driver_rows(a)}
     kinds = model.kinds(a.findings)
     short = [model.kind_abbrev(k) for k in kinds]
     names = list(counts)
     w = max([len("driver"), *(len(n) for n in names)]) + 2
-    cols = [*short, "total"]
+    # what each driver exercised, beside what it found: no finding from a driver
+    # that took no lock, or whose load failed, is not a clean driver
+    cols = [*short, "total", "classes", "lock-events", "load"]
     lines = ["Findings per driver:", "  " + "driver".ljust(w) + "  ".join(cols)]
     for d in names:
         c = counts[d]
+        r = drows.get(d)
         cells = [str(c[k] or "-").rjust(len(h)) for k, h in zip(kinds, short, strict=True)]
         cells.append(str(sum(c.values()) or "-").rjust(len("total")))
+        cells.append(str(r.lock_classes if r else 0).rjust(len("classes")))
+        ev = r.lock_events if r else None
+        cells.append((str(ev) if ev is not None else "-").rjust(len("lock-events")))
+        cells.append((r.load if r and r.load else "-")
+                     + (" (kernel's module)" if r and r.origin == "kernel" else ""))
         lines.append("  " + d.ljust(w) + "  ".join(cells))
-    lines.append("  (" + ", ".join(f"{h} = {k}" for h, k in zip(short, kinds, strict=True)) + ")")
+    lines.append("  (" + ", ".join(f"{h} = {k}" for h, k in zip(short, kinds, strict=True))
+                 + "; classes = lock classes it owns, lock-events = lock operations at its "
+                   "code, load = its insmod)")
     return lines
 
 

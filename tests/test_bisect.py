@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from tracedep.analysis.findings import Finding
 from tracedep.cli import main
 from tracedep.errors import InputError

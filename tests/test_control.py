@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tracedep.tracer import control
 from tracedep.tracer.ftrace_formats import parse_format, parse_header_page
 
@@ -133,3 +134,42 @@ def test_garbage_and_empty_input(tmp_path: Path) -> None:
     assert c.blocks[0].complete and c.keyvals("hello")["release"].startswith("\ufffd")
     assert control.parse("@@TD kaslr\n@@TD end kaslr\n").kaslr_text() is None
     assert control.parse("@@TD formats\n").header_page() == ""
+
+
+# The probes block of a real 6.12 x86_64 run (`tracedep run`, bundled drivers,
+# 6.12.118+deb12-cloud-amd64): the kernel refused 7 may-sleep probes, each
+# followed by tracefs' error_log lines the guest sent with it.
+PROBES_612 = Path(__file__).parent / "data" / "control" / "probes-6.12-x86_64.log"
+
+
+def test_refused_probes_carry_the_kernels_reason() -> None:
+    ctl = control.parse(PROBES_612.read_text())
+    failed = ctl.probe_failures()
+    reasons = ctl.probe_failure_reasons()
+    assert len(failed) == 7 and set(reasons) == set(failed)
+    assert reasons["p:tracedep/sl___wait_for_common __wait_for_common ret=+0(%sp):x64"] == (
+        "Failed to register probe event")
+
+
+def test_probe_reasons_are_bounded_and_printable() -> None:
+    text = ("@@TD probes\nFAIL p:tracedep/sl_x x\nWHY [ 1.0] trace_kprobe: error: "
+            + "A\x1b[31m" * 100 + "\nFAIL p:tracedep/sl_y y\n@@TD end probes\n")
+    reasons = control.parse(text).probe_failure_reasons()
+    assert set(reasons) == {"p:tracedep/sl_x x"}  # y: refused without a reason
+    why = reasons["p:tracedep/sl_x x"]
+    assert len(why) <= 160 and why.isprintable() and "\x1b" not in why
+
+
+def test_refusals_are_named_with_their_reason_in_the_report() -> None:
+    from tracedep.analysis.pipeline import _probe_failures
+
+    ctl = control.parse(PROBES_612.read_text())
+    # the 6.12 discovery boot's available_filter_functions lacks all seven
+    text = _probe_failures(ctl.probe_failures(), ctl.probe_failure_reasons(),
+                           {"_copy_from_user", "__wait_for_common"})
+    assert "7 may-sleep probe(s)" in text
+    for func in ("__wait_for_common", "_copy_from_user", "_copy_to_user", "strncpy_from_user",
+                 "__closure_sync", "__closure_sync_timeout", "closure_return_sync"):
+        assert f"{func} (Failed to register probe event" in text, func
+    assert "_copy_from_user (Failed to register probe event: notrace" in text
+    assert "_copy_to_user (Failed to register probe event)" in text

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BundledRun, Result, check_expected, expectations, run_tracedep
+
 from tracedep.analysis.trace import Trace
 
 pytestmark = pytest.mark.guest

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+
 from tracedep.tracer import control, ftrace_binary
 from tracedep.tracer.ftrace_binary import Decoded, decode, decode_run
 from tracedep.tracer.ftrace_formats import parse_header_page

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tracedep.analysis.ftrace_text import (
     GFP_FLAG_NAMES,
     SCHED_STATE_LETTERS,
@@ -468,3 +469,30 @@ def test_printed_symbols() -> None:
         "free_buf.constprop.0")
     assert parse_sym("kthread").off is None
     assert parse_sym("[unknown/kretprobe'd]").name == "[unknown/kretprobe'd]"
+
+
+def test_lock_init_lines_match_the_binary_decode() -> None:
+    """li_/lc_ lines (tracer.lock_init): the lock, key, call site, the name string (last
+    on the line: it may hold spaces) and a directory re-key's mode, as the binary
+    decode of the same run read them (record_text_lockinit.sh)."""
+    ref = _reference("binary_reference_lock_init.json")
+    t = load_text(DATA / "trace_lock_init.txt")
+    ev = t.events
+    init = ev[ev["kind"] == "lock_init"]
+    assert len(init) >= 300
+    want: dict[tuple[object, ...], list[int]] = {}
+    for e in ref:
+        k = (e["func"], e["lock_addr"], e["key_addr"], e["ip"], e["lock_name"], e["value"],
+             e["pid"])
+        want.setdefault(k, []).append(int(str(e["ts_ns"])))
+    for r in init.itertuples():
+        k = (str(r.func), f"{int(r.lock_addr):#x}", f"{int(r.key_addr):#x}",
+             f"{int(r.ip):#x}", str(r.lock_name), int(r.value), int(r.pid))
+        assert k in want, k
+        assert min(abs(ts - int(r.ts_ns)) for ts in want[k]) < 1_000_000
+    funcs = set(init["func"].astype(str))
+    assert {"__mutex_init", "__init_rwsem", "inode_init_always_gfp",
+            "unlock_new_inode"} <= funcs
+    assert "&ctrl->cfg_mutex" in set(init["lock_name"].astype(str))
+    dirs = init[init["func"].astype(str) == "unlock_new_inode"]
+    assert (dirs["value"] & 0o170000 == 0o040000).any()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from tracedep.tracer import schema
 from tracedep.tracer.ftrace_binary import decode_run
 from tracedep.tracer.lockdep_events import merge_lockdep

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tracedep.cli import main
 from tracedep.nightly import NightResult, exit_code, load_config
 from tracedep.reports.history import (

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tracedep.analysis.elf_symbols import SymbolTable
 from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.pipeline import analyze

@@ -19,6 +19,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Frame, Site
 from tracedep.errors import InputError
 from tracedep.reports import html, model, svg, text

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BundledRun, check_expected, expectations
+
 from tracedep.analysis.fixture import load_fixture, save_fixture
 from tracedep.analysis.pipeline import analyze
 from tracedep.tracer import schema

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from tracedep.tracer.probes import GROUP, Discovery
 from tracedep.vm.machines import Machine
 
@@ -40,8 +41,6 @@ CAL_PREFIX = "cal_"
 # probe kind → event name in GROUP
 KINDS = {"kprobe": "cal_kprobe", "kprobe_mid": "cal_kprobe_mid", "kretprobe": "cal_kretprobe"}
 MARKER = "tracedep: calibrate"
-# fetched IRQ-state fields: name → (mask, the bit set means IRQs *off*)
-IRQ_STATE_FIELDS = {"pst": (0x80, True), "efl": (0x200, False)}
 TRACE_FLAG_IRQS_OFF = 0x01
 
 

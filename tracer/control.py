@@ -125,6 +125,22 @@ class Control:
         b = self.first("probes")
         return [ln[5:] for ln in (b.lines if b else []) if ln.startswith("FAIL ")]
 
+    def probe_failure_reasons(self) -> dict[str, str]:
+        """Per refused definition, the kernel's reason from tracefs' ``error_log``
+        (``trace_kprobe: error: Probe point is not found``): its message only,
+        bounded, printable (it comes from the guest)."""
+        b = self.first("probes")
+        out: dict[str, str] = {}
+        cur: str | None = None
+        for ln in b.lines if b else []:
+            if ln.startswith("FAIL "):
+                cur = ln[5:]
+            elif ln.startswith("WHY ") and cur is not None and cur not in out:
+                _, sep, msg = ln[4:].partition("error: ")
+                if sep:
+                    out[cur] = "".join(c for c in msg.strip() if c.isprintable())[:160]
+        return out
+
     def event_status(self) -> dict[str, list[str]]:
         b = self.first("events")
         out: dict[str, list[str]] = {"on": [], "missing": [], "no_trigger": []}

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import calibration, control, schema
 from tracedep.tracer.ftrace_formats import (
@@ -28,10 +29,12 @@ from tracedep.tracer.ftrace_formats import (
     parse_format,
     parse_header_page,
 )
+from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
 from tracedep.tracer.lockdep_events import merge_lockdep
 from tracedep.tracer.probes import (
     GROUP,
     INLINE_SUFFIX,
+    IRQ_STATE_FIELDS,
     LOCK_FUNCS,
     MIGHT_SLEEP_FUNC,
     parse_event_name,
@@ -331,12 +334,14 @@ def decode(
         "value": np.zeros(n, np.int64),
         "stack_id": np.full(n, -1, np.int32),
         "target_pid": np.full(n, -1, np.int32),
+        "key_addr": np.zeros(n, np.uint64),
     }
     kind = _Cat(n, "other")
     event = _Cat(n, "")
     lock_type = _Cat(n, "")
     lock_flags = _Cat(n, "")
     func = _Cat(n, "")
+    lock_name = _Cat(n, "")
     keep = np.ones(n, dtype=bool)
     comms: dict[int, str] = {}
     for line in saved_cmdlines.splitlines():
@@ -354,7 +359,7 @@ def decode(
     sites = inline_sites or {}
 
     def fetch_irq_state(f: EventFormat, rows: np.ndarray) -> None:
-        for fname, (mask, set_means_off) in calibration.IRQ_STATE_FIELDS.items():
+        for fname, (mask, set_means_off) in IRQ_STATE_FIELDS.items():
             if fname in f.fields:
                 v = fld(f, fname, rows, False)
                 irq_state[rows] = ((v & np.uint64(mask)) != 0) == set_means_off
@@ -408,12 +413,16 @@ def decode(
                     word = fld(f, "val", rows, False)
                     cols["value"][rows] = word.astype(np.int64)
                     kind[rows[~trylock_taken(fn, word)]] = "other"
+            elif role in ("li", "lc"):
+                _lock_init_rows(f, fn, rows, fld, call_site, cols, kind, func, lock_name,
+                                buf, off, reclen)
             elif role == "lr":
                 kind[rows] = "lock_return"
                 lf = LOCK_FUNCS.get(fn)
                 lock_type[rows] = lf.lock_type if lf else ""
                 lock_flags[rows] = "+".join(lf.flags) if lf else ""
-                cols["value"][rows] = fld(f, "rv", rows, True)
+                if "rv" in f.fields:  # conditional acquires only (tracer.probes)
+                    cols["value"][rows] = fld(f, "rv", rows, True)
                 cols["ip"][rows] = fld(f, "__probe_ret_ip", rows, False) - np.uint64(
                     call_insn_size)
             else:
@@ -505,7 +514,7 @@ def decode(
     cal = _calibrate(cols, cal_rows, flags, irq_state, pkind, kprobe_irqs_off_unreliable,
                      kind, lock_type)
     cols.update(kind=kind.build(), event=event.build(), lock_type=lock_type.build(),
-                lock_flags=lock_flags.build(), func=func.build())
+                lock_flags=lock_flags.build(), func=func.build(), lock_name=lock_name.build())
     comms_idle = {**comms, 0: "<idle>"}
     upids, pinv = np.unique(cols["pid"], return_inverse=True)
     cols["comm"] = _unique_names([comms_idle.get(int(p), "<...>") for p in upids], pinv)
@@ -528,6 +537,48 @@ def decode(
     events = schema.conform(df)
     return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events, len(events),
                    comms, cal)
+
+
+def _bounded_string(buf: bytes, rec: int, reclen: int, fd: Any) -> str:
+    """A ``string`` fetch-arg of one record, read only inside that record (the
+    record's bytes came from the guest: its data_loc may point anywhere)."""
+    if fd.is_data_loc:
+        loc = _U32.unpack_from(buf, rec + fd.offset)[0]
+        start, ln = loc & 0xFFFF, loc >> 16
+    else:
+        start, ln = fd.offset, reclen - fd.offset
+    if start < 0 or ln <= 0 or start + ln > reclen:
+        return ""
+    return clean_name(buf[rec + start:rec + start + ln])
+
+
+def _lock_init_rows(f: EventFormat, fn: str, rows: np.ndarray, fld: Any, call_site: Any,
+                    cols: dict[str, Any], kind: _Cat, func: _Cat, lock_name: _Cat,
+                    buf: bytes, off: np.ndarray, reclen: np.ndarray) -> None:
+    """Rows of a lock initializer (``li``) or re-keying (``lc``) probe (tracer.lock_init)."""
+    if "lock" in f.fields:
+        lock = fld(f, "lock", rows, False)
+    elif "obj" in f.fields and "off" in f.fields:
+        moff = fld(f, "off", rows, False)
+        bad = moff >= np.uint64(OFFSET_MAX)
+        lock = fld(f, "obj", rows, False) + np.where(bad, np.uint64(0), moff)
+        lock[bad] = 0
+    else:
+        return
+    keep = lock != 0
+    rows, lock = rows[keep], lock[keep]
+    kind[rows] = "lock_init"
+    func[rows] = fn
+    cols["lock_addr"][rows] = lock
+    cols["ip"][rows] = call_site(f, rows)
+    if "key" in f.fields:
+        cols["key_addr"][rows] = fld(f, "key", rows, False)
+    if "mode" in f.fields:  # a directory re-key's i_mode
+        cols["value"][rows] = fld(f, "mode", rows, False).astype(np.int64)
+    nf = f.fields.get("name")
+    if nf is not None:
+        lock_name[rows] = [_bounded_string(buf, int(off[r]), int(reclen[r]), nf)
+                           for r in rows.tolist()]
 
 
 def _calibrate(cols: dict[str, Any], cal_rows: dict[str, np.ndarray], flags: np.ndarray,

@@ -50,6 +50,7 @@ from elftools.dwarf.locationlists import (
     LocationParser,
 )
 from elftools.dwarf.ranges import BaseAddressEntry as RangeBaseEntry
+
 from tracedep.analysis.dwarf_lines import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
 from tracedep.analysis.elf_symbols import (
     STT_FUNC,
@@ -62,7 +63,7 @@ from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 4  # 3: static-pointer locks; 4: atomic base register, no hoisted double entries
 
 # Inlined functions that are a lock API level above the __raw_* body (their
 # ``lock`` parameter is the same lock: rlock is the first member of spinlock_t).
@@ -87,7 +88,8 @@ class LockArg:
     """Where the lock's address is at the probe.
 
     ``kind``: ``"reg"`` (value of ``fetch`` + ``addend``), ``"mem"`` (the value
-    stored at ``fetch``'s address, i.e. ``fetch`` is ``+off(%reg)``), or
+    stored at ``fetch``'s address, i.e. ``fetch`` is ``+off(%reg)`` or, for a
+    static pointer, ``@module:symbol+off``; plus ``addend``), or
     ``"static"`` (``section`` + ``sec_offset`` of the module: ``symbol`` +
     ``sym_offset`` where a symbol covers it).
     """
@@ -309,7 +311,24 @@ class _Module:
                 p = preds.get(a, set())
                 if (a in self._starts or any(not inside(x) for x in p)) and reaches_lock(a):
                     out.append(a)
-        return sorted(out)
+        entries = set(out)
+
+        def leads_to_another(a: int) -> bool:
+            # a hoisted part of the instance (its constants, before a loop head) that
+            # runs straight into another entry: probing both would count one
+            # acquisition twice, and leave the lock "held" after its one release
+            pc, seen = a, set()
+            while pc not in seen and not self._core.get(pc):
+                seen.add(pc)
+                nxt = self._succs.get(pc, [])
+                if len(nxt) != 1 or not inside(nxt[0]):
+                    return False
+                pc = nxt[0]
+                if pc in entries:
+                    return True
+            return False
+
+        return sorted(a for a in out if not leads_to_another(a))
 
     def _jump_labels(self) -> set[tuple[int, int]]:
         """(section, offset) of every static-branch site: kprobes refuse them
@@ -525,7 +544,40 @@ def _lock_arg(mod: _Module, ops: list[Any]) -> LockArg | str:
         sym = mod.symbol(mod.objects, idx, off)
         return LockArg("static", section=mod.elf.sections[idx].name, sec_offset=off,
                        symbol=sym[0] if sym else "", sym_offset=sym[1] if sym else 0)
+    if first.op_name == "DW_OP_addr":
+        return _static_pointer(mod, int(first.args[0]), ops[1:])
     return "expression " + " ".join(names)
+
+
+def _static_pointer(mod: _Module, addr: int, ops: list[Any]) -> LockArg | str:
+    """The lock is in an object a static pointer of the module points to.
+
+    ``DW_OP_addr X; DW_OP_deref; [DW_OP_plus_uconst N;] DW_OP_stack_value``: the
+    lock is ``*(X) + N`` (``spin_lock(&dev->lock)`` with ``static struct foo *dev``);
+    ``DW_OP_addr X; [DW_OP_plus_uconst N]`` (no stack value): the ``lock``
+    argument itself is stored at ``X + N``, so the lock is ``*(X + N)``.  A kprobe
+    reads memory at a symbol (``@module:symbol+off``, resolved when the module
+    loads; Documentation/trace/kprobetrace.rst, 6.1 and 6.12): that is the pointer,
+    and the decoder adds N (kind ``mem``, as for ``+off(%reg)``).
+    """
+    names = [o.op_name for o in ops]
+    if names in (["DW_OP_deref", "DW_OP_stack_value"],
+                 ["DW_OP_deref", "DW_OP_plus_uconst", "DW_OP_stack_value"]):
+        at, addend = addr, int(ops[1].args[0]) if len(ops) == 3 else 0
+    elif names in ([], ["DW_OP_plus_uconst"]):
+        at, addend = addr + (int(ops[0].args[0]) if ops else 0), 0
+    else:
+        return "expression DW_OP_addr " + " ".join(names)
+    placed = mod.place(at)
+    if placed is None:
+        return "static pointer outside the module"
+    idx, off = placed
+    sym = mod.symbol(mod.objects, idx, off)
+    if sym is None:  # a fetch can name a symbol, not a section
+        return "static pointer that no symbol covers"
+    where = f"@{mod.name}:{sym[0]}" + (f"+{sym[1]}" if sym[1] else "")
+    return LockArg("mem", where, addend=addend, section=mod.elf.sections[idx].name,
+                   sec_offset=off, symbol=sym[0], sym_offset=sym[1])
 
 
 def _lock_param(mod: _Module, inst: DIE) -> DIE | None:
@@ -669,6 +721,7 @@ def _reg_of(fetch: str) -> int | None:
 
 def _site_at(mod: _Module, module: str, func: str, api: str, levels: list[DIE],
              entry: int) -> InlineSite | str:
+    """The probe for one execution path of an instance entered at ``entry``."""
     placed = mod.place(entry)
     if placed is None:
         return "entry outside every section"
@@ -686,52 +739,115 @@ def _site_at(mod: _Module, module: str, func: str, api: str, levels: list[DIE],
             reason = f"lock argument: {arg}"
             continue
         at_entry.append((lvl, arg))
+    core = False
+    if not at_entry and mod.arm64:
+        # no DWARF location for the lock (GCC omits it, e.g. for &static_ptr->lock or
+        # a lock whose address lives in a callee-saved register): the lock's own
+        # atomic access addresses the lock word, at offset 0 of every lock type
+        # (qspinlock.val/locked, qrwlock.cnts/wlocked; little-endian)
+        rn = _core_base(mod, idx, off, entry)
+        if rn is not None and rn in mod.regs:
+            at_entry = [(levels[-1], LockArg("reg", mod.regs[rn]))]
+            core = True
+    walk = _Walk(mod, module, func, api, levels, entry, idx, params, at_entry,
+                 _MAX_SHIFT_INSNS if mod.arm64 else 1, core)
+    return walk.run(entry, off, set(), reason)
+
+
+def _core_base(mod: _Module, idx: int, off: int, at: int, budget: int = 16) -> int | None:
+    """The base register of the first atomic access on the straight path from ``at``,
+    if nothing on the way there writes it (a call clobbers x0-x18): the lock's
+    address, already in that register at ``at``."""
     written: set[int] = set()
-    at, o = entry, off
-    for _ in range(_MAX_SHIFT_INSNS if mod.arm64 else 1):
-        insn = mod.insn(idx, o) if mod.arm64 else None
-        if mod.arm64:
-            if insn is None:
-                return "entry past the end of its section"
-            if (not arm64_probe_ok(insn) or (idx, o) in mod.jump_labels
-                    or _a64_in_atomic_context(mod, idx, o)):
-                reason = "no probe-able instruction on the instance's path"
-                written |= _a64_writes(insn)
-                # follow the path the CPU takes: through unconditional branches (the
-                # LSE/LL-SC alternative), never past a conditional one
-                falls, tgt = _a64_flow(insn, at)
-                if falls and tgt is None:
-                    at, o = at + 4, o + 4
-                elif not falls and tgt is not None and mod.place(tgt) is not None \
-                        and mod.place(tgt)[0] == idx:  # type: ignore[index]
-                    o += tgt - at
-                    at = tgt
-                else:
-                    return reason
-                continue
-        choice: tuple[DIE, LockArg] | None = None
-        for lvl, p in params:  # outermost first; inner frames when it is optimized out
-            ops = _location_at(mod, p, at) if at != entry else None
-            if ops is not None:
-                arg = _lock_arg(mod, ops)
-                if not isinstance(arg, str):
-                    choice = (lvl, arg)
-                    break
-        if choice is None:
-            for lvl, arg in at_entry:  # still valid past instructions that keep it
-                if arg.kind == "static" or _reg_of(arg.fetch) not in written:
-                    choice = (lvl, arg)
-                    break
-        if choice is None:
-            return reason
-        sym = mod.symbol(mod.funcs, idx, o)
-        if sym is None:
-            return "no function symbol covers the site"
-        line = levels[0].attributes.get("DW_AT_call_line")
-        return InlineSite(module, func, api, sym[0], sym[1], mod.elf.sections[idx].name, o,
-                          choice[1], mod.name_of(choice[0]) or "", at - entry,
-                          call_line=int(line.value) if line is not None else 0)
-    return reason
+    for _ in range(budget):
+        insn = mod.insn(idx, off)
+        if insn is None:
+            return None
+        if _a64_atomic(insn):
+            rn = (insn >> 5) & 31
+            return None if rn in written or rn == 31 else rn
+        if (insn & 0xFFC00000) != 0xF9800000:  # prfm (the LL/SC loop's) writes nothing
+            written |= _a64_writes(insn)
+        if (insn & 0xFC000000) == 0x94000000 or (insn & 0xFFFFFC1F) == 0xD63F0000:
+            written |= set(range(19))  # bl / blr: the callee may clobber them
+        falls, tgt = _a64_flow(insn, at)
+        if falls and tgt is None:
+            at, off = at + 4, off + 4
+        elif not falls and tgt is not None and (mod.place(tgt) or (None,))[0] == idx:
+            off += tgt - at
+            at = tgt
+        else:
+            return None  # a conditional branch or a return: not one path any more
+    return None
+
+
+@dataclass
+class _Walk:
+    """Forward from an instance's entry to the first instruction a kprobe can sit on."""
+
+    mod: _Module
+    module: str
+    func: str
+    api: str
+    levels: list[DIE]
+    entry: int
+    idx: int
+    params: list[tuple[DIE, DIE]]
+    at_entry: list[tuple[DIE, LockArg]]
+    budget: int
+    core_reg: bool = False  # the lock is its atomic instruction's base register (_core_base)
+
+    def run(self, at: int, o: int, written: set[int], reason: str) -> InlineSite | str:
+        mod, idx = self.mod, self.idx
+        while self.budget > 0:
+            self.budget -= 1
+            insn = mod.insn(idx, o) if mod.arm64 else None
+            if mod.arm64:
+                if insn is None:
+                    return "entry past the end of its section"
+                if (not arm64_probe_ok(insn) or (idx, o) in mod.jump_labels
+                        or _a64_in_atomic_context(mod, idx, o)):
+                    reason = "no probe-able instruction on the instance's path"
+                    written |= _a64_writes(insn)
+                    # follow the path the CPU takes: through unconditional branches (the
+                    # LSE/LL-SC alternative), never past a conditional one (kprobes
+                    # simulate those, so one that cannot be probed is inside an LL/SC
+                    # sequence)
+                    falls, tgt = _a64_flow(insn, at)
+                    tplace = mod.place(tgt) if tgt is not None else None
+                    if falls and tgt is None:
+                        at, o = at + 4, o + 4
+                    elif not falls and tgt is not None and tplace is not None \
+                            and tplace[0] == idx:
+                        o += tgt - at
+                        at = tgt
+                    else:
+                        return reason
+                    continue
+            choice: tuple[DIE, LockArg] | None = None
+            for lvl, p in self.params:  # outermost first; inner frames when optimized out
+                ops = _location_at(mod, p, at) if at != self.entry else None
+                if ops is not None:
+                    arg = _lock_arg(mod, ops)
+                    if not isinstance(arg, str):
+                        choice = (lvl, arg)
+                        break
+            if choice is None:
+                for lvl, arg in self.at_entry:  # still valid past instructions that keep it
+                    if arg.kind == "static" or _reg_of(arg.fetch) not in written:
+                        choice = (lvl, arg)
+                        break
+            if choice is None:
+                return reason
+            sym = mod.symbol(mod.funcs, idx, o)
+            if sym is None:
+                return "no function symbol covers the site"
+            line = self.levels[0].attributes.get("DW_AT_call_line")
+            level = "atomic instruction" if self.core_reg else mod.name_of(choice[0]) or ""
+            return InlineSite(self.module, self.func, self.api, sym[0], sym[1],
+                              mod.elf.sections[idx].name, o, choice[1], level, at - self.entry,
+                              call_line=int(line.value) if line is not None else 0)
+        return reason
 
 
 # -- cache and probe definitions ----------------------------------------------------

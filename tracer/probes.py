@@ -12,6 +12,8 @@ prefix     event
 ``lr``     return of a lock function whose result matters (trylock, killable…)
 ``ul``     entry of a lock-releasing function
 ``sl``     entry of a function that may sleep (the sleep catalog)
+``li``     entry of a lock initializer (``__mutex_init`` …: tracer.lock_init)
+``lc``     a lock's re-keying by core code (inode i_rwsem by fs type: tracer.lock_init)
 =========  ==================================================================
 """
 
@@ -88,6 +90,31 @@ def _lock_table() -> dict[str, LockFunc]:
     add("up_read", "rwsem-r", release=True)
     add("up_write", "rwsem-w", release=True)
 
+    # ww_mutex: an acquire context is lockdep's nest_lock (ww_mutex_lock() takes it as
+    # mutex_acquire_nest()): same-class ww_mutexes nest under one ctx.  ``sub`` is then
+    # the ctx pointer's low half, nonzero; NULL (no ctx) is a plain acquisition.
+    # -EDEADLK/-EALREADY: not taken.
+    add("ww_mutex_lock", "mutex", "nested", success="zero")
+    add("ww_mutex_lock_interruptible", "mutex", "nested", "interruptible", success="zero")
+    add("ww_mutex_trylock", "mutex", "trylock", success="nonzero")
+    add("ww_mutex_unlock", "mutex", release=True)
+    # rt_mutex on a non-RT kernel: its own functions (futexes' PI locks, i2c buses)
+    add("rt_mutex_lock", "mutex")
+    add("rt_mutex_lock_nested", "mutex", "nested")
+    add("rt_mutex_lock_interruptible", "mutex", "interruptible", success="zero")
+    add("rt_mutex_lock_killable", "mutex", "killable", success="zero")
+    add("rt_mutex_trylock", "mutex", "trylock", success="nonzero")
+    add("rt_mutex_unlock", "mutex", release=True)
+    # percpu_rw_semaphore: writers call out of line; readers are inline (a per-CPU
+    # increment), so only the ones behind a function are seen: cpus_read_lock() and
+    # friends, whose lock is always cpu_hotplug_lock (FIXED_LOCKS).  Not
+    # __percpu_down_read: it is the readers' slow path, inside those functions.
+    add("percpu_down_write", "rwsem-w")
+    add("percpu_up_write", "rwsem-w", release=True)
+    add("cpus_read_lock", "rwsem-r")
+    add("cpus_read_trylock", "rwsem-r", "trylock", success="nonzero")
+    add("cpus_read_unlock", "rwsem-r", release=True)
+
     add("down", "semaphore")
     add("down_interruptible", "semaphore", "interruptible", success="zero")
     add("down_killable", "semaphore", "killable", success="zero")
@@ -98,6 +125,14 @@ def _lock_table() -> dict[str, LockFunc]:
 
 
 LOCK_FUNCS: dict[str, LockFunc] = _lock_table()
+
+# Lock functions without a lock argument: the lock they take, a core-kernel
+# symbol whose address the decoder fills in from the run's kallsyms.
+FIXED_LOCKS: dict[str, str] = {
+    "cpus_read_lock": "cpu_hotplug_lock",
+    "cpus_read_trylock": "cpu_hotplug_lock",
+    "cpus_read_unlock": "cpu_hotplug_lock",
+}
 
 SLEEPING_LOCK_TYPES = frozenset({"mutex", "rwsem-r", "rwsem-w", "semaphore"})
 
@@ -115,6 +150,10 @@ CURATED_SLEEPERS = (
     "flush_work", "__flush_work", "cancel_work_sync", "cancel_delayed_work_sync",
     "flush_delayed_work", "__flush_workqueue", "drain_workqueue", "destroy_workqueue",
     "flush_rcu_work", "kthread_stop", "kthread_flush_work", "kthread_flush_worker",
+    # Not timer_delete_sync()/del_timer_sync(): without PREEMPT_RT they spin until the
+    # callback is done (del_timer_wait_running() is empty, kernel/time/timer.c) and
+    # are legal with IRQs off (flush_delayed_work() calls them so); their hazard is
+    # a lock the callback takes, a wait dependency, not a sleep.
     "kthread_create_on_node", "kthread_park",
     "vmalloc", "vzalloc", "__vmalloc", "__vmalloc_node", "__vmalloc_node_range",
     "vmalloc_node", "vzalloc_node", "kvmalloc_node", "vmap", "vm_map_ram",
@@ -151,7 +190,7 @@ _NOT_SLEEPERS = re.compile(
 class ProbeDef:
     event: str  # name inside GROUP
     func: str
-    role: str  # "lk", "lr", "ul", "sl"
+    role: str  # one of ROLES
     definition: str  # the line for kprobe_events
 
 
@@ -170,14 +209,41 @@ def _event_name(prefix: str, func: str) -> str:
     return f"{prefix}_{re.sub(r'[^A-Za-z0-9_]', '_', func)}"[:63]
 
 
+event_name = _event_name
+ROLES = ("lk", "lr", "ul", "sl", "li", "lc")
+
+
+# Symbols that are not functions one can probe: the -fpatchable-function-entry padding
+# in front of each function (``__pfx_``, x86 since 6.2) and compiler clones.
+_NOT_FUNCTIONS = re.compile(r"^(__pfx_|__cfi_)")
+# Memory allocation profiling renamed the allocators' out-of-line entry points with a
+# ``_noprof`` suffix (v6.10); the API names became macros.  The catalog names the API;
+# the kernel is asked which spelling it has.
+NOPROF = "_noprof"
+
+
+def kernel_spelling(f: str, functions: frozenset[str]) -> str | None:
+    """``f`` as this kernel names it (``vmalloc`` → ``vmalloc_noprof`` on 6.10+), or None."""
+    for cand in (f, f + NOPROF):
+        if cand in functions:
+            return cand
+    return None
+
+
+def api_name(f: str) -> str:
+    """The API a kernel function implements, whatever the release calls it."""
+    return f.removesuffix(NOPROF)
+
+
 def sleep_catalog(disc: Discovery) -> list[str]:
     """Functions that may sleep, derived from the kernel (``.sched.text``) plus a curated list."""
     names: list[str] = []
     for f in (*disc.sched_text, *CURATED_SLEEPERS):
-        if f in LOCK_FUNCS or _NOT_SLEEPERS.match(f) or f in names:
+        if f in LOCK_FUNCS or _NOT_SLEEPERS.match(f) or _NOT_FUNCTIONS.match(f):
             continue
-        if f in disc.functions and f not in disc.blacklist:
-            names.append(f)
+        k = kernel_spelling(f, disc.functions)
+        if k is not None and k not in names and k not in disc.blacklist:
+            names.append(k)
     return names
 
 
@@ -197,13 +263,22 @@ def probe_definitions(machine: Machine, disc: Discovery) -> list[ProbeDef]:
         # entry probe must read the return address before the kretprobe replaces it.
         if not lf.release and (lf.success or lf.lock_type in SLEEPING_LOCK_TYPES):
             rev = _event_name("lr", f)
-            defs.append(ProbeDef(rev, f, "lr", f"r128:{GROUP}/{rev} {f} rv=$retval:s64"))
+            # only a conditional acquire has a result; a kernel with BTF (6.12) refuses
+            # $retval on a void function such as mutex_lock (ENOENT)
+            rv = " rv=$retval:s64" if lf.success else ""
+            # 6.12's arm64 return probes run with IRQs masked as its entry probes do:
+            # they need the interrupted context's IRQ state too (tracer.calibration)
+            if machine.irq_state_fetch:
+                rv += f" {machine.irq_state_fetch}"
+            defs.append(ProbeDef(rev, f, "lr", f"r128:{GROUP}/{rev} {f}{rv}"))
         ev = _event_name(role, f)
         extra = f" sub={a2}:s32" if "nested" in lf.flags and not lf.release else ""
         if machine.irq_state_fetch:
             extra += f" {machine.irq_state_fetch}"
+        # a fixed lock's address is filled in on the host (an immediate 0 here)
+        lock = "\\0" if f in FIXED_LOCKS else a1
         defs.append(
-            ProbeDef(ev, f, role, f"p:{GROUP}/{ev} {f} lock={a1}:x64 ret={ret}:x64{extra}")
+            ProbeDef(ev, f, role, f"p:{GROUP}/{ev} {f} lock={lock}:x64 ret={ret}:x64{extra}")
         )
     irq = f" {machine.irq_state_fetch}" if machine.irq_state_fetch else ""
     if usable(MIGHT_SLEEP_FUNC):
@@ -239,15 +314,38 @@ TRACEPOINTS = (
 # flags 0x01 irqs-off, 0x08 hardirq, 0x10 softirq, 0x80 bh-off.
 ATOMIC_FILTER = "if common_preempt_count & 0xf || common_flags & 0x99"
 
+# The interrupted context's IRQ state as a probe fetches it (Machine.irq_state_fetch):
+# field -> (mask, whether a set bit means IRQs off).  arm64's PSTATE.I; x86's EFLAGS.IF.
+IRQ_STATE_FIELDS = {"pst": (0x80, True), "efl": (0x200, False)}
+
+
+def probe_atomic_filter(machine: Machine | None) -> str:
+    """The stack trigger's condition on the might_sleep() catch-all probe.  Where kprobe
+    handlers run with IRQs masked (arm64's BRK), every record says irqs-off: a trigger
+    on that flag took a stack of every cond_resched() (4.9 M stacks, 2 M events lost in
+    a minute of arm64 I/O); the fetched IRQ state of the interrupted context is used.
+    The other may-sleep probes keep a stack always there: Debian's arm64 kernels have
+    no PREEMPT_COUNT, so a spinlock held is invisible to any in-guest condition, and
+    the stack is what ties a nested sleeper (__flush_work in flush_work) to its caller."""
+    if machine is None or not machine.kprobe_reports_irqs_off or not machine.irq_state_fetch:
+        return ATOMIC_FILTER
+    field = machine.irq_state_fetch.split("=", 1)[0]
+    mask, set_means_off = IRQ_STATE_FIELDS[field]
+    off = f"{field} & {mask:#x}" if set_means_off else f"({field} & {mask:#x}) == 0"
+    return f"if common_preempt_count & 0xf || common_flags & 0x98 || {off}"
+
 
 def stack_triggers(defs: list[ProbeDef], tracepoints_with_stacks: tuple[str, ...] = (
         "kmem/kmalloc", "kmem/kmalloc_node", "kmem/kmem_cache_alloc",
-        "kmem/kmem_cache_alloc_node", "kmem/mm_page_alloc")) -> list[str]:
+        "kmem/kmem_cache_alloc_node", "kmem/mm_page_alloc"),
+        machine: Machine | None = None) -> list[str]:
     """``event condition`` lines: take a kernel stack when a may-sleep event is atomic.
 
     Lock acquisitions get no stack (too hot); their call site is in the record.
     """
-    lines = [f"{GROUP}/{d.event} {ATOMIC_FILTER}" for d in defs if d.role == "sl"]
+    hot = probe_atomic_filter(machine)
+    lines = [f"{GROUP}/{d.event} {hot if d.func == MIGHT_SLEEP_FUNC else ATOMIC_FILTER}"
+             for d in defs if d.role == "sl"]
     for d in defs:
         if d.role == "lk" and LOCK_FUNCS[d.func].lock_type in SLEEPING_LOCK_TYPES:
             lines.append(f"{GROUP}/{d.event} {ATOMIC_FILTER}")
@@ -263,6 +361,6 @@ def parse_event_name(name: str) -> tuple[str, str] | None:
     if group != GROUP or "_" not in ev:
         return None
     role, _, func = ev.partition("_")
-    if role not in ("lk", "lr", "ul", "sl"):
+    if role not in ROLES:
         return None
     return role, _INLINE_RE.sub("", func)

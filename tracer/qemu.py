@@ -22,6 +22,7 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient
 from qemu.qmp.error import QMPError
+
 from tracedep.errors import QemuError
 from tracedep.vm.machines import Machine
 

@@ -38,7 +38,17 @@ Columns
 ``stack_id``        int32   index into the run's stack table, -1 when no stack was taken
 ``target_pid``      int32   ``sched_switch``: the task switched to (-1 otherwise)  [1.1]
 ``lock_name``       category lockdep's class name of the lock (``&dev->lock``), on kernels
-                            with lockdep's lock tracepoints; ``""`` otherwise  [1.2]
+                            with lockdep's lock tracepoints; ``""`` otherwise  [1.2].
+                            ``lock_init`` rows: the name the initializer was given
+                            (``&q->sysfs_lock``), or for a re-keying (``tracedep/lc_*``)
+                            the name of what keys it (the file system type: ``debugfs``);
+                            printable ASCII, at most 96 characters (tracer.lock_init)  [1.3]
+``key_addr``        uint64  ``lock_init`` rows: the ``struct lock_class_key`` the initializer
+                            was given, or for a re-keying the object that keys the lock
+                            (``struct file_system_type``); 0 otherwise  [1.3]
+
+A ``lock_init`` row [1.3] is a lock's initialization (``__mutex_init``…) or re-keying:
+``lock_addr`` the lock, ``ip`` the init call site, ``func`` the probed function.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.2"  # 1.1: target_pid; 1.2: lock_name
+SCHEMA_VERSION = "1.3"  # 1.1: target_pid; 1.2: lock_name; 1.3: lock_init kind, key_addr
 
 KINDS = (
     "lock_acquire",  # entry of a lock function (the lock is held once it returns)
@@ -63,6 +73,7 @@ KINDS = (
     "softirq_entry",
     "softirq_exit",
     "module_load",
+    "lock_init",  # a lock initializer or re-keying (tracer.lock_init)  [1.3]
     "marker",  # trace_marker writes from the guest's init (workload phases)
     "other",
 )
@@ -104,6 +115,7 @@ COLUMNS: dict[str, str] = {
     "stack_id": "int32",
     "target_pid": "int32",
     "lock_name": "category",
+    "key_addr": "uint64",
 }
 
 # ftrace record header flag bits (kernel/trace/trace.h, enum trace_flag_type)
@@ -147,7 +159,7 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
             else:
                 out[col] = s.astype("string").fillna("").astype(object).astype("category")
         else:
-            out[col] = s.astype(dtype)
+            out[col] = s.astype(np.dtype(dtype))
     return pd.DataFrame(out).reset_index(drop=True)
 
 

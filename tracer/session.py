@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from tracedep import __version__
-from tracedep.errors import GuestError, InputError, RunError
+from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
 from tracedep.tracer import control, manifest
 from tracedep.tracer.channels import Sink, open_sink
-from tracedep.tracer.extras import extra_probes, record_calibration
+from tracedep.tracer.extras import extra_probes, inlines_locks, record_calibration
+from tracedep.tracer.lock_init import class_probes
 from tracedep.tracer.probes import (
     TRACEPOINTS,
     Discovery,
@@ -39,10 +40,23 @@ from tracedep.tracer.qemu import END_PANIC, END_POWEROFF, END_RESET, END_TIMEOUT
 from tracedep.vm.accel import choose_accel
 from tracedep.vm.initramfs import GuestConfig, build_initramfs
 from tracedep.vm.kernel import Kernel, cache_root, fetch_debian_kernel
+from tracedep.vm.kernel_source import ensure_source_tree
+from tracedep.vm.kmodules import KernelModules, load_order, module_src_depends, with_dwarf
+from tracedep.vm.kmodules import resolve as resolve_kernel_modules
 from tracedep.vm.machines import Machine, machine_for
-from tracedep.vm.modules import BuiltModule, build_modules, bundled_driver_dirs
+from tracedep.vm.modules import (
+    BuiltModule,
+    build_modules,
+    bundled_driver_dirs,
+    is_module_file,
+    module_name,
+    plain_module,
+)
 
 log = logging.getLogger(__name__)
+
+# what loads modules in the guest (vm/guest/tdinsmod.c): its exit code is the errno
+LOADER = "tdinsmod"
 
 BOOT_ARGS = (
     # no_hash_pointers: kmalloc's ptr would print as (____ptrval____) otherwise;
@@ -59,8 +73,10 @@ class TraceOptions:
     out: Path
     arch: str = "x86_64"
     abi: str | None = None
+    series: str | None = None  # Debian kernel series (6.1, 6.12); None: the default
     kernel: Kernel | None = None  # a user kernel instead of Debian's
     module_srcs: list[Path] = field(default_factory=list)
+    kernel_modules: list[str] = field(default_factory=list)  # the kernel package's own, by name
     no_modules: bool = False  # trace the kernel alone
     workload: Path | None = None
     timeout: float = 300.0
@@ -177,29 +193,52 @@ def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
     return discover(machine, kernel, accel)
 
 
-def _modules_record(built: list[BuiltModule], ctl: control.Control) -> list[dict[str, Any]]:
+def _under_test(built: list[BuiltModule], kmods: KernelModules) -> list[dict[str, Any]]:
+    """The manifest's record of each module under test, before the boot."""
+    out: list[dict[str, Any]] = [
+        {"name": m.name, "origin": "module-src", "src_dir": str(m.src_dir), "ko": str(m.ko),
+         "build_dir": str(m.build_dir), "loader": LOADER} for m in built]
+    for n in kmods.under_test:
+        km = kmods.modules[n]
+        # the kernel's own: no source or build tree here; frames come from the -dbg .ko
+        out.append({"name": n, "origin": "kernel", "src_dir": None, "ko": str(km.ko),
+                    "build_dir": None, "kernel_path": km.rel, "loader": LOADER})
+    return out
+
+
+def _modules_record(under_test: list[dict[str, Any]], ctl: control.Control
+                    ) -> list[dict[str, Any]]:
     loads: dict[str, list[dict[str, Any]]] = {}
-    for m in ctl.module_loads():
-        loads.setdefault(m.name, []).append(
-            {"base": m.base, "size": m.size, "sections": m.sections})
+    for ld in ctl.module_loads():
+        loads.setdefault(ld.name, []).append(
+            {"base": ld.base, "size": ld.size, "sections": ld.sections})
     rcs = ctl.insmod_results()
     out = []
-    for m in built:
-        ls = loads.get(m.name, [])
+    for m in under_test:
+        ls = loads.get(m["name"], [])
         out.append({
-            "name": m.name,
-            "src_dir": str(m.src_dir),
-            "ko": str(m.ko),
-            "build_dir": str(m.build_dir),
+            **m,
             "loaded": bool(ls),
             # every load, in order: a module reloaded may land elsewhere, and
             # another module may later reuse its addresses
             "loads": ls,
-            # insmod's exit codes in order; non-zero: the init failed and the
-            # module was freed, so its code ran only partly
-            "insmod_rc": rcs.get(m.name, []),
+            # the loader's exit codes (the errno of finit_module) in order; non-zero:
+            # the init failed and the module was freed, so its code ran only partly
+            "insmod_rc": rcs.get(m["name"], []),
         })
     return out
+
+
+def _kernel_modules_dwarf(kernel: Kernel, kmods: KernelModules, disc: Discovery
+                          ) -> list[BuiltModule]:
+    """The kernel's modules under test with DWARF (their -dbg twins), so that their
+    inlined locks are probed like a --module-src module's; only where locks inline."""
+    if not kmods.under_test or not inlines_locks(disc):
+        return []
+    found, missing = with_dwarf(kernel, kmods)
+    for m in missing:
+        log.warning("--kernel-module %s: its inlined locks go unseen", m)
+    return found
 
 
 def _died_before_tracing(out: Path, how: str) -> bool:
@@ -253,42 +292,95 @@ def trace(opts: TraceOptions) -> TraceResult:
         raise
 
 
+def probe_vmlinux(kernel: Kernel) -> Path | None:
+    """A vmlinux with BTF for probe generation: the given one, else Debian's -dbg."""
+    if kernel.vmlinux is not None:
+        return kernel.vmlinux
+    from tracedep.vm.debug_symbols import ensure_dbg_vmlinux
+
+    dbg = kernel.packages.dbg if kernel.packages else None
+    try:
+        return ensure_dbg_vmlinux(kernel.release, cache_root(), dbg.version if dbg else None)
+    except Exception as e:  # offline: the probes that need struct offsets are left out
+        log.warning("no debug vmlinux for %s: %s", kernel.release, e)
+        return None
+
+
 def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceResult:
     out = opts.out
-    kernel = opts.kernel or fetch_debian_kernel(machine, opts.abi)
+    kernel = opts.kernel or fetch_debian_kernel(machine, opts.abi, opts.series)
     info["kernel"] = {"release": kernel.release, "abi": kernel.abi,
                       "package_version": kernel.package_version, "image": str(kernel.image),
                       "build_dir": str(kernel.build_dir) if kernel.build_dir else None,
                       "vmlinux": str(kernel.vmlinux) if kernel.vmlinux else None,
-                      "flavour": machine.flavour}
-    if opts.no_modules and opts.module_srcs:
-        raise InputError("--no-modules and --module-src exclude each other")
-    srcs = [] if opts.no_modules else (opts.module_srcs or bundled_driver_dirs())
-    info["bundled_drivers"] = not opts.module_srcs and not opts.no_modules
+                      "flavour": machine.flavour,
+                      # exactly which Debian packages (name, version, arch) were used
+                      "packages": kernel.packages.to_json() if kernel.packages else None}
+    for note in kernel.packages.notes if kernel.packages else ():
+        log.warning("%s", note)
+    if opts.no_modules and (opts.module_srcs or opts.kernel_modules):
+        raise InputError("--no-modules excludes --module-src and --kernel-module")
+    # an unknown --kernel-module is an input error before anything is built or booted
+    resolve_kernel_modules(kernel, opts.kernel_modules)
+    # the bundled example drivers are the default only when nothing else is under test
+    bundled = not opts.module_srcs and not opts.no_modules and not opts.kernel_modules
+    srcs = bundled_driver_dirs() if bundled else opts.module_srcs
+    info["bundled_drivers"] = bundled
     built = build_modules(srcs, kernel, machine)
-    info["modules"] = [{"name": m.name, "src_dir": str(m.src_dir), "ko": str(m.ko)}
-                       for m in built]
+    built_deps = module_src_depends(built)
+    # kernel modules a --module-src build needs go in too (as dependencies)
+    own = {m.name for m in built}
+    kmods = resolve_kernel_modules(
+        kernel, opts.kernel_modules,
+        sorted({d for ds in built_deps.values() for d in ds} - own))
+    for name, what in kmods.builtin.items():
+        log.warning("--kernel-module %s: built into this kernel%s; nothing to load", name,
+                    f" (as {what})" if what != name else "")
+    order = load_order(built, kmods, built_deps)
+    under_test = _under_test(built, kmods)
+    info["modules"] = under_test
+    info["kernel_modules"] = {"requested": list(opts.kernel_modules),
+                              "under_test": kmods.under_test, "builtin": kmods.builtin,
+                              "dependencies": kmods.dependencies}
+    info["load_order"] = [{"role": s.role, "name": s.name} for s in order]
+    if kmods.under_test and kernel.packages is not None:
+        # the kernel's own code has no source of its own here: the *_nested()
+        # annotations of its modules are read from Debian's tree (analysis.nesting)
+        try:
+            info["kernel"]["source_tree"] = str(ensure_source_tree(kernel.packages))
+        except (RunError, InputError) as e:
+            log.warning("no kernel source (%s): nestings in the kernel's modules are "
+                        "judged from DWARF alone", e)
     manifest.write(out, info)
 
     accel = choose_accel(machine, kernel.image, opts.accel)
     disc = discover(machine, kernel, accel)
     info["discovery_dir"] = str(discovery_dir(kernel))
     defs = probe_definitions(machine, disc)
+    # lock initializers and inode re-keying: lockdep's classes (tracer.lock_init)
+    class_defs, info["lock_classes"] = class_probes(machine, disc, probe_vmlinux(kernel))
+    defs += class_defs
     # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extras)
-    extra = extra_probes(machine, disc, built)
+    extra = extra_probes(machine, disc, built + _kernel_modules_dwarf(kernel, kmods, disc))
     workload = opts.workload.read_text() if opts.workload else None
     cfg = GuestConfig(
         kprobes=[d.definition for d in defs] + extra.kprobes,
         events=list(TRACEPOINTS) + extra.events,
-        stack_triggers=stack_triggers(defs),
+        stack_triggers=stack_triggers(defs, machine=machine),
         buffer_kb=opts.buffer_kb,
         settle_s=opts.settle_s,
         workload=workload,
     )
-    initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz")
+    initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz",
+                             kmods, order)
     info["workload"] = {"script": str(opts.workload) if opts.workload else "default"}
     info["probes"] = {"defined": len(defs) + len(extra.kprobes),
-                      "definitions": [d.definition for d in defs] + extra.kprobes}
+                      "definitions": [d.definition for d in defs] + extra.kprobes,
+                      # kprobe events refuse a function without an ftrace location
+                      # (trace_kprobe.c within_notrace_func) unless the kernel has
+                      # CONFIG_KPROBE_EVENTS_ON_NOTRACE: the reason behind its
+                      # "Failed to register probe event"
+                      "notrace": sorted({d.func for d in defs} - disc.traceable)}
     info.update(extra.manifest)
     spec = VmSpec(machine, kernel.image, initrd, boot_args(machine), out, smp=opts.smp,
                   mem_mb=opts.mem_mb, accel=accel)
@@ -322,7 +414,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     info["qemu"]["events"] = timings.pop("qmp_events", [])
     info["timing"] = timings
     info["ending"] = {"how": how, "detail": detail}
-    finish_manifest(out, info, built, machine)
+    finish_manifest(out, info, under_test, machine)
     info["state"] = "complete" if info["trace_complete"] else "incomplete"
     manifest.write(out, info)
     if how != END_POWEROFF:
@@ -337,7 +429,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     return TraceResult(out, how, info)
 
 
-def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
+def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, Any]],
                     machine: Machine) -> None:
     """Fill the manifest from what the guest sent and from the trace itself."""
     ctl = control.load(out / "control.log")
@@ -357,20 +449,25 @@ def finish_manifest(out: Path, info: dict[str, Any], built: list[BuiltModule],
     info["kaslr"] = {"symbol": kas[1], "runtime": kas[0]} if kas else None
     if kas and info.get("discovery_dir"):
         _copy_kallsyms(Path(info["discovery_dir"]) / "kallsyms.gz", out / "kallsyms.gz", kas)
-    info["modules"] = _modules_record(built, ctl)
-    ours = {b.name for b in built}
+    info["modules"] = _modules_record(under_test, ctl)
+    ours = {m["name"] for m in under_test}
     other: dict[str, Any] = {}
     for m in ctl.module_loads():
         if m.name not in ours:
             other.setdefault(m.name, {"loads": []})["loads"].append(
                 {"base": m.base, "size": m.size, "sections": m.sections})
-    kos = {ko.name.split(".ko")[0].replace("-", "_"): ko
-           for ko in Path(info["kernel"]["image"]).parents[1].glob("lib/modules/*/kernel/**/*.ko")}
+    kos = {module_name(ko): ko for ko in
+           Path(info["kernel"]["image"]).parents[1].glob("lib/modules/*/kernel/**/*.ko*")
+           if is_module_file(ko)}
     for name, rec in other.items():
         if name in kos:
-            rec["ko"] = str(kos[name])
+            try:
+                rec["ko"] = str(plain_module(kos[name]))
+            except ModuleBuildError as e:  # its frames read .text+off [mod]: said so
+                log.warning("%s", e)
     info["other_modules"] = other
     info["probes"]["failed"] = ctl.probe_failures()
+    info["probes"]["failed_reasons"] = ctl.probe_failure_reasons()
     info["events_enabled"] = ctl.event_status()
     stats = ctl.cpu_stats()
     info["trace_complete"] = "trace" in ctl.done

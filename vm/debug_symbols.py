@@ -45,10 +45,11 @@ def dbg_modules_dir(abi: str, cache: Path) -> Path:
     return dbg_root(abi, cache) / "usr/lib/debug/lib/modules" / abi
 
 
-def _find_deb(abi: str, debs: Path) -> Path | None:
+def _find_deb(abi: str, debs: Path, version: str | None = None) -> Path | None:
     # A crashed download leaves apt's "*.deb.partial"-style names or nothing; the
     # glob only matches finished files, and dpkg-deb rejects a truncated one below.
-    found = sorted(debs.glob(f"{dbg_package_name(abi)}_*.deb"))
+    ver = version.replace(":", "%3a") if version else "*"
+    found = sorted(debs.glob(f"{dbg_package_name(abi)}_{ver}_*.deb"))
     return found[-1] if found else None
 
 
@@ -65,23 +66,26 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         raise DebugSymbolsError(f"{what} failed (exit {proc.returncode}): {detail}")
 
 
-def download_dbg_deb(abi: str, cache: Path) -> Path:
-    """Return the -dbg .deb for ``abi`` under ``cache/debs``, downloading it if needed."""
+def download_dbg_deb(abi: str, cache: Path, version: str | None = None) -> Path:
+    """Return the -dbg .deb for ``abi`` under ``cache/debs``, downloading it if needed.
+
+    ``version``: the exact Debian version (the one the run's kernel came with).
+    """
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    deb = _find_deb(abi, debs)
+    deb = _find_deb(abi, debs, version)
     if deb is not None:
         return deb
-    pkg = dbg_package_name(abi)
+    pkg = dbg_package_name(abi) + (f"={version}" if version else "")
     log.info("downloading %s (about 300 MB)", pkg)
     _run(["apt-get", "download", pkg], debs, f"apt-get download {pkg}")
-    deb = _find_deb(abi, debs)
+    deb = _find_deb(abi, debs, version)
     if deb is None:
         raise DebugSymbolsError(f"apt-get download {pkg} succeeded but left no .deb in {debs}")
     return deb
 
 
-def ensure_dbg_vmlinux(abi: str, cache: Path) -> Path:
+def ensure_dbg_vmlinux(abi: str, cache: Path, version: str | None = None) -> Path:
     """Return the path of the debug vmlinux of ``abi``, downloading and extracting once.
 
     Idempotent and safe against interruption: the package is extracted into a
@@ -92,8 +96,8 @@ def ensure_dbg_vmlinux(abi: str, cache: Path) -> Path:
     vmlinux = dbg_vmlinux_path(abi, cache)
     if vmlinux.is_file():
         return vmlinux
-    had_deb = _find_deb(abi, cache / "debs") is not None
-    deb = download_dbg_deb(abi, cache)
+    had_deb = _find_deb(abi, cache / "debs", version) is not None
+    deb = download_dbg_deb(abi, cache, version)
     try:
         _extract(deb, abi, cache)
     except DebugSymbolsError:
@@ -102,7 +106,7 @@ def ensure_dbg_vmlinux(abi: str, cache: Path) -> Path:
         # A .deb left by an interrupted download is truncated: fetch it again, once.
         log.warning("%s does not extract; downloading it again", deb.name)
         deb.unlink()
-        _extract(download_dbg_deb(abi, cache), abi, cache)
+        _extract(download_dbg_deb(abi, cache, version), abi, cache)
     return vmlinux
 
 

@@ -17,8 +17,15 @@ from pathlib import Path
 
 from tracedep.errors import RunError
 from tracedep.vm.kernel import Kernel, cache_root, download, extract, locked
+from tracedep.vm.kmodules import (
+    TRACEDEP_DIR,
+    KernelModules,
+    LoadStep,
+    modules_alias,
+    modules_dep,
+)
 from tracedep.vm.machines import Machine
-from tracedep.vm.modules import BuiltModule
+from tracedep.vm.modules import BuiltModule, is_module_file, module_name, plain_module
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +101,13 @@ def busybox_binary(machine: Machine) -> Path:
     return bb
 
 
-def pump_binary(machine: Machine) -> Path:
-    """tdpump, built static for the guest from vm/guest/tdpump.c (cached by source)."""
-    src = GUEST_DIR / "tdpump.c"
+def guest_binary(machine: Machine, name: str) -> Path:
+    """``vm/guest/<name>.c`` built static for the guest (cached by source)."""
+    src = GUEST_DIR / f"{name}.c"
     import hashlib
 
     key = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
-    out = cache_root() / "guest-bin" / machine.arch / f"tdpump-{key}"
+    out = cache_root() / "guest-bin" / machine.arch / f"{name}-{key}"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,16 +122,28 @@ def pump_binary(machine: Machine) -> Path:
             text=True,
         )
         if proc.returncode != 0:
-            raise RunError(f"cannot build the guest pump with {cc}: {proc.stderr.strip()[:300]}")
+            raise RunError(f"cannot build the guest's {name} with {cc}: "
+                           f"{proc.stderr.strip()[:300]}")
         os.replace(tmp, out)
     return out
+
+
+def pump_binary(machine: Machine) -> Path:
+    """tdpump: moves a CPU's ring buffer to its port (vm/guest/tdpump.c)."""
+    return guest_binary(machine, "tdpump")
+
+
+def loader_binary(machine: Machine) -> Path:
+    """tdinsmod: loads a module with one finit_module() (vm/guest/tdinsmod.c)."""
+    return guest_binary(machine, "tdinsmod")
 
 
 def boot_module_order(kernel: Kernel, wanted: list[str]) -> list[Path]:
     """The .ko files for ``wanted`` and their dependencies, dependencies first."""
     index: dict[str, Path] = {}
     for ko in kernel.modules_dir.rglob("*.ko*"):
-        index[ko.name.split(".ko")[0].replace("-", "_")] = ko
+        if is_module_file(ko):
+            index[module_name(ko)] = ko
     order: list[Path] = []
     seen: set[str] = set()
 
@@ -154,7 +173,12 @@ def build_initramfs(
     modules: list[BuiltModule],
     cfg: GuestConfig,
     out: Path,
+    kmods: KernelModules | None = None,
+    load_order: list[LoadStep] | None = None,
 ) -> Path:
+    """The guest's initramfs.  ``kmods``: kernel modules (under test and dependencies)
+    under /lib/modules/<release>/ with their modules.dep; ``load_order``: the order the
+    default workload loads every module under test in (default: the built ones by name)."""
     cpio = Cpio()
     for d in ("dev", "proc", "sys", "tmp", "root", "etc/tracedep", "lib/modules/tracedep",
               "lib/modules/boot", "sys/kernel/tracing", "sys/kernel/debug"):
@@ -162,17 +186,31 @@ def build_initramfs(
     cpio.file("bin/busybox", busybox_binary(machine).read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     cpio.file("bin/tdpump", pump_binary(machine).read_bytes(), 0o755)
+    cpio.file("bin/tdinsmod", loader_binary(machine).read_bytes(), 0o755)
     cpio.file("init", (GUEST_DIR / "init.sh").read_bytes(), 0o755)
     boot_mods = boot_module_order(kernel, ["virtio_pci", "virtio_console", machine.panic_module])
     for ko in boot_mods:
-        if ko.suffix != ".ko":
-            raise RunError(f"compressed kernel module {ko.name} is not supported yet")
-        cpio.file(f"lib/modules/boot/{ko.name}", ko.read_bytes())
+        # decompressed on the host: busybox's insmod takes plain ELF only
+        cpio.file(f"lib/modules/boot/{module_name(ko)}.ko", plain_module(ko).read_bytes())
     cpio.file(
-        "etc/tracedep/kmods", "".join(ko.name[:-3] + "\n" for ko in boot_mods).encode()
+        "etc/tracedep/kmods", "".join(module_name(ko) + "\n" for ko in boot_mods).encode()
     )
     for m in modules:
         cpio.file(f"lib/modules/tracedep/{m.name}.ko", m.ko.read_bytes())
+    if kmods is not None and kmods.modules:
+        kdir = f"lib/modules/{kmods.release}"
+        for km in kmods.modules.values():
+            cpio.file(f"{kdir}/{km.rel}", km.ko.read_bytes())
+        cpio.file(f"{kdir}/modules.dep", modules_dep(kmods).encode())
+        cpio.file(f"{kdir}/modules.alias", modules_alias(kmods).encode())
+        # busybox modprobe reads it to say "module X is builtin" instead of "not found"
+        builtin = kernel.modules_dir / "modules.builtin"
+        if builtin.is_file():
+            cpio.file(f"{kdir}/modules.builtin", builtin.read_bytes())
+    if load_order is None:
+        load_order = [LoadStep("test", m.name, f"{TRACEDEP_DIR}/{m.name}.ko")
+                      for m in sorted(modules, key=lambda m: m.name)]
+    cpio.file("etc/tracedep/load_order", "".join(s.line() for s in load_order).encode())
     conf = {
         "TD_MODE": cfg.mode,
         "TD_TEXT_SYMBOL": machine.text_symbol,

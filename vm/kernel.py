@@ -9,6 +9,7 @@ lock, so a killed or concurrent run never leaves a half-extracted tree.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracedep.errors import InputError, RunError
-from tracedep.vm.machines import DEFAULT_ABI, Machine
+from tracedep.vm.debian_kernels import DEFAULT_SERIES, KernelPackages, resolve
+from tracedep.vm.machines import Machine
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +32,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("TRACEDEP_CACHE", Path.home() / ".cache" / "tracedep"))
 
 
-def default_abi() -> str:
-    return os.environ.get("TRACEDEP_KERNEL_ABI", DEFAULT_ABI)
+def default_abi() -> str | None:
+    return os.environ.get("TRACEDEP_KERNEL_ABI") or None
+
+
+def default_series() -> str:
+    return os.environ.get("TRACEDEP_KERNEL_SERIES") or DEFAULT_SERIES
 
 
 @dataclass(frozen=True)
 class Kernel:
     """A kernel ready to boot and to build modules against."""
 
-    release: str  # uname -r, e.g. 6.1.0-56-cloud-amd64
-    abi: str  # Debian ABI, e.g. 6.1.0-56 ("" for a user-supplied kernel)
-    package_version: str  # Debian package version, e.g. 6.1.192-2 ("" if unknown)
+    release: str  # uname -r, e.g. 6.12.118+deb12-cloud-amd64
+    abi: str  # Debian ABI, e.g. 6.1.0-57 or 6.12.118+deb12 ("" for a user-supplied kernel)
+    package_version: str  # Debian package version, e.g. 6.1.192-3 ("" if unknown)
     image: Path  # bzImage / Image given to -kernel
     modules_dir: Path  # lib/modules/<release>
     build_dir: Path | None  # kbuild tree (headers) for out-of-tree modules
     config: Path | None
     vmlinux: Path | None = None  # with DWARF, when known
+    packages: KernelPackages | None = None  # the Debian packages it came from
 
 
 @contextmanager
@@ -129,53 +136,45 @@ def _fix_headers(root: Path, release: str) -> Path:
     return build
 
 
-def _kbuild_dependency(headers_deb: Path) -> str:
-    """``linux-kbuild-6.1=6.1.192-2``: the kbuild built with these headers."""
-    deps = subprocess.run(["dpkg-deb", "-f", str(headers_deb), "Depends"],
-                          capture_output=True, text=True).stdout
-    m = re.search(r"(linux-kbuild-[\d.]+)", deps)
-    if not m:
-        raise RunError(f"{headers_deb.name} does not depend on a linux-kbuild package")
-    # the same source upload builds both, so the headers' version is kbuild's
-    return f"{m.group(1)}={package_version(headers_deb)}"
-
-
 def package_version(deb: Path) -> str:
     # name_version_arch.deb; the version's epoch colon is encoded as %3a
     return deb.name.split("_")[1].replace("%3a", ":")
 
 
-def fetch_debian_kernel(machine: Machine, abi: str | None = None) -> Kernel:
-    """Download (once) and unpack Debian's kernel image and headers for ``machine``."""
+def resolve_kernel(machine: Machine, abi: str | None = None,
+                   series: str | None = None) -> KernelPackages:
+    """The Debian kernel packages to use (see :mod:`tracedep.vm.debian_kernels`)."""
     abi = abi or default_abi()
-    if not re.fullmatch(r"\d+\.\d+\.\d+-\d+", abi):
-        raise InputError(f"kernel ABI {abi!r} is not of the form 6.1.0-56")
-    release = f"{abi}-{machine.flavour}"
+    # an explicit ABI names its own series; the default series applies only without one
+    return resolve(machine.flavour, machine.debian_arch, host_debian_arch(),
+                   series=series or (None if abi else default_series()), abi=abi)
+
+
+def fetch_debian_kernel(machine: Machine, abi: str | None = None,
+                        series: str | None = None) -> Kernel:
+    """Download (once) and unpack Debian's kernel image and headers for ``machine``."""
+    pk = resolve_kernel(machine, abi, series)
     debs_dir = cache_root() / "debs"
-    qual = f":{machine.debian_arch}" if machine.debian_arch != host_debian_arch() else ""
-    image_deb = download(f"linux-image-{release}-unsigned{qual}", debs_dir)
-    headers = [
-        download(f"linux-headers-{release}{qual}", debs_dir),
-        download(f"linux-headers-{abi}-common", debs_dir),
-    ]
-    # kbuild's host tools (fixdep, modpost) of exactly the headers' version, for
-    # the host's architecture: cross builds use them too
-    name, _, version = _kbuild_dependency(headers[0]).partition("=")
-    kbuild = download(f"{name}:{host_debian_arch()}={version}", debs_dir)
-    root = cache_root() / "kernels" / release
-    tree = root / "tree-v2"
-    extract([image_deb, *headers, kbuild], tree)
+    image_deb = download(pk.image.spec, debs_dir)
+    debs = [image_deb, download(pk.headers.spec, debs_dir),
+            download(pk.headers_common.spec, debs_dir), download(pk.kbuild.spec, debs_dir)]
+    root = cache_root() / "kernels" / pk.release
+    # keyed by the exact package versions: a rebuilt upload is a new tree
+    digest = hashlib.sha256(" ".join(d.name for d in debs).encode()).hexdigest()[:12]
+    tree = root / f"tree-{digest}"
+    extract(debs, tree)
     with locked(root / "fixup.lock"):
-        build = _fix_headers(tree, release)
-    image = tree / machine.kernel_in_pkg.format(abi=abi, flavour=machine.flavour)
+        build = _fix_headers(tree, pk.release)
+    image = tree / machine.kernel_in_pkg.format(abi=pk.abi, flavour=machine.flavour)
     return Kernel(
-        release=release,
-        abi=abi,
-        package_version=package_version(image_deb),
+        release=pk.release,
+        abi=pk.abi,
+        package_version=pk.image.version,
         image=image,
-        modules_dir=tree / "lib" / "modules" / release,
+        modules_dir=tree / "lib" / "modules" / pk.release,
         build_dir=build,
-        config=tree / "boot" / f"config-{release}",
+        config=tree / "boot" / f"config-{pk.release}",
+        packages=pk,
     )
 
 

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The Debian kernel ABI that tracedep uses when none is given (overridable with
-# --abi or TRACEDEP_KERNEL_ABI).  One place, on purpose.
-DEFAULT_ABI = "6.1.0-56"
-
 
 @dataclass(frozen=True)
 class Machine:
@@ -31,9 +27,10 @@ class Machine:
     panic_device: str  # QEMU device that raises GUEST_PANICKED
     panic_module: str  # guest module that drives it
     virtio_serial_device: str
-    # kprobe fetch-args: the first two integer arguments and the return address
+    # kprobe fetch-args: the first three integer arguments and the return address
     arg1: str
     arg2: str
+    arg3: str
     retaddr: str
     call_insn_size: int  # return address − this = call site
     text_symbol: str  # kallsyms symbol used to measure the KASLR offset
@@ -67,6 +64,7 @@ MACHINES: dict[str, Machine] = {
         virtio_serial_device="virtio-serial-pci",
         arg1="%di",
         arg2="%si",
+        arg3="%dx",
         retaddr="+0(%sp)",
         call_insn_size=5,
         text_symbol="_text",
@@ -91,6 +89,7 @@ MACHINES: dict[str, Machine] = {
         virtio_serial_device="virtio-serial-pci",
         arg1="%x0",
         arg2="%x1",
+        arg3="%x2",
         retaddr="%x30",
         call_insn_size=4,
         text_symbol="_stext",

@@ -100,6 +100,11 @@ def build_module_dir(src: Path, kernel: Kernel, machine: Machine) -> list[BuiltM
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 (out / "build.log").write_text(proc.stdout + proc.stderr)
+                if "pahole" in proc.stdout + proc.stderr and not shutil.which("pahole"):
+                    # 6.12's headers ship a BTF vmlinux: kbuild runs "BTF [M]" with pahole
+                    raise ModuleBuildError(f"--module-src {src} does not build: this kernel "
+                                           "builds BTF for modules and needs pahole "
+                                           "(apt-get install dwarves)")
                 raise ModuleBuildError(
                     f"--module-src {src} does not build: {_first_error(proc.stderr + proc.stdout)}"
                 )
@@ -124,6 +129,49 @@ def build_modules(srcs: list[Path], kernel: Kernel, machine: Machine) -> list[Bu
             seen[m.name] = m.src_dir
             built.append(m)
     return built
+
+
+# Debian compresses the kernel package's modules since 6.x (``.ko.xz`` on 6.12);
+# the guest's busybox insmod and our ELF readers want the plain ELF.
+_DECOMPRESSORS = {".xz": ["xz", "-dc"], ".zst": ["zstd", "-dcq"], ".gz": ["gzip", "-dc"]}
+
+
+def is_module_file(p: Path) -> bool:
+    return p.name.endswith(".ko") or (
+        p.name[:-len(p.suffix)].endswith(".ko") and p.suffix in _DECOMPRESSORS)
+
+
+def module_name(p: Path) -> str:
+    """``pvpanic-pci.ko.xz`` → ``pvpanic_pci``, as the kernel names it."""
+    return p.name.split(".ko")[0].replace("-", "_")
+
+
+def plain_module(ko: Path) -> Path:
+    """``ko`` itself if it is a plain ELF, else a decompressed copy in the cache (once)."""
+    if ko.suffix == ".ko":
+        return ko
+    tool = _DECOMPRESSORS.get(ko.suffix)
+    if tool is None:
+        raise ModuleBuildError(f"{ko}: not a kernel module file")
+    st = ko.stat()
+    key = hashlib.sha256(f"{ko.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    # keep the tree's lib/modules/<release>/… path under the cache key: the symbolizer
+    # finds a module's -dbg twin by that path (analysis.enrich)
+    rel = str(ko)[:-len(ko.suffix)]
+    tail = "lib/modules/" + rel.split("/lib/modules/", 1)[1] if "/lib/modules/" in rel else \
+        Path(rel).name
+    out = cache_root() / "kmod" / key[:16] / tail
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([*tool, str(ko)], capture_output=True)
+    if proc.returncode != 0 or not proc.stdout.startswith(b"\x7fELF"):
+        why = proc.stderr.decode(errors="replace").strip() or "not an ELF inside"
+        raise ModuleBuildError(f"{ko}: cannot decompress ({why})")
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(proc.stdout)
+    os.replace(tmp, out)
+    return out
 
 
 def bundled_drivers_dir() -> Path:

@@ -75,11 +75,16 @@ echo 5 > $T/buffer_percent 2>/dev/null
 echo 4096 > $T/saved_cmdlines_size 2>/dev/null
 echo 0 > $T/options/event-fork 2>/dev/null
 
+# A refused probe's reason is in tracefs' error_log (its last 8 errors): sent with
+# the failure and cleared, so each failure gets its own.
+echo > $T/error_log 2>/dev/null
 block probes
 while IFS= read -r def; do
     [ -z "$def" ] && continue
     if ! echo "$def" >> $T/kprobe_events 2>/dev/null; then
         echo "FAIL $def" >&3
+        while IFS= read -r why; do echo "WHY $why" >&3; done < $T/error_log 2>/dev/null
+        echo > $T/error_log 2>/dev/null
     fi
 done < /etc/tracedep/kprobes
 endblock probes
@@ -178,6 +183,8 @@ section ${1##*/} $v"
     done
     printf '%s\n@@TD end module\n' "$text" >&3
 }
+# Loads go through tdinsmod: one finit_module(), never busybox's init_module()
+# retry that runs a failing init a second time.  Its exit code is the errno.
 td_insmod() {
     ko=$1
     shift
@@ -185,12 +192,26 @@ td_insmod() {
     name=${name%.ko}
     name=${name//-/_}
     echo "tracedep: insmod $name" > $T/trace_marker
-    command insmod "$ko" "$@"
+    /bin/tdinsmod "$ko" "$@"
     rc=$?
     report_module "$name"
     # a module whose init failed was loaded and freed: its load is in the trace, and
     # without this the report could not tell it from a clean driver
     printf '@@TD insmod %s %s\n@@TD end insmod\n' "$name" "$rc" >&3
+    return $rc
+}
+# A dependency of a module under test: loaded (once), its addresses reported for the
+# symbolizer, but no insmod result: it is not what the run tests.
+td_load_dep() {
+    local name rc
+    name=${1##*/}
+    name=${name%.ko}
+    name=${name//-/_}
+    [ -e /sys/module/$name/initstate ] && return 0
+    echo "tracedep: insmod dependency $name" > $T/trace_marker
+    /bin/tdinsmod "$1"
+    rc=$?
+    report_module "$name"
     return $rc
 }
 td_rmmod() {
@@ -201,6 +222,33 @@ td_rmmod() {
 # below misses a module loaded and unloaded within its period.
 insmod() { td_insmod "$@"; }
 rmmod() { td_rmmod "$@"; }
+# modprobe NAME [PARAMS]: the dependencies from modules.dep, then NAME with its
+# parameters, all through tdinsmod (busybox modprobe would retry a failing init);
+# an option (-r, -a …) or a name not in modules.dep goes to busybox's modprobe.
+modprobe() {
+    # busybox sh scopes dynamically: report_module (run by td_load_dep) sets $line
+    local want kdir depline l p n rev d
+    case "$1" in ""|-*) command modprobe "$@"; return ;; esac
+    want=${1//-/_}
+    shift
+    kdir=/lib/modules/$(uname -r)
+    depline=""
+    if [ -e "$kdir/modules.dep" ]; then
+        while IFS= read -r l; do
+            p=${l%%:*}
+            n=${p##*/}
+            n=${n%.ko}
+            [ "${n//-/_}" = "$want" ] && { depline=$l; break; }
+        done < "$kdir/modules.dep"
+    fi
+    [ -z "$depline" ] && { command modprobe "$want" "$@"; return; }
+    rev=""
+    for d in ${depline#*:}; do rev="$d $rev"; done
+    for d in $rev; do td_load_dep "$kdir/$d" || return; done
+    # modprobe's meaning: loaded already is success
+    [ -e /sys/module/$want/initstate ] && return 0
+    td_insmod "$kdir/${depline%%:*}" "$@"
+}
 # misses counted before tracing starts are not lost trace events: keep a baseline
 block file kprobe_profile_start
 cat $T/kprobe_profile >&3

@@ -4,6 +4,10 @@
         crop a `tracedep trace` run of tests/data/drivers/td_tiny into tiny/
     .venv/bin/python tests/data/traces/make_fixtures.py rules RUN_DIR [MODULE ...]
         one analysis fixture per bundled driver (analysis.fixture) into rules/<module>/
+    .venv/bin/python tests/data/traces/make_fixtures.py classes RUN_DIR
+        lock classes from lock initializers (tracer.lock_init): classes/raw/ (cropped
+        pages around td_rwsem_recursive_bug's load) and classes/events/ (a sample of
+        initialized and inode locks, their init rows and allocations)
     .venv/bin/python tests/data/traces/make_fixtures.py lockdep RUN_DIR
         a run on a lockdep kernel (vm/build-lockdep-kernel.sh): lockdep/raw/ (cropped
         pages around td_abba_bug) and lockdep/rules/<module>/
@@ -73,11 +77,13 @@ def crop(run_dir: Path, module: str, out: Path, cpu: int | None = None,
     if not spans:
         raise SystemExit(f"{run_dir}: {module} was not reported by the guest")
     ip = ev["ip"].to_numpy()
-    mine = ev[[any(m.lo <= int(a) < m.hi for m in spans) for a in ip.tolist()]]
+    load_ts = int(ev[(ev["kind"] == "module_load") & (ev["func"] == module)]["ts_ns"].iloc[0])
+    # after the load: an earlier module may have had the same addresses
+    mine = ev[[any(m.lo <= int(a) < m.hi for m in spans) for a in ip.tolist()]
+              & (ev["ts_ns"] >= load_ts).to_numpy()]
     if cpu is None:
         cpu = int(mine["cpu"].iloc[0])
     mine = mine[mine["cpu"] == cpu]
-    load_ts = int(ev[(ev["kind"] == "module_load") & (ev["func"] == module)]["ts_ns"].iloc[0])
     first_ts, last_ts = load_ts, int(mine[mine["pid"] == mine["pid"].iloc[0]]["ts_ns"].max())
     ctl = control.load(run_dir / "control.log")
     hp = parse_header_page(ctl.header_page() or "")
@@ -147,14 +153,78 @@ def rules(run_dir: Path, modules: list[str], out: Path = HERE / "rules") -> None
     (out / "SOURCE").write_text(f"run: {run_dir}\ncommit: {_commit()}\n")
 
 
+def classes(run_dir: Path, out: Path = HERE / "classes", per_class: int = 2,
+            max_classes: int = 60, events_per_lock: int = 8) -> None:
+    """Raw pages with lock_init records, and a sample of the run's locks whose classes
+    come from their initializers (every inode-lock class by file system type, up to
+    ``max_classes`` others, ``per_class`` locks each), with their lock_init rows,
+    the allocations and frees of the objects holding them, and the heap-class locks of
+    the functions that allocate two lock-holding objects at two call sites."""
+    import numpy as np
+
+    from tracedep.analysis import classes as lock_classes
+    from tracedep.analysis.fixture import LOCK_KINDS, _alloc_rows, _prepare, save_rows
+
+    crop(run_dir, "td_rwsem_recursive_bug", out / "raw")
+    run = _prepare(run_dir)
+    trace = run.trace
+    ev = trace.events
+    kinds = ev["kind"].to_numpy()
+    acq = np.nonzero(kinds == "lock_acquire")[0]
+    ids, table = lock_classes.assign(ev, trace.symbols, acq)
+    addr = ev["lock_addr"].to_numpy()
+    by_class: dict[int, list[int]] = {}
+    for r, c in zip(acq.tolist(), ids.tolist(), strict=True):
+        lst = by_class.setdefault(c, [])
+        if int(addr[r]) not in lst and len(lst) < per_class:
+            lst.append(int(addr[r]))
+    inode = [c for c, k in enumerate(table) if k.key.endswith(("->i_mutex_key",
+                                                               "->i_mutex_dir_key"))]
+    others = [c for c, k in enumerate(table) if k.origin == "init" and c not in inode]
+    # heap classes of functions that allocate lock-holding objects at two call sites
+    heap: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for c, k in enumerate(table):
+        if k.origin == "heap":  # heap:<module>:<function>@<site>:<offset>
+            _, mod, rest = k.key.split(":", 2)
+            fn, _, site = rest.rpartition(":")[0].partition("@")
+            heap.setdefault((mod, fn), {}).setdefault(site, []).append(c)
+    twins = [cs[0] for sites in heap.values() if len(sites) > 1
+             for cs in list(sites.values())[:2]][:8]
+    chosen = inode + others[:max_classes] + twins
+    addrs = {a for c in chosen for a in by_class.get(c, [])}
+    keep: set[int] = set()
+    ts_all = ev["ts_ns"].to_numpy()
+    lock_rows = np.nonzero(np.isin(kinds, LOCK_KINDS) & np.isin(addr, list(addrs)))[0]
+    per_addr: dict[int, list[int]] = {}
+    for r in lock_rows.tolist():
+        per_addr.setdefault(int(addr[r]), []).append(r)
+    for rows in per_addr.values():
+        keep.update(rows[:events_per_lock] + rows[-events_per_lock:])
+    last = {a: max(int(ts_all[r]) for r in rows) for a, rows in per_addr.items()}
+    init = np.nonzero(kinds == "lock_init")[0]
+    keep.update(r for r in init.tolist() if int(addr[r]) in last
+                and int(ts_all[r]) <= last[int(addr[r])])
+    keep |= _alloc_rows(run, keep)
+    mods = np.nonzero(np.isin(ev["event"].to_numpy(),
+                              ["module/module_load", "module/module_free"]))[0]
+    keep.update(mods.tolist())
+    names = [m["name"] for m in trace.info.get("modules", [])]
+    sizes = save_rows(trace, np.array(sorted(keep), dtype=np.int64), names, out / "events")
+    (out / "SOURCE").write_text(f"run: {run_dir}\ncommit: {_commit()}\n")
+    print(f"classes/events: {len(keep)} rows, {len(chosen)} classes "
+          f"({len(inode)} inode, {len(twins)} heap twins), {sum(sizes.values())} bytes")
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[0] not in ("tiny", "rules", "lockdep"):
+    if len(argv) < 2 or argv[0] not in ("tiny", "rules", "lockdep", "classes"):
         raise SystemExit(__doc__)
     run_dir = Path(argv[1])
     if argv[0] == "tiny":
         tiny(run_dir)
     elif argv[0] == "lockdep":
         lockdep(run_dir)
+    elif argv[0] == "classes":
+        classes(run_dir)
     else:
         rules(run_dir, argv[2:])
 

@@ -1,0 +1,189 @@
+"""Releases the trace may not show: which acquisitions are suspect, and what that hid.
+
+The run's manifest knows where a release can be invisible:
+
+* an inlined unlock of a module that could not be probed (``inline_locks.skipped``:
+  its DWARF location could not be turned into a fetch, or no instruction on the
+  instance's path can carry a kprobe): that module's inlined acquisitions of the
+  same lock type are suspect;
+* an unlock probe the kernel refused (``probes.failed``) or whose hits kprobes
+  missed (``lost.kprobe_missed_by_probe``): every acquisition of that lock type;
+* lost events (``lost.total``): every spinning lock.
+
+The replay (analysis.heldlocks) ends a suspect lock earlier than others (see
+its docstring); this module gives it the rows, a way to ask whether the taker
+is still on a stack, and the one health line that says what the forced
+releases may hide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracedep.analysis.heldlocks import FORCED_REASONS, SPIN_TYPES, HolderOnStack, Replay
+from tracedep.analysis.symbols import RunSymbols
+from tracedep.tracer.probes import GROUP, LOCK_FUNCS, parse_event_name
+
+REASON_TEXT = {
+    "preempted": "at a preemption of their task",
+    "preempt-count": "where preempt_count showed them released",
+    "user-space": "at a return to user space or task exit",
+    "release-unseen": "where their release probe is known to be missing and the "
+                      "function that took them was no longer on the stack",
+    "re-acquired": "when their holder took them again (reported as recursive locking)",
+}
+
+
+@dataclass(frozen=True)
+class MissingReleases:
+    types: frozenset[str] = frozenset()  # lock types whose every release may be unseen
+    module_types: frozenset[tuple[str, str]] = frozenset()  # (module, lock type) of inlines
+    sources: tuple[str, ...] = ()  # why, for the report
+
+    def __bool__(self) -> bool:
+        return bool(self.types or self.module_types)
+
+
+@dataclass
+class _Acc:
+    types: set[str] = field(default_factory=set)
+    module_types: set[tuple[str, str]] = field(default_factory=set)
+    sources: list[str] = field(default_factory=list)
+
+
+def _release_type(event: str) -> str | None:
+    """The lock type an unlock probe's event name (with or without group) releases."""
+    name = event if "/" in event else f"{GROUP}/{event}"
+    parsed = parse_event_name(name.split()[0].split(":", 1)[-1])
+    if parsed is None or parsed[0] != "ul":
+        return None
+    lf = LOCK_FUNCS.get(parsed[1])
+    return lf.lock_type if lf is not None and lf.release else None
+
+
+def from_manifest(info: dict[str, Any]) -> MissingReleases:
+    acc = _Acc()
+    skipped = (info.get("inline_locks") or {}).get("skipped") or []
+    per_mod: dict[tuple[str, str], int] = {}
+    for s in skipped if isinstance(skipped, list) else []:
+        lf = LOCK_FUNCS.get(str(s.get("func", ""))) if isinstance(s, dict) else None
+        if lf is not None and lf.release:
+            k = (str(s.get("module", "?")), lf.lock_type)
+            per_mod[k] = per_mod.get(k, 0) + 1
+        elif isinstance(s, dict) and "func" not in s and s.get("module"):
+            # a module whose DWARF was unusable: none of its inlined unlocks is seen
+            for lt in sorted(SPIN_TYPES):
+                per_mod[(str(s["module"]), lt)] = per_mod.get((str(s["module"]), lt), 0) + 1
+    for (mod, lt), n in sorted(per_mod.items()):
+        acc.module_types.add((mod, lt))
+        acc.sources.append(f"{n} inlined {lt} release(s) of {mod} not probed "
+                           f"(manifest.json inline_locks.skipped)")
+    refused: dict[str, int] = {}
+    for d in (info.get("probes") or {}).get("failed") or []:
+        rt = _release_type(str(d))
+        if rt is not None:
+            refused[rt] = refused.get(rt, 0) + 1
+    for lt, n in sorted(refused.items()):
+        acc.types.add(lt)
+        acc.sources.append(f"{n} {lt} release probe(s) refused by the kernel")
+    lost = info.get("lost") or {}
+    missed: dict[str, int] = {}
+    for ev, n in (lost.get("kprobe_missed_by_probe") or {}).items():
+        mt = _release_type(str(ev))
+        if mt is not None and isinstance(n, int) and n > 0:
+            missed[mt] = missed.get(mt, 0) + n
+    for lt, n in sorted(missed.items()):
+        acc.types.add(lt)
+        acc.sources.append(f"{n:,} {lt} release(s) missed by kprobes")
+    if int(lost.get("total", 0) or 0) > 0:
+        acc.types |= SPIN_TYPES
+        acc.sources.append(f"{int(lost['total']):,} events lost")
+    return MissingReleases(frozenset(acc.types), frozenset(acc.module_types),
+                           tuple(acc.sources))
+
+
+def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingReleases,
+                 info: dict[str, Any], symbols: RunSymbols) -> frozenset[int]:
+    """The acquire rows (of ``lock_rows``) whose release may be invisible."""
+    if not missing or not len(lock_rows):
+        return frozenset()
+    lt = events["lock_type"].to_numpy()[lock_rows].astype(str)
+    sel = np.isin(lt, list(missing.types)) if missing.types else np.zeros(len(lock_rows), bool)
+    if missing.module_types:
+        sites = info.get("inline_sites") or {}
+        names = events["event"].to_numpy()[lock_rows].astype(str)
+        ips = events["ip"].to_numpy()[lock_rows]
+        tss = events["ts_ns"].to_numpy()[lock_rows]
+        mods = {m for m, _ in missing.module_types}
+        for k in np.nonzero(~sel & np.isin(lt, [t for _, t in missing.module_types]))[0]:
+            site = sites.get(names[k].partition("/")[2])
+            mod = site.get("module") if isinstance(site, dict) else None
+            if mod is None and mods:
+                mod = symbols.module_of(int(ips[k]), int(tss[k]))
+            sel[k] = (str(mod), lt[k]) in missing.module_types
+    return frozenset(int(r) for r in lock_rows[sel].tolist())
+
+
+def holder_on_stack(events: pd.DataFrame, stacks: list[tuple[int, ...]],
+                    symbols: RunSymbols) -> HolderOnStack:
+    """Is the function that took a lock (its acquire row's call site) on the stack (or
+    the call site) of a later event row?  None when either is unknown."""
+    ips = events["ip"].to_numpy()
+    sids = events["stack_id"].to_numpy()
+    tss = events["ts_ns"].to_numpy()
+
+    def func(addr: int, ts: int) -> tuple[str, str] | None:
+        s = symbols.lookup(addr, ts)
+        return (s.module, s.name) if s is not None and s.size else None
+
+    def ask(acq_row: int, row: int) -> bool | None:
+        ts = int(tss[row])
+        taker = func(int(ips[acq_row]), int(tss[acq_row])) if ips[acq_row] else None
+        if taker is None:
+            return None
+        addrs = [int(ips[row])] if ips[row] else []
+        sid = int(sids[row])
+        if 0 <= sid < len(stacks):
+            addrs += [int(a) for a in stacks[sid]]
+        if not addrs:
+            return None
+        return any(func(a, ts) == taker for a in addrs)
+
+    return ask
+
+
+def health(rep: Replay, missing: MissingReleases, class_name: list[str]) -> dict[str, Any]:
+    """``health.forced_releases`` of analysis.json: counts, classes, why suspect."""
+    by_reason = {r: 0 for r in FORCED_REASONS}
+    per_class: dict[str, int] = {}
+    cls = rep.acquisitions["cls"].to_numpy() if len(rep.acquisitions) else np.zeros(0, int)
+    for f in rep.forced:
+        by_reason[f.reason] += 1
+        c = int(cls[f.acq])
+        name = class_name[c] if 0 <= c < len(class_name) else "?"
+        per_class[name] = per_class.get(name, 0) + 1
+    classes = sorted(per_class.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"total": len(rep.forced), "by_reason": {k: v for k, v in by_reason.items() if v},
+            "classes": [{"lock_class": n, "count": c} for n, c in classes],
+            "suspect_sources": list(missing.sources)}
+
+
+def warning(summary: dict[str, Any]) -> str | None:
+    """The report's one line on forced releases (never one per finding)."""
+    n = int(summary.get("total", 0))
+    if not n:
+        return None
+    how = "; ".join(f"{c} {REASON_TEXT.get(r, r)}" for r, c in summary["by_reason"].items())
+    names = [c["lock_class"] for c in summary["classes"]]
+    shown = ", ".join(names[:6]) + (f", … (+{len(names) - 6} more)" if len(names) > 6 else "")
+    why = summary.get("suspect_sources") or []
+    text = (f"{n} held lock(s) were ended without their release being seen ({how}): "
+            f"a sleep or lock-order finding that needed {shown} still held after that "
+            f"point is not reported")
+    if why:
+        text += f"; releases may be unseen because: {'; '.join(why)}"
+    return text
