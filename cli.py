@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from tracedep.errors import TracedepError
+from tracedep.errors import INTERNAL_ERROR, TracedepError
 
 log = logging.getLogger("tracedep")
 
@@ -97,14 +98,14 @@ def cmd_trace(a: argparse.Namespace) -> int:
 def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
                         kallsyms: Path | None = None) -> int:
     """Analyze a run directory or trace file into ``out``; return the findings count."""
-    from tracedep.analysis.enrich import debug_vmlinux, nesting_judge, symbolize
+    from tracedep.analysis.enrich import debug_vmlinux, dwarf_aids, symbolize
     from tracedep.analysis.pipeline import analyze
     from tracedep.analysis.trace import load
     from tracedep.reports.serialize import write_run_outputs
 
     trace = load(source, kallsyms)
     vml = (vmlinux or debug_vmlinux(trace.info)) if dwarf else None
-    a = analyze(trace, nesting_judge(trace, vml) if dwarf else None)
+    a = analyze(trace, *dwarf_aids(trace, vml)) if dwarf else analyze(trace)
     if dwarf:
         for w in symbolize(a, trace, vml):
             if w not in a.health["warnings"]:
@@ -284,6 +285,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tracedep: interrupted", file=sys.stderr)
         return 3
+    except OSError as e:  # the machine's refusal (disk full, permissions): not a defect
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"tracedep: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 3
+    except Exception as e:  # a defect of tracedep: one line, the traceback kept
+        log_path = _crash_log(argv, e)
+        print(f"tracedep: internal error ({type(e).__name__}: {e}); "
+              f"details in {log_path}", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _crash_log(argv: list[str] | None, e: BaseException) -> str:
+    """Write the traceback of ``e`` where the user can find it; return the path."""
+    import tempfile
+    import time
+    import traceback
+
+    from tracedep.vm.kernel import cache_root
+
+    text = (f"tracedep {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+            + "".join(traceback.format_exception(e)))
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for d in (cache_root() / "crashes", Path(tempfile.gettempdir())):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / name).write_text(text)
+            return str(d / name)
+        except OSError:
+            continue
+    return "(nowhere: no writable folder)"
 
 
 if __name__ == "__main__":

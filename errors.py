@@ -12,10 +12,15 @@ Hierarchy::
         ├── GuestError            the guest panicked, hung or died before tracing
         └── QemuError             QEMU could not start or its QMP failed
 
-Exit codes are chosen only in ``tracedep.cli.main``, from ``exit_code`` here.
+Exit codes are chosen only in ``tracedep.cli.main``, from ``exit_code`` here; an
+operating-system error (a full disk, a read-only folder) is exit 3 too, and any
+other exception is a defect of tracedep: exit ``INTERNAL_ERROR`` with one line
+naming a crash log that holds the traceback.
 """
 
 from __future__ import annotations
+
+INTERNAL_ERROR = 4  # a defect of tracedep (cli.main): never a result
 
 
 class TracedepError(Exception):

@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import re
 import signal
@@ -254,11 +255,12 @@ def load_config(path: Path) -> Config:
     if any(a == "--out" or a.startswith("--out=") for a in run_args):
         raise _fail(path, "run_args", "--out is chosen by the nightly")
     timeout = raw.get("timeout", 300)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
+            not math.isfinite(timeout) or timeout <= 0:
         raise _fail(path, "timeout", f"must be a number of seconds, not {timeout!r}")
     cell_timeout = raw.get("cell_timeout", 3600)
     if isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int | float) \
-            or cell_timeout <= 0:
+            or not math.isfinite(cell_timeout) or cell_timeout <= 0:
         raise _fail(path, "cell_timeout", f"must be a number of seconds, not {cell_timeout!r}")
     kernels, workloads, sets = _kernels(path, raw), _workloads(path, raw), _driver_sets(path, raw)
     cells = []

@@ -69,9 +69,16 @@ class LockClass:
     sig: str = ""  # the stable part of ``key`` (instances: who first took it, not where it is)
 
 
-def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
-           ) -> tuple[np.ndarray, list[LockClass]]:
-    """Class id for each row in ``lock_rows`` (indices into ``events``), and the class table."""
+# (module, allocator's return address, ts, offset, object size, lock type) -> a name
+ClassNamer = Callable[[str, int, int, int, int, str], str | None]
+
+
+def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray,
+           namer: ClassNamer | None = None) -> tuple[np.ndarray, list[LockClass]]:
+    """Class id for each row in ``lock_rows`` (indices into ``events``), and the class table.
+
+    ``namer`` names heap classes from their type (analysis.type_names); without it,
+    or where it knows nothing, they are named by allocating function and offset."""
     addr = events["lock_addr"].to_numpy()[lock_rows]
     ts = events["ts_ns"].to_numpy()[lock_rows]
     ips = events["ip"].to_numpy()[lock_rows]
@@ -186,7 +193,9 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray
                     off = a - base
                     size = int(a_end[j]) - base
                     fn = symbols.source_function(int(a_ip[j]), int(a_ts[j])) or site.name
-                    name = f"{fn}():obj+{off:#x}"
+                    typed = namer(site.module, int(a_ip[j]), int(a_ts[j]), off, size,
+                                  str(ltypes[sel[0]])) if namer is not None else None
+                    name = typed or f"{fn}():obj+{off:#x}"
                     # Call site and offset, not the size: kmalloc rounds sizes per arch
                     # (arm64 to 128), and a finding must not depend on the arch.  The call
                     # site, not the function: two objects allocated in one function are

@@ -1076,6 +1076,15 @@ class DwarfIndex:
                 return frames
         return None
 
+    def scope_at(self, addr: int) -> list[DIE]:
+        """The function DIEs whose code holds ``addr``: the subprogram, then each
+        inlined subroutine down to the innermost (empty if no CU covers it)."""
+        for off in self._cu_offsets(addr):
+            chain = self._best_chain(self._cu(off), addr)
+            if chain:
+                return chain
+        return []
+
     def _lookup_in(self, cu: _CompileUnit, addr: int) -> list[SourceFrame] | None:
         row = cu.line_at(addr)
         chain = self._best_chain(cu, addr)

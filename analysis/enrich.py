@@ -25,6 +25,7 @@ from tracedep.analysis.symbolizer import (
 )
 from tracedep.analysis.symbols import module_records, read_kallsyms
 from tracedep.analysis.trace import Trace
+from tracedep.analysis.type_names import HeapNamer
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,20 @@ class _Resolver:
 
     def generation(self, f: Frame, ts: int | None) -> int:
         """Which load of ``f.module`` was live at ``ts`` (0 for the core kernel)."""
-        if f.module in ("vmlinux", "?"):
+        return self.generation_of(f.module, f.address, ts)
+
+    def generation_of(self, module: str, address: int, ts: int | None) -> int:
+        if module in ("vmlinux", "?"):
             return 0
-        spans = [m for m in self.trace.symbols.modules if m.name == f.module]
+        spans = [m for m in self.trace.symbols.modules if m.name == module]
         t0s = sorted({m.t0 for m in spans})
-        span = self.trace.symbols._span(f.address, ts)
+        span = self.trace.symbols._span(address, ts)
         return t0s.index(span.t0) if span is not None and span.t0 in t0s else 0
+
+    def scope(self, module: str, address: int, ts: int | None) -> list[Any]:
+        """The DWARF function DIEs holding a code address (analysis.type_names)."""
+        s = self.symbolizer(module, self.generation_of(module, address, ts))
+        return s.scope(address) if s is not None else []
 
     def frames(self, frames: tuple[Frame, ...], ts: int | None) -> tuple[Frame, ...]:
         out: list[Frame] = []
@@ -186,11 +195,26 @@ def debug_vmlinux(info: dict[str, Any]) -> Path | None:
         return None
 
 
-def nesting_judge(trace: Trace, vmlinux: Path | None) -> NestingJudge:
+def heap_namer(trace: Trace, vmlinux: Path | None, r: _Resolver | None = None) -> HeapNamer:
+    """Type names for heap lock classes (analysis.type_names), from the DWARF of the
+    allocating code: the debug vmlinux and the modules' .ko files."""
+    r = r or _Resolver(trace, vmlinux)
+    return HeapNamer(r.scope)
+
+
+def dwarf_aids(trace: Trace, vmlinux: Path | None) -> tuple[NestingJudge, HeapNamer]:
+    """The nesting judge and the heap namer of one run, sharing one set of symbolizers
+    (a debug vmlinux's DWARF is opened once)."""
+    r = _Resolver(trace, vmlinux)
+    return nesting_judge(trace, vmlinux, r), heap_namer(trace, vmlinux, r)
+
+
+def nesting_judge(trace: Trace, vmlinux: Path | None, r: _Resolver | None = None
+                  ) -> NestingJudge:
     """A judge of ``*_nested()`` annotations (analysis.nesting) for this run: DWARF from
     the same symbolizers as the witnesses, source from the kernel's tree if the run
     fetched it (``kernel.source_tree`` in the manifest), never downloaded here."""
-    r = _Resolver(trace, vmlinux)
+    r = r or _Resolver(trace, vmlinux)
     kernel = trace.info.get("kernel") if isinstance(trace.info.get("kernel"), dict) else {}
     tree = kernel.get("source_tree") if isinstance(kernel, dict) else None
     roots = [Path(tree)] if isinstance(tree, str) and tree else []

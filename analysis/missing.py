@@ -76,7 +76,10 @@ def from_manifest(info: dict[str, Any]) -> MissingReleases:
             per_mod[k] = per_mod.get(k, 0) + 1
         elif isinstance(s, dict) and "func" not in s and s.get("module"):
             # a module whose DWARF was unusable: none of its inlined unlocks is seen
-            for lt in sorted(SPIN_TYPES):
+            # (the types the tracer names; older manifests name none: the spinning ones)
+            types = s.get("lock_types")
+            types = types if isinstance(types, list) else sorted(SPIN_TYPES)
+            for lt in (str(t) for t in types):
                 per_mod[(str(s["module"]), lt)] = per_mod.get((str(s["module"]), lt), 0) + 1
     for (mod, lt), n in sorted(per_mod.items()):
         acc.module_types.add((mod, lt))

@@ -90,13 +90,15 @@ def _usage_words(bits: dict[str, int]) -> set[str]:
     return words
 
 
-def analyze(trace: Trace, nesting: NestingJudge | None = None) -> Analysis:
+def analyze(trace: Trace, nesting: NestingJudge | None = None,
+            namer: lock_classes.ClassNamer | None = None) -> Analysis:
     """``nesting``: reads ``*_nested()`` annotations from DWARF and source (see
-    analysis.nesting); without it only a ``--module-src`` driver's own lines are read."""
+    analysis.nesting); without it only a ``--module-src`` driver's own lines are read.
+    ``namer``: names heap lock classes by type (analysis.type_names)."""
     t0 = time.monotonic()
     ev = trace.events
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    cls_ids, table = lock_classes.assign(ev, trace.symbols, lock_rows)
+    cls_ids, table = lock_classes.assign(ev, trace.symbols, lock_rows, namer)
     class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
     irqs_reliable = not bool(trace.info.get("kprobe_reports_irqs_off", False))
     untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))

@@ -43,7 +43,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tracedep.analysis.dwarf_lines import DwarfError, DwarfIndex, SourceFrame, layout_sections
 from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
@@ -413,6 +413,32 @@ class Symbolizer:
             key="outside",
         )
         return (Frame("??", 0, 0, "??", None, None, False, addr),)
+
+    def scope(self, runtime_addr: int) -> list[Any]:
+        """The DWARF function DIEs (outermost first, as ``DwarfIndex.scope_at``) that
+        hold a code address; empty without DWARF.  For reading the variables in scope."""
+        obj, key = self._object_key(runtime_addr)
+        if obj is None:
+            return []
+        try:
+            dwarf = obj.dwarf()
+            return dwarf.scope_at(key) if dwarf is not None else []
+        except Exception as e:  # pyelftools raises many types on malformed DWARF
+            self._warn(f"{obj.name}: DWARF scope lookup failed ({type(e).__name__}: {e})",
+                       key=f"dwarf-scope:{obj.name}")
+            return []
+
+    def _object_key(self, runtime_addr: int) -> tuple[_Object | None, int]:
+        """The ELF image holding a runtime address and the address in its own layout."""
+        for mm in self._modules:
+            for start, end, _sec, idx in mm.ranges:
+                if start <= runtime_addr < end:
+                    if mm.obj is not None and mm.obj.bases is not None and idx >= 0:
+                        return mm.obj, mm.obj.bases[idx] + runtime_addr - start
+                    return None, 0
+        if self._core is not None:
+            return self._core, runtime_addr - self.kaslr_offset
+        return None, 0
 
     def symbol(self, runtime_addr: int) -> tuple[str, int, int, str] | None:
         """(name, offset, size, module) of the symbol holding any address, data

@@ -284,8 +284,15 @@ class History:
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            # a damaged page surfaces only when a query reads it (mid-night, mid-page):
+            # check every page now, before any cell runs
+            bad = [str(r[0]) for r in self.db.execute("PRAGMA quick_check").fetchall()]
         except sqlite3.DatabaseError as e:
             raise InputError(f"--db {self.path}: {e}") from None
+        if bad != ["ok"]:
+            self.db.close()
+            raise InputError(f"--db {self.path}: damaged database ({'; '.join(bad[:3])}); "
+                             f"restore it or move it aside")
 
     def _wal(self) -> None:
         """Switch to WAL.  The switch needs the database to itself and SQLite does not

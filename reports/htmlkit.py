@@ -8,6 +8,7 @@ this module itself built — passes through untouched.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from collections.abc import Iterable
@@ -74,7 +75,13 @@ def join(items: Iterable[object], sep: str = "") -> Markup:
     return Markup(html.escape(sep, quote=True).join(_render(i) for i in items))
 
 
+_SLUG_MAX = 100  # file names stay far below NAME_MAX (255) with any suffix added
+
+
 def slug(value: str) -> str:
-    """A string safe as a file name, URL path segment or element id."""
+    """A string safe as a file name, URL path segment or element id; a long one is cut
+    and keeps a digest of the whole, so two long names stay two."""
     s = re.sub(r"[^A-Za-z0-9_.-]", "_", value).lstrip(".")
+    if len(s) > _SLUG_MAX:
+        s = f"{s[:_SLUG_MAX - 13]}-{hashlib.sha256(value.encode()).hexdigest()[:12]}"
     return s or "_"

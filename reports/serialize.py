@@ -8,8 +8,15 @@ Files of a run directory written here::
     index.html             run summary and every finding
     drivers/<driver>.html  one page per driver
 
-Each file is written to a temporary file in the same folder and renamed over
-the old one, so a crash leaves either the old file or the new one, never half.
+    outputs.json           the files above that tracedep wrote here (the ledger)
+
+The whole set is written into a staging folder inside the run directory first
+and only then renamed into place, file by file: a failure while writing (a full
+disk) leaves the previous set untouched, and a crash during the renames leaves
+each file old or new, never half.  tracedep replaces or deletes only files its
+ledger lists (or, in a run folder from before the ledger, files of the names
+above); any other file in the way is an error, and no path through a symbolic
+link is written or deleted.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +46,9 @@ ANALYSIS_FILE = "analysis.json"
 REPORT_FILE = "report.txt"
 INDEX_FILE = "index.html"
 DRIVERS_DIR = "drivers"
+OUTPUTS_FILE = "outputs.json"
+OUTPUTS_VERSION = 1
+_TOP_FILES = frozenset({FINDINGS_FILE, ANALYSIS_FILE, REPORT_FILE, INDEX_FILE})
 
 
 def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -128,20 +139,71 @@ def render_all(a: Analysis, generated: str | None = None) -> dict[str, str]:
 def write_run_outputs(run_dir: Path | str, a: Analysis, generated: str | None = None) -> None:
     """Write findings.json, analysis.json, report.txt, index.html and the driver pages.
 
-    Everything is rendered before anything is written; driver pages left from
-    an earlier rendering of this run are removed.
+    Everything is rendered and written to a staging folder before anything in the
+    run directory changes (module docstring); driver pages of an earlier rendering
+    that this one has not are removed, nothing else is.
     """
     run_dir = Path(run_dir)
     if generated is None:
         generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     files = render_all(a, generated)
-    (run_dir / DRIVERS_DIR).mkdir(parents=True, exist_ok=True)
-    for rel, content in files.items():
-        write_atomic(run_dir / rel, content)
-    keep = {Path(rel).name for rel in files if rel.startswith(DRIVERS_DIR + "/")}
-    for old in (run_dir / DRIVERS_DIR).glob("*.html"):
-        if old.name not in keep:
-            old.unlink()
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise InputError(f"--out {run_dir}: not a folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    owned = _owned(run_dir)
+    drivers = run_dir / DRIVERS_DIR
+    if drivers.is_symlink() or (drivers.exists() and not drivers.is_dir()):
+        raise InputError(f"{drivers}: not a folder of tracedep's (a symbolic link or a file)")
+    for rel in files:
+        p = run_dir / rel
+        if p.is_symlink() or (p.exists() and (rel not in owned or not p.is_file())):
+            raise InputError(f"{p} is in the way: tracedep did not write it; "
+                             f"choose another --out, or move it")
+    stage = run_dir / f".tracedep-new-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        (stage / DRIVERS_DIR).mkdir(parents=True)
+        for rel, content in files.items():
+            write_atomic(stage / rel, content)
+        drivers.mkdir(exist_ok=True)
+        for rel in files:
+            os.replace(stage / rel, run_dir / rel)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    for rel in sorted(owned - set(files)):
+        p = run_dir / rel
+        if p.is_file() and not p.is_symlink() and rel.startswith(DRIVERS_DIR + "/"):
+            p.unlink()
+    write_atomic(run_dir / OUTPUTS_FILE, _dumps({"version": OUTPUTS_VERSION,
+                                                  "files": sorted(files)}))
+
+
+def _owned(run_dir: Path) -> set[str]:
+    """The outputs an earlier rendering wrote in ``run_dir`` (paths relative to it)."""
+    ledger = run_dir / OUTPUTS_FILE
+    if ledger.is_file() and not ledger.is_symlink():
+        try:
+            d = json.loads(ledger.read_text(encoding="utf-8"))
+            names = d.get("files") if isinstance(d, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            names = None
+        if not isinstance(names, list):
+            raise InputError(f"{ledger}: unreadable; move it aside to write here again")
+        return {n for n in names if isinstance(n, str) and _output_path(n)}
+    if (run_dir / FINDINGS_FILE).is_file() and (run_dir / ANALYSIS_FILE).is_file():
+        # a run folder from before the ledger: its outputs have these names
+        pages = run_dir / DRIVERS_DIR
+        return set(_TOP_FILES) | ({f"{DRIVERS_DIR}/{p.name}" for p in pages.glob("*.html")}
+                                  if pages.is_dir() and not pages.is_symlink() else set())
+    return set()
+
+
+def _output_path(rel: str) -> bool:
+    """Is ``rel`` a name tracedep gives its outputs (never a path out of the folder)?"""
+    if rel in _TOP_FILES:
+        return True
+    head, _, name = rel.partition("/")
+    return (head == DRIVERS_DIR and name.endswith(".html") and "/" not in name
+            and name not in ("", ".html") and not name.startswith("."))
 
 
 def _read_json(path: Path) -> Any:

@@ -90,8 +90,13 @@ def matches(finding: dict[str, Any], want: dict[str, Any], module: str) -> bool:
     return fn in names or want.get("symbols", {}).get(fn) in names
 
 
-def check_expected(findings: list[dict[str, Any]], module: str) -> list[str]:
-    """Problems with ``module``'s findings against its expect.json (empty: all good)."""
+def check_expected(findings: list[dict[str, Any]], module: str, heap_names: bool = False
+                   ) -> list[str]:
+    """Problems with ``module``'s findings against its expect.json (empty: all good).
+
+    ``heap_names``: the findings come from a run whose analysis had the modules'
+    DWARF, so a heap lock must carry its ``struct type.member`` name
+    (analysis.type_names), possibly followed by whose (`` [module]``) or which site."""
     e = expectations()[module]
     mine = [f for f in findings if f["driver"] == module]
     problems = []
@@ -108,6 +113,11 @@ def check_expected(findings: list[dict[str, Any]], module: str) -> list[str]:
                     n == lock["name"] or n.startswith(lock["name"] + " [") for n in f["locks"]):
                 problems.append(f"{want['kind']}: static lock {lock['name']} not among "
                                 f"{f['locks']}")
+            if lock["storage"] == "heap" and heap_names and not any(
+                    n == lock["name"] or n.startswith((lock["name"] + " [", lock["name"] + " ("))
+                    for n in f["locks"]):
+                problems.append(f"{want['kind']}: heap lock {lock['name']} not named so "
+                                f"among {f['locks']}")
         if want["kind"] == "sleep-in-atomic":
             ctx = set(f.get("details", {}).get("context", []))
             if not set(want.get("context", [])) <= ctx:

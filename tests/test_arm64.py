@@ -291,7 +291,7 @@ def test_arm64_expected_findings(arm64_run: BundledRun, module: str) -> None:
         mine = [f for f in arm64_run.findings if f["driver"] == module]
         assert not mine, "found without a preempt count? " + json.dumps(mine)[:500]
         return
-    problems = check_expected(arm64_run.findings, module)
+    problems = check_expected(arm64_run.findings, module, heap_names=True)
     if module in ARM64_SOMETIMES_MISSED and problems and not any(
             f["driver"] == module for f in arm64_run.findings):
         # say what the guest said, so the next occurrence explains itself

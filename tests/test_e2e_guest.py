@@ -180,7 +180,7 @@ def test_abba_paths_acquire_and_release(bundled_trace: Trace) -> None:
 
 @pytest.mark.parametrize("module", sorted(EXPECT))
 def test_expected_findings(bundled_run: BundledRun, module: str) -> None:
-    problems = check_expected(bundled_run.findings, module)
+    problems = check_expected(bundled_run.findings, module, heap_names=True)
     assert not problems, "\n".join(problems)
 
 

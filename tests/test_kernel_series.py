@@ -164,7 +164,7 @@ def test_other_series_records_its_packages(other_run: tuple[Path, list[dict]]) -
 @pytest.mark.guest
 @pytest.mark.parametrize("module", sorted(EXPECT))
 def test_other_series_expected_findings(other_run: tuple[Path, list[dict]], module: str) -> None:
-    problems = check_expected(other_run[1], module)
+    problems = check_expected(other_run[1], module, heap_names=True)
     assert not problems, "\n".join(problems)
 
 

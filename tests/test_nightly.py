@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tracedep.cli import main
+from tracedep.errors import InputError
 from tracedep.nightly import NightResult, exit_code, load_config
 from tracedep.reports.history import (
     SCHEMA_VERSION,
@@ -189,6 +190,35 @@ def test_history_classifies_across_nights(tmp_path: Path) -> None:
     # opening again does not migrate again
     with History(tmp_path / "h.sqlite") as h:
         assert h.schema_version() == SCHEMA_VERSION and len(h.nights()) == 3
+
+
+def test_a_damaged_database_is_refused_when_opened(tmp_path: Path) -> None:
+    """A page-corrupt history opens fine in SQLite and fails only when a query reads the
+    page: the check at open says so first, before any cell runs."""
+    db = tmp_path / "h.sqlite"
+    with History(db) as h:
+        for i in range(40):
+            _night(h, [_row(f"sig{i}-" + "x" * 200)])
+    with sqlite3.connect(db) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+    assert pages > 4
+    data = bytearray(db.read_bytes())
+    last = (pages - 1) * page  # a data page that opening the database does not read
+    data[last + 8:last + 400] = b"\xa5" * 392
+    db.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="damaged database|malformed"):
+        History(db)
+
+
+@pytest.mark.parametrize("key", ["timeout", "cell_timeout"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "0", "-5"])
+def test_timeouts_are_finite_and_positive(tmp_path: Path, key: str, value: str) -> None:
+    (tmp_path / "d").mkdir()
+    cfg = _write(tmp_path / "c.toml", f"{key} = {value}\n[driver_sets]\nx = \"d\"\n")
+    with pytest.raises(InputError, match=key):
+        load_config(cfg)
 
 
 def test_newer_schema_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,12 +205,18 @@ def test_histogram_axis_in_bucket_order() -> None:
 
 
 def test_outputs_written_whole(tmp_path: Path) -> None:
+    """The set of outputs and its ledger; a page tracedep did not write is not its to
+    delete (tests/test_output_folder.py has the rest of that contract)."""
     (tmp_path / "drivers").mkdir()
-    (tmp_path / "drivers" / "gone_driver.html").write_text("stale")
+    (tmp_path / "drivers" / "not_ours.html").write_text("the user's")
     write_run_outputs(tmp_path, sample())
     names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
-    assert names == ["analysis.json", "drivers", "drivers/td_clean.html",
-                     "drivers/td_sample.html", "findings.json", "index.html", "report.txt"]
+    assert names == ["analysis.json", "drivers", "drivers/not_ours.html",
+                     "drivers/td_clean.html", "drivers/td_sample.html", "findings.json",
+                     "index.html", "outputs.json", "report.txt"]
+    assert json.loads((tmp_path / "outputs.json").read_text())["files"] == [
+        "analysis.json", "drivers/td_clean.html", "drivers/td_sample.html", "findings.json",
+        "index.html", "report.txt"]
 
 
 def test_load_errors(tmp_path: Path) -> None:

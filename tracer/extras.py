@@ -1,8 +1,9 @@
 """Probes beyond the out-of-line catalog of ``tracer.probes``, decided per kernel and run.
 
 * calibration probes (``tracer.calibration``), on every kernel that has ``ksys_sync``;
-* probes on the driver's inlined locks (``tracer.inline_locks``), on kernels whose
-  spinlocks are inlined (no ``_raw_spin_lock`` & co. to probe);
+* probes on the driver's inlined locks (``tracer.inline_locks``): its spinlocks on
+  kernels that inline them (no ``_raw_spin_lock`` & co. to probe), and on every
+  kernel the lock APIs that are always inline (percpu rwsem readers);
 * lockdep's own lock tracepoints (``lock/lock_acquire``, ``lock/lock_release``) on
   kernels built with them (``CONFIG_LOCKDEP``; see vm/lockdep.config): the guest
   enables them when they exist and reports them ``MISSING`` otherwise.
@@ -46,17 +47,23 @@ def inlines_locks(disc: Discovery) -> bool:
 def extra_probes(machine: Machine, disc: Discovery, built: list[BuiltModule]) -> Extras:
     ex = Extras(events=list(LOCKDEP_EVENTS))
     ex.kprobes += calibration.probes(machine, disc)
-    if not inlines_locks(disc) or not built:
+    if not built:
         return ex
+    # spinlock bodies are looked for where the kernel inlines them; the APIs inline
+    # on every kernel (percpu rwsem readers) always
+    spin_bodies = inlines_locks(disc)
     sites = []
     skipped: list[dict[str, Any]] = []
     out_of_line = 0
     for m in built:
         try:
-            d = discover_cached(m.ko, m.name, cache_root() / "inline-locks")
+            d = discover_cached(m.ko, m.name, cache_root() / "inline-locks", spin_bodies)
         except Exception as e:  # a .ko without usable DWARF: its locks go unseen, said so
             log.warning("%s: inlined locks not found: %s", m.ko, e)
-            skipped.append({"module": m.name, "reason": f"DWARF unusable: {e}"})
+            # which inlined releases go unseen: analysis.missing ends those locks early
+            types = ["spinlock", "rwlock-r", "rwlock-w"] if spin_bodies else []
+            skipped.append({"module": m.name, "reason": f"DWARF unusable: {e}",
+                            "lock_types": [*types, "rwsem-r"]})
             continue
         sites += d.sites
         skipped += d.skipped

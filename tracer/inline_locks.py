@@ -18,6 +18,14 @@ still says where each lock is: a ``DW_TAG_inlined_subroutine`` of
 Instances whose ``__raw_*`` body is not inlined (x86's Debian kernel calls
 ``_raw_spin_lock``) are skipped: the out-of-line probe sees them.
 
+Some lock APIs are inline on every kernel: a percpu_rw_semaphore's readers
+(``percpu_down_read()``/``percpu_up_read()`` are a per-CPU increment and
+decrement, with an out-of-line slow path only while a writer is pending).  They
+are found the same way, on every architecture: the whole instance is the lock,
+its ``sem`` parameter the lock's address.  ``percpu_down_read_trylock()`` is
+listed as skipped: its outcome is in no register the DWARF describes and the
+lock word (a per-CPU counter) does not tell it either.
+
 Probe events are named ``<role>_<lock function>__inl<N>``, e.g.
 ``lk__raw_spin_lock_irqsave__inl12``; :func:`tracedep.tracer.probes.parse_event_name`
 strips the suffix, so lock type and flags come from ``LOCK_FUNCS`` as for the
@@ -63,7 +71,8 @@ from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 4  # 3: static-pointer locks; 4: atomic base register, no hoisted double entries
+CACHE_FORMAT = 5  # 3: static-pointer locks; 4: atomic base register, no hoisted double entries;
+# 5: always-inline APIs (percpu rwsem readers), discovery mode in the key
 
 # Inlined functions that are a lock API level above the __raw_* body (their
 # ``lock`` parameter is the same lock: rlock is the first member of spinlock_t).
@@ -72,6 +81,11 @@ _API = re.compile(
     r"|^__raw_(spin|read|write)_(lock|unlock|trylock)(_bh|_irq|_irqsave|_irqrestore)?$")
 _BODY = re.compile(r"^__raw_((spin|read|write)_(lock|unlock|trylock)(_bh|_irq|_irqsave|"
                    r"_irqrestore)?)$")
+# lock APIs that are inline functions on every kernel: the instance is the body and
+# its name the LOCK_FUNCS key
+_ALWAYS_INLINE = re.compile(r"^percpu_(down_read|up_read|down_read_trylock)$")
+_UNOBSERVABLE = {"percpu_down_read_trylock": "an inlined percpu rwsem trylock: its outcome "
+                 "cannot be read at any probe-able address"}
 
 # DWARF register number → kprobe fetch-arg register, per ELF machine
 _KPROBE_REGS: dict[int, dict[int, str]] = {
@@ -588,35 +602,44 @@ def _lock_param(mod: _Module, inst: DIE) -> DIE | None:
     return params[0] if params else None
 
 
-def _walk(die: DIE, chain: list[DIE], out: list[list[DIE]], mod: _Module) -> None:
+def _is_body(nm: str | None, spin_bodies: bool) -> bool:
+    return bool(nm) and (bool(spin_bodies and _BODY.match(nm or "")) or
+                         bool(_ALWAYS_INLINE.match(nm or "")))
+
+
+def _walk(die: DIE, chain: list[DIE], out: list[list[DIE]], mod: _Module,
+          spin_bodies: bool = True) -> None:
     for child in die.iter_children():
         if child.tag == "DW_TAG_inlined_subroutine":
             nm = mod.name_of(child)
             path = [*chain, child]
-            if nm and _BODY.match(nm):
+            if _is_body(nm, spin_bodies):
                 out.append(path)
                 continue  # nothing below a lock body is a lock of the driver's
-            _walk(child, path, out, mod)
+            _walk(child, path, out, mod, spin_bodies)
         elif child.has_children:
-            _walk(child, chain, out, mod)
+            _walk(child, chain, out, mod, spin_bodies)
 
 
-def discover_module(ko: Path, module: str) -> Discovered:
-    """Every inlined lock/unlock of ``ko`` (module ``module``) that can be probed."""
+def discover_module(ko: Path, module: str, spin_bodies: bool = True) -> Discovered:
+    """Every inlined lock/unlock of ``ko`` (module ``module``) that can be probed.
+
+    ``spin_bodies``: the kernel inlines its spinlock bodies (``CONFIG_INLINE_SPIN_*``)
+    and they are looked for; APIs that are inline everywhere always are."""
     mod = _Module(ko, module)
     res = Discovered()
     seen: set[tuple[str, int, str, LockArg]] = set()
     for cu in mod.dwarf.iter_CUs():
         bodies: list[list[DIE]] = []
-        _walk(cu.get_top_DIE(), [], bodies, mod)
+        _walk(cu.get_top_DIE(), [], bodies, mod, spin_bodies)
         # API instances with no inlined body below them call the out-of-line lock
-        res.out_of_line += _count_out_of_line(cu.get_top_DIE(), mod)
+        if spin_bodies:
+            res.out_of_line += _count_out_of_line(cu.get_top_DIE(), mod)
         for path in bodies:
             body = path[-1]
             bname = mod.name_of(body) or ""
             m = _BODY.match(bname)
-            assert m is not None
-            func = f"_raw_{m.group(1)}"
+            func = f"_raw_{m.group(1)}" if m is not None else bname
             # the outermost contiguous run of lock API levels ending at the body
             k = len(path) - 1
             while k > 0 and _API.match(mod.name_of(path[k - 1]) or ""):
@@ -626,6 +649,9 @@ def discover_module(ko: Path, module: str) -> Discovered:
             api = mod.name_of(outer) or bname
             where = {"module": module, "func": func, "api": api,
                      "call": _call_site(mod, outer)}
+            if func in _UNOBSERVABLE:
+                res.skipped.append({**where, "reason": _UNOBSERVABLE[func]})
+                continue
             if func not in LOCK_FUNCS:
                 res.skipped.append({**where, "reason": "no lock function of that name"})
                 continue
@@ -853,10 +879,12 @@ class _Walk:
 # -- cache and probe definitions ----------------------------------------------------
 
 
-def discover_cached(ko: Path, module: str, cache: Path | None) -> Discovered:
-    """:func:`discover_module`, remembered per .ko content."""
+def discover_cached(ko: Path, module: str, cache: Path | None,
+                    spin_bodies: bool = True) -> Discovered:
+    """:func:`discover_module`, remembered per .ko content and mode."""
     key = hashlib.sha256(ko.read_bytes()).hexdigest()[:16]
-    path = cache / f"{module}-{key}-v{CACHE_FORMAT}.json" if cache else None
+    mode = "" if spin_bodies else "-always"
+    path = cache / f"{module}-{key}{mode}-v{CACHE_FORMAT}.json" if cache else None
     if path is not None and path.is_file():
         try:
             d = json.loads(path.read_text())
@@ -864,7 +892,7 @@ def discover_cached(ko: Path, module: str, cache: Path | None) -> Discovered:
                                for s in d["sites"]], d["skipped"], d["out_of_line"])
         except (ValueError, KeyError, TypeError) as e:
             log.warning("ignoring %s: %s", path, e)
-    res = discover_module(ko, module)
+    res = discover_module(ko, module, spin_bodies)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -15,7 +15,7 @@ become kind ``other``:
   ``(wq_completion)events``, ``(&timer.timer)``, ``fs_reclaim``), with read and
   recursion semantics its tracepoint does not record (no subclass, ``read`` only
   as one bit).  Taken as locks they make every task a lock-order and IRQ-safety
-  suspect; tracedep's sleep rules check ``flush_work()``/``del_timer_sync()`` and
+  suspect; tracedep's sleep rules check ``flush_work()`` and
   friends in atomic context directly instead.
 """
 

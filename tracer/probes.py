@@ -106,11 +106,15 @@ def _lock_table() -> dict[str, LockFunc]:
     add("rt_mutex_trylock", "mutex", "trylock", success="nonzero")
     add("rt_mutex_unlock", "mutex", release=True)
     # percpu_rw_semaphore: writers call out of line; readers are inline (a per-CPU
-    # increment), so only the ones behind a function are seen: cpus_read_lock() and
-    # friends, whose lock is always cpu_hotplug_lock (FIXED_LOCKS).  Not
-    # __percpu_down_read: it is the readers' slow path, inside those functions.
+    # increment): in modules their inlined instances are probed (tracer.inline_locks,
+    # by these names), in the core kernel only the ones behind a function are seen:
+    # cpus_read_lock() and friends, whose lock is always cpu_hotplug_lock
+    # (FIXED_LOCKS).  Not __percpu_down_read: it is the readers' slow path, inside
+    # those functions.
     add("percpu_down_write", "rwsem-w")
     add("percpu_up_write", "rwsem-w", release=True)
+    add("percpu_down_read", "rwsem-r")
+    add("percpu_up_read", "rwsem-r", release=True)
     add("cpus_read_lock", "rwsem-r")
     add("cpus_read_trylock", "rwsem-r", "trylock", success="nonzero")
     add("cpus_read_unlock", "rwsem-r", release=True)
