@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tracedep.tracer.inline_locks import discover_module, inline_probes
+from tracedep.tracer.inline_locks import _Module, discover_module, inline_probes
 from tracedep.tracer.probes import LOCK_FUNCS, parse_event_name
 
 DRIVER_C = r"""
@@ -97,12 +97,32 @@ def _build(tmp: Path, arch: str) -> Path:
 
 
 @pytest.fixture(scope="module", params=["x86_64", "arm64"])
-def discovered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-               ) -> tuple[str, Any]:
-    arch = str(request.param)
-    ko = _build(tmp_path_factory.mktemp("pcpu"), arch)
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[str, Path]:
+    return str(request.param), _build(tmp_path_factory.mktemp("pcpu"), str(request.param))
+
+
+@pytest.fixture(scope="module")
+def discovered(built: tuple[str, Path]) -> tuple[str, Any]:
+    arch, ko = built
     # x86_64's spinlock bodies are out of line: only the always-inline APIs are looked for
     return arch, discover_module(ko, "td_pcpu", spin_bodies=arch == "arm64")
+
+
+def test_no_probe_on_a_patched_site(built: tuple[str, Path], discovered: tuple[str, Any]
+                                    ) -> None:
+    """percpu_down_read() starts with might_sleep(): on x86_64 a static call the module
+    loader rewrites (a kprobe armed there first is lost without a word, as a locktorture
+    run showed: 0 hits).  The probe steps past it."""
+    arch, ko = built
+    mod = _Module(ko, "td_pcpu")
+    _, res = discovered
+    sites = {(mod.elf.by_name[s.section].index, s.sec_offset) for s in res.sites}
+    assert not sites & (mod.static_calls | mod.jump_labels), res.sites
+    if arch == "x86_64":
+        assert mod.static_calls, "might_sleep() compiles to a static call on Debian's x86_64"
+        downs = [s for s in res.sites if s.func == "percpu_down_read"]
+        assert downs and all(s.shifted >= 5 for s in downs), downs
 
 
 def _sites(res: Any, function: str, func: str) -> list[Any]:

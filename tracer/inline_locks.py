@@ -71,8 +71,8 @@ from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 5  # 3: static-pointer locks; 4: atomic base register, no hoisted double entries;
-# 5: always-inline APIs (percpu rwsem readers), discovery mode in the key
+CACHE_FORMAT = 6  # 3: static-pointer locks; 4: atomic base register, no hoisted double entries;
+# 5: always-inline APIs (percpu rwsem readers), discovery mode in the key; 6: x86 static calls
 
 # Inlined functions that are a lock API level above the __raw_* body (their
 # ``lock`` parameter is the same lock: rlock is the first member of spinlock_t).
@@ -247,7 +247,11 @@ class _Module:
         self.loc = LocationParser(self.dwarf.location_lists())
         self.expr = DWARFExprParser(self.dwarf.structs)
         self._names: dict[int, str | None] = {}
-        self.jump_labels = self._jump_labels()
+        self.jump_labels = self._sites_of("__jump_table", 16)
+        # static_call sites (x86: might_sleep()'s might_resched() under PREEMPT_DYNAMIC)
+        # are rewritten by the module loader, after a kprobe there may be armed: the
+        # probe is lost without a word (0 hits), so the walk steps over them
+        self.static_calls = self._sites_of(".static_call_sites", 8)
         self._preds: dict[int, set[int]] | None = None
         self._succs: dict[int, list[int]] = {}
         self._core: dict[int, bool] = {}
@@ -344,16 +348,17 @@ class _Module:
 
         return sorted(a for a in out if not leads_to_another(a))
 
-    def _jump_labels(self) -> set[tuple[int, int]]:
-        """(section, offset) of every static-branch site: kprobes refuse them
-        (``jump_label_text_reserved``) and the module loader patches them."""
+    def _sites_of(self, table: str, entry: int) -> set[tuple[int, int]]:
+        """(section, offset) of every code site a patch table lists: ``__jump_table``
+        (static branches, 16-byte entries: s32 code, s32 target, s64 key; kprobes
+        refuse them, ``jump_label_text_reserved``) or ``.static_call_sites`` (8-byte:
+        s32 site, s32 key).  Each entry's first field is a relative reference to the site."""
         out: set[tuple[int, int]] = set()
-        jt = self.elf.by_name.get("__jump_table")
+        jt = self.elf.by_name.get(table)
         if jt is None:
             return out
         from tracedep.analysis.elf_symbols import ELF64_RELA, ELF64_SYM, SHT_RELA
 
-        entry = 16  # relative entries: s32 code, s32 target, s64 key
         for rs in self.elf.sections:
             if rs.type != SHT_RELA or rs.info != jt.index:
                 continue
@@ -362,7 +367,10 @@ class _Module:
             for r in rel:
                 if int(r["offset"]) % entry != 0:
                     continue
-                sym = syms[int(r["info"]) >> 32]
+                k = int(r["info"]) >> 32
+                if k >= len(syms):
+                    continue
+                sym = syms[k]
                 out.add((int(sym["shndx"]), int(sym["value"]) + int(r["addend"])))
         return out
 
@@ -740,9 +748,19 @@ def _a64_in_atomic_context(mod: _Module, idx: int, off: int) -> bool:
     return False
 
 
-def _reg_of(fetch: str) -> int | None:
-    m = re.search(r"%x(\d+)", fetch)
-    return int(m.group(1)) if m else None
+def _reg_num(mod: _Module, fetch: str) -> int | None:
+    """The DWARF register number a fetch-arg reads (``%x19``, ``+8(%di)``), if any."""
+    m = re.search(r"%\w+", fetch)
+    if m is None:
+        return None
+    for n, name in mod.regs.items():
+        if name == m.group(0):
+            return n
+    return None
+
+
+# DWARF numbers of x86_64's caller-saved registers: rax rdx rcx rsi rdi r8-r11
+_X86_CALLER_SAVED = frozenset({0, 1, 2, 4, 5, 8, 9, 10, 11})
 
 
 def _site_at(mod: _Module, module: str, func: str, api: str, levels: list[DIE],
@@ -776,7 +794,7 @@ def _site_at(mod: _Module, module: str, func: str, api: str, levels: list[DIE],
             at_entry = [(levels[-1], LockArg("reg", mod.regs[rn]))]
             core = True
     walk = _Walk(mod, module, func, api, levels, entry, idx, params, at_entry,
-                 _MAX_SHIFT_INSNS if mod.arm64 else 1, core)
+                 _MAX_SHIFT_INSNS if mod.arm64 else 3, core)
     return walk.run(entry, off, set(), reason)
 
 
@@ -850,6 +868,15 @@ class _Walk:
                     else:
                         return reason
                     continue
+            if not mod.arm64 and (idx, o) in mod.jump_labels:
+                return "a static branch site (jump label) at the instance's entry"
+            if not mod.arm64 and (idx, o) in mod.static_calls:
+                # a 5-byte call (or the NOP it may become): the next instruction follows
+                # it on every path; the call clobbers the caller-saved registers
+                reason = "a static call site at the instance's entry"
+                written |= _X86_CALLER_SAVED
+                at, o = at + 5, o + 5
+                continue
             choice: tuple[DIE, LockArg] | None = None
             for lvl, p in self.params:  # outermost first; inner frames when optimized out
                 ops = _location_at(mod, p, at) if at != self.entry else None
@@ -860,7 +887,7 @@ class _Walk:
                         break
             if choice is None:
                 for lvl, arg in self.at_entry:  # still valid past instructions that keep it
-                    if arg.kind == "static" or _reg_of(arg.fetch) not in written:
+                    if arg.kind == "static" or _reg_num(mod, arg.fetch) not in written:
                         choice = (lvl, arg)
                         break
             if choice is None:
