@@ -180,3 +180,104 @@ def test_empty_and_garbage_input(ctl: control.Control) -> None:
         assert run_decode(b"", ctl, native).total == 0
         junk = run_decode(b"\xff" * (2 * PAGE), ctl, native)
         assert junk.total == 0 and junk.torn_pages == 2
+
+
+# --- damaged input: every offset and length from the guest is checked (issue 12) -----------
+
+
+def test_a_header_page_pointing_outside_a_page_is_refused(ctl: control.Control) -> None:
+    """``commit`` at 32 MiB made the C walker read outside its buffer (SIGSEGV); the
+    layout is now checked before any page is read, with one clear error."""
+    from tracedep.errors import TraceFormatError
+
+    hp = ctl.header_page() or ""
+    for bad in (hp.replace("offset:8;", "offset:33554432;", 1),
+                hp.replace("offset:8;", "offset:1099511627776;", 1),
+                hp.replace("size:4080;", "size:0;"), hp.replace("size:4080;", "size:4081;"),
+                hp.replace("offset:16;", "offset:100000;")):
+        assert bad != hp
+        for native in (True, False):
+            with pytest.raises(TraceFormatError, match="header_page"):
+                decode({0: b"\0" * PAGE}, bad, ctl.formats(), 5, native=native)
+
+
+def test_the_c_walker_refuses_an_impossible_layout_itself(raw: bytes) -> None:
+    """Defence in depth: the C side checks the layout it is given too."""
+    from tracedep.errors import TraceFormatError
+    from tracedep.tracer.ftrace_formats import PageHeader
+
+    lib = ftrace_binary._native()
+    assert lib is not None
+    out = ftrace_binary.RawRecords()
+    with pytest.raises(TraceFormatError):
+        ftrace_binary.walk_native(lib, raw, 0, 0, PageHeader(8, 1 << 30, 8, 16, 4080), out)
+
+
+def _records_of(page: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each data record of a real page, in order."""
+    out = ftrace_binary.RawRecords()
+    ftrace_binary.walk_pages(page, 0, 0, parse_header_page(
+        control.load(TINY / "control.log").header_page() or ""), out)
+    return list(zip(out.off, out.length, strict=True))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+@pytest.mark.parametrize("how", ["huge", "short", "padding"])
+def test_a_record_length_past_its_page_tears_only_that_page(raw: bytes, ctl: control.Control,
+                                                            native: bool, how: str) -> None:
+    page = 2
+    recs = _records_of(raw[page * PAGE:(page + 1) * PAGE])
+    assert len(recs) > 3
+    b = bytearray(raw)
+    hdr = page * PAGE + 16  # the page's first event header, made a long one (type_len 0)
+    if how == "padding":
+        struct.pack_into("<II", b, hdr, (7 << 5) | 29, 0xFFFF_FFF0)
+    else:
+        struct.pack_into("<II", b, hdr, 7 << 5, 0xFFFF_FFF0 if how == "huge" else 2)
+    d = run_decode(bytes(b), ctl, native)
+    good = run_decode(raw, ctl, native)
+    assert d.torn_pages == 1
+    # what survives is the undamaged decode less that page
+    without = run_decode(raw[:page * PAGE] + raw[(page + 1) * PAGE:], ctl, native)
+    pd.testing.assert_frame_equal(d.events, without.events)
+    assert len(good.events) > len(d.events)
+
+
+def _set_page_ts(raw: bytes, page: int, ts: int) -> bytes:
+    b = bytearray(raw)
+    struct.pack_into("<Q", b, page * PAGE, ts)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+def test_one_page_from_the_far_future_does_not_hide_the_rest(raw: bytes, ctl: control.Control,
+                                                              native: bool) -> None:
+    """A page stamped 2^64-1 used to make every later page look old: all dropped."""
+    n_pages = len(raw) // PAGE
+    assert n_pages >= 5
+    for ts in ((1 << 64) - 1, (1 << 62)):
+        d = run_decode(_set_page_ts(raw, 2, ts), ctl, native)
+        without = run_decode(raw[:2 * PAGE] + raw[3 * PAGE:], ctl, native)
+        assert d.torn_pages + d.backwards_pages == 1
+        pd.testing.assert_frame_equal(d.events, without.events)
+
+
+def test_walkers_agree_on_damaged_pages(raw: bytes, ctl: control.Control) -> None:
+    """Random byte flips in a real trace: the C and Python walkers see the same records
+    and the same damage, and nothing but the project's own errors is raised."""
+    import random
+
+    from tracedep.errors import TracedepError
+
+    rng = random.Random(12)
+    for _ in range(60):
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 40)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        try:
+            fast, slow = run_decode(bytes(b), ctl, True), run_decode(bytes(b), ctl, False)
+        except TracedepError:
+            continue
+        assert (fast.torn_pages, fast.backwards_pages, fast.missed_events) == (
+            slow.torn_pages, slow.backwards_pages, slow.missed_events)
+        pd.testing.assert_frame_equal(fast.events, slow.events)

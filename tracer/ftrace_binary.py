@@ -62,6 +62,7 @@ class RawRecords:
     off: list[int] = field(default_factory=list)  # offset of the record's payload in buf
     length: list[int] = field(default_factory=list)
     torn_pages: int = 0
+    backwards_pages: int = 0  # pages whose time does not fit their neighbours' (dropped)
     missed_events: int = 0
     missed_unknown_pages: int = 0
     # arrays from the native walker: (cpu, ts, off, length) per buffer
@@ -79,8 +80,16 @@ class RawRecords:
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore
 
 
+_TS_MAX = (1 << 63) - 1  # ts_ns is an int64 column; a later time is damage
+
+
 def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords) -> None:
-    """Append the records of every page in ``buf`` (offsets shifted by ``base``)."""
+    """Append the records of every page in ``buf`` (offsets shifted by ``base``).
+
+    The same walk as tracer/native/ringwalk.c, check for check: every offset and
+    length read from a page is checked against that page; a page failing one is
+    torn (its remaining records dropped), a page whose time stamp does not fit
+    between its neighbours' is counted as going backwards and dropped."""
     psize = hp.page_size
     dstart = hp.data_offset
     u32 = _U32.unpack_from
@@ -89,52 +98,84 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords)
     n_before = len(ts_l)
     prev_page_ts = 0
     for page in range(0, len(buf) - psize + 1, psize):
+        page_end = page + psize
         ts = u64(buf, page)[0]
         commit = u64(buf, page + hp.commit_offset)[0] if hp.commit_size == 8 else u32(
             buf, page + hp.commit_offset)[0]
         length = commit & 0x3FFFFFFF
-        if length > hp.data_size or (prev_page_ts and ts < prev_page_ts):
+        if length > hp.data_size or ts > _TS_MAX:
             out.torn_pages += 1  # a ringbuf transport overwrote part of this page
             continue
+        if prev_page_ts and ts < prev_page_ts:
+            out.backwards_pages += 1
+            continue
+        if page_end + psize <= len(buf):
+            nxt = u64(buf, page_end)[0]
+            if 0 < nxt < ts and nxt >= prev_page_ts:  # this page claims a later time
+                out.backwards_pages += 1
+                continue
         prev_page_ts = ts
         pos = page + dstart
         end = pos + length
         if commit & RB_MISSED_EVENTS:
-            if commit & RB_MISSED_STORED and end + 8 <= page + psize:
+            if commit & RB_MISSED_STORED and end + 8 <= page_end:
                 out.missed_events += u64(buf, end)[0]
             else:
                 out.missed_unknown_pages += 1
+        torn = False
         while pos < end:
+            if pos + 4 > end:
+                torn = True
+                break
             hdr = u32(buf, pos)[0]
             tl = hdr & 31
             delta = hdr >> 5
-            if tl == 0:
-                rlen = u32(buf, pos + 4)[0]
+            if tl <= 28:
+                if tl == 0:
+                    if pos + 8 > end:
+                        torn = True
+                        break
+                    rlen = u32(buf, pos + 4)[0]
+                    if rlen < 4 or rlen > end - pos - 4:
+                        torn = True
+                        break
+                    dpos, dlen, adv = pos + 8, rlen - 4, 4 + rlen
+                else:
+                    dpos, dlen, adv = pos + 4, tl * 4, 4 + tl * 4
+                if dpos + dlen > end:
+                    torn = True
+                    break
                 ts += delta
+                if ts > _TS_MAX:
+                    torn = True
+                    break
                 ts_l.append(ts)
-                off_l.append(base + pos + 8)
-                len_l.append(rlen - 4)
-                pos += 4 + rlen
-            elif tl <= 28:
-                ts += delta
-                ts_l.append(ts)
-                off_l.append(base + pos + 4)
-                len_l.append(tl * 4)
-                pos += 4 + tl * 4
+                off_l.append(base + dpos)
+                len_l.append(dlen)
+                pos += adv
             elif tl == 29:  # padding: a discarded event, or the rest of the page
                 if delta == 0:
                     break
-                pos += 4 + u32(buf, pos + 4)[0]
-            elif tl == 30:
-                ts += (u32(buf, pos + 4)[0] << 27) | delta
+                if pos + 8 > page_end:
+                    torn = True
+                    break
+                plen = u32(buf, pos + 4)[0]
+                if plen > page_end - pos - 4:  # the tail's padding may pass the commit
+                    torn = True
+                    break
+                pos += 4 + plen
+            else:
+                if pos + 8 > end:
+                    torn = True
+                    break
+                ext = (u32(buf, pos + 4)[0] << 27) | delta
+                if tl == 30:
+                    ts += ext
+                else:  # absolute time stamp; keep the page's upper bits (59-bit field)
+                    ts = (ts & ~((1 << 59) - 1)) | ext
                 pos += 8
-            else:  # absolute time stamp; keep the page's upper bits (59-bit field)
-                abs_ts = (u32(buf, pos + 4)[0] << 27) | delta
-                ts = (ts & ~((1 << 59) - 1)) | abs_ts
-                pos += 8
-            if pos > page + psize:
-                out.torn_pages += 1
-                break
+        if torn:
+            out.torn_pages += 1
     out.cpu.extend([cpu] * (len(ts_l) - n_before))
 
 
@@ -184,6 +225,7 @@ def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
     torn = ctypes.c_long(0)
     missed = ctypes.c_uint64(0)
     unknown = ctypes.c_long(0)
+    backwards = ctypes.c_long(0)
     arr = np.frombuffer(buf, dtype=np.uint8)
     n = lib.td_walk(
         arr.ctypes.data_as(ctypes.c_void_p), ctypes.c_long(len(buf)), ctypes.c_long(base),
@@ -191,11 +233,15 @@ def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
         ctypes.c_long(hp.commit_size), ctypes.c_long(hp.data_offset),
         ctypes.c_long(hp.data_size), ts.ctypes.data_as(ctypes.c_void_p),
         off.ctypes.data_as(ctypes.c_void_p), ln.ctypes.data_as(ctypes.c_void_p),
-        ctypes.c_long(cap), ctypes.byref(torn), ctypes.byref(missed), ctypes.byref(unknown))
+        ctypes.c_long(cap), ctypes.byref(torn), ctypes.byref(missed), ctypes.byref(unknown),
+        ctypes.byref(backwards))
+    if n == -2:
+        raise TraceFormatError(f"ring-buffer page layout rejected by the walker: {hp}")
     if n < 0:
         return False
     out.chunks.append((np.full(n, cpu, np.int16), ts[:n], off[:n], ln[:n]))
     out.torn_pages += torn.value
+    out.backwards_pages += backwards.value
     out.missed_events += missed.value
     out.missed_unknown_pages += unknown.value
     return True
@@ -272,6 +318,8 @@ class Decoded:
     calibration: dict[str, Any] = field(default_factory=dict)
     # lockdep's tracepoints, when the kernel has them (tracer.lockdep_events)
     lockdep: dict[str, int] = field(default_factory=dict)
+    # pages dropped because their time stamp did not fit their neighbours' (damage)
+    backwards_pages: int = 0
 
 
 def decode(
@@ -284,7 +332,10 @@ def decode(
     native: bool = True,
     inline_sites: dict[str, dict[str, Any]] | None = None,
 ) -> Decoded:
-    hp = parse_header_page(header_page)
+    try:
+        hp = parse_header_page(header_page)
+    except ValueError as e:
+        raise TraceFormatError(f"control.log: {e}") from None
     fmts: dict[int, EventFormat] = {}
     for name, text in formats.items():
         f = parse_format(name, text)
@@ -309,7 +360,8 @@ def decode(
     rec_cpu, rec_ts, off, reclen32 = recs.arrays()
     n = len(off)
     if n == 0:
-        return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {})
+        return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {},
+                       backwards_pages=recs.backwards_pages)
     reclen = reclen32.astype(np.int64)
     etype = _gather(arr, off, 2, False).astype(np.int64)
     flags = _gather(arr, off + 2, 1, False)
@@ -536,7 +588,7 @@ def decode(
     df = df.sort_values(["ts_ns", "cpu"], kind="stable")
     events = schema.conform(df)
     return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events, len(events),
-                   comms, cal)
+                   comms, cal, backwards_pages=recs.backwards_pages)
 
 
 def _bounded_string(buf: bytes, rec: int, reclen: int, fd: Any) -> str:

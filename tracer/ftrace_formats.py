@@ -75,12 +75,34 @@ class PageHeader:
         return self.data_offset + self.data_size
 
 
+# ring-buffer pages are a few pages of the guest's memory (4 KiB on x86_64 and on
+# Debian's arm64; 64 KiB at most on any architecture)
+_MAX_PAGE = 1 << 16
+
+
 def parse_header_page(text: str) -> PageHeader:
+    """The page layout the guest sent (``events/header_page``), checked: every later
+    read of a page goes through these offsets, so none may point outside a page."""
     fields = {_field_name(m.group("decl")): m for m in _FIELD.finditer(text)}
     try:
         ts, commit, data = fields["timestamp"], fields["commit"], fields["data"]
     except KeyError as e:
         raise ValueError(f"header_page lacks field {e}") from None
-    return PageHeader(int(ts.group("size")), int(commit.group("off")),
-                      int(commit.group("size")), int(data.group("off")),
-                      int(data.group("size")))
+    hp = PageHeader(int(ts.group("size")), int(commit.group("off")),
+                    int(commit.group("size")), int(data.group("off")),
+                    int(data.group("size")))
+    ts_off = int(ts.group("off"))
+    problems = []
+    if ts_off != 0 or hp.timestamp_size != 8:
+        problems.append(f"timestamp at {ts_off}, size {hp.timestamp_size} (not 0, 8)")
+    if hp.commit_size not in (4, 8) or hp.commit_offset < 8 or \
+            hp.commit_offset + hp.commit_size > hp.data_offset:
+        problems.append(f"commit at {hp.commit_offset}, size {hp.commit_size}")
+    if not 0 < hp.data_offset <= 64 or hp.data_size <= 0:
+        problems.append(f"data at {hp.data_offset}, size {hp.data_size}")
+    ps = hp.page_size
+    if ps > _MAX_PAGE or ps & (ps - 1):
+        problems.append(f"a page of {ps} bytes (not a power of two up to {_MAX_PAGE})")
+    if problems:
+        raise ValueError("header_page describes no ring-buffer page: " + "; ".join(problems))
+    return hp

@@ -3,7 +3,16 @@
  * The Python decoder (tracer/ftrace_binary.py) does the same in pure Python
  * when this cannot be compiled; both must agree (tests/test_ftrace_binary.py).
  *
- * Returns the number of records written, or -1 when `cap` was too small.
+ * Everything in `buf` comes from the guest: every offset and length read from
+ * it is checked against the page it lies in before it is used.  A page that
+ * fails a check is counted in `*torn` and its remaining records are dropped;
+ * `*backwards` counts pages whose time stamp does not fit between their
+ * neighbours' (dropped too: one page claiming the far future must not make
+ * every later page look old).  The layout arguments are checked by the caller
+ * (ftrace_formats.parse_header_page) and again here.
+ *
+ * Returns the number of records written, -1 when `cap` was too small, -2 when
+ * the layout arguments are impossible.
  */
 #include <stdint.h>
 #include <string.h>
@@ -11,48 +20,84 @@
 static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
+#define TS_MAX ((uint64_t)INT64_MAX)
+
 long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_off,
 	     long commit_size, long data_off, long data_size,
 	     int64_t *out_ts, int64_t *out_off, int32_t *out_len, long cap,
-	     long *torn, uint64_t *missed, long *missed_unknown)
+	     long *torn, uint64_t *missed, long *missed_unknown, long *backwards)
 {
 	long n = 0;
 	uint64_t prev_ts = 0;
 
+	if (len < 0 || base < 0 || psize < 16 || psize > (1L << 16) ||
+	    commit_off < 8 || (commit_size != 4 && commit_size != 8) ||
+	    commit_off + commit_size > data_off || data_off <= 0 || data_size <= 0 ||
+	    data_off + data_size != psize)
+		return -2;
+
 	for (long page = 0; page + psize <= len; page += psize) {
+		const long page_end = page + psize;
 		uint64_t ts = rd64(buf + page);
 		uint64_t commit = commit_size == 8 ? rd64(buf + page + commit_off)
 						   : rd32(buf + page + commit_off);
 		uint64_t length = commit & 0x3FFFFFFFu;
 		long pos, end;
 
-		if ((long)length > data_size || (prev_ts && ts < prev_ts)) {
+		if ((long)length > data_size || ts > TS_MAX) {
 			(*torn)++;
 			continue;
+		}
+		if (prev_ts && ts < prev_ts) {
+			(*backwards)++;
+			continue;
+		}
+		if (page_end + psize <= len) {
+			/* higher than the next page, which itself follows the previous one */
+			uint64_t next = rd64(buf + page_end);
+
+			if (next < ts && next >= prev_ts && next > 0) {
+				(*backwards)++;
+				continue;
+			}
 		}
 		prev_ts = ts;
 		pos = page + data_off;
 		end = pos + (long)length;
 		if (commit & (1ull << 31)) {
-			if ((commit & (1ull << 30)) && end + 8 <= page + psize)
+			if ((commit & (1ull << 30)) && end + 8 <= page_end)
 				*missed += rd64(buf + end);
 			else
 				(*missed_unknown)++;
 		}
 		while (pos < end) {
-			uint32_t hdr = rd32(buf + pos);
-			uint32_t tl = hdr & 31, delta = hdr >> 5;
+			uint32_t hdr, tl, delta;
 
-			if (tl == 0 || tl <= 28) {
+			if (pos + 4 > end)
+				goto torn_page;
+			hdr = rd32(buf + pos);
+			tl = hdr & 31;
+			delta = hdr >> 5;
+			if (tl <= 28) {
 				long dpos, dlen, adv;
 
 				if (tl == 0) {
-					uint32_t rlen = rd32(buf + pos + 4);
-					dpos = pos + 8; dlen = (long)rlen - 4; adv = 4 + rlen;
+					uint32_t rlen;
+
+					if (pos + 8 > end)
+						goto torn_page;
+					rlen = rd32(buf + pos + 4);
+					if (rlen < 4 || rlen > (uint32_t)(end - pos - 4))
+						goto torn_page;
+					dpos = pos + 8; dlen = (long)rlen - 4; adv = 4 + (long)rlen;
 				} else {
-					dpos = pos + 4; dlen = tl * 4; adv = 4 + tl * 4;
+					dpos = pos + 4; dlen = (long)tl * 4; adv = 4 + (long)tl * 4;
 				}
+				if (dpos + dlen > end)
+					goto torn_page;
 				ts += delta;
+				if (ts > TS_MAX)
+					goto torn_page;
 				if (n >= cap)
 					return -1;
 				out_ts[n] = (int64_t)ts;
@@ -61,22 +106,33 @@ long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_of
 				n++;
 				pos += adv;
 			} else if (tl == 29) {
+				uint32_t plen;
+
 				if (delta == 0)
 					break;
-				pos += 4 + rd32(buf + pos + 4);
-			} else if (tl == 30) {
-				ts += ((uint64_t)rd32(buf + pos + 4) << 27) | delta;
-				pos += 8;
+				if (pos + 8 > page_end)
+					goto torn_page;
+				plen = rd32(buf + pos + 4);
+				/* the tail's padding may run to the page's end, past the commit */
+				if (plen > (uint32_t)(page_end - pos - 4))
+					goto torn_page;
+				pos += 4 + (long)plen;
 			} else {
-				uint64_t abs_ts = ((uint64_t)rd32(buf + pos + 4) << 27) | delta;
-				ts = (ts & ~((1ull << 59) - 1)) | abs_ts;
+				uint64_t ext;
+
+				if (pos + 8 > end)
+					goto torn_page;
+				ext = ((uint64_t)rd32(buf + pos + 4) << 27) | delta;
+				if (tl == 30)
+					ts += ext;
+				else
+					ts = (ts & ~((1ull << 59) - 1)) | ext;
 				pos += 8;
-			}
-			if (pos > page + psize) {
-				(*torn)++;
-				break;
 			}
 		}
+		continue;
+torn_page:
+		(*torn)++;
 	}
 	return n;
 }
