@@ -75,10 +75,53 @@ def _load_run(run_dir: Path) -> Trace:
         raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
     decoded = decode_run(run_dir, info)
     schema.validate(decoded.events)
+    gaps = completeness(info, decoded)
     syms = RunSymbols.for_run(run_dir, info, module_load_times(decoded.events))
-    warnings = list(syms.warnings)
+    warnings = gaps + list(syms.warnings)
     warnings += place_fixed_locks(decoded.events, syms)
     return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)
+
+
+def completeness(info: dict[str, Any], decoded: Any) -> list[str]:
+    """What this decode could not read of what the run itself decoded, in ``info["lost"]``
+    (so every report counts it as lost) and in words; empty when nothing is missing.
+
+    The run decoded its trace once when it ended (``lost.decoded_events``, per CPU in
+    ``lost.decoded_per_cpu``); a trace damaged or cut since then decodes to fewer
+    events, or to torn pages, and must not be reported as complete."""
+    lost = info.get("lost")
+    if not isinstance(lost, dict):
+        lost = info["lost"] = {}
+    out: list[str] = []
+    before = {k: int(lost.get(k) or 0) if isinstance(lost.get(k), int) else 0
+              for k in ("decoder_torn_pages", "decoder_backwards_pages", "unreadable_events")}
+    now = {"decoder_torn_pages": int(decoded.torn_pages),
+           "decoder_backwards_pages": int(getattr(decoded, "backwards_pages", 0))}
+    per_cpu = {int(c): int(n) for c, n in decoded.events["cpu"].value_counts().items()}
+    recorded = lost.get("decoded_per_cpu")
+    missing: dict[int, int] = {}
+    if isinstance(recorded, dict):
+        for c, n in recorded.items():
+            if str(c).isdigit() and isinstance(n, int) and n > per_cpu.get(int(c), 0):
+                missing[int(c)] = n - per_cpu.get(int(c), 0)
+    elif isinstance(lost.get("decoded_events"), int) and lost["decoded_events"] > decoded.total:
+        missing[-1] = int(lost["decoded_events"]) - int(decoded.total)
+    now["unreadable_events"] = sum(missing.values())
+    for c, n in sorted(missing.items()):
+        where = f"cpu{c}" if c >= 0 else "the trace"
+        out.append(f"incomplete: {n:,} events missing or unreadable on {where} (the run "
+                   f"decoded them when it ended; the trace files changed since)")
+    for k, what in (("decoder_torn_pages", "torn ring-buffer page(s)"),
+                    ("decoder_backwards_pages", "page(s) out of time order")):
+        if now[k] > before[k]:
+            out.append(f"incomplete: {now[k]:,} {what} could not be read; their events are "
+                       f"missing")
+    if now != {k: before[k] for k in now}:
+        total = int(lost.get("total") or 0) if isinstance(lost.get("total"), int) else 0
+        total += sum(max(now[k] - before[k], 0) for k in now)
+        lost.update({k: max(now[k], before[k]) for k in now})
+        lost["total"] = total
+    return out
 
 
 def place_fixed_locks(events: pd.DataFrame, syms: RunSymbols) -> list[str]:

@@ -223,7 +223,7 @@ class HeapNamer:
 
     ``scope(module, addr, ts)`` gives the DWARF scope at a code address (for the module
     load live at ``ts``).  ``alloc_ip`` is the allocator's return address: the call
-    before it is looked up.  Answers are remembered per call site, offset and kind."""
+    before it is looked up, then the return address itself.  Answers are remembered per call site, offset and kind."""
 
     scope: Callable[[str, int, int], list[DIE]]
 
@@ -236,8 +236,11 @@ class HeapNamer:
         key = (module, alloc_ip, off, size, lock_type)
         if key not in self._memo:
             try:
+                # the call instruction's scope, else the returning one's: GCC's inline
+                # ranges sometimes leave the call itself to the outer function
                 self._memo[key] = name_in_scope(self.scope(module, alloc_ip - 1, ts), off,
-                                                size, lock_type)
+                                                size, lock_type) or \
+                    name_in_scope(self.scope(module, alloc_ip, ts), off, size, lock_type)
             except Exception as e:  # malformed DWARF: the offset name stays
                 self.failures += 1
                 log.debug("no type name at %s %#x: %s", module, alloc_ip, e)

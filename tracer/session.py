@@ -503,6 +503,8 @@ def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, 
         read_total = int(sum(s.get("read_events", 0) for s in stats.values()))
         lost["read_events_guest"] = read_total
         lost["decoded_events"] = decoded.total
+        lost["decoded_per_cpu"] = {str(c): int(n) for c, n in
+                                   decoded.events["cpu"].value_counts().sort_index().items()}
     except Exception as e:  # the manifest must still be written
         log.warning("decoding the trace failed: %s", e)
         info["decode_error"] = str(e)

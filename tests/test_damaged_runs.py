@@ -1,0 +1,79 @@
+"""A run directory damaged after the run is never reported as a complete trace.
+
+The run is the recorded real trace of tests/data/traces/tiny/, with what the run
+itself decoded when it ended written into its manifest (``lost.decoded_events``,
+``lost.decoded_per_cpu``), as tracer.session writes them.  Emptying, cutting or
+corrupting ``trace/cpu0.raw`` afterwards must make every report say
+"incomplete", with the events it could not read counted as lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tracedep.analysis.trace import load
+from tracedep.cli import main
+
+TINY = Path(__file__).parent / "data" / "traces" / "tiny"
+PAGE = 4096
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    d = tmp_path / "run"
+    shutil.copytree(TINY, d)
+    t = load(d)
+    assert t.warnings == [] or not any("incomplete" in w for w in t.warnings)
+    info = json.loads((d / "manifest.json").read_text())
+    info["lost"] = {"total": 0, "decoder_torn_pages": 0, "decoded_events": len(t.events),
+                    "decoded_per_cpu": {str(c): int(n) for c, n in
+                                        t.events["cpu"].value_counts().items()}}
+    (d / "manifest.json").write_text(json.dumps(info))
+    return d
+
+
+def _raw(run: Path) -> Path:
+    return run / "trace" / "cpu0.raw"
+
+
+def test_the_undamaged_run_is_complete(run: Path) -> None:
+    t = load(run)
+    assert not [w for w in t.warnings if "incomplete" in w]
+    assert t.info["lost"]["total"] == 0
+
+
+@pytest.mark.parametrize("damage", ["empty", "whole_pages", "mid_page", "deleted"])
+def test_a_cut_trace_says_incomplete(run: Path, damage: str) -> None:
+    raw = _raw(run)
+    data = raw.read_bytes()
+    if damage == "empty":
+        raw.write_bytes(b"")
+    elif damage == "whole_pages":
+        raw.write_bytes(data[:2 * PAGE])
+    elif damage == "mid_page":
+        raw.write_bytes(data[:2 * PAGE + 1000])
+    else:
+        raw.unlink()
+    t = load(run)
+    said = [w for w in t.warnings if w.startswith("incomplete:")]
+    assert said and "cpu0" in said[0], t.warnings
+    assert t.info["lost"]["unreadable_events"] > 0
+    assert t.info["lost"]["total"] >= t.info["lost"]["unreadable_events"]
+    if damage == "mid_page":
+        assert t.info["lost"]["decoder_torn_pages"] == 1
+
+
+def test_every_report_says_so(run: Path, tmp_path: Path) -> None:
+    raw = _raw(run)
+    raw.write_bytes(raw.read_bytes()[:PAGE])
+    out = tmp_path / "out"
+    rc = main(["analyze", str(run), "--no-dwarf", "--out", str(out)])
+    assert rc in (0, 1)
+    assert "INCOMPLETE" in (out / "report.txt").read_text()
+    assert "Trace incomplete" in (out / "index.html").read_text()
+    health = json.loads((out / "analysis.json").read_text())["health"]
+    assert any(w.startswith("incomplete:") for w in health["warnings"])
