@@ -223,7 +223,8 @@ class HeapNamer:
 
     ``scope(module, addr, ts)`` gives the DWARF scope at a code address (for the module
     load live at ``ts``).  ``alloc_ip`` is the allocator's return address: the call
-    before it is looked up, then the return address itself.  Answers are remembered per call site, offset and kind."""
+    before it is looked up, then the return address itself.  Answers are remembered
+    per call site, offset and kind."""
 
     scope: Callable[[str, int, int], list[DIE]]
 
