@@ -8,7 +8,6 @@ module reloaded elsewhere needs its own layout).
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from dataclasses import replace
@@ -23,7 +22,7 @@ from tracedep.analysis.symbolizer import (
     SymbolizerError,
     kaslr_offset_of,
 )
-from tracedep.analysis.symbols import module_records, read_kallsyms
+from tracedep.analysis.symbols import module_records, read_kallsyms_file
 from tracedep.analysis.trace import Trace
 from tracedep.analysis.type_names import HeapNamer
 
@@ -64,8 +63,7 @@ class _Resolver:
         kpath = trace.source / "kallsyms.gz" if trace.source.is_dir() else None
         self.kallsyms: list[tuple[int, str, str]] = []
         if kpath is not None and kpath.is_file():
-            with gzip.open(kpath, "rt") as fh:
-                self.kallsyms = read_kallsyms(fh.read())
+            self.kallsyms = read_kallsyms_file(kpath)
 
     def _image(self, name: str, gen: int) -> ModuleImage | None:
         info = self.trace.info

@@ -52,7 +52,7 @@ import pandas as pd
 
 from tracedep.analysis.elf_symbols import SymbolTable, is_mapping_or_local_label
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.symbols import ModuleSpan, RunSymbols, read_kallsyms
+from tracedep.analysis.symbols import ModuleSpan, RunSymbols, read_kallsyms_file
 from tracedep.analysis.trace import Trace
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import schema
@@ -742,12 +742,9 @@ class _TextParser:
 
 def _read_kallsyms(path: Path) -> list[tuple[int, str, str]]:
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"--kallsyms {path}: {e.strerror or e}") from None
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    entries = read_kallsyms(raw.decode("utf-8", "replace"))
+        entries = read_kallsyms_file(path)
+    except TraceFormatError as e:
+        raise InputError(f"--kallsyms {e}") from None
     if not entries:
         raise InputError(f"--kallsyms {path}: no symbols (not a /proc/kallsyms copy)")
     if not any(a for a, _, _ in entries):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
+from tracedep.errors import TraceFormatError
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,29 @@ class ModuleSpan:
 
 
 def read_kallsyms(text: str) -> list[tuple[int, str, str]]:
+    """(address, type, name) of each well-formed ``/proc/kallsyms`` line; others skipped."""
     out = []
     for line in text.splitlines():
         parts = line.split(maxsplit=2)
-        if len(parts) == 3:
+        if len(parts) == 3 and len(parts[1]) == 1:
             try:
-                out.append((int(parts[0], 16), parts[1], parts[2]))
+                a = int(parts[0], 16)
             except ValueError:
                 continue
+            if 0 <= a < 1 << 64:
+                out.append((a, parts[1], parts[2]))
     return out
+
+
+def read_kallsyms_file(path: Path) -> list[tuple[int, str, str]]:
+    """A run's (or a user's) kallsyms, gzip'd or not; damage is one clear error."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise TraceFormatError(f"{path}: unreadable kallsyms ({e})") from None
+    return read_kallsyms(raw.decode("utf-8", "replace"))
 
 
 class RunSymbols:
@@ -199,8 +214,9 @@ class RunSymbols:
         warnings = []
         kpath = run_dir / "kallsyms.gz"
         if kpath.is_file():
-            with gzip.open(kpath, "rt") as fh:
-                entries = read_kallsyms(fh.read())
+            entries = read_kallsyms_file(kpath)
+            if not entries:
+                raise TraceFormatError(f"{kpath}: no symbols in it")
             kernel = SymbolTable.from_kallsyms(entries)
             span = kernel.bounds()
         else:

@@ -77,3 +77,21 @@ def test_every_report_says_so(run: Path, tmp_path: Path) -> None:
     assert "Trace incomplete" in (out / "index.html").read_text()
     health = json.loads((out / "analysis.json").read_text())["health"]
     assert any(w.startswith("incomplete:") for w in health["warnings"])
+
+
+@pytest.mark.parametrize("content", ["truncated", "random", "plain_garbage", "huge_address"])
+def test_a_damaged_kallsyms_is_one_clear_line(run: Path, tmp_path: Path, content: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import gzip
+    import random
+
+    good = gzip.compress(b"ffffffff81000000 T _stext\nffffffff81000100 T start_kernel\n")
+    data = {"truncated": good[:len(good) // 2],
+            "random": b"\x1f\x8b" + random.Random(3).randbytes(400),
+            "plain_garbage": "\u00e9t\u00e9 \x00\xff".encode("latin-1") * 50,
+            "huge_address": gzip.compress(b"1" * 40 + b" T _stext\n")}[content]
+    (run / "kallsyms.gz").write_bytes(data)
+    rc = main(["analyze", str(run), "--no-dwarf", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("tracedep: error: ") and "kallsyms" in err and err.count("\n") == 1
