@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from tracedep.analysis.findings import Frame
 from tracedep.analysis.symbols import RunSymbols
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import manifest, schema
+
+if TYPE_CHECKING:
+    from tracedep.tracer.ftrace_binary import Decoded
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ def _load_run(run_dir: Path) -> Trace:
     return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)
 
 
-def completeness(info: dict[str, Any], decoded: Any) -> list[str]:
+def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
     """What this decode could not read of what the run itself decoded, in ``info["lost"]``
     (so every report counts it as lost) and in words; empty when nothing is missing.
 
@@ -94,10 +97,13 @@ def completeness(info: dict[str, Any], decoded: Any) -> list[str]:
         lost = info["lost"] = {}
     out: list[str] = []
     before = {k: int(lost.get(k) or 0) if isinstance(lost.get(k), int) else 0
-              for k in ("decoder_torn_pages", "decoder_backwards_pages", "unreadable_events")}
+              for k in ("decoder_torn_pages", "decoder_backwards_pages",
+                        "decoder_rejected_records", "unreadable_events")}
     now = {"decoder_torn_pages": int(decoded.torn_pages),
-           "decoder_backwards_pages": int(getattr(decoded, "backwards_pages", 0))}
-    per_cpu = {int(c): int(n) for c, n in decoded.events["cpu"].value_counts().items()}
+           "decoder_backwards_pages": int(decoded.backwards_pages),
+           "decoder_rejected_records": int(sum(decoded.rejected.values()))}
+    cpus, n_per_cpu = np.unique(decoded.events["cpu"].to_numpy(), return_counts=True)
+    per_cpu = dict(zip(cpus.tolist(), n_per_cpu.tolist(), strict=True))
     recorded = lost.get("decoded_per_cpu")
     missing: dict[int, int] = {}
     if isinstance(recorded, dict):
@@ -112,10 +118,14 @@ def completeness(info: dict[str, Any], decoded: Any) -> list[str]:
         out.append(f"incomplete: {n:,} events missing or unreadable on {where} (the run "
                    f"decoded them when it ended; the trace files changed since)")
     for k, what in (("decoder_torn_pages", "torn ring-buffer page(s)"),
-                    ("decoder_backwards_pages", "page(s) out of time order")):
+                    ("decoder_backwards_pages", "page(s) out of time order"),
+                    ("decoder_rejected_records", "record(s) that contradict their format")):
         if now[k] > before[k]:
             out.append(f"incomplete: {now[k]:,} {what} could not be read; their events are "
                        f"missing")
+    if now["decoder_rejected_records"] > before["decoder_rejected_records"]:
+        why = sorted(decoded.rejected.items(), key=lambda kv: -kv[1])[:3]
+        out.append("rejected records: " + "; ".join(f"{n:,} {w}" for w, n in why))
     if now != {k: before[k] for k in now}:
         total = int(lost.get("total") or 0) if isinstance(lost.get("total"), int) else 0
         total += sum(max(now[k] - before[k], 0) for k in now)

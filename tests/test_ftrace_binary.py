@@ -281,3 +281,34 @@ def test_walkers_agree_on_damaged_pages(raw: bytes, ctl: control.Control) -> Non
         assert (fast.torn_pages, fast.backwards_pages, fast.missed_events) == (
             slow.torn_pages, slow.backwards_pages, slow.missed_events)
         pd.testing.assert_frame_equal(fast.events, slow.events)
+
+
+def _decode_with_formats(raw: bytes, ctl: control.Control, formats: dict[str, str]) -> Decoded:
+    info = json.loads((TINY / "manifest.json").read_text())
+    return decode({0: raw}, ctl.header_page() or "", formats, int(info["call_insn_size"]))
+
+
+def test_records_that_contradict_their_format_are_rejected_and_counted(
+        raw: bytes, ctl: control.Control) -> None:
+    """The formats come from the guest too: a field past the record's end, a size no C
+    type has, or a field the decoder needs missing drop those records, with why."""
+    good = _decode_with_formats(raw, ctl, ctl.formats())
+    n_lock = good.counts["tracedep/lk__raw_spin_lock"]
+    n_sleep = good.counts["tracedep/sl_msleep"]
+    assert n_lock and n_sleep and not good.rejected
+    fmts = dict(ctl.formats())
+    fmts["tracedep/lk__raw_spin_lock"] = fmts["tracedep/lk__raw_spin_lock"].replace(
+        "offset:24;\tsize:8;", "offset:4000;\tsize:8;")
+    fmts["tracedep/sl_msleep"] = "\n".join(
+        ln for ln in fmts["tracedep/sl_msleep"].splitlines()
+        if "__probe_ip" not in ln and " ret;" not in ln)
+    fmts["tracedep/ul__raw_spin_unlock"] = fmts["tracedep/ul__raw_spin_unlock"].replace(
+        "offset:16;\tsize:8;", "offset:16;\tsize:3;")
+    d = _decode_with_formats(raw, ctl, fmts)
+    assert d.rejected == {
+        "tracedep/lk__raw_spin_lock: records shorter than the format": n_lock,
+        "tracedep/sl_msleep: KeyError: '__probe_ip'": n_sleep,
+        "tracedep/ul__raw_spin_unlock: ValueError: a 3-byte integer field":
+            good.counts["tracedep/ul__raw_spin_unlock"],
+    }, d.rejected
+    assert len(d.events) == len(good.events) - sum(d.rejected.values())

@@ -288,6 +288,8 @@ def _unique_names(names: list[str], inverse: np.ndarray) -> pd.Categorical:
 def _gather(arr: np.ndarray, offs: np.ndarray, size: int, signed: bool) -> np.ndarray:
     if len(offs) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
+    if size not in (1, 2, 4, 8):
+        raise ValueError(f"a {size}-byte integer field")
     idx = offs[:, None] + np.arange(size, dtype=np.int64)
     raw = np.ascontiguousarray(arr[idx])
     dt = {1: "i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size] if signed else {
@@ -320,6 +322,8 @@ class Decoded:
     lockdep: dict[str, int] = field(default_factory=dict)
     # pages dropped because their time stamp did not fit their neighbours' (damage)
     backwards_pages: int = 0
+    # records dropped because they contradict their format, by why
+    rejected: dict[str, int] = field(default_factory=dict)
 
 
 def decode(
@@ -363,10 +367,13 @@ def decode(
         return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {},
                        backwards_pages=recs.backwards_pages)
     reclen = reclen32.astype(np.int64)
-    etype = _gather(arr, off, 2, False).astype(np.int64)
-    flags = _gather(arr, off + 2, 1, False)
-    pc = _gather(arr, off + 3, 1, False)
-    pid = _gather(arr, off + 4, 4, True)
+    # every record starts with the 8-byte common header (type, flags, preempt count, pid)
+    hdr_ok = (reclen >= 8) & (off + 8 <= len(arr))
+    hoff = np.where(hdr_ok, off, 0)
+    etype = np.where(hdr_ok, _gather(arr, hoff, 2, False).astype(np.int64), -1)
+    flags = _gather(arr, hoff + 2, 1, False)
+    pc = _gather(arr, hoff + 3, 1, False)
+    pid = _gather(arr, hoff + 4, 4, True)
 
     cols: dict[str, Any] = {
         "ts_ns": rec_ts,
@@ -395,6 +402,9 @@ def decode(
     func = _Cat(n, "")
     lock_name = _Cat(n, "")
     keep = np.ones(n, dtype=bool)
+    rejected: dict[str, int] = {}
+    if not hdr_ok.all():
+        _reject(rejected, keep, kind, np.nonzero(~hdr_ok)[0], "records shorter than a header")
     comms: dict[int, str] = {}
     for line in saved_cmdlines.splitlines():
         p, _, c = line.strip().partition(" ")
@@ -428,7 +438,7 @@ def decode(
         return _gather(arr, off[rows] + fd.offset, fd.size,
                        fd.signed if signed is None else signed)
 
-    for tid in np.unique(etype):
+    for tid in np.unique(etype[hdr_ok]):
         rows = np.nonzero(etype == tid)[0]
         f = fmts.get(int(tid))
         name = f.full_name if f else f"unknown/{tid}"
@@ -436,133 +446,145 @@ def decode(
         event[rows] = name
         if f is None:
             continue
-        ours = parse_event_name(name)
-        if ours is None and f.system == GROUP and f.name.startswith(calibration.CAL_PREFIX):
-            cal_rows[f.name.removeprefix(calibration.CAL_PREFIX)] = rows
-            fetch_irq_state(f, rows)
-        if ours is not None:
-            role, fn = ours
-            if kprobe_irqs_off_unreliable:
-                cols["irqs_off"][rows] = False
-            fetch_irq_state(f, rows)
-            pkind[rows] = 2 if role == "lr" else (3 if INLINE_SUFFIX in f.name else 1)
-            if role in ("lk", "ul"):
-                kind[rows] = "lock_acquire" if role == "lk" else "lock_release"
-                lf = LOCK_FUNCS.get(fn)
-                lock_type[rows] = lf.lock_type if lf else ""
-                lock_flags[rows] = "+".join(lf.flags) if lf else ""
-                if "lock" in f.fields:  # else a static lock: decode_run places it
-                    cols["lock_addr"][rows] = fld(f, "lock", rows, False) + np.uint64(
-                        int((sites.get(f.name) or {}).get("lock", {}).get("addend", 0))
-                        & (2**64 - 1))
-                cols["ip"][rows] = call_site(f, rows)
-                if "sub" in f.fields:
-                    cols["value"][rows] = fld(f, "sub", rows, True)
-                if "val" in f.fields and lf is not None and lf.success:
-                    # an inlined trylock: taken iff the lock word let it (inline_locks)
-                    from tracedep.tracer.inline_locks import trylock_taken
+        # the guest wrote both the records and their formats: a record shorter than
+        # what its format says it holds, a field of a size no C type has, or a field
+        # the decoder needs that the format lacks rejects those records, counted
+        need = max((fd.offset + fd.size for fd in f.fields.values()
+                    if not fd.is_data_loc), default=0)
+        short = rows[reclen[rows] < need]
+        if len(short):
+            _reject(rejected, keep, kind, short, f"{name}: records shorter than the format")
+            rows = rows[reclen[rows] >= need]
+        try:
+            ours = parse_event_name(name)
+            if ours is None and f.system == GROUP and f.name.startswith(calibration.CAL_PREFIX):
+                cal_rows[f.name.removeprefix(calibration.CAL_PREFIX)] = rows
+                fetch_irq_state(f, rows)
+            if ours is not None:
+                role, fn = ours
+                if kprobe_irqs_off_unreliable:
+                    cols["irqs_off"][rows] = False
+                fetch_irq_state(f, rows)
+                pkind[rows] = 2 if role == "lr" else (3 if INLINE_SUFFIX in f.name else 1)
+                if role in ("lk", "ul"):
+                    kind[rows] = "lock_acquire" if role == "lk" else "lock_release"
+                    lf = LOCK_FUNCS.get(fn)
+                    lock_type[rows] = lf.lock_type if lf else ""
+                    lock_flags[rows] = "+".join(lf.flags) if lf else ""
+                    if "lock" in f.fields:  # else a static lock: decode_run places it
+                        cols["lock_addr"][rows] = fld(f, "lock", rows, False) + np.uint64(
+                            int((sites.get(f.name) or {}).get("lock", {}).get("addend", 0))
+                            & (2**64 - 1))
+                    cols["ip"][rows] = call_site(f, rows)
+                    if "sub" in f.fields:
+                        cols["value"][rows] = fld(f, "sub", rows, True)
+                    if "val" in f.fields and lf is not None and lf.success:
+                        # an inlined trylock: taken iff the lock word let it (inline_locks)
+                        from tracedep.tracer.inline_locks import trylock_taken
 
-                    word = fld(f, "val", rows, False)
-                    cols["value"][rows] = word.astype(np.int64)
-                    kind[rows[~trylock_taken(fn, word)]] = "other"
-            elif role in ("li", "lc"):
-                _lock_init_rows(f, fn, rows, fld, call_site, cols, kind, func, lock_name,
-                                buf, off, reclen)
-            elif role == "lr":
-                kind[rows] = "lock_return"
-                lf = LOCK_FUNCS.get(fn)
-                lock_type[rows] = lf.lock_type if lf else ""
-                lock_flags[rows] = "+".join(lf.flags) if lf else ""
-                if "rv" in f.fields:  # conditional acquires only (tracer.probes)
-                    cols["value"][rows] = fld(f, "rv", rows, True)
-                cols["ip"][rows] = fld(f, "__probe_ret_ip", rows, False) - np.uint64(
-                    call_insn_size)
-            else:
-                kind[rows] = "sleep_call"
-                func[rows] = MIGHT_SLEEP if fn == MIGHT_SLEEP_FUNC else fn
-                cols["ip"][rows] = call_site(f, rows)
-        elif f.system == "kmem" and "gfp_flags" in f.fields:
-            kind[rows] = "alloc"
-            cols["gfp"][rows] = fld(f, "gfp_flags", rows, False).astype(np.uint32)
-            if "ptr" in f.fields:
+                        word = fld(f, "val", rows, False)
+                        cols["value"][rows] = word.astype(np.int64)
+                        kind[rows[~trylock_taken(fn, word)]] = "other"
+                elif role in ("li", "lc"):
+                    _lock_init_rows(f, fn, rows, fld, call_site, cols, kind, func, lock_name,
+                                    buf, off, reclen)
+                elif role == "lr":
+                    kind[rows] = "lock_return"
+                    lf = LOCK_FUNCS.get(fn)
+                    lock_type[rows] = lf.lock_type if lf else ""
+                    lock_flags[rows] = "+".join(lf.flags) if lf else ""
+                    if "rv" in f.fields:  # conditional acquires only (tracer.probes)
+                        cols["value"][rows] = fld(f, "rv", rows, True)
+                    cols["ip"][rows] = fld(f, "__probe_ret_ip", rows, False) - np.uint64(
+                        call_insn_size)
+                else:
+                    kind[rows] = "sleep_call"
+                    func[rows] = MIGHT_SLEEP if fn == MIGHT_SLEEP_FUNC else fn
+                    cols["ip"][rows] = call_site(f, rows)
+            elif f.system == "kmem" and "gfp_flags" in f.fields:
+                kind[rows] = "alloc"
+                cols["gfp"][rows] = fld(f, "gfp_flags", rows, False).astype(np.uint32)
+                if "ptr" in f.fields:
+                    cols["ptr"][rows] = fld(f, "ptr", rows, False)
+                if "bytes_alloc" in f.fields:
+                    cols["bytes"][rows] = fld(f, "bytes_alloc", rows, False).astype(np.int64)
+                elif "order" in f.fields:
+                    cols["bytes"][rows] = 4096 << fld(f, "order", rows, True).astype(np.int64)
+                if "call_site" in f.fields:
+                    cols["ip"][rows] = fld(f, "call_site", rows, False) - np.uint64(call_insn_size)
+                func[rows] = f.name
+            elif f.system == "kmem" and f.name in ("kfree", "kmem_cache_free"):
+                kind[rows] = "free"
                 cols["ptr"][rows] = fld(f, "ptr", rows, False)
-            if "bytes_alloc" in f.fields:
-                cols["bytes"][rows] = fld(f, "bytes_alloc", rows, False).astype(np.int64)
-            elif "order" in f.fields:
-                cols["bytes"][rows] = 4096 << fld(f, "order", rows, True).astype(np.int64)
-            if "call_site" in f.fields:
                 cols["ip"][rows] = fld(f, "call_site", rows, False) - np.uint64(call_insn_size)
-            func[rows] = f.name
-        elif f.system == "kmem" and f.name in ("kfree", "kmem_cache_free"):
-            kind[rows] = "free"
-            cols["ptr"][rows] = fld(f, "ptr", rows, False)
-            cols["ip"][rows] = fld(f, "call_site", rows, False) - np.uint64(call_insn_size)
-        elif name == "sched/sched_switch":
-            kind[rows] = "sched_switch"
-            cols["value"][rows] = fld(f, "prev_state", rows, False).astype(np.int64)
-            nf = f.fields["next_comm"]
-            pf = f.fields["prev_comm"]
-            npid = fld(f, "next_pid", rows, True)
-            ppid = fld(f, "prev_pid", rows, True)
-            cols["target_pid"][rows] = npid.astype(np.int32)
-            for r, a, b in zip(rows.tolist(), ppid.tolist(), npid.tolist(), strict=True):
-                o = int(off[r])
-                comms[a] = buf[o + pf.offset:o + pf.offset + pf.size].split(b"\0")[0].decode(
-                    "utf-8", "replace")
-                comms[b] = buf[o + nf.offset:o + nf.offset + nf.size].split(b"\0")[0].decode(
-                    "utf-8", "replace")
-        elif name in ("lock/lock_acquire", "lock/lock_release") and "lockdep_addr" in f.fields:
-            # lockdep's own events (CONFIG_LOCKDEP kernels): the lockdep_map is the
-            # instance, its name lockdep's class name (in ``func``); type, flags and
-            # call site come from our probe of the same acquisition (lockdep_events)
-            kind[rows] = "lock_acquire" if name.endswith("acquire") else "lock_release"
-            cols["lock_addr"][rows] = fld(f, "lockdep_addr", rows, False)
-            nf = f.fields["name"]
-            func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
-                                     int(reclen[r])) for r in rows.tolist()]
-            if "flags" in f.fields:
-                fl = fld(f, "flags", rows, False)
-                lock_flags[rows[(fl & np.uint64(1)) != 0]] = "trylock"
-        elif name in ("irq/irq_handler_entry", "irq/irq_handler_exit"):
-            kind[rows] = "irq_entry" if name.endswith("entry") else "irq_exit"
-            cols["value"][rows] = fld(f, "irq", rows, True)
-            if "name" in f.fields:
+            elif name == "sched/sched_switch":
+                kind[rows] = "sched_switch"
+                cols["value"][rows] = fld(f, "prev_state", rows, False).astype(np.int64)
+                nf = f.fields["next_comm"]
+                pf = f.fields["prev_comm"]
+                npid = fld(f, "next_pid", rows, True)
+                ppid = fld(f, "prev_pid", rows, True)
+                cols["target_pid"][rows] = npid.astype(np.int32)
+                for r, a, b in zip(rows.tolist(), ppid.tolist(), npid.tolist(), strict=True):
+                    o = int(off[r])
+                    comms[a] = buf[o + pf.offset:o + pf.offset + pf.size].split(b"\0")[0].decode(
+                        "utf-8", "replace")
+                    comms[b] = buf[o + nf.offset:o + nf.offset + nf.size].split(b"\0")[0].decode(
+                        "utf-8", "replace")
+            elif name in ("lock/lock_acquire", "lock/lock_release") and "lockdep_addr" in f.fields:
+                # lockdep's own events (CONFIG_LOCKDEP kernels): the lockdep_map is the
+                # instance, its name lockdep's class name (in ``func``); type, flags and
+                # call site come from our probe of the same acquisition (lockdep_events)
+                kind[rows] = "lock_acquire" if name.endswith("acquire") else "lock_release"
+                cols["lock_addr"][rows] = fld(f, "lockdep_addr", rows, False)
                 nf = f.fields["name"]
                 func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
                                          int(reclen[r])) for r in rows.tolist()]
-        elif name in ("irq/softirq_entry", "irq/softirq_exit"):
-            kind[rows] = "softirq_entry" if name.endswith("entry") else "softirq_exit"
-            vec = fld(f, "vec", rows, False).astype(np.int64)
-            cols["value"][rows] = vec
-            func[rows] = [SOFTIRQ_NAMES[v] if v < len(SOFTIRQ_NAMES) else str(v) for v in vec]
-        elif name in ("module/module_load", "module/module_free"):
-            kind[rows] = "module_load" if name.endswith("load") else "other"
-            nf = f.fields["name"]
-            func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
-                                     int(reclen[r])) for r in rows.tolist()]
-        elif name == "ftrace/print":
-            kind[rows] = "marker"
-            bf = f.fields["buf"]
-            texts = [_string_at(buf, int(off[r]), bf.offset, False, int(reclen[r]))
-                     for r in rows.tolist()]
-            func[rows] = texts
-            cal_rows["marker"] = rows[np.asarray([t == calibration.MARKER for t in texts],
-                                                 dtype=bool)]
-        elif name == "ftrace/kernel_stack":
-            keep[rows] = False
-            sz = f.fields["size"]
-            cf = f.fields["caller"]
-            nent = fld(f, "size", rows, True)
-            for r, k in zip(rows.tolist(), nent.tolist(), strict=True):
-                o = int(off[r])
-                room = (int(reclen[r]) - cf.offset) // 8
-                k = max(0, min(int(k), room))
-                frames = struct.unpack_from(f"<{k}Q", buf, o + cf.offset)
-                stack_rows.append((r, len(stacks)))
-                stacks.append(tuple(x for x in frames if x))
-            del sz
-        elif name.startswith("timer/timer_expire") and "function" in f.fields:
-            cols["ip"][rows] = fld(f, "function", rows, False)
+                if "flags" in f.fields:
+                    fl = fld(f, "flags", rows, False)
+                    lock_flags[rows[(fl & np.uint64(1)) != 0]] = "trylock"
+            elif name in ("irq/irq_handler_entry", "irq/irq_handler_exit"):
+                kind[rows] = "irq_entry" if name.endswith("entry") else "irq_exit"
+                cols["value"][rows] = fld(f, "irq", rows, True)
+                if "name" in f.fields:
+                    nf = f.fields["name"]
+                    func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
+                                             int(reclen[r])) for r in rows.tolist()]
+            elif name in ("irq/softirq_entry", "irq/softirq_exit"):
+                kind[rows] = "softirq_entry" if name.endswith("entry") else "softirq_exit"
+                vec = fld(f, "vec", rows, False).astype(np.int64)
+                cols["value"][rows] = vec
+                func[rows] = [SOFTIRQ_NAMES[v] if v < len(SOFTIRQ_NAMES) else str(v) for v in vec]
+            elif name in ("module/module_load", "module/module_free"):
+                kind[rows] = "module_load" if name.endswith("load") else "other"
+                nf = f.fields["name"]
+                func[rows] = [_string_at(buf, int(off[r]), nf.offset, nf.is_data_loc,
+                                         int(reclen[r])) for r in rows.tolist()]
+            elif name == "ftrace/print":
+                kind[rows] = "marker"
+                bf = f.fields["buf"]
+                texts = [_string_at(buf, int(off[r]), bf.offset, False, int(reclen[r]))
+                         for r in rows.tolist()]
+                func[rows] = texts
+                cal_rows["marker"] = rows[np.asarray([t == calibration.MARKER for t in texts],
+                                                     dtype=bool)]
+            elif name == "ftrace/kernel_stack":
+                keep[rows] = False
+                sz = f.fields["size"]
+                cf = f.fields["caller"]
+                nent = fld(f, "size", rows, True)
+                for r, k in zip(rows.tolist(), nent.tolist(), strict=True):
+                    o = int(off[r])
+                    room = (int(reclen[r]) - cf.offset) // 8
+                    k = max(0, min(int(k), room))
+                    frames = struct.unpack_from(f"<{k}Q", buf, o + cf.offset)
+                    stack_rows.append((r, len(stacks)))
+                    stacks.append(tuple(x for x in frames if x))
+                del sz
+            elif name.startswith("timer/timer_expire") and "function" in f.fields:
+                cols["ip"][rows] = fld(f, "function", rows, False)
+        except (KeyError, ValueError, OverflowError, IndexError, struct.error) as e:
+            _reject(rejected, keep, kind, rows, f"{name}: {type(e).__name__}: {e}")
     cal = _calibrate(cols, cal_rows, flags, irq_state, pkind, kprobe_irqs_off_unreliable,
                      kind, lock_type)
     cols.update(kind=kind.build(), event=event.build(), lock_type=lock_type.build(),
@@ -588,7 +610,15 @@ def decode(
     df = df.sort_values(["ts_ns", "cpu"], kind="stable")
     events = schema.conform(df)
     return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events, len(events),
-                   comms, cal, backwards_pages=recs.backwards_pages)
+                   comms, cal, backwards_pages=recs.backwards_pages, rejected=rejected)
+
+
+def _reject(rejected: dict[str, int], keep: np.ndarray, kind: Any, rows: np.ndarray,
+            why: str) -> None:
+    """Drop ``rows`` from the events, counted under ``why``."""
+    keep[rows] = False
+    kind[rows] = "other"
+    rejected[why] = rejected.get(why, 0) + int(len(rows))
 
 
 def _bounded_string(buf: bytes, rec: int, reclen: int, fd: Any) -> str:

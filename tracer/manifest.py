@@ -77,6 +77,7 @@ SCHEMA: dict[str, _Spec] = {
                      ("map", "int"), "decoded_per_cpu": ("map", "int"),
                      "decoded_events": "int", "read_events_guest": "int",
                      "decoder_torn_pages": "int", "decoder_backwards_pages": "int",
+                     "decoder_rejected_records": "int", "decoder_rejected": ("map", "int"),
                      "unreadable_events": "int"}),
     "probes": ("obj", {"failed": _STR_LIST, "definitions": _STR_LIST, "notrace": _STR_LIST,
                        "failed_reasons": ("map", str)}),

@@ -499,6 +499,9 @@ def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, 
         record_calibration(info, decoded.calibration, machine)
         lost["decoder_torn_pages"] = decoded.torn_pages
         lost["decoder_backwards_pages"] = decoded.backwards_pages
+        lost["decoder_rejected_records"] = sum(decoded.rejected.values())
+        if decoded.rejected:
+            lost["decoder_rejected"] = decoded.rejected
         lost["ring_buffer_missed"] = decoded.missed_events
         read_total = int(sum(s.get("read_events", 0) for s in stats.values()))
         lost["read_events_guest"] = read_total
@@ -514,7 +517,7 @@ def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, 
     # consistent) are counted apart, in kprobe_missed
     total_lost = sum(int(lost.get(k, 0) or 0) for k in (
         "ftrace_overrun", "ftrace_dropped", "ring_buffer_missed", "decoder_torn_pages",
-        "decoder_backwards_pages"))
+        "decoder_backwards_pages", "decoder_rejected_records"))
     lost["total"] = total_lost
     lost["truncated"] = not info["trace_complete"]
 
