@@ -276,16 +276,26 @@ def _kv(rest: str) -> dict[str, str]:
     return out
 
 
+_MAX_CPU = 8191  # NR_CPUS of any distro kernel
+_MAX_PID = 4194304  # PID_MAX_LIMIT
+
+
 def _int(v: str | None, base: int = 0) -> int:
+    """A number from the text, as the 64-bit value a kernel could have printed: a
+    decimal beyond 64 bits wraps like its hex would (the columns are 64-bit)."""
     if v is None or v == "":
         return 0
     v = v.strip()
     if base == 16 or (base == 0 and _HEX.match(v) and not v.lstrip("-").isdigit()):
         return int(v, 16) & MASK64
     try:
-        return int(v, 10)
+        n = int(v, 10)
     except ValueError:
         return int(v, 16) & MASK64
+    if -(1 << 63) <= n < 1 << 63:
+        return n
+    n &= MASK64
+    return n - (1 << 64) if n >= 1 << 63 else n
 
 
 def _ptr(v: str | None) -> int:
@@ -447,6 +457,9 @@ class _TextParser:
             text_continues = False
             body = h.group("body") or ""
             cpu = int(h.group("cpu"))
+            if cpu > _MAX_CPU or int(h.group("pid")) > _MAX_PID:
+                raise self.error(lineno, f"cpu {h.group('cpu')[:20]} or pid "
+                                         f"{h.group('pid')[:20]} out of range")
             if body == "<stack trace>":
                 stack = []
                 owner = self.last_row_on_cpu.get(cpu, -1)
@@ -595,7 +608,8 @@ class _TextParser:
             if "bytes_alloc" in kv:
                 r.nbytes[row] = _int(kv["bytes_alloc"], 10)
             elif "order" in kv:
-                r.nbytes[row] = 4096 << _int(kv["order"], 10)
+                order = _int(kv["order"], 10)
+                r.nbytes[row] = 4096 << order if 0 <= order <= 20 else 0  # MAX_PAGE_ORDER ≤ 10
             if "call_site" in kv:
                 self._call_site(row, kv["call_site"])
             r.func[row] = name
@@ -890,7 +904,10 @@ def load_text(path: Path, kallsyms: Path | None = None) -> Trace:
     p = _TextParser(path)
     p.parse(data)
     ksyms = _read_kallsyms(kallsyms) if kallsyms is not None else []
-    return _finish(p, ksyms, kallsyms)
+    try:
+        return _finish(p, ksyms, kallsyms)
+    except OverflowError as e:  # a number no kernel prints into a column of its width
+        raise TraceFormatError(f"{path}: a value out of range for its field ({e})") from None
 
 
 def _finish(p: _TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | None

@@ -496,3 +496,25 @@ def test_lock_init_lines_match_the_binary_decode() -> None:
     assert "&ctrl->cfg_mutex" in set(init["lock_name"].astype(str))
     dirs = init[init["func"].astype(str) == "unlock_new_inode"]
     assert (dirs["value"] & 0o170000 == 0o040000).any()
+
+
+@pytest.mark.parametrize("line", [
+    "  insmod-99999999999999999999 [000] ..... 10.000000: sl_msleep: (td+0x1/0x2) ret=0x1",
+    "  insmod-12 [99999999999999999999] ..... 10.000000: sl_msleep: (td+0x1/0x2) ret=0x1",
+    "  insmod-12 [000] ..... 10.000000: mm_page_alloc: page=0 pfn=0x1 order=99999999999999999 "
+    "migratetype=0 gfp_flags=GFP_KERNEL",
+    "  insmod-12 [000] ..... 10.000000: lk__raw_spin_lock: (td+0x1/0x2) "
+    "lock=0x1ffffffffffffffffffffffffff ret=0x1",
+    "  insmod-12 [000] ..... 99999999999999999999.000000: sl_msleep: (td+0x1/0x2) ret=0x1",
+])
+def test_numbers_beyond_their_width_are_bad_input_not_a_crash(tmp_path: Path, line: str) -> None:
+    from tracedep.errors import TraceFormatError
+
+    p = tmp_path / "trace.txt"
+    p.write_text("# tracer: nop\n#\n" + line + "\n")
+    try:
+        t = load_text(p)
+    except TraceFormatError as e:
+        assert str(p) in str(e)
+        return
+    assert len(t.events) <= 1
