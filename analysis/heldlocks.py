@@ -39,7 +39,10 @@ It ends where the evidence ends (:data:`FORCED_REASONS`):
   if the function that took it is still on that event's stack, else it ended
   when that function returned;
 * ``re-acquired``: any spinning lock taken again by its holder (a recursion
-  finding, which would have hung the CPU): the earlier hold is not kept.
+  finding, which would have hung the CPU): the earlier hold is not kept;
+* ``gap``: events are missing (a ``gap`` row: a page or record the decoder could
+  not read): every hold of every task ends there, so a damaged trace can lose
+  findings but not make them up.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ GFP_DIRECT_RECLAIM = 0x400
 # marks a preempted task; EXIT_DEAD/EXIT_ZOMBIE a task's last switch
 STATE_PREEMPTED = 0x100
 STATE_EXITED = 0x10 | 0x20
-FORCED_REASONS = ("preempted", "preempt-count", "user-space", "release-unseen", "re-acquired")
+FORCED_REASONS = ("preempted", "preempt-count", "user-space", "release-unseen", "re-acquired",
+                  "gap")
 
 # usage bits (lockdep's names)
 USED_IN_HARDIRQ = "IN-HARDIRQ-W"
@@ -182,7 +186,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
                 | events["in_nmi"].to_numpy())) if untraced else True
     is_marker = kinds == "marker"  # a syscall of the task's own (user-space evidence)
-    rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch)[0]
+    is_gap = kinds == "gap"  # events are missing here (tracer.schema)
+    rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch | is_gap)[0]
 
     # calibrate: the preempt depth the scheduler itself runs at in sched_switch
     sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch & (value != 0))[0]]
@@ -334,10 +339,22 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             wait_open.setdefault((task, ctx), []).append((acq, r))
 
     for i, r in enumerate(rows.tolist()):
+        k = kind_l[i]
+        if k == "gap":
+            # events are missing: any task may have released what it held (or taken
+            # what it now releases) unseen.  Forget every hold, so that damage can
+            # lose findings but never make one up.
+            for held in stacks.values():
+                for j in range(len(held) - 1, -1, -1):
+                    end(held, j, r, "gap")
+            stacks.clear()
+            pending.clear()
+            wait_open.clear()
+            last_holder.clear()
+            continue
         p = pid[i]
         task = p if p > 0 else -1 - cpu[i]
         ctx = _ctx(hard[i], soft[i], nmi[i])
-        k = kind_l[i]
         if ctx != "process":
             irq_dirty.add(task)
         elif task in irq_dirty:

@@ -98,10 +98,13 @@ def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
     out: list[str] = []
     before = {k: int(lost.get(k) or 0) if isinstance(lost.get(k), int) else 0
               for k in ("decoder_torn_pages", "decoder_backwards_pages",
-                        "decoder_rejected_records", "unreadable_events")}
+                        "decoder_rejected_records", "decoder_damaged_pages",
+                        "decoder_missing_pages", "unreadable_events")}
     now = {"decoder_torn_pages": int(decoded.torn_pages),
            "decoder_backwards_pages": int(decoded.backwards_pages),
-           "decoder_rejected_records": int(sum(decoded.rejected.values()))}
+           "decoder_rejected_records": int(sum(decoded.rejected.values())),
+           "decoder_damaged_pages": int(decoded.damaged_pages),
+           "decoder_missing_pages": int(decoded.missing_pages)}
     cpus, n_per_cpu = np.unique(decoded.events["cpu"].to_numpy(), return_counts=True)
     per_cpu = dict(zip(cpus.tolist(), n_per_cpu.tolist(), strict=True))
     recorded = lost.get("decoded_per_cpu")
@@ -119,7 +122,11 @@ def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
                    f"decoded them when it ended; the trace files changed since)")
     for k, what in (("decoder_torn_pages", "torn ring-buffer page(s)"),
                     ("decoder_backwards_pages", "page(s) out of time order"),
-                    ("decoder_rejected_records", "record(s) that contradict their format")):
+                    ("decoder_rejected_records", "record(s) that contradict their format"),
+                    ("decoder_damaged_pages", "page(s) changed since the run (their "
+                                              "checksums differ)"),
+                    ("decoder_missing_pages", "page(s) recorded by the run gone from its "
+                                              "files")):
         if now[k] > before[k]:
             out.append(f"incomplete: {now[k]:,} {what} could not be read; their events are "
                        f"missing")

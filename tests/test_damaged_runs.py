@@ -95,3 +95,25 @@ def test_a_damaged_kallsyms_is_one_clear_line(run: Path, tmp_path: Path, content
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith("tracedep: error: ") and "kallsyms" in err and err.count("\n") == 1
+
+
+def test_a_lost_release_is_a_gap_not_a_lock_held_for_ever(run: Path) -> None:
+    """Every spin_unlock record of the run made unreadable (its format now claims a
+    field past the record's end): the unlocks are lost.  Each rejected record is a
+    gap, where the replay ends what it believed held (forced reason ``gap``) rather
+    than keep td_tiny's spinlock held for the rest of the task; no finding, and the
+    run says why."""
+    from tracedep.analysis.pipeline import analyze
+
+    ctl = run / "control.log"
+    text = ctl.read_text()
+    i = text.index("name: ul__raw_spin_unlock\n")
+    j = text.index("field:u64 lock;\toffset:16;", i)
+    ctl.write_text(text[:j] + "field:u64 lock;\toffset:4000;" + text[j + len(
+        "field:u64 lock;\toffset:16;"):])
+    t = load(run)
+    assert t.info["lost"]["decoder_rejected_records"] > 0
+    assert any(w.startswith("rejected records:") for w in t.warnings), t.warnings
+    a = analyze(t)
+    assert [f.kind for f in a.findings] == []
+    assert a.health["forced_releases"]["by_reason"].get("gap", 0) > 0, a.health["forced_releases"]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.errors import TraceFormatError
-from tracedep.tracer import calibration, control, schema
+from tracedep.tracer import calibration, control, page_sums, schema
 from tracedep.tracer.ftrace_formats import (
     EventFormat,
     PageHeader,
@@ -83,7 +83,12 @@ class RawRecords:
 _TS_MAX = (1 << 63) - 1  # ts_ns is an int64 column; a later time is damage
 
 
-def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords) -> None:
+# page verdict bits, as tracer/native/ringwalk.c sets them
+PAGE_TORN, PAGE_BACKWARDS, PAGE_MISSED_BEFORE, PAGE_DAMAGED = 1, 2, 4, 8
+
+
+def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords,
+               status: np.ndarray | None = None) -> None:
     """Append the records of every page in ``buf`` (offsets shifted by ``base``).
 
     The same walk as tracer/native/ringwalk.c, check for check: every offset and
@@ -97,22 +102,31 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords)
     ts_l, off_l, len_l = out.ts, out.off, out.length
     n_before = len(ts_l)
     prev_page_ts = 0
+    if status is None:
+        status = np.zeros(len(buf) // psize, np.int8)
     for page in range(0, len(buf) - psize + 1, psize):
         page_end = page + psize
+        pi = page // psize
+        if status[pi] & PAGE_DAMAGED:
+            continue
+        status[pi] = 0
         ts = u64(buf, page)[0]
         commit = u64(buf, page + hp.commit_offset)[0] if hp.commit_size == 8 else u32(
             buf, page + hp.commit_offset)[0]
         length = commit & 0x3FFFFFFF
         if length > hp.data_size or ts > _TS_MAX:
             out.torn_pages += 1  # a ringbuf transport overwrote part of this page
+            status[pi] = PAGE_TORN
             continue
         if prev_page_ts and ts < prev_page_ts:
             out.backwards_pages += 1
+            status[pi] = PAGE_BACKWARDS
             continue
         if page_end + psize <= len(buf):
             nxt = u64(buf, page_end)[0]
             if 0 < nxt < ts and nxt >= prev_page_ts:  # this page claims a later time
                 out.backwards_pages += 1
+                status[pi] = PAGE_BACKWARDS
                 continue
         prev_page_ts = ts
         pos = page + dstart
@@ -122,6 +136,7 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords)
                 out.missed_events += u64(buf, end)[0]
             else:
                 out.missed_unknown_pages += 1
+            status[pi] |= PAGE_MISSED_BEFORE
         torn = False
         while pos < end:
             if pos + 4 > end:
@@ -176,6 +191,7 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords)
                 pos += 8
         if torn:
             out.torn_pages += 1
+            status[pi] |= PAGE_TORN
     out.cpu.extend([cpu] * (len(ts_l) - n_before))
 
 
@@ -215,8 +231,12 @@ _NATIVE: Any = None
 
 
 def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
-                out: RawRecords) -> bool:
+                out: RawRecords, status: np.ndarray | None = None) -> bool:
     import ctypes
+
+    if status is None:
+        status = np.zeros(len(buf) // hp.page_size, np.int8)
+    assert status.dtype == np.int8 and len(status) >= len(buf) // hp.page_size
 
     cap = max(16, len(buf) // 8)
     ts = np.empty(cap, np.int64)
@@ -234,7 +254,7 @@ def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
         ctypes.c_long(hp.data_size), ts.ctypes.data_as(ctypes.c_void_p),
         off.ctypes.data_as(ctypes.c_void_p), ln.ctypes.data_as(ctypes.c_void_p),
         ctypes.c_long(cap), ctypes.byref(torn), ctypes.byref(missed), ctypes.byref(unknown),
-        ctypes.byref(backwards))
+        ctypes.byref(backwards), status.ctypes.data_as(ctypes.c_void_p))
     if n == -2:
         raise TraceFormatError(f"ring-buffer page layout rejected by the walker: {hp}")
     if n < 0:
@@ -324,6 +344,10 @@ class Decoded:
     backwards_pages: int = 0
     # records dropped because they contradict their format, by why
     rejected: dict[str, int] = field(default_factory=dict)
+    # pages not read because they changed since they were recorded (tracer.page_sums)
+    damaged_pages: int = 0
+    # pages recorded (tracer.page_sums) that the files no longer have
+    missing_pages: int = 0
 
 
 def decode(
@@ -335,7 +359,14 @@ def decode(
     saved_cmdlines: str = "",
     native: bool = True,
     inline_sites: dict[str, dict[str, Any]] | None = None,
+    damaged: dict[int, np.ndarray] | None = None,
 ) -> Decoded:
+    """Decode per-CPU ring-buffer pages into the events frame.
+
+    ``damaged``: per CPU, a bool per page known to have changed since it was
+    recorded (tracer.page_sums); those pages are not read.  Every page that is
+    not read whole leaves a ``gap`` row where its events are missing, so that the
+    analysis forgets what it believed held there (analysis.heldlocks)."""
     try:
         hp = parse_header_page(header_page)
     except ValueError as e:
@@ -349,23 +380,33 @@ def decode(
     chunks = []
     base = 0
     lib = _native() if native else None
+    statuses: list[tuple[int, int, np.ndarray]] = []
+    damaged_pages = 0
     for cpu in sorted(buffers):
         buf = buffers[cpu]
         if len(buf) % hp.page_size:
             # a stream cut mid-page (the guest died while sending): that page's
             # events are lost, and the trace must say so
             recs.torn_pages += 1
-        if lib is None or not walk_native(lib, buf, base, cpu, hp, recs):
-            walk_pages(buf, base, cpu, hp, recs)
+        status = np.zeros(len(buf) // hp.page_size, np.int8)
+        bad = (damaged or {}).get(cpu)
+        if bad is not None:
+            k = min(len(bad), len(status))
+            status[:k][np.asarray(bad[:k], dtype=bool)] = PAGE_DAMAGED
+            damaged_pages += int(np.count_nonzero(status & PAGE_DAMAGED))
+        if lib is None or not walk_native(lib, buf, base, cpu, hp, recs, status):
+            walk_pages(buf, base, cpu, hp, recs, status)
+        statuses.append((cpu, base, status))
         chunks.append(buf)
         base += len(buf)
     buf = b"".join(chunks)
     arr = np.frombuffer(buf, dtype=np.uint8)
     rec_cpu, rec_ts, off, reclen32 = recs.arrays()
+    gap_cpu, gap_ts = _page_gaps(statuses, rec_cpu, rec_ts, off, hp.page_size)
     n = len(off)
     if n == 0:
         return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {},
-                       backwards_pages=recs.backwards_pages)
+                       backwards_pages=recs.backwards_pages, damaged_pages=damaged_pages)
     reclen = reclen32.astype(np.int64)
     # every record starts with the 8-byte common header (type, flags, preempt count, pid)
     hdr_ok = (reclen >= 8) & (off + 8 <= len(arr))
@@ -403,8 +444,10 @@ def decode(
     lock_name = _Cat(n, "")
     keep = np.ones(n, dtype=bool)
     rejected: dict[str, int] = {}
+    rejected_mask = np.zeros(n, dtype=bool)
     if not hdr_ok.all():
-        _reject(rejected, keep, kind, np.nonzero(~hdr_ok)[0], "records shorter than a header")
+        _reject(rejected, rejected_mask, keep, kind, np.nonzero(~hdr_ok)[0],
+                "records shorter than a header")
     comms: dict[int, str] = {}
     for line in saved_cmdlines.splitlines():
         p, _, c = line.strip().partition(" ")
@@ -453,7 +496,8 @@ def decode(
                     if not fd.is_data_loc), default=0)
         short = rows[reclen[rows] < need]
         if len(short):
-            _reject(rejected, keep, kind, short, f"{name}: records shorter than the format")
+            _reject(rejected, rejected_mask, keep, kind, short,
+                    f"{name}: records shorter than the format")
             rows = rows[reclen[rows] >= need]
         try:
             ours = parse_event_name(name)
@@ -584,7 +628,7 @@ def decode(
             elif name.startswith("timer/timer_expire") and "function" in f.fields:
                 cols["ip"][rows] = fld(f, "function", rows, False)
         except (KeyError, ValueError, OverflowError, IndexError, struct.error) as e:
-            _reject(rejected, keep, kind, rows, f"{name}: {type(e).__name__}: {e}")
+            _reject(rejected, rejected_mask, keep, kind, rows, f"{name}: {type(e).__name__}: {e}")
     cal = _calibrate(cols, cal_rows, flags, irq_state, pkind, kprobe_irqs_off_unreliable,
                      kind, lock_type)
     cols.update(kind=kind.build(), event=event.build(), lock_type=lock_type.build(),
@@ -606,17 +650,55 @@ def decode(
         sid_col = df["stack_id"].to_numpy().copy()
         sid_col[prev[ok]] = sid[ok]
         df["stack_id"] = sid_col
+    # a rejected record is a gap too: what it said is unknown
+    rejected_rows = np.nonzero(rejected_mask)[0]
     df = df[keep]
+    if len(gap_ts) or len(rejected_rows):
+        gaps = pd.DataFrame({
+            "ts_ns": np.concatenate([gap_ts, rec_ts[rejected_rows]]) - 1,
+            "cpu": np.concatenate([gap_cpu, rec_cpu[rejected_rows]]).astype(np.int16),
+            "kind": "gap", "event": GAP_EVENT})
+        df = pd.concat([df, schema.conform(gaps)], ignore_index=True)
     df = df.sort_values(["ts_ns", "cpu"], kind="stable")
     events = schema.conform(df)
-    return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events, len(events),
-                   comms, cal, backwards_pages=recs.backwards_pages, rejected=rejected)
+    n_gaps = int((events["kind"] == "gap").sum())
+    return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events,
+                   len(events) - n_gaps, comms, cal, backwards_pages=recs.backwards_pages,
+                   rejected=rejected, damaged_pages=damaged_pages)
 
 
-def _reject(rejected: dict[str, int], keep: np.ndarray, kind: Any, rows: np.ndarray,
-            why: str) -> None:
-    """Drop ``rows`` from the events, counted under ``why``."""
+GAP_EVENT = "tracedep/gap"  # the event name of gap rows (no probe has it)
+
+
+def _page_gaps(statuses: list[tuple[int, int, np.ndarray]], rec_cpu: np.ndarray,
+               rec_ts: np.ndarray, off: np.ndarray, psize: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(cpu, time) of each place events are missing: after a page not read whole
+    (torn, out of time order, damaged), at the first record read after it; before a
+    page that says the ring buffer lost events ahead of it, at its first record.
+    A gap after the last record read changes nothing and is not placed."""
+    cpus: list[int] = []
+    times: list[int] = []
+    for cpu, base, status in statuses:
+        bad = np.nonzero(status)[0]
+        if not len(bad):
+            continue
+        mine = np.nonzero(rec_cpu == cpu)[0]
+        page = (off[mine] - base) // psize  # records are in page order within a CPU
+        after = (status[bad] & (PAGE_TORN | PAGE_BACKWARDS | PAGE_DAMAGED)) != 0
+        at = np.searchsorted(page, bad + np.where(after, 1, 0), side="left")
+        ok = at < len(mine)
+        t = rec_ts[mine[at[ok]]]
+        cpus += [cpu] * int(ok.sum())
+        times += t.tolist()
+    return np.asarray(cpus, np.int16), np.asarray(times, np.int64)
+
+
+def _reject(rejected: dict[str, int], mask: np.ndarray, keep: np.ndarray, kind: Any,
+            rows: np.ndarray, why: str) -> None:
+    """Drop ``rows`` from the events, counted under ``why`` (and marked in ``mask``)."""
     keep[rows] = False
+    mask[rows] = True
     kind[rows] = "other"
     rejected[why] = rejected.get(why, 0) + int(len(rows))
 
@@ -717,8 +799,25 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
 
         info = manifest.read(run_dir)
     sites = info.get("inline_sites") or {}
+    buffers = read_run_buffers(run_dir)
+    try:
+        psize = parse_header_page(hp).page_size
+    except ValueError as e:
+        raise TraceFormatError(f"{run_dir / 'control.log'}: {e}") from None
+    damaged = {}
+    missing = 0
+    for cpu, buf in buffers.items():
+        bad = page_sums.damaged(run_dir / "trace" / f"cpu{cpu}.raw", buf, psize)
+        if bad is not None:
+            damaged[cpu] = bad
+    for side in sorted((run_dir / "trace").glob(f"cpu*{page_sums.SUFFIX}")):
+        raw = side.with_suffix(".raw")
+        had = page_sums.recorded_pages(raw) or 0
+        now = len(buffers.get(int(side.stem[3:]), b"")) // psize if side.stem[3:].isdigit() \
+            else 0
+        missing += max(had - now, 0)
     decoded = decode(
-        read_run_buffers(run_dir),
+        buffers,
         hp,
         ctl.formats(),
         int(info.get("call_insn_size", 5)),
@@ -726,7 +825,9 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
                       info.get("kprobe_reports_irqs_off", False))),
         ctl.file("/sys/kernel/tracing/saved_cmdlines") or "",
         inline_sites=sites,
+        damaged=damaged,
     )
+    decoded.missing_pages = missing
     if any((s.get("lock") or {}).get("kind") == "static" for s in sites.values()):
         _place_static_locks(decoded, sites, info)
     if decoded.counts.get("lock/lock_acquire"):

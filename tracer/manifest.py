@@ -58,6 +58,7 @@ _LOAD: _Spec = ("obj", {"sections": ("map", "int"), "base": "int", "size": "int"
 _MODULE: _Spec = ("obj", {
     "name": str, "ko": ("opt", str), "src_dir": ("opt", str), "build_dir": ("opt", str),
     "loads": ("list", _LOAD), "insmod_rc": ("list", "int"), "loaded": bool, "origin": str,
+    "loader": str, "kernel_path": str,
 })
 _LOCK_ARG: _Spec = ("obj", {"kind": str, "fetch": str, "addend": "int", "section": str,
                             "sec_offset": "int", "symbol": str, "sym_offset": "int"})
@@ -67,17 +68,19 @@ SCHEMA: dict[str, _Spec] = {
     "call_insn_size": ("range", (1, 16)), "timeout_s": "num",
     "trace_complete": bool, "kprobe_reports_irqs_off": bool,
     "machine_kprobe_reports_irqs_off": bool, "bundled_drivers": bool,
-    "kaslr": ("obj", {"runtime": ("opt", "int"), "symbol": ("opt", str)}),
+    "kaslr": ("opt", ("obj", {"runtime": ("opt", "int"), "symbol": ("opt", str)})),
     "ending": ("obj", {"how": ("opt", str), "detail": ("opt", str)}),
     "untraced_pids": ("list", "int"),
     "modules": ("list", _MODULE),
-    "other_modules": list, "load_order": list, "failed_attempts": ("list", dict),
+    "other_modules": ("map", ("obj", {"loads": ("list", _LOAD), "ko": ("opt", str)})),
+    "load_order": ("list", dict), "failed_attempts": ("list", dict),
     "lost": ("obj", {"total": "int", "kprobe_missed": "int", "truncated": bool,
                      "per_cpu": ("map", ("map", "num")), "kprobe_missed_by_probe":
                      ("map", "int"), "decoded_per_cpu": ("map", "int"),
                      "decoded_events": "int", "read_events_guest": "int",
                      "decoder_torn_pages": "int", "decoder_backwards_pages": "int",
                      "decoder_rejected_records": "int", "decoder_rejected": ("map", "int"),
+                     "decoder_damaged_pages": "int", "decoder_missing_pages": "int",
                      "unreadable_events": "int"}),
     "probes": ("obj", {"failed": _STR_LIST, "definitions": _STR_LIST, "notrace": _STR_LIST,
                        "failed_reasons": ("map", str)}),

@@ -49,6 +49,11 @@ Columns
 
 A ``lock_init`` row [1.3] is a lock's initialization (``__mutex_init``…) or re-keying:
 ``lock_addr`` the lock, ``ip`` the init call site, ``func`` the probed function.
+
+A ``gap`` row [1.4] (event ``tracedep/gap``) marks where events of ``cpu`` are
+missing: a ring-buffer page that was torn, out of time order, changed since it
+was recorded, or preceded by events the ring buffer lost, or a record rejected
+against its format.  Only ``ts_ns`` and ``cpu`` mean anything in it.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.3"  # 1.1: target_pid; 1.2: lock_name; 1.3: lock_init kind, key_addr
+SCHEMA_VERSION = "1.4"  # 1.1: target_pid; 1.2: lock_name; 1.3: lock_init kind, key_addr;
+# 1.4: gap kind
 
 KINDS = (
     "lock_acquire",  # entry of a lock function (the lock is held once it returns)
@@ -75,6 +81,7 @@ KINDS = (
     "module_load",
     "lock_init",  # a lock initializer or re-keying (tracer.lock_init)  [1.3]
     "marker",  # trace_marker writes from the guest's init (workload phases)
+    "gap",  # events are missing here (a page or record that could not be read)  [1.4]
     "other",
 )
 

@@ -492,6 +492,7 @@ def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, 
     try:
         from tracedep.tracer.ftrace_binary import decode_run
 
+        _write_page_sums(out, ctl)
         decoded = decode_run(out, info)
         info["event_counts"] = decoded.counts
         if decoded.lockdep:
@@ -520,6 +521,20 @@ def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, 
         "decoder_backwards_pages", "decoder_rejected_records"))
     lost["total"] = total_lost
     lost["truncated"] = not info["trace_complete"]
+
+
+def _write_page_sums(out: Path, ctl: Any) -> None:
+    """Each raw trace file's per-page CRCs (tracer.page_sums): from here on, a page
+    that changes is known, and not read."""
+    from tracedep.tracer import page_sums
+    from tracedep.tracer.ftrace_formats import parse_header_page
+
+    hp = ctl.header_page()
+    if not hp:
+        return
+    psize = parse_header_page(hp).page_size
+    for raw in sorted((out / "trace").glob("cpu*.raw")):
+        page_sums.write(raw, psize)
 
 
 def _copy_kallsyms(src: Path, dest: Path, text: tuple[int, str]) -> None:

@@ -11,6 +11,11 @@
  * every later page look old).  The layout arguments are checked by the caller
  * (ftrace_formats.parse_header_page) and again here.
  *
+ * `status` has one byte per page: on entry, PAGE_DAMAGED marks a page the caller
+ * knows was changed since it was recorded (skipped unread); on return each page
+ * holds its verdict (0 read whole, else PAGE_* bits below), from which the
+ * caller places the gaps of the trace.
+ *
  * Returns the number of records written, -1 when `cap` was too small, -2 when
  * the layout arguments are impossible.
  */
@@ -21,11 +26,17 @@ static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v;
 static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 #define TS_MAX ((uint64_t)INT64_MAX)
+/* page verdict bits (tracer/ftrace_binary.py PAGE_*) */
+#define PAGE_TORN 1
+#define PAGE_BACKWARDS 2
+#define PAGE_MISSED_BEFORE 4
+#define PAGE_DAMAGED 8
 
 long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_off,
 	     long commit_size, long data_off, long data_size,
 	     int64_t *out_ts, int64_t *out_off, int32_t *out_len, long cap,
-	     long *torn, uint64_t *missed, long *missed_unknown, long *backwards)
+	     long *torn, uint64_t *missed, long *missed_unknown, long *backwards,
+	     int8_t *status)
 {
 	long n = 0;
 	uint64_t prev_ts = 0;
@@ -38,18 +49,27 @@ long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_of
 
 	for (long page = 0; page + psize <= len; page += psize) {
 		const long page_end = page + psize;
-		uint64_t ts = rd64(buf + page);
-		uint64_t commit = commit_size == 8 ? rd64(buf + page + commit_off)
-						   : rd32(buf + page + commit_off);
-		uint64_t length = commit & 0x3FFFFFFFu;
+		int8_t *st = status + page / psize;
+		uint64_t ts;
+		uint64_t commit;
+		uint64_t length;
 		long pos, end;
 
+		if (*st & PAGE_DAMAGED)
+			continue;
+		ts = rd64(buf + page);
+		commit = commit_size == 8 ? rd64(buf + page + commit_off)
+					  : rd32(buf + page + commit_off);
+		length = commit & 0x3FFFFFFFu;
+		*st = 0;
 		if ((long)length > data_size || ts > TS_MAX) {
 			(*torn)++;
+			*st = PAGE_TORN;
 			continue;
 		}
 		if (prev_ts && ts < prev_ts) {
 			(*backwards)++;
+			*st = PAGE_BACKWARDS;
 			continue;
 		}
 		if (page_end + psize <= len) {
@@ -58,6 +78,7 @@ long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_of
 
 			if (next < ts && next >= prev_ts && next > 0) {
 				(*backwards)++;
+				*st = PAGE_BACKWARDS;
 				continue;
 			}
 		}
@@ -69,6 +90,7 @@ long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_of
 				*missed += rd64(buf + end);
 			else
 				(*missed_unknown)++;
+			*st |= PAGE_MISSED_BEFORE;
 		}
 		while (pos < end) {
 			uint32_t hdr, tl, delta;
@@ -133,6 +155,7 @@ long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_of
 		continue;
 torn_page:
 		(*torn)++;
+		*st |= PAGE_TORN;
 	}
 	return n;
 }
