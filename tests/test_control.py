@@ -173,3 +173,18 @@ def test_refusals_are_named_with_their_reason_in_the_report() -> None:
         assert f"{func} (Failed to register probe event" in text, func
     assert "_copy_from_user (Failed to register probe event: notrace" in text
     assert "_copy_to_user (Failed to register probe event)" in text
+
+
+def test_numbers_the_guest_sent_that_are_no_numbers() -> None:
+    """Found by tests/test_fuzz.py: a /proc/modules size of 'nan' raised ValueError."""
+    ctl = control.parse(
+        "@@TD module m\nm nan 1 - Live 0xffffffffc04d3000\n"
+        "section .text 0x1ffffffffffffffffffff\nsection .data 0xffffffffc0505000\n"
+        "@@TD end module\n@@TD stats cpu0\nread events: 1.2.3\nentries: 7\n"
+        "overrun: 99999999999999999999999999999999\n@@TD end stats\n"
+        "@@TD insmod m 99999999999999999999\n@@TD end insmod\n"
+        "@@TD kaslr\nzz T _text\n@@TD end kaslr\n")
+    [m] = ctl.module_loads()
+    assert (m.size, m.base, m.sections) == (0, 0xffffffffc04d3000, {".data": 0xffffffffc0505000})
+    assert ctl.cpu_stats() == {"cpu0": {"entries": 7.0}}
+    assert ctl.insmod_results() == {} and ctl.kaslr_text() is None

@@ -80,16 +80,15 @@ class Control:
             for line in b.lines:
                 if line.startswith("section "):
                     _, name, addr = (line.split() + ["", "", ""])[:3]
-                    try:
-                        sections[name] = int(addr, 16)
-                    except ValueError:
-                        continue
+                    a = _u64(addr, 16)
+                    if a is not None:
+                        sections[name] = a
                 else:
                     # /proc/modules: name size refcount deps state address [taint]
                     parts = line.split()
                     if len(parts) >= 6 and parts[0] == b.args:
-                        size = int(parts[1])
-                        base = int(parts[5], 16)
+                        size = _u64(parts[1], 10) or 0
+                        base = _u64(parts[5], 16) or 0
             if sections or base:
                 out.append(ModuleInfo(b.args, base, size, sections))
         return out
@@ -106,7 +105,7 @@ class Control:
         out: dict[str, list[int]] = {}
         for b in self.all("insmod"):
             name, _, rc = b.args.partition(" ")
-            if name and rc.strip().lstrip("-").isdigit():
+            if name and rc.strip().lstrip("-").isdigit() and len(rc.strip()) <= 10:
                 out.setdefault(name, []).append(int(rc))
         return out
 
@@ -115,7 +114,7 @@ class Control:
         for b in self.all("stats"):
             st: dict[str, float] = {}
             for line in b.lines:
-                m = re.match(r"^([a-z ]+):\s*([0-9.]+)", line)
+                m = re.match(r"^([a-z ]+):\s*([0-9]{1,19}(?:\.[0-9]{1,9})?)\s*$", line)
                 if m:
                     st[m.group(1).strip().replace(" ", "_")] = float(m.group(2))
             out[b.args] = st
@@ -156,8 +155,21 @@ class Control:
         for ln in b.lines if b else []:
             parts = ln.split()
             if len(parts) >= 3:
-                return int(parts[0], 16), parts[2]
+                a = _u64(parts[0], 16)
+                if a is not None:
+                    return a, parts[2]
         return None
+
+
+def _u64(text: str, base: int) -> int | None:
+    """A number the guest sent, if it is one that fits 64 bits (else None)."""
+    if not text or len(text) > 24:
+        return None
+    try:
+        v = int(text, base)
+    except ValueError:
+        return None
+    return v if 0 <= v < 1 << 64 else None
 
 
 def parse(text: str) -> Control:
