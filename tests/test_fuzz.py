@@ -11,7 +11,8 @@ random bytes, numbers replaced by extreme ones) or plain random data:
 
 Any exception other than a TracedepError (or the ValueError the format parsers
 document) fails.  ``TRACEDEP_FUZZ_EXAMPLES`` sets the examples per target (CI
-runs a bounded number; a campaign runs 100,000: bench/README.md has its result).
+runs a bounded number; the README's "Damaged or hostile input" has the last
+campaign's result).
 """
 
 from __future__ import annotations
