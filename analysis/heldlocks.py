@@ -162,7 +162,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
            kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
            spin_in_preempt: bool = True, *, depth_counts_spin: bool = False,
            suspect_rows: frozenset[int] = frozenset(),
-           holder_on_stack: HolderOnStack | None = None) -> Replay:
+           holder_on_stack: HolderOnStack | None = None,
+           own_classes: frozenset[int] = frozenset()) -> Replay:
     """``untraced``: pids whose own (process-context) events the guest filtered
     out; what is left of them is skipped, and lock hand-offs to and from them are balanced.
     ``spin_in_preempt``: False when the kernel's preempt_count does not count held
@@ -171,7 +172,10 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     ``depth_counts_spin``: the calibration *measured* that it does (not merely
     assumed): a record's preempt depth then bounds the spinning locks held.
     ``suspect_rows``: acquire rows whose release may be invisible;
-    ``holder_on_stack``: see :data:`HolderOnStack` (module docstring: forced releases)."""
+    ``holder_on_stack``: see :data:`HolderOnStack` (module docstring: forced releases).
+    ``own_classes``: classes of the modules' own locks; never the runqueue lock, so a
+    switch never hands one to the next task (where core spinlocks are inlined and
+    unseen, arm64, a driver's lock is the top of a task that sleeps holding it)."""
     kinds = events["kind"].to_numpy()
     ltypes = events["lock_type"].to_numpy()
     gfp = events["gfp"].to_numpy()
@@ -447,6 +451,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             st = stacks.get((task, "process"), [])
             top = next((j for j in range(len(st) - 1, -1, -1) if st[j].ltype in SPIN_TYPES),
                        None)
+            if top is not None and st[top].cls in own_classes:
+                top = None  # slept holding its driver's lock: it keeps it (a finding)
             if top is not None:
                 h = st.pop(top)
                 tp = target_l[i]

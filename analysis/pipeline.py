@@ -110,7 +110,9 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
                  depth_counts_spin=spin_pc is True,
                  suspect_rows=missing.suspect_rows(ev, lock_rows, unseen, trace.info,
                                                    trace.symbols),
-                 holder_on_stack=missing.holder_on_stack(ev, trace.stacks, trace.symbols))
+                 holder_on_stack=missing.holder_on_stack(ev, trace.stacks, trace.symbols),
+                 own_classes=frozenset(i for i, c in enumerate(table)
+                                       if c.module not in ("vmlinux", "?", "")))
     cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size,
                    text_stacks=trace.text_stacks, text_sites=trace.text_sites,
                    nesting=nesting, own_source_modules=frozenset(
