@@ -26,9 +26,10 @@ load) must equal the totals exactly, writers and readers apart:
   the same address (rt_mutex) or nearby; only acquisitions of the sleeping
   lock type are counted.
 * percpu_rwsem_lock: ``percpu_down_write()`` is out of line;
-  ``percpu_down_read()``/``percpu_up_read()`` are inline (a per-CPU increment)
-  and seen through the probes on their instances in locktorture.ko
-  (``tracer.inline_locks``), on x86_64 as on arm64.
+  ``percpu_down_read()``/``percpu_up_read()`` are inline (a per-CPU increment).
+  On arm64 they are seen through the probes on their instances in locktorture.ko
+  (``tracer.inline_locks``); on x86_64 those mid-function probes are not placed
+  (tracer.extras says why) and exactly none of the reads is seen.
 * raw_spin_lock*: on a non-RT kernel they torture another spinlock
   (``torture_raw_spinlock``) through the same functions.
 
@@ -68,6 +69,8 @@ WRITE_TYPE = {"spin_lock": "spinlock", "spin_lock_irq": "spinlock", "raw_spin_lo
               "rwsem_lock": "rwsem-w", "percpu_rwsem_lock": "rwsem-w"}
 READ_TYPE = {"rw_lock": "rwlock-r", "rw_lock_irq": "rwlock-r", "rwsem_lock": "rwsem-r",
              "percpu_rwsem_lock": "rwsem-r"}
+# inline readers without a probe on this architecture (see the module docstring)
+UNSEEN_READS = frozenset({"percpu_rwsem_lock"}) if ARCH == "x86_64" else frozenset()
 pytestmark = pytest.mark.guest
 
 
@@ -234,7 +237,7 @@ def test_traced_counts_equal_locktortures(lt_run: LtRun) -> None:
     for ty, t0, t1 in lt_run.loads:
         (total,) = [t for t in lt_run.totals if t.torture_type == ty]
         got[ty] = traced(lt_run, ty, t0, t1)
-        want[ty] = (total.writes, total.reads or 0)
+        want[ty] = (total.writes, 0 if ty in UNSEEN_READS else (total.reads or 0))
         assert ty not in READ_TYPE or total.reads, (ty, "no reader ran")
     print("\n".join(f"{ty}: locktorture {want[ty]} traced {got[ty]}" for ty in want))
     assert got == want
@@ -251,7 +254,7 @@ def test_class_stats_count_the_tortured_locks(lt_run: LtRun) -> None:
     for t in lt_run.totals:
         if t.torture_type == "rtmutex_lock":
             continue  # test_rtmutex_class_is_the_rt_mutex
-        seen = t.reads or 0
+        seen = 0 if t.torture_type in UNSEEN_READS else (t.reads or 0)
         for name in LOCK_TYPES[t.torture_type]:
             want[name] = want.get(name, 0) + t.writes + seen
     got = {name: stats[name]["acquisitions"] if name in stats else 0 for name in want}

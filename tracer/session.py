@@ -28,7 +28,7 @@ from tracedep import __version__
 from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
 from tracedep.tracer import control, manifest
 from tracedep.tracer.channels import Sink, open_sink
-from tracedep.tracer.extras import extra_probes, record_calibration
+from tracedep.tracer.extras import extra_probes, inlines_locks, record_calibration
 from tracedep.tracer.lock_init import class_probes
 from tracedep.tracer.probes import (
     TRACEPOINTS,
@@ -232,9 +232,9 @@ def _modules_record(under_test: list[dict[str, Any]], ctl: control.Control
 def _kernel_modules_dwarf(kernel: Kernel, kmods: KernelModules, disc: Discovery
                           ) -> list[BuiltModule]:
     """The kernel's modules under test with DWARF (their -dbg twins), so that their
-    inlined locks are probed like a --module-src module's (spinlock bodies where the
-    kernel inlines them, percpu rwsem readers everywhere)."""
-    if not kmods.under_test:
+    inlined locks are probed like a --module-src module's; only where locks inline
+    (tracer.extras says why)."""
+    if not kmods.under_test or not inlines_locks(disc):
         return []
     found, missing = with_dwarf(kernel, kmods)
     for m in missing:
