@@ -65,6 +65,22 @@ def tracedep_cli() -> Callable[..., Result]:
     return run_tracedep
 
 
+def build_c_module(tmp: Path, name: str, source: str, arch: str) -> Path:
+    """Build a one-file module ``name`` from ``source`` for ``arch`` against the default
+    Debian kernel's headers (the unit tests' small drivers); returns its .ko."""
+    from tracedep.vm.kernel import fetch_debian_kernel
+    from tracedep.vm.machines import machine_for
+    from tracedep.vm.modules import build_module_dir
+
+    src = tmp / f"{name}_{arch}"
+    src.mkdir()
+    (src / f"{name}.c").write_text(source)
+    (src / "Kbuild").write_text(f"obj-m += {name}.o\n")
+    machine = machine_for(arch)
+    [mod] = build_module_dir(src, fetch_debian_kernel(machine), machine)
+    return mod.ko
+
+
 def expectations() -> dict[str, dict[str, Any]]:
     """``vm/drivers/*/expect.json`` by module name."""
     out = {}

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DRIVERS, BundledRun, check_expected, expectations, run_tracedep
+from conftest import (
+    DRIVERS,
+    BundledRun,
+    build_c_module,
+    check_expected,
+    expectations,
+    run_tracedep,
+)
 
 from tracedep.tracer.inline_locks import (
     _a64_in_atomic_context,
@@ -108,17 +115,7 @@ MODULE_LICENSE("GPL");
 
 
 def _build(tmp: Path, arch: str) -> Path:
-    from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
-    from tracedep.vm.modules import build_module_dir
-
-    src = tmp / f"td_inl_{arch}"
-    src.mkdir()
-    (src / "td_inl.c").write_text(DRIVER_C)
-    (src / "Kbuild").write_text("obj-m += td_inl.o\n")
-    machine = machine_for(arch)
-    [mod] = build_module_dir(src, fetch_debian_kernel(machine), machine)
-    return mod.ko
+    return build_c_module(tmp, "td_inl", DRIVER_C, arch)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import build_c_module
 
 from tracedep.tracer.inline_locks import _Module, discover_module, inline_probes
 from tracedep.tracer.probes import LOCK_FUNCS, parse_event_name
@@ -84,17 +85,7 @@ MODULE_LICENSE("GPL");
 
 
 def _build(tmp: Path, arch: str) -> Path:
-    from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
-    from tracedep.vm.modules import build_module_dir
-
-    src = tmp / f"td_pcpu_{arch}"
-    src.mkdir()
-    (src / "td_pcpu.c").write_text(DRIVER_C)
-    (src / "Kbuild").write_text("obj-m += td_pcpu.o\n")
-    machine = machine_for(arch)
-    [mod] = build_module_dir(src, fetch_debian_kernel(machine), machine)
-    return mod.ko
+    return build_c_module(tmp, "td_pcpu", DRIVER_C, arch)
 
 
 @pytest.fixture(scope="module", params=["x86_64", "arm64"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import build_c_module
 
 from tracedep.analysis.dwarf_lines import DwarfIndex, layout_sections
 from tracedep.analysis.elf_symbols import ElfFile, read_symtab
@@ -89,17 +90,7 @@ NAMES = ("box", "dev", "lock", "mtx", "inner_lock", "ring2", "rw", "sem", "dev_l
 
 
 def _build(tmp: Path, arch: str) -> Path:
-    from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
-    from tracedep.vm.modules import build_module_dir
-
-    src = tmp / f"td_tn_{arch}"
-    src.mkdir()
-    (src / "td_tn.c").write_text(DRIVER_C)
-    (src / "Kbuild").write_text("obj-m += td_tn.o\n")
-    machine = machine_for(arch)
-    [mod] = build_module_dir(src, fetch_debian_kernel(machine), machine)
-    return mod.ko
+    return build_c_module(tmp, "td_tn", DRIVER_C, arch)
 
 
 @pytest.fixture(scope="module", params=["x86_64", "arm64"])
