@@ -181,6 +181,15 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
         warnings.append(_probe_failures(failed, reasons if isinstance(reasons, dict) else None,
                                         set(notrace) if isinstance(notrace, list) else set()))
     warnings += _silent_probe_classes(info)
+    cal = info.get("calibration")
+    counts = [cal.get(k) for k in ("regime_mismatch", "uncalibrated_rows")] \
+        if isinstance(cal, dict) else []
+    odd = sum(int(v) for v in counts if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    if odd:
+        warnings.append(f"{odd} events of mid-function probes (inlined locks) came through a "
+                        f"path the boot's calibration did not measure: their IRQ state is the "
+                        f"fetched one and their preempt depth is taken as 0, so a finding "
+                        f"there may be missed (tracer/calibration.py)")
     for a in info.get("failed_attempts", []):
         warnings.append(f"an earlier boot died before tracing started ({a.get('why')}); "
                         f"this is the next boot; that one's files are kept as "

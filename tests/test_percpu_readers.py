@@ -3,11 +3,12 @@
 ``percpu_down_read()`` and ``percpu_up_read()`` are static inline functions (a
 per-CPU increment, a slow path only while a writer waits), so no kernel
 function sees a reader.  ``tracer.inline_locks`` finds their instances in a
-module's DWARF on arm64, as it does inlined spinlocks, and can on x86_64 (whose
-spinlocks are out of line: no spinlock site may appear there), where the run does
-not place them (tracer.extras says why).  A small driver is built at test time
-against Debian's headers; the guest proof is tests/test_locktorture.py on arm64
-(traced readers equal locktorture's own totals).
+module's DWARF on x86_64 (whose spinlocks are out of line: no spinlock site may
+appear there) and on arm64, as it does inlined spinlocks on arm64; the probes sit
+mid-function and are calibrated per architecture (tracer.calibration).  A small
+driver is built at test time against Debian's headers; the guest proof is
+tests/test_locktorture.py (traced readers equal locktorture's own totals) and
+tests/test_calibration.py (the context of x86_64's int3 path).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tracedep.tracer import calibration
@@ -44,17 +45,30 @@ def inlines_locks(disc: Discovery) -> bool:
     return any(f not in disc.functions for f in _BODIES)
 
 
-def extra_probes(machine: Machine, disc: Discovery, built: list[BuiltModule]) -> Extras:
+def inline_probes_calibrated(machine: Machine, disc: Discovery, vmlinux: Path | None,
+                             mid: int | None = None) -> bool:
+    """Can this kernel's mid-function probes (inlined locks) be calibrated?"""
+    if mid is None:
+        mid = calibration.mid_offset(machine, vmlinux)
+    return bool(mid) and bool(calibration.probes(machine, disc, mid))
+
+
+def extra_probes(machine: Machine, disc: Discovery, built: list[BuiltModule],
+                 vmlinux: Path | None = None) -> Extras:
+    """``vmlinux``: the kernel's ELF, where a variable-width ISA finds its mid-function
+    calibration point (tracer.calibration.mid_offset)."""
     ex = Extras(events=list(LOCKDEP_EVENTS))
-    ex.kprobes += calibration.probes(machine, disc)
-    # Only where the kernel inlines its spinlocks (arm64), whose mid-function kprobes
-    # are calibrated (tracer.calibration kprobe_mid).  x86_64's mid-function kprobes
-    # report the int3 handler's context (NMI, IRQs off) until the optimizer turns them
-    # into jumps, and then one more preempt level: uncalibrated, a percpu reader
-    # probed there was reported "in hardirq context" (a locktorture run in CI).
-    if not built or not inlines_locks(disc):
+    mid = calibration.mid_offset(machine, vmlinux)
+    ex.kprobes += calibration.probes(machine, disc, mid)
+    ex.manifest["calibration_mid_offset"] = mid
+    # Probes on inlined locks sit mid-function: placed only where such a probe is
+    # calibrated (x86_64's report the int3 handler's context, NMI and IRQs off; a
+    # percpu reader probed there uncalibrated was "in hardirq context" in CI).
+    if not built or not inline_probes_calibrated(machine, disc, vmlinux, mid):
         return ex
-    spin_bodies = True
+    # spinlock bodies are looked for where the kernel inlines them; the APIs inline
+    # on every kernel (percpu rwsem readers) always
+    spin_bodies = inlines_locks(disc)
     sites = []
     skipped: list[dict[str, Any]] = []
     out_of_line = 0
@@ -71,7 +85,7 @@ def extra_probes(machine: Machine, disc: Discovery, built: list[BuiltModule]) ->
         sites += d.sites
         skipped += d.skipped
         out_of_line += d.out_of_line
-    probes = inline_probes(sites, machine.irq_state_fetch)
+    probes = inline_probes(sites, machine.mid_irq_fetch)
     ex.kprobes += [p.definition for p in probes]
     ex.manifest["inline_sites"] = site_table(probes)
     ex.manifest["inline_locks"] = {"sites": len(probes), "skipped": skipped,

@@ -752,22 +752,56 @@ def _calibrate(cols: dict[str, Any], cal_rows: dict[str, np.ndarray], flags: np.
     depth = cols["preempt_depth"]
     cal = calibration.measure(cal_rows, flags, depth, irq_state, cols["pid"])
     unreliable_rows = 0
+    mismatch = uncalibrated = 0
+
+    def irqs_from_fetch(rows: np.ndarray) -> int:
+        known = rows & (irq_state >= 0)
+        cols["irqs_off"][rows] = False
+        cols["irqs_off"][known] = irq_state[known] == 1
+        return int((rows & (irq_state < 0)).sum())
+
     for code, kinds in ((1, ("kprobe",)), (2, ("kretprobe",)), (3, ("kprobe_mid", "kprobe"))):
         sel = pkind == code
         if not sel.any():
             continue
         ck = next((k for k in kinds if k in cal), None)
+        c = cal[ck] if ck else None
+        if code == 3:
+            # a mid-function row that did not come the calibration's way (x86: through
+            # int3 when the calibration's did not, or through an optimized jump when
+            # it did) is not described by it: its fetched IRQ state is used, its
+            # preempt depth is unknown (0: a finding may be lost, none invented) and
+            # the hardirq/NMI flags of an exception handler are dropped
+            other = sel & (cols["in_nmi"] != bool(c and c.get("nmi")))
+            if other.any():
+                n = int(other.sum())
+                if ck == "kprobe_mid":
+                    mismatch += n
+                else:
+                    uncalibrated += n
+                unreliable_rows += irqs_from_fetch(other)
+                exc_rows = other & cols["in_nmi"]
+                cols["in_hardirq"][exc_rows] = False
+                cols["in_nmi"][exc_rows] = False
+                depth[other] = 0
+                sel = sel & ~other
         reliable = calibration.irqs_reliable(cal, ck) if ck else None
         if reliable is None:
             reliable = not unreliable_default
         if not reliable:
-            known = sel & (irq_state >= 0)
-            cols["irqs_off"][sel] = False
-            cols["irqs_off"][known] = irq_state[known] == 1
-            unreliable_rows += int((sel & (irq_state < 0)).sum())
-        offset = cal[ck]["preempt"] if ck else 0
-        if offset:
+            unreliable_rows += irqs_from_fetch(sel)
+        if c is not None and calibration.in_exception(c):
+            # the handler's own hardirq/NMI context, not the probed code's
+            cols["in_hardirq"][sel] = False
+            cols["in_nmi"][sel] = False
+        offset = calibration.preempt_offset(c) if c is not None else 0
+        if offset > 0:
             depth[sel] = np.maximum(depth[sel].astype(np.int16) - offset, 0).astype(np.int8)
+        elif offset < 0:
+            # the nibble wrapped below zero at depth 0 (calibration's module doc)
+            depth[sel] = ((depth[sel].astype(np.int16) - offset) & 0xF).astype(np.int8)
+    cal["_regime_mismatch"] = mismatch
+    cal["_uncalibrated_rows"] = uncalibrated
     cal["_irqs_unreliable_rows"] = unreliable_rows
     # does preempt_count count held spinlocks?  At a spinlock's release the lock is
     # still held: its depth is >= 1 wherever CONFIG_PREEMPT_COUNT is set

@@ -88,8 +88,9 @@ SCHEMA: dict[str, _Spec] = {
                                      "api": str, "target": str})),
     "inline_locks": ("obj", {"skipped": ("list", dict), "sites": "int"}),
     "event_counts": ("map", "int"),
-    "calibration": dict, "kernel": ("obj", {"release": ("opt", str), "abi": ("opt", str),
-                                            "source_tree": ("opt", str)}),
+    "calibration": dict, "calibration_mid_offset": ("range", (0, 4096)),
+    "kernel": ("obj", {"release": ("opt", str), "abi": ("opt", str),
+                       "source_tree": ("opt", str)}),
     "timing": dict, "workload": dict, "lock_classes": dict, "kernel_modules": dict,
     "qemu": dict, "guest": dict, "lockdep_events": ("map", "int"), "events_enabled": dict,
 }

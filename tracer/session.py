@@ -28,7 +28,7 @@ from tracedep import __version__
 from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
 from tracedep.tracer import control, manifest
 from tracedep.tracer.channels import Sink, open_sink
-from tracedep.tracer.extras import extra_probes, inlines_locks, record_calibration
+from tracedep.tracer.extras import extra_probes, inline_probes_calibrated, record_calibration
 from tracedep.tracer.lock_init import class_probes
 from tracedep.tracer.probes import (
     TRACEPOINTS,
@@ -229,12 +229,13 @@ def _modules_record(under_test: list[dict[str, Any]], ctl: control.Control
     return out
 
 
-def _kernel_modules_dwarf(kernel: Kernel, kmods: KernelModules, disc: Discovery
-                          ) -> list[BuiltModule]:
+def _kernel_modules_dwarf(kernel: Kernel, kmods: KernelModules, disc: Discovery,
+                          machine: Machine, vmlinux: Path | None) -> list[BuiltModule]:
     """The kernel's modules under test with DWARF (their -dbg twins), so that their
-    inlined locks are probed like a --module-src module's; only where locks inline
-    (tracer.extras says why)."""
-    if not kmods.under_test or not inlines_locks(disc):
+    inlined locks are probed like a --module-src module's (spinlock bodies where the
+    kernel inlines them, percpu rwsem readers everywhere); only where such probes
+    are calibrated (tracer.extras)."""
+    if not kmods.under_test or not inline_probes_calibrated(machine, disc, vmlinux):
         return []
     found, missing = with_dwarf(kernel, kmods)
     for m in missing:
@@ -359,10 +360,13 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     info["discovery_dir"] = str(discovery_dir(kernel))
     defs = probe_definitions(machine, disc)
     # lock initializers and inode re-keying: lockdep's classes (tracer.lock_init)
-    class_defs, info["lock_classes"] = class_probes(machine, disc, probe_vmlinux(kernel))
+    vmlinux = probe_vmlinux(kernel)
+    class_defs, info["lock_classes"] = class_probes(machine, disc, vmlinux)
     defs += class_defs
     # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extras)
-    extra = extra_probes(machine, disc, built + _kernel_modules_dwarf(kernel, kmods, disc))
+    extra = extra_probes(machine, disc,
+                         built + _kernel_modules_dwarf(kernel, kmods, disc, machine, vmlinux),
+                         vmlinux)
     workload = opts.workload.read_text() if opts.workload else None
     cfg = GuestConfig(
         kprobes=[d.definition for d in defs] + extra.kprobes,
@@ -437,7 +441,10 @@ def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, 
     hello = ctl.keyvals("hello")
     info["guest"] = {"release": hello.get("release"), "cmdline": hello.get("cmdline"),
                      "ncpus": int(hello["ncpus"]) if hello.get("ncpus") else None,
-                     "boot_uptime_s": _float(hello.get("uptime"))}
+                     "boot_uptime_s": _float(hello.get("uptime")),
+                     # 0: mid-function kprobes all ran through int3 (tracer.calibration)
+                     "kprobes_optimization":
+                         (ctl.keyvals("kprobes_optimization").get("value") or "")[:16]}
     start = ctl.keyvals("start")
     wl = ctl.keyvals("workload")
     info.setdefault("workload", {})

@@ -42,6 +42,19 @@ class Machine:
     # a known-steppable offset into the calibration function for a mid-function
     # kprobe (fixed-width ISAs only; 0 = none): see tracer.calibration
     calibration_mid_offset: int = 0
+    # variable-width ISAs: the instructions from a function's start to its body (a
+    # regular expression over its bytes in vmlinux); the calibration's mid-function
+    # probe goes right past them (tracer.calibration.mid_offset)
+    entry_prologue: bytes = b""
+    # the IRQ-state fetch of mid-function probes where it differs from irq_state_fetch:
+    # x86's entry probes run from ftrace with the probed code's flags, but a
+    # mid-function probe runs from the int3 handler (IRQs off, NMI context)
+    mid_irq_state_fetch: str = ""
+
+    @property
+    def mid_irq_fetch(self) -> str:
+        """The IRQ-state fetch-arg of a mid-function kprobe ("" = none needed)."""
+        return self.mid_irq_state_fetch or self.irq_state_fetch
 
 
 MACHINES: dict[str, Machine] = {
@@ -69,6 +82,11 @@ MACHINES: dict[str, Machine] = {
         call_insn_size=5,
         text_symbol="_text",
         kprobe_reports_irqs_off=False,
+        # EFLAGS of the interrupted context: bit 9 (IF) set = IRQs on
+        mid_irq_state_fetch="efl=%flags:x64",
+        # endbr64 (IBT kernels), then the 5-byte __fentry__ call (a NOP once ftrace
+        # has patched it; either form in the file)
+        entry_prologue=rb"(?:\xf3\x0f\x1e\xfa)?(?:\xe8[\x00-\xff]{4}|\x0f\x1f\x44\x00\x00)",
     ),
     "arm64": Machine(
         arch="arm64",

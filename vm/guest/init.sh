@@ -68,6 +68,17 @@ endblock kaslr
 
 echo 0 > $T/tracing_on
 echo > $T/trace
+# Mid-function kprobes (inlined locks) must all run the way the calibration's did:
+# x86's optimizer would turn some into jumps, with other context flags, at a time
+# of its choosing (tracer.calibration).  No such file: no optimized kprobes (arm64).
+OPTPROBES=none
+if [ -w /proc/sys/debug/kprobes-optimization ]; then
+    echo 0 > /proc/sys/debug/kprobes-optimization 2>/dev/null
+    OPTPROBES=$(cat /proc/sys/debug/kprobes-optimization)
+fi
+block kprobes_optimization
+echo "value=$OPTPROBES" >&3
+endblock kprobes_optimization
 echo "$TD_BUFFER_KB" > $T/buffer_size_kb
 echo global > $T/trace_clock
 # wake the pumps when a CPU's ring is 5 % full (they also look every 250 ms)
