@@ -22,7 +22,7 @@ from tracedep.analysis.symbolizer import (
     SymbolizerError,
     kaslr_offset_of,
 )
-from tracedep.analysis.symbols import module_records, read_kallsyms_file
+from tracedep.analysis.symbols import read_kallsyms_file
 from tracedep.analysis.trace import Trace
 from tracedep.analysis.type_names import HeapNamer
 
@@ -66,17 +66,18 @@ class _Resolver:
             self.kallsyms = read_kallsyms_file(kpath)
 
     def _image(self, name: str, gen: int) -> ModuleImage | None:
-        info = self.trace.info
-        for m in module_records(info):
-            loads = m.get("loads") or []
-            if m["name"] != name or not loads:
-                continue
-            load = loads[min(gen, len(loads) - 1)]
-            ko = Path(m["ko"]) if m.get("ko") else None
-            ko = self._debug_ko(ko) or ko
-            return ModuleImage(name, ko if ko and ko.is_file() else None,
-                               dict(load.get("sections") or {}))
-        return None
+        """Load ``gen`` of module ``name``, with the sections the symbol spans have: the
+        guest's report, or the kernel's own account of a load whose init failed
+        (tracer.module_sections), which the manifest's loads lack."""
+        # one entry per load, indexed as generation_of() counts them
+        by_t0 = {m.t0: (m.sections, m.ko) for m in self.trace.symbols.modules
+                 if m.name == name}
+        loads = [by_t0[t] for t in sorted(by_t0)]
+        if not loads:
+            return None
+        sections, ko = loads[min(gen, len(loads) - 1)]
+        ko = self._debug_ko(ko) or ko
+        return ModuleImage(name, ko if ko and ko.is_file() else None, dict(sections))
 
     def _debug_ko(self, ko: Path | None) -> Path | None:
         """An in-tree module's twin with DWARF from the -dbg package, if extracted."""

@@ -16,10 +16,13 @@ import logging
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
 from tracedep.errors import TraceFormatError
+
+if TYPE_CHECKING:
+    from tracedep.tracer.module_sections import KernelLoad
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +209,15 @@ class RunSymbols:
 
     @classmethod
     def for_run(cls, run_dir: Path, info: dict[str, Any],
-                load_times: dict[str, list[tuple[int, int]]] | None = None) -> RunSymbols:
+                load_times: dict[str, list[tuple[int, int]]] | None = None,
+                kernel_loads: list[KernelLoad] | None = None) -> RunSymbols:
         """``load_times``: per module, the (load, free) trace times of each load, from
-        the module_load/module_free events (loads before tracing have none)."""
+        the module_load/module_free events (loads before tracing have none).
+        ``kernel_loads``: the sections of each load as the kernel placed them
+        (tracer.module_sections), where the run had those probes."""
+        by_kernel: dict[str, list[KernelLoad]] = {}
+        for kl in kernel_loads or []:
+            by_kernel.setdefault(kl.name, []).append(kl)
         kernel: SymbolTable | None = None
         span = (0, 0)
         warnings = []
@@ -236,6 +245,19 @@ class RunSymbols:
                 warnings.append(f"module {m['name']}: {m['ko']} is missing; "
                                 "its functions are unnamed")
             times = (load_times or {}).get(m["name"], [])
+            seen = by_kernel.get(m["name"], [])
+            if seen:
+                # the kernel told each traced load's sections (tracer.module_sections),
+                # a load whose init failed too; the guest's reports are needed only for
+                # loads before tracing began
+                for t0, t1 in times:
+                    for kl in seen:
+                        if t0 <= kl.ts_ns <= t1:
+                            mods += _load_spans(m["name"], {"sections": kl.sections}, elf,
+                                                t0, t1, all_loads)
+                            break
+                loads = loads[:max(len(loads) - len(times), 0)]
+                times = []
             # loads before tracing started have no load event: the times line up
             # with the last reports
             offset = len(loads) - len(times)

@@ -79,7 +79,8 @@ def _load_run(run_dir: Path) -> Trace:
     decoded = decode_run(run_dir, info)
     schema.validate(decoded.events)
     gaps = completeness(info, decoded)
-    syms = RunSymbols.for_run(run_dir, info, module_load_times(decoded.events))
+    syms = RunSymbols.for_run(run_dir, info, module_load_times(decoded.events),
+                              decoded.module_loads)
     warnings = gaps + list(syms.warnings)
     warnings += place_fixed_locks(decoded.events, syms)
     return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)

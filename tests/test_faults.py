@@ -180,22 +180,48 @@ def test_module_that_panics_the_guest(tmp_path: Path) -> None:
 
 @pytest.mark.guest
 def test_module_whose_init_fails(tmp_path: Path) -> None:
-    """A driver that fails to initialise is not a clean driver: the run says so."""
+    """A driver that fails to initialise is not a clean driver: the run says so.  It is
+    freed before insmod returns, so /sys/module never shows its sections; the kernel's
+    own account at do_init_module (tracer.module_sections) places them, and what its
+    init did is its own: td_initfail_bug's planted sleep under a spinlock is found in
+    its file, at both its .init.text and its .text frames, and its twin td_initfail
+    (the spinlock alone) has its lock events and no finding."""
     out = tmp_path / "out"
     res = run_tracedep("run", "--module-src", TEST_DRIVERS / "td_initfail",
+                       "--module-src", TEST_DRIVERS / "td_initfail_bug",
                        "--module-src", TINY, "--out", out)
-    assert res.rc == 0, res.explain()
-    mods = {m["name"]: m for m in manifest(out)["modules"]}
+    assert res.rc == 1, res.explain()
+    m = manifest(out)
+    mods = {mm["name"]: mm for mm in m["modules"]}
     assert mods["td_tiny"]["insmod_rc"] == [0]
-    (rc,) = mods["td_initfail"]["insmod_rc"]
-    # freed before insmod returned: /sys/module never showed its sections, so its
-    # own addresses are unknown; the warning below is what the report can give
-    assert rc != 0 and not mods["td_initfail"]["loaded"]
-    warning = "td_initfail: insmod failed (exit"
-    assert warning in res.stderr
-    assert warning in (out / "report.txt").read_text()
-    assert warning in (out / "index.html").read_text()
+    for name in ("td_initfail", "td_initfail_bug"):
+        (rc,) = mods[name]["insmod_rc"]
+        assert rc != 0 and not mods[name]["loaded"] and mods[name]["loads"] == [], mods[name]
+        warning = f"{name}: insmod failed (exit"
+        assert warning in res.stderr
+        assert warning in (out / "report.txt").read_text()
+        assert warning in (out / "index.html").read_text()
+    assert m["module_sections"]["probes"] > 0, m["module_sections"]
     assert "td_tiny: insmod failed" not in res.stderr
+    findings = json.loads((out / "findings.json").read_text())
+    assert [(f["kind"], f["driver"]) for f in findings] == [
+        ("sleep-in-atomic", "td_initfail_bug")], [f["message"] for f in findings]
+    frames = [fr for site in findings[0]["sites"] for fr in site["frames"]]
+    where = {(fr.get("function"), str(fr.get("file") or "").rsplit("/", 1)[-1])
+             for fr in frames}
+    assert ("td_initfail_bug_read_config", "td_initfail_bug.c") in where, frames
+    assert ("td_initfail_bug_init", "td_initfail_bug.c") in where, frames
+    # the kernel's account agrees with the guest's report where both exist (td_tiny)
+    from tracedep.tracer.ftrace_binary import decode_run
+
+    told = {kl.name: kl for kl in decode_run(out).module_loads}
+    assert set(told) >= {"td_tiny", "td_initfail", "td_initfail_bug"}, told
+    assert told["td_tiny"].complete and told["td_initfail_bug"].complete
+    assert told["td_tiny"].sections == mods["td_tiny"]["loads"][0]["sections"]
+    an = json.loads((out / "analysis.json").read_text())
+    cov = {mm["name"]: mm for mm in an["run"]["modules"]}
+    # lock, unlock (and the spinlock's return probe where the kernel has one)
+    assert cov["td_initfail"]["lock_events"] >= 2, cov["td_initfail"]
 
 
 @pytest.mark.guest

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.errors import TraceFormatError
-from tracedep.tracer import calibration, control, page_sums, schema
+from tracedep.tracer import calibration, control, module_sections, page_sums, schema
 from tracedep.tracer.ftrace_formats import (
     EventFormat,
     PageHeader,
@@ -348,6 +348,8 @@ class Decoded:
     damaged_pages: int = 0
     # pages recorded (tracer.page_sums) that the files no longer have
     missing_pages: int = 0
+    # each module load's sections, as do_init_module saw them (tracer.module_sections)
+    module_loads: list[module_sections.KernelLoad] = field(default_factory=list)
 
 
 def decode(
@@ -462,6 +464,7 @@ def decode(
     pkind = np.zeros(n, np.int8)
     cal_rows: dict[str, np.ndarray] = {}
     sites = inline_sites or {}
+    msec_rows: list[tuple[int, int, int, str, int, list[tuple[str, int]]]] = []
 
     def fetch_irq_state(f: EventFormat, rows: np.ndarray) -> None:
         for fname, (mask, set_means_off) in IRQ_STATE_FIELDS.items():
@@ -545,6 +548,11 @@ def decode(
                     kind[rows] = "sleep_call"
                     func[rows] = MIGHT_SLEEP if fn == MIGHT_SLEEP_FUNC else fn
                     cols["ip"][rows] = call_site(f, rows)
+            elif f.system == GROUP and (chunk := module_sections.parse_event(f.name)) \
+                    is not None:
+                keep[rows] = False  # for the symbolizer, not an event of the analysis
+                _module_section_rows(f, chunk, rows, fld, buf, off, reclen, rec_ts, rec_cpu,
+                                     msec_rows)
             elif f.system == "kmem" and "gfp_flags" in f.fields:
                 kind[rows] = "alloc"
                 cols["gfp"][rows] = fld(f, "gfp_flags", rows, False).astype(np.uint32)
@@ -664,7 +672,8 @@ def decode(
     n_gaps = int((events["kind"] == "gap").sum())
     return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events,
                    len(events) - n_gaps, comms, cal, backwards_pages=recs.backwards_pages,
-                   rejected=rejected, damaged_pages=damaged_pages)
+                   rejected=rejected, damaged_pages=damaged_pages,
+                   module_loads=module_sections.assemble(msec_rows))
 
 
 GAP_EVENT = "tracedep/gap"  # the event name of gap rows (no probe has it)
@@ -714,6 +723,28 @@ def _bounded_string(buf: bytes, rec: int, reclen: int, fd: Any) -> str:
     if start < 0 or ln <= 0 or start + ln > reclen:
         return ""
     return clean_name(buf[rec + start:rec + start + ln])
+
+
+def _module_section_rows(f: EventFormat, chunk: int, rows: np.ndarray, fld: Any, buf: bytes,
+                         off: np.ndarray, reclen: np.ndarray, ts: np.ndarray, cpu: np.ndarray,
+                         out: list[tuple[int, int, int, str, int, list[tuple[str, int]]]]
+                         ) -> None:
+    """Rows of the do_init_module probes (tracer.module_sections), appended to ``out``."""
+    if "name" not in f.fields or "n" not in f.fields:
+        return
+    n = fld(f, "n", rows, False)
+    addrs = [fld(f, f"a{j}", rows, False) if f"a{j}" in f.fields else None
+             for j in range(module_sections.CHUNK)]
+    for i, r in enumerate(rows.tolist()):
+        o, ln = int(off[r]), int(reclen[r])
+        secs = []
+        for j, a in enumerate(addrs):
+            sf = f.fields.get(f"s{j}")
+            if a is None or sf is None:
+                break
+            secs.append((_bounded_string(buf, o, ln, sf), int(a[i])))
+        out.append((int(ts[r]), int(cpu[r]), chunk, _bounded_string(buf, o, ln, f.fields["name"]),
+                    int(n[i]), secs))
 
 
 def _lock_init_rows(f: EventFormat, fn: str, rows: np.ndarray, fld: Any, call_site: Any,

@@ -91,7 +91,8 @@ SCHEMA: dict[str, _Spec] = {
     "calibration": dict, "calibration_mid_offset": ("range", (0, 4096)),
     "kernel": ("obj", {"release": ("opt", str), "abi": ("opt", str),
                        "source_tree": ("opt", str)}),
-    "timing": dict, "workload": dict, "lock_classes": dict, "kernel_modules": dict,
+    "timing": dict, "workload": dict, "lock_classes": dict, "module_sections": dict,
+    "kernel_modules": dict,
     "qemu": dict, "guest": dict, "lockdep_events": ("map", "int"), "events_enabled": dict,
 }
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from tracedep import __version__
 from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
-from tracedep.tracer import control, manifest
+from tracedep.tracer import control, manifest, module_sections
 from tracedep.tracer.channels import Sink, open_sink
 from tracedep.tracer.extras import extra_probes, inline_probes_calibrated, record_calibration
 from tracedep.tracer.lock_init import class_probes
@@ -363,13 +363,15 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     vmlinux = probe_vmlinux(kernel)
     class_defs, info["lock_classes"] = class_probes(machine, disc, vmlinux)
     defs += class_defs
+    # each load's section addresses, a load whose init fails too (tracer.module_sections)
+    msec, info["module_sections"] = module_sections.probes(machine, disc, vmlinux)
     # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extras)
     extra = extra_probes(machine, disc,
                          built + _kernel_modules_dwarf(kernel, kmods, disc, machine, vmlinux),
                          vmlinux)
     workload = opts.workload.read_text() if opts.workload else None
     cfg = GuestConfig(
-        kprobes=[d.definition for d in defs] + extra.kprobes,
+        kprobes=[d.definition for d in defs] + extra.kprobes + msec,
         events=list(TRACEPOINTS) + extra.events,
         stack_triggers=stack_triggers(defs, machine=machine),
         buffer_kb=opts.buffer_kb,
@@ -379,8 +381,8 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz",
                              kmods, order)
     info["workload"] = {"script": str(opts.workload) if opts.workload else "default"}
-    info["probes"] = {"defined": len(defs) + len(extra.kprobes),
-                      "definitions": [d.definition for d in defs] + extra.kprobes,
+    info["probes"] = {"defined": len(defs) + len(extra.kprobes) + len(msec),
+                      "definitions": [d.definition for d in defs] + extra.kprobes + msec,
                       # kprobe events refuse a function without an ftrace location
                       # (trace_kprobe.c within_notrace_func) unless the kernel has
                       # CONFIG_KPROBE_EVENTS_ON_NOTRACE: the reason behind its
