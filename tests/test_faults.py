@@ -206,6 +206,7 @@ def test_module_whose_init_fails(tmp_path: Path) -> None:
     findings = json.loads((out / "findings.json").read_text())
     assert [(f["kind"], f["driver"]) for f in findings] == [
         ("sleep-in-atomic", "td_initfail_bug")], [f["message"] for f in findings]
+    assert findings[0]["locks"] == ["td_initfail_bug_lock"], findings[0]["locks"]
     frames = [fr for site in findings[0]["sites"] for fr in site["frames"]]
     where = {(fr.get("function"), str(fr.get("file") or "").rsplit("/", 1)[-1])
              for fr in frames}

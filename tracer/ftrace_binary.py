@@ -911,7 +911,7 @@ def _place_static_locks(decoded: Decoded, sites: dict[str, dict[str, Any]],
     for name, t in zip(loads["func"].astype(str), loads["ts_ns"].tolist(), strict=True):
         load_ts.setdefault(name, []).append(int(t))
     where = static_lock_addresses(sites, info, ev["event"].astype(str).to_numpy(),
-                                  ev["ts_ns"].to_numpy(), load_ts)
+                                  ev["ts_ns"].to_numpy(), load_ts, decoded.module_loads)
     if where:
         la = ev["lock_addr"].to_numpy().copy()
         idx = np.fromiter(where.keys(), dtype=np.int64, count=len(where))

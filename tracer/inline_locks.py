@@ -67,6 +67,7 @@ from tracedep.analysis.elf_symbols import (
     ElfFormatError,
     read_symtab,
 )
+from tracedep.tracer.module_sections import KernelLoad
 from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 
 log = logging.getLogger(__name__)
@@ -981,16 +982,28 @@ def trylock_taken(func: str, word: np.ndarray) -> np.ndarray:
 
 def static_lock_addresses(table: dict[str, dict[str, Any]], info: dict[str, Any],
                           ev_names: np.ndarray, ts: np.ndarray, load_ts: dict[str, list[int]],
-                          ) -> dict[int, int]:
+                          kernel_loads: list[KernelLoad] | None = None) -> dict[int, int]:
     """Row index → runtime lock address for rows of inline events with static locks.
 
     The module load a row belongs to is the last one loaded before it (the
     module_load events' times, ``load_ts``); loads reported before tracing
-    started have no event and come first.
+    started have no event and come first.  A traced load's sections are the
+    kernel's account (``kernel_loads``, tracer.module_sections) where there is
+    one: a module whose init failed has no report of the guest's.
     """
+    told: dict[str, list[KernelLoad]] = {}
+    for kl in kernel_loads or []:
+        told.setdefault(kl.name, []).append(kl)
     loads: dict[str, list[dict[str, int]]] = {}
     for m in list(info.get("modules", [])):
         loads[m["name"]] = [ld.get("sections") or {} for ld in m.get("loads") or []]
+        times_m = load_ts.get(m["name"], [])
+        if told.get(m["name"]) and times_m:
+            nxt = [*times_m[1:], 1 << 62]
+            before = loads[m["name"]][:max(len(loads[m["name"]]) - len(times_m), 0)]
+            loads[m["name"]] = before + [
+                next((k.sections for k in told[m["name"]] if t0 <= k.ts_ns < t1), {})
+                for t0, t1 in zip(times_m, nxt, strict=True)]
     out: dict[int, int] = {}
     for ev, row in table.items():
         lk = row.get("lock") or {}
