@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis.symbols import RunSymbols, Sym
+from tracedep.analysis.type_names import fold_indices
 from tracedep.tracer.lock_init import (
     DIR_REKEY,
     INODE_DIR_KEY_NAME,
@@ -195,7 +196,10 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray,
                     fn = symbols.source_function(int(a_ip[j]), int(a_ts[j])) or site.name
                     typed = namer(site.module, int(a_ip[j]), int(a_ts[j]), off, size,
                                   str(ltypes[sel[0]])) if namer is not None else None
-                    name = typed or f"{fn}():obj+{off:#x}"
+                    # an element of an array of locks: one class for the array, as
+                    # lockdep's one init site makes it (analysis.type_names)
+                    folded = fold_indices(typed) if typed else None
+                    name = folded or f"{fn}():obj+{off:#x}"
                     # Call site and offset, not the size: kmalloc rounds sizes per arch
                     # (arm64 to 128), and a finding must not depend on the arch.  The call
                     # site, not the function: two objects allocated in one function are
@@ -204,7 +208,8 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray,
                     loc = symbols.source_location(int(a_ip[j]), int(a_ts[j]))
                     where = (f"{loc[0].rsplit('/', 1)[-1]}:{loc[1]}" if loc
                              else f"{site.name}+{site.offset:#x}")
-                    key = f"heap:{site.module}:{fn}@{where}:{off:#x}"
+                    key = f"heap:{site.module}:{fn}@{where}:" + (
+                        folded if folded and folded != typed else f"{off:#x}")
                     cls = LockClass(
                         name, key, "heap", site.module,
                         f"at offset {off:#x} of a {size}-byte object allocated at {site}"

@@ -22,6 +22,7 @@ A name is only shown: class keys and finding signatures do not change.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -208,6 +209,22 @@ def name_in_scope(scope: list[DIE], off: int, size: int, lock_type: str) -> str 
             if path is not None:
                 kw = "union" if s.tag == "DW_TAG_union_type" else "struct"
                 fits.setdefault(ssize, []).append((f"{kw} {_name(s) or '(anonymous)'}", path))
+        if not fits:
+            # an array of structs (kcalloc(n, sizeof(*x))): the element the lock is in,
+            # of the largest struct in scope that fits twice (a smaller one would find
+            # a lock at almost any offset)
+            arrays = [(sz, s) for s in _scope_structs(level)
+                      if (sz := _size(s)) and 2 * sz <= size]
+            top = max((sz for sz, _ in arrays), default=0)
+            for ssize, s in arrays:
+                if ssize != top or off < ssize:
+                    continue
+                i, rem = divmod(off, ssize)
+                path = member_at(s, rem, family)
+                if path is not None:
+                    kw = "union" if s.tag == "DW_TAG_union_type" else "struct"
+                    fits.setdefault(ssize, []).append(
+                        (f"{kw} {_name(s) or '(anonymous)'}[{i}]", path))
         if fits:
             best = fits[max(fits)]
             if len(set(best)) == 1:
@@ -215,6 +232,16 @@ def name_in_scope(scope: list[DIE], off: int, size: int, lock_type: str) -> str 
                 return f"{kind_name}.{path}"
             return None
     return None
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def fold_indices(name: str) -> str:
+    """``struct mm_struct.rss_stat[2].lock`` → ``struct mm_struct.rss_stat[].lock``: the
+    elements of an array of locks are one class, as lockdep's one init site makes them
+    (a spin_lock_init() in a loop has one static key)."""
+    return _INDEX.sub("[]", name)
 
 
 @dataclass

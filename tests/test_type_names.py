@@ -19,7 +19,7 @@ from conftest import build_c_module
 
 from tracedep.analysis.dwarf_lines import DwarfIndex, layout_sections
 from tracedep.analysis.elf_symbols import ElfFile, read_symtab
-from tracedep.analysis.type_names import name_in_scope
+from tracedep.analysis.type_names import fold_indices, name_in_scope
 
 DRIVER_C = r"""
 #include <linux/module.h>
@@ -150,3 +150,19 @@ def test_a_smaller_object_is_the_struct_that_fits(built: tuple[list[Any], dict[s
     got = name_in_scope(scope, off["dev_lock"], off["dev"], "spinlock")
     assert got == "struct td_dev.lock"
     assert name_in_scope(scope, off["lock"], off["dev"] - 1, "spinlock") is None
+
+
+def test_an_array_of_structs_names_the_element(built: tuple[list[Any], dict[str, int]]
+                                               ) -> None:
+    """kcalloc(n, sizeof(struct td_box)): a lock in the second element is that element's
+    member; its class folds the index as lockdep's one init site would."""
+    scope, off = built
+    box = off["box"]
+    got = name_in_scope(scope, box + off["lock"], 3 * box, "spinlock")
+    assert got == "struct td_box[1].dev.lock"
+    assert fold_indices(got) == "struct td_box[].dev.lock"
+    assert fold_indices("struct td_box.dev.ring[2]") == "struct td_box.dev.ring[]"
+    # not an array: one element's worth of bytes past the end names nothing
+    assert name_in_scope(scope, box + off["lock"], box + 40, "spinlock") is None
+    # a plain member of an element is no lock
+    assert name_in_scope(scope, box + off["id"], 3 * box, "spinlock") is None
