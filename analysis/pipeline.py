@@ -211,6 +211,7 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
         "ending": ending,
         "unmatched_releases": unmatched,
         "warnings": warnings,
+        "unseen": _unseen(info),
         "source": str(trace.source),
     }
 
@@ -241,6 +242,20 @@ def _probe_failures(failed: list[Any], reasons: dict[str, Any] | None = None,
         parts.append(f"{len(funcs)} {_ROLE_TEXT.get(role, role)} probe(s): {shown}")
     return ("the kernel refused " + "; ".join(parts) + "; what they watch is unseen "
             "(manifest.json probes.failed has the definitions)")
+
+
+def _unseen(info: dict[str, Any]) -> list[str]:
+    """What no probe of this run could see, by design rather than by accident (the
+    refused probes are warnings): said in every report, so that silence is not read
+    as a clean bill."""
+    out = ["percpu-rwsem readers inlined in the core kernel (sb_start_write() and the "
+           "like): an inline per-CPU increment in vmlinux has no probe"]
+    modules = info.get("modules") if isinstance(info.get("modules"), list) else []
+    if modules and "inline_locks" not in info:
+        out.append("locks inlined into the modules under test (percpu-rwsem readers; "
+                   "spinlocks where the kernel inlines them): this kernel has no "
+                   "calibrated mid-function probe point (tracer.calibration)")
+    return out
 
 
 def _silent_probe_classes(info: dict[str, Any]) -> list[str]:
