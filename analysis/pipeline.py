@@ -123,6 +123,7 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     findings += rules.irq_findings(cx)
     findings += rules.recursion_findings(cx)
     findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))
+    mark_near_gaps(findings, ev)
     edges = []
     for (u, v), accs in rep.edges.items():
         acc = accs[0]
@@ -242,6 +243,33 @@ def _probe_failures(failed: list[Any], reasons: dict[str, Any] | None = None,
         parts.append(f"{len(funcs)} {_ROLE_TEXT.get(role, role)} probe(s): {shown}")
     return ("the kernel refused " + "; ".join(parts) + "; what they watch is unseen "
             "(manifest.json probes.failed has the definitions)")
+
+
+NEAR_GAP_NS = 100_000_000  # how close a gap must be to a witness to be mentioned
+
+
+def mark_near_gaps(findings: list[Finding], ev: pd.DataFrame) -> None:
+    """Mark the findings whose witnesses lie within NEAR_GAP_NS of a gap (events the
+    trace is missing there: a page not read whole, lost events, a rejected record).
+    The replay ends every hold at a gap, so a gap cannot make a finding up; but what
+    the missing events did near the witnesses is unknown, and the report says so
+    (``details.near_gap``)."""
+    if not findings:
+        return
+    gap_ts = np.sort(ev.loc[ev["kind"] == "gap", "ts_ns"].to_numpy(dtype=np.int64))
+    if not len(gap_ts):
+        return
+    for f in findings:
+        times = [s.ts_ns for s in f.sites if s.ts_ns is not None] or [f.first_ts_ns]
+        lo, hi = min(times) - NEAR_GAP_NS, max(times) + NEAR_GAP_NS
+        i = int(np.searchsorted(gap_ts, lo, side="left"))
+        if i < len(gap_ts) and gap_ts[i] <= hi:
+            near = gap_ts[(gap_ts >= lo) & (gap_ts <= hi)]
+            first = int(near[0])
+            f.details["near_gap"] = (
+                f"{len(near)} gap(s) in the trace within {NEAR_GAP_NS // 1_000_000} ms of its "
+                f"witnesses (the first at {first / 1e9:.6f} s): events there are missing, "
+                f"so what happened around it is not fully known")
 
 
 def _unseen(info: dict[str, Any]) -> list[str]:
