@@ -117,6 +117,7 @@ def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
     elif isinstance(lost.get("decoded_events"), int) and lost["decoded_events"] > decoded.total:
         missing[-1] = int(lost["decoded_events"]) - int(decoded.total)
     now["unreadable_events"] = sum(missing.values())
+    out += _against_guest(lost, decoded)
     for c, n in sorted(missing.items()):
         where = f"cpu{c}" if c >= 0 else "the trace"
         out.append(f"incomplete: {n:,} events missing or unreadable on {where} (the run "
@@ -139,6 +140,46 @@ def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
         total += sum(max(now[k] - before[k], 0) for k in now)
         lost.update({k: max(now[k], before[k]) for k in now})
         lost["total"] = total
+    return out
+
+
+def _against_guest(lost: dict[str, Any], decoded: Decoded) -> list[str]:
+    """The records in the trace files against what the guest's ring buffer says it
+    handed out (``read events`` of per_cpu/cpuN/stats, sent after tracing stopped):
+    equal on a whole run, stacks included.  Fewer: pages lost in transport or cut from
+    the files since; more: the files hold data the guest never read (appended, or
+    another run's).  Either makes the run incomplete (``lost.undelivered_events``,
+    ``lost.foreign_events``)."""
+    per_cpu = lost.get("per_cpu")
+    if not isinstance(per_cpu, dict) or not per_cpu:
+        return []
+    out: list[str] = []
+    short = extra = 0
+    for key, st in sorted(per_cpu.items()):
+        if not (isinstance(key, str) and key.startswith("cpu") and key[3:].isdigit()
+                and isinstance(st, dict)):
+            continue
+        read = st.get("read_events")
+        if not isinstance(read, int | float) or isinstance(read, bool) or not \
+                0 <= read < 1 << 63:
+            continue
+        got = decoded.records_per_cpu.get(int(key[3:]), 0)
+        if got < read:
+            short += int(read) - got
+            out.append(f"incomplete: {int(read) - got:,} of the {int(read):,} events the "
+                       f"guest's ring buffer handed out on {key} are not in the trace files "
+                       f"(lost in transport, or cut from the files since)")
+        elif got > read:
+            extra += got - int(read)
+            out.append(f"incomplete: the trace files hold {got - int(read):,} more events on "
+                       f"{key} than the guest read ({int(read):,}): they were added since, "
+                       f"or come from elsewhere")
+    if short or extra:
+        lost["undelivered_events"] = short
+        lost["foreign_events"] = extra
+        total = lost.get("total")
+        total = total if isinstance(total, int) and not isinstance(total, bool) else 0
+        lost["total"] = max(total, short + extra)
     return out
 
 

@@ -350,6 +350,8 @@ class Decoded:
     missing_pages: int = 0
     # each module load's sections, as do_init_module saw them (tracer.module_sections)
     module_loads: list[module_sections.KernelLoad] = field(default_factory=list)
+    # every record read per CPU, before any was set aside (stacks, rejected records)
+    records_per_cpu: dict[int, int] = field(default_factory=dict)
 
 
 def decode(
@@ -406,6 +408,10 @@ def decode(
     rec_cpu, rec_ts, off, reclen32 = recs.arrays()
     gap_cpu, gap_ts = _page_gaps(statuses, rec_cpu, rec_ts, off, hp.page_size)
     n = len(off)
+    # every record read, stacks and rejected ones too: what the guest's ring buffer
+    # counted as read ("read events" in per_cpu/cpuN/stats), when nothing was lost
+    ucpu, ucount = np.unique(rec_cpu, return_counts=True)
+    records_per_cpu = dict(zip(ucpu.tolist(), ucount.tolist(), strict=True))
     if n == 0:
         return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {},
                        backwards_pages=recs.backwards_pages, damaged_pages=damaged_pages)
@@ -673,7 +679,8 @@ def decode(
     return Decoded(events, stacks, counts, recs.torn_pages, recs.missed_events,
                    len(events) - n_gaps, comms, cal, backwards_pages=recs.backwards_pages,
                    rejected=rejected, damaged_pages=damaged_pages,
-                   module_loads=module_sections.assemble(msec_rows))
+                   module_loads=module_sections.assemble(msec_rows),
+                   records_per_cpu=records_per_cpu)
 
 
 GAP_EVENT = "tracedep/gap"  # the event name of gap rows (no probe has it)
