@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
 from tracedep.errors import TraceFormatError
+from tracedep.tracer.module_sections import load_sections
 
 if TYPE_CHECKING:
     from tracedep.tracer.module_sections import KernelLoad
@@ -245,25 +246,7 @@ class RunSymbols:
                 warnings.append(f"module {m['name']}: {m['ko']} is missing; "
                                 "its functions are unnamed")
             times = (load_times or {}).get(m["name"], [])
-            seen = by_kernel.get(m["name"], [])
-            if seen:
-                # the kernel told each traced load's sections (tracer.module_sections),
-                # a load whose init failed too; the guest's reports are needed only for
-                # loads before tracing began
-                for t0, t1 in times:
-                    for kl in seen:
-                        if t0 <= kl.ts_ns <= t1:
-                            mods += _load_spans(m["name"], {"sections": kl.sections}, elf,
-                                                t0, t1, all_loads)
-                            break
-                loads = loads[:max(len(loads) - len(times), 0)]
-                times = []
-            # loads before tracing started have no load event: the times line up
-            # with the last reports
-            offset = len(loads) - len(times)
-            for k, load in enumerate(loads):
-                t0, t1 = times[k - offset] if 0 <= k - offset < len(times) else (
-                    -(1 << 62), 1 << 62)
+            for t0, t1, load in load_sections(loads, times, by_kernel.get(m["name"], [])):
                 mods += _load_spans(m["name"], load, elf, t0, t1, all_loads)
         out = cls(kernel, span, mods)
         out.warnings = warnings

@@ -67,7 +67,7 @@ from tracedep.analysis.elf_symbols import (
     ElfFormatError,
     read_symtab,
 )
-from tracedep.tracer.module_sections import KernelLoad
+from tracedep.tracer.module_sections import KernelLoad, load_sections
 from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 
 log = logging.getLogger(__name__)
@@ -996,14 +996,10 @@ def static_lock_addresses(table: dict[str, dict[str, Any]], info: dict[str, Any]
         told.setdefault(kl.name, []).append(kl)
     loads: dict[str, list[dict[str, int]]] = {}
     for m in list(info.get("modules", [])):
-        loads[m["name"]] = [ld.get("sections") or {} for ld in m.get("loads") or []]
-        times_m = load_ts.get(m["name"], [])
-        if told.get(m["name"]) and times_m:
-            nxt = [*times_m[1:], 1 << 62]
-            before = loads[m["name"]][:max(len(loads[m["name"]]) - len(times_m), 0)]
-            loads[m["name"]] = before + [
-                next((k.sections for k in told[m["name"]] if t0 <= k.ts_ns < t1), {})
-                for t0, t1 in zip(times_m, nxt, strict=True)]
+        starts = load_ts.get(m["name"], [])
+        spans = list(zip(starts, [*starts[1:], 1 << 62], strict=True))
+        loads[m["name"]] = [ld.get("sections") or {} for _, _, ld in load_sections(
+            m.get("loads") or [], spans, told.get(m["name"], []))]
     out: dict[int, int] = {}
     for ev, row in table.items():
         lk = row.get("lock") or {}

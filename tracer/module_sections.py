@@ -150,3 +150,28 @@ def assemble(rows: list[tuple[int, int, int, str, int, list[tuple[str, int]]]]
         ld.chunks += 1
     out.sort(key=lambda x: x.ts_ns)
     return out
+
+
+BEFORE_TRACING = (-(1 << 62), 1 << 62)  # the span of a load no module_load event shows
+
+
+def load_sections(reported: list[dict[str, Any]], times: list[tuple[int, int]],
+                  told: list[KernelLoad]) -> list[tuple[int, int, dict[str, Any]]]:
+    """Each load of one module, oldest first: ``(t0, t1, load)``, ``load`` a record
+    with at least ``sections``.
+
+    ``reported``: the guest's load records (manifest ``loads``), in order; ``times``:
+    the (load, free) trace times of the loads the trace shows; ``told``: the kernel's
+    account of them (:func:`assemble`).  Loads before tracing began have no load
+    event and come first, with the whole trace as their span.  A traced load takes
+    the kernel's account where there is one (a load whose init failed has no
+    report); without any, the reports line up with the last load events."""
+    if told and times:
+        out = [(*BEFORE_TRACING, r) for r in reported[:max(len(reported) - len(times), 0)]]
+        for t0, t1 in times:
+            kl = next((k for k in told if t0 <= k.ts_ns <= t1), None)
+            out.append((t0, t1, {"sections": kl.sections if kl is not None else {}}))
+        return out
+    offset = len(reported) - len(times)
+    return [(*(times[k - offset] if 0 <= k - offset < len(times) else BEFORE_TRACING), r)
+            for k, r in enumerate(reported)]
