@@ -98,10 +98,11 @@ def cmd_trace(a: argparse.Namespace) -> int:
 def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
                         kallsyms: Path | None = None) -> int:
     """Analyze a run directory or trace file into ``out``; return the findings count."""
-    from tracedep.analysis.enrich import debug_vmlinux, dwarf_aids, symbolize
+    from tracedep.analysis.enrich import dwarf_aids, symbolize
     from tracedep.analysis.pipeline import analyze
     from tracedep.analysis.trace import load
     from tracedep.reports.serialize import write_run_outputs
+    from tracedep.vm.debug_symbols import debug_vmlinux
 
     trace = load(source, kallsyms)
     vml = (vmlinux or debug_vmlinux(trace.info)) if dwarf else None
@@ -165,12 +166,12 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_fetch(a: argparse.Namespace) -> int:
     """Download and prepare everything a run needs, so later runs start at once."""
-    from tracedep.analysis.enrich import debug_vmlinux
+    from tracedep.common.machines import machine_for
     from tracedep.tracer.session import discover
     from tracedep.vm.accel import choose_accel
+    from tracedep.vm.debug_symbols import debug_vmlinux
     from tracedep.vm.initramfs import busybox_binary, loader_binary, pump_binary
     from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
 
     machine = machine_for(a.arch)
     kernel = fetch_debian_kernel(machine, a.abi, a.kernel_series)
@@ -188,12 +189,12 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 
 def cmd_probes(a: argparse.Namespace) -> int:
     """Print a shell script that arms tracedep's probes on a real machine."""
+    from tracedep.common.machines import machine_for
     from tracedep.tracer.lock_init import class_probes
     from tracedep.tracer.probes import TRACEPOINTS, probe_definitions, stack_triggers
     from tracedep.tracer.session import discover, probe_vmlinux
     from tracedep.vm.accel import choose_accel
     from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
 
     machine = machine_for(a.arch)
     kernel = fetch_debian_kernel(machine, a.abi, a.kernel_series)
@@ -254,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--arch", default="x86_64")
     _add_kernel_choice(pr)
     pr.set_defaults(func=cmd_probes)
-    from tracedep import gitbisect, nightly
+    from tracedep.nightly import gitbisect, night
 
-    nightly.add_parser(sub)
+    night.add_parser(sub)
     gitbisect.add_parser(sub)
     return p
 
@@ -302,7 +303,7 @@ def _crash_log(argv: list[str] | None, e: BaseException) -> str:
     import time
     import traceback
 
-    from tracedep.vm.kernel import cache_root
+    from tracedep.common.cache import cache_root
 
     text = (f"tracedep {' '.join(argv if argv is not None else sys.argv[1:])}\n"
             + "".join(traceback.format_exception(e)))

@@ -22,9 +22,9 @@ from tracedep.analysis.symbolizer import (
     SymbolizerError,
     kaslr_offset_of,
 )
-from tracedep.analysis.symbols import read_kallsyms_file
 from tracedep.analysis.trace import Trace
 from tracedep.analysis.type_names import HeapNamer
+from tracedep.kimage.kallsyms import read_file as read_kallsyms_file
 
 log = logging.getLogger(__name__)
 
@@ -170,28 +170,6 @@ def symbolize(a: Analysis, trace: Trace, vmlinux: Path | None) -> list[str]:
         if s is not None:
             s.save_cache()
     return r.warnings
-
-
-def debug_vmlinux(info: dict[str, Any]) -> Path | None:
-    """The Debian -dbg vmlinux of the run's kernel (downloaded once), or None."""
-    from tracedep.vm.debug_symbols import ensure_dbg_vmlinux
-    from tracedep.vm.kernel import cache_root
-
-    kernel = info.get("kernel") or {}
-    if kernel.get("vmlinux"):
-        return Path(kernel["vmlinux"])
-    release = kernel.get("release")
-    if not release or not kernel.get("abi"):
-        return None
-    pk = kernel.get("packages")
-    dbg = pk.get("dbg") if isinstance(pk, dict) else None
-    version = dbg.get("version") if isinstance(dbg, dict) else None
-    try:
-        return ensure_dbg_vmlinux(release, cache_root(),
-                                  version if isinstance(version, str) else None)
-    except Exception as e:  # no network, no space: names from kallsyms still work
-        log.warning("no debug vmlinux for %s: %s", release, e)
-        return None
 
 
 def heap_namer(trace: Trace, vmlinux: Path | None, r: _Resolver | None = None) -> HeapNamer:

@@ -42,11 +42,12 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
-from tracedep.analysis.elf_symbols import SymbolTable
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
-from tracedep.analysis.symbols import ModuleSpan, RunSymbols, read_kallsyms
+from tracedep.analysis.symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace import Trace, load
 from tracedep.errors import InputError
+from tracedep.kimage.elf_symbols import SymbolTable
+from tracedep.kimage.kallsyms import parse as read_kallsyms
 from tracedep.tracer import manifest, schema
 from tracedep.tracer.probes import LOCK_FUNCS
 

@@ -50,11 +50,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracedep.analysis.elf_symbols import SymbolTable, is_mapping_or_local_label
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.symbols import ModuleSpan, RunSymbols, read_kallsyms_file
-from tracedep.analysis.trace import Trace
+from tracedep.analysis.symbols import ModuleSpan, RunSymbols
+from tracedep.analysis.trace_model import Trace
+from tracedep.common.machines import MACHINES
 from tracedep.errors import InputError, TraceFormatError
+from tracedep.kimage.elf_symbols import SymbolTable, is_mapping_or_local_label
+from tracedep.kimage.kallsyms import read_file as read_kallsyms_file
 from tracedep.tracer import schema
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP, SOFTIRQ_NAMES
 from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
@@ -65,7 +67,6 @@ from tracedep.tracer.probes import (
     TRACEPOINTS,
     parse_event_name,
 )
-from tracedep.vm.machines import MACHINES
 
 log = logging.getLogger(__name__)
 

@@ -38,22 +38,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tracedep.analysis.dwarf_lines import DwarfError, DwarfIndex, SourceFrame, layout_sections
-from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
 from tracedep.analysis.findings import Frame
-from tracedep.errors import InputError
+from tracedep.common.cache import cache_dir as cache_dir_named
+from tracedep.common.files import atomic_write
+from tracedep.errors import SymbolizerError
+from tracedep.kimage.dwarf_lines import DwarfError, DwarfIndex, SourceFrame, layout_sections
+from tracedep.kimage.elf_symbols import ElfFile, ElfFormatError, SymbolTable
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-DEFAULT_CACHE_DIR = Path("~/.cache/tracedep/symbols")
 Style = Literal["kernel", "addr2line"]
 # A cached answer: (function, offset from the looked-up address's symbol start
 # or -1 for inlined, size, file, line, inlined) per frame.
@@ -71,10 +71,6 @@ _KASLR_SAMPLE_NAMES = (
     "kmalloc_trace",
     "__kmalloc",
 )
-
-
-class SymbolizerError(InputError):
-    """The symbols cannot be trusted at all (e.g. the KASLR offset does not match)."""
 
 
 @dataclass(frozen=True)
@@ -155,9 +151,8 @@ class _Object:
             return
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(self._cache, separators=(",", ":")))
-            os.replace(tmp, self.cache_path)
+            atomic_write(self.cache_path, json.dumps(self._cache, separators=(",", ":")),
+                         fsync=False)
             self.dirty = False
         except OSError as e:
             log.warning("cannot write symbol cache %s: %s", self.cache_path, e)
@@ -203,7 +198,8 @@ class Symbolizer:
         self.style: Style = style
         self.warnings: list[str] = []
         self._warned: set[str] = set()
-        self._cache_dir = (cache_dir or DEFAULT_CACHE_DIR).expanduser() if use_cache else None
+        self._cache_dir = ((cache_dir or cache_dir_named("symbols")).expanduser()
+                           if use_cache else None)
         self._core: _Object | None = None
         self._core_range: tuple[int, int] | None = None  # link-time
         self._core_kallsyms: SymbolTable | None = None

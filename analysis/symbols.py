@@ -11,15 +11,15 @@ table placed at the section addresses the guest reported.
 
 from __future__ import annotations
 
-import gzip
 import logging
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
 from tracedep.errors import TraceFormatError
+from tracedep.kimage import kallsyms
+from tracedep.kimage.elf_symbols import ElfFile, ElfFormatError, SymbolTable
 from tracedep.tracer.module_sections import load_sections
 
 if TYPE_CHECKING:
@@ -52,32 +52,6 @@ class ModuleSpan:
     t1: int = 1 << 62
     ko: Path | None = None  # for DWARF names
     sections: tuple[tuple[str, int], ...] = ()
-
-
-def read_kallsyms(text: str) -> list[tuple[int, str, str]]:
-    """(address, type, name) of each well-formed ``/proc/kallsyms`` line; others skipped."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split(maxsplit=2)
-        if len(parts) == 3 and len(parts[1]) == 1:
-            try:
-                a = int(parts[0], 16)
-            except ValueError:
-                continue
-            if 0 <= a < 1 << 64:
-                out.append((a, parts[1], parts[2]))
-    return out
-
-
-def read_kallsyms_file(path: Path) -> list[tuple[int, str, str]]:
-    """A run's (or a user's) kallsyms, gzip'd or not; damage is one clear error."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise TraceFormatError(f"{path}: unreadable kallsyms ({e})") from None
-    return read_kallsyms(raw.decode("utf-8", "replace"))
 
 
 class RunSymbols:
@@ -224,7 +198,7 @@ class RunSymbols:
         warnings = []
         kpath = run_dir / "kallsyms.gz"
         if kpath.is_file():
-            entries = read_kallsyms_file(kpath)
+            entries = kallsyms.read_file(kpath)
             if not entries:
                 raise TraceFormatError(f"{kpath}: no symbols in it")
             kernel = SymbolTable.from_kallsyms(entries)

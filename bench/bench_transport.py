@@ -51,12 +51,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tracedep.common.cache import cache_dir
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TRACEDEP = ROOT / ".venv" / "bin" / "tracedep"
 BENCH_DRIVER = HERE / "drivers" / "td_bench_load"
 WORKLOAD = HERE / "workloads" / "saturate.sh"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tracedep" / "bench"
+CACHE = cache_dir("bench")
 
 
 def loadavg() -> float:

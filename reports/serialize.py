@@ -38,6 +38,7 @@ from tracedep.analysis.findings import (
     Site,
     finding_from_json,
 )
+from tracedep.common.files import atomic_write
 from tracedep.errors import InputError
 
 ANALYSIS_VERSION = "1.0"
@@ -108,22 +109,6 @@ def _dumps(data: Any, sort_keys: bool = False) -> str:
     return json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    # Not mkstemp: its 0600 would survive the rename; 0666 here is cut by the umask.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def render_all(a: Analysis, generated: str | None = None) -> dict[str, str]:
     """Every file of a run's outputs, by path relative to the run directory."""
     from tracedep.reports import html, text
@@ -163,7 +148,7 @@ def write_run_outputs(run_dir: Path | str, a: Analysis, generated: str | None = 
     try:
         (stage / DRIVERS_DIR).mkdir(parents=True)
         for rel, content in files.items():
-            write_atomic(stage / rel, content)
+            atomic_write(stage / rel, content)
         drivers.mkdir(exist_ok=True)
         for rel in files:
             os.replace(stage / rel, run_dir / rel)
@@ -173,7 +158,7 @@ def write_run_outputs(run_dir: Path | str, a: Analysis, generated: str | None = 
         p = run_dir / rel
         if p.is_file() and not p.is_symlink() and rel.startswith(DRIVERS_DIR + "/"):
             p.unlink()
-    write_atomic(run_dir / OUTPUTS_FILE, _dumps({"version": OUTPUTS_VERSION,
+    atomic_write(run_dir / OUTPUTS_FILE, _dumps({"version": OUTPUTS_VERSION,
                                                   "files": sorted(files)}))
 
 

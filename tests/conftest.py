@@ -68,8 +68,8 @@ def tracedep_cli() -> Callable[..., Result]:
 def build_c_module(tmp: Path, name: str, source: str, arch: str) -> Path:
     """Build a one-file module ``name`` from ``source`` for ``arch`` against the default
     Debian kernel's headers (the unit tests' small drivers); returns its .ko."""
+    from tracedep.common.machines import machine_for
     from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
     from tracedep.vm.modules import build_module_dir
 
     src = tmp / f"{name}_{arch}"

@@ -482,8 +482,8 @@ MODULE_LICENSE("GPL");
 @pytest.fixture(scope="module", params=["6.1", "6.12"])
 def static_ptr_sites(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tracedep.common.machines import machine_for
     from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
     from tracedep.vm.modules import build_module_dir
 
     src = tmp_path_factory.mktemp(f"sp{request.param}") / "td_sp"
@@ -520,8 +520,8 @@ def test_locks_behind_a_static_pointer_are_all_probed(static_ptr_sites: Any) -> 
 def test_a_lock_in_a_loop_is_probed_once_per_acquisition(series: str) -> None:
     """td_trylock_bug's spin_lock(&q->ring_lock) (line 68), in td_txq_reclaim_work()'s
     loop."""
+    from tracedep.common.machines import machine_for
     from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
     from tracedep.vm.modules import build_module_dir
 
     machine = machine_for("arm64")
@@ -546,13 +546,13 @@ def test_arm64_stack_triggers_use_the_fetched_irq_state() -> None:
     interrupted context's PSTATE.I instead; the rarer may-sleep probes keep a stack
     always (no PREEMPT_COUNT: a held spinlock is invisible in the guest, and their
     stack ties __flush_work() to flush_work()'s caller); tracepoints keep their flag."""
+    from tracedep.common.machines import machine_for
     from tracedep.tracer.probes import (
         ATOMIC_FILTER,
         MIGHT_SLEEP_FUNC,
         probe_atomic_filter,
         stack_triggers,
     )
-    from tracedep.vm.machines import machine_for
 
     arm, x86 = machine_for("arm64"), machine_for("x86_64")
     assert probe_atomic_filter(x86) == ATOMIC_FILTER

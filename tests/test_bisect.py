@@ -19,7 +19,7 @@ import pytest
 from tracedep.analysis.findings import Finding
 from tracedep.cli import main
 from tracedep.errors import InputError
-from tracedep.gitbisect import Match, _run_args, bisect_run_argv, functions
+from tracedep.nightly.gitbisect import Match, _run_args, bisect_run_argv, functions
 from tracedep.reports.serialize import load_run_outputs
 
 DATA = Path(__file__).parent / "data"

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from tracedep.common.machines import machine_for
 from tracedep.tracer import calibration
 from tracedep.tracer.ftrace_binary import _calibrate, _Cat
-from tracedep.vm.machines import machine_for
 
 IF = 0x200  # EFLAGS.IF: IRQs on
 # (flags, preempt byte, fetched EFLAGS) as the int3 path writes them
@@ -94,8 +94,9 @@ def test_positive_offsets_still_subtract() -> None:
 
 def test_x86_mid_offset_is_the_first_body_instruction() -> None:
     """On the suite kernel's vmlinux: right past endbr64 and the __fentry__ call."""
+    from tracedep.common.cache import cache_root
     from tracedep.vm.debug_symbols import ensure_dbg_vmlinux
-    from tracedep.vm.kernel import cache_root, fetch_debian_kernel
+    from tracedep.vm.kernel import fetch_debian_kernel
 
     machine = machine_for("x86_64")
     k = fetch_debian_kernel(machine)

@@ -106,8 +106,8 @@ def test_qemu_cannot_allocate_guest_memory(tmp_path: Path) -> None:
 @pytest.mark.guest
 def test_kernel_that_is_not_a_kernel(tmp_path: Path) -> None:
     """A file given as --kernel that QEMU cannot boot: the discovery boot fails at once."""
+    from tracedep.common.machines import machine_for
     from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
 
     headers = fetch_debian_kernel(machine_for("x86_64"), None).build_dir
     assert headers is not None

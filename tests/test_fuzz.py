@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracedep.analysis.ftrace_text import load_text
-from tracedep.analysis.symbols import read_kallsyms
 from tracedep.errors import TracedepError
+from tracedep.kimage.kallsyms import parse as read_kallsyms
 from tracedep.tracer import control
 from tracedep.tracer.ftrace_binary import decode
 from tracedep.tracer.ftrace_formats import parse_format, parse_header_page

@@ -21,10 +21,10 @@ import pytest
 from conftest import TEST_DRIVERS, run_tracedep
 
 from tracedep import cli
+from tracedep.common.machines import machine_for
 from tracedep.errors import InputError
 from tracedep.vm import kmodules
 from tracedep.vm.kernel import Kernel, fetch_debian_kernel
-from tracedep.vm.machines import machine_for
 from tracedep.vm.modules import BuiltModule
 
 
@@ -70,7 +70,7 @@ def test_prefixes_are_errors(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 
 def test_bisect_passes_kernel_modules_on() -> None:
-    from tracedep import gitbisect
+    from tracedep.nightly import gitbisect
 
     p = argparse.ArgumentParser(allow_abbrev=False)
     gitbisect.add_run_args(p)
@@ -84,7 +84,7 @@ def test_bisect_passes_kernel_modules_on() -> None:
 
 def test_nightly_driver_set_names_kernel_modules(tmp_path: Path) -> None:
     from tracedep.errors import InputError as Err
-    from tracedep.nightly import load_config
+    from tracedep.nightly.night import load_config
 
     (tmp_path / "d1").mkdir()
     cfg = tmp_path / "c.toml"

@@ -43,10 +43,10 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(src, dst)
     # a decoy: another "tracedep" beside the checkout, whose machine_for takes anything
     decoy = parent / "tracedep"
-    (decoy / "vm").mkdir(parents=True)
+    (decoy / "common").mkdir(parents=True)
     (decoy / "__init__.py").write_text("")
-    (decoy / "vm" / "__init__.py").write_text("")
-    (decoy / "vm" / "machines.py").write_text("def machine_for(arch: object) -> object: ...\n")
+    (decoy / "common" / "__init__.py").write_text("")
+    (decoy / "common" / "machines.py").write_text("def machine_for(arch: object) -> object: ...\n")
     return copy
 
 
@@ -66,10 +66,10 @@ def test_lint_passes_then_catches_a_cross_module_type_error(checkout: Path) -> N
     clean = lint(checkout)
     assert clean.returncode == 0, clean.stdout + clean.stderr
 
-    # machine_for(arch: str) in vm/machines.py, called with an int from another module:
-    # seen only if tracedep.vm.machines is this checkout's file (not Any, not the decoy)
+    # machine_for(arch: str) in common/machines.py, called with an int from another module:
+    # seen only if tracedep.common.machines is this checkout's file (not Any, not the decoy)
     (checkout / PLANTED).write_text(textwrap.dedent("""\
-        from tracedep.vm.machines import machine_for
+        from tracedep.common.machines import machine_for
 
         MACHINE = machine_for(64)
         """))

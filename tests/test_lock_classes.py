@@ -25,7 +25,7 @@ import pytest
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.fixture import load_fixture
 from tracedep.analysis.trace import Trace
-from tracedep.tracer.btf import read_btf
+from tracedep.kimage.btf import read_btf
 from tracedep.tracer.ftrace_binary import decode_run
 from tracedep.tracer.lock_init import (
     INODE_DIR_KEY_NAME,
@@ -77,9 +77,10 @@ def _extent(allocs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def test_btf_offsets_agree_with_dwarf() -> None:
     """BTF (what probe generation reads) and DWARF (pahole on an in-tree module of the
     same -dbg package) give the same member offsets."""
+    from tracedep.common.cache import cache_root
+    from tracedep.common.machines import machine_for
     from tracedep.vm.debug_symbols import dbg_modules_dir, ensure_dbg_vmlinux
-    from tracedep.vm.kernel import cache_root, fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
+    from tracedep.vm.kernel import fetch_debian_kernel
 
     if shutil.which("pahole") is None:
         pytest.skip("pahole (dwarves) not installed: no DWARF oracle")
@@ -265,12 +266,12 @@ def test_every_class_probe_fetches_the_irq_state_where_records_cannot_tell() -> 
     """On arm64 a kprobe row without the interrupted context's IRQ state makes the
     decoder take every row's IRQ state as unknown (5 bundled IRQ bugs were lost): the
     class probes fetch it like the others.  On the suite kernel's own discovery."""
+    from tracedep.common.machines import machine_for
     from tracedep.tracer.lock_init import class_probes
     from tracedep.tracer.probes import probe_definitions
     from tracedep.tracer.session import discover, probe_vmlinux
     from tracedep.vm.accel import choose_accel
     from tracedep.vm.kernel import fetch_debian_kernel
-    from tracedep.vm.machines import machine_for
 
     for arch in ("arm64", "x86_64"):
         machine = machine_for(arch)

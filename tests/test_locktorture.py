@@ -54,9 +54,9 @@ from conftest import REPO, run_tracedep
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.trace import Trace, load
+from tracedep.common.machines import machine_for
 from tracedep.tracer.probes import INLINE_SUFFIX
 from tracedep.vm.kernel import resolve_kernel
-from tracedep.vm.machines import machine_for
 from tracedep.vm.torture_modules import LOCK_TYPES, locktorture_dir, torture_types
 
 ARCH = os.environ.get("TRACEDEP_LOCKTORTURE_ARCH", "x86_64")

@@ -20,10 +20,11 @@ from elftools.elf.elffile import ELFFile
 from tracedep.analysis.findings import Frame
 from tracedep.analysis.nesting import NestingJudge, SourceLines, _last_argument
 from tracedep.analysis.symbolizer import ModuleImage, Symbolizer
+from tracedep.common.cache import cache_root
+from tracedep.common.machines import machine_for
 from tracedep.vm.debug_symbols import dbg_modules_dir, ensure_dbg_vmlinux
-from tracedep.vm.kernel import Kernel, cache_root, fetch_debian_kernel
+from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.kernel_source import ensure_source_tree
-from tracedep.vm.machines import machine_for
 
 BASE = 0xFFFFFFFFC0A00000
 

@@ -23,8 +23,7 @@ import pytest
 
 from tracedep.cli import main
 from tracedep.errors import InputError
-from tracedep.nightly import NightResult, exit_code, load_config
-from tracedep.reports.history import (
+from tracedep.nightly.history import (
     SCHEMA_VERSION,
     CellKey,
     FindingRow,
@@ -33,7 +32,8 @@ from tracedep.reports.history import (
     Verdict,
     classify,
 )
-from tracedep.reports.nightly_site import Site
+from tracedep.nightly.night import NightResult, exit_code, load_config
+from tracedep.nightly.site import Site
 from tracedep.reports.serialize import load_run_outputs
 
 DATA = Path(__file__).parent / "data"
@@ -233,7 +233,7 @@ def test_newer_schema_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 WRITER = """
 import sys
-from tracedep.reports.history import CellKey, FindingRow, History
+from tracedep.nightly.history import CellKey, FindingRow, History
 from tracedep.reports.serialize import load_run_outputs
 db, tag, nights = sys.argv[1], sys.argv[2], int(sys.argv[3])
 findings = [FindingRow.of(f) for f in load_run_outputs(sys.argv[4]).findings]

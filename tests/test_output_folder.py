@@ -88,7 +88,7 @@ def test_a_failed_write_leaves_the_previous_set(bundled: Analysis, tmp_path: Pat
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     write_run_outputs(tmp_path, bundled, generated="first")
     before = _snapshot(tmp_path)
-    real = serialize.write_atomic
+    real = serialize.atomic_write
     calls = []
 
     def full_disk(path: Path, text: str) -> None:
@@ -97,7 +97,7 @@ def test_a_failed_write_leaves_the_previous_set(bundled: Analysis, tmp_path: Pat
             raise OSError(28, "No space left on device", str(path))
         real(path, text)
 
-    monkeypatch.setattr(serialize, "write_atomic", full_disk)
+    monkeypatch.setattr(serialize, "atomic_write", full_disk)
     with pytest.raises(OSError):
         write_run_outputs(tmp_path, bundled, generated="second")
     assert _snapshot(tmp_path) == before

@@ -17,11 +17,11 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracedep.analysis.elf_symbols import SymbolTable
 from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.symbols import RunSymbols
 from tracedep.analysis.trace import Trace
+from tracedep.kimage.elf_symbols import SymbolTable
 from tracedep.tracer import schema
 
 TEXT = 0xFFFF_FFFF_8100_0000

@@ -37,8 +37,6 @@ from pathlib import Path
 
 import pytest
 
-from tracedep.analysis.dwarf_lines import DwarfIndex, layout_sections
-from tracedep.analysis.elf_symbols import STT_FUNC, ElfFile, read_symtab
 from tracedep.analysis.findings import Frame
 from tracedep.analysis.symbolizer import (
     ModuleImage,
@@ -47,9 +45,12 @@ from tracedep.analysis.symbolizer import (
     kaslr_offset_of,
     verify_kaslr,
 )
+from tracedep.common.cache import cache_root
+from tracedep.common.machines import machine_for
+from tracedep.kimage.dwarf_lines import DwarfIndex, layout_sections
+from tracedep.kimage.elf_symbols import STT_FUNC, ElfFile, read_symtab
 from tracedep.vm.debug_symbols import dbg_modules_dir, dbg_vmlinux_path, ensure_dbg_vmlinux
-from tracedep.vm.kernel import Kernel, cache_root, fetch_debian_kernel
-from tracedep.vm.machines import machine_for
+from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.modules import build_module_dir
 
 DATA = Path(__file__).parent / "data" / "symbolizer"

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "tracedep"
 # what mypy checks, relative to the checkout (tests/ and bench/ are not type-checked)
-MYPY_TARGETS = ("vm", "tracer", "analysis", "reports",
-                "cli.py", "errors.py", "nightly.py", "gitbisect.py", "tools")
+MYPY_TARGETS = ("common", "kimage", "vm", "tracer", "analysis", "reports", "nightly",
+                "cli.py", "errors.py", "tools")
 
 
 def run_ruff(root: Path) -> int:

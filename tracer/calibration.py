@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from tracedep.common.machines import Machine
 from tracedep.tracer.probes import GROUP, Discovery
-from tracedep.vm.machines import Machine
 
 CAL_FUNC = "ksys_sync"
 CAL_PREFIX = "cal_"
@@ -87,7 +87,7 @@ def mid_offset(machine: Machine, vmlinux: Path | None) -> int:
         return machine.calibration_mid_offset
     if not machine.entry_prologue or vmlinux is None:
         return 0
-    from tracedep.analysis.elf_symbols import ElfFile, ElfFormatError, SymbolTable
+    from tracedep.kimage.elf_symbols import ElfFile, ElfFormatError, SymbolTable
 
     try:
         elf = ElfFile(vmlinux)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tracedep.errors import QemuError
-from tracedep.tracer.qemu import Vm, socket_error
+from tracedep.vm.qemu import Vm, socket_error
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracedep.common.cache import cache_root
+from tracedep.common.machines import Machine
 from tracedep.tracer import calibration
 from tracedep.tracer.inline_locks import discover_cached, inline_probes, site_table
 from tracedep.tracer.probes import Discovery
-from tracedep.vm.kernel import cache_root
-from tracedep.vm.machines import Machine
 from tracedep.vm.modules import BuiltModule
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracedep.common.files import atomic_output
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import calibration, control, module_sections, page_sums, schema
 from tracedep.tracer.ftrace_formats import (
@@ -203,10 +204,9 @@ def _native() -> Any:
         return _NATIVE or None
     import ctypes
     import hashlib
-    import os
     import subprocess
 
-    from tracedep.vm.kernel import cache_root
+    from tracedep.common.cache import cache_root
 
     src = Path(__file__).resolve().parent / "native" / "ringwalk.c"
     key = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
@@ -214,10 +214,9 @@ def _native() -> Any:
     try:
         if not so.is_file():
             so.parent.mkdir(parents=True, exist_ok=True)
-            tmp = so.with_suffix(f".{os.getpid()}.tmp")
-            subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                           check=True, capture_output=True)
-            os.replace(tmp, so)
+            with atomic_output(so) as tmp:
+                subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                               check=True, capture_output=True)
         lib = ctypes.CDLL(str(so))
         lib.td_walk.restype = ctypes.c_long
         _NATIVE = lib

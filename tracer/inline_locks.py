@@ -59,8 +59,8 @@ from elftools.dwarf.locationlists import (
 )
 from elftools.dwarf.ranges import BaseAddressEntry as RangeBaseEntry
 
-from tracedep.analysis.dwarf_lines import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
-from tracedep.analysis.elf_symbols import (
+from tracedep.kimage.dwarf_lines import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
+from tracedep.kimage.elf_symbols import (
     STT_FUNC,
     STT_OBJECT,
     ElfFile,
@@ -263,7 +263,7 @@ class _Module:
         fall-through and the branch relocations between sections."""
         if self._preds is not None:
             return self._preds
-        from tracedep.analysis.elf_symbols import ELF64_RELA, ELF64_SYM, SHT_RELA
+        from tracedep.kimage.elf_symbols import ELF64_RELA, ELF64_SYM, SHT_RELA
 
         preds: dict[int, set[int]] = {}
         for idx, base in self.bases.items():
@@ -358,7 +358,7 @@ class _Module:
         jt = self.elf.by_name.get(table)
         if jt is None:
             return out
-        from tracedep.analysis.elf_symbols import ELF64_RELA, ELF64_SYM, SHT_RELA
+        from tracedep.kimage.elf_symbols import ELF64_RELA, ELF64_SYM, SHT_RELA
 
         for rs in self.elf.sections:
             if rs.type != SHT_RELA or rs.info != jt.index:

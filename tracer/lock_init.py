@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tracedep.common.machines import Machine
 from tracedep.tracer.probes import GROUP, Discovery, ProbeDef, event_name
-from tracedep.vm.machines import Machine
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class InodeLayout:
 
 
 def inode_layout(vmlinux: Path) -> InodeLayout:
-    from tracedep.tracer.btf import BtfError, read_btf
+    from tracedep.kimage.btf import BtfError, read_btf
 
     btf = read_btf(vmlinux)
     got = {k: btf.member_offset(s, m) for k, s, m in (

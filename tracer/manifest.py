@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from tracedep.common.files import atomic_write
 
 MANIFEST_VERSION = "1.0"
 
 
 def write(run_dir: Path, data: dict[str, Any]) -> None:
     data = {"manifest_version": MANIFEST_VERSION, **data}
-    tmp = run_dir / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, run_dir / "manifest.json")
+    atomic_write(run_dir / "manifest.json",
+                 json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", fsync=False)
 
 
 def read(run_dir: Path) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracedep.common.machines import Machine
 from tracedep.tracer.probes import GROUP, Discovery
-from tracedep.vm.machines import Machine
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SectAttrsLayout:
 
 
 def layout(vmlinux: Path) -> SectAttrsLayout:
-    from tracedep.tracer.btf import BtfError, read_btf
+    from tracedep.kimage.btf import BtfError, read_btf
 
     btf = read_btf(vmlinux)
     battr = btf.member_offset("module_sect_attr", "battr")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tracedep.vm.machines import Machine
+from tracedep.common.machines import Machine
 
 GROUP = "tracedep"
 # ``lk__raw_spin_lock__inl12``: a probe on one inlined lock site (tracer.inline_locks)

@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from tracedep import __version__
+from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_write
+from tracedep.common.machines import Machine, machine_for
 from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
+from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control, manifest, module_sections
 from tracedep.tracer.channels import Sink, open_sink
 from tracedep.tracer.extras import extra_probes, inline_probes_calibrated, record_calibration
@@ -36,14 +40,12 @@ from tracedep.tracer.probes import (
     probe_definitions,
     stack_triggers,
 )
-from tracedep.tracer.qemu import END_PANIC, END_POWEROFF, END_RESET, END_TIMEOUT, Vm, VmSpec
 from tracedep.vm.accel import choose_accel
 from tracedep.vm.initramfs import GuestConfig, build_initramfs
-from tracedep.vm.kernel import Kernel, cache_root, fetch_debian_kernel
+from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.kernel_source import ensure_source_tree
 from tracedep.vm.kmodules import KernelModules, load_order, module_src_depends, with_dwarf
 from tracedep.vm.kmodules import resolve as resolve_kernel_modules
-from tracedep.vm.machines import Machine, machine_for
 from tracedep.vm.modules import (
     BuiltModule,
     build_modules,
@@ -52,6 +54,7 @@ from tracedep.vm.modules import (
     module_name,
     plain_module,
 )
+from tracedep.vm.qemu import END_PANIC, END_POWEROFF, END_RESET, END_TIMEOUT, Vm, VmSpec
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +170,7 @@ def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
         raise RunError(f"discovery boot of {kernel.image} did not finish ({how} {detail}); "
                        f"see {cdir / 'console.log'}")
     kallsyms = ctl.file("/proc/kallsyms") or ""
-    funcs: list[tuple[int, str]] = []
-    for line in kallsyms.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] in "tTwW":
-            funcs.append((int(parts[0], 16), parts[2]))
-    funcs.sort()
+    funcs = ksyms.text_functions(ksyms.parse(kallsyms))
     addr = {n: a for a, n in funcs}
     lo, hi = addr.get("__sched_text_start"), addr.get("__sched_text_end")
     sched = [n for a, n in funcs if lo is not None and hi is not None and lo <= a < hi]
@@ -187,9 +185,7 @@ def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
             "blacklist": sorted(blacklist), "sched_text": sched}
     with gzip.open(cdir / "kallsyms.gz", "wt") as fh:
         fh.write(kallsyms)
-    tmp = cfile.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(cfile)
+    atomic_write(cfile, json.dumps(data))
     return discover(machine, kernel, accel)
 
 
@@ -550,22 +546,11 @@ def _copy_kallsyms(src: Path, dest: Path, text: tuple[int, str]) -> None:
     """The discovery boot's kallsyms, moved to this boot's KASLR slide."""
     if not src.is_file():
         return
-    with gzip.open(src, "rt") as fh:
-        lines = fh.read().splitlines()
-    disc_text = next((int(ln.split()[0], 16) for ln in lines
-                      if ln.endswith(f" {text[1]}") and len(ln.split()) == 3), None)
+    entries = ksyms.read_file(src)
+    disc_text = next((a for a, _, n in entries if n == text[1]), None)
     if disc_text is None:
         return
-    shift = text[0] - disc_text
-    out = []
-    for ln in lines:
-        parts = ln.split(maxsplit=2)
-        if len(parts) == 3 and parts[1] not in "aA":
-            out.append(f"{(int(parts[0], 16) + shift) & (2**64 - 1):016x} {parts[1]} {parts[2]}")
-        else:
-            out.append(ln)
-    with gzip.open(dest, "wt", compresslevel=6) as fh:
-        fh.write("\n".join(out) + "\n")
+    ksyms.write_file(dest, ksyms.slid(entries, text[0] - disc_text))
 
 
 def _kprobe_misses(text: str | None) -> dict[str, int]:

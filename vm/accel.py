@@ -13,8 +13,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from tracedep.vm.kernel import cache_root
-from tracedep.vm.machines import Machine
+from tracedep.common.cache import cache_root
+from tracedep.common.machines import Machine
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 #   vm/build-lockdep-kernel.sh [--config-only] [ARCH]      # ARCH: x86_64 (default) or arm64
 #
 # Tree, config, build log, timings and installed modules live in
-#   ${TRACEDEP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tracedep}/lockdep-kernel/ARCH/
+#   ${TRACEDEP_CACHE:-$HOME/.cache/tracedep}/lockdep-kernel/ARCH/
 # Steps (each skipped when its result is already there for the same inputs):
 #   1. apt-get install linux-source-6.1 (/usr/src/linux-source-6.1.tar.xz) and the build tools
 #   2. extract it into the cache (re-extracted when the package version changes)
@@ -18,7 +18,7 @@
 # and prints the tracedep command line for that kernel.
 #
 # Environment: JOBS (default nproc), FORCE_BUILD=1 (run make even when the stamp says built),
-# TRACEDEP_CACHE / XDG_CACHE_HOME (cache location).
+# TRACEDEP_CACHE (cache location, as common/cache.py reads it).
 # Only x86_64 has been built and run so far; arm64 is wired (cross compiler
 # aarch64-linux-gnu-, defconfig, Image) but untested.
 set -euo pipefail
@@ -55,7 +55,7 @@ case "$ARCH_ARG" in
     *) echo "build-lockdep-kernel: unsupported ARCH $ARCH_ARG (x86_64 or arm64)" >&2; exit 2 ;;
 esac
 
-CACHE_BASE=${TRACEDEP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tracedep}
+CACHE_BASE=${TRACEDEP_CACHE:-$HOME/.cache/tracedep}
 CACHE=$CACHE_BASE/lockdep-kernel/$ARCH_ARG
 SRC=$CACHE/$SRC_PKG
 MODS_ROOT=$CACHE/modules-install

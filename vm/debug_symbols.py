@@ -13,18 +13,15 @@ with one atomic ``rename``: a half-extracted 590 MB vmlinux is never seen.
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
+from typing import Any
 
-from tracedep.errors import InputError
+from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_folder
+from tracedep.errors import DebugSymbolsError
 
 log = logging.getLogger(__name__)
-
-
-class DebugSymbolsError(InputError):
-    """The -dbg package could not be downloaded or extracted."""
 
 
 def dbg_package_name(abi: str) -> str:
@@ -113,19 +110,31 @@ def ensure_dbg_vmlinux(abi: str, cache: Path, version: str | None = None) -> Pat
 def _extract(deb: Path, abi: str, cache: Path) -> None:
     root = dbg_root(abi, cache)
     vmlinux = dbg_vmlinux_path(abi, cache)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{abi}.", dir=root.parent))
-    try:
+    # Another process may publish the same extraction first: keep theirs.
+    with atomic_folder(root, keep_existing=True) as tmp:
         log.info("extracting %s", deb.name)
         _run(["dpkg-deb", "-x", str(deb), str(tmp)], root.parent, f"dpkg-deb -x {deb.name}")
         if not (tmp / vmlinux.relative_to(root)).is_file():
             raise DebugSymbolsError(f"{deb.name} has no {vmlinux.relative_to(root)}")
-        try:
-            tmp.rename(root)
-        except OSError:
-            # Another process published the same extraction first: keep theirs.
-            if not vmlinux.is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def debug_vmlinux(info: dict[str, Any]) -> Path | None:
+    """The Debian -dbg vmlinux of a run's kernel (downloaded once), or None.
+
+    ``info``: the run manifest.  The command line calls this before the analysis,
+    which itself never downloads."""
+    kernel = info.get("kernel") or {}
+    if kernel.get("vmlinux"):
+        return Path(kernel["vmlinux"])
+    release = kernel.get("release")
+    if not release or not kernel.get("abi"):
+        return None
+    pk = kernel.get("packages")
+    dbg = pk.get("dbg") if isinstance(pk, dict) else None
+    version = dbg.get("version") if isinstance(dbg, dict) else None
+    try:
+        return ensure_dbg_vmlinux(release, cache_root(),
+                                  version if isinstance(version, str) else None)
+    except Exception as e:  # no network, no space: names from kallsyms still work
+        log.warning("no debug vmlinux for %s: %s", release, e)
+        return None

@@ -8,15 +8,17 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import os
 import shlex
 import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_output
+from tracedep.common.machines import Machine
 from tracedep.errors import RunError
-from tracedep.vm.kernel import Kernel, cache_root, download, extract, locked
+from tracedep.vm.kernel import Kernel, download, extract, locked
 from tracedep.vm.kmodules import (
     TRACEDEP_DIR,
     KernelModules,
@@ -24,7 +26,6 @@ from tracedep.vm.kmodules import (
     modules_alias,
     modules_dep,
 )
-from tracedep.vm.machines import Machine
 from tracedep.vm.modules import BuiltModule, is_module_file, module_name, plain_module
 
 log = logging.getLogger(__name__)
@@ -115,16 +116,15 @@ def guest_binary(machine: Machine, name: str) -> Path:
         if out.is_file():
             return out
         cc = f"{machine.cross_compile}gcc"
-        tmp = out.with_suffix(".tmp")
-        proc = subprocess.run(
-            [cc, "-static", "-O2", "-Wall", "-o", str(tmp), str(src)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise RunError(f"cannot build the guest's {name} with {cc}: "
-                           f"{proc.stderr.strip()[:300]}")
-        os.replace(tmp, out)
+        with atomic_output(out) as tmp:
+            proc = subprocess.run(
+                [cc, "-static", "-O2", "-Wall", "-o", str(tmp), str(src)],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RunError(f"cannot build the guest's {name} with {cc}: "
+                               f"{proc.stderr.strip()[:300]}")
     return out
 
 

@@ -13,23 +13,19 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_folder
+from tracedep.common.machines import Machine
 from tracedep.errors import InputError, RunError
 from tracedep.vm.debian_kernels import DEFAULT_SERIES, KernelPackages, resolve
-from tracedep.vm.machines import Machine
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TRACEDEP_CACHE", Path.home() / ".cache" / "tracedep"))
 
 
 def default_abi() -> str | None:
@@ -105,18 +101,13 @@ def extract(debs: list[Path], dest: Path) -> None:
     with locked(dest.with_name(dest.name + ".lock")):
         if dest.is_dir():
             return
-        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-        try:
+        with atomic_folder(dest) as tmp:
             for deb in debs:
                 proc = subprocess.run(
                     ["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True
                 )
                 if proc.returncode != 0:
                     raise RunError(f"dpkg-deb -x {deb.name} failed: {proc.stderr.strip()}")
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fix_headers(root: Path, release: str) -> Path:

@@ -19,15 +19,15 @@ run needs it (``--kernel-module``): runs of out-of-tree drivers read their own s
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_folder
 from tracedep.errors import RunError
 from tracedep.vm.debian_kernels import KernelPackages, Package
-from tracedep.vm.kernel import cache_root, download, locked
+from tracedep.vm.kernel import download, locked
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def ensure_source_tree(pk: KernelPackages) -> Path:
     with locked(root.with_name(root.name + ".lock")):
         if tree.is_dir():
             return tree
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+        with atomic_folder(root) as tmp:
             log.info("extracting %s (the kernel's source, about 1.5 GB)", deb.name)
             _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"dpkg-deb -x {deb.name}")
             tarballs = sorted((tmp / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
@@ -69,10 +68,6 @@ def ensure_source_tree(pk: KernelPackages) -> Path:
             shutil.rmtree(tmp / "deb")
             if not (tmp / tree.name).is_dir():
                 raise RunError(f"{tarballs[0].name} has no top folder {tree.name}/")
-            os.replace(tmp, root)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return tree
 
 

@@ -238,9 +238,9 @@ def with_dwarf(kernel: Kernel, kmods: KernelModules) -> tuple[list[BuiltModule],
     """The modules under test as .ko files with DWARF, for finding their inlined locks:
     Debian's stripped modules have none, their twins in the -dbg package do (same
     build, same layout).  Returns those found and, in words, those not."""
+    from tracedep.common.cache import cache_root
     from tracedep.errors import TracedepError
     from tracedep.vm.debug_symbols import dbg_modules_dir, ensure_dbg_vmlinux
-    from tracedep.vm.kernel import cache_root
 
     if not kmods.under_test:
         return [], []

@@ -17,9 +17,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_write
+from tracedep.common.machines import Machine
 from tracedep.errors import InputError, ModuleBuildError
-from tracedep.vm.kernel import Kernel, cache_root, locked
-from tracedep.vm.machines import Machine
+from tracedep.vm.kernel import Kernel, locked
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +170,7 @@ def plain_module(ko: Path) -> Path:
     if proc.returncode != 0 or not proc.stdout.startswith(b"\x7fELF"):
         why = proc.stderr.decode(errors="replace").strip() or "not an ELF inside"
         raise ModuleBuildError(f"{ko}: cannot decompress ({why})")
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    tmp.write_bytes(proc.stdout)
-    os.replace(tmp, out)
+    atomic_write(out, proc.stdout, fsync=False)
     return out
 
 

@@ -36,17 +36,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
+from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_folder
+from tracedep.common.machines import machine_for
 from tracedep.errors import RunError
 from tracedep.vm.debian_kernels import KernelPackages
-from tracedep.vm.kernel import cache_root, locked, resolve_kernel
+from tracedep.vm.kernel import locked, resolve_kernel
 from tracedep.vm.kernel_source import ensure_source_tree
-from tracedep.vm.machines import machine_for
 
 # (file in the generated directory, file in the kernel's source tree)
 _FILES = (
@@ -134,8 +134,7 @@ def locktorture_dir(pk: KernelPackages) -> Path:
     with locked(out.with_name(out.name + ".lock")):
         if (out / "Kbuild").is_file():
             return out
-        tmp = Path(tempfile.mkdtemp(prefix=".locktorture.", dir=out.parent))
-        try:
+        with atomic_folder(out) as tmp:
             for name, rel in _FILES:
                 dest = tmp / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -144,12 +143,6 @@ def locktorture_dir(pk: KernelPackages) -> Path:
                 f.write(SETAFFINITY_SHIM)
             # written last: its presence means the directory is complete
             (tmp / "Kbuild").write_text(KBUILD)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tracedep.reports.history import History
+from tracedep.common.files import atomic_write
+from tracedep.nightly.history import History
 from tracedep.reports.html import CSS
 from tracedep.reports.htmlkit import Markup, el, join
 from tracedep.reports.model import page_names
-from tracedep.reports.serialize import write_atomic
 
 DRIVERS_DIR = "drivers"
 INDEX = "index.html"
@@ -103,7 +103,7 @@ class Site:
             files[self.out / DRIVERS_DIR / page] = self.render_driver(d, nights)
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, text)
+            atomic_write(path, text)
         return list(files)
 
     # -- index ------------------------------------------------------------------------

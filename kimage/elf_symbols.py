@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tracedep.common.files import atomic_output
+from tracedep.errors import ElfFormatError
+
 log = logging.getLogger(__name__)
 
 SHT_SYMTAB = 2
@@ -50,10 +53,6 @@ ELF64_SYM = np.dtype(
     ]
 )
 ELF64_RELA = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
-
-
-class ElfFormatError(Exception):
-    """Not an ELF file this module can read (only ELF64 little-endian is needed)."""
 
 
 @dataclass(frozen=True)
@@ -436,8 +435,7 @@ class SymbolTable:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".symbols.{os.getpid()}.npz"
-        with open(tmp, "wb") as f:
+        with atomic_output(directory / "symbols.npz") as tmp, open(tmp, "wb") as f:
             alias_names = list(self.aliases)
             np.savez(
                 f,
@@ -448,7 +446,6 @@ class SymbolTable:
                 alias_names=np.frombuffer("\n".join(alias_names).encode(), dtype=np.uint8),
                 alias_addrs=np.array([self.aliases[n] for n in alias_names], dtype=np.uint64),
             )
-        os.replace(tmp, directory / "symbols.npz")
 
     @classmethod
     def load(cls, directory: Path) -> SymbolTable | None:

@@ -6,9 +6,9 @@ One line in a cron job::
 
 runs every cell of the matrix (kernels × archs × driver sets × workloads, each
 ``repeat`` times) as an ordinary ``tracedep run`` into ``OUT/<night>/<cell>/``,
-records the results in the history database (``reports/history.py``), classifies
+records the results in the history database (``nightly/history.py``), classifies
 every finding (new, still present, fixed, flaky) against the earlier nights of
-the same cell, and writes the report site (``reports/nightly_site.py``) and JUnit
+the same cell, and writes the report site (``nightly/site.py``) and JUnit
 XML (``OUT/<night>/junit.xml``, and ``junit.xml`` in each run directory).
 
 Configuration (TOML; relative paths are relative to the file)::
@@ -64,8 +64,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from tracedep.analysis.findings import Finding
-from tracedep.errors import InputError
-from tracedep.reports.history import CellKey, FindingRow, History, Verdict
+from tracedep.errors import ConfigError, InputError
+from tracedep.nightly.history import CellKey, FindingRow, History, Verdict
 from tracedep.vm.debian_kernels import SERIES
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,6 @@ class Config:
     cell_timeout: float = 3600.0
     out: Path | None = None
     db: Path | None = None
-
-
-class ConfigError(InputError):
-    pass
 
 
 def _fail(path: Path, key: str, what: str) -> ConfigError:
@@ -242,7 +238,7 @@ def load_config(path: Path) -> Config:
     for key in raw:
         if key not in KNOWN_KEYS:
             raise _fail(path, key, f"unknown (known: {', '.join(KNOWN_KEYS)})")
-    from tracedep.vm.machines import MACHINES
+    from tracedep.common.machines import MACHINES
 
     archs = [_name(path, f"archs[{i}]", a) for i, a in
              enumerate(_list(path, raw, "archs", ["x86_64"]))]
@@ -378,11 +374,11 @@ def collect(run_dir: Path) -> tuple[list[Finding], list[str]] | None:
 
 def write_junit(run_dir: Path, name: str, findings: Sequence[Finding], drivers: Sequence[str],
                 error: str | None, elapsed: float) -> None:
-    from tracedep.reports import junit
-    from tracedep.reports.serialize import write_atomic
+    from tracedep.common.files import atomic_write
+    from tracedep.nightly import junit
 
     if run_dir.is_dir():
-        write_atomic(run_dir / "junit.xml",
+        atomic_write(run_dir / "junit.xml",
                      junit.to_xml([junit.run_suite(name, drivers, findings, error, elapsed)]))
 
 
@@ -471,15 +467,15 @@ class Night:
 
     def _write_night_junit(self, label: str, findings: Sequence[Finding],
                            drivers: Sequence[str], error: str | None, elapsed: float) -> None:
-        from tracedep.reports import junit
-        from tracedep.reports.serialize import write_atomic
+        from tracedep.common.files import atomic_write
+        from tracedep.nightly import junit
 
         self.suites[label] = junit.run_suite(label, drivers, findings, error, elapsed)
-        write_atomic(self.dir / "junit.xml",
+        atomic_write(self.dir / "junit.xml",
                      junit.to_xml(list(self.suites.values()), name=f"tracedep {self.name}"))
 
     def render(self) -> None:
-        from tracedep.reports.nightly_site import Site
+        from tracedep.nightly.site import Site
 
         try:
             Site(self.h, self.out).render()

@@ -23,8 +23,8 @@ from typing import Any
 from qemu.qmp import EventListener, QMPClient
 from qemu.qmp.error import QMPError
 
+from tracedep.common.machines import Machine
 from tracedep.errors import QemuError
-from tracedep.vm.machines import Machine
 
 log = logging.getLogger(__name__)
 

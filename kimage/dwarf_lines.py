@@ -32,6 +32,8 @@ from elftools.dwarf.dwarfinfo import DebugSectionDescriptor, DwarfConfig, DWARFI
 from elftools.dwarf.enums import ENUM_DW_AT, ENUM_DW_FORM, ENUM_DW_TAG
 from elftools.dwarf.ranges import BaseAddressEntry
 
+from tracedep.errors import DwarfError
+
 from .elf_symbols import ELF64_RELA, ELF64_SYM, SHN_LORESERVE, SHT_RELA, ElfFile, Section
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,6 @@ _DEBUG_SECTIONS = (
     ".debug_str_offsets",
 )
 _HEADERS_TREE = re.compile(r".*/(?:linux-headers|linux-kbuild|linux)-[^/]+/(.+)$")
-
-
-class DwarfError(Exception):
-    """DWARF that cannot be used at all (e.g. unsupported relocations)."""
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracedep.errors import BtfError
+
 BTF_MAGIC = 0xEB9F
 # kind -> bytes of kind-specific data after the 12-byte btf_type, per vlen item or fixed
 _PER_VLEN = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}  # struct, union, enum, proto, sec, enum64
 _FIXED = {1: 4, 3: 12, 14: 4, 17: 4}  # int, array, var, decl_tag
 KIND_STRUCT, KIND_UNION, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 4, 5, 8, 9, 10, 11
 KIND_TYPE_TAG = 18
-
-
-class BtfError(ValueError):
-    """Not BTF, or BTF this reader does not understand."""
 
 
 @dataclass(frozen=True)

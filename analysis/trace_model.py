@@ -1,0 +1,36 @@
+"""``Trace``: one decoded run (or foreign text trace), as every analysis stage receives it.
+
+Its own module so that both loaders (``analysis.trace`` for run directories,
+``analysis.ftrace_text`` for text) can build one without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tracedep.analysis.findings import Frame
+from tracedep.analysis.symbols import RunSymbols
+
+
+@dataclass
+class Trace:
+    events: pd.DataFrame  # tracer.schema columns, sorted by ts_ns
+    stacks: list[tuple[int, ...]]  # raw return addresses, innermost first
+    info: dict[str, Any]  # the run's manifest (a minimal one for foreign text traces)
+    symbols: RunSymbols
+    source: Path
+    warnings: list[str] = field(default_factory=list)
+    # ftrace text traces only (analysis.ftrace_text): a stack whose frames the text
+    # names but does not give exact addresses for has () in ``stacks`` and its frames
+    # here, at the same index (return addresses, as ftrace recorded them); events
+    # whose call site is known by name only (``ip`` 0) have it here, by row.
+    text_stacks: list[tuple[Frame, ...]] = field(default_factory=list)
+    text_sites: dict[int, Frame] = field(default_factory=dict)
+
+    @property
+    def call_insn_size(self) -> int:
+        return int(self.info.get("call_insn_size", 5))
