@@ -1,6 +1,6 @@
 """file:line and inline chains from DWARF, looked up lazily one compile unit at a time.
 
-Whole-kernel DWARF in pyelftools takes minutes (FACTS.md), so nothing here walks
+Whole-kernel DWARF in pyelftools takes minutes (docs/FACTS.md, "DWARF costs"), so nothing here walks
 every compile unit: ``.debug_aranges`` maps an address to its CU, and only that
 CU's line program and the DIEs whose ranges contain the address are decoded.
 

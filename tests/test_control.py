@@ -65,7 +65,7 @@ def test_modules(ctl: control.Control) -> None:
     assert len(tiny) == 1
     m = tiny[0]
     # all of td_tiny's code is reached from __init only: GCC put it in .text.unlikely
-    # and the module has no .text at all (FACTS.md)
+    # and the module has no .text at all (docs/FACTS.md, "Probing")
     assert ".text" not in m.sections
     assert m.base == m.sections[".text.unlikely"] and m.size > 0
     assert {".init.text", ".bss", ".data"} <= set(m.sections)
