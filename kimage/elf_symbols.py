@@ -2,7 +2,8 @@
 
 pyelftools' ``iter_symbols()`` costs seconds on a vmlinux (86k functions); the
 symbol table is read here as one numpy structured array instead, and kept as
-sorted address arrays (docs/FACTS.md, "ELF symbol tables": 0.13 s to build, microseconds per lookup).
+sorted address arrays (docs/FACTS.md, "ELF symbol tables": 0.13 s to build,
+microseconds per lookup).
 
 Offsets and sizes follow kallsyms, not ``st_size``: a symbol extends to the next
 symbol, and aliases are broken as ``scripts/kallsyms.c`` breaks them, so that

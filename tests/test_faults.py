@@ -1,5 +1,6 @@
 """Faults, each provoked for real: what the user sees (one error line, no traceback),
-the exit code docs/DESIGN.md promises ("Errors and exit codes"), and the partial run directory that is kept.
+the exit code docs/DESIGN.md promises ("Errors and exit codes"), and the partial run
+directory that is kept.
 
 Exit codes: 2 usage or input error; 3 the run itself failed.  Two tests boot a
 guest to its end (a panic, a hang); the QEMU-failure tests start QEMU, which
