@@ -88,8 +88,8 @@ def cmd_trace(a: argparse.Namespace) -> int:
     from tracedep.tracer.session import trace
 
     res = trace(_trace_options(a))
-    counts = res.manifest.get("event_counts", {})
-    lost = res.manifest.get("lost", {}).get("total", 0)
+    counts = res.manifest.event_counts
+    lost = res.manifest.lost.total
     print(f"tracedep: trace in {res.run_dir}: {sum(counts.values())} events, {lost} lost, "
           f"guest {res.ending}")
     return 0
@@ -105,7 +105,9 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
     from tracedep.vm.debug_symbols import debug_vmlinux
 
     trace = load(source, kallsyms)
-    vml = (vmlinux or debug_vmlinux(trace.info)) if dwarf else None
+    k = trace.info.kernel
+    vml = (vmlinux or (Path(k.vmlinux) if k.vmlinux else None)
+           or debug_vmlinux(k.release, k.abi, k.packages)) if dwarf else None
     a = analyze(trace, *dwarf_aids(trace, vml)) if dwarf else analyze(trace)
     if dwarf:
         for w in symbolize(a, trace, vml):
@@ -180,8 +182,7 @@ def cmd_fetch(a: argparse.Namespace) -> int:
     loader_binary(machine)
     discover(machine, kernel, choose_accel(machine, kernel.image, a.accel))
     vml = None if a.no_dwarf else debug_vmlinux(
-        {"kernel": {"release": kernel.release, "abi": kernel.abi,
-                    "packages": kernel.packages.to_json() if kernel.packages else None}})
+        kernel.release, kernel.abi, kernel.packages.to_json() if kernel.packages else None)
     print(f"tracedep: ready: {kernel.release} ({kernel.package_version}), "
           f"debug symbols {'at ' + str(vml) if vml else 'not fetched'}")
     return 0

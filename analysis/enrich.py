@@ -49,17 +49,16 @@ class _Resolver:
         self.warnings: list[str] = []
         self._by_key: dict[tuple[str, int], Symbolizer | None] = {}
         info = trace.info
-        kas = info.get("kaslr") or {}
+        kas = info.kaslr
         self.kaslr = 0
-        if vmlinux is not None and kas.get("runtime") is not None:
+        if vmlinux is not None and kas is not None and kas.runtime is not None and kas.symbol:
             try:
-                self.kaslr = kaslr_offset_of(vmlinux, kas["symbol"], int(kas["runtime"]))
+                self.kaslr = kaslr_offset_of(vmlinux, kas.symbol, kas.runtime)
             except SymbolizerError as e:
                 self.warnings.append(str(e))
                 self.vmlinux = None
-        self.build_dirs = {m["name"]: (m["build_dir"], m["src_dir"])
-                           for m in info.get("modules", [])
-                           if m.get("build_dir") and m.get("src_dir")}
+        self.build_dirs = {m.name: (m.build_dir, m.src_dir) for m in info.modules
+                           if m.build_dir and m.src_dir}
         kpath = trace.source / "kallsyms.gz" if trace.source.is_dir() else None
         self.kallsyms: list[tuple[int, str, str]] = []
         if kpath is not None and kpath.is_file():
@@ -192,7 +191,6 @@ def nesting_judge(trace: Trace, vmlinux: Path | None, r: _Resolver | None = None
     the same symbolizers as the witnesses, source from the kernel's tree if the run
     fetched it (``kernel.source_tree`` in the manifest), never downloaded here."""
     r = r or _Resolver(trace, vmlinux)
-    kernel = trace.info.get("kernel") if isinstance(trace.info.get("kernel"), dict) else {}
-    tree = kernel.get("source_tree") if isinstance(kernel, dict) else None
-    roots = [Path(tree)] if isinstance(tree, str) and tree else []
+    tree = trace.info.kernel.source_tree
+    roots = [Path(tree)] if tree else []
     return NestingJudge(lambda f, ts: r.frames((f,), ts), SourceLines(roots))

@@ -60,6 +60,7 @@ from tracedep.kimage.kallsyms import read_file as read_kallsyms_file
 from tracedep.tracer import schema
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP, SOFTIRQ_NAMES
 from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
+from tracedep.tracer.manifest import Kaslr, Lost, RunManifest
 from tracedep.tracer.probes import (
     GROUP,
     LOCK_FUNCS,
@@ -1029,13 +1030,13 @@ def _finish(p: _TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | 
         warnings.append("the last line of the trace file is cut short (capture interrupted); "
                         "it was ignored")
     total = lost_reported + p.overwritten + unknown_markers + p.truncated_lines
-    kas = None
+    kas: Kaslr | None = None
     if ksyms:
         runtime = next((a for a, _, nm in ksyms if nm == machine.text_symbol), None)
         if runtime is not None:
-            kas = {"symbol": machine.text_symbol, "runtime": runtime}
-    info: dict[str, Any] = {
-        "source": {
+            kas = Kaslr(machine.text_symbol, runtime)
+    info = RunManifest(
+        source={
             "format": "ftrace-text",
             "path": str(p.path),
             "kallsyms": str(kallsyms) if kallsyms is not None else None,
@@ -1047,22 +1048,22 @@ def _finish(p: _TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | 
             "ncpus": p.ncpus,
             "marker_continuations": p.continuations,
         },
-        "arch": arch,
-        "call_insn_size": cs,
-        "kprobe_reports_irqs_off": machine.kprobe_reports_irqs_off,
-        "kaslr": kas,
-        "modules": [],
-        "event_counts": dict(sorted(p.counts.items())),
-        "lost": {
-            "total": total,
-            "lost_lines": p.lost_lines,
-            "reported": lost_reported,
-            "unknown_count_lines": unknown_markers,
-            "overwritten": p.overwritten,
-            "truncated_lines": p.truncated_lines,
-            "truncated": bool(p.truncated_lines),
-        },
-    }
+        arch=arch,
+        call_insn_size=cs,
+        machine_kprobe_irqs_masked=machine.kprobe_reports_irqs_off,
+        kprobe_irqs_unknown=machine.kprobe_reports_irqs_off,
+        kaslr=kas,
+        event_counts=dict(sorted(p.counts.items())),
+        lost=Lost(
+            total=total,
+            lost_lines=list(p.lost_lines),
+            reported=lost_reported,
+            unknown_count_lines=unknown_markers,
+            overwritten=p.overwritten,
+            truncated_lines=p.truncated_lines,
+            truncated=bool(p.truncated_lines),
+        ),
+    )
     return Trace(events, stacks, info, symbols, p.path, warnings, text_stacks=text_stacks,
                  text_sites=text_sites)
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from tracedep.analysis.heldlocks import FORCED_REASONS, SPIN_TYPES, HolderOnStack, Replay
 from tracedep.analysis.symbols import RunSymbols
+from tracedep.tracer.manifest import RunManifest
 from tracedep.tracer.probes import GROUP, LOCK_FUNCS, parse_event_name
 
 REASON_TEXT = {
@@ -66,9 +67,9 @@ def _release_type(event: str) -> str | None:
     return lf.lock_type if lf is not None and lf.release else None
 
 
-def from_manifest(info: dict[str, Any]) -> MissingReleases:
+def from_manifest(info: RunManifest) -> MissingReleases:
     acc = _Acc()
-    skipped = (info.get("inline_locks") or {}).get("skipped") or []
+    skipped = info.inline_locks.skipped if info.inline_locks is not None else []
     per_mod: dict[tuple[str, str], int] = {}
     for s in skipped if isinstance(skipped, list) else []:
         lf = LOCK_FUNCS.get(str(s.get("func", ""))) if isinstance(s, dict) else None
@@ -87,38 +88,38 @@ def from_manifest(info: dict[str, Any]) -> MissingReleases:
         acc.sources.append(f"{n} inlined {lt} release(s) of {mod} not probed "
                            f"(manifest.json inline_locks.skipped)")
     refused: dict[str, int] = {}
-    for d in (info.get("probes") or {}).get("failed") or []:
+    for d in info.probes.failed:
         rt = _release_type(str(d))
         if rt is not None:
             refused[rt] = refused.get(rt, 0) + 1
     for lt, n in sorted(refused.items()):
         acc.types.add(lt)
         acc.sources.append(f"{n} {lt} release probe(s) refused by the kernel")
-    lost = info.get("lost") or {}
+    lost = info.lost
     missed: dict[str, int] = {}
-    for ev, n in (lost.get("kprobe_missed_by_probe") or {}).items():
+    for ev, n in lost.kprobe_missed_by_probe.items():
         mt = _release_type(str(ev))
         if mt is not None and isinstance(n, int) and n > 0:
             missed[mt] = missed.get(mt, 0) + n
     for lt, n in sorted(missed.items()):
         acc.types.add(lt)
         acc.sources.append(f"{n:,} {lt} release(s) missed by kprobes")
-    if int(lost.get("total", 0) or 0) > 0:
+    if lost.total > 0:
         acc.types |= SPIN_TYPES
-        acc.sources.append(f"{int(lost['total']):,} events lost")
+        acc.sources.append(f"{lost.total:,} events lost")
     return MissingReleases(frozenset(acc.types), frozenset(acc.module_types),
                            tuple(acc.sources))
 
 
 def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingReleases,
-                 info: dict[str, Any], symbols: RunSymbols) -> frozenset[int]:
+                 info: RunManifest, symbols: RunSymbols) -> frozenset[int]:
     """The acquire rows (of ``lock_rows``) whose release may be invisible."""
     if not missing or not len(lock_rows):
         return frozenset()
     lt = events["lock_type"].to_numpy()[lock_rows].astype(str)
     sel = np.isin(lt, list(missing.types)) if missing.types else np.zeros(len(lock_rows), bool)
     if missing.module_types:
-        sites = info.get("inline_sites") or {}
+        sites = info.inline_sites
         names = events["event"].to_numpy()[lock_rows].astype(str)
         ips = events["ip"].to_numpy()[lock_rows]
         tss = events["ts_ns"].to_numpy()[lock_rows]

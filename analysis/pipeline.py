@@ -16,8 +16,8 @@ from tracedep.analysis.coverage import coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
 from tracedep.analysis.nesting import NestingJudge
-from tracedep.analysis.symbols import module_records
 from tracedep.analysis.trace import Trace
+from tracedep.tracer.manifest import RunManifest
 from tracedep.tracer.probes import parse_event_name
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,10 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
     cls_ids, table = lock_classes.assign(ev, trace.symbols, lock_rows, namer)
     class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
-    irqs_reliable = not bool(trace.info.get("kprobe_reports_irqs_off", False))
-    untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))
+    irqs_reliable = not trace.info.kprobe_irqs_unknown
+    untraced = frozenset(trace.info.untraced_pids)
     # tracer.calibration: does preempt_count count held spinlocks on this kernel?
-    spin_pc = (trace.info.get("calibration") or {}).get("preempt_count_tracks_spinlocks")
+    spin_pc = trace.info.calibration.get("preempt_count_tracks_spinlocks")
     # releases the trace may not show, and the evidence that ends such locks
     unseen = missing.from_manifest(trace.info)
     rep = replay(ev, class_of_row, irqs_reliable, untraced, spin_pc is not False,
@@ -116,7 +116,7 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size,
                    text_stacks=trace.text_stacks, text_sites=trace.text_sites,
                    nesting=nesting, own_source_modules=frozenset(
-                       str(m["name"]) for m in module_records(trace.info) if m.get("src_dir")))
+                       m.name for m in trace.info.module_records if m.src_dir))
     findings: list[Finding] = []
     findings += rules.sleep_findings(cx)
     findings += rules.order_findings(cx)
@@ -159,57 +159,54 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
 
 def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
     info = trace.info
-    lost = info.get("lost", {})
-    ending = info.get("ending", {})
+    lost = info.lost
+    ending = info.ending
     warnings = list(trace.warnings)
-    if lost.get("total"):
-        warnings.append(f"{lost['total']} events were lost (ring-buffer overruns or a torn "
+    if lost.total:
+        warnings.append(f"{lost.total} events were lost (ring-buffer overruns or a torn "
                         f"transport): findings may be missing")
-    missed = int(lost.get("kprobe_missed", 0) or 0)
+    missed = lost.kprobe_missed
     if missed:
         warnings.append(f"{missed} probe hits were missed by kprobes: interrupt handlers "
                         f"that ran inside another probe's handler are invisible as a whole "
                         f"(lock state stays consistent; findings inside them may be missed)")
-    if lost.get("truncated"):
+    if lost.truncated:
         warnings.append("the trace is truncated: the guest did not finish sending it")
-    if ending and ending.get("how") not in (None, "poweroff"):
-        warnings.append(f"the guest did not power off cleanly: {ending.get('how')} "
-                        f"{ending.get('detail', '')}".strip())
-    failed = info.get("probes", {}).get("failed", [])
+    if ending.how not in (None, "poweroff"):
+        warnings.append(f"the guest did not power off cleanly: {ending.how} "
+                        f"{ending.detail or ''}".strip())
+    failed = info.probes.failed
     if failed:
-        reasons = info.get("probes", {}).get("failed_reasons")
-        notrace = info.get("probes", {}).get("notrace")
-        warnings.append(_probe_failures(failed, reasons if isinstance(reasons, dict) else None,
-                                        set(notrace) if isinstance(notrace, list) else set()))
+        warnings.append(_probe_failures(failed, info.probes.failed_reasons,
+                                        set(info.probes.notrace)))
     warnings += _silent_probe_classes(info)
-    cal = info.get("calibration")
-    counts = [cal.get(k) for k in ("regime_mismatch", "uncalibrated_rows")] \
-        if isinstance(cal, dict) else []
+    counts = [info.calibration.get(k) for k in ("regime_mismatch", "uncalibrated_rows")]
     odd = sum(int(v) for v in counts if isinstance(v, int) and not isinstance(v, bool) and v > 0)
     if odd:
         warnings.append(f"{odd} events of mid-function probes (inlined locks) came through a "
                         f"path the boot's calibration did not measure: their IRQ state is the "
                         f"fetched one and their preempt depth is taken as 0, so a finding "
                         f"there may be missed (tracer/calibration.py)")
-    for a in info.get("failed_attempts", []):
+    for a in info.failed_attempts:
+        files = a.get("files")
         warnings.append(f"an earlier boot died before tracing started ({a.get('why')}); "
                         f"this is the next boot; that one's files are kept as "
-                        f"{', '.join(a.get('files', []))}")
-    for m in info.get("modules", []):
-        bad = [rc for rc in m.get("insmod_rc") or [] if rc != 0]
+                        f"{', '.join(str(f) for f in files) if isinstance(files, list) else ''}")
+    for m in info.modules:
+        bad = [rc for rc in m.insmod_rc if rc != 0]
         if bad:
-            why = errno.errorcode.get(bad[0]) if m.get("loader") == "tdinsmod" else None
-            warnings.append(f"{m['name']}: insmod failed (exit {bad[0]}"
+            why = errno.errorcode.get(bad[0]) if m.loader == "tdinsmod" else None
+            warnings.append(f"{m.name}: insmod failed (exit {bad[0]}"
                             f"{', ' + why if why else ''}): its init did not "
                             f"complete, so code it did not reach is untested (see console.log)")
-        elif m.get("insmod_rc") == [] and "insmod_rc" in m and not m.get("loaded"):
-            warnings.append(f"{m['name']}: never loaded by the workload: untested")
+        elif not m.insmod_rc and not m.loaded and info.state in ("complete", "incomplete"):
+            warnings.append(f"{m.name}: never loaded by the workload: untested")
     return {
         "events": len(trace.events),
-        "lost": lost.get("total", 0),
-        "kprobe_missed": int(lost.get("kprobe_missed", 0) or 0),
-        "truncated": bool(lost.get("truncated", False)),
-        "ending": ending,
+        "lost": lost.total,
+        "kprobe_missed": lost.kprobe_missed,
+        "truncated": lost.truncated,
+        "ending": {"how": ending.how, "detail": ending.detail},
         "unmatched_releases": unmatched,
         "warnings": warnings,
         "unseen": _unseen(info),
@@ -272,29 +269,27 @@ def mark_near_gaps(findings: list[Finding], ev: pd.DataFrame) -> None:
                 f"so what happened around it is not fully known")
 
 
-def _unseen(info: dict[str, Any]) -> list[str]:
+def _unseen(info: RunManifest) -> list[str]:
     """What no probe of this run could see, by design rather than by accident (the
     refused probes are warnings): said in every report, so that silence is not read
     as a clean bill."""
     out = ["percpu-rwsem readers inlined in the core kernel (sb_start_write() and the "
            "like): an inline per-CPU increment in vmlinux has no probe"]
-    modules = info.get("modules") if isinstance(info.get("modules"), list) else []
-    if modules and "inline_locks" not in info:
+    if info.modules and info.inline_locks is None:
         out.append("locks inlined into the modules under test (percpu-rwsem readers; "
                    "spinlocks where the kernel inlines them): this kernel has no "
                    "calibrated mid-function probe point (tracer.calibration)")
     return out
 
 
-def _silent_probe_classes(info: dict[str, Any]) -> list[str]:
+def _silent_probe_classes(info: RunManifest) -> list[str]:
     """A whole class of probes that recorded nothing: a renamed or refused kernel API,
     not a quiet workload (every boot takes locks and allocates)."""
-    probes = info.get("probes")
-    counts = info.get("event_counts")
-    if not isinstance(probes, dict) or not isinstance(counts, dict) or not counts:
+    counts = info.event_counts
+    if not counts:
         return []
     per_role: dict[str, int] = {}
-    for d in probes.get("definitions") or []:
+    for d in info.probes.definitions:
         ev = str(d).split(" ", 1)[0].split(":", 1)[-1]
         parsed = parse_event_name(ev)
         if parsed:
@@ -312,11 +307,12 @@ def _silent_probe_classes(info: dict[str, Any]) -> list[str]:
     return out
 
 
-def _run_summary(info: dict[str, Any]) -> dict[str, Any]:
+def _run_summary(info: RunManifest) -> dict[str, Any]:
+    d = info.to_json()
     keys = ("arch", "kernel", "started", "tracedep_version", "timing", "workload", "qemu",
             "transport")
-    out = {k: info[k] for k in keys if k in info}
-    out["modules"] = [{k: m.get(k) for k in ("name", "origin", "src_dir", "loaded",
-                                                     "insmod_rc", "loader")}
-                      for m in info.get("modules", [])]
+    out = {k: d[k] for k in keys if d.get(k) is not None}
+    out["modules"] = [{"name": m.name, "origin": m.origin, "src_dir": m.src_dir,
+                       "loaded": m.loaded, "insmod_rc": m.insmod_rc, "loader": m.loader}
+                      for m in info.modules]
     return out

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tracedep.errors import TraceFormatError
 from tracedep.kimage import kallsyms
 from tracedep.kimage.elf_symbols import ElfFile, ElfFormatError, SymbolTable
+from tracedep.tracer.manifest import Load, RunManifest
 from tracedep.tracer.module_sections import load_sections
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class RunSymbols:
         return s.name if s else f"{addr:#x}"
 
     @classmethod
-    def for_run(cls, run_dir: Path, info: dict[str, Any],
+    def for_run(cls, run_dir: Path, info: RunManifest,
                 load_times: dict[str, list[tuple[int, int]]] | None = None,
                 kernel_loads: list[KernelLoad] | None = None) -> RunSymbols:
         """``load_times``: per module, the (load, free) trace times of each load, from
@@ -207,29 +208,28 @@ class RunSymbols:
             warnings.append("no kallsyms in the run directory: core-kernel addresses unnamed")
         mods: list[ModuleSpan] = []
         all_loads = sorted(t for ts in (load_times or {}).values() for t, _ in ts)
-        for m in module_records(info):
-            loads = m.get("loads") or []
-            ko = Path(m["ko"]) if m.get("ko") else None
+        for m in info.module_records:
+            ko = Path(m.ko) if m.ko else None
             elf = None
             if ko is not None and ko.is_file():
                 try:
                     elf = ElfFile(ko)
                 except (OSError, ElfFormatError) as e:
                     warnings.append(f"{ko}: {e}")
-            elif m.get("ko"):
-                warnings.append(f"module {m['name']}: {m['ko']} is missing; "
+            elif m.ko:
+                warnings.append(f"module {m.name}: {m.ko} is missing; "
                                 "its functions are unnamed")
-            times = (load_times or {}).get(m["name"], [])
-            for t0, t1, load in load_sections(loads, times, by_kernel.get(m["name"], [])):
-                mods += _load_spans(m["name"], load, elf, t0, t1, all_loads)
+            times = (load_times or {}).get(m.name, [])
+            for t0, t1, load in load_sections(m.loads, times, by_kernel.get(m.name, [])):
+                mods += _load_spans(m.name, load, elf, t0, t1, all_loads)
         out = cls(kernel, span, mods)
         out.warnings = warnings
         return out
 
 
-def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t1: int,
+def _load_spans(name: str, load: Load, elf: ElfFile | None, t0: int, t1: int,
                 all_loads: list[int]) -> list[ModuleSpan]:
-    sections: dict[str, int] = load.get("sections") or {}
+    sections = load.sections
     if elf is not None and sections:
         bases = {s.index: sections[s.name] for s in elf.sections if s.name in sections}
         # lock classes are named from this table: no empty struct may name a lock
@@ -254,14 +254,8 @@ def _load_spans(name: str, load: dict[str, Any], elf: ElfFile | None, t0: int, t
             spans.append(ModuleSpan(name, sections[s.name], sections[s.name] + s.size, table,
                                     t0, end, elf.path, secs))
         return spans
-    if load.get("base") and load.get("size"):
+    if load.base and load.size:
         # no .ko here: the core allocation /proc/modules reported
-        return [ModuleSpan(name, int(load["base"]), int(load["base"]) + int(load["size"]),
-                           None, t0, t1)]
+        return [ModuleSpan(name, load.base, load.base + load.size, None, t0, t1)]
     return []
 
-
-def module_records(info: dict[str, Any]) -> list[dict[str, Any]]:
-    """The manifest's modules under test and the other loaded modules, one list."""
-    return list(info.get("modules", [])) + [
-        {"name": n, **v} for n, v in (info.get("other_modules") or {}).items()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from tracedep.analysis.symbols import RunSymbols
 from tracedep.analysis.trace_model import Trace
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import manifest, schema
+from tracedep.tracer.manifest import Lost, RunManifest
 
 if TYPE_CHECKING:
     from tracedep.tracer.ftrace_binary import Decoded
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def load(path: Path, kallsyms: Path | None = None) -> Trace:
     if path.is_dir():
-        return _load_run(path)
+        return load_run(path)
     if path.is_file():
         from tracedep.analysis.ftrace_text import load_text
 
@@ -49,13 +50,16 @@ def module_load_times(events: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
     return out
 
 
-def _load_run(run_dir: Path) -> Trace:
+def load_run(run_dir: Path, decoded: Decoded | None = None) -> Trace:
+    """A run directory as a Trace; ``decoded``: its trace as the run decoded it when it
+    ended (``tracer.session.TraceResult``), so that a run is decoded once."""
     from tracedep.tracer.ftrace_binary import decode_run
 
     info = manifest.read(run_dir)
     if not (run_dir / "control.log").is_file():
         raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
-    decoded = decode_run(run_dir, info)
+    if decoded is None:
+        decoded = decode_run(run_dir, info)
     schema.validate(decoded.events)
     gaps = completeness(info, decoded)
     syms = RunSymbols.for_run(run_dir, info, module_load_times(decoded.events),
@@ -65,18 +69,16 @@ def _load_run(run_dir: Path) -> Trace:
     return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)
 
 
-def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
+def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
     """What this decode could not read of what the run itself decoded, in ``info["lost"]``
     (so every report counts it as lost) and in words; empty when nothing is missing.
 
     The run decoded its trace once when it ended (``lost.decoded_events``, per CPU in
     ``lost.decoded_per_cpu``); a trace damaged or cut since then decodes to fewer
     events, or to torn pages, and must not be reported as complete."""
-    lost = info.get("lost")
-    if not isinstance(lost, dict):
-        lost = info["lost"] = {}
+    lost = info.lost
     out: list[str] = []
-    before = {k: int(lost.get(k) or 0) if isinstance(lost.get(k), int) else 0
+    before = {k: int(getattr(lost, k))
               for k in ("decoder_torn_pages", "decoder_backwards_pages",
                         "decoder_rejected_records", "decoder_damaged_pages",
                         "decoder_missing_pages", "unreadable_events")}
@@ -87,18 +89,18 @@ def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
            "decoder_missing_pages": int(decoded.missing_pages)}
     cpus, n_per_cpu = np.unique(decoded.events["cpu"].to_numpy(), return_counts=True)
     per_cpu = dict(zip(cpus.tolist(), n_per_cpu.tolist(), strict=True))
-    recorded = lost.get("decoded_per_cpu")
+    recorded = lost.decoded_per_cpu
     missing: dict[int, int] = {}
-    if isinstance(recorded, dict):
+    if recorded:
         for c, n in recorded.items():
-            if str(c).isdigit() and isinstance(n, int) and n > per_cpu.get(int(c), 0):
+            if str(c).isdigit() and n > per_cpu.get(int(c), 0):
                 missing[int(c)] = n - per_cpu.get(int(c), 0)
-    elif isinstance(lost.get("decoded_events"), int) and lost["decoded_events"] > decoded.total:
-        missing[-1] = int(lost["decoded_events"]) - int(decoded.total)
+    elif lost.decoded_events is not None and lost.decoded_events > decoded.total:
+        missing[-1] = int(lost.decoded_events) - int(decoded.total)
     now["unreadable_events"] = sum(missing.values())
     out += _against_guest(lost, decoded)
-    for c, n in sorted(missing.items()):
-        where = f"cpu{c}" if c >= 0 else "the trace"
+    for cpu, n in sorted(missing.items()):
+        where = f"cpu{cpu}" if cpu >= 0 else "the trace"
         out.append(f"incomplete: {n:,} events missing or unreadable on {where} (the run "
                    f"decoded them when it ended; the trace files changed since)")
     for k, what in (("decoder_torn_pages", "torn ring-buffer page(s)"),
@@ -115,22 +117,22 @@ def completeness(info: dict[str, Any], decoded: Decoded) -> list[str]:
         why = sorted(decoded.rejected.items(), key=lambda kv: -kv[1])[:3]
         out.append("rejected records: " + "; ".join(f"{n:,} {w}" for w, n in why))
     if now != {k: before[k] for k in now}:
-        total = int(lost.get("total") or 0) if isinstance(lost.get("total"), int) else 0
-        total += sum(max(now[k] - before[k], 0) for k in now)
-        lost.update({k: max(now[k], before[k]) for k in now})
-        lost["total"] = total
+        total = lost.total + sum(max(now[k] - before[k], 0) for k in now)
+        for k in now:
+            setattr(lost, k, max(now[k], before[k]))
+        lost.total = total
     return out
 
 
-def _against_guest(lost: dict[str, Any], decoded: Decoded) -> list[str]:
+def _against_guest(lost: Lost, decoded: Decoded) -> list[str]:
     """The records in the trace files against what the guest's ring buffer says it
     handed out (``read events`` of per_cpu/cpuN/stats, sent after tracing stopped):
     equal on a whole run, stacks included.  Fewer: pages lost in transport or cut from
     the files since; more: the files hold data the guest never read (appended, or
     another run's).  Either makes the run incomplete (``lost.undelivered_events``,
     ``lost.foreign_events``)."""
-    per_cpu = lost.get("per_cpu")
-    if not isinstance(per_cpu, dict) or not per_cpu:
+    per_cpu = lost.per_cpu
+    if not per_cpu:
         return []
     out: list[str] = []
     short = extra = 0
@@ -154,11 +156,9 @@ def _against_guest(lost: dict[str, Any], decoded: Decoded) -> list[str]:
                        f"{key} than the guest read ({int(read):,}): they were added since, "
                        f"or come from elsewhere")
     if short or extra:
-        lost["undelivered_events"] = short
-        lost["foreign_events"] = extra
-        total = lost.get("total")
-        total = total if isinstance(total, int) and not isinstance(total, bool) else 0
-        lost["total"] = max(total, short + extra)
+        lost.undelivered_events = short
+        lost.foreign_events = extra
+        lost.total = max(lost.total, short + extra)
     return out
 
 

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from tracedep.analysis.findings import Frame
 from tracedep.analysis.symbols import RunSymbols
+from tracedep.tracer.manifest import RunManifest
 
 
 @dataclass
 class Trace:
     events: pd.DataFrame  # tracer.schema columns, sorted by ts_ns
     stacks: list[tuple[int, ...]]  # raw return addresses, innermost first
-    info: dict[str, Any]  # the run's manifest (a minimal one for foreign text traces)
+    info: RunManifest  # the run's manifest (a minimal one for foreign text traces)
     symbols: RunSymbols
     source: Path
     warnings: list[str] = field(default_factory=list)
@@ -33,4 +33,4 @@ class Trace:
 
     @property
     def call_insn_size(self) -> int:
-        return int(self.info.get("call_insn_size", 5))
+        return self.info.call_insn_size

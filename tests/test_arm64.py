@@ -260,7 +260,7 @@ def test_arm64_run_is_complete_and_calibrated(arm64_run: BundledRun) -> None:
     assert cal["measured"]["kprobe"]["irq_state_off"] is False
     assert cal["applied"]["kprobe"]["irqs"] == "fetched"
     assert cal["preempt_count_tracks_spinlocks"] is False
-    assert m["kprobe_reports_irqs_off"] is False
+    assert m["kprobe_irqs_unknown"] is False and m["machine_kprobe_irqs_masked"] is True
 
 
 @pytest.mark.guest

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from recorded_fixture import _read_events, _write_events, load_fixture
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import pipeline
-from tracedep.analysis.fixture import _read_events, _write_events, load_fixture
 from tracedep.analysis.pipeline import analyze
 from tracedep.reports import serialize
 from tracedep.tracer import schema

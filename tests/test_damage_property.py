@@ -93,6 +93,6 @@ def test_without_checksums_damage_is_no_crash(tmp_path_factory: pytest.TempPathF
     except TracedepError:
         return
     gaps = int((t.events["kind"] == "gap").sum())
-    lost = t.info["lost"]
-    noticed = lost.get("decoder_torn_pages", 0) + lost.get("decoder_backwards_pages", 0)
-    assert gaps <= noticed + lost.get("decoder_rejected_records", 0) + len(RAW) // PAGE
+    lost = t.info.lost
+    noticed = lost.decoder_torn_pages + lost.decoder_backwards_pages
+    assert gaps <= noticed + lost.decoder_rejected_records + len(RAW) // PAGE

@@ -43,7 +43,7 @@ def _raw(run: Path) -> Path:
 def test_the_undamaged_run_is_complete(run: Path) -> None:
     t = load(run)
     assert not [w for w in t.warnings if "incomplete" in w]
-    assert t.info["lost"]["total"] == 0
+    assert t.info.lost.total == 0
 
 
 @pytest.mark.parametrize("damage", ["empty", "whole_pages", "mid_page", "deleted"])
@@ -61,10 +61,10 @@ def test_a_cut_trace_says_incomplete(run: Path, damage: str) -> None:
     t = load(run)
     said = [w for w in t.warnings if w.startswith("incomplete:")]
     assert said and "cpu0" in said[0], t.warnings
-    assert t.info["lost"]["unreadable_events"] > 0
-    assert t.info["lost"]["total"] >= t.info["lost"]["unreadable_events"]
+    assert t.info.lost.unreadable_events > 0
+    assert t.info.lost.total >= t.info.lost.unreadable_events
     if damage == "mid_page":
-        assert t.info["lost"]["decoder_torn_pages"] == 1
+        assert t.info.lost.decoder_torn_pages == 1
 
 
 def test_every_report_says_so(run: Path, tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_a_lost_release_is_a_gap_not_a_lock_held_for_ever(run: Path) -> None:
     ctl.write_text(text[:j] + "field:u64 lock;\toffset:4000;" + text[j + len(
         "field:u64 lock;\toffset:16;"):])
     t = load(run)
-    assert t.info["lost"]["decoder_rejected_records"] > 0
+    assert t.info.lost.decoder_rejected_records > 0
     assert any(w.startswith("rejected records:") for w in t.warnings), t.warnings
     a = analyze(t)
     assert [f.kind for f in a.findings] == []
@@ -144,8 +144,8 @@ def test_the_files_are_held_to_what_the_guest_read(run: Path, damage: str) -> No
     said = [w for w in t.warnings if w.startswith("incomplete:") and "cpu0" in w]
     if damage == "cut":
         assert any("not in the trace files" in w for w in said), t.warnings
-        assert t.info["lost"]["undelivered_events"] > 0
+        assert t.info.lost.undelivered_events > 0
     else:
         assert any("5 more events on cpu0 than the guest read" in w for w in said), t.warnings
-        assert t.info["lost"]["foreign_events"] == 5
-    assert t.info["lost"]["total"] > 0
+        assert t.info.lost.foreign_events == 5
+    assert t.info.lost.total > 0

@@ -30,6 +30,7 @@ from tracedep.analysis.witness import clean_text_stack
 from tracedep.cli import main
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import schema
+from tracedep.tracer.manifest import Kaslr
 
 DATA = Path(__file__).parent / "data" / "text"
 TRACE = DATA / "trace.txt"  # `trace`, default options, td_alloc_spin_bug
@@ -102,13 +103,13 @@ def test_default_trace_parses_to_the_schema() -> None:
     assert counts["irq_entry"] == counts["irq_exit"] == 7
     assert counts["softirq_entry"] == counts["softirq_exit"] == 204
     assert counts["marker"] == 2 and counts["sleep_call"] == 2
-    assert t.info["event_counts"]["ftrace/kernel_stack"] == 4
-    src = t.info["source"]
+    assert t.info.event_counts["ftrace/kernel_stack"] == 4
+    src = t.info.source
     assert src["reader"] == "trace" and src["tracer"] == "nop" and src["ncpus"] == 2
     assert src["flags_width"] == [5] and not src["sym_addr"] and not src["sym_offset"]
-    assert t.info["arch"] == "x86_64" and t.info["call_insn_size"] == 5
-    assert t.info["lost"]["total"] == 0
-    assert t.info["kaslr"] == {"symbol": "_text", "runtime": 0xFFFFFFFFABE00000}
+    assert t.info.arch == "x86_64" and t.info.call_insn_size == 5
+    assert t.info.lost.total == 0
+    assert t.info.kaslr == Kaslr("_text", 0xFFFFFFFFABE00000)
     marks = ev.loc[ev["kind"] == "marker", "func"].astype(str).tolist()
     assert marks == ["record_text: insmod", "record_text: insmod done"]
     assert ev.loc[ev["kind"] == "module_load", "func"].astype(str).tolist() == [
@@ -186,11 +187,12 @@ def test_trace_pipe_lost_events_are_counted() -> None:
     lost = [int(n) for n in re.findall(r"^CPU:\d+ \[LOST (\d+) EVENTS\]$", text, re.M)]
     assert lost == [1414, 1308]
     t = load_text(PIPE)
-    info = t.info["lost"]
-    assert info["total"] == info["reported"] == sum(lost)
-    assert [(x["cpu"], x["count"]) for x in info["lost_lines"]] == [(1, 1414), (0, 1308)]
-    assert all(x["line"] > 0 for x in info["lost_lines"])
-    assert not info["truncated"] and t.info["source"]["reader"] == "trace_pipe"
+    info = t.info.lost
+    assert info.total == info.reported == sum(lost)
+    assert [(x["cpu"], x["count"]) for x in info.lost_lines] == [(1, 1414), (0, 1308)]
+    assert all(isinstance(x["line"], int) and x["line"] > 0 for x in info.lost_lines)
+    assert not info.truncated and t.info.source is not None
+    assert t.info.source["reader"] == "trace_pipe"
     a = analyze(t)
     assert a.health["lost"] == sum(lost)
     assert any(f"{sum(lost)} events were lost" in w for w in a.health["warnings"])
@@ -198,7 +200,7 @@ def test_trace_pipe_lost_events_are_counted() -> None:
 
 def test_sym_addr_trace_gives_exact_stacks_and_its_own_symbols() -> None:
     t = load_text(PIPE)  # no kallsyms: the text places the symbols it printed
-    assert t.info["source"]["sym_addr"] and t.info["source"]["sym_offset"]
+    assert t.info.source["sym_addr"] and t.info.source["sym_offset"]
     ev = t.events
     k = ev[(ev["event"] == "kmem/kmalloc") & (ev["stack_id"] >= 0)]
     assert len(k) == 4
@@ -255,7 +257,7 @@ def test_text_matches_the_binary_decode_of_the_same_run() -> None:
 def test_kretprobe_and_sym_offset_stacks_match_the_binary() -> None:
     ref = _reference("binary_reference_mutex.json")
     t = load_text(MUTEX, KALLSYMS_MUTEX)
-    assert t.info["source"]["sym_offset"] and not t.info["source"]["sym_addr"]
+    assert t.info.source["sym_offset"] and not t.info.source["sym_addr"]
     rows = _same_events(t, "td_mutex_spin_bug", ref)
     assert len(rows) == len(ref) == 24
     ev = t.events
@@ -307,9 +309,9 @@ def test_truncated_last_line_is_ignored_and_counted(tmp_path: Path) -> None:
     p.write_bytes(cut)
     t = load_text(p)
     assert len(t.events) == len(full.events) - 1
-    lost = t.info["lost"]
-    assert lost["truncated_lines"] == 1 and lost["truncated"]
-    assert lost["total"] == full.info["lost"]["total"] + 1
+    lost = t.info.lost
+    assert lost.truncated_lines == 1 and lost.truncated
+    assert lost.total == full.info.lost.total + 1
     assert any("cut short" in w for w in t.warnings)
     a = analyze(t)
     assert a.health["truncated"]
@@ -393,7 +395,7 @@ def test_older_four_column_flags_and_other_variants(tmp_path: Path) -> None:
     t = load_text(p)
     ev = t.events
     schema.validate(ev)
-    assert t.info["source"]["flags_width"] == [4]
+    assert t.info.source["flags_width"] == [4]
     assert len(ev) == 10
     lk = ev.iloc[0]
     # "<...>": the task's name from elsewhere in the trace (sched_switch, later lines)
@@ -427,10 +429,10 @@ def test_older_four_column_flags_and_other_variants(tmp_path: Path) -> None:
     assert str(ev.iloc[7]["func"]) == ""  # as the binary decoder leaves other events
     assert str(ev.iloc[8]["event"]) == "ftrace/function"
     assert str(ev.iloc[9]["event"]) == "timer/timer_expire_entry" and int(ev.iloc[9]["ip"]) == 0
-    lost = t.info["lost"]
+    lost = t.info.lost
     # 7 overwritten (entries-written − entries-in-buffer) and one LOST line without count
-    assert (lost["overwritten"], lost["unknown_count_lines"], lost["total"]) == (7, 1, 8)
-    assert t.info["source"]["marker_continuations"] == 1
+    assert (lost.overwritten, lost.unknown_count_lines, lost.total) == (7, 1, 8)
+    assert t.info.source["marker_continuations"] == 1
 
 
 def test_arm64_is_recognised_from_its_addresses(tmp_path: Path) -> None:
@@ -438,10 +440,10 @@ def test_arm64_is_recognised_from_its_addresses(tmp_path: Path) -> None:
     p.write_text("  kworker/1:1-30  [001] d..1.  5.000001: lk__raw_spin_lock: "
                  "(_raw_spin_lock+0x0/0x40) lock=0xffff00000a0b0c00 ret=0xffff800008123456\n")
     t = load_text(p)
-    assert (t.info["arch"], t.info["call_insn_size"]) == ("arm64", 4)
+    assert (t.info.arch, t.info.call_insn_size) == ("arm64", 4)
     assert int(t.events["ip"].iat[0]) == 0xFFFF800008123456 - 4
     # arm64 kprobe handlers always run with IRQs masked: the flag means nothing there
-    assert not bool(t.events["irqs_off"].iat[0]) and t.info["kprobe_reports_irqs_off"]
+    assert not bool(t.events["irqs_off"].iat[0]) and t.info.kprobe_irqs_unknown
 
 
 def test_gfp_and_prev_state_tables_are_the_kernels() -> None:

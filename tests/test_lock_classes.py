@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from recorded_fixture import load_fixture
 
 from tracedep.analysis import classes as lock_classes
-from tracedep.analysis.fixture import load_fixture
 from tracedep.analysis.trace import Trace
 from tracedep.kimage.btf import read_btf
 from tracedep.tracer.ftrace_binary import decode_run

@@ -159,7 +159,7 @@ def lt_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LtRun]:
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
     cls_ids, _ = lock_classes.assign(ev, trace.symbols, lock_rows)
     rep = replay(ev, dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True)),
-                 not bool(manifest.get("kprobe_reports_irqs_off", False)),
+                 not bool(manifest.get("kprobe_irqs_unknown", False)),
                  frozenset(int(p) for p in manifest.get("untraced_pids", [])))
     markers = ev[ev["kind"] == "marker"]
     marks = [(int(t), str(s).removeprefix("tracedep: scenario locktorture "))

@@ -17,13 +17,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from recorded_fixture import load_fixture
 
-from tracedep.analysis.fixture import load_fixture
 from tracedep.analysis.missing import from_manifest
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import Trace
 from tracedep.reports import serialize
 from tracedep.tracer import schema
+from tracedep.tracer.manifest import InlineLocks, Lost, RunManifest
 
 RULES = Path(__file__).parent / "data" / "traces" / "rules"
 
@@ -45,11 +46,11 @@ def _without_unlocks(t: Trace, module: str) -> Trace:
 
 def _no_preempt_count(t: Trace, module: str) -> Trace:
     """preempt_count does not count spinlocks; the module's unlocks were not probed."""
-    t.info.setdefault("calibration", {})["preempt_count_tracks_spinlocks"] = False
-    t.info["inline_locks"] = {"sites": 0, "calls_out_of_line": 0, "skipped": [
+    t.info.calibration["preempt_count_tracks_spinlocks"] = False
+    t.info.inline_locks = InlineLocks(sites=0, calls_out_of_line=0, skipped=[
         {"module": module, "func": "_raw_spin_unlock", "api": "spin_unlock", "call": "line 1",
          "reason": "lock argument: expression DW_OP_addr DW_OP_deref DW_OP_plus_uconst "
-                   "DW_OP_stack_value"}]}
+                   "DW_OP_stack_value"}])
     return t
 
 
@@ -97,8 +98,8 @@ def test_without_evidence_the_lost_release_is_still_a_finding() -> None:
     (lockdep would do the same), so the two tests above fail without their evidence."""
     m = "td_alloc_spin_clean"
     t = _without_unlocks(load_fixture(RULES / m), m)
-    t.info.setdefault("calibration", {})["preempt_count_tracks_spinlocks"] = False
-    t.info["lost"] = {}
+    t.info.calibration["preempt_count_tracks_spinlocks"] = False
+    t.info.lost = Lost()
     a = analyze(t)
     # td_ring_add_entry() takes ring->lock four times: seen as taken again while held,
     # once, and the lock is then held once, not four times over
@@ -125,9 +126,10 @@ def test_manifest_sources_of_missing_releases() -> None:
         "probes": {"failed": ["p:tracedep/ul__raw_read_unlock _raw_read_unlock: ENOENT"]},
         "lost": {"total": 0, "kprobe_missed_by_probe": {"ul__raw_write_unlock": 3,
                                                          "lk__raw_spin_lock": 5}}}
-    mr = from_manifest(info)
+    mr = from_manifest(RunManifest.from_json(info))
     assert mr.types == {"rwlock-r", "rwlock-w"}
     assert ("m", "spinlock") in mr.module_types and ("bad", "rwlock-r") in mr.module_types
     assert len(mr.sources) == 1 + 3 + 1 + 1  # m; bad's three lock types; refused; missed
-    assert from_manifest({"lost": {"total": 7}}).types == {"spinlock", "rwlock-r", "rwlock-w"}
-    assert not from_manifest({})
+    lost = from_manifest(RunManifest.from_json({"lost": {"total": 7}}))
+    assert lost.types == {"spinlock", "rwlock-r", "rwlock-w"}
+    assert not from_manifest(RunManifest())

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from recorded_fixture import load_fixture
 
-from tracedep.analysis.fixture import load_fixture
 from tracedep.analysis.pipeline import NEAR_GAP_NS, analyze
 from tracedep.tracer import schema
 from tracedep.tracer.ftrace_binary import GAP_EVENT

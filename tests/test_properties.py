@@ -23,6 +23,7 @@ from tracedep.analysis.symbols import RunSymbols
 from tracedep.analysis.trace import Trace
 from tracedep.kimage.elf_symbols import SymbolTable
 from tracedep.tracer import schema
+from tracedep.tracer.manifest import RunManifest
 
 TEXT = 0xFFFF_FFFF_8100_0000
 DATA = 0xFFFF_FFFF_8200_0000
@@ -111,8 +112,7 @@ class Builder:
 
 
 def trace_of(ev: pd.DataFrame) -> Trace:
-    info = {"call_insn_size": 5, "kprobe_reports_irqs_off": False, "untraced_pids": []}
-    return Trace(ev, [], info, symbols(), Path("synthetic"), [])
+    return Trace(ev, [], RunManifest(call_insn_size=5), symbols(), Path("synthetic"), [])
 
 
 def order_findings(ev: pd.DataFrame) -> list[Any]:

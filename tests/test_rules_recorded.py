@@ -1,7 +1,7 @@
 """The rules on recorded real traces: one fixture per bundled driver, bug and clean twin.
 
 tests/data/traces/rules/<module>/ holds the slice of one real run of the
-bundled drivers that the analysis of <module> needs (analysis.fixture; how it
+bundled drivers that the analysis of <module> needs (tests/recorded_fixture.py; how it
 was made: tests/data/traces/README.md).  Each bug fixture must give exactly its
 expect.json finding, each clean twin nothing.  tests/data/traces/lockdep/rules/
 holds the same for a run on a kernel built with lockdep's lock tracepoints
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BundledRun, check_expected, expectations
+from recorded_fixture import load_fixture, save_fixture
 
-from tracedep.analysis.fixture import load_fixture, save_fixture
 from tracedep.analysis.pipeline import analyze
 from tracedep.tracer import schema
 
@@ -50,8 +50,9 @@ def test_fixture_is_small_and_well_formed(module: str) -> None:
     assert t.events["ts_ns"].is_monotonic_increasing
     sid = t.events["stack_id"]
     assert sid.max() < len(t.stacks) and (sid >= -1).all()
-    assert module in {m["name"] for m in t.info["modules"]}
-    assert t.info["fixture"]["modules"] == [module]
+    assert module in {m.name for m in t.info.modules}
+    fixture = t.info.extra["fixture"]
+    assert isinstance(fixture, dict) and fixture["modules"] == [module]
 
 
 def test_every_bundled_driver_has_a_lockdep_fixture() -> None:

@@ -20,6 +20,7 @@ from tracedep.common.cache import cache_root
 from tracedep.common.machines import Machine
 from tracedep.tracer import calibration
 from tracedep.tracer.inline_locks import discover_cached, inline_probes, site_table
+from tracedep.tracer.manifest import InlineLocks, JsonObject, RunManifest
 from tracedep.tracer.probes import Discovery
 from tracedep.vm.modules import BuiltModule
 
@@ -37,7 +38,15 @@ _BODIES = ("_raw_spin_lock", "_raw_spin_unlock", "_raw_spin_lock_irqsave",
 class Extras:
     kprobes: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    # for the manifest (tracer.manifest.RunManifest fields of the same names)
+    calibration_mid_offset: int | None = None
+    inline_sites: dict[str, JsonObject] = field(default_factory=dict)
+    inline_locks: InlineLocks | None = None
+
+    def record(self, info: RunManifest) -> None:
+        info.calibration_mid_offset = self.calibration_mid_offset
+        info.inline_sites = self.inline_sites
+        info.inline_locks = self.inline_locks
 
 
 def inlines_locks(disc: Discovery) -> bool:
@@ -60,7 +69,7 @@ def extra_probes(machine: Machine, disc: Discovery, built: list[BuiltModule],
     ex = Extras(events=list(LOCKDEP_EVENTS))
     mid = calibration.mid_offset(machine, vmlinux)
     ex.kprobes += calibration.probes(machine, disc, mid)
-    ex.manifest["calibration_mid_offset"] = mid
+    ex.calibration_mid_offset = mid
     # Probes on inlined locks sit mid-function: placed only where such a probe is
     # calibrated (x86_64's report the int3 handler's context, NMI and IRQs off; a
     # percpu reader probed there uncalibrated was "in hardirq context" in CI).
@@ -87,18 +96,18 @@ def extra_probes(machine: Machine, disc: Discovery, built: list[BuiltModule],
         out_of_line += d.out_of_line
     probes = inline_probes(sites, machine.mid_irq_fetch)
     ex.kprobes += [p.definition for p in probes]
-    ex.manifest["inline_sites"] = site_table(probes)
-    ex.manifest["inline_locks"] = {"sites": len(probes), "skipped": skipped,
-                                   "calls_out_of_line": out_of_line}
+    ex.inline_sites = site_table(probes)
+    ex.inline_locks = InlineLocks(sites=len(probes), skipped=skipped,
+                                  calls_out_of_line=out_of_line)
     return ex
 
 
-def record_calibration(info: dict[str, Any], cal: dict[str, Any], machine: Machine) -> None:
+def record_calibration(info: RunManifest, cal: dict[str, Any], machine: Machine) -> None:
     """Put the decoder's calibration in the manifest, and what it means for the analysis."""
-    info["machine_kprobe_reports_irqs_off"] = machine.kprobe_reports_irqs_off
+    info.machine_kprobe_irqs_masked = machine.kprobe_reports_irqs_off
     if not any(k in cal for k in calibration.KINDS):
-        info["kprobe_reports_irqs_off"] = machine.kprobe_reports_irqs_off
+        info.kprobe_irqs_unknown = machine.kprobe_reports_irqs_off
         return
-    info["calibration"] = calibration.summary(cal, machine.arch)
+    info.calibration = calibration.summary(cal, machine.arch)
     # after calibration, are any of our kprobe rows' irqs_off still unknown?
-    info["kprobe_reports_irqs_off"] = bool(cal.get("_irqs_unreliable_rows"))
+    info.kprobe_irqs_unknown = bool(cal.get("_irqs_unreliable_rows"))

@@ -32,6 +32,7 @@ from tracedep.tracer.ftrace_formats import (
 )
 from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
 from tracedep.tracer.lockdep_events import merge_lockdep
+from tracedep.tracer.manifest import RunManifest
 from tracedep.tracer.probes import (
     GROUP,
     INLINE_SUFFIX,
@@ -858,7 +859,7 @@ def read_run_buffers(run_dir: Path) -> dict[int, bytes]:
     return out
 
 
-def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
+def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:
     """Decode a run directory written by ``tracer.session``."""
     ctl = control.load(run_dir / "control.log")
     hp = ctl.header_page()
@@ -869,7 +870,7 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
         from tracedep.tracer import manifest
 
         info = manifest.read(run_dir)
-    sites = info.get("inline_sites") or {}
+    sites: dict[str, dict[str, Any]] = {k: v for k, v in info.inline_sites.items()}
     buffers = read_run_buffers(run_dir)
     try:
         psize = parse_header_page(hp).page_size
@@ -891,9 +892,8 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
         buffers,
         hp,
         ctl.formats(),
-        int(info.get("call_insn_size", 5)),
-        bool(info.get("machine_kprobe_reports_irqs_off",
-                      info.get("kprobe_reports_irqs_off", False))),
+        info.call_insn_size,
+        info.machine_kprobe_irqs_masked,
         ctl.file("/sys/kernel/tracing/saved_cmdlines") or "",
         inline_sites=sites,
         damaged=damaged,
@@ -907,7 +907,7 @@ def decode_run(run_dir: Path, info: dict[str, Any] | None = None) -> Decoded:
 
 
 def _place_static_locks(decoded: Decoded, sites: dict[str, dict[str, Any]],
-                        info: dict[str, Any]) -> None:
+                        info: RunManifest) -> None:
     """Runtime addresses of the static locks of inline probes (no fetch-arg can give them)."""
     from tracedep.tracer.inline_locks import static_lock_addresses
 

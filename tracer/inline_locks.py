@@ -67,6 +67,7 @@ from tracedep.kimage.elf_symbols import (
     ElfFormatError,
     read_symtab,
 )
+from tracedep.tracer.manifest import RunManifest
 from tracedep.tracer.module_sections import KernelLoad, load_sections
 from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 
@@ -980,7 +981,7 @@ def trylock_taken(func: str, word: np.ndarray) -> np.ndarray:
     return word == 0  # qspinlock / queued write lock: free
 
 
-def static_lock_addresses(table: dict[str, dict[str, Any]], info: dict[str, Any],
+def static_lock_addresses(table: dict[str, dict[str, Any]], info: RunManifest,
                           ev_names: np.ndarray, ts: np.ndarray, load_ts: dict[str, list[int]],
                           kernel_loads: list[KernelLoad] | None = None) -> dict[int, int]:
     """Row index → runtime lock address for rows of inline events with static locks.
@@ -995,11 +996,11 @@ def static_lock_addresses(table: dict[str, dict[str, Any]], info: dict[str, Any]
     for kl in kernel_loads or []:
         told.setdefault(kl.name, []).append(kl)
     loads: dict[str, list[dict[str, int]]] = {}
-    for m in list(info.get("modules", [])):
-        starts = load_ts.get(m["name"], [])
+    for m in info.modules:
+        starts = load_ts.get(m.name, [])
         spans = list(zip(starts, [*starts[1:], 1 << 62], strict=True))
-        loads[m["name"]] = [ld.get("sections") or {} for _, _, ld in load_sections(
-            m.get("loads") or [], spans, told.get(m["name"], []))]
+        loads[m.name] = [ld.sections for _, _, ld in load_sections(
+            m.loads, spans, told.get(m.name, []))]
     out: dict[int, int] = {}
     for ev, row in table.items():
         lk = row.get("lock") or {}

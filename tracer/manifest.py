@@ -1,31 +1,279 @@
-"""``manifest.json``: everything about a run that is not an event.
+"""``manifest.json``: everything about a run that is not an event, as one typed record.
 
-Written when the run starts (``state: running``) and rewritten atomically as
-it progresses, so a run killed at any point leaves a readable manifest that
-says how far it got.
+Written when the run starts (``state: running``) and rewritten atomically as it
+progresses, so a run killed at any point leaves a readable manifest that says how far
+it got.  :class:`RunManifest` names every field, its type and who writes it; the
+tracer fills one in, and ``read`` gives one back to the analysis.  On disk it is JSON
+with ``manifest_version``: a manifest of an older version is brought up to this one
+by :func:`upgrade` before it is read, and one of a newer major version is refused.
+Fields of the guest's own words are checked (:data:`SCHEMA`) before any is used.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from tracedep.common.files import atomic_write
+from tracedep.errors import InputError
 
-MANIFEST_VERSION = "1.0"
+MANIFEST_VERSION = "2.0"
+
+# A JSON value: the descriptive sections (QEMU's command line, timings …) that only
+# reach a report's "run" section, typed as what they are.
+Json: TypeAlias = object
+JsonObject: TypeAlias = "dict[str, object]"
 
 
-def write(run_dir: Path, data: dict[str, Any]) -> None:
-    data = {"manifest_version": MANIFEST_VERSION, **data}
+@dataclass
+class Load:
+    """One load of a module, as the guest reported it (``/sys/module/X/sections``)."""
+
+    base: int = 0
+    size: int = 0
+    sections: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ModuleRecord:
+    """A module under test (writer: tracer.session, before the boot and after it)."""
+
+    name: str
+    origin: str = "module-src"  # "module-src", "kernel" (its package's), "other"
+    ko: str | None = None
+    src_dir: str | None = None  # the user's source folder (module-src only)
+    build_dir: str | None = None  # where it was built (a cache copy of src_dir)
+    kernel_path: str | None = None  # under lib/modules/<release>/ (kernel only)
+    loader: str | None = None
+    loaded: bool = False
+    loads: list[Load] = field(default_factory=list)  # every load, in order
+    insmod_rc: list[int] = field(default_factory=list)  # finit_module's errno per load
+
+
+@dataclass
+class KernelRecord:
+    """The booted kernel (writer: tracer.session)."""
+
+    release: str | None = None
+    abi: str | None = None
+    package_version: str | None = None
+    image: str | None = None
+    build_dir: str | None = None
+    vmlinux: str | None = None  # a user-given vmlinux with DWARF
+    flavour: str | None = None
+    packages: JsonObject | None = None  # the Debian packages used (vm.debian_kernels)
+    source_tree: str | None = None  # Debian's source, for the kernel's own modules
+
+
+@dataclass
+class Kaslr:
+    symbol: str | None = None
+    runtime: int | None = None  # the symbol's runtime address in this boot
+
+
+@dataclass
+class Ending:
+    how: str | None = None  # poweroff, panic, timeout, reset, died
+    detail: str | None = None
+
+
+@dataclass
+class Lost:
+    """What is missing from the trace, and why (writers: tracer.session, then the
+    analysis's own decode, analysis.trace.completeness)."""
+
+    total: int = 0  # events the ring buffer, the transport or the decoder lost
+    truncated: bool = False  # the guest did not say the trace was complete
+    kprobe_missed: int = 0  # probe hits kprobes itself missed (nested handlers)
+    kprobe_missed_by_probe: dict[str, int] = field(default_factory=dict)
+    ftrace_overrun: int = 0
+    ftrace_commit_overrun: int = 0
+    ftrace_dropped: int = 0
+    ring_buffer_missed: int = 0
+    per_cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # the guest's stats
+    guest_stats_missing: bool = False
+    read_events_guest: int | None = None  # records the guest's ring buffers handed out
+    decoded_events: int | None = None  # events the run's own decode found
+    decoded_per_cpu: dict[str, int] = field(default_factory=dict)
+    decoder_torn_pages: int = 0
+    decoder_backwards_pages: int = 0
+    decoder_rejected_records: int = 0
+    decoder_rejected: dict[str, int] = field(default_factory=dict)  # by reason
+    decoder_damaged_pages: int = 0
+    decoder_missing_pages: int = 0
+    unreadable_events: int = 0
+    undelivered_events: int = 0
+    foreign_events: int = 0
+    # ftrace text traces (analysis.ftrace_text): the "LOST n EVENTS" lines, events the
+    # buffer says it overwrote, lines cut short
+    lost_lines: list[JsonObject] = field(default_factory=list)
+    reported: int = 0
+    unknown_count_lines: int = 0
+    overwritten: int = 0
+    truncated_lines: int = 0
+
+
+@dataclass
+class Probes:
+    """The kprobes of the run (writer: tracer.session)."""
+
+    defined: int = 0
+    definitions: list[str] = field(default_factory=list)
+    notrace: list[str] = field(default_factory=list)  # functions kprobe events refuse
+    failed: list[str] = field(default_factory=list)  # definitions the guest refused
+    failed_reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class InlineLocks:
+    """Probes on inlined locks (writer: tracer.extras)."""
+
+    sites: int = 0
+    skipped: list[JsonObject] = field(default_factory=list)
+    calls_out_of_line: int = 0
+
+
+@dataclass
+class RunManifest:
+    """Every field of ``manifest.json``; the comment says which module writes it.
+
+    ``extra`` keeps the fields this version does not know (a newer minor version's),
+    so reading and writing a manifest loses nothing.
+    """
+
+    state: str = "preparing"  # session: preparing, running, complete, incomplete, failed
+    tracedep_version: str | None = None  # session
+    started: str | None = None  # session
+    arch: str = "x86_64"  # session
+    transport: str | None = None  # session
+    timeout_s: float | None = None  # session
+    error: str | None = None  # session, when the run failed
+    kernel: KernelRecord = field(default_factory=KernelRecord)  # session
+    bundled_drivers: bool = False  # session
+    modules: list[ModuleRecord] = field(default_factory=list)  # session
+    other_modules: dict[str, ModuleRecord] = field(default_factory=dict)  # session
+    kernel_modules: JsonObject = field(default_factory=dict)  # session
+    load_order: list[JsonObject] = field(default_factory=list)  # session
+    discovery_dir: str | None = None  # session
+    lock_classes: JsonObject = field(default_factory=dict)  # tracer.lock_init
+    module_sections: JsonObject = field(default_factory=dict)  # tracer.module_sections
+    workload: JsonObject = field(default_factory=dict)  # session
+    probes: Probes = field(default_factory=Probes)  # session
+    inline_sites: dict[str, JsonObject] = field(default_factory=dict)  # extras
+    # extras; None: no probes on inlined locks were placed (no calibrated point)
+    inline_locks: InlineLocks | None = None
+    calibration: JsonObject = field(default_factory=dict)  # extras (calibration.summary)
+    calibration_mid_offset: int | None = None  # extras
+    qemu: JsonObject = field(default_factory=dict)  # session
+    failed_attempts: list[JsonObject] = field(default_factory=list)  # session
+    timing: JsonObject = field(default_factory=dict)  # session
+    ending: Ending = field(default_factory=Ending)  # session
+    guest: JsonObject = field(default_factory=dict)  # session: what the guest said of itself
+    untraced_pids: list[int] = field(default_factory=list)  # session: the trace pumps
+    kaslr: Kaslr | None = None  # session
+    events_enabled: JsonObject = field(default_factory=dict)  # session
+    trace_complete: bool = False  # session
+    lost: Lost = field(default_factory=Lost)  # session, analysis.trace
+    call_insn_size: int = 5  # session (common.machines)
+    # kprobe handlers of this machine run with IRQs masked (arm64's BRK): a record's
+    # irqs-off flag says nothing of the probed code (common.machines)
+    machine_kprobe_irqs_masked: bool = False  # extras
+    # after calibration, some kprobe rows' IRQ state is still unknown: the analysis
+    # must not judge IRQ state from them (extras.record_calibration)
+    kprobe_irqs_unknown: bool = False  # extras
+    event_counts: dict[str, int] = field(default_factory=dict)  # session
+    lockdep_events: dict[str, int] = field(default_factory=dict)  # session
+    decode_error: str | None = None  # session
+    source: JsonObject | None = None  # a foreign text trace: where it came from, its format
+    extra: JsonObject = field(default_factory=dict)
+
+    @property
+    def module_records(self) -> list[ModuleRecord]:
+        """The modules under test and the other loaded modules, one list."""
+        return self.modules + list(self.other_modules.values())
+
+    def to_json(self) -> JsonObject:
+        d: dict[str, Any] = {"manifest_version": MANIFEST_VERSION}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            d[f.name] = _plain(v) if hasattr(v, "__dataclass_fields__") else (
+                {k: asdict(m) for k, m in v.items()} if f.name == "other_modules" else
+                [asdict(m) for m in v] if f.name == "modules" else v)
+        d.update({k: v for k, v in self.extra.items() if k not in d})
+        # a field not known yet is left out, as 1.x left it out: readers default it
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunManifest:
+        """A manifest of this version (``read`` checks and upgrades before this)."""
+        known = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {k: v for k, v in d.items() if k in known and v is not None}
+        kw["extra"] = {k: v for k, v in d.items() if k not in known
+                       and k != "manifest_version"}
+        kw["kernel"] = _record(KernelRecord, d.get("kernel"))
+        kw["kaslr"] = _record(Kaslr, d["kaslr"]) if isinstance(d.get("kaslr"), dict) else None
+        kw["ending"] = _record(Ending, d.get("ending"))
+        kw["lost"] = _record(Lost, d.get("lost"))
+        kw["probes"] = _record(Probes, d.get("probes"))
+        kw["inline_locks"] = (_record(InlineLocks, d["inline_locks"])
+                              if isinstance(d.get("inline_locks"), dict) else None)
+        kw["modules"] = [_module(m) for m in d.get("modules") or []]
+        kw["other_modules"] = {n: _module({"name": n, "origin": "other", **m})
+                               for n, m in (d.get("other_modules") or {}).items()}
+        return cls(**kw)
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    """A record's JSON, its unknown (None) fields left out as 1.x left them out."""
+    return {k: v for k, v in asdict(record).items() if v is not None}
+
+
+def _record(cls: Any, d: Any) -> Any:
+    """``cls`` from the fields of ``d`` it knows (missing ones default; nulls too)."""
+    d = d if isinstance(d, dict) else {}
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known and v is not None})
+
+
+def _module(d: dict[str, Any]) -> ModuleRecord:
+    m: ModuleRecord = _record(ModuleRecord, d)
+    m.loads = [_record(Load, ld) for ld in d.get("loads") or []]
+    return m
+
+
+def upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A manifest of an earlier version, as this version writes it.
+
+    1.x stored one fact under two names whose meaning changed mid-run:
+    ``machine_kprobe_reports_irqs_off`` (the machine's) and ``kprobe_reports_irqs_off``
+    (the machine's until calibration, then "some rows' IRQ state is unknown").  2.0
+    names each once.  A 1.x manifest without calibration had only the second, which
+    then still meant the machine's.
+    """
+    major = str(d.get("manifest_version", "1.0")).split(".")[0]
+    if major == "1":
+        d = dict(d)
+        machine = d.pop("machine_kprobe_reports_irqs_off", None)
+        unknown = d.pop("kprobe_reports_irqs_off", None)
+        d["machine_kprobe_irqs_masked"] = bool(unknown if machine is None else machine)
+        d["kprobe_irqs_unknown"] = bool(unknown)
+        d["manifest_version"] = MANIFEST_VERSION
+    return d
+
+
+def write(run_dir: Path, m: RunManifest) -> None:
     atomic_write(run_dir / "manifest.json",
-                 json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", fsync=False)
+                 json.dumps(m.to_json(), indent=2, sort_keys=True, default=str) + "\n",
+                 fsync=False)
 
 
-def read(run_dir: Path) -> dict[str, Any]:
-    from tracedep.errors import InputError
-
+def read_json(run_dir: Path) -> dict[str, Any]:
+    """The manifest's JSON, checked and upgraded to this version."""
     path = run_dir / "manifest.json"
     try:
         data: dict[str, Any] = json.loads(path.read_text())
@@ -35,14 +283,19 @@ def read(run_dir: Path) -> dict[str, Any]:
         raise InputError(f"{path}: unreadable manifest: {e}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a manifest (a JSON object is expected)")
+    major = str(data.get("manifest_version", "0")).split(".")[0]
+    if major not in ("1", MANIFEST_VERSION.split(".")[0]):
+        raise InputError(f"{path}: manifest version {data.get('manifest_version')} "
+                         f"is not supported (this tracedep reads {MANIFEST_VERSION})")
+    data = upgrade(data)
     problem = check(data)
     if problem:
         raise InputError(f"{path}: {problem}")
-    major = str(data.get("manifest_version", "0")).split(".")[0]
-    if major != MANIFEST_VERSION.split(".")[0]:
-        raise InputError(f"{path}: manifest version {data.get('manifest_version')} "
-                         f"is not supported (this tracedep reads {MANIFEST_VERSION})")
     return data
+
+
+def read(run_dir: Path) -> RunManifest:
+    return RunManifest.from_json(read_json(run_dir))
 
 
 # What a manifest's fields must be, where they are present (readers default what is
@@ -58,7 +311,7 @@ _LOAD: _Spec = ("obj", {"sections": ("map", "int"), "base": "int", "size": "int"
 _MODULE: _Spec = ("obj", {
     "name": str, "ko": ("opt", str), "src_dir": ("opt", str), "build_dir": ("opt", str),
     "loads": ("list", _LOAD), "insmod_rc": ("list", "int"), "loaded": bool, "origin": str,
-    "loader": str, "kernel_path": str,
+    "loader": ("opt", str), "kernel_path": ("opt", str),
 })
 _LOCK_ARG: _Spec = ("obj", {"kind": str, "fetch": str, "addend": "int", "section": str,
                             "sec_offset": "int", "symbol": str, "sym_offset": "int"})
@@ -66,13 +319,14 @@ SCHEMA: dict[str, _Spec] = {
     "manifest_version": str, "arch": str, "state": str, "started": str,
     "tracedep_version": str, "transport": str, "discovery_dir": str,
     "call_insn_size": ("range", (1, 16)), "timeout_s": "num",
-    "trace_complete": bool, "kprobe_reports_irqs_off": bool,
-    "machine_kprobe_reports_irqs_off": bool, "bundled_drivers": bool,
+    "trace_complete": bool, "kprobe_irqs_unknown": bool,
+    "machine_kprobe_irqs_masked": bool, "bundled_drivers": bool,
     "kaslr": ("opt", ("obj", {"runtime": ("opt", "int"), "symbol": ("opt", str)})),
     "ending": ("obj", {"how": ("opt", str), "detail": ("opt", str)}),
     "untraced_pids": ("list", "int"),
     "modules": ("list", _MODULE),
-    "other_modules": ("map", ("obj", {"loads": ("list", _LOAD), "ko": ("opt", str)})),
+    "other_modules": ("map", _MODULE),
+    "error": ("opt", str), "decode_error": ("opt", str),
     "load_order": ("list", dict), "failed_attempts": ("list", dict),
     "lost": ("obj", {"total": "int", "kprobe_missed": "int", "truncated": bool,
                      "per_cpu": ("map", ("map", "num")), "kprobe_missed_by_probe":
@@ -82,16 +336,22 @@ SCHEMA: dict[str, _Spec] = {
                      "decoder_rejected_records": "int", "decoder_rejected": ("map", "int"),
                      "decoder_damaged_pages": "int", "decoder_missing_pages": "int",
                      "unreadable_events": "int", "undelivered_events": "int",
-                     "foreign_events": "int"}),
-    "probes": ("obj", {"failed": _STR_LIST, "definitions": _STR_LIST, "notrace": _STR_LIST,
-                       "failed_reasons": ("map", str)}),
+                     "foreign_events": "int", "ftrace_overrun": "int",
+                     "ftrace_commit_overrun": "int", "ftrace_dropped": "int",
+                     "ring_buffer_missed": "int", "guest_stats_missing": bool}),
+    "probes": ("obj", {"defined": "int", "failed": _STR_LIST, "definitions": _STR_LIST,
+                       "notrace": _STR_LIST, "failed_reasons": ("map", str)}),
     "inline_sites": ("map", ("obj", {"lock": _LOCK_ARG, "module": str, "func": str,
                                      "api": str, "target": str})),
-    "inline_locks": ("obj", {"skipped": ("list", dict), "sites": "int"}),
+    "inline_locks": ("obj", {"skipped": ("list", dict), "sites": "int",
+                             "calls_out_of_line": "int"}),
     "event_counts": ("map", "int"),
     "calibration": dict, "calibration_mid_offset": ("range", (0, 4096)),
     "kernel": ("obj", {"release": ("opt", str), "abi": ("opt", str),
-                       "source_tree": ("opt", str)}),
+                       "source_tree": ("opt", str), "package_version": ("opt", str),
+                       "image": ("opt", str), "build_dir": ("opt", str),
+                       "vmlinux": ("opt", str), "flavour": ("opt", str),
+                       "packages": ("opt", dict)}),
     "timing": dict, "workload": dict, "lock_classes": dict, "module_sections": dict,
     "kernel_modules": dict,
     "qemu": dict, "guest": dict, "lockdep_events": ("map", "int"), "events_enabled": dict,

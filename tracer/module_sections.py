@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.common.machines import Machine
+from tracedep.tracer.manifest import Load
 from tracedep.tracer.probes import GROUP, Discovery
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,9 @@ def assemble(rows: list[tuple[int, int, int, str, int, list[tuple[str, int]]]]
 BEFORE_TRACING = (-(1 << 62), 1 << 62)  # the span of a load no module_load event shows
 
 
-def load_sections(reported: list[dict[str, Any]], times: list[tuple[int, int]],
-                  told: list[KernelLoad]) -> list[tuple[int, int, dict[str, Any]]]:
-    """Each load of one module, oldest first: ``(t0, t1, load)``, ``load`` a record
-    with at least ``sections``.
+def load_sections(reported: list[Load], times: list[tuple[int, int]],
+                  told: list[KernelLoad]) -> list[tuple[int, int, Load]]:
+    """Each load of one module, oldest first: ``(t0, t1, load)``.
 
     ``reported``: the guest's load records (manifest ``loads``), in order; ``times``:
     the (load, free) trace times of the loads the trace shows; ``told``: the kernel's
@@ -170,7 +170,7 @@ def load_sections(reported: list[dict[str, Any]], times: list[tuple[int, int]],
         out = [(*BEFORE_TRACING, r) for r in reported[:max(len(reported) - len(times), 0)]]
         for t0, t1 in times:
             kl = next((k for k in told if t0 <= k.ts_ns <= t1), None)
-            out.append((t0, t1, {"sections": kl.sections if kl is not None else {}}))
+            out.append((t0, t1, Load(sections=dict(kl.sections) if kl is not None else {})))
         return out
     offset = len(reported) - len(times)
     return [(*(times[k - offset] if 0 <= k - offset < len(times) else BEFORE_TRACING), r)

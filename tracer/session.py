@@ -20,7 +20,7 @@ import logging
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,18 @@ from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control, manifest, module_sections
 from tracedep.tracer.channels import Sink, open_sink
 from tracedep.tracer.extras import extra_probes, inline_probes_calibrated, record_calibration
+from tracedep.tracer.ftrace_binary import Decoded
 from tracedep.tracer.lock_init import class_probes
+from tracedep.tracer.manifest import (
+    Ending,
+    Kaslr,
+    KernelRecord,
+    Load,
+    Lost,
+    ModuleRecord,
+    Probes,
+    RunManifest,
+)
 from tracedep.tracer.probes import (
     TRACEPOINTS,
     Discovery,
@@ -95,7 +106,8 @@ class TraceOptions:
 class TraceResult:
     run_dir: Path
     ending: str
-    manifest: dict[str, Any]
+    manifest: RunManifest
+    decoded: Decoded | None = None  # the trace, decoded once when the run ended
 
 
 def boot_args(machine: Machine) -> str:
@@ -189,40 +201,34 @@ def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
     return discover(machine, kernel, accel)
 
 
-def _under_test(built: list[BuiltModule], kmods: KernelModules) -> list[dict[str, Any]]:
+def _under_test(built: list[BuiltModule], kmods: KernelModules) -> list[ModuleRecord]:
     """The manifest's record of each module under test, before the boot."""
-    out: list[dict[str, Any]] = [
-        {"name": m.name, "origin": "module-src", "src_dir": str(m.src_dir), "ko": str(m.ko),
-         "build_dir": str(m.build_dir), "loader": LOADER} for m in built]
+    out = [ModuleRecord(m.name, "module-src", ko=str(m.ko), src_dir=str(m.src_dir),
+                        build_dir=str(m.build_dir), loader=LOADER) for m in built]
     for n in kmods.under_test:
         km = kmods.modules[n]
         # the kernel's own: no source or build tree here; frames come from the -dbg .ko
-        out.append({"name": n, "origin": "kernel", "src_dir": None, "ko": str(km.ko),
-                    "build_dir": None, "kernel_path": km.rel, "loader": LOADER})
+        out.append(ModuleRecord(n, "kernel", ko=str(km.ko), kernel_path=km.rel,
+                                loader=LOADER))
     return out
 
 
-def _modules_record(under_test: list[dict[str, Any]], ctl: control.Control
-                    ) -> list[dict[str, Any]]:
-    loads: dict[str, list[dict[str, Any]]] = {}
+def _modules_record(under_test: list[ModuleRecord], ctl: control.Control
+                    ) -> list[ModuleRecord]:
+    loads: dict[str, list[Load]] = {}
     for ld in ctl.module_loads():
-        loads.setdefault(ld.name, []).append(
-            {"base": ld.base, "size": ld.size, "sections": ld.sections})
+        loads.setdefault(ld.name, []).append(Load(ld.base, ld.size, dict(ld.sections)))
     rcs = ctl.insmod_results()
-    out = []
-    for m in under_test:
-        ls = loads.get(m["name"], [])
-        out.append({
-            **m,
-            "loaded": bool(ls),
-            # every load, in order: a module reloaded may land elsewhere, and
-            # another module may later reuse its addresses
-            "loads": ls,
-            # the loader's exit codes (the errno of finit_module) in order; non-zero:
-            # the init failed and the module was freed, so its code ran only partly
-            "insmod_rc": rcs.get(m["name"], []),
-        })
-    return out
+    return [replace(m,
+                    loaded=bool(loads.get(m.name)),
+                    # every load, in order: a module reloaded may land elsewhere, and
+                    # another module may later reuse its addresses
+                    loads=loads.get(m.name, []),
+                    # the loader's exit codes (the errno of finit_module) in order;
+                    # non-zero: the init failed and the module was freed, so its code
+                    # ran only partly
+                    insmod_rc=rcs.get(m.name, []))
+            for m in under_test]
 
 
 def _kernel_modules_dwarf(kernel: Kernel, kmods: KernelModules, disc: Discovery,
@@ -272,20 +278,20 @@ def trace(opts: TraceOptions) -> TraceResult:
             raise InputError(f"--module-src {src}: no such directory")
     _prepare_out(opts.out)
     t_start = time.time()
-    info: dict[str, Any] = {
-        "state": "preparing",
-        "tracedep_version": __version__,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-        "arch": machine.arch,
-        "transport": opts.transport,
-        "timeout_s": opts.timeout,
-    }
+    info = RunManifest(
+        state="preparing",
+        tracedep_version=__version__,
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+        arch=machine.arch,
+        transport=opts.transport,
+        timeout_s=opts.timeout,
+    )
     manifest.write(opts.out, info)
     try:
         return _trace(opts, machine, info)
     except BaseException as e:
-        info["state"] = "failed"
-        info["error"] = str(e) or type(e).__name__
+        info.state = "failed"
+        info.error = str(e) or type(e).__name__
         manifest.write(opts.out, info)
         raise
 
@@ -304,16 +310,15 @@ def probe_vmlinux(kernel: Kernel) -> Path | None:
         return None
 
 
-def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceResult:
+def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResult:
     out = opts.out
     kernel = opts.kernel or fetch_debian_kernel(machine, opts.abi, opts.series)
-    info["kernel"] = {"release": kernel.release, "abi": kernel.abi,
-                      "package_version": kernel.package_version, "image": str(kernel.image),
-                      "build_dir": str(kernel.build_dir) if kernel.build_dir else None,
-                      "vmlinux": str(kernel.vmlinux) if kernel.vmlinux else None,
-                      "flavour": machine.flavour,
-                      # exactly which Debian packages (name, version, arch) were used
-                      "packages": kernel.packages.to_json() if kernel.packages else None}
+    info.kernel = KernelRecord(
+        release=kernel.release, abi=kernel.abi, package_version=kernel.package_version,
+        image=str(kernel.image), build_dir=str(kernel.build_dir) if kernel.build_dir else None,
+        vmlinux=str(kernel.vmlinux) if kernel.vmlinux else None, flavour=machine.flavour,
+        # exactly which Debian packages (name, version, arch) were used
+        packages=kernel.packages.to_json() if kernel.packages else None)
     for note in kernel.packages.notes if kernel.packages else ():
         log.warning("%s", note)
     if opts.no_modules and (opts.module_srcs or opts.kernel_modules):
@@ -323,7 +328,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     # the bundled example drivers are the default only when nothing else is under test
     bundled = not opts.module_srcs and not opts.no_modules and not opts.kernel_modules
     srcs = bundled_driver_dirs() if bundled else opts.module_srcs
-    info["bundled_drivers"] = bundled
+    info.bundled_drivers = bundled
     built = build_modules(srcs, kernel, machine)
     built_deps = module_src_depends(built)
     # kernel modules a --module-src build needs go in too (as dependencies)
@@ -336,16 +341,16 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
                     f" (as {what})" if what != name else "")
     order = load_order(built, kmods, built_deps)
     under_test = _under_test(built, kmods)
-    info["modules"] = under_test
-    info["kernel_modules"] = {"requested": list(opts.kernel_modules),
+    info.modules = under_test
+    info.kernel_modules = {"requested": list(opts.kernel_modules),
                               "under_test": kmods.under_test, "builtin": kmods.builtin,
                               "dependencies": kmods.dependencies}
-    info["load_order"] = [{"role": s.role, "name": s.name} for s in order]
+    info.load_order = [{"role": s.role, "name": s.name} for s in order]
     if kmods.under_test and kernel.packages is not None:
         # the kernel's own code has no source of its own here: the *_nested()
         # annotations of its modules are read from Debian's tree (analysis.nesting)
         try:
-            info["kernel"]["source_tree"] = str(ensure_source_tree(kernel.packages))
+            info.kernel.source_tree = str(ensure_source_tree(kernel.packages))
         except (RunError, InputError) as e:
             log.warning("no kernel source (%s): nestings in the kernel's modules are "
                         "judged from DWARF alone", e)
@@ -353,14 +358,14 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
 
     accel = choose_accel(machine, kernel.image, opts.accel)
     disc = discover(machine, kernel, accel)
-    info["discovery_dir"] = str(discovery_dir(kernel))
+    info.discovery_dir = str(discovery_dir(kernel))
     defs = probe_definitions(machine, disc)
     # lock initializers and inode re-keying: lockdep's classes (tracer.lock_init)
     vmlinux = probe_vmlinux(kernel)
-    class_defs, info["lock_classes"] = class_probes(machine, disc, vmlinux)
+    class_defs, info.lock_classes = class_probes(machine, disc, vmlinux)
     defs += class_defs
     # each load's section addresses, a load whose init fails too (tracer.module_sections)
-    msec, info["module_sections"] = module_sections.probes(machine, disc, vmlinux)
+    msec, info.module_sections = module_sections.probes(machine, disc, vmlinux)
     # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extras)
     extra = extra_probes(machine, disc,
                          built + _kernel_modules_dwarf(kernel, kmods, disc, machine, vmlinux),
@@ -376,27 +381,27 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
     )
     initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz",
                              kmods, order)
-    info["workload"] = {"script": str(opts.workload) if opts.workload else "default"}
-    info["probes"] = {"defined": len(defs) + len(extra.kprobes) + len(msec),
-                      "definitions": [d.definition for d in defs] + extra.kprobes + msec,
-                      # kprobe events refuse a function without an ftrace location
-                      # (trace_kprobe.c within_notrace_func) unless the kernel has
-                      # CONFIG_KPROBE_EVENTS_ON_NOTRACE: the reason behind its
-                      # "Failed to register probe event"
-                      "notrace": sorted({d.func for d in defs} - disc.traceable)}
-    info.update(extra.manifest)
+    info.workload = {"script": str(opts.workload) if opts.workload else "default"}
+    info.probes = Probes(defined=len(defs) + len(extra.kprobes) + len(msec),
+                         definitions=[d.definition for d in defs] + extra.kprobes + msec,
+                         # kprobe events refuse a function without an ftrace location
+                         # (trace_kprobe.c within_notrace_func) unless the kernel has
+                         # CONFIG_KPROBE_EVENTS_ON_NOTRACE: the reason behind its
+                         # "Failed to register probe event"
+                         notrace=sorted({d.func for d in defs} - disc.traceable))
+    extra.record(info)
     spec = VmSpec(machine, kernel.image, initrd, boot_args(machine), out, smp=opts.smp,
                   mem_mb=opts.mem_mb, accel=accel)
-    info["qemu"] = {"accel": accel, "smp": opts.smp, "mem_mb": opts.mem_mb,
-                    "append": spec.append}
-    info["state"] = "running"
+    info.qemu = {"accel": accel, "smp": opts.smp, "mem_mb": opts.mem_mb,
+                 "append": spec.append}
+    info.state = "running"
     manifest.write(out, info)
 
     ports = [("tracedep.ctl", out / "control.log")]
     ports += [(f"tracedep.cpu{n}", out / "trace" / f"cpu{n}.raw") for n in range(opts.smp)]
 
     def record_cmdline(vm: Vm) -> None:
-        info["qemu"]["command"] = shlex.join(vm.spec.command(vm.qmp_path))
+        info.qemu["command"] = shlex.join(vm.spec.command(vm.qmp_path))
         manifest.write(out, info)
 
     for attempt in (1, 2):
@@ -410,15 +415,15 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
         why = _console_panic(out / "console.log") or detail
         log.warning("guest %s before tracing started (%s); booting again", how, why)
         kept = _keep_attempt(out, attempt)
-        info.setdefault("failed_attempts", []).append(
+        info.failed_attempts.append(
             {"how": how, "detail": detail, "why": why, "files": kept})
         manifest.write(out, info)
-    info["qemu"]["command"] = timings.pop("qemu_command", info["qemu"].get("command"))
-    info["qemu"]["events"] = timings.pop("qmp_events", [])
-    info["timing"] = timings
-    info["ending"] = {"how": how, "detail": detail}
-    finish_manifest(out, info, under_test, machine)
-    info["state"] = "complete" if info["trace_complete"] else "incomplete"
+    info.qemu["command"] = timings.pop("qemu_command", info.qemu.get("command"))
+    info.qemu["events"] = timings.pop("qmp_events", [])
+    info.timing = timings
+    info.ending = Ending(how, detail)
+    decoded = finish_manifest(out, info, under_test, machine)
+    info.state = "complete" if info.trace_complete else "incomplete"
     manifest.write(out, info)
     if how != END_POWEROFF:
         said = _console_panic(out / "console.log")
@@ -426,18 +431,19 @@ def _trace(opts: TraceOptions, machine: Machine, info: dict[str, Any]) -> TraceR
         why = (f"{detail}; the console says: {said}" if how == END_TIMEOUT and said and detail
                else said or detail or "see console.log")
         raise GuestError(f"guest {how}: {why}; partial trace kept in {out}")
-    if not info["trace_complete"]:
+    if not info.trace_complete:
         raise GuestError(f"guest powered off before the trace was complete; see "
                          f"{out / 'console.log'}")
-    return TraceResult(out, how, info)
+    return TraceResult(out, how, info, decoded)
 
 
-def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, Any]],
-                    machine: Machine) -> None:
-    """Fill the manifest from what the guest sent and from the trace itself."""
+def finish_manifest(out: Path, info: RunManifest, under_test: list[ModuleRecord],
+                    machine: Machine) -> Decoded | None:
+    """Fill the manifest from what the guest sent and from the trace itself; the trace,
+    decoded (None if it could not be), for the analysis to use rather than decode again."""
     ctl = control.load(out / "control.log")
     hello = ctl.keyvals("hello")
-    info["guest"] = {"release": hello.get("release"), "cmdline": hello.get("cmdline"),
+    info.guest = {"release": hello.get("release"), "cmdline": hello.get("cmdline"),
                      "ncpus": int(hello["ncpus"]) if hello.get("ncpus") else None,
                      "boot_uptime_s": _float(hello.get("uptime")),
                      # 0: mid-function kprobes all ran through int3 (tracer.calibration)
@@ -445,87 +451,87 @@ def finish_manifest(out: Path, info: dict[str, Any], under_test: list[dict[str, 
                          (ctl.keyvals("kprobes_optimization").get("value") or "")[:16]}
     start = ctl.keyvals("start")
     wl = ctl.keyvals("workload")
-    info.setdefault("workload", {})
     # tasks whose own events the guest filtered out (the trace pumps)
-    info["untraced_pids"] = [int(p) for p in start.get("untraced_pids", "").split() if p.isdigit()]
-    info["workload"].update({"rc": int(wl["rc"]) if "rc" in wl else None,
-                             "start_uptime_s": _float(start.get("uptime")),
-                             "end_uptime_s": _float(wl.get("uptime"))})
+    info.untraced_pids = [int(p) for p in start.get("untraced_pids", "").split() if p.isdigit()]
+    info.workload.update({"rc": int(wl["rc"]) if "rc" in wl else None,
+                          "start_uptime_s": _float(start.get("uptime")),
+                          "end_uptime_s": _float(wl.get("uptime"))})
     kas = ctl.kaslr_text()
-    info["kaslr"] = {"symbol": kas[1], "runtime": kas[0]} if kas else None
-    if kas and info.get("discovery_dir"):
-        _copy_kallsyms(Path(info["discovery_dir"]) / "kallsyms.gz", out / "kallsyms.gz", kas)
-    info["modules"] = _modules_record(under_test, ctl)
-    ours = {m["name"] for m in under_test}
-    other: dict[str, Any] = {}
+    info.kaslr = Kaslr(kas[1], kas[0]) if kas else None
+    if kas and info.discovery_dir:
+        _copy_kallsyms(Path(info.discovery_dir) / "kallsyms.gz", out / "kallsyms.gz", kas)
+    info.modules = _modules_record(under_test, ctl)
+    ours = {m.name for m in under_test}
+    other: dict[str, ModuleRecord] = {}
     for m in ctl.module_loads():
         if m.name not in ours:
-            other.setdefault(m.name, {"loads": []})["loads"].append(
-                {"base": m.base, "size": m.size, "sections": m.sections})
+            other.setdefault(m.name, ModuleRecord(m.name, "other", loaded=True)).loads.append(
+                Load(m.base, m.size, dict(m.sections)))
     kos = {module_name(ko): ko for ko in
-           Path(info["kernel"]["image"]).parents[1].glob("lib/modules/*/kernel/**/*.ko*")
+           Path(info.kernel.image or "/").parents[1].glob("lib/modules/*/kernel/**/*.ko*")
            if is_module_file(ko)}
     for name, rec in other.items():
         if name in kos:
             try:
-                rec["ko"] = str(plain_module(kos[name]))
+                rec.ko = str(plain_module(kos[name]))
             except ModuleBuildError as e:  # its frames read .text+off [mod]: said so
                 log.warning("%s", e)
-    info["other_modules"] = other
-    info["probes"]["failed"] = ctl.probe_failures()
-    info["probes"]["failed_reasons"] = ctl.probe_failure_reasons()
-    info["events_enabled"] = ctl.event_status()
+    info.other_modules = other
+    info.probes.failed = ctl.probe_failures()
+    info.probes.failed_reasons = ctl.probe_failure_reasons()
+    info.events_enabled = dict(ctl.event_status())
     stats = ctl.cpu_stats()
-    info["trace_complete"] = "trace" in ctl.done
-    lost: dict[str, Any] = {
-        "ftrace_overrun": int(sum(s.get("overrun", 0) for s in stats.values())),
-        "ftrace_commit_overrun": int(sum(s.get("commit_overrun", 0) for s in stats.values())),
-        "ftrace_dropped": int(sum(s.get("dropped_events", 0) for s in stats.values())),
-        "per_cpu": stats,
-        "guest_stats_missing": not stats,
-    }
+    info.trace_complete = "trace" in ctl.done
+    lost = Lost(
+        ftrace_overrun=int(sum(s.get("overrun", 0) for s in stats.values())),
+        ftrace_commit_overrun=int(sum(s.get("commit_overrun", 0) for s in stats.values())),
+        ftrace_dropped=int(sum(s.get("dropped_events", 0) for s in stats.values())),
+        per_cpu=stats,
+        guest_stats_missing=not stats,
+    )
     # a kprobe that fires inside another probe's handler (the tracer's own locks,
     # mostly) is missed; count only the misses of the traced window
     end_m, start_m = (_kprobe_misses(ctl.file(f)) for f in (
         "/sys/kernel/tracing/kprobe_profile", "kprobe_profile_start"))
     per_probe = {k: v - start_m.get(k, 0) for k, v in end_m.items() if v - start_m.get(k, 0)}
-    lost["kprobe_missed"] = sum(per_probe.values())
-    lost["kprobe_missed_by_probe"] = per_probe
-    info["lost"] = lost
-    info["call_insn_size"] = machine.call_insn_size
-    info["kprobe_reports_irqs_off"] = machine.kprobe_reports_irqs_off
+    lost.kprobe_missed = sum(per_probe.values())
+    lost.kprobe_missed_by_probe = per_probe
+    info.lost = lost
+    info.call_insn_size = machine.call_insn_size
+    info.machine_kprobe_irqs_masked = info.kprobe_irqs_unknown = machine.kprobe_reports_irqs_off
+    decoded: Decoded | None = None
     try:
         from tracedep.tracer.ftrace_binary import decode_run
 
         _write_page_sums(out, ctl)
         decoded = decode_run(out, info)
-        info["event_counts"] = decoded.counts
+        info.event_counts = decoded.counts
         if decoded.lockdep:
-            info["lockdep_events"] = decoded.lockdep
+            info.lockdep_events = decoded.lockdep
         record_calibration(info, decoded.calibration, machine)
-        lost["decoder_torn_pages"] = decoded.torn_pages
-        lost["decoder_backwards_pages"] = decoded.backwards_pages
-        lost["decoder_rejected_records"] = sum(decoded.rejected.values())
+        lost.decoder_torn_pages = decoded.torn_pages
+        lost.decoder_backwards_pages = decoded.backwards_pages
+        lost.decoder_rejected_records = sum(decoded.rejected.values())
         if decoded.rejected:
-            lost["decoder_rejected"] = decoded.rejected
-        lost["ring_buffer_missed"] = decoded.missed_events
+            lost.decoder_rejected = decoded.rejected
+        lost.ring_buffer_missed = decoded.missed_events
         read_total = int(sum(s.get("read_events", 0) for s in stats.values()))
-        lost["read_events_guest"] = read_total
-        lost["decoded_events"] = decoded.total
-        lost["decoded_per_cpu"] = {str(c): int(n) for c, n in
-                                   decoded.events["cpu"].value_counts().sort_index().items()}
+        lost.read_events_guest = read_total
+        lost.decoded_events = decoded.total
+        lost.decoded_per_cpu = {str(c): int(n) for c, n in
+                                decoded.events["cpu"].value_counts().sort_index().items()}
     except Exception as e:  # the manifest must still be written
         log.warning("decoding the trace failed: %s", e)
-        info["decode_error"] = str(e)
+        info.decode_error = str(e)
     # lost = what the ring buffer or the transport dropped; probe hits that kprobes
     # itself missed (an interrupt handler running inside another probe's handler:
     # its lock operations are missed as a whole, so the lock state stays
     # consistent) are counted apart, in kprobe_missed
-    total_lost = sum(int(lost.get(k, 0) or 0) for k in (
-        "ftrace_overrun", "ftrace_dropped", "ring_buffer_missed", "decoder_torn_pages",
-        "decoder_backwards_pages", "decoder_rejected_records"))
-    lost["total"] = total_lost
-    lost["truncated"] = not info["trace_complete"]
+    lost.total = (lost.ftrace_overrun + lost.ftrace_dropped + lost.ring_buffer_missed
+                  + lost.decoder_torn_pages + lost.decoder_backwards_pages
+                  + lost.decoder_rejected_records)
+    lost.truncated = not info.trace_complete
+    return decoded
 
 
 def _write_page_sums(out: Path, ctl: Any) -> None:

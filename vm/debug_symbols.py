@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from tracedep.common.cache import cache_root
 from tracedep.common.files import atomic_folder
@@ -118,19 +117,16 @@ def _extract(deb: Path, abi: str, cache: Path) -> None:
             raise DebugSymbolsError(f"{deb.name} has no {vmlinux.relative_to(root)}")
 
 
-def debug_vmlinux(info: dict[str, Any]) -> Path | None:
-    """The Debian -dbg vmlinux of a run's kernel (downloaded once), or None.
+def debug_vmlinux(release: str | None, abi: str | None, packages: object = None
+                  ) -> Path | None:
+    """The Debian -dbg vmlinux of a Debian kernel (downloaded once), or None.
 
-    ``info``: the run manifest.  The command line calls this before the analysis,
-    which itself never downloads."""
-    kernel = info.get("kernel") or {}
-    if kernel.get("vmlinux"):
-        return Path(kernel["vmlinux"])
-    release = kernel.get("release")
-    if not release or not kernel.get("abi"):
+    ``packages``: the run's record of its kernel packages (``KernelPackages.to_json``),
+    for the exact -dbg version.  The command line calls this before an analysis, which
+    itself never downloads."""
+    if not release or not abi:
         return None
-    pk = kernel.get("packages")
-    dbg = pk.get("dbg") if isinstance(pk, dict) else None
+    dbg = packages.get("dbg") if isinstance(packages, dict) else None
     version = dbg.get("version") if isinstance(dbg, dict) else None
     try:
         return ensure_dbg_vmlinux(release, cache_root(),

@@ -3,7 +3,7 @@
     .venv/bin/python tests/data/traces/make_fixtures.py tiny RUN_DIR
         crop a `tracedep trace` run of tests/data/drivers/td_tiny into tiny/
     .venv/bin/python tests/data/traces/make_fixtures.py rules RUN_DIR [MODULE ...]
-        one analysis fixture per bundled driver (analysis.fixture) into rules/<module>/
+        one analysis fixture per bundled driver (tests/recorded_fixture.py) into rules/<module>/
     .venv/bin/python tests/data/traces/make_fixtures.py classes RUN_DIR
         lock classes from lock initializers (tracer.lock_init): classes/raw/ (cropped
         pages around td_rwsem_recursive_bug's load) and classes/events/ (a sample of
@@ -23,8 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tracedep.analysis.fixture import save_fixture
 from tracedep.analysis.trace import load
+
+# the fixture writer is test code (tests/recorded_fixture.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from recorded_fixture import save_fixture  # noqa: E402
 from tracedep.tracer import control
 from tracedep.tracer.ftrace_binary import decode_run, read_run_buffers
 from tracedep.tracer.ftrace_formats import parse_format, parse_header_page
@@ -163,7 +166,7 @@ def classes(run_dir: Path, out: Path = HERE / "classes", per_class: int = 2,
     import numpy as np
 
     from tracedep.analysis import classes as lock_classes
-    from tracedep.analysis.fixture import LOCK_KINDS, _alloc_rows, _prepare, save_rows
+    from recorded_fixture import LOCK_KINDS, _alloc_rows, _prepare, save_rows
 
     crop(run_dir, "td_rwsem_recursive_bug", out / "raw")
     run = _prepare(run_dir)

@@ -58,9 +58,9 @@ FIXTURE_VERSION = 1
 DEFAULT_GAP_NS = 5_000_000
 LOCK_KINDS = ("lock_acquire", "lock_return", "lock_release")
 _MANIFEST_KEYS = ("manifest_version", "state", "tracedep_version", "started", "arch",
-                  "transport", "call_insn_size", "kprobe_reports_irqs_off", "untraced_pids",
+                  "transport", "call_insn_size", "kprobe_irqs_unknown", "untraced_pids",
                   "ending", "kaslr", "guest", "workload", "bundled_drivers", "calibration",
-                  "machine_kprobe_reports_irqs_off", "lock_classes")
+                  "machine_kprobe_irqs_masked", "lock_classes")
 
 
 @dataclass
@@ -87,10 +87,10 @@ def _prepare(run_dir: Path) -> _Run:
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
     cls_ids, _table = lock_classes.assign(ev, trace.symbols, lock_rows)
     class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
-    untraced = frozenset(int(p) for p in trace.info.get("untraced_pids", []))
-    spin_pc = (trace.info.get("calibration") or {}).get("preempt_count_tracks_spinlocks")
-    rep = replay(ev, class_of_row, not bool(trace.info.get("kprobe_reports_irqs_off", False)),
-                 untraced, spin_pc is not False)
+    untraced = frozenset(trace.info.untraced_pids)
+    spin_pc = trace.info.calibration.get("preempt_count_tracks_spinlocks")
+    rep = replay(ev, class_of_row, not trace.info.kprobe_irqs_unknown, untraced,
+                 spin_pc is not False)
     pid = ev["pid"].to_numpy().astype(np.int64)
     key = np.where(pid > 0, pid, -1 - ev["cpu"].to_numpy().astype(np.int64))
     order = np.argsort(key, kind="stable")
@@ -282,7 +282,7 @@ def select_rows(run_dir: Path, module_names: list[str], gap_ns: int = DEFAULT_GA
     run = _prepare(run_dir)
     ev = run.trace.events
     names = set(module_names)
-    known = {m["name"] for m in run.trace.info.get("modules", [])}
+    known = {m.name for m in run.trace.info.modules}
     missing = names - known
     if missing:
         raise InputError(f"{run_dir}: no module {', '.join(sorted(missing))} in this run")
@@ -457,8 +457,7 @@ def _source_answers(trace: Trace, referenced: list[tuple[int, int]]
     function, file and line (``RunSymbols.source_function``/``source_location``).  Files
     are kept relative to the module's source directory."""
     syms = trace.symbols
-    build = {m["name"]: (m.get("build_dir") or "", m.get("src_dir") or "")
-             for m in trace.info.get("modules", [])}
+    build = {m.name: (m.build_dir or "", m.src_dir or "") for m in trace.info.modules}
     out: dict[str, dict[str, list[Any]]] = {}
     for addr, t in referenced:
         span = syms._span(addr, t)
@@ -479,7 +478,7 @@ def _source_answers(trace: Trace, referenced: list[tuple[int, int]]
 
 def _trim_manifest(trace: Trace, modules: set[str], wanted: list[str], total: int
                    ) -> dict[str, Any]:
-    info = trace.info
+    info = trace.info.to_json()
     out: dict[str, Any] = {k: info[k] for k in _MANIFEST_KEYS if k in info}
     out["kernel"] = {k: v for k, v in (info.get("kernel") or {}).items()
                      if k in ("release", "abi", "package_version", "flavour")}
@@ -522,8 +521,8 @@ def _trim_manifest(trace: Trace, modules: set[str], wanted: list[str], total: in
 def load_fixture(fixture_dir: Path) -> Trace:
     """A fixture written by :func:`save_fixture`, ready for ``analysis.pipeline.analyze``."""
     info = manifest.read(fixture_dir)
-    fx = info.get("fixture")
-    if not fx or int(fx.get("version", 0)) != FIXTURE_VERSION:
+    fx = info.extra.get("fixture")
+    if not isinstance(fx, dict) or int(fx.get("version", 0)) != FIXTURE_VERSION:
         raise InputError(f"{fixture_dir}: not a tracedep fixture (version {FIXTURE_VERSION})")
     events = _read_events(fixture_dir / "events.csv.gz")
     schema.validate(events)
@@ -548,7 +547,7 @@ def load_fixture(fixture_dir: Path) -> Trace:
     lo, hi = fx["kernel_span"]
     syms = _FixtureSymbols(kernel, (int(lo), int(hi)), spans)
     repo = Path(__file__).resolve().parents[1]
-    srcs = {m["name"]: m.get("src_dir") or "" for m in info.get("modules", [])}
+    srcs = {m.name: m.src_dir or "" for m in info.modules}
     for mod, answers in (fx.get("source") or {}).items():
         src = repo / srcs.get(mod, "")
         for a, (fn, file, line) in answers.items():
