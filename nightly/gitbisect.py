@@ -61,6 +61,7 @@ could not name one commit (every candidate skipped: build or boot failures).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -135,9 +136,14 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+def run_options(a: argparse.Namespace) -> RunOptions:
+    """The ``tracedep run`` options of a bisect-run (no --out), paths made absolute."""
+    return RunOptions.from_namespace(a).absolute()
+
+
 def run_argv(a: argparse.Namespace) -> list[str]:
     """The ``tracedep run`` arguments of a bisect-run (all but --out), paths made absolute."""
-    return RunOptions.from_namespace(a).absolute().to_argv()
+    return run_options(a).to_argv()
 
 
 def _word(flag: str, value: str) -> list[str]:
@@ -163,12 +169,13 @@ def _fresh(path: Path) -> Path:
     return cand
 
 
-def _attempt(argv: list[str], run_dir: Path, match: Match) -> tuple[str, str, Finding | None]:
+def _attempt(opts: RunOptions, run_dir: Path, match: Match) -> tuple[str, str, Finding | None]:
     """One ``tracedep run``: ("present" | "absent" | "nobuild" | "failed", detail, finding)."""
     from tracedep.reports.serialize import load_run_outputs
 
-    proc = subprocess.run([sys.executable, "-P", "-m", "tracedep.cli", "run", *argv,
-                           "--out", str(run_dir)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-P", "-m", "tracedep.cli", "run",
+                           *dataclasses.replace(opts, out=run_dir).to_argv()],
+                          capture_output=True, text=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     run_dir.with_name(run_dir.name + ".log").write_text(proc.stdout + proc.stderr)
     if proc.returncode == 2:
@@ -202,13 +209,13 @@ def bisect_run(a: argparse.Namespace, keep: Path) -> int:
             print(f"{PREFIX} {short}: no kernel image {a.kernel} after the build: skip",
                   flush=True)
             return SKIP
-    argv = run_argv(a)
+    opts = run_options(a)
     base = _fresh(keep / commit)
     attempts: list[dict[str, Any]] = []
     verdict, found = SKIP, None
     for i in range(1, a.repeat + 1):
         run_dir = base / f"attempt-{i}"
-        outcome, detail, f = _attempt(argv, run_dir, match)
+        outcome, detail, f = _attempt(opts, run_dir, match)
         attempts.append({"run_dir": str(run_dir), "outcome": outcome, "detail": detail})
         print(f"{PREFIX} {short}: attempt {i}/{a.repeat}: {outcome}: {detail}", flush=True)
         if outcome == "present":
