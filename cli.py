@@ -13,9 +13,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tracedep.common.run_options import RunOptions, add_arguments
 from tracedep.errors import INTERNAL_ERROR, TracedepError
+
+if TYPE_CHECKING:
+    from tracedep.tracer.session import TraceOptions
 
 log = logging.getLogger("tracedep")
 
@@ -28,59 +32,20 @@ class StrictParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _add_kernel_choice(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kernel-series", default=None, choices=("6.1", "6.12"),
-                   help="Debian kernel series; the newest cloud kernel of it that apt can "
-                        "download is used (default 6.12, or TRACEDEP_KERNEL_SERIES)")
-    p.add_argument("--abi", default=None,
-                   help="an exact Debian kernel ABI: 6.1.0-57 or 6.12.118+deb12 "
-                        "(or TRACEDEP_KERNEL_ABI)")
-
-
-def _add_guest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="x86_64", help="x86_64 (default) or arm64")
-    _add_kernel_choice(p)
-    p.add_argument("--kernel", type=Path, default=None,
-                   help="boot this kernel image (bzImage/Image) instead of Debian's")
-    p.add_argument("--kernel-modules", type=Path, default=None,
-                   help="with --kernel: its lib/modules/<release> directory")
-    p.add_argument("--kernel-build", type=Path, default=None,
-                   help="with --kernel: its build tree, to build --module-src against")
-    p.add_argument("--vmlinux", type=Path, default=None, help="vmlinux with DWARF")
-    p.add_argument("--module-src", type=Path, action="append", default=[],
-                   help="a kbuild directory of driver modules to test (repeatable; default: "
-                        "the bundled example drivers)")
-    p.add_argument("--kernel-module", action="append", default=[], metavar="NAME",
-                   help="a module of the kernel package itself (null_blk, zram, dummy …) to "
-                        "test: it and its dependencies go into the guest under "
-                        "/lib/modules/<release>/ with a modules.dep, so a workload can "
-                        "`modprobe NAME params`; the default workload loads it (repeatable; "
-                        "without --module-src, the bundled drivers are then not loaded)")
-    p.add_argument("--no-modules", action="store_true",
-                   help="trace the kernel alone: no driver modules (not even the bundled ones)")
-    p.add_argument("--workload", type=Path, default=None,
-                   help="shell script run in the guest instead of load/settle/unload")
-    p.add_argument("--timeout", type=float, default=300.0,
-                   help="seconds before a guest that has not powered off is killed")
-    p.add_argument("--transport", choices=("socket", "ringbuf"), default="socket")
-    p.add_argument("--smp", type=int, default=2)
-    p.add_argument("--memory", type=int, default=1024, help="guest memory, MiB")
-    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--out", type=Path, required=True, help="run directory (new or empty)")
-
-
-def _trace_options(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _trace_options(a: argparse.Namespace) -> TraceOptions:
     from tracedep.tracer.session import TraceOptions
     from tracedep.vm.kernel import user_kernel
 
+    o = RunOptions.from_namespace(a)
+    assert o.out is not None  # required by the parser
     kernel = None
-    if a.kernel is not None:
-        kernel = user_kernel(a.kernel, a.kernel_modules, a.kernel_build, a.vmlinux)
+    if o.kernel is not None:
+        kernel = user_kernel(o.kernel, o.kernel_modules, o.kernel_build, o.vmlinux)
     return TraceOptions(
-        out=a.out, arch=a.arch, abi=a.abi, series=a.kernel_series, kernel=kernel,
-        module_srcs=a.module_src, kernel_modules=a.kernel_module, no_modules=a.no_modules,
-        workload=a.workload, timeout=a.timeout, transport=a.transport, smp=a.smp,
-        mem_mb=a.memory, accel=a.accel,
+        out=o.out, arch=o.arch, abi=o.abi, series=o.kernel_series, kernel=kernel,
+        module_srcs=list(o.module_src), kernel_modules=list(o.kernel_module),
+        no_modules=o.no_modules, workload=o.workload, timeout=o.timeout,
+        transport=o.transport, smp=o.smp, mem_mb=o.memory, accel=o.accel,
     )
 
 
@@ -227,12 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=StrictParser)
     t = sub.add_parser("trace", help="boot a kernel with the modules under test and trace it")
-    _add_guest_args(t)
+    add_arguments(t, exclude=("no_dwarf",))
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("run", help="trace, analyze and report (exit 1 when there are findings)")
-    _add_guest_args(r)
-    r.add_argument("--no-dwarf", action="store_true",
-                   help="do not fetch the debug vmlinux; frames get function+offset only")
+    add_arguments(r)
     r.set_defaults(func=cmd_run)
     an = sub.add_parser("analyze", help="analyze a run directory or an ftrace text file")
     an.add_argument("trace", type=Path, help="run directory, or `trace`/`trace_pipe` text")
@@ -247,14 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", type=Path)
     rp.set_defaults(func=cmd_report)
     f = sub.add_parser("fetch", help="download and prepare the default kernel and tools")
-    f.add_argument("--arch", default="x86_64")
-    _add_kernel_choice(f)
-    f.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    f.add_argument("--no-dwarf", action="store_true")
+    add_arguments(f, only=("arch", "kernel_series", "abi", "accel"))
+    f.add_argument("--no-dwarf", action="store_true",
+                   help="do not download the debug vmlinux (runs with --no-dwarf do not need it)")
     f.set_defaults(func=cmd_fetch)
     pr = sub.add_parser("probes", help="print a script arming tracedep's probes on a machine")
-    pr.add_argument("--arch", default="x86_64")
-    _add_kernel_choice(pr)
+    add_arguments(pr, only=("arch", "kernel_series", "abi"))
     pr.set_defaults(func=cmd_probes)
     from tracedep.nightly import gitbisect, night
 

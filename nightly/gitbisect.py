@@ -13,8 +13,8 @@ Two commands.
         --match sleep-in-atomic:foo_fill [--repeat 3]
     git bisect reset
 
-builds the module (or, with ``--kernel-build CMD --kernel-image PATH``, runs CMD
-to build a kernel and boots that image), runs ``tracedep run`` and exits
+builds the module (or, with ``--kernel-build-cmd CMD --kernel-image PATH``, runs
+CMD to build a kernel and boots that image), runs ``tracedep run`` and exits
 
     0    the finding is absent (good)
     1    the finding is present (bad)
@@ -30,7 +30,12 @@ frame of its first witness, and with every witness frame (inlined ones included)
 ``--repeat N`` runs up to N times before calling a commit good and stops at the
 first run that shows the finding, for findings that do not show on every boot.
 ``--keep DIR`` keeps each commit's run directories in ``DIR/<commit>/`` and the
-verdict in ``DIR/<commit>.json``.
+verdict in ``DIR/<commit>.json``.  Every other option is an option of ``tracedep
+run`` (``common/run_options.py``), passed on; two are spelled as they always were
+here: ``--kernel-image`` is run's ``--kernel`` and ``--kernel-tree`` run's
+``--kernel-build`` (a build tree).  The build *command* is ``--kernel-build-cmd``;
+its old spelling ``--kernel-build CMD`` still works, with a warning, until the
+next release.
 
 ``tracedep bisect``, the whole bisection in one command::
 
@@ -43,7 +48,7 @@ the current directory; else the one holding the first ``--module-src``), then
 prints the first bad commit, its finding and the run that showed it::
 
     tracedep bisect v1.0 main -- --module-src . --match sleep-in-atomic:foo_fill
-    tracedep bisect --repo ~/linux v6.6 v6.7 -- --kernel-build 'make -j8 bzImage' \
+    tracedep bisect --repo ~/linux v6.6 v6.7 -- --kernel-build-cmd 'make -j8 bzImage' \
         --kernel-image ~/linux/arch/x86/boot/bzImage --module-src ~/drv --match recursive-locking
 
 Relative paths are taken from where ``tracedep bisect`` runs; the run
@@ -56,6 +61,7 @@ could not name one commit (every candidate skipped: build or boot failures).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -67,6 +73,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tracedep.analysis.findings import FINDING_KINDS, Finding
+from tracedep.common.run_options import BISECT_RUN, RunOptions, add_arguments
 from tracedep.errors import InputError
 
 GOOD, BAD, SKIP, ABORT = 0, 1, 125, 130
@@ -129,52 +136,29 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+def run_options(a: argparse.Namespace) -> RunOptions:
+    """The ``tracedep run`` options of a bisect-run (no --out), paths made absolute."""
+    return RunOptions.from_namespace(a).absolute()
+
+
 def run_argv(a: argparse.Namespace) -> list[str]:
     """The ``tracedep run`` arguments of a bisect-run (all but --out), paths made absolute."""
-    argv = ["--arch", a.arch]
-    if a.abi:
-        argv += ["--abi", a.abi]
-    if a.kernel_series:
-        argv += ["--kernel-series", a.kernel_series]
-    for m in a.module_src:
-        argv += ["--module-src", str(Path(m).absolute())]
-    for k in a.kernel_module:
-        argv += ["--kernel-module", k]
-    for opt, val in (("--kernel", a.kernel_image), ("--kernel-modules", a.kernel_modules),
-                     ("--kernel-build", a.kernel_tree), ("--vmlinux", a.vmlinux),
-                     ("--workload", a.workload)):
-        if val is not None:
-            argv += [opt, str(Path(val).absolute())]
-    argv += ["--timeout", f"{a.timeout:g}", "--smp", str(a.smp), "--memory", str(a.memory),
-             "--accel", a.accel]
-    if a.no_dwarf:
-        argv.append("--no-dwarf")
-    return argv
+    return run_options(a).to_argv()
+
+
+def _word(flag: str, value: str) -> list[str]:
+    return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
 
 
 def bisect_run_argv(a: argparse.Namespace) -> list[str]:
     """``a`` (parsed bisect-run arguments) as bisect-run arguments again, paths absolute."""
-    argv = ["--match", a.match, "--repeat", str(a.repeat)]
-    for m in a.module_src:
-        argv += ["--module-src", str(Path(m).absolute())]
-    for k in a.kernel_module:
-        argv += ["--kernel-module", k]
-    if a.kernel_build:
-        argv += ["--kernel-build", a.kernel_build]
-    for opt, val in (("--kernel-image", a.kernel_image), ("--kernel-repo", a.kernel_repo),
-                     ("--kernel-modules", a.kernel_modules), ("--kernel-tree", a.kernel_tree),
-                     ("--vmlinux", a.vmlinux), ("--workload", a.workload), ("--keep", a.keep)):
+    argv = [*_word("--match", a.match), "--repeat", str(a.repeat)]
+    if a.kernel_build_cmd:
+        argv += _word("--kernel-build-cmd", a.kernel_build_cmd)
+    for opt, val in (("--kernel-repo", a.kernel_repo), ("--keep", a.keep)):
         if val is not None:
-            argv += [opt, str(Path(val).absolute())]
-    argv += ["--arch", a.arch, "--timeout", f"{a.timeout:g}", "--smp", str(a.smp),
-             "--memory", str(a.memory), "--accel", a.accel]
-    if a.abi:
-        argv += ["--abi", a.abi]
-    if a.kernel_series:
-        argv += ["--kernel-series", a.kernel_series]
-    if a.no_dwarf:
-        argv.append("--no-dwarf")
-    return argv
+            argv += _word(opt, str(Path(val).absolute()))
+    return argv + RunOptions.from_namespace(a).absolute().to_argv(BISECT_RUN)
 
 
 def _fresh(path: Path) -> Path:
@@ -185,12 +169,13 @@ def _fresh(path: Path) -> Path:
     return cand
 
 
-def _attempt(argv: list[str], run_dir: Path, match: Match) -> tuple[str, str, Finding | None]:
+def _attempt(opts: RunOptions, run_dir: Path, match: Match) -> tuple[str, str, Finding | None]:
     """One ``tracedep run``: ("present" | "absent" | "nobuild" | "failed", detail, finding)."""
     from tracedep.reports.serialize import load_run_outputs
 
-    proc = subprocess.run([sys.executable, "-P", "-m", "tracedep.cli", "run", *argv,
-                           "--out", str(run_dir)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-P", "-m", "tracedep.cli", "run",
+                           *dataclasses.replace(opts, out=run_dir).to_argv()],
+                          capture_output=True, text=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     run_dir.with_name(run_dir.name + ".log").write_text(proc.stdout + proc.stderr)
     if proc.returncode == 2:
@@ -213,24 +198,24 @@ def bisect_run(a: argparse.Namespace, keep: Path) -> int:
     repo = Path(a.kernel_repo or (a.module_src[0] if a.module_src else ".")).absolute()
     commit = head_commit(repo) or "worktree"
     short = commit[:12]
-    if a.kernel_build:
-        proc = subprocess.run(a.kernel_build, shell=True, cwd=a.kernel_repo or None,
+    if a.kernel_build_cmd:
+        proc = subprocess.run(a.kernel_build_cmd, shell=True, cwd=a.kernel_repo or None,
                               capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{PREFIX} {short}: kernel build failed (exit {proc.returncode}): "
                   f"{_last_line(proc.stderr or proc.stdout)}: skip", flush=True)
             return SKIP
-        if not Path(a.kernel_image).is_file():
-            print(f"{PREFIX} {short}: no kernel image {a.kernel_image} after the build: skip",
+        if not Path(a.kernel).is_file():  # --kernel-image
+            print(f"{PREFIX} {short}: no kernel image {a.kernel} after the build: skip",
                   flush=True)
             return SKIP
-    argv = run_argv(a)
+    opts = run_options(a)
     base = _fresh(keep / commit)
     attempts: list[dict[str, Any]] = []
     verdict, found = SKIP, None
     for i in range(1, a.repeat + 1):
         run_dir = base / f"attempt-{i}"
-        outcome, detail, f = _attempt(argv, run_dir, match)
+        outcome, detail, f = _attempt(opts, run_dir, match)
         attempts.append({"run_dir": str(run_dir), "outcome": outcome, "detail": detail})
         print(f"{PREFIX} {short}: attempt {i}/{a.repeat}: {outcome}: {detail}", flush=True)
         if outcome == "present":
@@ -257,11 +242,11 @@ def _check(a: argparse.Namespace) -> None:
     Match.parse(a.match)
     if a.repeat < 1:
         raise InputError("--repeat must be at least 1")
-    if a.kernel_build and not a.kernel_image:
-        raise InputError("--kernel-build needs --kernel-image (the image the build makes)")
-    if not a.module_src and not a.kernel_image:
+    if a.kernel_build_cmd and not a.kernel:
+        raise InputError("--kernel-build-cmd needs --kernel-image (the image the build makes)")
+    if not a.module_src and not a.kernel:
         raise InputError("give --module-src DIR (a driver to bisect) or "
-                         "--kernel-build CMD --kernel-image PATH (a kernel to bisect)")
+                         "--kernel-build-cmd CMD --kernel-image PATH (a kernel to bisect)")
 
 
 def cmd_bisect_run(a: argparse.Namespace) -> int:
@@ -277,37 +262,37 @@ def cmd_bisect_run(a: argparse.Namespace) -> int:
         return ABORT
 
 
+class _OldKernelBuild(argparse.Action):
+    """``--kernel-build CMD``: --kernel-build-cmd's old spelling, until the next release.
+
+    In ``tracedep run``, ``--kernel-build`` is a kernel build tree (here that is
+    ``--kernel-tree``); bisect-run's build command has its own name now.  The old
+    spelling still works, so a ``git bisect run`` line written for it does not
+    call every commit bad (exit 2) halfway through a bisection.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"{PREFIX} warning: --kernel-build CMD is now --kernel-build-cmd CMD (the old "
+              "spelling goes away in the next release; in tracedep run, --kernel-build is a "
+              "build tree, here --kernel-tree)", file=sys.stderr, flush=True)
+        setattr(namespace, self.dest, values)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match", required=True,
                    help="finding SIGNATURE, KIND, or KIND:FUNCTION to look for")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs before calling a commit good (stops at the first bad run)")
-    p.add_argument("--module-src", type=Path, action="append", default=[],
-                   help="driver kbuild directory, checked out by git bisect (repeatable)")
-    p.add_argument("--kernel-module", action="append", default=[], metavar="NAME",
-                   help="a module of the kernel package to test (repeatable; see tracedep run)")
-    p.add_argument("--kernel-build", default=None, metavar="CMD",
+    p.add_argument("--kernel-build-cmd", default=None, metavar="CMD",
                    help="shell command that builds the kernel at this commit")
-    p.add_argument("--kernel-image", type=Path, default=None,
-                   help="the image --kernel-build makes (bzImage/Image)")
+    p.add_argument("--kernel-build", dest="kernel_build_cmd", action=_OldKernelBuild,
+                   metavar="CMD", help=argparse.SUPPRESS)
     p.add_argument("--kernel-repo", type=Path, default=None,
-                   help="where to run --kernel-build (default: the current directory)")
-    p.add_argument("--kernel-modules", type=Path, default=None,
-                   help="the built kernel's lib/modules/<release> directory")
-    p.add_argument("--kernel-tree", type=Path, default=None,
-                   help="the built kernel's build tree, to build --module-src against")
-    p.add_argument("--vmlinux", type=Path, default=None)
-    p.add_argument("--arch", default="x86_64")
-    p.add_argument("--abi", default=None)
-    p.add_argument("--kernel-series", default=None, choices=("6.1", "6.12"))
-    p.add_argument("--workload", type=Path, default=None)
-    p.add_argument("--timeout", type=float, default=300.0)
-    p.add_argument("--smp", type=int, default=2)
-    p.add_argument("--memory", type=int, default=1024)
-    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--no-dwarf", action="store_true")
+                   help="where to run --kernel-build-cmd (default: the current directory)")
     p.add_argument("--keep", type=Path, default=None,
                    help="keep run directories in DIR/<commit>/, verdicts in DIR/<commit>.json")
+    add_arguments(p.add_argument_group("tracedep run options"), spelling=BISECT_RUN)
 
 
 # -- the whole bisection -----------------------------------------------------------------------
@@ -331,7 +316,7 @@ def _run_args(argv: list[str]) -> argparse.Namespace:
 def _repo_of(a: argparse.Namespace, run: argparse.Namespace) -> Path:
     if a.repo is not None:
         start = a.repo
-    elif run.kernel_build:  # bisecting the kernel: its tree, or where we are
+    elif run.kernel_build_cmd:  # bisecting the kernel: its tree, or where we are
         start = run.kernel_repo or Path(".")
     else:
         start = run.module_src[0]
@@ -362,7 +347,7 @@ def cmd_bisect(a: argparse.Namespace) -> int:
         raise InputError(f"{repo}: a bisection is already running (git bisect reset ends it)")
     keep = (a.keep or Path(tempfile.mkdtemp(prefix="tracedep-bisect-"))).absolute()
     run.keep = keep
-    if run.kernel_build and run.kernel_repo is None:
+    if run.kernel_build_cmd and run.kernel_repo is None:
         run.kernel_repo = repo  # the build runs where git checks the commits out
     # -P: git runs the test in the repository, whose files must not shadow modules
     test = [sys.executable, "-P", "-m", "tracedep.cli", "bisect-run", *bisect_run_argv(run)]

@@ -26,7 +26,9 @@ Configuration (TOML; relative paths are relative to the file)::
     timeout = 300                # guest timeout of each run, seconds
     cell_timeout = 3600          # wall-clock limit of a whole cell (build, boot, analysis)
     jobs = 1                     # cells run at a time (--jobs overrides)
-    run_args = []                # more `tracedep run` arguments, e.g. ["--smp", "1"]
+    run_args = []                # more `tracedep run` arguments, e.g. ["--smp", "1"]: after the
+                                 # cell's own (a value here overrides the cell's), checked
+                                 # when the configuration is read
     out = "nightly"              # default --out
     db = "nightly/history.sqlite"  # default --db (default: OUT/history.sqlite)
 
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import math
 import os
@@ -64,6 +67,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tracedep.analysis.findings import Finding
+from tracedep.common.run_options import RunOptions
 from tracedep.errors import ConfigError, InputError
 from tracedep.nightly.history import CellKey, FindingRow, History, Verdict
 from tracedep.vm.debian_kernels import SERIES
@@ -83,7 +87,19 @@ STOP_GRACE_S = 60.0  # a cell told to stop shuts its guest down; give it that lo
 @dataclass(frozen=True)
 class Kernel:
     name: str
-    args: tuple[str, ...]  # `tracedep run` arguments selecting it
+    series: str | None = None  # a Debian series, or
+    abi: str | None = None  # an exact Debian ABI, or
+    image: Path | None = None  # a kernel of the user's (--kernel), with:
+    modules: Path | None = None
+    build: Path | None = None
+    vmlinux: Path | None = None
+
+
+@dataclass(frozen=True)
+class DriverSet:
+    name: str
+    module_src: tuple[Path, ...]  # none: the bundled drivers (unless kernel_module)
+    kernel_module: tuple[str, ...]  # the kernel package's own modules
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,12 @@ class Workload:
 @dataclass(frozen=True)
 class Cell:
     key: CellKey
-    args: tuple[str, ...]  # `tracedep run` arguments of the cell, without --out
+    options: RunOptions  # of the cell's `tracedep run`, without --out
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The cell's `tracedep run` arguments, without --out."""
+        return tuple(self.options.to_argv())
 
     @property
     def dirname(self) -> str:
@@ -158,8 +179,11 @@ def _kernels(path: Path, raw: dict[str, Any]) -> list[Kernel]:
         key = f"kernels[{i}]"
         if isinstance(k, str):
             name = _name(path, key, k)
-            out.append(Kernel(name, () if name == DEFAULT else (
-                ("--kernel-series", name) if name in SERIES else ("--abi", name))))
+            if name == DEFAULT:
+                out.append(Kernel(name))
+            else:
+                out.append(Kernel(name, series=name) if name in SERIES else
+                           Kernel(name, abi=name))
             continue
         if not isinstance(k, dict):
             raise _fail(path, key, "must be an ABI string or a table {name, image, …}")
@@ -169,13 +193,12 @@ def _kernels(path: Path, raw: dict[str, Any]) -> list[Kernel]:
                         "unknown (known: name, image, modules, build, vmlinux)")
         if "name" not in k or "image" not in k:
             raise _fail(path, key, "a kernel table needs 'name' and 'image'")
-        args = ["--kernel", str(_path(base, path, f"{key}.image", k["image"], False))]
-        for opt, flag, is_dir in (("modules", "--kernel-modules", True),
-                                  ("build", "--kernel-build", True),
-                                  ("vmlinux", "--vmlinux", False)):
-            if opt in k:
-                args += [flag, str(_path(base, path, f"{key}.{opt}", k[opt], is_dir))]
-        out.append(Kernel(_name(path, f"{key}.name", k["name"]), tuple(args)))
+        image, modules, build, vmlinux = (
+            _path(base, path, f"{key}.{opt}", k[opt], is_dir) if opt in k else None
+            for opt, is_dir in (("image", False), ("modules", True), ("build", True),
+                                ("vmlinux", False)))
+        out.append(Kernel(_name(path, f"{key}.name", k["name"]), image=image, modules=modules,
+                          build=build, vmlinux=vmlinux))
     return out
 
 
@@ -196,31 +219,32 @@ def _workloads(path: Path, raw: dict[str, Any]) -> list[Workload]:
     return out
 
 
-def _driver_sets(path: Path, raw: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
+def _driver_sets(path: Path, raw: dict[str, Any]) -> list[DriverSet]:
     sets = raw.get("driver_sets")
     if not isinstance(sets, dict) or not sets:
         raise _fail(path, "driver_sets", "required: a table of name = \"bundled\" | dirs")
-    out: list[tuple[str, tuple[str, ...]]] = []
+    out: list[DriverSet] = []
     for name, v in sets.items():
         key = f"driver_sets.{name}"
         _name(path, key, name)
         if v == BUNDLED:
-            out.append((name, ()))  # `tracedep run` without --module-src runs the bundled set
+            out.append(DriverSet(name, (), ()))  # a run without --module-src: the bundled set
             continue
         dirs = [v] if isinstance(v, str) else v
         if not isinstance(dirs, list) or not dirs:
             raise _fail(path, key, "must be \"bundled\", a directory or a list of directories "
                                    "and kernel:NAME modules")
-        args: list[str] = []
+        srcs: list[Path] = []
+        kernel_modules: list[str] = []
         for d in dirs:
             if isinstance(d, str) and d.startswith(KERNEL_MODULE):
                 # the kernel package's own module (`tracedep run --kernel-module`)
                 if not d[len(KERNEL_MODULE):]:
                     raise _fail(path, key, "kernel: needs a module name (kernel:null_blk)")
-                args += ["--kernel-module", d[len(KERNEL_MODULE):]]
+                kernel_modules.append(d[len(KERNEL_MODULE):])
                 continue
-            args += ["--module-src", str(_path(path.parent, path, key, d, True))]
-        out.append((name, tuple(args)))
+            srcs.append(_path(path.parent, path, key, d, True))
+        out.append(DriverSet(name, tuple(srcs), tuple(kernel_modules)))
     return out
 
 
@@ -262,13 +286,18 @@ def load_config(path: Path) -> Config:
     cells = []
     for k in kernels:
         for a in archs:
-            for ds_name, ds_args in sets:
+            for ds in sets:
                 for w in workloads:
-                    args = ["--arch", a, "--timeout", f"{timeout:g}", *k.args, *ds_args]
-                    if w.script is not None:
-                        args += ["--workload", str(w.script)]
-                    cells.append(Cell(CellKey(k.name, a, ds_name, w.name),
-                                      (*args, *run_args)))
+                    opts = RunOptions(
+                        arch=a, kernel_series=k.series, abi=k.abi, kernel=k.image,
+                        kernel_modules=k.modules, kernel_build=k.build, vmlinux=k.vmlinux,
+                        module_src=ds.module_src, kernel_module=ds.kernel_module,
+                        workload=w.script, timeout=float(timeout))
+                    try:  # run_args last: a value there overrides the cell's, as on a command line
+                        opts = RunOptions.from_argv(run_args, base=opts)
+                    except InputError as e:
+                        raise _fail(path, "run_args", str(e)) from None
+                    cells.append(Cell(CellKey(k.name, a, ds.name, w.name), opts))
     names = [str(c.key) for c in cells]
     if len(set(names)) != len(names):
         raise _fail(path, "workloads", "two cells have the same name (duplicate entries?)")
@@ -413,8 +442,8 @@ class Night:
         run_dir = self.dir / stem
         log_path = self.dir / f"{stem}.log"
         # -P: the cwd must not shadow modules (a `random.py` where cron starts us)
-        cmd = [sys.executable, "-P", "-m", "tracedep.cli", "run", *cell.args, "--out",
-               str(run_dir)]
+        cmd = [sys.executable, "-P", "-m", "tracedep.cli", "run",
+               *dataclasses.replace(cell.options, out=run_dir).to_argv()]
         run_id = self.h.start_run(self.res.night_id, cell.key, attempt, str(run_dir))
         log_file = open(log_path, "wb")  # closed when the job ends
         log_file.write(("$ " + " ".join(cmd) + "\n").encode())

@@ -59,11 +59,12 @@ def test_match_rejects_unknown_kind() -> None:
 def test_helper_passes_every_argument_on(tmp_path: Path) -> None:
     """What `tracedep bisect` hands to git bisect run parses back to the same request."""
     (tmp_path / "w.sh").write_text("true\n")
-    argv = ["--match", "sleep-in-atomic:f", "--repeat", "3", "--kernel-build", "make -j8 bzImage",
-            "--kernel-image", "arch/x86/boot/bzImage", "--kernel-tree", ".", "--module-src",
-            "drv", "--vmlinux", "vmlinux", "--workload", str(tmp_path / "w.sh"), "--arch",
-            "arm64", "--abi", "6.1.0-56", "--timeout", "99", "--smp", "1", "--memory", "512",
-            "--accel", "tcg", "--no-dwarf", "--keep", "k"]
+    argv = ["--match", "sleep-in-atomic:f", "--repeat", "3", "--kernel-build-cmd",
+            "make -j8 bzImage", "--kernel-image", "arch/x86/boot/bzImage", "--kernel-tree", ".",
+            "--module-src", "drv", "--vmlinux", "vmlinux", "--workload", str(tmp_path / "w.sh"),
+            "--arch", "arm64", "--abi", "6.1.0-56", "--timeout", "99", "--smp", "1", "--memory",
+            "512", "--accel", "tcg", "--no-dwarf", "--keep", "k", "--transport", "ringbuf",
+            "--no-modules"]
     a = _run_args(argv)
     again = _run_args(bisect_run_argv(a))
     for k, v in vars(a).items():
@@ -88,14 +89,29 @@ def test_module_that_does_not_build_is_skip(tmp_path: Path) -> None:
 
 
 def test_failed_kernel_build_is_skip(tmp_path: Path) -> None:
-    rc = main(["bisect-run", "--kernel-build", "exit 1", "--kernel-image",
+    rc = main(["bisect-run", "--kernel-build-cmd", "exit 1", "--kernel-image",
                str(tmp_path / "bzImage"), "--match", "sleep-in-atomic"])
     assert rc == 125
 
 
+def test_old_kernel_build_spelling_still_works(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """bisect-run's --kernel-build CMD is --kernel-build-cmd now; the old spelling warns."""
+    rc = main(["bisect-run", "--kernel-build", "exit 1", "--kernel-image",
+               str(tmp_path / "bzImage"), "--match", "sleep-in-atomic"])
+    assert rc == 125
+    err = capsys.readouterr().err
+    assert "--kernel-build CMD is now --kernel-build-cmd CMD" in err
+    a = _run_args(["--kernel-build", "make", "--kernel-image", "bzImage", "--match",
+                   "recursive-locking"])
+    assert a.kernel_build_cmd == "make" and a.kernel_build is None  # not the build tree
+    assert "--kernel-build-cmd" in bisect_run_argv(a)
+    assert "--kernel-build" not in bisect_run_argv(a)
+
+
 @pytest.mark.parametrize("argv, words", [
     (["bisect-run", "--module-src", "x", "--match", "nonsense"], "unknown finding kind"),
-    (["bisect-run", "--kernel-build", "make", "--match", "sleep-in-atomic"],
+    (["bisect-run", "--kernel-build-cmd", "make", "--match", "sleep-in-atomic"],
      "needs --kernel-image"),
     (["bisect-run", "--match", "sleep-in-atomic"], "give --module-src"),
 ])
@@ -133,7 +149,7 @@ def test_helper_with_every_commit_skipped_is_exit_3(tmp_path: Path) -> None:
     revs = _git(repo, "rev-list", "--reverse", "HEAD").split()
     proc = subprocess.run(
         [sys.executable, "-m", "tracedep.cli", "bisect", "--repo", str(repo), "--keep",
-         str(tmp_path / "runs"), revs[0], revs[-1], "--", "--kernel-build", "exit 1",
+         str(tmp_path / "runs"), revs[0], revs[-1], "--", "--kernel-build-cmd", "exit 1",
          "--kernel-image", str(tmp_path / "bzImage"), "--match", "sleep-in-atomic"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stdout + proc.stderr
