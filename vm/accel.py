@@ -14,7 +14,9 @@ import subprocess
 from pathlib import Path
 
 from tracedep.common.cache import cache_root
+from tracedep.common.files import atomic_write
 from tracedep.common.machines import Machine
+from tracedep.vm.qemu import machine_args
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,7 @@ def kvm_works(machine: Machine, kernel_image: Path, timeout: float = 8.0) -> boo
     if key in known:
         return bool(known[key])
     # A kernel with no root panics within a second or two when KVM works.
-    cmd = [machine.qemu, "-accel", "kvm", "-M", machine.machine, "-cpu", "host", "-m", "256",
-           "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+    cmd = [*machine_args(machine, "kvm", 256), "-serial", "stdio",
            "-kernel", str(kernel_image), "-append", f"console={machine.console} panic=-1"]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=timeout, text=True,
@@ -54,7 +55,7 @@ def kvm_works(machine: Machine, kernel_image: Path, timeout: float = 8.0) -> boo
     log.info("KVM probe: %s", "works" if ok else "unusable, using TCG")
     known[key] = ok
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(known))
+    atomic_write(cache, json.dumps(known), fsync=False)
     return ok
 
 

@@ -36,6 +36,15 @@ END_TIMEOUT = "timeout"
 END_QEMU_DIED = "qemu-died"
 
 
+def machine_args(m: Machine, accel: str, mem_mb: int, smp: int = 1) -> list[str]:
+    """The start of every QEMU command line of tracedep (the traced boots and the KVM
+    probe alike): the machine, its CPU, the accelerator, memory, and nothing by default
+    (no devices, no display, no reboot)."""
+    return [m.qemu, "-M", m.machine, "-cpu", m.cpu if accel == "tcg" else "host",
+            "-accel", accel, "-smp", str(smp), "-m", str(mem_mb),
+            "-nodefaults", "-display", "none", "-no-reboot"]
+
+
 @dataclass(frozen=True)
 class VmSpec:
     machine: Machine
@@ -50,17 +59,8 @@ class VmSpec:
 
     def command(self, qmp_path: Path) -> list[str]:
         m = self.machine
-        accel = "kvm" if self.accel == "kvm" else "tcg"
         return [
-            m.qemu,
-            "-M", m.machine,
-            "-cpu", m.cpu if accel == "tcg" else "host",
-            "-accel", accel,
-            "-smp", str(self.smp),
-            "-m", str(self.mem_mb),
-            "-nodefaults",
-            "-display", "none",
-            "-no-reboot",
+            *machine_args(m, "kvm" if self.accel == "kvm" else "tcg", self.mem_mb, self.smp),
             "-no-shutdown",
             "-S",
             "-kernel", str(self.kernel),
