@@ -63,11 +63,11 @@ def cmd_trace(a: argparse.Namespace) -> int:
 def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
                         kallsyms: Path | None = None) -> int:
     """Analyze a run directory or trace file into ``out``; return the findings count."""
-    from tracedep.analysis.enrich import dwarf_aids, symbolize
+    from tracedep.analysis.dwarf_pass import dwarf_aids, symbolize
     from tracedep.analysis.pipeline import analyze
     from tracedep.analysis.trace import load
     from tracedep.reports.serialize import write_run_outputs
-    from tracedep.vm.debug_symbols import debug_vmlinux
+    from tracedep.vm.debug_packages import debug_vmlinux
 
     trace = load(source, kallsyms)
     k = trace.info.kernel
@@ -136,7 +136,7 @@ def cmd_fetch(a: argparse.Namespace) -> int:
     from tracedep.common.machines import machine_for
     from tracedep.tracer.session import discover
     from tracedep.vm.accel import choose_accel
-    from tracedep.vm.debug_symbols import debug_vmlinux
+    from tracedep.vm.debug_packages import debug_vmlinux
     from tracedep.vm.initramfs import busybox_binary, loader_binary, pump_binary
     from tracedep.vm.kernel import fetch_debian_kernel
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from tracedep.analysis.symbols import RunSymbols, Sym
+from tracedep.analysis.run_symbols import RunSymbols, Sym
 from tracedep.analysis.type_names import fold_indices
 from tracedep.tracer.lock_init import (
     DIR_REKEY,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis.classes import LockClass
-from tracedep.analysis.symbols import RunSymbols
+from tracedep.analysis.run_symbols import RunSymbols
 
 LOCK_KINDS = ("lock_acquire", "lock_release", "lock_return")
 

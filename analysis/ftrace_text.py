@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.symbols import ModuleSpan, RunSymbols
+from tracedep.analysis.run_symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace_model import Trace
 from tracedep.common.machines import MACHINES
 from tracedep.errors import InputError, TraceFormatError

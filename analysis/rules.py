@@ -38,7 +38,7 @@ from tracedep.analysis.heldlocks import (
     Replay,
 )
 from tracedep.analysis.nesting import NestingJudge
-from tracedep.analysis.symbols import RunSymbols
+from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.witness import clean_stack, clean_text_stack, frame_at
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
 from tracedep.tracer.probes import api_name

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tracedep.analysis.symbols import RunSymbols
+from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace_model import Trace
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import manifest, schema

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.symbols import RunSymbols
+from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.tracer.manifest import RunManifest
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import replace
 
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.symbols import RunSymbols
+from tracedep.analysis.run_symbols import RunSymbols
 
 _TRACING = re.compile(
     r"^(kprobe_.*|aggr_pre_handler|trace_event_raw_event_.*|perf_trace_.*|trace_event_buffer_.*|"

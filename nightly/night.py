@@ -85,7 +85,7 @@ STOP_GRACE_S = 60.0  # a cell told to stop shuts its guest down; give it that lo
 
 
 @dataclass(frozen=True)
-class Kernel:
+class KernelChoice:
     name: str
     series: str | None = None  # a Debian series, or
     abi: str | None = None  # an exact Debian ABI, or
@@ -172,7 +172,7 @@ def _path(base: Path, path: Path, key: str, v: Any, want_dir: bool) -> Path:
     return p
 
 
-def _kernels(path: Path, raw: dict[str, Any]) -> list[Kernel]:
+def _kernels(path: Path, raw: dict[str, Any]) -> list[KernelChoice]:
     base = path.parent
     out = []
     for i, k in enumerate(_list(path, raw, "kernels", [DEFAULT])):
@@ -180,10 +180,10 @@ def _kernels(path: Path, raw: dict[str, Any]) -> list[Kernel]:
         if isinstance(k, str):
             name = _name(path, key, k)
             if name == DEFAULT:
-                out.append(Kernel(name))
+                out.append(KernelChoice(name))
             else:
-                out.append(Kernel(name, series=name) if name in SERIES else
-                           Kernel(name, abi=name))
+                out.append(KernelChoice(name, series=name) if name in SERIES else
+                           KernelChoice(name, abi=name))
             continue
         if not isinstance(k, dict):
             raise _fail(path, key, "must be an ABI string or a table {name, image, …}")
@@ -197,7 +197,7 @@ def _kernels(path: Path, raw: dict[str, Any]) -> list[Kernel]:
             _path(base, path, f"{key}.{opt}", k[opt], is_dir) if opt in k else None
             for opt, is_dir in (("image", False), ("modules", True), ("build", True),
                                 ("vmlinux", False)))
-        out.append(Kernel(_name(path, f"{key}.name", k["name"]), image=image, modules=modules,
+        out.append(KernelChoice(_name(path, f"{key}.name", k["name"]), image=image, modules=modules,
                           build=build, vmlinux=vmlinux))
     return out
 
@@ -504,10 +504,10 @@ class Night:
                      junit.to_xml(list(self.suites.values()), name=f"tracedep {self.name}"))
 
     def render(self) -> None:
-        from tracedep.nightly.site import Site
+        from tracedep.nightly.site import NightlySite
 
         try:
-            Site(self.h, self.out).render()
+            NightlySite(self.h, self.out).render()
         except OSError as e:  # a full disk must not lose the night's records
             log.warning("could not write the report site: %s", e)
 

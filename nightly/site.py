@@ -78,7 +78,7 @@ def _n(v: object) -> Markup:
     return el("td", v if v else "·", class_="n" + ("" if v else " zero"))
 
 
-class Site:
+class NightlySite:
     """Renders every page of one output folder from one history database."""
 
     def __init__(self, history: History, out: Path) -> None:

@@ -43,7 +43,7 @@ import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
-from tracedep.analysis.symbols import ModuleSpan, RunSymbols
+from tracedep.analysis.run_symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace import Trace, load
 from tracedep.errors import InputError
 from tracedep.kimage.elf_symbols import SymbolTable

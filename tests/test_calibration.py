@@ -95,7 +95,7 @@ def test_positive_offsets_still_subtract() -> None:
 def test_x86_mid_offset_is_the_first_body_instruction() -> None:
     """On the suite kernel's vmlinux: right past endbr64 and the __fentry__ call."""
     from tracedep.common.cache import cache_root
-    from tracedep.vm.debug_symbols import ensure_dbg_vmlinux
+    from tracedep.vm.debug_packages import ensure_dbg_vmlinux
     from tracedep.vm.kernel import fetch_debian_kernel
 
     machine = machine_for("x86_64")

@@ -5,7 +5,7 @@ random bytes, numbers replaced by extreme ones) or plain random data:
 
 * the control channel (tracer.control) and every accessor the run uses;
 * an event format and the ring-buffer header (tracer.ftrace_formats);
-* kallsyms text (analysis.symbols);
+* kallsyms text (analysis.run_symbols);
 * the ftrace text trace parser (analysis.ftrace_text), through ``load_text``;
 * the binary decoder, both walkers, on a recorded trace (tests/data/traces/tiny).
 

@@ -79,7 +79,7 @@ def test_btf_offsets_agree_with_dwarf() -> None:
     same -dbg package) give the same member offsets."""
     from tracedep.common.cache import cache_root
     from tracedep.common.machines import machine_for
-    from tracedep.vm.debug_symbols import dbg_modules_dir, ensure_dbg_vmlinux
+    from tracedep.vm.debug_packages import dbg_modules_dir, ensure_dbg_vmlinux
     from tracedep.vm.kernel import fetch_debian_kernel
 
     if shutil.which("pahole") is None:

@@ -6,7 +6,7 @@ release would have: the module's own unlock events taken out, and, for the
 kernels whose preempt_count does not count spinlocks (Debian's 6.1 arm64
 ``PREEMPT_VOLUNTARY`` kernel, calibration ``preempt_count_tracks_spinlocks:
 false``), the manifest entry that says those inlined unlocks could not be probed
-(``inline_locks.skipped``, as tracer.extras writes it).
+(``inline_locks.skipped``, as tracer.extra_probes writes it).
 """
 
 from __future__ import annotations

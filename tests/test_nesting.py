@@ -22,7 +22,7 @@ from tracedep.analysis.nesting import NestingJudge, SourceLines, _last_argument
 from tracedep.analysis.symbolizer import ModuleImage, Symbolizer
 from tracedep.common.cache import cache_root
 from tracedep.common.machines import machine_for
-from tracedep.vm.debug_symbols import dbg_modules_dir, ensure_dbg_vmlinux
+from tracedep.vm.debug_packages import dbg_modules_dir, ensure_dbg_vmlinux
 from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.kernel_source import ensure_source_tree
 

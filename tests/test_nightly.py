@@ -33,7 +33,7 @@ from tracedep.nightly.history import (
     classify,
 )
 from tracedep.nightly.night import NightResult, exit_code, load_config
-from tracedep.nightly.site import Site
+from tracedep.nightly.site import NightlySite
 from tracedep.reports.serialize import load_run_outputs
 
 DATA = Path(__file__).parent / "data"
@@ -279,7 +279,7 @@ def test_site_escapes_everything(tmp_path: Path) -> None:
                          "<img src=x onerror=alert(1)>", "a & <b>")
         h.finish_run(rid, "ok", 1, 1.0, None, [bad], ["<script>x</script>"], True, 7)
         h.finish_night(nid)
-        written = Site(h, out).render()
+        written = NightlySite(h, out).render()
     text = "".join(p.read_text() for p in written)
     assert "<script>x" not in text and "<img src" not in text and "a & <b>" not in text
     assert "&lt;script&gt;x&lt;/script&gt;" in text and "a &amp; &lt;b&gt;" in text
@@ -470,7 +470,7 @@ def test_killed_night_keeps_finished_cell(two_nights: dict[str, Any]) -> None:
         n2 = h.nights()[0]
         assert n2["status"] == "interrupted" and n2["finished"] is not None
         assert {r["status"] for r in h.runs_of_night(n2["id"])} <= {"ok", "interrupted"}
-        Site(h, out).render()
+        NightlySite(h, out).render()
     page = (out / n2["name"] / "index.html").read_text()
     assert "did not finish" in page and "c-fixed" in page
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.pipeline import analyze
-from tracedep.analysis.symbols import RunSymbols
+from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace import Trace
 from tracedep.kimage.elf_symbols import SymbolTable
 from tracedep.tracer import schema

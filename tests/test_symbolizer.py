@@ -49,7 +49,7 @@ from tracedep.common.cache import cache_root
 from tracedep.common.machines import machine_for
 from tracedep.kimage.dwarf_lines import DwarfIndex, layout_sections
 from tracedep.kimage.elf_symbols import STT_FUNC, ElfFile, read_symtab
-from tracedep.vm.debug_symbols import dbg_modules_dir, dbg_vmlinux_path, ensure_dbg_vmlinux
+from tracedep.vm.debug_packages import dbg_modules_dir, dbg_vmlinux_path, ensure_dbg_vmlinux
 from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.modules import build_module_dir
 
@@ -819,7 +819,7 @@ def test_frames_by_kind_render_as_decode_stacktrace(dbg: DbgKernel, tmp_path: Pa
         assert by_kind["cold"].symbol.endswith(".cold")
 
 
-# -- the -dbg package (vm/debug_symbols.py), with a fake package: no network -------------
+# -- the -dbg package (vm/debug_packages.py), with a fake package: no network -------------
 
 
 def _fake_dbg_deb(debs: Path, abi: str) -> Path:
@@ -840,29 +840,29 @@ def _fake_dbg_deb(debs: Path, abi: str) -> Path:
 
 @pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="dpkg-deb not installed")
 def test_ensure_dbg_vmlinux_extracts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tracedep.vm import debug_symbols
+    from tracedep.vm import debug_packages
 
     abi = "9.9.9-1-fake-amd64"
     _fake_dbg_deb(tmp_path / "debs", abi)
-    path = debug_symbols.ensure_dbg_vmlinux(abi, tmp_path)
+    path = debug_packages.ensure_dbg_vmlinux(abi, tmp_path)
     assert path == dbg_vmlinux_path(abi, tmp_path) and path.read_bytes() == b"\x7fELF fake"
     assert not list((tmp_path / "dbg").glob(".*"))  # no temporary directory left
 
     def no_run(*_a: object, **_k: object) -> None:
         raise AssertionError("downloaded or extracted again")
 
-    monkeypatch.setattr(debug_symbols, "_run", no_run)
-    assert debug_symbols.ensure_dbg_vmlinux(abi, tmp_path) == path
+    monkeypatch.setattr(debug_packages, "_run", no_run)
+    assert debug_packages.ensure_dbg_vmlinux(abi, tmp_path) == path
 
 
 @pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="dpkg-deb not installed")
 def test_ensure_dbg_vmlinux_errors_are_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tracedep.vm import debug_symbols
-    from tracedep.vm.debug_symbols import DebugSymbolsError, ensure_dbg_vmlinux
+    from tracedep.vm import debug_packages
+    from tracedep.vm.debug_packages import DebugSymbolsError, ensure_dbg_vmlinux
 
-    real_run = debug_symbols._run
+    real_run = debug_packages._run
 
     def apt_fails(cmd: list[str], cwd: Path, what: str) -> None:
         if cmd[0] == "apt-get":  # as apt says it, without asking any archive
@@ -873,7 +873,7 @@ def test_ensure_dbg_vmlinux_errors_are_one_line(
             ]
         real_run(cmd, cwd, what)
 
-    monkeypatch.setattr(debug_symbols, "_run", apt_fails)
+    monkeypatch.setattr(debug_packages, "_run", apt_fails)
     abi = "9.9.9-1-fake-amd64"
     debs = tmp_path / "debs"
     debs.mkdir()

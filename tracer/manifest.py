@@ -129,7 +129,7 @@ class Probes:
 
 @dataclass
 class InlineLocks:
-    """Probes on inlined locks (writer: tracer.extras)."""
+    """Probes on inlined locks (writer: tracer.extra_probes)."""
 
     sites: int = 0
     skipped: list[JsonObject] = field(default_factory=list)
@@ -162,11 +162,11 @@ class RunManifest:
     module_sections: JsonObject = field(default_factory=dict)  # tracer.module_sections
     workload: JsonObject = field(default_factory=dict)  # session
     probes: Probes = field(default_factory=Probes)  # session
-    inline_sites: dict[str, JsonObject] = field(default_factory=dict)  # extras
-    # extras; None: no probes on inlined locks were placed (no calibrated point)
+    inline_sites: dict[str, JsonObject] = field(default_factory=dict)  # extra_probes
+    # extra_probes; None: no probes on inlined locks were placed (no calibrated point)
     inline_locks: InlineLocks | None = None
-    calibration: JsonObject = field(default_factory=dict)  # extras (calibration.summary)
-    calibration_mid_offset: int | None = None  # extras
+    calibration: JsonObject = field(default_factory=dict)  # extra_probes (calibration.summary)
+    calibration_mid_offset: int | None = None  # extra_probes
     qemu: JsonObject = field(default_factory=dict)  # session
     failed_attempts: list[JsonObject] = field(default_factory=list)  # session
     timing: JsonObject = field(default_factory=dict)  # session
@@ -180,10 +180,10 @@ class RunManifest:
     call_insn_size: int = 5  # session (common.machines)
     # kprobe handlers of this machine run with IRQs masked (arm64's BRK): a record's
     # irqs-off flag says nothing of the probed code (common.machines)
-    machine_kprobe_irqs_masked: bool = False  # extras
+    machine_kprobe_irqs_masked: bool = False  # extra_probes
     # after calibration, some kprobe rows' IRQ state is still unknown: the analysis
-    # must not judge IRQ state from them (extras.record_calibration)
-    kprobe_irqs_unknown: bool = False  # extras
+    # must not judge IRQ state from them (extra_probes.record_calibration)
+    kprobe_irqs_unknown: bool = False  # extra_probes
     event_counts: dict[str, int] = field(default_factory=dict)  # session
     lockdep_events: dict[str, int] = field(default_factory=dict)  # session
     decode_error: str | None = None  # session

@@ -32,7 +32,7 @@ from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
 from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control, manifest, module_sections
 from tracedep.tracer.channels import Sink, open_sink
-from tracedep.tracer.extras import extra_probes, inline_probes_calibrated, record_calibration
+from tracedep.tracer.extra_probes import extra_probes, inline_probes_calibrated, record_calibration
 from tracedep.tracer.ftrace_binary import Decoded
 from tracedep.tracer.lock_init import class_probes
 from tracedep.tracer.manifest import (
@@ -236,7 +236,7 @@ def _kernel_modules_dwarf(kernel: Kernel, kmods: KernelModules, disc: Discovery,
     """The kernel's modules under test with DWARF (their -dbg twins), so that their
     inlined locks are probed like a --module-src module's (spinlock bodies where the
     kernel inlines them, percpu rwsem readers everywhere); only where such probes
-    are calibrated (tracer.extras)."""
+    are calibrated (tracer.extra_probes)."""
     if not kmods.under_test or not inline_probes_calibrated(machine, disc, vmlinux):
         return []
     found, missing = with_dwarf(kernel, kmods)
@@ -300,7 +300,7 @@ def probe_vmlinux(kernel: Kernel) -> Path | None:
     """A vmlinux with BTF for probe generation: the given one, else Debian's -dbg."""
     if kernel.vmlinux is not None:
         return kernel.vmlinux
-    from tracedep.vm.debug_symbols import ensure_dbg_vmlinux
+    from tracedep.vm.debug_packages import ensure_dbg_vmlinux
 
     dbg = kernel.packages.dbg if kernel.packages else None
     try:
@@ -366,7 +366,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
     defs += class_defs
     # each load's section addresses, a load whose init fails too (tracer.module_sections)
     msec, info.module_sections = module_sections.probes(machine, disc, vmlinux)
-    # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extras)
+    # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extra_probes)
     extra = extra_probes(machine, disc,
                          built + _kernel_modules_dwarf(kernel, kmods, disc, machine, vmlinux),
                          vmlinux)

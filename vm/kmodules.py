@@ -240,7 +240,7 @@ def with_dwarf(kernel: Kernel, kmods: KernelModules) -> tuple[list[BuiltModule],
     build, same layout).  Returns those found and, in words, those not."""
     from tracedep.common.cache import cache_root
     from tracedep.errors import TracedepError
-    from tracedep.vm.debug_symbols import dbg_modules_dir, ensure_dbg_vmlinux
+    from tracedep.vm.debug_packages import dbg_modules_dir, ensure_dbg_vmlinux
 
     if not kmods.under_test:
         return [], []

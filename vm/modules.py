@@ -158,7 +158,7 @@ def plain_module(ko: Path) -> Path:
     st = ko.stat()
     key = hashlib.sha256(f"{ko.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
     # keep the tree's lib/modules/<release>/… path under the cache key: the symbolizer
-    # finds a module's -dbg twin by that path (analysis.enrich)
+    # finds a module's -dbg twin by that path (analysis.dwarf_pass)
     rel = str(ko)[:-len(ko.suffix)]
     tail = "lib/modules/" + rel.split("/lib/modules/", 1)[1] if "/lib/modules/" in rel else \
         Path(rel).name
