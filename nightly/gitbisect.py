@@ -158,7 +158,7 @@ def bisect_run_argv(a: argparse.Namespace) -> list[str]:
     for opt, val in (("--kernel-repo", a.kernel_repo), ("--keep", a.keep)):
         if val is not None:
             argv += _word(opt, str(Path(val).absolute()))
-    return argv + RunOptions.from_namespace(a).absolute().to_argv(BISECT_RUN)
+    return argv + run_options(a).to_argv(BISECT_RUN)
 
 
 def _fresh(path: Path) -> Path:
