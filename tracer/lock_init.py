@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tracedep.common.machines import Machine
 from tracedep.tracer.probes import GROUP, Discovery, ProbeDef, event_name
@@ -170,11 +169,11 @@ def rekey_probe_definitions(machine: Machine, disc: Discovery, layout: InodeLayo
 
 
 def class_probes(machine: Machine, disc: Discovery, vmlinux: Path | None
-                 ) -> tuple[list[ProbeDef], dict[str, Any]]:
+                 ) -> tuple[list[ProbeDef], dict[str, object]]:
     """All of this module's probes for a kernel, and what the manifest says of them
     (``lock_classes``: the inode layout used, or why the re-key probe is absent)."""
     defs = init_probe_definitions(machine, disc)
-    info: dict[str, Any] = {"init_probes": [d.func for d in defs]}
+    info: dict[str, object] = {"init_probes": [d.func for d in defs]}
     layout = None
     if vmlinux is None:
         info["inode_rekey"] = "absent: no debug vmlinux (BTF) for this kernel"

@@ -25,7 +25,7 @@ MANIFEST_VERSION = "2.0"
 # A JSON value: the descriptive sections (QEMU's command line, timings …) that only
 # reach a report's "run" section, typed as what they are.
 Json: TypeAlias = object
-JsonObject: TypeAlias = "dict[str, object]"
+JsonObject: TypeAlias = dict[str, object]
 
 
 @dataclass

@@ -210,7 +210,7 @@ class Vm:
                 else:
                     self._ending.set_result(Ending(END_POWEROFF, reason))
 
-    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    async def execute(self, cmd: str, args: dict[str, object] | None = None) -> object:
         try:
             return await self.qmp.execute(cmd, args)
         except QMPError as e:
