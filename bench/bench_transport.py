@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.common.cache import cache_dir
+from tracedep.common.run_options import RunOptions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -109,9 +110,9 @@ def record(out: Path, transport: str, smp: int, workload: Path, seconds: int) ->
     commands such as ``ringbuf-read`` run) and its other threads (the vCPUs,
     mostly); what is left of the total is tracedep's own Python process.
     """
-    cmd = [str(TRACEDEP), "trace", "--transport", transport, "--smp", str(smp),
-           "--module-src", str(BENCH_DRIVER), "--workload", str(workload),
-           "--timeout", str(seconds + 300), "--out", str(out)]
+    opts = RunOptions(transport=transport, smp=smp, module_src=(BENCH_DRIVER,),
+                      workload=workload, timeout=float(seconds + 300), out=out)
+    cmd = [str(TRACEDEP), "trace", *opts.to_argv()]
     la0 = loadavg()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
