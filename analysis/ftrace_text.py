@@ -54,13 +54,13 @@ from tracedep.analysis.findings import Frame
 from tracedep.analysis.run_symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace_model import Trace
 from tracedep.common.machines import MACHINES
+from tracedep.common.run_manifest import Kaslr, Lost, RunManifest
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.kimage.elf_symbols import SymbolTable, is_mapping_or_local_label
 from tracedep.kimage.kallsyms import read_file as read_kallsyms_file
 from tracedep.tracer import schema
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP, SOFTIRQ_NAMES
 from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
-from tracedep.tracer.manifest import Kaslr, Lost, RunManifest
 from tracedep.tracer.probes import (
     GROUP,
     LOCK_FUNCS,

@@ -26,7 +26,7 @@ import pandas as pd
 
 from tracedep.analysis.heldlocks import FORCED_REASONS, SPIN_TYPES, HolderOnStack, Replay
 from tracedep.analysis.run_symbols import RunSymbols
-from tracedep.tracer.manifest import RunManifest
+from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer.probes import GROUP, LOCK_FUNCS, parse_event_name
 
 REASON_TEXT = {

@@ -17,7 +17,7 @@ from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.trace import Trace
-from tracedep.tracer.manifest import RunManifest
+from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer.probes import parse_event_name
 
 log = logging.getLogger(__name__)

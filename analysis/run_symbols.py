@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracedep.common.run_manifest import Load, RunManifest
 from tracedep.errors import TraceFormatError
 from tracedep.kimage import kallsyms
 from tracedep.kimage.elf_symbols import ElfFile, ElfFormatError, SymbolTable
-from tracedep.tracer.manifest import Load, RunManifest
 from tracedep.tracer.module_sections import load_sections
 
 if TYPE_CHECKING:

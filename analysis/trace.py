@@ -16,9 +16,10 @@ import pandas as pd
 
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace_model import Trace
+from tracedep.common import run_manifest as manifest
+from tracedep.common.run_manifest import Lost, RunManifest
 from tracedep.errors import InputError, TraceFormatError
-from tracedep.tracer import manifest, schema
-from tracedep.tracer.manifest import Lost, RunManifest
+from tracedep.tracer import schema
 
 if TYPE_CHECKING:
     from tracedep.tracer.ftrace_binary import Decoded

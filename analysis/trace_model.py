@@ -13,7 +13,7 @@ import pandas as pd
 
 from tracedep.analysis.findings import Frame
 from tracedep.analysis.run_symbols import RunSymbols
-from tracedep.tracer.manifest import RunManifest
+from tracedep.common.run_manifest import RunManifest
 
 
 @dataclass

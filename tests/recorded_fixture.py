@@ -45,10 +45,11 @@ from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
 from tracedep.analysis.run_symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace import Trace, load
+from tracedep.common import run_manifest as manifest
 from tracedep.errors import InputError
 from tracedep.kimage.elf_symbols import SymbolTable
 from tracedep.kimage.kallsyms import parse as read_kallsyms
-from tracedep.tracer import manifest, schema
+from tracedep.tracer import schema
 from tracedep.tracer.probes import LOCK_FUNCS
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import Trace, load
 from tracedep.analysis.witness import clean_text_stack
 from tracedep.cli import main
+from tracedep.common.run_manifest import Kaslr
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import schema
-from tracedep.tracer.manifest import Kaslr
 
 DATA = Path(__file__).parent / "data" / "text"
 TRACE = DATA / "trace.txt"  # `trace`, default options, td_alloc_spin_bug

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tracedep.cli import main
-from tracedep.tracer.manifest import check
+from tracedep.common.run_manifest import check
 
 TINY = Path(__file__).parent / "data" / "traces" / "tiny"
 VALUES: list[Any] = [[], {}, "x", 1.5, None, True, -1, 2**70, [1], {"a": 1}]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tracedep.common import run_manifest as manifest
+from tracedep.common.run_manifest import MANIFEST_VERSION, RunManifest, upgrade
 from tracedep.errors import InputError
-from tracedep.tracer import manifest
-from tracedep.tracer.manifest import MANIFEST_VERSION, RunManifest, upgrade
 
 DATA = Path(__file__).parent / "data" / "traces"
 TINY = DATA / "tiny"

@@ -22,9 +22,9 @@ from recorded_fixture import load_fixture
 from tracedep.analysis.missing import from_manifest
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import Trace
+from tracedep.common.run_manifest import InlineLocks, Lost, RunManifest
 from tracedep.reports import serialize
 from tracedep.tracer import schema
-from tracedep.tracer.manifest import InlineLocks, Lost, RunManifest
 
 RULES = Path(__file__).parent / "data" / "traces" / "rules"
 

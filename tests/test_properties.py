@@ -21,9 +21,9 @@ from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace import Trace
+from tracedep.common.run_manifest import RunManifest
 from tracedep.kimage.elf_symbols import SymbolTable
 from tracedep.tracer import schema
-from tracedep.tracer.manifest import RunManifest
 
 TEXT = 0xFFFF_FFFF_8100_0000
 DATA = 0xFFFF_FFFF_8200_0000

@@ -18,9 +18,9 @@ from typing import Any
 
 from tracedep.common.cache import cache_root
 from tracedep.common.machines import Machine
+from tracedep.common.run_manifest import InlineLocks, JsonObject, RunManifest
 from tracedep.tracer import calibration
 from tracedep.tracer.inline_locks import discover_cached, inline_probes, site_table
-from tracedep.tracer.manifest import InlineLocks, JsonObject, RunManifest
 from tracedep.tracer.probes import Discovery
 from tracedep.vm.modules import BuiltModule
 
@@ -38,7 +38,7 @@ _BODIES = ("_raw_spin_lock", "_raw_spin_unlock", "_raw_spin_lock_irqsave",
 class Extras:
     kprobes: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
-    # for the manifest (tracer.manifest.RunManifest fields of the same names)
+    # for the manifest (common.run_manifest.RunManifest fields of the same names)
     calibration_mid_offset: int | None = None
     inline_sites: dict[str, JsonObject] = field(default_factory=dict)
     inline_locks: InlineLocks | None = None

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.common.files import atomic_output
+from tracedep.common.run_manifest import RunManifest
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import calibration, control, module_sections, page_sums, schema
 from tracedep.tracer.ftrace_formats import (
@@ -32,7 +33,6 @@ from tracedep.tracer.ftrace_formats import (
 )
 from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
 from tracedep.tracer.lockdep_events import merge_lockdep
-from tracedep.tracer.manifest import RunManifest
 from tracedep.tracer.probes import (
     GROUP,
     INLINE_SUFFIX,
@@ -867,7 +867,7 @@ def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:
         raise TraceFormatError(f"{run_dir}: the guest sent no ring-buffer header "
                                "(it died before tracing was armed)")
     if info is None:
-        from tracedep.tracer import manifest
+        from tracedep.common import run_manifest as manifest
 
         info = manifest.read(run_dir)
     sites: dict[str, dict[str, Any]] = {k: v for k, v in info.inline_sites.items()}

@@ -59,6 +59,7 @@ from elftools.dwarf.locationlists import (
 )
 from elftools.dwarf.ranges import BaseAddressEntry as RangeBaseEntry
 
+from tracedep.common.run_manifest import RunManifest
 from tracedep.kimage.dwarf_lines import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
 from tracedep.kimage.elf_symbols import (
     STT_FUNC,
@@ -67,7 +68,6 @@ from tracedep.kimage.elf_symbols import (
     ElfFormatError,
     read_symtab,
 )
-from tracedep.tracer.manifest import RunManifest
 from tracedep.tracer.module_sections import KernelLoad, load_sections
 from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 

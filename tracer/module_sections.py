@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.common.machines import Machine
-from tracedep.tracer.manifest import Load
+from tracedep.common.run_manifest import Load
 from tracedep.tracer.probes import GROUP, Discovery
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Run directory layout::
 
-    manifest.json         see tracer.manifest; rewritten as the run progresses
+    manifest.json         see common.run_manifest; rewritten as the run progresses
     trace/cpuN.raw        binary ftrace pages of CPU N, as trace_pipe_raw gave them
     control.log           the guest's control channel (formats, modules, stats …)
     console.log           the guest's serial console
@@ -25,17 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from tracedep import __version__
+from tracedep.common import run_manifest as manifest
 from tracedep.common.cache import cache_root
 from tracedep.common.files import atomic_write
 from tracedep.common.machines import Machine, machine_for
-from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
-from tracedep.kimage import kallsyms as ksyms
-from tracedep.tracer import control, manifest, module_sections
-from tracedep.tracer.channels import Sink, open_sink
-from tracedep.tracer.extra_probes import extra_probes, inline_probes_calibrated, record_calibration
-from tracedep.tracer.ftrace_binary import Decoded
-from tracedep.tracer.lock_init import class_probes
-from tracedep.tracer.manifest import (
+from tracedep.common.run_manifest import (
     Ending,
     Kaslr,
     KernelRecord,
@@ -45,6 +39,13 @@ from tracedep.tracer.manifest import (
     Probes,
     RunManifest,
 )
+from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
+from tracedep.kimage import kallsyms as ksyms
+from tracedep.tracer import control, module_sections
+from tracedep.tracer.channels import Sink, open_sink
+from tracedep.tracer.extra_probes import extra_probes, inline_probes_calibrated, record_calibration
+from tracedep.tracer.ftrace_binary import Decoded
+from tracedep.tracer.lock_init import class_probes
 from tracedep.tracer.probes import (
     TRACEPOINTS,
     Discovery,
