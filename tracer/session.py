@@ -20,7 +20,7 @@ import logging
 import re
 import shlex
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,16 @@ from tracedep.common.files import atomic_write
 from tracedep.common.machines import Machine, machine_for
 from tracedep.common.run_manifest import (
     Ending,
-    Kaslr,
     KernelRecord,
-    Load,
-    Lost,
     ModuleRecord,
     Probes,
     RunManifest,
 )
-from tracedep.errors import GuestError, InputError, ModuleBuildError, RunError
+from tracedep.errors import GuestError, InputError, RunError
 from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control, module_sections
 from tracedep.tracer.channels import Sink, open_sink
-from tracedep.tracer.extra_probes import extra_probes, inline_probes_calibrated, record_calibration
+from tracedep.tracer.extra_probes import extra_probes, inline_probes_calibrated
 from tracedep.tracer.ftrace_binary import Decoded
 from tracedep.tracer.lock_init import class_probes
 from tracedep.tracer.probes import (
@@ -52,19 +49,23 @@ from tracedep.tracer.probes import (
     probe_definitions,
     stack_triggers,
 )
+from tracedep.tracer.run_record import finish_manifest
 from tracedep.vm.accel import choose_accel
 from tracedep.vm.initramfs import GuestConfig, build_initramfs
 from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.kernel_source import ensure_source_tree
-from tracedep.vm.kmodules import KernelModules, load_order, module_src_depends, with_dwarf
+from tracedep.vm.kmodules import (
+    KernelModules,
+    LoadStep,
+    load_order,
+    module_src_depends,
+    with_dwarf,
+)
 from tracedep.vm.kmodules import resolve as resolve_kernel_modules
 from tracedep.vm.modules import (
     BuiltModule,
     build_modules,
     bundled_driver_dirs,
-    is_module_file,
-    module_name,
-    plain_module,
 )
 from tracedep.vm.qemu import END_PANIC, END_POWEROFF, END_RESET, END_TIMEOUT, Vm, VmSpec
 
@@ -214,24 +215,6 @@ def _under_test(built: list[BuiltModule], kmods: KernelModules) -> list[ModuleRe
     return out
 
 
-def _modules_record(under_test: list[ModuleRecord], ctl: control.Control
-                    ) -> list[ModuleRecord]:
-    loads: dict[str, list[Load]] = {}
-    for ld in ctl.module_loads():
-        loads.setdefault(ld.name, []).append(Load(ld.base, ld.size, dict(ld.sections)))
-    rcs = ctl.insmod_results()
-    return [replace(m,
-                    loaded=bool(loads.get(m.name)),
-                    # every load, in order: a module reloaded may land elsewhere, and
-                    # another module may later reuse its addresses
-                    loads=loads.get(m.name, []),
-                    # the loader's exit codes (the errno of finit_module) in order;
-                    # non-zero: the init failed and the module was freed, so its code
-                    # ran only partly
-                    insmod_rc=rcs.get(m.name, []))
-            for m in under_test]
-
-
 def _kernel_modules_dwarf(kernel: Kernel, kmods: KernelModules, disc: Discovery,
                           machine: Machine, vmlinux: Path | None) -> list[BuiltModule]:
     """The kernel's modules under test with DWARF (their -dbg twins), so that their
@@ -322,6 +305,39 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
         packages=kernel.packages.to_json() if kernel.packages else None)
     for note in kernel.packages.notes if kernel.packages else ():
         log.warning("%s", note)
+    mods = _modules_under_test(opts, kernel, machine, info)
+    manifest.write(out, info)
+    spec = _prepare_guest(opts, machine, kernel, mods, info)
+    info.state = "running"
+    manifest.write(out, info)
+    how, detail = _boot_until_traced(opts, spec, info)
+    decoded = finish_manifest(out, info, mods.under_test, machine)
+    info.state = "complete" if info.trace_complete else "incomplete"
+    manifest.write(out, info)
+    if how != END_POWEROFF:
+        said = _console_panic(out / "console.log")
+        # a hang is a hang (the kernel may have complained on the way: say that too)
+        why = (f"{detail}; the console says: {said}" if how == END_TIMEOUT and said and detail
+               else said or detail or "see console.log")
+        raise GuestError(f"guest {how}: {why}; partial trace kept in {out}")
+    if not info.trace_complete:
+        raise GuestError(f"guest powered off before the trace was complete; see "
+                         f"{out / 'console.log'}")
+    return TraceResult(out, how, info, decoded)
+
+
+@dataclass
+class _Modules:
+    """The modules of one run: built from source, the kernel's own, and their order."""
+
+    built: list[BuiltModule]
+    kmods: KernelModules
+    order: list[LoadStep]
+    under_test: list[ModuleRecord]
+
+
+def _modules_under_test(opts: TraceOptions, kernel: Kernel, machine: Machine,
+                        info: RunManifest) -> _Modules:
     if opts.no_modules and (opts.module_srcs or opts.kernel_modules):
         raise InputError("--no-modules excludes --module-src and --kernel-module")
     # an unknown --kernel-module is an input error before anything is built or booted
@@ -342,7 +358,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
                     f" (as {what})" if what != name else "")
     order = load_order(built, kmods, built_deps)
     under_test = _under_test(built, kmods)
-    info.modules = under_test
+    info.modules = list(under_test)
     info.kernel_modules = {"requested": list(opts.kernel_modules),
                               "under_test": kmods.under_test, "builtin": kmods.builtin,
                               "dependencies": kmods.dependencies}
@@ -355,8 +371,14 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
         except (RunError, InputError) as e:
             log.warning("no kernel source (%s): nestings in the kernel's modules are "
                         "judged from DWARF alone", e)
-    manifest.write(out, info)
+    return _Modules(built, kmods, order, under_test)
 
+
+def _prepare_guest(opts: TraceOptions, machine: Machine, kernel: Kernel, mods: _Modules,
+                   info: RunManifest) -> VmSpec:
+    """Discover the kernel, plan every probe, build the initramfs: the guest to boot."""
+    out = opts.out
+    built, kmods = mods.built, mods.kmods
     accel = choose_accel(machine, kernel.image, opts.accel)
     disc = discover(machine, kernel, accel)
     info.discovery_dir = str(discovery_dir(kernel))
@@ -381,7 +403,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
         workload=workload,
     )
     initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz",
-                             kmods, order)
+                             kmods, mods.order)
     info.workload = {"script": str(opts.workload) if opts.workload else "default"}
     info.probes = Probes(defined=len(defs) + len(extra.kprobes) + len(msec),
                          definitions=[d.definition for d in defs] + extra.kprobes + msec,
@@ -395,9 +417,14 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
                   mem_mb=opts.mem_mb, accel=accel)
     info.qemu = {"accel": accel, "smp": opts.smp, "mem_mb": opts.mem_mb,
                  "append": spec.append}
-    info.state = "running"
-    manifest.write(out, info)
+    return spec
 
+
+def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
+                       ) -> tuple[str, str]:
+    """Boot the guest; once more if the kernel died before tracing started.  Returns
+    how the (last) guest ended."""
+    out = opts.out
     ports = [("tracedep.ctl", out / "control.log")]
     ports += [(f"tracedep.cpu{n}", out / "trace" / f"cpu{n}.raw") for n in range(opts.smp)]
 
@@ -423,150 +450,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
     info.qemu["events"] = timings.pop("qmp_events", [])
     info.timing = timings
     info.ending = Ending(how, detail)
-    decoded = finish_manifest(out, info, under_test, machine)
-    info.state = "complete" if info.trace_complete else "incomplete"
-    manifest.write(out, info)
-    if how != END_POWEROFF:
-        said = _console_panic(out / "console.log")
-        # a hang is a hang (the kernel may have complained on the way: say that too)
-        why = (f"{detail}; the console says: {said}" if how == END_TIMEOUT and said and detail
-               else said or detail or "see console.log")
-        raise GuestError(f"guest {how}: {why}; partial trace kept in {out}")
-    if not info.trace_complete:
-        raise GuestError(f"guest powered off before the trace was complete; see "
-                         f"{out / 'console.log'}")
-    return TraceResult(out, how, info, decoded)
-
-
-def finish_manifest(out: Path, info: RunManifest, under_test: list[ModuleRecord],
-                    machine: Machine) -> Decoded | None:
-    """Fill the manifest from what the guest sent and from the trace itself; the trace,
-    decoded (None if it could not be), for the analysis to use rather than decode again."""
-    ctl = control.load(out / "control.log")
-    hello = ctl.keyvals("hello")
-    info.guest = {"release": hello.get("release"), "cmdline": hello.get("cmdline"),
-                     "ncpus": int(hello["ncpus"]) if hello.get("ncpus") else None,
-                     "boot_uptime_s": _float(hello.get("uptime")),
-                     # 0: mid-function kprobes all ran through int3 (tracer.calibration)
-                     "kprobes_optimization":
-                         (ctl.keyvals("kprobes_optimization").get("value") or "")[:16]}
-    start = ctl.keyvals("start")
-    wl = ctl.keyvals("workload")
-    # tasks whose own events the guest filtered out (the trace pumps)
-    info.untraced_pids = [int(p) for p in start.get("untraced_pids", "").split() if p.isdigit()]
-    info.workload.update({"rc": int(wl["rc"]) if "rc" in wl else None,
-                          "start_uptime_s": _float(start.get("uptime")),
-                          "end_uptime_s": _float(wl.get("uptime"))})
-    kas = ctl.kaslr_text()
-    info.kaslr = Kaslr(kas[1], kas[0]) if kas else None
-    if kas and info.discovery_dir:
-        _copy_kallsyms(Path(info.discovery_dir) / "kallsyms.gz", out / "kallsyms.gz", kas)
-    info.modules = _modules_record(under_test, ctl)
-    ours = {m.name for m in under_test}
-    other: dict[str, ModuleRecord] = {}
-    for m in ctl.module_loads():
-        if m.name not in ours:
-            other.setdefault(m.name, ModuleRecord(m.name, "other", loaded=True)).loads.append(
-                Load(m.base, m.size, dict(m.sections)))
-    kos = {module_name(ko): ko for ko in
-           Path(info.kernel.image or "/").parents[1].glob("lib/modules/*/kernel/**/*.ko*")
-           if is_module_file(ko)}
-    for name, rec in other.items():
-        if name in kos:
-            try:
-                rec.ko = str(plain_module(kos[name]))
-            except ModuleBuildError as e:  # its frames read .text+off [mod]: said so
-                log.warning("%s", e)
-    info.other_modules = other
-    info.probes.failed = ctl.probe_failures()
-    info.probes.failed_reasons = ctl.probe_failure_reasons()
-    info.events_enabled = dict(ctl.event_status())
-    stats = ctl.cpu_stats()
-    info.trace_complete = "trace" in ctl.done
-    lost = Lost(
-        ftrace_overrun=int(sum(s.get("overrun", 0) for s in stats.values())),
-        ftrace_commit_overrun=int(sum(s.get("commit_overrun", 0) for s in stats.values())),
-        ftrace_dropped=int(sum(s.get("dropped_events", 0) for s in stats.values())),
-        per_cpu=stats,
-        guest_stats_missing=not stats,
-    )
-    # a kprobe that fires inside another probe's handler (the tracer's own locks,
-    # mostly) is missed; count only the misses of the traced window
-    end_m, start_m = (_kprobe_misses(ctl.file(f)) for f in (
-        "/sys/kernel/tracing/kprobe_profile", "kprobe_profile_start"))
-    per_probe = {k: v - start_m.get(k, 0) for k, v in end_m.items() if v - start_m.get(k, 0)}
-    lost.kprobe_missed = sum(per_probe.values())
-    lost.kprobe_missed_by_probe = per_probe
-    info.lost = lost
-    info.call_insn_size = machine.call_insn_size
-    info.machine_kprobe_irqs_masked = info.kprobe_irqs_unknown = machine.kprobe_reports_irqs_off
-    decoded: Decoded | None = None
-    try:
-        from tracedep.tracer.ftrace_binary import decode_run
-
-        _write_page_sums(out, ctl)
-        decoded = decode_run(out, info)
-        info.event_counts = decoded.counts
-        if decoded.lockdep:
-            info.lockdep_events = decoded.lockdep
-        record_calibration(info, decoded.calibration, machine)
-        lost.decoder_torn_pages = decoded.torn_pages
-        lost.decoder_backwards_pages = decoded.backwards_pages
-        lost.decoder_rejected_records = sum(decoded.rejected.values())
-        if decoded.rejected:
-            lost.decoder_rejected = decoded.rejected
-        lost.ring_buffer_missed = decoded.missed_events
-        read_total = int(sum(s.get("read_events", 0) for s in stats.values()))
-        lost.read_events_guest = read_total
-        lost.decoded_events = decoded.total
-        lost.decoded_per_cpu = {str(c): int(n) for c, n in
-                                decoded.events["cpu"].value_counts().sort_index().items()}
-    except Exception as e:  # the manifest must still be written
-        log.warning("decoding the trace failed: %s", e)
-        info.decode_error = str(e)
-    # lost = what the ring buffer or the transport dropped; probe hits that kprobes
-    # itself missed (an interrupt handler running inside another probe's handler:
-    # its lock operations are missed as a whole, so the lock state stays
-    # consistent) are counted apart, in kprobe_missed
-    lost.total = (lost.ftrace_overrun + lost.ftrace_dropped + lost.ring_buffer_missed
-                  + lost.decoder_torn_pages + lost.decoder_backwards_pages
-                  + lost.decoder_rejected_records)
-    lost.truncated = not info.trace_complete
-    return decoded
-
-
-def _write_page_sums(out: Path, ctl: Any) -> None:
-    """Each raw trace file's per-page CRCs (tracer.page_sums): from here on, a page
-    that changes is known, and not read."""
-    from tracedep.tracer import page_sums
-    from tracedep.tracer.ftrace_formats import parse_header_page
-
-    hp = ctl.header_page()
-    if not hp:
-        return
-    psize = parse_header_page(hp).page_size
-    for raw in sorted((out / "trace").glob("cpu*.raw")):
-        page_sums.write(raw, psize)
-
-
-def _copy_kallsyms(src: Path, dest: Path, text: tuple[int, str]) -> None:
-    """The discovery boot's kallsyms, moved to this boot's KASLR slide."""
-    if not src.is_file():
-        return
-    entries = ksyms.read_file(src)
-    disc_text = next((a for a, _, n in entries if n == text[1]), None)
-    if disc_text is None:
-        return
-    ksyms.write_file(dest, ksyms.slid(entries, text[0] - disc_text))
-
-
-def _kprobe_misses(text: str | None) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for ln in (text or "").splitlines():
-        parts = ln.split()
-        if len(parts) == 3 and parts[2].isdigit():
-            out[parts[0]] = int(parts[2])
-    return out
+    return how, detail
 
 
 def _console_panic(console: Path) -> str | None:
@@ -583,10 +467,3 @@ def _console_panic(console: Path) -> str | None:
     # an oops made a panic by oops=panic: the panic says "Fatal exception", the oops why
     return f"{found[0]} ({found[1]})" if len(found) > 1 and "Fatal exception" in found[0] \
         else found[0]
-
-
-def _float(v: str | None) -> float | None:
-    try:
-        return float(v) if v is not None else None
-    except ValueError:
-        return None
