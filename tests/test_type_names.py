@@ -18,7 +18,7 @@ import pytest
 from conftest import build_c_module
 
 from tracedep.analysis.type_names import fold_indices, name_in_scope
-from tracedep.kimage.dwarf_lines import DwarfIndex, layout_sections
+from tracedep.kimage.dwarf_index import DwarfIndex, layout_sections
 from tracedep.kimage.elf_symbols import ElfFile, read_symtab
 
 DRIVER_C = r"""

@@ -59,7 +59,7 @@ from elftools.dwarf.locationlists import (
 )
 from elftools.dwarf.ranges import BaseAddressEntry as RangeBaseEntry
 
-from tracedep.kimage.dwarf_lines import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
+from tracedep.kimage.dwarf_index import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
 from tracedep.kimage.elf_symbols import (
     STT_FUNC,
     STT_OBJECT,
