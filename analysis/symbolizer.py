@@ -16,7 +16,7 @@ follow binutils' addr2line, paths relative to the source tree as
 decode_stacktrace.sh shows them.  With ``style="addr2line"`` names and paths
 are what ``addr2line -f -i`` prints (DWARF function names, addr2line's path
 joining), which the agreement test relies on — except where binutils 2.40 is
-wrong (it starts DWARF 5 line sequences at file 0; see dwarf_index).
+wrong (it starts DWARF 5 line sequences at file 0; see dwarf_lines).
 
 Without a usable .ko a module address reads ``.text+0x1c [mod]``: the section
 and offset that ``addr2line -j .text -e mod.ko 0x1c`` decodes later.
@@ -47,9 +47,10 @@ from typing import Any, Literal
 from tracedep.analysis.findings import Frame
 from tracedep.common.cache import cache_dir as cache_dir_named
 from tracedep.common.files import atomic_write
-from tracedep.errors import SymbolizerError
-from tracedep.kimage.dwarf_index import DwarfError, DwarfIndex, SourceFrame, layout_sections
+from tracedep.errors import DwarfError, SymbolizerError
+from tracedep.kimage.dwarf_index import DwarfIndex, SourceFrame
 from tracedep.kimage.elf_symbols import ElfFile, ElfFormatError, SymbolTable
+from tracedep.kimage.ko_layout import layout_sections
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,9 @@ from tracedep.analysis.symbolizer import (
 )
 from tracedep.common.cache import cache_root
 from tracedep.common.machines import machine_for
-from tracedep.kimage.dwarf_index import DwarfIndex, layout_sections
+from tracedep.kimage.dwarf_index import DwarfIndex
 from tracedep.kimage.elf_symbols import STT_FUNC, ElfFile, read_symtab
+from tracedep.kimage.ko_layout import layout_sections
 from tracedep.vm.debug_symbols import dbg_modules_dir, dbg_vmlinux_path, ensure_dbg_vmlinux
 from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.modules import build_module_dir

@@ -59,7 +59,6 @@ from elftools.dwarf.locationlists import (
 )
 from elftools.dwarf.ranges import BaseAddressEntry as RangeBaseEntry
 
-from tracedep.kimage.dwarf_index import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
 from tracedep.kimage.elf_symbols import (
     STT_FUNC,
     STT_OBJECT,
@@ -67,6 +66,7 @@ from tracedep.kimage.elf_symbols import (
     ElfFormatError,
     read_symtab,
 )
+from tracedep.kimage.ko_layout import EM_AARCH64, EM_X86_64, layout_sections, relocated_data
 from tracedep.tracer.module_sections import KernelLoad, load_sections
 from tracedep.tracer.probes import GROUP, INLINE_SUFFIX, LOCK_FUNCS
 
