@@ -58,7 +58,7 @@ from tracedep.errors import InputError, TraceFormatError
 from tracedep.kimage.elf_symbols import SymbolTable, is_mapping_or_local_label
 from tracedep.kimage.kallsyms import read_file as read_kallsyms_file
 from tracedep.tracer import schema
-from tracedep.tracer.ftrace_binary import MIGHT_SLEEP, SOFTIRQ_NAMES
+from tracedep.tracer.event_rows import MIGHT_SLEEP, SOFTIRQ_NAMES
 from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
 from tracedep.tracer.probes import (
     GROUP,
