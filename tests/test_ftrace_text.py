@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tracedep.analysis.ftrace_text import (
+from tracedep.analysis.pipeline import analyze
+from tracedep.analysis.text_parser import (
     GFP_FLAG_NAMES,
     SCHED_STATE_LETTERS,
     SCHED_STATE_PREEMPTED,
@@ -24,7 +25,6 @@ from tracedep.analysis.ftrace_text import (
     parse_sym,
     sched_states_from_format,
 )
-from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import Trace, load
 from tracedep.analysis.witness import clean_text_stack
 from tracedep.cli import main
