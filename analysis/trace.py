@@ -29,7 +29,7 @@ def load(path: Path, kallsyms: Path | None = None) -> Trace:
     if path.is_dir():
         return _load_run(path)
     if path.is_file():
-        from tracedep.analysis.text_parser import load_text
+        from tracedep.analysis.ftrace_text import load_text
 
         return load_text(path, kallsyms)
     raise InputError(f"{path}: no such run directory or trace file")

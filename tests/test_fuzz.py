@@ -23,7 +23,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracedep.analysis.text_parser import load_text
+from tracedep.analysis.ftrace_text import load_text
 from tracedep.errors import TracedepError
 from tracedep.kimage.kallsyms import parse as read_kallsyms
 from tracedep.tracer import control

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from tracedep.analysis.text_parser import load_text
+from tracedep.analysis.ftrace_text import load_text
 from tracedep.analysis.trace import load
 
 MARGIN_NS = 2_000_000  # each ftrace instance stamps its own copy: microseconds apart
