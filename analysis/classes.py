@@ -83,83 +83,17 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray,
     addr = events["lock_addr"].to_numpy()[lock_rows]
     ts = events["ts_ns"].to_numpy()[lock_rows]
     ips = events["ip"].to_numpy()[lock_rows]
-    kinds = events["kind"].to_numpy()
-    allocs = np.nonzero((kinds == "alloc") & (events["ptr"].to_numpy() != 0)
-                        & (events["bytes"].to_numpy() > 0))[0]
-    frees = np.nonzero(kinds == "free")[0]
-    a_ptr = events["ptr"].to_numpy()[allocs]
-    order = np.argsort(a_ptr, kind="stable")
-    a_ptr = a_ptr[order].astype(np.uint64)
-    a_rows = allocs[order]
-    a_end = a_ptr + events["bytes"].to_numpy()[a_rows].astype(np.uint64)
-    a_ts = events["ts_ns"].to_numpy()[a_rows]
-    a_ip = events["ip"].to_numpy()[a_rows]
-    max_obj = int(events["bytes"].to_numpy()[a_rows].max()) if len(a_rows) else 0
-    f_ptr = events["ptr"].to_numpy()[frees]
-    f_ts = events["ts_ns"].to_numpy()[frees]
-    forder = np.lexsort((f_ts, f_ptr))
-    f_ptr, f_ts = f_ptr[forder], f_ts[forder]
-
+    heap = _Heap(events)
     table: list[LockClass] = []
-    index: dict[str, int] = {}
-
-    def intern(c: LockClass) -> int:
-        i = index.get(c.key)
-        if i is None:
-            i = index[c.key] = len(table)
-            table.append(c)
-        return i
-
-    def freed_between(ptr: int, after: int, before: np.ndarray) -> np.ndarray:
-        """For each time in ``before``: was ``ptr`` freed in (after, that time)?"""
-        lo = int(np.searchsorted(f_ptr, np.uint64(ptr), side="left"))
-        hi = int(np.searchsorted(f_ptr, np.uint64(ptr), side="right"))
-        times = f_ts[lo:hi]
-        first = int(np.searchsorted(times, after, side="right"))
-        if first >= len(times):
-            return np.zeros(len(before), dtype=bool)
-        return before > times[first]
-
-    def containing(a: int, t: int) -> int:
-        """Index (into the a_* arrays) of the allocation holding ``a`` at time ``t``, or -1."""
-        lo = int(np.searchsorted(a_ptr, np.uint64(max(a - max_obj, 0)), side="left"))
-        hi = int(np.searchsorted(a_ptr, np.uint64(a), side="right"))
-        cand = np.arange(lo, hi)[(a_end[lo:hi] > np.uint64(a)) & (a_ts[lo:hi] <= t)]
-        if not len(cand):
-            return -1
-        j = int(cand[np.argmax(a_ts[cand])])
-        return -1 if freed_between(int(a_ptr[j]), int(a_ts[j]), np.array([t]))[0] else j
-
-    def freed_after(j: int) -> int:
-        """When the object of allocation ``j`` was first freed (max int64: never seen)."""
-        ptr = np.uint64(a_ptr[j])
-        lo = int(np.searchsorted(f_ptr, ptr, side="left"))
-        hi = int(np.searchsorted(f_ptr, ptr, side="right"))
-        times = f_ts[lo:hi]
-        k = int(np.searchsorted(times, a_ts[j], side="right"))
-        return int(times[k]) if k < len(times) else np.iinfo(np.int64).max
-
-    inits = _InitIndex(events, symbols, containing, freed_after)
+    intern = _interner(table)
+    inits = _InitIndex(events, symbols, heap.containing, heap.freed_after)
     ltypes = events["lock_type"].astype(str).to_numpy()[lock_rows]
     out = np.full(len(lock_rows), -1, dtype=np.int64)
     unknown: list[np.ndarray] = []
     uniq, inverse = np.unique(addr, return_inverse=True)
     by_addr = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[by_addr], np.arange(len(uniq) + 1))
-    # a kernel with lockdep names its classes itself (tracer.lockdep_events); a row
-    # lockdep did not name (kprobes missed its partner) takes its neighbour's name
-    ld_names = (events["lock_name"].astype(str).to_numpy()[lock_rows]
-                if "lock_name" in events.columns else np.full(len(lock_rows), ""))
-    has_name = ld_names != ""
-    row_ld = np.full(len(lock_rows), "", dtype=object)
-    for ui in range(len(uniq)) if has_name.any() else ():
-        members = by_addr[bounds[ui]:bounds[ui + 1]]
-        named = members[has_name[members]]
-        if len(named):
-            # an address reused by an object of another class: each row takes the
-            # name of the nearest named row at or before it
-            pos = np.searchsorted(named, members, side="right") - 1
-            row_ld[members] = ld_names[named[np.maximum(pos, 0)]]
+    row_ld = _lockdep_names(events, lock_rows, by_addr, bounds)
     for ui, a in enumerate(uniq.tolist()):
         members = by_addr[bounds[ui]:bounds[ui + 1]]
         sym = symbols.lookup(a, int(ts[members[0]]))
@@ -176,44 +110,15 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray,
             if not len(members):
                 continue
         # heap: the object that contained ``a`` when each event happened
-        lo = int(np.searchsorted(a_ptr, np.uint64(max(a - max_obj, 0)), side="left"))
-        hi = int(np.searchsorted(a_ptr, np.uint64(a), side="right"))
-        cand = np.arange(lo, hi)[a_end[lo:hi] > np.uint64(a)]
-        cand = cand[np.argsort(a_ts[cand], kind="stable")]
-        mts = ts[members]
-        k = np.searchsorted(a_ts[cand], mts, side="right") - 1
+        cand = heap.candidates(a)
+        k = np.searchsorted(heap.ts[cand], ts[members], side="right") - 1
         for kk in np.unique(k).tolist():
             sel = members[k == kk]
-            cls = None
             if kk >= 0:
                 j = int(cand[kk])
-                base = int(a_ptr[j])
-                live = ~freed_between(base, int(a_ts[j]), ts[sel])
-                site = symbols.lookup(int(a_ip[j]), int(a_ts[j]))
-                if site is not None and api_name(site.name) not in GENERIC_ALLOCATORS:
-                    off = a - base
-                    size = int(a_end[j]) - base
-                    fn = symbols.source_function(int(a_ip[j]), int(a_ts[j])) or site.name
-                    typed = namer(site.module, int(a_ip[j]), int(a_ts[j]), off, size,
-                                  str(ltypes[sel[0]])) if namer is not None else None
-                    # an element of an array of locks: one class for the array, as
-                    # lockdep's one init site makes it (analysis.type_names)
-                    folded = fold_indices(typed) if typed else None
-                    name = folded or f"{fn}():obj+{off:#x}"
-                    # Call site and offset, not the size: kmalloc rounds sizes per arch
-                    # (arm64 to 128), and a finding must not depend on the arch.  The call
-                    # site, not the function: two objects allocated in one function are
-                    # two types.  Its source line where DWARF gives one (the same on every
-                    # arch), else its offset in the function (one kernel build's).
-                    loc = symbols.source_location(int(a_ip[j]), int(a_ts[j]))
-                    where = (f"{loc[0].rsplit('/', 1)[-1]}:{loc[1]}" if loc
-                             else f"{site.name}+{site.offset:#x}")
-                    key = f"heap:{site.module}:{fn}@{where}:" + (
-                        folded if folded and folded != typed else f"{off:#x}")
-                    cls = LockClass(
-                        name, key, "heap", site.module,
-                        f"at offset {off:#x} of a {size}-byte object allocated at {site}"
-                        + (f" ({loc[0]}:{loc[1]})" if loc else ""), sig=key)
+                live = ~heap.freed_between(int(heap.ptr[j]), int(heap.ts[j]), ts[sel])
+                cls = _heap_class(symbols, namer, heap, j, a, str(ltypes[sel[0]]))
+                if cls is not None:
                     out[sel[live]] = intern(cls)
                     sel = sel[~live]
             if len(sel):
@@ -222,13 +127,145 @@ def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray,
     _instance_classes(rest, addr, ips, ts, symbols, out, intern)
     _split_spinning_members(out, ltypes, table, intern)
     if _lockdep_classes(row_ld, out, table, intern):
-        # the classes lockdep's names replaced are left unused: drop them
-        used = np.unique(out[out >= 0])
-        remap = np.full(len(table), -1, dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        out[out >= 0] = remap[out[out >= 0]]
-        table = [table[i] for i in used.tolist()]
+        table = _drop_unused(out, table)
     return out, _unique_names(table)
+
+
+def _interner(table: list[LockClass]) -> Callable[[LockClass], int]:
+    """``intern(c)``: the id of ``c``'s key in ``table``, appending ``c`` if new."""
+    index: dict[str, int] = {}
+
+    def intern(c: LockClass) -> int:
+        i = index.get(c.key)
+        if i is None:
+            i = index[c.key] = len(table)
+            table.append(c)
+        return i
+
+    return intern
+
+
+class _Heap:
+    """The trace's allocations (sorted by address) and frees (by pointer, then time)."""
+
+    def __init__(self, events: pd.DataFrame) -> None:
+        kinds = events["kind"].to_numpy()
+        allocs = np.nonzero((kinds == "alloc") & (events["ptr"].to_numpy() != 0)
+                            & (events["bytes"].to_numpy() > 0))[0]
+        frees = np.nonzero(kinds == "free")[0]
+        a_ptr = events["ptr"].to_numpy()[allocs]
+        order = np.argsort(a_ptr, kind="stable")
+        self.ptr = a_ptr[order].astype(np.uint64)
+        a_rows = allocs[order]
+        self.end = self.ptr + events["bytes"].to_numpy()[a_rows].astype(np.uint64)
+        self.ts = events["ts_ns"].to_numpy()[a_rows]
+        self.ip = events["ip"].to_numpy()[a_rows]
+        self.max_obj = int(events["bytes"].to_numpy()[a_rows].max()) if len(a_rows) else 0
+        f_ptr = events["ptr"].to_numpy()[frees]
+        f_ts = events["ts_ns"].to_numpy()[frees]
+        forder = np.lexsort((f_ts, f_ptr))
+        self.f_ptr, self.f_ts = f_ptr[forder], f_ts[forder]
+
+    def freed_between(self, ptr: int, after: int, before: np.ndarray) -> np.ndarray:
+        """For each time in ``before``: was ``ptr`` freed in (after, that time)?"""
+        lo = int(np.searchsorted(self.f_ptr, np.uint64(ptr), side="left"))
+        hi = int(np.searchsorted(self.f_ptr, np.uint64(ptr), side="right"))
+        times = self.f_ts[lo:hi]
+        first = int(np.searchsorted(times, after, side="right"))
+        if first >= len(times):
+            return np.zeros(len(before), dtype=bool)
+        return before > times[first]
+
+    def containing(self, a: int, t: int) -> int:
+        """Index of the allocation holding ``a`` at time ``t``, or -1."""
+        lo = int(np.searchsorted(self.ptr, np.uint64(max(a - self.max_obj, 0)), side="left"))
+        hi = int(np.searchsorted(self.ptr, np.uint64(a), side="right"))
+        cand = np.arange(lo, hi)[(self.end[lo:hi] > np.uint64(a)) & (self.ts[lo:hi] <= t)]
+        if not len(cand):
+            return -1
+        j = int(cand[np.argmax(self.ts[cand])])
+        return -1 if self.freed_between(int(self.ptr[j]), int(self.ts[j]),
+                                        np.array([t]))[0] else j
+
+    def freed_after(self, j: int) -> int:
+        """When the object of allocation ``j`` was first freed (max int64: never seen)."""
+        ptr = np.uint64(self.ptr[j])
+        lo = int(np.searchsorted(self.f_ptr, ptr, side="left"))
+        hi = int(np.searchsorted(self.f_ptr, ptr, side="right"))
+        times = self.f_ts[lo:hi]
+        k = int(np.searchsorted(times, self.ts[j], side="right"))
+        return int(times[k]) if k < len(times) else np.iinfo(np.int64).max
+
+    def candidates(self, a: int) -> np.ndarray:
+        """Indices of every allocation that ever covered ``a``, in time order."""
+        lo = int(np.searchsorted(self.ptr, np.uint64(max(a - self.max_obj, 0)), side="left"))
+        hi = int(np.searchsorted(self.ptr, np.uint64(a), side="right"))
+        cand = np.arange(lo, hi)[self.end[lo:hi] > np.uint64(a)]
+        return cand[np.argsort(self.ts[cand], kind="stable")]
+
+
+def _lockdep_names(events: pd.DataFrame, lock_rows: np.ndarray, by_addr: np.ndarray,
+                   bounds: np.ndarray) -> np.ndarray:
+    """lockdep's class name of each lock row, "" where it gave none.
+
+    A kernel with lockdep names its classes itself (tracer.lockdep_events); a row
+    lockdep did not name (kprobes missed its partner) takes its neighbour's name.
+    ``by_addr``, ``bounds``: the rows grouped by lock address."""
+    ld_names = (events["lock_name"].astype(str).to_numpy()[lock_rows]
+                if "lock_name" in events.columns else np.full(len(lock_rows), ""))
+    has_name = ld_names != ""
+    row_ld = np.full(len(lock_rows), "", dtype=object)
+    for ui in range(len(bounds) - 1) if has_name.any() else ():
+        members = by_addr[bounds[ui]:bounds[ui + 1]]
+        named = members[has_name[members]]
+        if len(named):
+            # an address reused by an object of another class: each row takes the
+            # name of the nearest named row at or before it
+            pos = np.searchsorted(named, members, side="right") - 1
+            row_ld[members] = ld_names[named[np.maximum(pos, 0)]]
+    return row_ld
+
+
+def _heap_class(symbols: RunSymbols, namer: ClassNamer | None, heap: _Heap, j: int, a: int,
+                ltype: str) -> LockClass | None:
+    """The class of the lock at ``a`` inside the object of allocation ``j``; None when
+    the allocation's call site says nothing of the object's type (a generic allocator)."""
+    base = int(heap.ptr[j])
+    site = symbols.lookup(int(heap.ip[j]), int(heap.ts[j]))
+    if site is None or api_name(site.name) in GENERIC_ALLOCATORS:
+        return None
+    off = a - base
+    size = int(heap.end[j]) - base
+    fn = symbols.source_function(int(heap.ip[j]), int(heap.ts[j])) or site.name
+    typed = namer(site.module, int(heap.ip[j]), int(heap.ts[j]), off, size,
+                  ltype) if namer is not None else None
+    # an element of an array of locks: one class for the array, as
+    # lockdep's one init site makes it (analysis.type_names)
+    folded = fold_indices(typed) if typed else None
+    name = folded or f"{fn}():obj+{off:#x}"
+    # Call site and offset, not the size: kmalloc rounds sizes per arch
+    # (arm64 to 128), and a finding must not depend on the arch.  The call
+    # site, not the function: two objects allocated in one function are
+    # two types.  Its source line where DWARF gives one (the same on every
+    # arch), else its offset in the function (one kernel build's).
+    loc = symbols.source_location(int(heap.ip[j]), int(heap.ts[j]))
+    where = (f"{loc[0].rsplit('/', 1)[-1]}:{loc[1]}" if loc
+             else f"{site.name}+{site.offset:#x}")
+    key = f"heap:{site.module}:{fn}@{where}:" + (
+        folded if folded and folded != typed else f"{off:#x}")
+    return LockClass(
+        name, key, "heap", site.module,
+        f"at offset {off:#x} of a {size}-byte object allocated at {site}"
+        + (f" ({loc[0]}:{loc[1]})" if loc else ""), sig=key)
+
+
+def _drop_unused(out: np.ndarray, table: list[LockClass]) -> list[LockClass]:
+    """The classes lockdep's names replaced are left unused: drop them, renumbering ``out``."""
+    used = np.unique(out[out >= 0])
+    remap = np.full(len(table), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    out[out >= 0] = remap[out[out >= 0]]
+    return [table[i] for i in used.tolist()]
 
 
 def _split_spinning_members(out: np.ndarray, ltypes: np.ndarray, table: list[LockClass],

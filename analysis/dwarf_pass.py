@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.analysis.findings import Analysis, Frame, Site
+from tracedep.analysis.kaslr import kaslr_offset_of
 from tracedep.analysis.nesting import NestingJudge, SourceLines
-from tracedep.analysis.symbolizer import (
-    ModuleImage,
-    Symbolizer,
-    SymbolizerError,
-    kaslr_offset_of,
-)
+from tracedep.analysis.symbolizer import ModuleImage, Symbolizer
 from tracedep.analysis.trace import Trace
 from tracedep.analysis.type_names import HeapNamer
+from tracedep.errors import SymbolizerError
 from tracedep.kimage.kallsyms import read_file as read_kallsyms_file
 
 log = logging.getLogger(__name__)

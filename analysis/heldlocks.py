@@ -158,6 +158,7 @@ def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
     return "process"
 
 
+# long: the hot loop, one pass per event; splitting its body would add calls per event
 def replay(events: pd.DataFrame, class_of_row: dict[int, int],
            kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
            spin_in_preempt: bool = True, *, depth_counts_spin: bool = False,
@@ -176,44 +177,9 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     ``own_classes``: classes of the modules' own locks; never the runqueue lock, so a
     switch never hands one to the next task (where core spinlocks are inlined and
     unseen, arm64, a driver's lock is the top of a task that sleeps holding it)."""
-    kinds = events["kind"].to_numpy()
-    ltypes = events["lock_type"].to_numpy()
-    gfp = events["gfp"].to_numpy()
-    value = events["value"].to_numpy()
-    func_col = events["func"].to_numpy()
-    event_col = events["event"].to_numpy()
-    is_lock = np.isin(kinds, ("lock_acquire", "lock_return", "lock_release"))
-    is_sleep = (kinds == "sleep_call") | ((kinds == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) != 0))
-    is_switch = kinds == "sched_switch"
-    # a pump's interrupts and softirqs are traced (only its own code is filtered)
-    own = ~(np.isin(events["pid"].to_numpy(), list(untraced))
-            & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
-                | events["in_nmi"].to_numpy())) if untraced else True
-    is_marker = kinds == "marker"  # a syscall of the task's own (user-space evidence)
-    is_gap = kinds == "gap"  # events are missing here (tracer.schema)
-    rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch | is_gap)[0]
-
-    # calibrate: the preempt depth the scheduler itself runs at in sched_switch
-    sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch & (value != 0))[0]]
-    baseline = int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
-
-    pid = events["pid"].to_numpy()[rows].tolist()
-    cpu = events["cpu"].to_numpy()[rows].tolist()
-    ts = events["ts_ns"].to_numpy()[rows].tolist()
-    addr = events["lock_addr"].to_numpy()[rows].tolist()
-    irqs_off = events["irqs_off"].to_numpy()[rows].tolist()
-    bh_off = events["bh_off"].to_numpy()[rows].tolist()
-    hard = events["in_hardirq"].to_numpy()[rows].tolist()
-    soft = events["in_softirq"].to_numpy()[rows].tolist()
-    nmi = events["in_nmi"].to_numpy()[rows].tolist()
-    depth = events["preempt_depth"].to_numpy()[rows].tolist()
-    kind_l = kinds[rows].tolist()
-    ltype_l = ltypes[rows].tolist()
-    flags_l = events["lock_flags"].to_numpy()[rows].tolist()
-    value_l = value[rows].tolist()
-    ev_l = event_col[rows].tolist()
-    target_l = events["target_pid"].to_numpy()[rows].tolist()
-    del func_col
+    rows, baseline, columns = _replay_inputs(events, untraced)
+    (pid, cpu, ts, addr, irqs_off, bh_off, hard, soft, nmi, depth, kind_l, ltype_l, flags_l,
+     value_l, ev_l, target_l) = columns
 
     stacks: dict[tuple[int, str], list[Held]] = {}
     pending: dict[tuple[int, str], list[tuple[int, str, int]]] = {}  # (row, func, held index)
@@ -488,14 +454,55 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
                          kprobe_irqs_reliable, spin_in_preempt)
 
-    cols = list(zip(*acqs, strict=True)) if acqs else [()] * len(ACQ_COLUMNS)
-    text = ("lock_type", "ctx", "forced")
-    frame = pd.DataFrame({c: np.asarray(v, dtype=object if c in text else None)
-                          for c, v in zip(ACQ_COLUMNS, cols, strict=True)})
-    rep = Replay(frame, edges, usage, recursions, sleeps, baseline, unmatched)
+    rep = Replay(_acquisition_frame(acqs), edges, usage, recursions, sleeps, baseline, unmatched)
     rep.irq_leaked = leaked
     rep.forced = forced
     return rep
+
+
+def _replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
+                   ) -> tuple[np.ndarray, int, tuple[list[Any], ...]]:
+    """(the rows the replay reads, the preempt depth the scheduler runs at in
+    sched_switch, those rows' columns as lists: pid, cpu, ts_ns, lock_addr, irqs_off,
+    bh_off, in_hardirq, in_softirq, in_nmi, preempt_depth, kind, lock_type, lock_flags,
+    value, event, target_pid).  Lists, because the loop reads one element per event
+    and a list index is the fastest read Python has."""
+    kinds = events["kind"].to_numpy()
+    ltypes = events["lock_type"].to_numpy()
+    gfp = events["gfp"].to_numpy()
+    value = events["value"].to_numpy()
+    event_col = events["event"].to_numpy()
+    is_lock = np.isin(kinds, ("lock_acquire", "lock_return", "lock_release"))
+    is_sleep = (kinds == "sleep_call") | ((kinds == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) != 0))
+    is_switch = kinds == "sched_switch"
+    # a pump's interrupts and softirqs are traced (only its own code is filtered)
+    own = ~(np.isin(events["pid"].to_numpy(), list(untraced))
+            & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
+                | events["in_nmi"].to_numpy())) if untraced else True
+    is_marker = kinds == "marker"  # a syscall of the task's own (user-space evidence)
+    is_gap = kinds == "gap"  # events are missing here (tracer.schema)
+    rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch | is_gap)[0]
+
+    # calibrate: the preempt depth the scheduler itself runs at in sched_switch
+    sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch & (value != 0))[0]]
+    baseline = int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
+
+    def col(name: str) -> list[Any]:
+        return events[name].to_numpy()[rows].tolist()
+
+    return rows, baseline, (
+        col("pid"), col("cpu"), col("ts_ns"), col("lock_addr"), col("irqs_off"),
+        col("bh_off"), col("in_hardirq"), col("in_softirq"), col("in_nmi"),
+        col("preempt_depth"), kinds[rows].tolist(), ltypes[rows].tolist(), col("lock_flags"),
+        value[rows].tolist(), event_col[rows].tolist(), col("target_pid"))
+
+
+def _acquisition_frame(acqs: list[list[Any]]) -> pd.DataFrame:
+    """The replay's acquisition rows (columns :data:`ACQ_COLUMNS`) as a frame."""
+    cols = list(zip(*acqs, strict=True)) if acqs else [()] * len(ACQ_COLUMNS)
+    text = ("lock_type", "ctx", "forced")
+    return pd.DataFrame({c: np.asarray(v, dtype=object if c in text else None)
+                         for c, v in zip(ACQ_COLUMNS, cols, strict=True)})
 
 
 def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,

@@ -39,17 +39,19 @@ from __future__ import annotations
 import json
 import logging
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tracedep.analysis.findings import Frame
+from tracedep.analysis.kaslr import kaslr_samples, verify_offset
 from tracedep.common.cache import cache_dir as cache_dir_named
 from tracedep.common.files import atomic_write
-from tracedep.errors import SymbolizerError
-from tracedep.kimage.dwarf_lines import DwarfError, DwarfIndex, SourceFrame, layout_sections
+from tracedep.errors import DwarfError
+from tracedep.kimage.dwarf_index import DwarfIndex, SourceFrame
 from tracedep.kimage.elf_symbols import ElfFile, ElfFormatError, SymbolTable
+from tracedep.kimage.ko_layout import layout_sections
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +60,6 @@ Style = Literal["kernel", "addr2line"]
 # A cached answer: (function, offset from the looked-up address's symbol start
 # or -1 for inlined, size, file, line, inlined) per frame.
 _Proto = tuple[tuple[str, int, int, str | None, int | None, bool], ...]
-_KASLR_SAMPLE_NAMES = (
-    "_text",
-    "_stext",
-    "startup_64",
-    "_etext",
-    "_sinittext",
-    "schedule",
-    "printk",
-    "_printk",
-    "mutex_lock",
-    "kmalloc_trace",
-    "__kmalloc",
-)
 
 
 @dataclass(frozen=True)
@@ -214,8 +203,8 @@ class Symbolizer:
             self._warn("no vmlinux given: core-kernel addresses resolve from kallsyms only")
         if self._core is not None and self._core.symbols is not None:
             if core_ks:
-                samples = _kaslr_samples(core_ks)
-                _verify_offset(self._core.symbols, kaslr_offset, samples, self._core.elf.path)
+                samples = kaslr_samples(core_ks)
+                verify_offset(self._core.symbols, kaslr_offset, samples, self._core.elf.path)
             else:
                 self._warn("KASLR offset not verified: no kallsyms given")
             self._core_range = self._core.symbols.bounds()
@@ -554,78 +543,3 @@ class Symbolizer:
         else:
             out.append((dwarf_name or "??", 0, 0, file, line, False))
         return tuple(out), complete
-
-
-def _kaslr_samples(core_ks: Sequence[tuple[int, str, str]]) -> list[tuple[int, str]]:
-    """A few well-known text symbols plus an even spread of others."""
-    text = [(a, n) for a, t, n in core_ks if t in "tT" and a]
-    chosen = [(a, n) for a, n in text if n in _KASLR_SAMPLE_NAMES]
-    step = max(1, len(text) // 16)
-    chosen += text[::step][:16]
-    return chosen
-
-
-def _verify_offset(
-    symbols: SymbolTable, kaslr_offset: int, samples: Sequence[tuple[int, str]], path: Path
-) -> None:
-    checked = 0
-    bad: list[tuple[str, int, list[int]]] = []
-    for runtime, name in samples:
-        link = symbols.addresses_of(name)
-        if not link:
-            continue
-        checked += 1
-        if runtime - kaslr_offset not in link:
-            bad.append((name, runtime, link))
-    if not checked:
-        raise SymbolizerError(
-            f"cannot verify KASLR offset {kaslr_offset:#x}: none of {len(samples)} kallsyms "
-            f"symbols is in {path} (wrong vmlinux?)"
-        )
-    if bad:
-        name, runtime, link = bad[0]
-        raise SymbolizerError(
-            f"KASLR offset {kaslr_offset:#x} does not fit {path}: {name} is at {runtime:#x} in "
-            f"the guest and {link[0]:#x} in vmlinux (offset {runtime - link[0]:#x}); "
-            f"{len(bad)}/{checked} symbols disagree (wrong vmlinux or offset)"
-        )
-
-
-def verify_kaslr(vmlinux: Path, kaslr_offset: int, kallsyms_samples: list[tuple[int, str]]) -> None:
-    """Check ``kaslr_offset`` against (runtime address, name) pairs from the guest's kallsyms.
-
-    Raises :class:`SymbolizerError` (one line) when a symbol is elsewhere than
-    the offset says, or when no sample can be found in vmlinux at all.  A
-    vmlinux without a symbol table cannot be checked and is accepted.
-    """
-    try:
-        elf = ElfFile(Path(vmlinux))
-    except (OSError, ElfFormatError) as e:
-        raise SymbolizerError(f"cannot read vmlinux {vmlinux}: {e}") from e
-    try:
-        symbols = SymbolTable.from_elf(elf)
-    finally:
-        elf.close()
-    if symbols is None:
-        log.warning("%s has no symbol table: KASLR offset not verified", vmlinux)
-        return
-    _verify_offset(symbols, kaslr_offset, kallsyms_samples, Path(vmlinux))
-
-
-def kaslr_offset_of(vmlinux: Path, symbol: str, runtime: int) -> int:
-    """runtime − link-time address of ``symbol`` (``_text`` on x86_64, ``_stext`` on
-    arm64, as the guest's kallsyms reports it): the ``kaslr_offset`` to pass on."""
-    try:
-        elf = ElfFile(Path(vmlinux))
-    except (OSError, ElfFormatError) as e:
-        raise SymbolizerError(f"cannot read vmlinux {vmlinux}: {e}") from e
-    try:
-        symbols = SymbolTable.from_elf(elf)
-    finally:
-        elf.close()
-    link = symbols.addresses_of(symbol) if symbols is not None else []
-    if len(link) != 1:
-        raise SymbolizerError(
-            f"{vmlinux}: {symbol} is " + ("ambiguous" if link else "not in the symbol table")
-        )
-    return runtime - link[0]

@@ -23,13 +23,10 @@ from conftest import (
     run_tracedep,
 )
 
-from tracedep.tracer.inline_locks import (
-    _a64_in_atomic_context,
-    _Module,
-    arm64_probe_ok,
-    discover_module,
-    inline_probes,
-)
+from tracedep.tracer.inline_locks import discover_module, inline_probes
+from tracedep.tracer.inline_sites import _a64_in_atomic_context
+from tracedep.tracer.insn_decode import arm64_probe_ok
+from tracedep.tracer.ko_image import KoImage
 from tracedep.tracer.probes import LOCK_FUNCS, ProbeDef, parse_event_name
 
 BUNDLED_X86 = Path(__file__).parent / "data" / "analysis" / "bundled" / "findings.json"
@@ -174,7 +171,7 @@ def test_heap_lock_is_a_register_and_its_offset(arm64_sites: Any) -> None:
 
 def test_probe_addresses_are_accepted_by_arm64_kprobes(arm64_ko: Path, arm64_sites: Any
                                                        ) -> None:
-    mod = _Module(arm64_ko, "td_inl")
+    mod = KoImage(arm64_ko, "td_inl")
     for s in arm64_sites.sites:
         idx = mod.elf.by_name[s.section].index
         insn = mod.insn(idx, s.sec_offset)
@@ -378,7 +375,7 @@ def test_bundled_drivers_exist() -> None:
     assert DRIVERS.is_dir() and EXPECT
 
 
-def _expr(mod: _Module, code: bytes) -> list[Any]:
+def _expr(mod: KoImage, code: bytes) -> list[Any]:
     return list(mod.expr.parse_expr(list(code)))
 
 
@@ -388,9 +385,9 @@ def test_a_lock_behind_a_static_pointer_is_fetched_through_its_symbol(arm64_ko: 
     The expressions are parsed by pyelftools against the built module."""
     import struct
 
-    from tracedep.tracer.inline_locks import _lock_arg
+    from tracedep.tracer.inline_sites import _lock_arg
 
-    mod = _Module(arm64_ko, "td_inl")
+    mod = KoImage(arm64_ko, "td_inl")
     x = next(mod.bases[i] + v for i, objs in mod.objects.items() for v, _, n in objs
              if n == "td_inl")
     addr = b"\x03" + struct.pack("<Q", x)

@@ -17,7 +17,8 @@ import numpy as np
 
 from tracedep.common.machines import machine_for
 from tracedep.tracer import calibration
-from tracedep.tracer.ftrace_binary import _calibrate, _Cat
+from tracedep.tracer.event_rows import CatColumn
+from tracedep.tracer.ftrace_binary import _calibrate
 
 IF = 0x200  # EFLAGS.IF: IRQs on
 # (flags, preempt byte, fetched EFLAGS) as the int3 path writes them
@@ -43,7 +44,7 @@ def _decode(rows: list[tuple[int, int, int]], pkind: list[int], cal_row: int | N
     # what fetch_irq_state makes of the ``efl`` field: 1 = IRQs off
     irq_state = ((efl & np.uint64(IF)) == 0).astype(np.int8)
     cal_rows = {"kprobe_mid": np.array([cal_row])} if cal_row is not None else {}
-    kind, lock_type = _Cat(n, ""), _Cat(n, "")
+    kind, lock_type = CatColumn(n, ""), CatColumn(n, "")
     cal = _calibrate(cols, cal_rows, flags, irq_state, np.array(pkind, np.int8), False,
                      kind, lock_type)
     return cols, cal

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tracedep.tracer import control, ftrace_binary
+from tracedep.tracer import control, ring_pages
 from tracedep.tracer.ftrace_binary import Decoded, decode, decode_run
 from tracedep.tracer.ftrace_formats import parse_header_page
 
@@ -132,7 +132,7 @@ def test_known_events_of_the_module(facts: dict[str, Any]) -> None:
 
 
 def test_native_and_python_walkers_agree(raw: bytes, ctl: control.Control) -> None:
-    assert ftrace_binary._native() is not None, "the C walker did not build (is cc missing?)"
+    assert ring_pages._native() is not None, "the C walker did not build (is cc missing?)"
     fast, slow = run_decode(raw, ctl, True), run_decode(raw, ctl, False)
     pd.testing.assert_frame_equal(fast.events, slow.events)
     assert fast.stacks == slow.stacks and fast.counts == slow.counts
@@ -227,17 +227,17 @@ def test_the_c_walker_refuses_an_impossible_layout_itself(raw: bytes) -> None:
     from tracedep.errors import TraceFormatError
     from tracedep.tracer.ftrace_formats import PageHeader
 
-    lib = ftrace_binary._native()
+    lib = ring_pages._native()
     assert lib is not None
-    out = ftrace_binary.RawRecords()
+    out = ring_pages.RawRecords()
     with pytest.raises(TraceFormatError):
-        ftrace_binary.walk_native(lib, raw, 0, 0, PageHeader(8, 1 << 30, 8, 16, 4080), out)
+        ring_pages.walk_native(lib, raw, 0, 0, PageHeader(8, 1 << 30, 8, 16, 4080), out)
 
 
 def _records_of(page: bytes) -> list[tuple[int, int]]:
     """(offset, length) of each data record of a real page, in order."""
-    out = ftrace_binary.RawRecords()
-    ftrace_binary.walk_pages(page, 0, 0, parse_header_page(
+    out = ring_pages.RawRecords()
+    ring_pages.walk_pages(page, 0, 0, parse_header_page(
         control.load(TINY / "control.log").header_page() or ""), out)
     return list(zip(out.off, out.length, strict=True))
 

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tracedep.analysis.ftrace_text import (
+from tracedep.analysis.ftrace_text import load_text
+from tracedep.analysis.pipeline import analyze
+from tracedep.analysis.text_symbols import parse_sym
+from tracedep.analysis.text_values import (
     GFP_FLAG_NAMES,
     SCHED_STATE_LETTERS,
     SCHED_STATE_PREEMPTED,
     gfp_names_from_format,
-    load_text,
     parse_gfp,
     parse_sched_state,
-    parse_sym,
     sched_states_from_format,
 )
-from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import Trace, load
 from tracedep.analysis.witness import clean_text_stack
 from tracedep.cli import main

@@ -84,7 +84,7 @@ def test_bisect_passes_kernel_modules_on() -> None:
 
 def test_nightly_driver_set_names_kernel_modules(tmp_path: Path) -> None:
     from tracedep.errors import InputError as Err
-    from tracedep.nightly.night import load_config
+    from tracedep.nightly.config import load_config
 
     (tmp_path / "d1").mkdir()
     cfg = tmp_path / "c.toml"

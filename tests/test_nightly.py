@@ -23,6 +23,7 @@ import pytest
 
 from tracedep.cli import main
 from tracedep.errors import InputError
+from tracedep.nightly.config import load_config
 from tracedep.nightly.history import (
     SCHEMA_VERSION,
     CellKey,
@@ -32,7 +33,7 @@ from tracedep.nightly.history import (
     Verdict,
     classify,
 )
-from tracedep.nightly.night import NightResult, exit_code, load_config
+from tracedep.nightly.night import NightResult, exit_code
 from tracedep.nightly.site import NightlySite
 from tracedep.reports.serialize import load_run_outputs
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from conftest import build_c_module
 
-from tracedep.tracer.inline_locks import _Module, discover_module, inline_probes
+from tracedep.tracer.inline_locks import discover_module, inline_probes
+from tracedep.tracer.ko_image import KoImage
 from tracedep.tracer.probes import LOCK_FUNCS, parse_event_name
 
 DRIVER_C = r"""
@@ -108,7 +109,7 @@ def test_no_probe_on_a_patched_site(built: tuple[str, Path], discovered: tuple[s
     loader rewrites (a kprobe armed there first is lost without a word, as a locktorture
     run showed: 0 hits).  The probe steps past it."""
     arch, ko = built
-    mod = _Module(ko, "td_pcpu")
+    mod = KoImage(ko, "td_pcpu")
     _, res = discovered
     sites = {(mod.elf.by_name[s.section].index, s.sec_offset) for s in res.sites}
     assert not sites & (mod.static_calls | mod.jump_labels), res.sites

@@ -246,7 +246,7 @@ def test_help_lists_every_option() -> None:
 
 RUN_FLAGS = {o.flag(s) for o in run_options._OPTIONS for s in ("run", BISECT_RUN)} - {None}
 ALLOWED = {
-    "nightly/night.py": {"--out", "--out="},  # its own --out; run_args may not choose one
+    "nightly/config.py": {"--out", "--out="},  # its own --out; run_args may not choose one
     "nightly/gitbisect.py": {"--kernel-build"},  # the deprecated spelling of --kernel-build-cmd
 }
 
@@ -266,7 +266,7 @@ def test_nightly_and_bisect_spell_no_run_option(rel: str) -> None:
 
 
 def test_nightly_cell_is_run_options(tmp_path: Path) -> None:
-    from tracedep.nightly.night import load_config
+    from tracedep.nightly.config import load_config
 
     (tmp_path / "d1").mkdir()
     (tmp_path / "d2").mkdir()
@@ -294,7 +294,7 @@ def test_nightly_cell_is_run_options(tmp_path: Path) -> None:
     ('["--out=x"]', "--out is chosen by the nightly"),
 ])
 def test_nightly_checks_run_args_when_loading(tmp_path: Path, run_args: str, words: str) -> None:
-    from tracedep.nightly.night import load_config
+    from tracedep.nightly.config import load_config
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'run_args = {run_args}\n[driver_sets]\nb = "bundled"\n')

@@ -38,17 +38,14 @@ from pathlib import Path
 import pytest
 
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.symbolizer import (
-    ModuleImage,
-    Symbolizer,
-    SymbolizerError,
-    kaslr_offset_of,
-    verify_kaslr,
-)
+from tracedep.analysis.kaslr import kaslr_offset_of, verify_kaslr
+from tracedep.analysis.symbolizer import ModuleImage, Symbolizer
 from tracedep.common.cache import cache_root
 from tracedep.common.machines import machine_for
-from tracedep.kimage.dwarf_lines import DwarfIndex, layout_sections
+from tracedep.errors import SymbolizerError
+from tracedep.kimage.dwarf_index import DwarfIndex
 from tracedep.kimage.elf_symbols import STT_FUNC, ElfFile, read_symtab
+from tracedep.kimage.ko_layout import layout_sections
 from tracedep.vm.debug_packages import dbg_modules_dir, dbg_vmlinux_path, ensure_dbg_vmlinux
 from tracedep.vm.kernel import Kernel, fetch_debian_kernel
 from tracedep.vm.modules import build_module_dir

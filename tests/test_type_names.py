@@ -18,8 +18,9 @@ import pytest
 from conftest import build_c_module
 
 from tracedep.analysis.type_names import fold_indices, name_in_scope
-from tracedep.kimage.dwarf_lines import DwarfIndex, layout_sections
+from tracedep.kimage.dwarf_index import DwarfIndex
 from tracedep.kimage.elf_symbols import ElfFile, read_symtab
+from tracedep.kimage.ko_layout import layout_sections
 
 DRIVER_C = r"""
 #include <linux/module.h>

@@ -41,6 +41,7 @@ class LockFunc:
     success: str = ""
 
 
+# long: one table of every probed lock function, read best in one place
 def _lock_table() -> dict[str, LockFunc]:
     t: dict[str, LockFunc] = {}
 

@@ -1,6 +1,6 @@
 /*
  * Walk binary ftrace ring-buffer pages and list where each data record is.
- * The Python decoder (tracer/ftrace_binary.py) does the same in pure Python
+ * The Python walker (tracer/ring_pages.py) does the same in pure Python
  * when this cannot be compiled; both must agree (tests/test_ftrace_binary.py).
  *
  * Everything in `buf` comes from the guest: every offset and length read from
@@ -26,7 +26,7 @@ static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v;
 static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 #define TS_MAX ((uint64_t)INT64_MAX)
-/* page verdict bits (tracer/ftrace_binary.py PAGE_*) */
+/* page verdict bits (tracer/ring_pages.py PAGE_*) */
 #define PAGE_TORN 1
 #define PAGE_BACKWARDS 2
 #define PAGE_MISSED_BEFORE 4

@@ -137,7 +137,7 @@ def lockdep(run_dir: Path, out: Path = HERE / "lockdep") -> None:
 
 
 def _event_ids(buf: bytes, hp: object) -> set[int]:
-    from tracedep.tracer.ftrace_binary import RawRecords, walk_pages
+    from tracedep.tracer.ring_pages import RawRecords, walk_pages
 
     recs = RawRecords()
     walk_pages(buf, 0, 0, hp, recs)  # type: ignore[arg-type]

@@ -1,0 +1,473 @@
+"""The events frame's columns, read from the records of one event type at a time.
+
+All records of one type share a layout (the type's ``format``), so each field is
+gathered for all of them at once on numpy arrays; only strings and stacks are read
+record by record.  The guest wrote both the records and their formats: a record
+that contradicts its format is rejected, counted by why, and leaves a gap.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracedep.tracer import calibration, module_sections, schema
+from tracedep.tracer.ftrace_formats import EventFormat
+from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
+from tracedep.tracer.probes import (
+    GROUP,
+    INLINE_SUFFIX,
+    IRQ_STATE_FIELDS,
+    LOCK_FUNCS,
+    MIGHT_SLEEP_FUNC,
+    parse_event_name,
+)
+
+SOFTIRQ_NAMES = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",
+                 "HRTIMER", "RCU")
+# sleep_call rows for might_sleep() carry this func name, not "__cond_resched"
+MIGHT_SLEEP = "might_sleep"
+
+_U32 = struct.Struct("<I")
+# one module-sections probe record: (ts, cpu, chunk, module, section count, [(name, addr)])
+SectionRow = tuple[int, int, int, str, int, list[tuple[str, int]]]
+
+
+class CatColumn:
+    """A categorical column built by assigning strings to row sets, never per row."""
+
+    def __init__(self, n: int, default: str) -> None:
+        self.cats: list[str] = [default]
+        self.index: dict[str, int] = {default: 0}
+        self.codes = np.zeros(n, dtype=np.int32)
+
+    def code(self, value: str) -> int:
+        c = self.index.get(value)
+        if c is None:
+            c = self.index[value] = len(self.cats)
+            self.cats.append(value)
+        return c
+
+    def __setitem__(self, rows: Any, value: Any) -> None:
+        if isinstance(value, str):
+            self.codes[rows] = self.code(value)
+        else:  # one string per row
+            self.codes[rows] = [self.code(v) for v in value]
+
+    def build(self) -> pd.Categorical:
+        return pd.Categorical.from_codes(self.codes, categories=pd.Index(self.cats, dtype=object))
+
+
+def _unique_names(names: list[str], inverse: np.ndarray) -> pd.Categorical:
+    cats: list[str] = []
+    index: dict[str, int] = {}
+    remap = np.empty(len(names), dtype=np.int32)
+    for i, nm in enumerate(names):
+        c = index.get(nm)
+        if c is None:
+            c = index[nm] = len(cats)
+            cats.append(nm)
+        remap[i] = c
+    return pd.Categorical.from_codes(remap[inverse], categories=pd.Index(cats, dtype=object))
+
+
+def _gather(arr: np.ndarray, offs: np.ndarray, size: int, signed: bool) -> np.ndarray:
+    if len(offs) == 0:
+        return np.zeros(0, dtype=np.int64 if signed else np.uint64)
+    if size not in (1, 2, 4, 8):
+        raise ValueError(f"a {size}-byte integer field")
+    idx = offs[:, None] + np.arange(size, dtype=np.int64)
+    raw = np.ascontiguousarray(arr[idx])
+    dt = {1: "i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size] if signed else {
+        1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}[size]
+    return raw.view(dt).ravel()
+
+
+def _string_at(buf: bytes, rec: int, fmt_field_off: int, data_loc: bool, reclen: int) -> str:
+    if data_loc:
+        loc = _U32.unpack_from(buf, rec + fmt_field_off)[0]
+        start, ln = rec + (loc & 0xFFFF), loc >> 16
+    else:
+        start, ln = rec + fmt_field_off, reclen - fmt_field_off
+    s = buf[start:start + ln]
+    return s.split(b"\0", 1)[0].decode("utf-8", "replace").rstrip("\n")
+
+
+def _bounded_string(buf: bytes, rec: int, reclen: int, fd: Any) -> str:
+    """A ``string`` fetch-arg of one record, read only inside that record (the
+    record's bytes came from the guest: its data_loc may point anywhere)."""
+    if fd.is_data_loc:
+        loc = _U32.unpack_from(buf, rec + fd.offset)[0]
+        start, ln = loc & 0xFFFF, loc >> 16
+    else:
+        start, ln = fd.offset, reclen - fd.offset
+    if start < 0 or ln <= 0 or start + ln > reclen:
+        return ""
+    return clean_name(buf[rec + start:rec + start + ln])
+
+
+class RecordColumns:
+    """The columns of every record read, filled in one event type at a time.
+
+    ``buf`` holds all pages; record ``i``'s payload starts at ``off[i]`` and is
+    ``reclen[i]`` bytes long.  ``call_insn_size`` turns a return address into its
+    call site; ``sites`` is the inline probes' table (manifest ``inline_sites``)."""
+
+    def __init__(self, buf: bytes, rec_ts: np.ndarray, rec_cpu: np.ndarray, off: np.ndarray,
+                 reclen: np.ndarray, call_insn_size: int, sites: dict[str, dict[str, Any]],
+                 kprobe_irqs_off_unreliable: bool) -> None:
+        n = len(off)
+        self.buf = buf
+        self.arr = arr = np.frombuffer(buf, dtype=np.uint8)
+        self.off = off
+        self.reclen = reclen
+        self.rec_ts = rec_ts
+        self.rec_cpu = rec_cpu
+        self.call_insn_size = call_insn_size
+        self.sites = sites
+        self.kprobe_irqs_off_unreliable = kprobe_irqs_off_unreliable
+        # every record starts with the 8-byte common header (type, flags, preempt count, pid)
+        self.hdr_ok = hdr_ok = (reclen >= 8) & (off + 8 <= len(arr))
+        hoff = np.where(hdr_ok, off, 0)
+        self.etype = np.where(hdr_ok, _gather(arr, hoff, 2, False).astype(np.int64), -1)
+        self.flags = flags = _gather(arr, hoff + 2, 1, False)
+        pc = _gather(arr, hoff + 3, 1, False)
+        pid = _gather(arr, hoff + 4, 4, True)
+        self.cols: dict[str, Any] = {
+            "ts_ns": rec_ts,
+            "cpu": rec_cpu,
+            "pid": pid.astype(np.int32),
+            "irqs_off": (flags & schema.TRACE_FLAG_IRQS_OFF) != 0,
+            "preempt_depth": (pc & 0xF).astype(np.int8),
+            "bh_off": (flags & schema.TRACE_FLAG_BH_OFF) != 0,
+            "in_hardirq": (flags & schema.TRACE_FLAG_HARDIRQ) != 0,
+            "in_softirq": (flags & schema.TRACE_FLAG_SOFTIRQ) != 0,
+            "in_nmi": (flags & schema.TRACE_FLAG_NMI) != 0,
+            "lock_addr": np.zeros(n, np.uint64),
+            "ip": np.zeros(n, np.uint64),
+            "gfp": np.zeros(n, np.uint32),
+            "ptr": np.zeros(n, np.uint64),
+            "bytes": np.zeros(n, np.int64),
+            "value": np.zeros(n, np.int64),
+            "stack_id": np.full(n, -1, np.int32),
+            "target_pid": np.full(n, -1, np.int32),
+            "key_addr": np.zeros(n, np.uint64),
+        }
+        self.kind = CatColumn(n, "other")
+        self.event = CatColumn(n, "")
+        self.lock_type = CatColumn(n, "")
+        self.lock_flags = CatColumn(n, "")
+        self.func = CatColumn(n, "")
+        self.lock_name = CatColumn(n, "")
+        self.keep = np.ones(n, dtype=bool)
+        self.rejected: dict[str, int] = {}
+        self.rejected_mask = np.zeros(n, dtype=bool)
+        if not hdr_ok.all():
+            self.reject(np.nonzero(~hdr_ok)[0], "records shorter than a header")
+        self.comms: dict[int, str] = {}
+        self.stacks: list[tuple[int, ...]] = []
+        self.stack_rows: list[tuple[int, int]] = []  # (row of the stack record, stack id)
+        self.counts: dict[str, int] = {}
+        # calibration: the IRQ state a probe fetched (1 off, 0 on, -1 none) and the
+        # kind of each of our probe rows (1 kprobe, 2 kretprobe, 3 mid-function kprobe)
+        self.irq_state = np.full(n, -1, np.int8)
+        self.pkind = np.zeros(n, np.int8)
+        self.cal_rows: dict[str, np.ndarray] = {}
+        self.msec_rows: list[SectionRow] = []
+
+    def read_cmdlines(self, saved_cmdlines: str) -> None:
+        """Task names from ``saved_cmdlines`` (``pid comm`` lines)."""
+        for line in saved_cmdlines.splitlines():
+            p, _, c = line.strip().partition(" ")
+            if p.isdigit():
+                self.comms[int(p)] = c
+
+    # -- helpers of the readers ---------------------------------------------------------
+
+    def reject(self, rows: np.ndarray, why: str) -> None:
+        """Drop ``rows`` from the events, counted under ``why`` (and marked as rejected)."""
+        self.keep[rows] = False
+        self.rejected_mask[rows] = True
+        self.kind[rows] = "other"
+        self.rejected[why] = self.rejected.get(why, 0) + int(len(rows))
+
+    def fld(self, f: EventFormat, name: str, rows: np.ndarray, signed: bool | None = None
+            ) -> np.ndarray:
+        fd = f.fields[name]
+        return _gather(self.arr, self.off[rows] + fd.offset, fd.size,
+                       fd.signed if signed is None else signed)
+
+    def call_site(self, f: EventFormat, rows: np.ndarray) -> np.ndarray:
+        # a probe on an inlined lock has no return address: it is the call site
+        if "ret" in f.fields:
+            return self.fld(f, "ret", rows, False) - np.uint64(self.call_insn_size)
+        return self.fld(f, "__probe_ip", rows, False)
+
+    def fetch_irq_state(self, f: EventFormat, rows: np.ndarray) -> None:
+        for fname, (mask, set_means_off) in IRQ_STATE_FIELDS.items():
+            if fname in f.fields:
+                v = self.fld(f, fname, rows, False)
+                self.irq_state[rows] = ((v & np.uint64(mask)) != 0) == set_means_off
+
+    def strings(self, f: EventFormat, field: str, rows: np.ndarray) -> list[str]:
+        """The string field ``field`` of each row."""
+        nf = f.fields[field]
+        return [_string_at(self.buf, int(self.off[r]), nf.offset, nf.is_data_loc,
+                           int(self.reclen[r])) for r in rows.tolist()]
+
+    # -- one event type -----------------------------------------------------------------
+
+    def read_type(self, tid: Any, f: EventFormat | None) -> None:
+        """Fill in the rows of every record of type ``tid`` (``f``: its format, if known)."""
+        rows = np.nonzero(self.etype == tid)[0]
+        name = f.full_name if f else f"unknown/{tid}"
+        self.counts[name] = int(len(rows))
+        self.event[rows] = name
+        if f is None:
+            return
+        # the guest wrote both the records and their formats: a record shorter than
+        # what its format says it holds, a field of a size no C type has, or a field
+        # the decoder needs that the format lacks rejects those records, counted
+        need = max((fd.offset + fd.size for fd in f.fields.values()
+                    if not fd.is_data_loc), default=0)
+        short = rows[self.reclen[rows] < need]
+        if len(short):
+            self.reject(short, f"{name}: records shorter than the format")
+            rows = rows[self.reclen[rows] >= need]
+        try:
+            self._read(f, name, rows)
+        except (KeyError, ValueError, OverflowError, IndexError, struct.error) as e:
+            self.reject(rows, f"{name}: {type(e).__name__}: {e}")
+
+    def _read(self, f: EventFormat, name: str, rows: np.ndarray) -> None:
+        ours = parse_event_name(name)
+        if ours is None and f.system == GROUP and f.name.startswith(calibration.CAL_PREFIX):
+            self.cal_rows[f.name.removeprefix(calibration.CAL_PREFIX)] = rows
+            self.fetch_irq_state(f, rows)
+        if ours is not None:
+            self._probe(f, rows, *ours)
+        elif f.system == GROUP and (chunk := module_sections.parse_event(f.name)) is not None:
+            self.keep[rows] = False  # for the symbolizer, not an event of the analysis
+            self._module_sections(f, chunk, rows)
+        elif f.system == "kmem" and "gfp_flags" in f.fields:
+            self._alloc(f, rows)
+        elif f.system == "kmem" and f.name in ("kfree", "kmem_cache_free"):
+            self.kind[rows] = "free"
+            self.cols["ptr"][rows] = self.fld(f, "ptr", rows, False)
+            self.cols["ip"][rows] = self.fld(f, "call_site", rows, False) - np.uint64(
+                self.call_insn_size)
+        elif name == "sched/sched_switch":
+            self._switch(f, rows)
+        elif name in ("lock/lock_acquire", "lock/lock_release") and "lockdep_addr" in f.fields:
+            self._lockdep(f, name, rows)
+        elif name in ("irq/irq_handler_entry", "irq/irq_handler_exit"):
+            self.kind[rows] = "irq_entry" if name.endswith("entry") else "irq_exit"
+            self.cols["value"][rows] = self.fld(f, "irq", rows, True)
+            if "name" in f.fields:
+                self.func[rows] = self.strings(f, "name", rows)
+        elif name in ("irq/softirq_entry", "irq/softirq_exit"):
+            self.kind[rows] = "softirq_entry" if name.endswith("entry") else "softirq_exit"
+            vec = self.fld(f, "vec", rows, False).astype(np.int64)
+            self.cols["value"][rows] = vec
+            self.func[rows] = [SOFTIRQ_NAMES[v] if v < len(SOFTIRQ_NAMES) else str(v)
+                               for v in vec]
+        elif name in ("module/module_load", "module/module_free"):
+            self.kind[rows] = "module_load" if name.endswith("load") else "other"
+            self.func[rows] = self.strings(f, "name", rows)
+        elif name == "ftrace/print":
+            self._markers(f, rows)
+        elif name == "ftrace/kernel_stack":
+            self._stacks(f, rows)
+        elif name.startswith("timer/timer_expire") and "function" in f.fields:
+            self.cols["ip"][rows] = self.fld(f, "function", rows, False)
+
+    # -- the readers, by event ----------------------------------------------------------
+
+    def _probe(self, f: EventFormat, rows: np.ndarray, role: str, fn: str) -> None:
+        """Rows of one of our kprobes/kretprobes (tracer.probes)."""
+        cols = self.cols
+        if self.kprobe_irqs_off_unreliable:
+            cols["irqs_off"][rows] = False
+        self.fetch_irq_state(f, rows)
+        self.pkind[rows] = 2 if role == "lr" else (3 if INLINE_SUFFIX in f.name else 1)
+        if role in ("lk", "ul"):
+            self._lock(f, rows, role, fn)
+        elif role in ("li", "lc"):
+            self._lock_init(f, fn, rows)
+        elif role == "lr":
+            self.kind[rows] = "lock_return"
+            lf = LOCK_FUNCS.get(fn)
+            self.lock_type[rows] = lf.lock_type if lf else ""
+            self.lock_flags[rows] = "+".join(lf.flags) if lf else ""
+            if "rv" in f.fields:  # conditional acquires only (tracer.probes)
+                cols["value"][rows] = self.fld(f, "rv", rows, True)
+            cols["ip"][rows] = self.fld(f, "__probe_ret_ip", rows, False) - np.uint64(
+                self.call_insn_size)
+        else:
+            self.kind[rows] = "sleep_call"
+            self.func[rows] = MIGHT_SLEEP if fn == MIGHT_SLEEP_FUNC else fn
+            cols["ip"][rows] = self.call_site(f, rows)
+
+    def _lock(self, f: EventFormat, rows: np.ndarray, role: str, fn: str) -> None:
+        """Rows of a lock (``lk``) or unlock (``ul``) probe."""
+        cols = self.cols
+        self.kind[rows] = "lock_acquire" if role == "lk" else "lock_release"
+        lf = LOCK_FUNCS.get(fn)
+        self.lock_type[rows] = lf.lock_type if lf else ""
+        self.lock_flags[rows] = "+".join(lf.flags) if lf else ""
+        if "lock" in f.fields:  # else a static lock: decode_run places it
+            cols["lock_addr"][rows] = self.fld(f, "lock", rows, False) + np.uint64(
+                int((self.sites.get(f.name) or {}).get("lock", {}).get("addend", 0))
+                & (2**64 - 1))
+        cols["ip"][rows] = self.call_site(f, rows)
+        if "sub" in f.fields:
+            cols["value"][rows] = self.fld(f, "sub", rows, True)
+        if "val" in f.fields and lf is not None and lf.success:
+            # an inlined trylock: taken iff the lock word let it (inline_locks)
+            from tracedep.tracer.inline_locks import trylock_taken
+
+            word = self.fld(f, "val", rows, False)
+            cols["value"][rows] = word.astype(np.int64)
+            self.kind[rows[~trylock_taken(fn, word)]] = "other"
+
+    def _lock_init(self, f: EventFormat, fn: str, rows: np.ndarray) -> None:
+        """Rows of a lock initializer (``li``) or re-keying (``lc``) probe (tracer.lock_init)."""
+        cols = self.cols
+        if "lock" in f.fields:
+            lock = self.fld(f, "lock", rows, False)
+        elif "obj" in f.fields and "off" in f.fields:
+            moff = self.fld(f, "off", rows, False)
+            bad = moff >= np.uint64(OFFSET_MAX)
+            lock = self.fld(f, "obj", rows, False) + np.where(bad, np.uint64(0), moff)
+            lock[bad] = 0
+        else:
+            return
+        keep = lock != 0
+        rows, lock = rows[keep], lock[keep]
+        self.kind[rows] = "lock_init"
+        self.func[rows] = fn
+        cols["lock_addr"][rows] = lock
+        cols["ip"][rows] = self.call_site(f, rows)
+        if "key" in f.fields:
+            cols["key_addr"][rows] = self.fld(f, "key", rows, False)
+        if "mode" in f.fields:  # a directory re-key's i_mode
+            cols["value"][rows] = self.fld(f, "mode", rows, False).astype(np.int64)
+        nf = f.fields.get("name")
+        if nf is not None:
+            self.lock_name[rows] = [
+                _bounded_string(self.buf, int(self.off[r]), int(self.reclen[r]), nf)
+                for r in rows.tolist()]
+
+    def _module_sections(self, f: EventFormat, chunk: int, rows: np.ndarray) -> None:
+        """Rows of the do_init_module probes (tracer.module_sections), kept in ``msec_rows``."""
+        if "name" not in f.fields or "n" not in f.fields:
+            return
+        buf = self.buf
+        n = self.fld(f, "n", rows, False)
+        addrs = [self.fld(f, f"a{j}", rows, False) if f"a{j}" in f.fields else None
+                 for j in range(module_sections.CHUNK)]
+        for i, r in enumerate(rows.tolist()):
+            o, ln = int(self.off[r]), int(self.reclen[r])
+            secs = []
+            for j, a in enumerate(addrs):
+                sf = f.fields.get(f"s{j}")
+                if a is None or sf is None:
+                    break
+                secs.append((_bounded_string(buf, o, ln, sf), int(a[i])))
+            self.msec_rows.append((int(self.rec_ts[r]), int(self.rec_cpu[r]), chunk,
+                                   _bounded_string(buf, o, ln, f.fields["name"]), int(n[i]),
+                                   secs))
+
+    def _alloc(self, f: EventFormat, rows: np.ndarray) -> None:
+        cols = self.cols
+        self.kind[rows] = "alloc"
+        cols["gfp"][rows] = self.fld(f, "gfp_flags", rows, False).astype(np.uint32)
+        if "ptr" in f.fields:
+            cols["ptr"][rows] = self.fld(f, "ptr", rows, False)
+        if "bytes_alloc" in f.fields:
+            cols["bytes"][rows] = self.fld(f, "bytes_alloc", rows, False).astype(np.int64)
+        elif "order" in f.fields:
+            cols["bytes"][rows] = 4096 << self.fld(f, "order", rows, True).astype(np.int64)
+        if "call_site" in f.fields:
+            cols["ip"][rows] = self.fld(f, "call_site", rows, False) - np.uint64(
+                self.call_insn_size)
+        self.func[rows] = f.name
+
+    def _switch(self, f: EventFormat, rows: np.ndarray) -> None:
+        buf, comms = self.buf, self.comms
+        self.kind[rows] = "sched_switch"
+        self.cols["value"][rows] = self.fld(f, "prev_state", rows, False).astype(np.int64)
+        nf = f.fields["next_comm"]
+        pf = f.fields["prev_comm"]
+        npid = self.fld(f, "next_pid", rows, True)
+        ppid = self.fld(f, "prev_pid", rows, True)
+        self.cols["target_pid"][rows] = npid.astype(np.int32)
+        for r, a, b in zip(rows.tolist(), ppid.tolist(), npid.tolist(), strict=True):
+            o = int(self.off[r])
+            comms[a] = buf[o + pf.offset:o + pf.offset + pf.size].split(b"\0")[0].decode(
+                "utf-8", "replace")
+            comms[b] = buf[o + nf.offset:o + nf.offset + nf.size].split(b"\0")[0].decode(
+                "utf-8", "replace")
+
+    def _lockdep(self, f: EventFormat, name: str, rows: np.ndarray) -> None:
+        # lockdep's own events (CONFIG_LOCKDEP kernels): the lockdep_map is the
+        # instance, its name lockdep's class name (in ``func``); type, flags and
+        # call site come from our probe of the same acquisition (lockdep_events)
+        self.kind[rows] = "lock_acquire" if name.endswith("acquire") else "lock_release"
+        self.cols["lock_addr"][rows] = self.fld(f, "lockdep_addr", rows, False)
+        self.func[rows] = self.strings(f, "name", rows)
+        if "flags" in f.fields:
+            fl = self.fld(f, "flags", rows, False)
+            self.lock_flags[rows[(fl & np.uint64(1)) != 0]] = "trylock"
+
+    def _markers(self, f: EventFormat, rows: np.ndarray) -> None:
+        self.kind[rows] = "marker"
+        bf = f.fields["buf"]
+        texts = [_string_at(self.buf, int(self.off[r]), bf.offset, False, int(self.reclen[r]))
+                 for r in rows.tolist()]
+        self.func[rows] = texts
+        self.cal_rows["marker"] = rows[np.asarray([t == calibration.MARKER for t in texts],
+                                                  dtype=bool)]
+
+    def _stacks(self, f: EventFormat, rows: np.ndarray) -> None:
+        self.keep[rows] = False
+        _ = f.fields["size"]  # a stack record without its size is rejected (KeyError)
+        cf = f.fields["caller"]
+        nent = self.fld(f, "size", rows, True)
+        for r, k in zip(rows.tolist(), nent.tolist(), strict=True):
+            o = int(self.off[r])
+            room = (int(self.reclen[r]) - cf.offset) // 8
+            k = max(0, min(int(k), room))
+            frames = struct.unpack_from(f"<{k}Q", self.buf, o + cf.offset)
+            self.stack_rows.append((r, len(self.stacks)))
+            self.stacks.append(tuple(x for x in frames if x))
+
+    # -- the frame ----------------------------------------------------------------------
+
+    def frame(self) -> pd.DataFrame:
+        """Every record's row (rejected and set-aside ones too), with its stack id."""
+        cols = self.cols
+        cols.update(kind=self.kind.build(), event=self.event.build(),
+                    lock_type=self.lock_type.build(), lock_flags=self.lock_flags.build(),
+                    func=self.func.build(), lock_name=self.lock_name.build())
+        comms_idle = {**self.comms, 0: "<idle>"}
+        upids, pinv = np.unique(cols["pid"], return_inverse=True)
+        cols["comm"] = _unique_names([comms_idle.get(int(p), "<...>") for p in upids], pinv)
+        df = pd.DataFrame(cols)
+        # A conditional stacktrace trigger records its stack right after the event, on
+        # the same CPU: hand the stack to the record before it.
+        if self.stack_rows:
+            srow = np.array([r for r, _ in self.stack_rows], dtype=np.int64)
+            sid = np.array([s for _, s in self.stack_rows], dtype=np.int32)
+            cpu_arr = cols["cpu"]
+            # records are in per-CPU order here (concatenated CPU by CPU)
+            prev = srow - 1
+            ok = (prev >= 0) & (cpu_arr[np.maximum(prev, 0)] == cpu_arr[srow]) & self.keep[
+                np.maximum(prev, 0)]
+            sid_col = df["stack_id"].to_numpy().copy()
+            sid_col[prev[ok]] = sid[ok]
+            df["stack_id"] = sid_col
+        return df
