@@ -13,7 +13,7 @@ import pandas as pd
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import missing, rules
 from tracedep.analysis.coverage import coverage
-from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
+from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.symbols import module_records
@@ -130,8 +130,9 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
         drivers = sorted({table[u].module, table[v].module})
         edges.append(Edge(
             before=table[u].name, after=table[v].name, count=sum(a.count for a in accs),
-            drivers=drivers, witness=cx.site(acc.row, "acquire", table[v].name, False),
-            held_witness=cx.site(acc.held_row, "held", table[u].name, False),
+            drivers=drivers,
+            witness=cx.site(acc.row, WitnessKind.ACQUIRE, "acquire", table[v].name, False),
+            held_witness=cx.site(acc.held_row, WitnessKind.HELD, "held", table[u].name, False),
             read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
     stats = class_stats(rep.acquisitions, table, rep.usage)
     health = _health(trace, rep.unmatched_releases)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis.classes import LockClass
-from tracedep.analysis.findings import Finding, Frame, Site
+from tracedep.analysis.findings import Finding, Frame, Site, SiteContext, WitnessKind
 from tracedep.analysis.heldlocks import (
     ENABLED_HARDIRQ,
     ENABLED_HARDIRQ_READ,
@@ -135,8 +135,9 @@ class Ctx:
             return self.text_sites[r]
         return frame_at(self.symbols, ip, True, int(self.events["ts_ns"].iloc[r]))
 
-    def site(self, r: int, role: str, lock: str | None = None, with_stack: bool = True
-             ) -> Site:
+    def site(self, r: int, kind: WitnessKind, role: str, lock: str | None = None,
+             with_stack: bool = True, holding: str | None = None) -> Site:
+        """The witness of event row ``r``; ``role`` says it in words for the reports."""
         e = self.events
         sid = int(e["stack_id"].iloc[r])
         if with_stack and sid >= 0:
@@ -145,7 +146,7 @@ class Ctx:
             frames = [self.call_frame(r)]
         return Site(role=role, frames=tuple(frames), lock=lock, ts_ns=int(e["ts_ns"].iloc[r]),
                     pid=int(e["pid"].iloc[r]), comm=str(e["comm"].iat[r]),
-                    context=context_text(e, r))
+                    context=site_context(e, r), kind=kind, holding=holding)
 
     def nesting_visible(self, ip: int, ts: int) -> bool:
         """Can a ``*_nested`` annotation at this call site be seen?  With lockdep's own
@@ -172,17 +173,11 @@ class Ctx:
         return self.classes[c] if c >= 0 else LockClass("?", "?", "instance", "vmlinux", sig="?")
 
 
-def context_text(e: pd.DataFrame, r: int) -> str:
-    parts = [f"preempt={int(e['preempt_depth'].iloc[r])}"]
-    if e["irqs_off"].iat[r]:
-        parts.append("irqs-off")
-    if e["bh_off"].iat[r]:
-        parts.append("bh-off")
-    if e["in_hardirq"].iat[r]:
-        parts.append("hardirq")
-    if e["in_softirq"].iat[r]:
-        parts.append("softirq")
-    return " ".join(parts)
+def site_context(e: pd.DataFrame, r: int) -> SiteContext:
+    return SiteContext(preempt_depth=int(e["preempt_depth"].iloc[r]),
+                       irqs_off=bool(e["irqs_off"].iat[r]), bh_off=bool(e["bh_off"].iat[r]),
+                       in_hardirq=bool(e["in_hardirq"].iat[r]),
+                       in_softirq=bool(e["in_softirq"].iat[r]))
 
 
 def _driver(frames: list[Frame], fallback: list[str]) -> str:
@@ -351,10 +346,11 @@ def _sleep_finding(cx: Ctx, inc: _Incident, key: tuple[str, ...]) -> Finding:
     ts = int(e["ts_ns"].iloc[r])
     # no stack: the call site is the witness
     sites = [Site("sleep", tuple(inc.frames) or (inc.call,), None, ts, int(e["pid"].iloc[r]),
-                  str(e["comm"].iat[r]), context_text(e, r))]
+                  str(e["comm"].iat[r]), site_context(e, r), WitnessKind.SLEEP)]
     for a in inc.sleep.all_held:
         name = cx.cls(int(acq["cls"].iloc[a])).name
-        sites.append(cx.site(int(acq["row"].iloc[a]), f"held {name}", name, with_stack=False))
+        sites.append(cx.site(int(acq["row"].iloc[a]), WitnessKind.HELD, f"held {name}", name,
+                             with_stack=False))
     held_names = [cx.cls(c).name for c in inc.held]
     driver = _driver([inc.culprit, *inc.frames], [st.frames[0].module for st in sites[1:]]
                      + [cx.cls(c).module for c in inc.held])
@@ -560,8 +556,10 @@ def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, 
     for u, v, vi in labs:
         acc = edges[(u, v)][vi]
         a, b = cx.cls(u).name, cx.cls(v).name
-        s_b = cx.site(acc.row, f"{b} acquired while holding {a}", b, with_stack=False)
-        s_a = cx.site(acc.held_row, f"{a} acquired earlier", a, with_stack=False)
+        s_b = cx.site(acc.row, WitnessKind.ACQUIRE, f"{b} acquired while holding {a}", b,
+                      with_stack=False, holding=a)
+        s_a = cx.site(acc.held_row, WitnessKind.HELD, f"{a} acquired earlier", a,
+                      with_stack=False)
         sites += [s_b, s_a]
         frames_all += list(s_b.frames) + list(s_a.frames)
         t = s_b.ts_ns or 0
@@ -611,10 +609,10 @@ def irq_findings(cx: Ctx) -> list[Finding]:
                 continue
             inconsistent.add(c)
             lc = cx.cls(c)
-            s_irq = cx.site(u[bad_used], f"{lc.name} taken in {irq} context", lc.name,
-                            with_stack=False)
-            s_on = cx.site(u[bad_en], f"{lc.name} taken with {irq}s enabled", lc.name,
-                           with_stack=False)
+            s_irq = cx.site(u[bad_used], WitnessKind.taken_in(irq),
+                            f"{lc.name} taken in {irq} context", lc.name, with_stack=False)
+            s_on = cx.site(u[bad_en], WitnessKind.taken_enabled(irq),
+                           f"{lc.name} taken with {irq}s enabled", lc.name, with_stack=False)
             up = irq.upper()
             msg = (f"inconsistent lock state: {lc.name} is taken in {irq} context "
                    f"({s_irq.frames[0].function}) and with {irq}s enabled "
@@ -653,14 +651,17 @@ def _safe_unsafe(cx: Ctx, irq: str, path: list[int]) -> Finding:
     ls, lu = cx.cls(s), cx.cls(u)
     used = next(b for b in usage[s] if b.startswith("IN-"))
     enabled = next(b for b in usage[u] if "-ON-" in b)
-    sites = [cx.site(usage[s][used], f"{ls.name} taken in {irq} context ({irq}-safe)", ls.name,
+    sites = [cx.site(usage[s][used], WitnessKind.taken_in(irq),
+                     f"{ls.name} taken in {irq} context ({irq}-safe)", ls.name,
                      with_stack=False),
-             cx.site(usage[u][enabled], f"{lu.name} taken with {irq}s enabled ({irq}-unsafe)",
-                     lu.name, with_stack=False)]
+             cx.site(usage[u][enabled], WitnessKind.taken_enabled(irq),
+                     f"{lu.name} taken with {irq}s enabled ({irq}-unsafe)", lu.name,
+                     with_stack=False)]
     for a, b in zip(path, path[1:], strict=False):
         acc = cx.replay.edges[(a, b)][0]
-        sites.append(cx.site(acc.row, f"{cx.cls(b).name} acquired while holding "
-                                      f"{cx.cls(a).name}", cx.cls(b).name, with_stack=False))
+        la, lb = cx.cls(a).name, cx.cls(b).name
+        sites.append(cx.site(acc.row, WitnessKind.ACQUIRE, f"{lb} acquired while holding {la}",
+                             lb, with_stack=False, holding=la))
     names = [cx.cls(c).name for c in path]
     up = irq.upper()
     msg = (f"{up}-safe -> {up}-unsafe lock order detected: {ls.name} (taken in {irq} context) "
@@ -707,8 +708,10 @@ def recursion_findings(cx: Ctx) -> list[Finding]:
             if cx.symbols.module_of(ip, ts) not in ("vmlinux", None):
                 cx.unjudged_nesting += 1
             continue
-        s2 = cx.site(rec.row, f"{lc.name} acquired again", lc.name, with_stack=False)
-        s1 = cx.site(rec.held_row, f"{lc.name} already held", lc.name, with_stack=False)
+        s2 = cx.site(rec.row, WitnessKind.ACQUIRE, f"{lc.name} acquired again", lc.name,
+                     with_stack=False)
+        s1 = cx.site(rec.held_row, WitnessKind.HELD, f"{lc.name} already held", lc.name,
+                     with_stack=False)
         # an annotation on either side makes them two lockdep classes (class, subclass)
         if not rec.same_instance and any(
                 _annotated(cx, int(cx.events["ip"].iloc[row]), int(cx.events["ts_ns"].iloc[row]))

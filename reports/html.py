@@ -272,7 +272,8 @@ def _site(s: Site, driver: str, lock_ids: _Ids) -> Markup:
         before, found, after = s.role.partition(s.lock)
         head = [before, link, after] if found else [s.role, " ", link]
     ctx = " · ".join(x for x in (who, model.fmt_ts(s.ts_ns).strip("[] ") + " s"
-                                 if s.ts_ns is not None else "", s.context or "") if x)
+                                 if s.ts_ns is not None else "", lk.context_text(s.context))
+                   if x)
     head += [" ", el("span", f"— {ctx}", class_="ctx")]
     stack = (el("div", *(_frame(f, driver) for f in fr.dedup(s.frames)), class_="stack")
              if s.frames

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tracedep.analysis.findings import SiteContext
 from tracedep.analysis.ftrace_text import (
     GFP_FLAG_NAMES,
     SCHED_STATE_LETTERS,
@@ -173,7 +174,7 @@ def test_text_analysis_finds_the_planted_bug(kallsyms: Path | None) -> None:
         assert f.details["api"] == "kmalloc(GFP_KERNEL)"
         assert f.details["function"] == "td_ring_probe_work_fn"
         assert "spinlock" in f.details["context"] and f.count == 4
-        assert f.sites[0].context == "preempt=1"
+        assert f.sites[0].context == SiteContext(preempt_depth=1)
         sleep_frames = [fr.function for fr in f.sites[0].frames]
         assert sleep_frames[:2] == ["kmalloc_trace", "td_ring_probe_work_fn"]
         if kallsyms is not None or path == PIPE:

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Frame, Site
+from tracedep.analysis.findings import (
+    Analysis,
+    ClassStats,
+    Edge,
+    Finding,
+    Frame,
+    Site,
+    SiteContext,
+    WitnessKind,
+)
 from tracedep.errors import InputError
 from tracedep.reports import html, model, svg, text
 from tracedep.reports.serialize import (
@@ -135,9 +144,12 @@ def stack(*top: Frame) -> tuple[Frame, ...]:
                         file="kernel/workqueue.c"))
 
 
-def site(role: str, lock: str | None, ts: int, *top: Frame, comm: str = "kworker/0:1",
-         ctx: str = "preempt=0") -> Site:
-    return Site(role, stack(*top), lock, ts, 42, comm, ctx)
+def site(kind: WitnessKind, role: str, lock: str | None, ts: int, *top: Frame,
+         comm: str = "kworker/0:1", ctx: SiteContext | None = None) -> Site:
+    return Site(role, stack(*top), lock, ts, 42, comm, ctx or SiteContext(), kind)
+
+
+ACQUIRE, HELD = WitnessKind.ACQUIRE, WitnessKind.HELD
 
 
 def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_submit",
@@ -145,20 +157,22 @@ def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_sub
     """A small analysis with one finding of each main kind (hand-made: unit tests only)."""
     a_, b_ = name, "td_b_lock"
     spin = frame("_raw_spin_lock", 0, 0x30, "vmlinux", 153, file="kernel/locking/spinlock.c")
-    ab = site("acquire", b_, 1100, spin, frame(fn, 0x20, 0x80, driver, 40), comm=comm,
-              ctx="preempt=1")
-    ab_h = site("held", a_, 1000, spin, frame(fn, 0x10, 0x80, driver, 38), comm=comm)
-    ba = site("acquire", a_, 2100, spin, frame("td_complete", 0x24, 0x90, driver, 70),
-              ctx="preempt=1")
-    ba_h = site("held", b_, 2000, spin, frame("td_complete", 0x14, 0x90, driver, 68))
-    sleep = site("sleep", None, 3100,
+    ab = site(ACQUIRE, "acquire", b_, 1100, spin, frame(fn, 0x20, 0x80, driver, 40),
+              comm=comm, ctx=SiteContext(1))
+    ab_h = site(HELD, "held", a_, 1000, spin, frame(fn, 0x10, 0x80, driver, 38), comm=comm)
+    ba = site(ACQUIRE, "acquire", a_, 2100, spin,
+              frame("td_complete", 0x24, 0x90, driver, 70), ctx=SiteContext(1))
+    ba_h = site(HELD, "held", b_, 2000, spin, frame("td_complete", 0x14, 0x90, driver, 68))
+    sleep = site(WitnessKind.SLEEP, "sleep", None, 3100,
                  frame("mutex_lock", 0, 0x40, "vmlinux", 281, file="kernel/locking/mutex.c"),
                  frame("td_inner", 0, 0, driver, 55, inlined=True),
-                 frame(fn, 0x2a, 0x90, driver, 71), comm=comm, ctx="preempt=1")
-    held = site("held", a_, 3000, spin, frame(fn, 0x1d, 0x90, driver, 54), comm=comm)
-    irq = site("irq-context", b_, 4000, spin, frame("td_irq", 0x1a, 0x60, driver, 48),
-               comm="swapper/0", ctx="preempt=1 irqs-off hardirq")
-    on = site("irqs-on", b_, 4100, spin, frame("td_read", 0x17, 0x50, driver, 60))
+                 frame(fn, 0x2a, 0x90, driver, 71), comm=comm, ctx=SiteContext(1))
+    held = site(HELD, "held", a_, 3000, spin, frame(fn, 0x1d, 0x90, driver, 54), comm=comm)
+    irq = site(WitnessKind.IN_HARDIRQ, "irq-context", b_, 4000, spin,
+               frame("td_irq", 0x1a, 0x60, driver, 48), comm="swapper/0",
+               ctx=SiteContext(1, irqs_off=True, in_hardirq=True))
+    on = site(WitnessKind.HARDIRQS_ON, "irqs-on", b_, 4100, spin,
+              frame("td_read", 0x17, 0x50, driver, 60))
 
     def stats(lock: str, ctxs: list[str]) -> ClassStats:
         return ClassStats(lock, "spinlock", driver, 10,
@@ -170,7 +184,7 @@ def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_sub
                 message or f"{a_} -> {b_} and {b_} -> {a_}", 2100, 3, (a_, b_, fn)),
         Finding("sleep-in-atomic", driver, [a_], [sleep, held],
                 message or f"mutex_lock() with {a_} held", 3100, 2, (a_, "mutex_lock", fn),
-                {"func": "mutex_lock"}),
+                {"api": "mutex_lock()"}),
         Finding("irq-lock-inversion", driver, [b_], [irq, on],
                 message or f"{b_} in hardirq and with irqs on", 4100, 1, (b_, "hardirq")),
     ]
@@ -269,7 +283,7 @@ def test_degenerate_findings_render() -> None:
     """Findings with missing witnesses still render, whatever their kind."""
     kinds = ["sleep-in-atomic", "lock-order-inversion", "irq-lock-inversion",
              "recursive-locking", "same-class-nesting", "some-new-kind"]
-    bare = [Site("?", (), None)]
+    bare = [Site("?", (), None)]  # no kind, no context
     findings = [Finding(k, M, locks, sites, "m", 0)
                 for k in kinds for locks in ([], ["x"], ["x", "y"], ["x", "y", "z"])
                 for sites in ([], bare)]
