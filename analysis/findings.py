@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tracedep.analysis.health import Health
+from tracedep.analysis.run_summary import RunSummary
 from tracedep.common.jsonvalue import Fields, JSONObject
 
 FINDING_KINDS = (
@@ -256,5 +258,5 @@ class Analysis:
     findings: list[Finding]
     classes: list[ClassStats]
     edges: list[Edge]
-    health: dict[str, Any]  # events, lost events, truncation, how the guest ended, warnings
-    run: dict[str, Any]  # the manifest's summary: kernel, arch, modules, timing
+    health: Health  # events, lost events, truncation, how the guest ended, warnings
+    run: RunSummary  # the manifest's summary: kernel, arch, modules, timing

@@ -13,9 +13,9 @@ Files of a run directory written here::
 ``findings.json`` and ``analysis.json`` are one analysis: ``analysis_version`` in
 ``analysis.json`` (and in the ledger) is the version of both.  A minor version
 adds fields a reader may ignore; a major version changes them, and the previous
-major version is upgraded when read (reports.upgrade).  Version 2.0: each
-witness has a ``kind``, the lock it was ``holding`` (a dependency's) and its
-``context`` as a record, beside its ``role`` in words.
+major version is upgraded when read (reports.upgrade).  Version 2.0: typed
+``health`` and ``run``; each witness has a ``kind``, the lock it was ``holding``
+(a dependency's) and its ``context`` as a record, beside its ``role`` in words.
 
 The whole set is written into a staging folder inside the run directory first
 and only then renamed into place, file by file: a failure while writing (a full
@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
+from tracedep.analysis.health import Health
+from tracedep.analysis.run_summary import RunSummary
 from tracedep.common.files import atomic_write
 from tracedep.common.jsonvalue import Fields
 from tracedep.errors import InputError
 from tracedep.reports.upgrade import upgrade as upgrade_v1
 
-ANALYSIS_VERSION = "2.0"  # 2.0: witness kinds and contexts
+ANALYSIS_VERSION = "2.0"  # 2.0: typed health and run, witness kinds and contexts
 FINDINGS_FILE = "findings.json"
 ANALYSIS_FILE = "analysis.json"
 REPORT_FILE = "report.txt"
@@ -60,8 +62,8 @@ def analysis_to_json(a: Analysis) -> dict[str, Any]:
         "findings": [f.to_json() for f in a.findings],
         "classes": [c.to_json() for c in a.classes],
         "edges": [e.to_json() for e in a.edges],
-        "health": a.health,
-        "run": a.run,
+        "health": a.health.to_json(),
+        "run": a.run.to_json(),
     }
 
 
@@ -86,8 +88,8 @@ def analysis_from_json(d: dict[str, Any]) -> Analysis:
             findings=[Finding.from_json(x) for x in f.objs("findings")],
             classes=[ClassStats.from_json(x) for x in f.objs("classes")],
             edges=[Edge.from_json(x) for x in f.objs("edges")],
-            health=dict(f.obj("health").raw()),
-            run=dict(f.obj("run").raw()),
+            health=Health.from_json(f.obj("health")),
+            run=RunSummary.from_json(f.obj("run")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"malformed analysis: {type(e).__name__}: {e}") from None

@@ -366,7 +366,7 @@ def _header(a: Analysis, facts: model.RunFacts, generated: str | None) -> list[s
     run = ", ".join(x for x in (f"started {facts.started}" if facts.started else "",
                                  model.fmt_duration(facts.duration_s)
                                  if facts.duration_s is not None else "") if x)
-    ev = f"{facts.events:,}" if facts.events is not None else "?"
+    ev = f"{facts.events:,}"
     lost = f"{facts.lost:,} LOST" if facts.lost else "0 lost"
     kinds = model.kinds(a.findings)
     per_kind = [(k, sum(1 for f in a.findings if f.kind == k)) for k in kinds]
@@ -423,5 +423,6 @@ def render_text(a: Analysis, generated: str | None = None) -> str:
     for i, f in enumerate(fs, 1):
         lines += [RULE, *finding_heading(f, i, len(fs)), "", *render_finding(f, ctx), ""]
     lines += [RULE, "Trace health, as recorded:"]
-    lines += [f"  {k}: {v}" for k, v in model.flatten(a.health)] or ["  (nothing recorded)"]
+    lines += [f"  {k}: {v}" for k, v in model.flatten(a.health.to_json())] or [
+        "  (nothing recorded)"]
     return "\n".join(lines).rstrip() + "\n"

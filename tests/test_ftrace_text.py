@@ -193,8 +193,8 @@ def test_trace_pipe_lost_events_are_counted() -> None:
     assert all(x["line"] > 0 for x in info["lost_lines"])
     assert not info["truncated"] and t.info["source"]["reader"] == "trace_pipe"
     a = analyze(t)
-    assert a.health["lost"] == sum(lost)
-    assert any(f"{sum(lost)} events were lost" in w for w in a.health["warnings"])
+    assert a.health.lost == sum(lost)
+    assert any(f"{sum(lost)} events were lost" in w for w in a.health.warnings)
 
 
 def test_sym_addr_trace_gives_exact_stacks_and_its_own_symbols() -> None:
@@ -313,7 +313,7 @@ def test_truncated_last_line_is_ignored_and_counted(tmp_path: Path) -> None:
     assert lost["total"] == full.info["lost"]["total"] + 1
     assert any("cut short" in w for w in t.warnings)
     a = analyze(t)
-    assert a.health["truncated"]
+    assert a.health.truncated
 
 
 # -- bad input ------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from tracedep.analysis.findings import (
     SiteContext,
     WitnessKind,
 )
+from tracedep.analysis.health import Ending, Health
+from tracedep.analysis.run_summary import Kernel, ModuleSummary, RunSummary, Timing
 from tracedep.errors import InputError
 from tracedep.reports import html, model, svg, text
 from tracedep.reports.serialize import (
@@ -192,11 +194,10 @@ def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_sub
              Edge(b_, "td_c_lock", 1, [driver], ab, None, trylock=True)]
     return Analysis(findings, [stats(a_, ["process"]), stats(b_, ["process", "hardirq"])],
                     edges,
-                    health={"events": 1234, "lost": {"total": 0, "truncated": False},
-                            "ending": {"how": "poweroff", "detail": None}},
-                    run={"kernel": "6.1.0-56-cloud-amd64", "arch": "x86_64",
-                         "modules": [{"name": driver}, {"name": "td_clean"}],
-                         "duration_s": 5.5})
+                    health=Health(events=1234, ending=Ending("poweroff")),
+                    run=RunSummary(arch="x86_64", kernel=Kernel(release="6.1.0-56-cloud-amd64"),
+                                   timing=Timing(wall_s=5.5),
+                                   modules=[ModuleSummary(driver), ModuleSummary("td_clean")]))
 
 
 def test_round_trip_exact(tmp_path: Path) -> None:
@@ -268,12 +269,11 @@ def test_text_lockdep_shapes() -> None:
 
 def test_trace_problems_said_first() -> None:
     a = sample()
-    a.health = {"events": 10, "lost": {"total": 1234, "ftrace_overrun": 1234},
-                "ending": {"how": "panic", "detail": "Kernel panic - not syncing"}}
+    a.health = Health(events=10, lost=1234, ending=Ending("panic", "Kernel panic - not syncing"))
     report = text.render_text(a)
     head = report[: report.index("Findings per driver")]
     assert "TRACE INCOMPLETE" in head
-    assert "1,234 events LOST (ftrace_overrun 1,234)" in head
+    assert "1,234 events LOST: findings may be missing" in head
     assert "guest did not end cleanly: panic: Kernel panic - not syncing" in head
     index = html.render_index(a)
     assert 'class="banner bad"' in index and "1,234 events LOST" in index
@@ -287,7 +287,7 @@ def test_degenerate_findings_render() -> None:
     findings = [Finding(k, M, locks, sites, "m", 0)
                 for k in kinds for locks in ([], ["x"], ["x", "y"], ["x", "y", "z"])
                 for sites in ([], bare)]
-    a = Analysis(findings, [], [], {}, {})
+    a = Analysis(findings, [], [], Health(), RunSummary())
     report = text.render_text(a)
     assert report.count("tracedep finding ") == len(findings)
     assert "unknown kernel" in report
@@ -321,8 +321,8 @@ def test_guest_strings_escaped(tmp_path: Path) -> None:
                driver=f"../{EVIL}{ATTR}", message=f"msg {EVIL}{ATTR}")
     a.classes[0].contexts.append(EVIL)
     a.classes[0].hold_hist[EVIL] = 3
-    a.health["warnings"] = [f"warn {EVIL}{ATTR}"]
-    a.run["kernel"] = f"6.1{EVIL}{ATTR}"
+    a.health.warnings = [f"warn {EVIL}{ATTR}"]
+    a.run.kernel = Kernel(release=f"6.1{EVIL}{ATTR}")
     write_run_outputs(tmp_path, a)
     pages = [tmp_path / "index.html", *sorted((tmp_path / "drivers").glob("*.html"))]
     # The driver's name never chooses where its page goes.
