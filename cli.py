@@ -76,8 +76,7 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
     a = analyze(trace, *dwarf_aids(trace, vml)) if dwarf else analyze(trace)
     if dwarf:
         for w in symbolize(a, trace, vml):
-            if w not in a.health["warnings"]:
-                a.health["warnings"].append(w)
+            a.health.add_warning(w)
     out.mkdir(parents=True, exist_ok=True)
     write_run_outputs(out, a)
     by_driver: dict[str, int] = {}
@@ -85,7 +84,7 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
         by_driver[f.driver] = by_driver.get(f.driver, 0) + 1
     summary = ", ".join(f"{d}: {n}" for d, n in sorted(by_driver.items())) or "none"
     print(f"tracedep: {len(a.findings)} findings ({summary}); report in {out / 'index.html'}")
-    for w in a.health["warnings"]:
+    for w in a.health.warnings:
         print(f"tracedep: warning: {w}", file=sys.stderr)
     return len(a.findings)
 

@@ -19,11 +19,11 @@ releases may hide.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tracedep.analysis.health import ForcedClass, ForcedReleases
 from tracedep.analysis.heldlocks import FORCED_REASONS, SPIN_TYPES, HolderOnStack, Replay
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.common.run_manifest import RunManifest
@@ -161,7 +161,7 @@ def holder_on_stack(events: pd.DataFrame, stacks: list[tuple[int, ...]],
     return ask
 
 
-def health(rep: Replay, missing: MissingReleases, class_name: list[str]) -> dict[str, Any]:
+def health(rep: Replay, missing: MissingReleases, class_name: list[str]) -> ForcedReleases:
     """``health.forced_releases`` of analysis.json: counts, classes, why suspect."""
     by_reason = {r: 0 for r in FORCED_REASONS}
     per_class: dict[str, int] = {}
@@ -172,20 +172,21 @@ def health(rep: Replay, missing: MissingReleases, class_name: list[str]) -> dict
         name = class_name[c] if 0 <= c < len(class_name) else "?"
         per_class[name] = per_class.get(name, 0) + 1
     classes = sorted(per_class.items(), key=lambda kv: (-kv[1], kv[0]))
-    return {"total": len(rep.forced), "by_reason": {k: v for k, v in by_reason.items() if v},
-            "classes": [{"lock_class": n, "count": c} for n, c in classes],
-            "suspect_sources": list(missing.sources)}
+    return ForcedReleases(total=len(rep.forced),
+                          by_reason={k: v for k, v in by_reason.items() if v},
+                          classes=[ForcedClass(n, c) for n, c in classes],
+                          suspect_sources=list(missing.sources))
 
 
-def warning(summary: dict[str, Any]) -> str | None:
+def warning(summary: ForcedReleases) -> str | None:
     """The report's one line on forced releases (never one per finding)."""
-    n = int(summary.get("total", 0))
+    n = summary.total
     if not n:
         return None
-    how = "; ".join(f"{c} {REASON_TEXT.get(r, r)}" for r, c in summary["by_reason"].items())
-    names = [c["lock_class"] for c in summary["classes"]]
+    how = "; ".join(f"{c} {REASON_TEXT.get(r, r)}" for r, c in summary.by_reason.items())
+    names = [c.lock_class for c in summary.classes]
     shown = ", ".join(names[:6]) + (f", … (+{len(names) - 6} more)" if len(names) > 6 else "")
-    why = summary.get("suspect_sources") or []
+    why = summary.suspect_sources
     text = (f"{n} held lock(s) were ended without their release being seen ({how}): "
             f"a sleep or lock-order finding that needed {shown} still held after that "
             f"point is not reported")

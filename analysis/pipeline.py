@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
@@ -13,9 +14,11 @@ import pandas as pd
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import missing, rules
 from tracedep.analysis.coverage import coverage
-from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
+from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
+from tracedep.analysis.health import TRUNCATED_NOTE, Ending, Health, ending_note, lost_note
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
 from tracedep.analysis.nesting import NestingJudge
+from tracedep.analysis.run_summary import RunSummary
 from tracedep.analysis.trace import Trace
 from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer.probes import parse_event_name
@@ -130,51 +133,47 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
         drivers = sorted({table[u].module, table[v].module})
         edges.append(Edge(
             before=table[u].name, after=table[v].name, count=sum(a.count for a in accs),
-            drivers=drivers, witness=cx.site(acc.row, "acquire", table[v].name, False),
-            held_witness=cx.site(acc.held_row, "held", table[u].name, False),
+            drivers=drivers,
+            witness=cx.site(acc.row, WitnessKind.ACQUIRE, "acquire", table[v].name, False),
+            held_witness=cx.site(acc.held_row, WitnessKind.HELD, "held", table[u].name, False),
             read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
     stats = class_stats(rep.acquisitions, table, rep.usage)
     health = _health(trace, rep.unmatched_releases)
-    health["irq_locks_unreleased"] = rep.irq_leaked
-    health["forced_releases"] = missing.health(rep, unseen, [c.name for c in table])
-    forced_note = missing.warning(health["forced_releases"])
+    health.irq_locks_unreleased = rep.irq_leaked
+    health.forced_releases = missing.health(rep, unseen, [c.name for c in table])
+    forced_note = missing.warning(health.forced_releases)
     if forced_note:
-        health["warnings"].append(forced_note)
+        health.warnings.append(forced_note)
     if cx.honoured_nesting:
-        health["warnings"].append(
+        health.warnings.append(
             f"{cx.honoured_nesting} same-class nesting(s) annotated with *_nested() "
             "(read from DWARF and source) were honoured")
     if cx.unjudged_nesting:
-        health["warnings"].append(
+        health.warnings.append(
             f"{cx.unjudged_nesting} same-class nesting(s) in modules without source or DWARF "
             "were not judged (a *_nested() annotation there would be invisible)")
-    health["analysis_s"] = round(time.monotonic() - t0, 3)
-    run = _run_summary(trace.info)
-    cov = coverage(ev, trace.symbols, table, [m["name"] for m in run["modules"]])
-    for m in run["modules"]:
-        m["lock_classes"] = cov[m["name"]].lock_classes
-        m["lock_events"] = cov[m["name"]].lock_events
-    return Analysis(findings=findings, classes=stats, edges=edges, health=health, run=run)
+    health.analysis_s = round(time.monotonic() - t0, 3)
+    return Analysis(findings=findings, classes=stats, edges=edges, health=health,
+                    run=_run_summary(trace, table))
 
 
-def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
+def _health(trace: Trace, unmatched: int) -> Health:
     info = trace.info
     lost = info.lost
-    ending = info.ending
+    ending = Ending(how=info.ending.how, detail=info.ending.detail)
     warnings = list(trace.warnings)
     if lost.total:
-        warnings.append(f"{lost.total} events were lost (ring-buffer overruns or a torn "
-                        f"transport): findings may be missing")
+        warnings.append(lost_note(lost.total))
     missed = lost.kprobe_missed
     if missed:
         warnings.append(f"{missed} probe hits were missed by kprobes: interrupt handlers "
                         f"that ran inside another probe's handler are invisible as a whole "
                         f"(lock state stays consistent; findings inside them may be missed)")
     if lost.truncated:
-        warnings.append("the trace is truncated: the guest did not finish sending it")
-    if ending.how not in (None, "poweroff"):
-        warnings.append(f"the guest did not power off cleanly: {ending.how} "
-                        f"{ending.detail or ''}".strip())
+        warnings.append(TRUNCATED_NOTE)
+    ended = ending_note(ending)
+    if ended:
+        warnings.append(ended)
     failed = info.probes.failed
     if failed:
         warnings.append(_probe_failures(failed, info.probes.failed_reasons,
@@ -201,17 +200,10 @@ def _health(trace: Trace, unmatched: int) -> dict[str, Any]:
                             f"complete, so code it did not reach is untested (see console.log)")
         elif not m.insmod_rc and not m.loaded and info.state in ("complete", "incomplete"):
             warnings.append(f"{m.name}: never loaded by the workload: untested")
-    return {
-        "events": len(trace.events),
-        "lost": lost.total,
-        "kprobe_missed": lost.kprobe_missed,
-        "truncated": lost.truncated,
-        "ending": {"how": ending.how, "detail": ending.detail},
-        "unmatched_releases": unmatched,
-        "warnings": warnings,
-        "unseen": _unseen(info),
-        "source": str(trace.source),
-    }
+    return Health(events=len(trace.events), lost=lost.total, kprobe_missed=missed,
+                  truncated=lost.truncated, ending=ending,
+                  unmatched_releases=unmatched, warnings=warnings, unseen=_unseen(info),
+                  source=str(trace.source))
 
 
 _ROLE_TEXT = {"lk": "lock", "ul": "unlock", "lr": "lock-return", "sl": "may-sleep",
@@ -307,12 +299,10 @@ def _silent_probe_classes(info: RunManifest) -> list[str]:
     return out
 
 
-def _run_summary(info: RunManifest) -> dict[str, Any]:
-    d = info.to_json()
-    keys = ("arch", "kernel", "started", "tracedep_version", "timing", "workload", "qemu",
-            "transport")
-    out = {k: d[k] for k in keys if d.get(k) is not None}
-    out["modules"] = [{"name": m.name, "origin": m.origin, "src_dir": m.src_dir,
-                       "loaded": m.loaded, "insmod_rc": m.insmod_rc, "loader": m.loader}
-                      for m in info.modules]
-    return out
+def _run_summary(trace: Trace, table: list[lock_classes.LockClass]) -> RunSummary:
+    """The manifest's summary, with what each module under test exercised."""
+    run = RunSummary.from_manifest(trace.info.to_json())
+    cov = coverage(trace.events, trace.symbols, table, [m.name for m in run.modules])
+    run.modules = [replace(m, lock_classes=cov[m.name].lock_classes,
+                           lock_events=cov[m.name].lock_events) for m in run.modules]
+    return run

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis.classes import LockClass
-from tracedep.analysis.findings import Finding, Frame, Site
+from tracedep.analysis.findings import Finding, Frame, Site, SiteContext, WitnessKind
 from tracedep.analysis.heldlocks import (
     ENABLED_HARDIRQ,
     ENABLED_HARDIRQ_READ,
@@ -36,6 +36,7 @@ from tracedep.analysis.heldlocks import (
     USED_IN_SOFTIRQ,
     USED_IN_SOFTIRQ_READ,
     Replay,
+    SleepEvent,
 )
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.run_symbols import RunSymbols
@@ -134,8 +135,9 @@ class Ctx:
             return self.text_sites[r]
         return frame_at(self.symbols, ip, True, int(self.events["ts_ns"].iloc[r]))
 
-    def site(self, r: int, role: str, lock: str | None = None, with_stack: bool = True
-             ) -> Site:
+    def site(self, r: int, kind: WitnessKind, role: str, lock: str | None = None,
+             with_stack: bool = True, holding: str | None = None) -> Site:
+        """The witness of event row ``r``; ``role`` says it in words for the reports."""
         e = self.events
         sid = int(e["stack_id"].iloc[r])
         if with_stack and sid >= 0:
@@ -144,7 +146,7 @@ class Ctx:
             frames = [self.call_frame(r)]
         return Site(role=role, frames=tuple(frames), lock=lock, ts_ns=int(e["ts_ns"].iloc[r]),
                     pid=int(e["pid"].iloc[r]), comm=str(e["comm"].iat[r]),
-                    context=context_text(e, r))
+                    context=site_context(e, r), kind=kind, holding=holding)
 
     def nesting_visible(self, ip: int, ts: int) -> bool:
         """Can a ``*_nested`` annotation at this call site be seen?  With lockdep's own
@@ -171,17 +173,11 @@ class Ctx:
         return self.classes[c] if c >= 0 else LockClass("?", "?", "instance", "vmlinux", sig="?")
 
 
-def context_text(e: pd.DataFrame, r: int) -> str:
-    parts = [f"preempt={int(e['preempt_depth'].iloc[r])}"]
-    if e["irqs_off"].iat[r]:
-        parts.append("irqs-off")
-    if e["bh_off"].iat[r]:
-        parts.append("bh-off")
-    if e["in_hardirq"].iat[r]:
-        parts.append("hardirq")
-    if e["in_softirq"].iat[r]:
-        parts.append("softirq")
-    return " ".join(parts)
+def site_context(e: pd.DataFrame, r: int) -> SiteContext:
+    return SiteContext(preempt_depth=int(e["preempt_depth"].iloc[r]),
+                       irqs_off=bool(e["irqs_off"].iat[r]), bh_off=bool(e["bh_off"].iat[r]),
+                       in_hardirq=bool(e["in_hardirq"].iat[r]),
+                       in_softirq=bool(e["in_softirq"].iat[r]))
 
 
 def _driver(frames: list[Frame], fallback: list[str]) -> str:
@@ -197,118 +193,177 @@ def _driver(frames: list[Frame], fallback: list[str]) -> str:
 # -- sleep in atomic -------------------------------------------------------------
 
 
+@dataclass
+class _SleepEvents:
+    """The event columns the sleep rule reads, and each task's may-sleep calls."""
+
+    kinds: np.ndarray
+    funcs: np.ndarray
+    events: np.ndarray
+    pids: np.ndarray
+    ts: np.ndarray
+    ips: np.ndarray
+    values: np.ndarray
+    # per task, the times and rows of its may-sleep events other than might_sleep():
+    # a might_sleep() inside an API whose own event is also here is the same incident
+    api_ts: dict[int, list[int]] = field(default_factory=dict)
+    api_rows: dict[int, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cx: Ctx) -> _SleepEvents:
+        e = cx.events
+        v = cls(kinds=e["kind"].to_numpy(), funcs=e["func"].to_numpy(),
+                events=e["event"].to_numpy(), pids=e["pid"].to_numpy(),
+                ts=e["ts_ns"].to_numpy(), ips=e["ip"].to_numpy(), values=e["value"].to_numpy())
+        for s in cx.replay.sleeps:
+            if not v.is_might_sleep(s.row):
+                v.api_ts.setdefault(int(v.pids[s.row]), []).append(int(v.ts[s.row]))
+                v.api_rows.setdefault(int(v.pids[s.row]), []).append(s.row)
+        return v
+
+    def is_might_sleep(self, r: int) -> bool:
+        return bool(self.kinds[r] == "sleep_call" and self.funcs[r] == MIGHT_SLEEP)
+
+
+@dataclass
+class _Incident:
+    """One may-sleep event in atomic context, as its finding names it."""
+
+    sleep: SleepEvent
+    frames: list[Frame]
+    call: Frame
+    api: str  # what the driver called, as the message says it: "mutex_lock()"
+    culprit: Frame
+    culprit_fn: str
+    held: list[int]  # the classes of the spinning locks held, sorted
+    reasons: list[str]  # REASON_ORDER
+
+    def key(self, cx: Ctx) -> tuple[str, ...]:
+        return (self.culprit_fn, self.api.split("(")[0], self.reasons[0],
+                *sorted(cx.cls(c).sig for c in self.held))
+
+
 def sleep_findings(cx: Ctx) -> list[Finding]:
+    """One finding per culprit function, API, first reason and classes held."""
+    ev = _SleepEvents.of(cx)
+    acq_cls = cx.replay.acquisitions["cls"]
+    groups: dict[tuple[str, ...], Finding] = {}
+    for s in cx.replay.sleeps:
+        frames = cx.stack_frames(s.row)
+        call = cx.call_frame(s.row)
+        api = _sleep_api(cx, ev, s, frames, call)
+        if api is None:
+            continue
+        culprit = _culprit(frames, call)
+        inc = _Incident(s, frames, call, api, culprit, cx.src(culprit, int(ev.ts[s.row])),
+                        sorted({int(acq_cls.iloc[a]) for a in s.held}),
+                        [x for x in REASON_ORDER if x in s.reasons])
+        key = inc.key(cx)
+        if key in groups:
+            groups[key].count += 1
+        else:
+            groups[key] = _sleep_finding(cx, inc, key)
+    return list(groups.values())
+
+
+def _sleep_api(cx: Ctx, ev: _SleepEvents, s: SleepEvent, frames: list[Frame], call: Frame
+               ) -> str | None:
+    """What may sleep, as the message names it; None when this event is not the
+    incident (another event of the same call is)."""
+    r = s.row
+    kind = ev.kinds[r]
+    if ev.is_might_sleep(r):
+        return _might_sleep_api(ev, r, frames, call)
+    if kind == "sleep_call":
+        return _catalog_api(ev, s, frames)
+    if kind == "alloc":
+        if ev.events[r] == "kmem/mm_page_alloc" and any(
+                api_name(f.function) in SLAB_INTERNALS for f in frames[1:]):
+            # a slab refilling itself inside kmalloc(): that kmalloc's own event
+            # (after it returns) is the incident; this one shows only sometimes
+            return None
+        return f"{ev.funcs[r]}({gfp_text(int(cx.events['gfp'].iloc[r]))})"
+    if kind == "lock_acquire":
+        fn = str(ev.events[r]).partition("_")[2]
+        if fn.endswith("_nested") and not int(ev.values[r]):
+            # with lockdep every mutex_lock() is mutex_lock_nested(lock, 0): name
+            # what the driver called, as on a kernel without lockdep
+            fn = fn[: -len("_nested")]
+        return f"{fn}()"
+    return "schedule() (voluntary context switch)"
+
+
+def _might_sleep_api(ev: _SleepEvents, r: int, frames: list[Frame], call: Frame) -> str | None:
+    t = int(ev.ts[r])
+    near = ev.api_ts.get(int(ev.pids[r]), [])
+    i = int(np.searchsorted(near, ev.ts[r]))
+    close = any(abs(near[j] - t) < 1_000_000 for j in (i - 1, i) if 0 <= j < len(near))
+    # might_alloc() inside an allocator: the allocation's own event (with its GFP
+    # flags) is the incident, stack or no stack
+    inside_api = any(api_name(f.function) in ALLOC_FUNCS for f in [call, *frames[1:4]])
+    if close or inside_api:
+        return None
+    where = frames[1].function if len(frames) > 1 else call.function
+    return f"might_sleep() in {where}()"
+
+
+def _catalog_api(ev: _SleepEvents, s: SleepEvent, frames: list[Frame]) -> str | None:
+    r = s.row
+    t = int(ev.ts[r])
+    # one catalog function calling another (flush_work → __flush_work when the
+    # compiler kept both out of line): the outer call is the incident
+    before = [q for q in ev.api_rows.get(int(ev.pids[r]), [])
+              if 0 < t - int(ev.ts[q]) < 1_000_000 and ev.kinds[q] == "sleep_call"]
+    outer = {str(ev.funcs[q]) for q in before}
+    if any(f.function in outer for f in frames[1:]):
+        return None
+    # ... or tail-calling it (flush_work: jmp __flush_work): no frame of the outer
+    # one is left, but both were entered from the same call site
+    if int(ev.ips[r]) and any(int(ev.ips[q]) == int(ev.ips[r]) and ev.funcs[q] != ev.funcs[r]
+                              for q in before):
+        return None
+    if ev.funcs[r] == "schedule" and s.reasons == ["irqs-off"]:
+        # schedule() itself may be entered with IRQs masked (arm64's do_notify_resume
+        # does): only preempt_count makes it atomic, as in the kernel's schedule_debug()
+        return None
+    return f"{api_name(str(ev.funcs[r]))}()"
+
+
+def _culprit(frames: list[Frame], call: Frame) -> Frame:
+    """The innermost frame of a module, else the call site."""
+    mine = next((f for f in frames if f.module not in ("vmlinux", "?")), None)
+    if mine is not None:
+        return mine
+    if call.module != "?":
+        return call
+    return frames[1] if len(frames) > 1 else call
+
+
+def _sleep_finding(cx: Ctx, inc: _Incident, key: tuple[str, ...]) -> Finding:
     e = cx.events
     acq = cx.replay.acquisitions
-    kinds = e["kind"].to_numpy()
-    funcs = e["func"].to_numpy()
-    events = e["event"].to_numpy()
-    pids = e["pid"].to_numpy()
-    ts = e["ts_ns"].to_numpy()
-    sleeps = cx.replay.sleeps
-    ips = e["ip"].to_numpy()
-    values = e["value"].to_numpy()
-    # might_sleep() inside an API whose own event is also here is the same incident
-    api_by_task: dict[int, list[int]] = {}
-    api_rows: dict[int, list[int]] = {}
-    for s in sleeps:
-        if not (kinds[s.row] == "sleep_call" and funcs[s.row] == MIGHT_SLEEP):
-            api_by_task.setdefault(int(pids[s.row]), []).append(int(ts[s.row]))
-            api_rows.setdefault(int(pids[s.row]), []).append(s.row)
-    groups: dict[tuple[str, ...], Finding] = {}
-    for s in sleeps:
-        r = s.row
-        k = kinds[r]
-        t = int(ts[r])
-        frames = cx.stack_frames(r)
-        call = cx.call_frame(r)
-        if k == "sleep_call" and funcs[r] == MIGHT_SLEEP:
-            near = api_by_task.get(int(pids[r]), [])
-            i = int(np.searchsorted(near, ts[r]))
-            close = any(abs(near[j] - int(ts[r])) < 1_000_000 for j in (i - 1, i)
-                        if 0 <= j < len(near))
-            # might_alloc() inside an allocator: the allocation's own event (with its
-            # GFP flags) is the incident, stack or no stack
-            inside_api = any(api_name(f.function) in ALLOC_FUNCS
-                             for f in [call, *frames[1:4]])
-            if close or inside_api:
-                continue
-            where = frames[1].function if len(frames) > 1 else call.function
-            api = f"might_sleep() in {where}()"
-        elif k == "sleep_call":
-            # one catalog function calling another (flush_work → __flush_work when
-            # the compiler kept both out of line): the outer call is the incident
-            before = [q for q in api_rows.get(int(pids[r]), [])
-                      if 0 < t - int(ts[q]) < 1_000_000 and kinds[q] == "sleep_call"]
-            outer = {str(funcs[q]) for q in before}
-            if any(f.function in outer for f in frames[1:]):
-                continue
-            # ... or tail-calling it (flush_work: jmp __flush_work): no frame of the
-            # outer one is left, but both were entered from the same call site
-            if int(ips[r]) and any(int(ips[q]) == int(ips[r]) and funcs[q] != funcs[r]
-                                   for q in before):
-                continue
-            if funcs[r] == "schedule" and s.reasons == ["irqs-off"]:
-                # schedule() itself may be entered with IRQs masked (arm64's
-                # do_notify_resume does): only preempt_count makes it atomic,
-                # as in the kernel's own schedule_debug()
-                continue
-            api = f"{api_name(str(funcs[r]))}()"
-        elif k == "alloc":
-            if events[r] == "kmem/mm_page_alloc" and any(
-                    api_name(f.function) in SLAB_INTERNALS for f in frames[1:]):
-                # a slab refilling itself inside kmalloc(): that kmalloc's own event
-                # (after it returns) is the incident; this one shows only sometimes
-                continue
-            api = f"{funcs[r]}({gfp_text(int(e['gfp'].iloc[r]))})"
-        elif k == "lock_acquire":
-            fn = str(events[r]).partition("_")[2]
-            if fn.endswith("_nested") and not int(values[r]):
-                # with lockdep every mutex_lock() is mutex_lock_nested(lock, 0): name
-                # what the driver called, as on a kernel without lockdep
-                fn = fn[: -len("_nested")]
-            api = f"{fn}()"
-        else:
-            api = "schedule() (voluntary context switch)"
-        # the culprit: the innermost frame of a module, else the call site
-        culprit = next((f for f in frames if f.module not in ("vmlinux", "?")), None)
-        if culprit is None:
-            culprit = call if call.module not in ("?",) else (frames[1] if len(frames) > 1
-                                                                else call)
-        culprit_fn = cx.src(culprit, t)
-        held_cls = sorted({int(acq["cls"].iloc[a]) for a in s.held})
-        held_names = [cx.cls(c).name for c in held_cls]
-        reasons = [x for x in REASON_ORDER if x in s.reasons]
-        primary = reasons[0]
-        key = (culprit_fn, api.split("(")[0], primary,
-               *sorted(cx.cls(c).sig for c in held_cls))
-        f = groups.get(key)
-        if f is not None:
-            f.count += 1
-            continue
-        sites = [cx.site(r, "sleep")]
-        if not frames:  # no stack: the call site is the witness
-            sites = [Site("sleep", (call,), None, int(ts[r]), int(pids[r]),
-                          str(e["comm"].iat[r]), context_text(e, r))]
-        for a in s.all_held:
-            ar = int(acq["row"].iloc[a])
-            c = int(acq["cls"].iloc[a])
-            sites.append(cx.site(ar, f"held {cx.cls(c).name}", cx.cls(c).name,
-                                 with_stack=False))
-        mods = [cx.cls(c).module for c in held_cls]
-        driver = _driver([culprit, *frames], [st.frames[0].module for st in sites[1:]] + mods)
-        ctx_words = ", ".join(CONTEXT_TEXT[x] for x in reasons)
-        if held_names:
-            ctx_words += f" ({', '.join(held_names)})"
-        msg = (f"{api} may sleep, called from {culprit_fn}() {ctx_words}")
-        if s.preempt_extra > 0 and "preempt" in reasons:
-            msg += f"; preempt_count is {s.preempt_extra} beyond the locks held"
-        groups[key] = Finding(
-            kind="sleep-in-atomic", driver=driver, locks=held_names, sites=sites,
-            message=msg, first_ts_ns=int(ts[r]), count=1, key=key,
-            details={"api": api, "context": reasons, "function": culprit_fn},
-        )
-    return list(groups.values())
+    r = inc.sleep.row
+    ts = int(e["ts_ns"].iloc[r])
+    # no stack: the call site is the witness
+    sites = [Site("sleep", tuple(inc.frames) or (inc.call,), None, ts, int(e["pid"].iloc[r]),
+                  str(e["comm"].iat[r]), site_context(e, r), WitnessKind.SLEEP)]
+    for a in inc.sleep.all_held:
+        name = cx.cls(int(acq["cls"].iloc[a])).name
+        sites.append(cx.site(int(acq["row"].iloc[a]), WitnessKind.HELD, f"held {name}", name,
+                             with_stack=False))
+    held_names = [cx.cls(c).name for c in inc.held]
+    driver = _driver([inc.culprit, *inc.frames], [st.frames[0].module for st in sites[1:]]
+                     + [cx.cls(c).module for c in inc.held])
+    ctx_words = ", ".join(CONTEXT_TEXT[x] for x in inc.reasons)
+    if held_names:
+        ctx_words += f" ({', '.join(held_names)})"
+    msg = f"{inc.api} may sleep, called from {inc.culprit_fn}() {ctx_words}"
+    if inc.sleep.preempt_extra > 0 and "preempt" in inc.reasons:
+        msg += f"; preempt_count is {inc.sleep.preempt_extra} beyond the locks held"
+    return Finding(kind="sleep-in-atomic", driver=driver, locks=held_names, sites=sites,
+                   message=msg, first_ts_ns=ts, count=1, key=key,
+                   details={"api": inc.api, "context": inc.reasons,
+                            "function": inc.culprit_fn})
 
 
 # -- lock order ------------------------------------------------------------------
@@ -501,8 +556,10 @@ def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, 
     for u, v, vi in labs:
         acc = edges[(u, v)][vi]
         a, b = cx.cls(u).name, cx.cls(v).name
-        s_b = cx.site(acc.row, f"{b} acquired while holding {a}", b, with_stack=False)
-        s_a = cx.site(acc.held_row, f"{a} acquired earlier", a, with_stack=False)
+        s_b = cx.site(acc.row, WitnessKind.ACQUIRE, f"{b} acquired while holding {a}", b,
+                      with_stack=False, holding=a)
+        s_a = cx.site(acc.held_row, WitnessKind.HELD, f"{a} acquired earlier", a,
+                      with_stack=False)
         sites += [s_b, s_a]
         frames_all += list(s_b.frames) + list(s_a.frames)
         t = s_b.ts_ns or 0
@@ -552,10 +609,10 @@ def irq_findings(cx: Ctx) -> list[Finding]:
                 continue
             inconsistent.add(c)
             lc = cx.cls(c)
-            s_irq = cx.site(u[bad_used], f"{lc.name} taken in {irq} context", lc.name,
-                            with_stack=False)
-            s_on = cx.site(u[bad_en], f"{lc.name} taken with {irq}s enabled", lc.name,
-                           with_stack=False)
+            s_irq = cx.site(u[bad_used], WitnessKind.taken_in(irq),
+                            f"{lc.name} taken in {irq} context", lc.name, with_stack=False)
+            s_on = cx.site(u[bad_en], WitnessKind.taken_enabled(irq),
+                           f"{lc.name} taken with {irq}s enabled", lc.name, with_stack=False)
             up = irq.upper()
             msg = (f"inconsistent lock state: {lc.name} is taken in {irq} context "
                    f"({s_irq.frames[0].function}) and with {irq}s enabled "
@@ -594,14 +651,17 @@ def _safe_unsafe(cx: Ctx, irq: str, path: list[int]) -> Finding:
     ls, lu = cx.cls(s), cx.cls(u)
     used = next(b for b in usage[s] if b.startswith("IN-"))
     enabled = next(b for b in usage[u] if "-ON-" in b)
-    sites = [cx.site(usage[s][used], f"{ls.name} taken in {irq} context ({irq}-safe)", ls.name,
+    sites = [cx.site(usage[s][used], WitnessKind.taken_in(irq),
+                     f"{ls.name} taken in {irq} context ({irq}-safe)", ls.name,
                      with_stack=False),
-             cx.site(usage[u][enabled], f"{lu.name} taken with {irq}s enabled ({irq}-unsafe)",
-                     lu.name, with_stack=False)]
+             cx.site(usage[u][enabled], WitnessKind.taken_enabled(irq),
+                     f"{lu.name} taken with {irq}s enabled ({irq}-unsafe)", lu.name,
+                     with_stack=False)]
     for a, b in zip(path, path[1:], strict=False):
         acc = cx.replay.edges[(a, b)][0]
-        sites.append(cx.site(acc.row, f"{cx.cls(b).name} acquired while holding "
-                                      f"{cx.cls(a).name}", cx.cls(b).name, with_stack=False))
+        la, lb = cx.cls(a).name, cx.cls(b).name
+        sites.append(cx.site(acc.row, WitnessKind.ACQUIRE, f"{lb} acquired while holding {la}",
+                             lb, with_stack=False, holding=la))
     names = [cx.cls(c).name for c in path]
     up = irq.upper()
     msg = (f"{up}-safe -> {up}-unsafe lock order detected: {ls.name} (taken in {irq} context) "
@@ -648,8 +708,10 @@ def recursion_findings(cx: Ctx) -> list[Finding]:
             if cx.symbols.module_of(ip, ts) not in ("vmlinux", None):
                 cx.unjudged_nesting += 1
             continue
-        s2 = cx.site(rec.row, f"{lc.name} acquired again", lc.name, with_stack=False)
-        s1 = cx.site(rec.held_row, f"{lc.name} already held", lc.name, with_stack=False)
+        s2 = cx.site(rec.row, WitnessKind.ACQUIRE, f"{lc.name} acquired again", lc.name,
+                     with_stack=False)
+        s1 = cx.site(rec.held_row, WitnessKind.HELD, f"{lc.name} already held", lc.name,
+                     with_stack=False)
         # an annotation on either side makes them two lockdep classes (class, subclass)
         if not rec.same_instance and any(
                 _annotated(cx, int(cx.events["ip"].iloc[row]), int(cx.events["ts_ns"].iloc[row]))

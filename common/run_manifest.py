@@ -205,8 +205,9 @@ class RunManifest:
                 {k: asdict(m) for k, m in v.items()} if f.name == "other_modules" else
                 [asdict(m) for m in v] if f.name == "modules" else v)
         d.update({k: v for k, v in self.extra.items() if k not in d})
-        # a field not known yet is left out, as 1.x left it out: readers default it
-        return {k: v for k, v in d.items() if v is not None}
+        # a field not known yet (None, or a record with nothing in it) is left out, as
+        # 1.x left it out: readers default it
+        return {k: v for k, v in d.items() if v is not None and v != {}}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunManifest:

@@ -146,11 +146,6 @@ def _last_line(path: Path) -> str | None:
     return lines[-1][:500] if lines else None
 
 
-def _run_drivers(analysis_run: dict[str, Any]) -> list[str]:
-    mods = analysis_run.get("modules") or []
-    return [str(m["name"]) for m in mods if isinstance(m, dict) and "name" in m]
-
-
 def collect(run_dir: Path) -> tuple[list[Finding], list[str]] | None:
     """A run directory's findings and drivers, or None when it has no analysis."""
     from tracedep.reports.serialize import load_run_outputs
@@ -159,7 +154,7 @@ def collect(run_dir: Path) -> tuple[list[Finding], list[str]] | None:
         a = load_run_outputs(run_dir)
     except InputError:
         return None
-    drivers = _run_drivers(a.run) + [f.driver for f in a.findings]
+    drivers = [m.name for m in a.run.modules] + [f.driver for f in a.findings]
     return a.findings, sorted(set(drivers))
 
 

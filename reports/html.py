@@ -133,7 +133,7 @@ def _badge(kind: str) -> Markup:
 
 
 def _banner(facts: model.RunFacts) -> Markup:
-    ev = f"{facts.events:,}" if facts.events is not None else "an unknown number of"
+    ev = f"{facts.events:,}"
     warn = (el("div", el("strong", "Warnings from the analysis:"),
                el("ul", *(el("li", w) for w in facts.warnings)), class_="banner warn")
             if facts.warnings else Markup(""))
@@ -151,7 +151,7 @@ def _facts_table(facts: model.RunFacts, extra: Sequence[tuple[str, object]] = ()
     rows: list[tuple[str, object]] = [
         ("kernel", facts.kernel), ("arch", facts.arch),
         ("started", facts.started or "-"), ("run time", model.fmt_duration(facts.duration_s)),
-        ("events analysed", f"{facts.events:,}" if facts.events is not None else "?"),
+        ("events analysed", f"{facts.events:,}"),
         ("events lost", el("strong", f"{facts.lost:,}") if facts.lost else "0"),
         ("guest ended", facts.ending or "-"), *extra,
     ]
@@ -238,8 +238,8 @@ def render_index(a: Analysis, generated: str | None = None) -> str:
            el("a", "analysis.json", href="analysis.json")),
         el("h2", "Drivers"), el("table", head, *rows),
         el("h2", f"Findings ({len(a.findings)})"), findings,
-        el("h2", "Trace health"), _kv_table(model.flatten(a.health)),
-        el("details", el("summary", "Run record"), _kv_table(model.flatten(a.run))),
+        el("h2", "Trace health"), _kv_table(model.flatten(a.health.to_json())),
+        el("details", el("summary", "Run record"), _kv_table(model.flatten(a.run.to_json()))),
     ]
     return _page(title, body, generated)
 
@@ -272,7 +272,8 @@ def _site(s: Site, driver: str, lock_ids: _Ids) -> Markup:
         before, found, after = s.role.partition(s.lock)
         head = [before, link, after] if found else [s.role, " ", link]
     ctx = " · ".join(x for x in (who, model.fmt_ts(s.ts_ns).strip("[] ") + " s"
-                                 if s.ts_ns is not None else "", s.context or "") if x)
+                                 if s.ts_ns is not None else "", lk.context_text(s.context))
+                   if x)
     head += [" ", el("span", f"— {ctx}", class_="ctx")]
     stack = (el("div", *(_frame(f, driver) for f in fr.dedup(s.frames)), class_="stack")
              if s.frames

@@ -8,63 +8,50 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Site
+from tracedep.analysis.findings import (
+    Analysis,
+    ClassStats,
+    Edge,
+    Finding,
+    Site,
+    SiteContext,
+    WitnessKind,
+)
 from tracedep.reports.frames import is_primitive
 
 SLEEPING_TYPES = ("mutex", "rwsem", "semaphore", "rt_mutex", "ww_mutex")
 CYCLE_KINDS = ("lock-order-inversion",)
 
 
-@dataclass(frozen=True)
-class Context:
-    preempt: int | None
-    irqs_off: bool
-    hardirq: bool
-    softirq: bool
-    nmi: bool
-    bh_off: bool = False  # softirqs disabled (spin_lock_bh), not serving one
-
-    @property
-    def preempt_count(self) -> int:
-        """``preempt_count()`` as the kernel would show it (softirq/hardirq offsets)."""
-        return (self.preempt or 0) + (0x100 if self.softirq else 0) + (
-            0x10000 if self.hardirq else 0) + (0x100000 if self.nmi else 0)
-
-    def flags(self) -> str:
-        """lockdep's ``[HC0[0]:SC0[0]:HE1:SE1]``."""
-        hc, sc = int(self.hardirq), int(self.softirq)
-        he, se = int(not self.irqs_off), int(not (self.softirq or self.bh_off))
-        return f"[HC{hc}[{hc}]:SC{sc}[{sc}]:HE{he}:SE{se}]"
+def context_text(ctx: SiteContext | None) -> str:
+    """A witness's context as the reports print it: ``preempt=1 irqs-off softirq``."""
+    if ctx is None:
+        return ""
+    words = [f"preempt={ctx.preempt_depth}"]
+    words += [w for w, on in (("irqs-off", ctx.irqs_off), ("bh-off", ctx.bh_off),
+                              ("hardirq", ctx.in_hardirq), ("softirq", ctx.in_softirq)) if on]
+    return " ".join(words)
 
 
-_PREEMPT = re.compile(r"preempt(?:_depth|_count)?[=:](\d+)")
+def preempt_count(ctx: SiteContext) -> int:
+    """``preempt_count()`` as the kernel would show it (softirq/hardirq offsets)."""
+    return ctx.preempt_depth + (0x100 if ctx.in_softirq else 0) + (
+        0x10000 if ctx.in_hardirq else 0)
 
 
-def parse_context(ctx: str | None) -> Context:
-    """Read a ``Site.context`` such as ``"preempt=1 irqs-off softirq"``."""
-    text = (ctx or "").lower()
-    m = _PREEMPT.search(text)
-    words = set(re.split(r"[\s,;]+", text))
-    return Context(
-        preempt=int(m.group(1)) if m else None,
-        irqs_off=bool(words & {"irqs-off", "irqs_off", "irqsoff", "irqs-disabled"}),
-        hardirq=bool(words & {"hardirq", "in-hardirq"}),
-        softirq=bool(words & {"softirq", "in-softirq"}),
-        nmi="nmi" in words,
-        bh_off=bool(words & {"bh", "bh-off", "bh-disabled", "softirqs-off"}),
-    )
+def irq_flags(ctx: SiteContext | None) -> str:
+    """lockdep's ``[HC0[0]:SC0[0]:HE1:SE1]``."""
+    c = ctx or SiteContext()
+    hc, sc = int(c.in_hardirq), int(c.in_softirq)
+    he, se = int(not c.irqs_off), int(not (c.in_softirq or c.bh_off))
+    return f"[HC{hc}[{hc}]:SC{sc}[{sc}]:HE{he}:SE{se}]"
 
 
-def role_text(site: Site) -> str:
-    """The site's role in lower case with its lock's name left out, so that a
-    lock called ``irq_lock`` or ``l`` is not read as a word of the role."""
-    role = site.role
-    if site.lock:
-        role = re.sub(rf"(?<![\w.@:]){re.escape(site.lock)}(?![\w.@:])", " ", role)
-    return " ".join(role.lower().split())
+def irqs_off(site: Site) -> bool:
+    return site.context is not None and site.context.irqs_off
 
 
 def is_read(lock_type: str | None) -> bool:
@@ -95,10 +82,6 @@ class Usage:
 
 
 _DISABLES_IRQS = re.compile(r"_irq(save)?$")
-# The analysis says in a witness's role how the lock was used ("X taken with
-# hardirqs enabled", "X taken in softirq context").
-_ROLE_ENABLED = re.compile(r"\btaken with (hard|soft)irqs enabled\b")
-_ROLE_USED = re.compile(r"\btaken in (hard|soft)irq context\b")
 
 
 def usages(classes: Iterable[ClassStats], sites: Iterable[Site]) -> dict[str, Usage]:
@@ -106,7 +89,7 @@ def usages(classes: Iterable[ClassStats], sites: Iterable[Site]) -> dict[str, Us
 
     Known means: a sleeping lock (taken in process context, so with interrupts
     enabled), a ``hardirq-on``/``softirq-on`` context in the stats, a class used
-    in interrupt context, or a witness that says how it was taken (its role, or
+    in interrupt context, or a witness that says how it was taken (its kind, or
     its innermost frame being the locking primitive, so that the state *after*
     ``spin_lock_irqsave()`` is known).  Classes absent from the result print
     without bits rather than with bits that would claim "never with IRQs on".
@@ -128,28 +111,32 @@ def usages(classes: Iterable[ClassStats], sites: Iterable[Site]) -> dict[str, Us
             u.used |= used
             u.enabled |= enabled
     for s in sites:
-        if not s.lock:
-            continue
-        role = role_text(s)
-        if m := _ROLE_ENABLED.search(role):
-            get(s.lock).enabled.add(f"{m.group(1)}irq")
-        if m := _ROLE_USED.search(role):
-            get(s.lock).used.add(f"{m.group(1)}irq")
-        if not s.frames or not is_primitive(s.frames[0].function):
-            continue
-        prim = s.frames[0].function
-        pc = parse_context(s.context)
-        u = get(s.lock)
-        if pc.hardirq:
-            u.used.add("hardirq")
-        if pc.softirq:
-            u.used.add("softirq")
-        hard_off = pc.irqs_off or pc.hardirq or pc.nmi or bool(_DISABLES_IRQS.search(prim))
-        if not hard_off:
-            u.enabled.add("hardirq")
-            if not (pc.softirq or pc.bh_off or prim.endswith("_bh")):
-                u.enabled.add("softirq")
+        if s.lock:
+            _site_usage(s, s.lock, get)
     return out
+
+
+def _site_usage(s: Site, lock: str, get: Callable[[str], Usage]) -> None:
+    """What one witness of ``lock`` says of its usage (a class it says nothing of
+    stays unknown)."""
+    irq = s.kind.irq
+    if irq is not None:
+        u = get(lock)
+        (u.enabled if s.kind.irqs_enabled else u.used).add(irq)
+    if not s.frames or not is_primitive(s.frames[0].function):
+        return
+    prim = s.frames[0].function
+    u = get(lock)
+    c = s.context or SiteContext()
+    if c.in_hardirq:
+        u.used.add("hardirq")
+    if c.in_softirq:
+        u.used.add("softirq")
+    hard_off = c.irqs_off or c.in_hardirq or bool(_DISABLES_IRQS.search(prim))
+    if not hard_off:
+        u.enabled.add("hardirq")
+        if not (c.in_softirq or c.bh_off or prim.endswith("_bh")):
+            u.enabled.add("softirq")
 
 
 def lock_name(name: str, usage: Mapping[str, Usage]) -> str:
@@ -176,22 +163,18 @@ class Dep:
     held: Site | None  # where ``before`` had been taken
 
 
-_ACQ_WHILE = re.compile(r"^(?P<b>.+) acquired while holding (?P<a>.+)$")
-_EARLIER = " acquired earlier"
-
-
 def deps(f: Finding, edges: Iterable[Edge]) -> dict[tuple[str, str], Dep]:
     """The dependencies a finding can show: its own witnesses where it has them
-    (``"B acquired while holding A"``, then ``"A acquired earlier"``), else the
-    run's edges, the finding's driver's first."""
+    (B acquired while holding A, then where A had been taken), else the run's
+    edges, the finding's driver's first."""
     out = {k: Dep(e.witness, e.held_witness) for k, e in edge_map(edges, f.driver).items()}
     for i, s in enumerate(f.sites):
-        m = _ACQ_WHILE.match(s.role)
-        if m is None:
+        if s.kind != WitnessKind.ACQUIRE or s.holding is None or s.lock is None:
             continue
-        a, b = m.group("a"), m.group("b")
+        a, b = s.holding, s.lock
         nxt = f.sites[i + 1] if i + 1 < len(f.sites) else None
-        held = nxt if nxt is not None and nxt.role == a + _EARLIER else None
+        held = nxt if nxt is not None and nxt.kind == WitnessKind.HELD and nxt.lock == a \
+            else None
         old = out.get((a, b))
         out[(a, b)] = Dep(s, held or (old.held if old else None))
     return out
@@ -269,27 +252,15 @@ def irq_edges(findings: Iterable[Finding], edges: Iterable[Edge]) -> set[tuple[s
     return out
 
 
-_IRQ_ROLE = re.compile(r"\b(in[- ])?(hard|soft)?irq([- ]context)?\b")
-
-
 def site_irq(site: Site) -> str | None:
-    """``"hardirq"``/``"softirq"`` if the site ran in that interrupt context.
-
-    ``"irq"`` when only the role says so (``"irq-context"``); roles such as
-    ``"irqs-on"`` describe process context and do not count.
-    """
-    c = parse_context(site.context)
-    if c.hardirq:
+    """``"hardirq"``/``"softirq"`` if the site ran in that interrupt context, as its
+    context says, else as its kind does (a lock taken there)."""
+    c = site.context
+    if c is not None and c.in_hardirq:
         return "hardirq"
-    if c.softirq:
+    if c is not None and c.in_softirq:
         return "softirq"
-    role = role_text(site)
-    if _ROLE_ENABLED.search(role):
-        return None
-    m = _IRQ_ROLE.search(role)
-    if m is None:
-        return None
-    return f"{m.group(2)}irq" if m.group(2) else "irq"
+    return site.kind.irq if site.kind.in_irq else None
 
 
 def all_sites(a: Analysis) -> list[Site]:

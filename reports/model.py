@@ -1,10 +1,7 @@
 """What the text and HTML reports both say about a run: facts, health, drivers.
 
-``Analysis.run`` and ``Analysis.health`` are open dictionaries filled by the
-tracer and the analysis; the readers here accept the spellings those stages
-use (``lost`` as a number or as the manifest's ``{"total": …}`` record, the
-guest ending as a string or ``{"how", "detail"}``) so that a report never
-crashes, and never hides a trace problem, because a key moved.
+Read from the typed ``Analysis.run`` (analysis.run_summary) and ``Analysis.health``
+(analysis.health): a fact the analysis does not record is not looked for.
 """
 
 from __future__ import annotations
@@ -16,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracedep.analysis.findings import FINDING_KINDS, Analysis, ClassStats, Finding
+from tracedep.analysis.health import Ending
+from tracedep.analysis.run_summary import ModuleSummary, RunSummary
+from tracedep.common.jsonvalue import JSON
 from tracedep.reports.htmlkit import slug
 
 # Short column titles; kinds a newer analysis invents are appended after these.
@@ -36,7 +36,6 @@ KIND_ABBREV = {
 }
 
 CORE = "vmlinux"
-CLEAN_ENDINGS = frozenset({"poweroff", "powered-off", "power-off", "shutdown", "clean", "exit"})
 
 
 @dataclass
@@ -45,12 +44,11 @@ class RunFacts:
     arch: str
     started: str | None
     duration_s: float | None
-    events: int | None
+    events: int
     lost: int
-    lost_detail: list[tuple[str, int]]
     truncated: bool
-    ending: str | None  # how the guest ended, with detail
-    ended_cleanly: bool | None
+    ending: str  # how the guest ended, with detail
+    ended_cleanly: bool
     problems: list[str] = field(default_factory=list)  # the trace is not whole: said first
     warnings: list[str] = field(default_factory=list)  # anything else the analysis noticed
 
@@ -59,142 +57,44 @@ class RunFacts:
         return not self.problems
 
 
-def _get(d: Mapping[str, Any], *paths: str) -> Any:
-    """The first present value among dotted ``paths``."""
-    for path in paths:
-        cur: Any = d
-        for part in path.split("."):
-            if not isinstance(cur, Mapping) or part not in cur:
-                cur = None
-                break
-            cur = cur[part]
-        if cur is not None:
-            return cur
-    return None
+def _kernel(run: RunSummary) -> str:
+    k = run.kernel
+    names = (k.release, k.abi, k.image) if k is not None else ()
+    return next((n for n in names if n is not None), "unknown kernel")
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float):
-        return int(v)
-    if isinstance(v, str) and v.strip().isdigit():
-        return int(v)
-    return None
-
-
-def _kernel(run: Mapping[str, Any]) -> str:
-    k = _get(run, "kernel", "release", "guest.release", "kernel_release")
-    if isinstance(k, Mapping):
-        k = _get(k, "release", "abi", "version", "name", "image")
-    return str(k) if k is not None else "unknown kernel"
-
-
-def _events(a: Analysis) -> int | None:
-    for src in (a.health, a.run):
-        v = _get(src, "events_analysed", "events_analyzed", "events", "event_total",
-                 "decoded_events", "lost.decoded_events")
-        if isinstance(v, Mapping):
-            v = sum(x for x in (_int(y) for y in v.values()) if x is not None)
-        n = _int(v)
-        if n is not None:
-            return n
-        counts = _get(src, "event_counts")
-        if isinstance(counts, Mapping):
-            return sum(x for x in (_int(y) for y in counts.values()) if x is not None)
-    return None
-
-
-def _lost(health: Mapping[str, Any], run: Mapping[str, Any]) -> tuple[int, list[tuple[str, int]],
-                                                                      bool]:
-    lost = _get(health, "lost", "lost_events")
-    if lost is None:
-        lost = _get(run, "lost")
-    detail: list[tuple[str, int]] = []
-    truncated = bool(_get(health, "truncated") or False)
-    if isinstance(lost, Mapping):
-        total = _int(lost.get("total"))
-        for k, v in lost.items():
-            n = _int(v)
-            if k in ("total", "truncated", "guest_stats_missing", "read_events_guest",
-                     "decoded_events") or isinstance(v, bool) or not n:
-                continue
-            detail.append((str(k), n))
-        if total is None:
-            total = sum(n for _, n in detail)
-        truncated = truncated or bool(lost.get("truncated"))
-    else:
-        total = _int(lost) or 0
-    if _get(health, "trace_complete") is False or _get(run, "trace_complete") is False:
-        truncated = True
-    return total, detail, truncated
-
-
-def _ending(health: Mapping[str, Any], run: Mapping[str, Any]) -> tuple[str | None, bool | None]:
-    e = _get(health, "ending", "guest_end", "guest_ending", "end")
-    if e is None:
-        e = _get(run, "ending")
-    if e is None:
-        return None, None
-    if isinstance(e, Mapping):
-        how = str(e.get("how") or e.get("state") or "unknown")
-        detail = e.get("detail")
-        text = f"{how}: {detail}" if detail else how
-    else:
-        how = text = str(e)
-    return text, how.lower() in CLEAN_ENDINGS
-
-
-def _said(warning: str, facts: RunFacts) -> bool:
-    """Is this analysis warning one of the problems already spelled out?"""
-    w = warning.lower()
-    return bool((facts.lost and "lost" in w) or (facts.truncated and "truncat" in w)
-                or (facts.ended_cleanly is False and ("power off" in w or "cleanly" in w)))
+def _ending(e: Ending) -> str:
+    how = e.how or "unknown"
+    return f"{how}: {e.detail}" if e.detail else how
 
 
 def run_facts(a: Analysis) -> RunFacts:
     """The run's identity and the trace's health, with every problem spelled out."""
     run, health = a.run, a.health
-    total, detail, truncated = _lost(health, run)
-    ending, clean = _ending(health, run)
-    dur = _get(run, "duration_s", "run_time_s", "elapsed_s", "timing.total_s", "timing.wall_s",
-               "timing.run_s")
-    started = _get(run, "started", "start_time", "started_at", "date")
     facts = RunFacts(
         kernel=_kernel(run),
-        arch=str(_get(run, "arch", "machine.arch") or "unknown arch"),
-        started=str(started) if started is not None else None,
-        duration_s=float(dur) if isinstance(dur, int | float) else None,
-        events=_events(a),
-        lost=total,
-        lost_detail=detail,
-        truncated=truncated,
-        ending=ending,
-        ended_cleanly=clean,
+        arch=run.arch or "unknown arch",
+        started=run.started,
+        duration_s=run.duration_s,
+        events=health.events,
+        lost=health.lost,
+        truncated=health.truncated,
+        ending=_ending(health.ending),
+        ended_cleanly=health.ending.clean,
     )
-    if total:
-        how = ", ".join(f"{k} {n:,}" for k, n in detail)
-        facts.problems.append(f"{total:,} events LOST" + (f" ({how})" if how else "")
-                              + ": findings may be missing")
-    if truncated:
+    if facts.lost:
+        facts.problems.append(f"{facts.lost:,} events LOST: findings may be missing")
+    if facts.truncated:
         facts.problems.append("trace truncated: the stream ended before the guest said it was "
                               "complete")
-    if clean is False:
-        facts.problems.append(f"guest did not end cleanly: {ending}")
-    err = _get(health, "decode_error") or _get(run, "decode_error")
-    if err:
-        facts.problems.append(f"trace decoding failed: {err}")
-    warnings = _get(health, "warnings")
-    if isinstance(warnings, str):
-        warnings = [warnings]
-    if isinstance(warnings, Iterable):
-        facts.warnings.extend(str(w) for w in warnings if not _said(str(w), facts))
+    if not facts.ended_cleanly:
+        facts.problems.append(f"guest did not end cleanly: {facts.ending}")
+    said = health.problem_notes()
+    facts.warnings.extend(w for w in health.warnings if w not in said)
     return facts
 
 
-def flatten(d: Any, prefix: str = "", limit: int = 6) -> list[tuple[str, str]]:
+def flatten(d: JSON, prefix: str = "", limit: int = 6) -> list[tuple[str, str]]:
     """Scalar leaves of a nested record as ``("a.b", "value")``, long lists shortened."""
     out: list[tuple[str, str]] = []
     if isinstance(d, Mapping):
@@ -240,26 +140,13 @@ def kind_abbrev(kind: str) -> str:
     return KIND_ABBREV.get(kind, kind)
 
 
-def _module_names(run: Mapping[str, Any]) -> list[str]:
-    mods = _get(run, "modules", "modules_under_test")
-    names: list[str] = []
-    if isinstance(mods, Mapping):
-        names = [str(k) for k in mods]
-    elif isinstance(mods, list | tuple):
-        for m in mods:
-            n = _get(m, "name") if isinstance(m, Mapping) else m
-            if n is not None:
-                names.append(str(n))
-    return names
-
-
 def drivers(a: Analysis) -> list[str]:
     """Every driver the run is about: modules under test, and any with findings or locks.
 
     The core kernel is one only if it has findings (its locks alone would make a
     page of every lock in the kernel).  Sorted by name, with the core kernel last.
     """
-    names = set(_module_names(a.run))
+    names = {m.name for m in a.run.modules}
     names.update(f.driver for f in a.findings)
     names.update(c.driver for c in a.classes if c.driver != CORE)
     for e in a.edges:
@@ -279,24 +166,21 @@ class DriverRow:
     load: str  # the load's outcome in words ("ok", "failed: ENODEV (19)", …); "" if not ours
 
 
-def _load_words(m: Mapping[str, Any]) -> str:
-    rcs = [r for r in (m.get("insmod_rc") or []) if isinstance(r, int)]
+def _load_words(m: ModuleSummary) -> str:
+    rcs = m.insmod_rc or []
     bad = [r for r in rcs if r != 0]
     if bad:
         # tdinsmod's exit code is finit_module's errno; busybox insmod's (older runs) is 1
-        name = errno.errorcode.get(bad[0]) if m.get("loader") == "tdinsmod" else None
+        name = errno.errorcode.get(bad[0]) if m.loader == "tdinsmod" else None
         return f"failed: {name} ({bad[0]})" if name else f"failed (exit {bad[0]})"
     if rcs:
         return "ok" if len(rcs) == 1 else f"ok ×{len(rcs)}"
-    return "loaded" if m.get("loaded") else "not loaded"
+    return "loaded" if m.loaded else "not loaded"
 
 
 def driver_rows(a: Analysis) -> list[DriverRow]:
     """Every driver of :func:`drivers`, modules under test with their load and coverage."""
-    mods = _get(a.run, "modules")
-    by_name: dict[str, Mapping[str, Any]] = {}
-    if isinstance(mods, list):
-        by_name = {str(m["name"]): m for m in mods if isinstance(m, Mapping) and "name" in m}
+    by_name = {m.name: m for m in a.run.modules}
     seen = Counter(c.driver for c in a.classes)
     rows = []
     for d in drivers(a):
@@ -304,10 +188,9 @@ def driver_rows(a: Analysis) -> list[DriverRow]:
         if m is None:
             rows.append(DriverRow(d, False, "", seen[d], None, ""))
             continue
-        nc = _int(m.get("lock_classes"))
-        rows.append(DriverRow(d, True, str(m.get("origin") or ""),
-                              nc if nc is not None else seen[d], _int(m.get("lock_events")),
-                              _load_words(m)))
+        rows.append(DriverRow(d, True, m.origin or "",
+                              m.lock_classes if m.lock_classes is not None else seen[d],
+                              m.lock_events, _load_words(m)))
     return rows
 
 

@@ -10,6 +10,13 @@ Files of a run directory written here::
 
     outputs.json           the files above that tracedep wrote here (the ledger)
 
+``findings.json`` and ``analysis.json`` are one analysis: ``analysis_version`` in
+``analysis.json`` (and in the ledger) is the version of both.  A minor version
+adds fields a reader may ignore; a major version changes them, and the previous
+major version is upgraded when read (reports.upgrade).  Version 2.0: typed
+``health`` and ``run``; each witness has a ``kind``, the lock it was ``holding``
+(a dependency's) and its ``context`` as a record, beside its ``role`` in words.
+
 The whole set is written into a staging folder inside the run directory first
 and only then renamed into place, file by file: a failure while writing (a full
 disk) leaves the previous set untouched, and a crash during the renames leaves
@@ -25,53 +32,27 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracedep.analysis.findings import (
-    Analysis,
-    ClassStats,
-    Edge,
-    Frame,
-    Site,
-    finding_from_json,
-)
+from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding
+from tracedep.analysis.health import Health
+from tracedep.analysis.run_summary import RunSummary
 from tracedep.common.files import atomic_write
+from tracedep.common.jsonvalue import Fields
 from tracedep.errors import InputError
+from tracedep.reports.upgrade import upgrade as upgrade_v1
 
-ANALYSIS_VERSION = "1.0"
+ANALYSIS_VERSION = "2.0"  # 2.0: typed health and run, witness kinds and contexts
 FINDINGS_FILE = "findings.json"
 ANALYSIS_FILE = "analysis.json"
 REPORT_FILE = "report.txt"
 INDEX_FILE = "index.html"
 DRIVERS_DIR = "drivers"
 OUTPUTS_FILE = "outputs.json"
-OUTPUTS_VERSION = 1
+OUTPUTS_VERSION = 2  # 2: the ledger names the analysis version of the files
 _TOP_FILES = frozenset({FINDINGS_FILE, ANALYSIS_FILE, REPORT_FILE, INDEX_FILE})
-
-
-def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    # A newer analysis may add fields; an older reader keeps what it knows.
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
-
-
-def _site_from_json(d: dict[str, Any]) -> Site:
-    frames = tuple(Frame(**_known(Frame, f)) for f in d.get("frames", ()))
-    return Site(**{**_known(Site, d), "frames": frames})
-
-
-def _edge_from_json(d: dict[str, Any]) -> Edge:
-    held = d.get("held_witness")
-    return Edge(**{**_known(Edge, d), "witness": _site_from_json(d["witness"]),
-                   "held_witness": _site_from_json(held) if held is not None else None,
-                   "drivers": list(d.get("drivers", ()))})
-
-
-def _class_from_json(d: dict[str, Any]) -> ClassStats:
-    return ClassStats(**_known(ClassStats, d))
 
 
 def analysis_to_json(a: Analysis) -> dict[str, Any]:
@@ -79,26 +60,36 @@ def analysis_to_json(a: Analysis) -> dict[str, Any]:
     return {
         "analysis_version": ANALYSIS_VERSION,
         "findings": [f.to_json() for f in a.findings],
-        "classes": [asdict(c) for c in a.classes],
-        "edges": [asdict(e) for e in a.edges],
-        "health": a.health,
-        "run": a.run,
+        "classes": [c.to_json() for c in a.classes],
+        "edges": [e.to_json() for e in a.edges],
+        "health": a.health.to_json(),
+        "run": a.run.to_json(),
     }
 
 
-def analysis_from_json(d: dict[str, Any]) -> Analysis:
-    """Inverse of :func:`analysis_to_json`; raises ``InputError`` on a foreign version."""
-    version = str(d.get("analysis_version", ANALYSIS_VERSION))
-    if version.split(".")[0] != ANALYSIS_VERSION.split(".")[0]:
+def as_current(d: dict[str, Any]) -> dict[str, Any]:
+    """An analysis of any version this tracedep reads, as the current version."""
+    version = str(d.get("analysis_version", "1.0"))  # without one: version 1's shape
+    major = version.split(".")[0]
+    if major == "1":
+        return upgrade_v1(d)
+    if major != ANALYSIS_VERSION.split(".")[0]:
         raise InputError(f"analysis version {version} is not supported "
-                         f"(this tracedep reads {ANALYSIS_VERSION})")
+                         f"(this tracedep reads {ANALYSIS_VERSION} and 1.x)")
+    return d
+
+
+def analysis_from_json(d: dict[str, Any]) -> Analysis:
+    """Inverse of :func:`analysis_to_json`, an older version upgraded first; raises
+    ``InputError`` on a foreign version or a malformed file."""
     try:
+        f = Fields(as_current(d), "analysis")
         return Analysis(
-            findings=[finding_from_json(f) for f in d.get("findings", [])],
-            classes=[_class_from_json(c) for c in d.get("classes", [])],
-            edges=[_edge_from_json(e) for e in d.get("edges", [])],
-            health=dict(d.get("health", {})),
-            run=dict(d.get("run", {})),
+            findings=[Finding.from_json(x) for x in f.objs("findings")],
+            classes=[ClassStats.from_json(x) for x in f.objs("classes")],
+            edges=[Edge.from_json(x) for x in f.objs("edges")],
+            health=Health.from_json(f.obj("health")),
+            run=RunSummary.from_json(f.obj("run")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"malformed analysis: {type(e).__name__}: {e}") from None
@@ -159,6 +150,7 @@ def write_run_outputs(run_dir: Path | str, a: Analysis, generated: str | None = 
         if p.is_file() and not p.is_symlink() and rel.startswith(DRIVERS_DIR + "/"):
             p.unlink()
     atomic_write(run_dir / OUTPUTS_FILE, _dumps({"version": OUTPUTS_VERSION,
+                                                  "analysis_version": ANALYSIS_VERSION,
                                                   "files": sorted(files)}))
 
 

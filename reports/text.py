@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Site
+from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Site, WitnessKind
 from tracedep.reports import frames as fr
 from tracedep.reports import locks as lk
 from tracedep.reports import model
@@ -84,39 +84,34 @@ def _banner(out: _Out, title: str, kernel: str) -> None:
     out.add("=" * len(title), title, f"{kernel} (tracedep)", "-" * len(title))
 
 
-def _role(site: Site, *words: str) -> bool:
-    """Does the role (the lock's name left out) start with or contain one of ``words``?"""
-    role = lk.role_text(site)
-    return role.startswith(words) or any(f" {w}" in f" {role}" for w in words)
-
-
 def _by_ts(sites: Sequence[Site]) -> list[Site]:
     return sorted(sites, key=lambda s: (s.ts_ns is None, s.ts_ns or 0))
 
 
 def _call_trace(out: _Out, site: Site, ctx: TextContext) -> None:
-    c = lk.parse_context(site.context)
+    c = site.context
     if ctx.arch in ("arm64", "aarch64"):
         out.add("Call trace:")
         out.stack(site, " ")
         return
-    mark = "IRQ" if c.hardirq or c.softirq else "TASK"
+    mark = "IRQ" if c is not None and (c.in_hardirq or c.in_softirq) else "TASK"
     out.add("Call Trace:", f" <{mark}>")
     out.stack(site, " ")
     out.add(f" </{mark}>")
 
 
 def _sleep_in_atomic(f: Finding, ctx: TextContext, out: _Out) -> None:
-    sleep = next((s for s in f.sites if _role(s, "sleep")), f.sites[0] if f.sites else None)
-    held = _by_ts([s for s in f.sites if _role(s, "held")])
+    sleep = next((s for s in f.sites if s.kind == WitnessKind.SLEEP),
+                 f.sites[0] if f.sites else None)
+    held = _by_ts([s for s in f.sites if s.kind == WitnessKind.HELD])
     top = fr.sleep_site(sleep.frames) if sleep is not None else None
     where = fr.where(top) if top is not None else ""
-    func = str(f.details.get("api") or f.details.get("func")
-               or (top.function if top is not None else "?"))
-    c = lk.parse_context(sleep.context if sleep is not None else None)
-    pc = c.preempt_count if c.preempt is not None else len(held)
+    func = str(f.details.get("api") or (top.function if top is not None else "?"))
+    c = sleep.context if sleep is not None else None
+    pc = lk.preempt_count(c) if c is not None else len(held)
+    irqs_off = c is not None and c.irqs_off
     out.add(f"BUG: sleeping function called from invalid context at {where or func}",
-            f"in_atomic(): {int(pc != 0)}, irqs_disabled(): {int(c.irqs_off)}, non_block: 0, "
+            f"in_atomic(): {int(pc != 0)}, irqs_disabled(): {int(irqs_off)}, non_block: 0, "
             f"pid: {sleep.pid if sleep and sleep.pid is not None else '?'}, "
             f"name: {sleep.comm if sleep and sleep.comm is not None else '?'}",
             f"preempt_count: {pc:x}, expected: 0")
@@ -209,8 +204,7 @@ def _irq_state(f: Finding, sites: Sequence[Site]) -> str:
         where = lk.site_irq(s)
         if where in ("hardirq", "softirq"):
             return where.upper()
-    hint = " ".join(str(v) for v in (f.details.get("irq"), f.details.get("state"), f.message))
-    return "SOFTIRQ" if "softirq" in hint.lower() else "HARDIRQ"
+    return "SOFTIRQ" if f.details.get("irq") == "softirq" else "HARDIRQ"
 
 
 def _irq_inversion(f: Finding, ctx: TextContext, out: _Out) -> None:
@@ -230,16 +224,15 @@ def _inconsistent(f: Finding, lock: str, state: str, irq_sites: Sequence[Site],
     rw = "R" if ctx.is_read(lock) else "W"
     in_irq = irq_sites[0] if irq_sites else None
     others = _by_ts([s for s in f.sites if s not in irq_sites])
-    on = next((s for s in others if _role(s, "enabled", "irqs-on")), None) or next(
-        (s for s in others if not lk.parse_context(s.context).irqs_off),
-        others[0] if others else None)
+    on = next((s for s in others if s.kind.irqs_enabled), None) or next(
+        (s for s in others if not lk.irqs_off(s)), others[0] if others else None)
     used, enabled = f"{{IN-{state}-{rw}}}", f"{{{state}-ON-{rw}}}"
     # lockdep fires on the second usage; the first is "registered".
     first_irq = (in_irq is not None and on is not None and (in_irq.ts_ns or 0) <= (on.ts_ns or 0))
     old, new = (in_irq, on) if first_irq else (on, in_irq)
     old_state, new_state = (used, enabled) if first_irq else (enabled, used)
     _banner(out, "WARNING: inconsistent lock state", ctx.kernel)
-    flags = lk.parse_context(new.context).flags() if new is not None else ""
+    flags = lk.irq_flags(new.context) if new is not None else ""
     out.add(f"inconsistent {old_state} -> {new_state} usage.",
             f"{_task(new)} {flags} takes:",
             f" {ctx.name(lock)}, at: {out.at(new)}",
@@ -260,16 +253,16 @@ def _safe_unsafe(f: Finding, locks: list[str], state: str, irq_sites: Sequence[S
     safe, prev, unsafe = locks[0], locks[-2], locks[-1]
     dep = lk.deps(f, ctx.edges).get((prev, unsafe), lk.Dep(None, None))
     acquire = dep.witness or next((s for s in f.sites if s.lock == unsafe
-                                   and _role(s, "acquire", "acquired")), None)
+                                   and s.kind == WitnessKind.ACQUIRE), None)
     holding = dep.held
     safe_site = next((s for s in irq_sites if s.lock == safe), irq_sites[0] if irq_sites else None)
     cands = [s for s in f.sites if s.lock == unsafe and s not in irq_sites and s != acquire]
-    unsafe_site = next((s for s in cands if _role(s, "enabled", "unsafe", "irqs-on")),
-                       next((s for s in cands if not lk.parse_context(s.context).irqs_off),
+    unsafe_site = next((s for s in cands if s.kind.irqs_enabled),
+                       next((s for s in cands if not lk.irqs_off(s)),
                             cands[0] if cands else None))
     disable = "local_bh_disable();" if state == "SOFTIRQ" else "local_irq_disable();"
     _banner(out, f"WARNING: {state}-safe -> {state}-unsafe lock order detected", ctx.kernel)
-    flags = lk.parse_context(acquire.context).flags() if acquire is not None else ""
+    flags = lk.irq_flags(acquire.context) if acquire is not None else ""
     out.add(f"{_task(acquire)} {flags} is trying to acquire:",
             f" {ctx.name(unsafe)}, at: {out.at(acquire)}", "",
             "and this task is already holding:",
@@ -296,9 +289,9 @@ def _safe_unsafe(f: Finding, locks: list[str], state: str, irq_sites: Sequence[S
 
 def _recursive(f: Finding, ctx: TextContext, out: _Out) -> None:
     ordered = _by_ts(f.sites)
-    new = next((s for s in f.sites if _role(s, "acquire", "acquired again")),
+    new = next((s for s in f.sites if s.kind == WitnessKind.ACQUIRE),
                ordered[-1] if ordered else None)
-    old = next((s for s in f.sites if s is not new and _role(s, "held", "already held")),
+    old = next((s for s in f.sites if s is not new and s.kind == WitnessKind.HELD),
                next((s for s in ordered if s is not new), None))
     lock_new = (new.lock if new and new.lock else None) or (f.locks[0] if f.locks else "?")
     lock_old = (old.lock if old and old.lock else None) or (f.locks[-1] if f.locks else "?")
@@ -323,7 +316,7 @@ def _generic(f: Finding, ctx: TextContext, out: _Out, title: str | None = None) 
     for s in f.sites:
         lock = f" {ctx.name(s.lock)}" if s.lock else ""
         out.add("", f"{s.role}:{lock} by {_task(s)} {model.fmt_ts(s.ts_ns)} "
-                    f"{s.context or ''}".rstrip())
+                    f"{lk.context_text(s.context)}".rstrip())
         out.stack(s, " ")
 
 
@@ -346,7 +339,7 @@ def render_finding(f: Finding, ctx: TextContext) -> list[str]:
         for s in rest:
             lock = f" {ctx.name(s.lock)}" if s.lock else ""
             out.add(f" {s.role}:{lock} by {_task(s)} {model.fmt_ts(s.ts_ns)} "
-                    f"{s.context or ''}".rstrip())
+                    f"{lk.context_text(s.context)}".rstrip())
             out.stack(s, "   ")
     return out.lines
 
@@ -373,7 +366,7 @@ def _header(a: Analysis, facts: model.RunFacts, generated: str | None) -> list[s
     run = ", ".join(x for x in (f"started {facts.started}" if facts.started else "",
                                  model.fmt_duration(facts.duration_s)
                                  if facts.duration_s is not None else "") if x)
-    ev = f"{facts.events:,}" if facts.events is not None else "?"
+    ev = f"{facts.events:,}"
     lost = f"{facts.lost:,} LOST" if facts.lost else "0 lost"
     kinds = model.kinds(a.findings)
     per_kind = [(k, sum(1 for f in a.findings if f.kind == k)) for k in kinds]
@@ -430,5 +423,6 @@ def render_text(a: Analysis, generated: str | None = None) -> str:
     for i, f in enumerate(fs, 1):
         lines += [RULE, *finding_heading(f, i, len(fs)), "", *render_finding(f, ctx), ""]
     lines += [RULE, "Trace health, as recorded:"]
-    lines += [f"  {k}: {v}" for k, v in model.flatten(a.health)] or ["  (nothing recorded)"]
+    lines += [f"  {k}: {v}" for k, v in model.flatten(a.health.to_json())] or [
+        "  (nothing recorded)"]
     return "\n".join(lines).rstrip() + "\n"

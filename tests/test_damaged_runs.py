@@ -116,7 +116,7 @@ def test_a_lost_release_is_a_gap_not_a_lock_held_for_ever(run: Path) -> None:
     assert any(w.startswith("rejected records:") for w in t.warnings), t.warnings
     a = analyze(t)
     assert [f.kind for f in a.findings] == []
-    assert a.health["forced_releases"]["by_reason"].get("gap", 0) > 0, a.health["forced_releases"]
+    assert a.health.forced_releases.by_reason.get("gap", 0) > 0, a.health.forced_releases
 
 
 @pytest.mark.parametrize("damage", ["cut", "more_than_read"])

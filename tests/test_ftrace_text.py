@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tracedep.analysis.findings import SiteContext
 from tracedep.analysis.ftrace_text import load_text
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.text_symbols import parse_sym
@@ -174,7 +175,7 @@ def test_text_analysis_finds_the_planted_bug(kallsyms: Path | None) -> None:
         assert f.details["api"] == "kmalloc(GFP_KERNEL)"
         assert f.details["function"] == "td_ring_probe_work_fn"
         assert "spinlock" in f.details["context"] and f.count == 4
-        assert f.sites[0].context == "preempt=1"
+        assert f.sites[0].context == SiteContext(preempt_depth=1)
         sleep_frames = [fr.function for fr in f.sites[0].frames]
         assert sleep_frames[:2] == ["kmalloc_trace", "td_ring_probe_work_fn"]
         if kallsyms is not None or path == PIPE:
@@ -194,8 +195,8 @@ def test_trace_pipe_lost_events_are_counted() -> None:
     assert not info.truncated and t.info.source is not None
     assert t.info.source["reader"] == "trace_pipe"
     a = analyze(t)
-    assert a.health["lost"] == sum(lost)
-    assert any(f"{sum(lost)} events were lost" in w for w in a.health["warnings"])
+    assert a.health.lost == sum(lost)
+    assert any(f"{sum(lost)} events were lost" in w for w in a.health.warnings)
 
 
 def test_sym_addr_trace_gives_exact_stacks_and_its_own_symbols() -> None:
@@ -314,7 +315,7 @@ def test_truncated_last_line_is_ignored_and_counted(tmp_path: Path) -> None:
     assert lost.total == full.info.lost.total + 1
     assert any("cut short" in w for w in t.warnings)
     a = analyze(t)
-    assert a.health["truncated"]
+    assert a.health.truncated
 
 
 # -- bad input ------------------------------------------------------------------------

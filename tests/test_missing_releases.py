@@ -59,7 +59,7 @@ def test_the_recorded_runs_force_nothing() -> None:
     for m in ("td_alloc_spin_clean", "td_alloc_spin_bug", "td_wait_spin_bug",
               "td_timer_sleep_bug", "td_abba_bug"):
         a = analyze(load_fixture(RULES / m))
-        assert a.health["forced_releases"]["total"] == 0, (m, a.health["forced_releases"])
+        assert a.health.forced_releases.total == 0, (m, a.health.forced_releases)
 
 
 def test_preempt_count_ends_a_lock_whose_release_was_lost() -> None:
@@ -67,18 +67,19 @@ def test_preempt_count_ends_a_lock_whose_release_was_lost() -> None:
     t = _without_unlocks(load_fixture(RULES / "td_alloc_spin_clean"), "td_alloc_spin_clean")
     a = analyze(t)
     assert [f.message for f in a.findings] == []
-    fr = a.health["forced_releases"]
-    assert fr["total"] >= 1 and set(fr["by_reason"]) <= {"preempt-count", "preempted"}, fr
+    fr = a.health.forced_releases
+    assert fr.total >= 1 and set(fr.by_reason) <= {"preempt-count", "preempted"}, fr
     # the report says it once, naming the lock, never per finding
-    notes = [w for w in a.health["warnings"] if "ended without their release" in w]
-    assert len(notes) == 1 and fr["classes"][0]["lock_class"] in notes[0], a.health["warnings"]
+    notes = [w for w in a.health.warnings if "ended without their release" in w]
+    assert len(notes) == 1 and fr.classes[0].lock_class in notes[0], a.health.warnings
     # ... in every report format
     files = serialize.render_all(a, generated="test")
     said = [ln for ln in files[serialize.REPORT_FILE].splitlines()
             if ln.startswith("tracedep warning:") and "ended without their release" in ln]
     assert len(said) == 1, said
     assert "ended without their release" in files[serialize.INDEX_FILE]
-    assert json.loads(files[serialize.ANALYSIS_FILE])["health"]["forced_releases"] == fr
+    assert json.loads(files[serialize.ANALYSIS_FILE])["health"]["forced_releases"] == \
+        fr.to_json()
 
 
 def test_a_skipped_inline_unlock_ends_where_its_taker_returned() -> None:
@@ -88,9 +89,9 @@ def test_a_skipped_inline_unlock_ends_where_its_taker_returned() -> None:
     t = _no_preempt_count(_without_unlocks(load_fixture(RULES / m), m), m)
     a = analyze(t)
     assert a.findings == [], [f.message for f in a.findings]
-    fr = a.health["forced_releases"]
-    assert fr["by_reason"].get("release-unseen", 0) >= 1, fr
-    assert any("inline_locks.skipped" in s for s in fr["suspect_sources"]), fr
+    fr = a.health.forced_releases
+    assert fr.by_reason.get("release-unseen", 0) >= 1, fr
+    assert any("inline_locks.skipped" in s for s in fr.suspect_sources), fr
 
 
 def test_without_evidence_the_lost_release_is_still_a_finding() -> None:
@@ -104,7 +105,7 @@ def test_without_evidence_the_lost_release_is_still_a_finding() -> None:
     # td_ring_add_entry() takes ring->lock four times: seen as taken again while held,
     # once, and the lock is then held once, not four times over
     assert [f.kind for f in a.findings] == ["recursive-locking"], [f.message for f in a.findings]
-    assert set(a.health["forced_releases"]["by_reason"]) == {"re-acquired"}
+    assert set(a.health.forced_releases.by_reason) == {"re-acquired"}
 
 
 def test_a_suspect_lock_still_held_by_its_taker_is_reported() -> None:

@@ -20,7 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Frame, Site
+from tracedep.analysis.findings import (
+    Analysis,
+    ClassStats,
+    Edge,
+    Finding,
+    Frame,
+    Site,
+    SiteContext,
+    WitnessKind,
+)
+from tracedep.analysis.health import Ending, Health
+from tracedep.analysis.run_summary import Kernel, ModuleSummary, RunSummary, Timing
 from tracedep.errors import InputError
 from tracedep.reports import html, model, svg, text
 from tracedep.reports.serialize import (
@@ -135,9 +146,12 @@ def stack(*top: Frame) -> tuple[Frame, ...]:
                         file="kernel/workqueue.c"))
 
 
-def site(role: str, lock: str | None, ts: int, *top: Frame, comm: str = "kworker/0:1",
-         ctx: str = "preempt=0") -> Site:
-    return Site(role, stack(*top), lock, ts, 42, comm, ctx)
+def site(kind: WitnessKind, role: str, lock: str | None, ts: int, *top: Frame,
+         comm: str = "kworker/0:1", ctx: SiteContext | None = None) -> Site:
+    return Site(role, stack(*top), lock, ts, 42, comm, ctx or SiteContext(), kind)
+
+
+ACQUIRE, HELD = WitnessKind.ACQUIRE, WitnessKind.HELD
 
 
 def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_submit",
@@ -145,20 +159,22 @@ def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_sub
     """A small analysis with one finding of each main kind (hand-made: unit tests only)."""
     a_, b_ = name, "td_b_lock"
     spin = frame("_raw_spin_lock", 0, 0x30, "vmlinux", 153, file="kernel/locking/spinlock.c")
-    ab = site("acquire", b_, 1100, spin, frame(fn, 0x20, 0x80, driver, 40), comm=comm,
-              ctx="preempt=1")
-    ab_h = site("held", a_, 1000, spin, frame(fn, 0x10, 0x80, driver, 38), comm=comm)
-    ba = site("acquire", a_, 2100, spin, frame("td_complete", 0x24, 0x90, driver, 70),
-              ctx="preempt=1")
-    ba_h = site("held", b_, 2000, spin, frame("td_complete", 0x14, 0x90, driver, 68))
-    sleep = site("sleep", None, 3100,
+    ab = site(ACQUIRE, "acquire", b_, 1100, spin, frame(fn, 0x20, 0x80, driver, 40),
+              comm=comm, ctx=SiteContext(1))
+    ab_h = site(HELD, "held", a_, 1000, spin, frame(fn, 0x10, 0x80, driver, 38), comm=comm)
+    ba = site(ACQUIRE, "acquire", a_, 2100, spin,
+              frame("td_complete", 0x24, 0x90, driver, 70), ctx=SiteContext(1))
+    ba_h = site(HELD, "held", b_, 2000, spin, frame("td_complete", 0x14, 0x90, driver, 68))
+    sleep = site(WitnessKind.SLEEP, "sleep", None, 3100,
                  frame("mutex_lock", 0, 0x40, "vmlinux", 281, file="kernel/locking/mutex.c"),
                  frame("td_inner", 0, 0, driver, 55, inlined=True),
-                 frame(fn, 0x2a, 0x90, driver, 71), comm=comm, ctx="preempt=1")
-    held = site("held", a_, 3000, spin, frame(fn, 0x1d, 0x90, driver, 54), comm=comm)
-    irq = site("irq-context", b_, 4000, spin, frame("td_irq", 0x1a, 0x60, driver, 48),
-               comm="swapper/0", ctx="preempt=1 irqs-off hardirq")
-    on = site("irqs-on", b_, 4100, spin, frame("td_read", 0x17, 0x50, driver, 60))
+                 frame(fn, 0x2a, 0x90, driver, 71), comm=comm, ctx=SiteContext(1))
+    held = site(HELD, "held", a_, 3000, spin, frame(fn, 0x1d, 0x90, driver, 54), comm=comm)
+    irq = site(WitnessKind.IN_HARDIRQ, "irq-context", b_, 4000, spin,
+               frame("td_irq", 0x1a, 0x60, driver, 48), comm="swapper/0",
+               ctx=SiteContext(1, irqs_off=True, in_hardirq=True))
+    on = site(WitnessKind.HARDIRQS_ON, "irqs-on", b_, 4100, spin,
+              frame("td_read", 0x17, 0x50, driver, 60))
 
     def stats(lock: str, ctxs: list[str]) -> ClassStats:
         return ClassStats(lock, "spinlock", driver, 10,
@@ -170,7 +186,7 @@ def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_sub
                 message or f"{a_} -> {b_} and {b_} -> {a_}", 2100, 3, (a_, b_, fn)),
         Finding("sleep-in-atomic", driver, [a_], [sleep, held],
                 message or f"mutex_lock() with {a_} held", 3100, 2, (a_, "mutex_lock", fn),
-                {"func": "mutex_lock"}),
+                {"api": "mutex_lock()"}),
         Finding("irq-lock-inversion", driver, [b_], [irq, on],
                 message or f"{b_} in hardirq and with irqs on", 4100, 1, (b_, "hardirq")),
     ]
@@ -178,11 +194,10 @@ def sample(name: str = "td_a_lock", comm: str = "kworker/0:1", fn: str = "td_sub
              Edge(b_, "td_c_lock", 1, [driver], ab, None, trylock=True)]
     return Analysis(findings, [stats(a_, ["process"]), stats(b_, ["process", "hardirq"])],
                     edges,
-                    health={"events": 1234, "lost": {"total": 0, "truncated": False},
-                            "ending": {"how": "poweroff", "detail": None}},
-                    run={"kernel": "6.1.0-56-cloud-amd64", "arch": "x86_64",
-                         "modules": [{"name": driver}, {"name": "td_clean"}],
-                         "duration_s": 5.5})
+                    health=Health(events=1234, ending=Ending("poweroff")),
+                    run=RunSummary(arch="x86_64", kernel=Kernel(release="6.1.0-56-cloud-amd64"),
+                                   timing=Timing(wall_s=5.5),
+                                   modules=[ModuleSummary(driver), ModuleSummary("td_clean")]))
 
 
 def test_round_trip_exact(tmp_path: Path) -> None:
@@ -254,12 +269,11 @@ def test_text_lockdep_shapes() -> None:
 
 def test_trace_problems_said_first() -> None:
     a = sample()
-    a.health = {"events": 10, "lost": {"total": 1234, "ftrace_overrun": 1234},
-                "ending": {"how": "panic", "detail": "Kernel panic - not syncing"}}
+    a.health = Health(events=10, lost=1234, ending=Ending("panic", "Kernel panic - not syncing"))
     report = text.render_text(a)
     head = report[: report.index("Findings per driver")]
     assert "TRACE INCOMPLETE" in head
-    assert "1,234 events LOST (ftrace_overrun 1,234)" in head
+    assert "1,234 events LOST: findings may be missing" in head
     assert "guest did not end cleanly: panic: Kernel panic - not syncing" in head
     index = html.render_index(a)
     assert 'class="banner bad"' in index and "1,234 events LOST" in index
@@ -269,11 +283,11 @@ def test_degenerate_findings_render() -> None:
     """Findings with missing witnesses still render, whatever their kind."""
     kinds = ["sleep-in-atomic", "lock-order-inversion", "irq-lock-inversion",
              "recursive-locking", "same-class-nesting", "some-new-kind"]
-    bare = [Site("?", (), None)]
+    bare = [Site("?", (), None)]  # no kind, no context
     findings = [Finding(k, M, locks, sites, "m", 0)
                 for k in kinds for locks in ([], ["x"], ["x", "y"], ["x", "y", "z"])
                 for sites in ([], bare)]
-    a = Analysis(findings, [], [], {}, {})
+    a = Analysis(findings, [], [], Health(), RunSummary())
     report = text.render_text(a)
     assert report.count("tracedep finding ") == len(findings)
     assert "unknown kernel" in report
@@ -307,8 +321,8 @@ def test_guest_strings_escaped(tmp_path: Path) -> None:
                driver=f"../{EVIL}{ATTR}", message=f"msg {EVIL}{ATTR}")
     a.classes[0].contexts.append(EVIL)
     a.classes[0].hold_hist[EVIL] = 3
-    a.health["warnings"] = [f"warn {EVIL}{ATTR}"]
-    a.run["kernel"] = f"6.1{EVIL}{ATTR}"
+    a.health.warnings = [f"warn {EVIL}{ATTR}"]
+    a.run.kernel = Kernel(release=f"6.1{EVIL}{ATTR}")
     write_run_outputs(tmp_path, a)
     pages = [tmp_path / "index.html", *sorted((tmp_path / "drivers").glob("*.html"))]
     # The driver's name never chooses where its page goes.

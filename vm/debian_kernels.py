@@ -18,60 +18,18 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
+from tracedep.common.kernel_packages import KernelPackages, Package
 from tracedep.errors import InputError
+
+__all__ = ["DEFAULT_SERIES", "SERIES", "KernelPackages", "Package", "resolve"]
 
 # Debian stable (13, trixie, since 2025-08) runs 6.12: what users run is the default.
 DEFAULT_SERIES = "6.12"
 SERIES = ("6.1", "6.12")
 
 ABI_RE = re.compile(r"(?P<series>\d+\.\d+)(?:\.0-\d+|\.\d+\+deb\d+)")
-
-
-@dataclass(frozen=True)
-class Package:
-    """One Debian binary package, exactly as downloaded."""
-
-    name: str
-    version: str
-    arch: str  # dpkg architecture ("all" for arch-independent packages)
-
-    @property
-    def spec(self) -> str:
-        """``name:arch=version`` as ``apt-get download`` takes it."""
-        qual = f":{self.arch}" if self.arch != "all" else ""
-        return f"{self.name}{qual}={self.version}"
-
-
-@dataclass(frozen=True)
-class KernelPackages:
-    """A resolved kernel: the packages of one ABI (recorded in the run manifest)."""
-
-    series: str
-    abi: str
-    release: str  # uname -r
-    image: Package
-    headers: Package
-    headers_common: Package
-    kbuild: Package
-    dbg: Package | None
-    notes: tuple[str, ...] = field(default=())
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> KernelPackages:
-        def pkg(v: Any) -> Package:
-            return Package(str(v["name"]), str(v["version"]), str(v["arch"]))
-
-        return cls(series=str(d["series"]), abi=str(d["abi"]), release=str(d["release"]),
-                   image=pkg(d["image"]), headers=pkg(d["headers"]),
-                   headers_common=pkg(d["headers_common"]), kbuild=pkg(d["kbuild"]),
-                   dbg=pkg(d["dbg"]) if d.get("dbg") else None,
-                   notes=tuple(str(n) for n in d.get("notes", ())))
 
 
 def series_of(abi: str) -> str:
