@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
-from tracedep.analysis import missing, rules
+from tracedep.analysis import missing, order_rules, rules, sleep_rules
 from tracedep.analysis.coverage import coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
 from tracedep.analysis.health import TRUNCATED_NOTE, Ending, Health, ending_note, lost_note
@@ -121,8 +121,8 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
                    nesting=nesting, own_source_modules=frozenset(
                        m.name for m in trace.info.module_records if m.src_dir))
     findings: list[Finding] = []
-    findings += rules.sleep_findings(cx)
-    findings += rules.order_findings(cx)
+    findings += sleep_rules.sleep_findings(cx)
+    findings += order_rules.order_findings(cx)
     findings += rules.irq_findings(cx)
     findings += rules.recursion_findings(cx)
     findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))

@@ -1,5 +1,9 @@
 """The rules: turn a replayed trace into findings, with lockdep's semantics.
 
+The rule families live apart (``analysis.sleep_rules``, ``analysis.order_rules``, the
+IRQ and recursion rules here); this module holds what they share (``Ctx``, the
+context of a site, the driver a finding is blamed on).
+
 * ``sleep-in-atomic``: a may-sleep event (allocation allowed to reclaim, sleeping
   lock, sleep catalog, might_sleep(), voluntary switch) while a spinning lock is
   held, or preemption, IRQs or BH are off, or in hardirq/softirq context.
@@ -21,7 +25,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tracedep.analysis.classes import LockClass
@@ -36,13 +39,10 @@ from tracedep.analysis.heldlocks import (
     USED_IN_SOFTIRQ,
     USED_IN_SOFTIRQ_READ,
     Replay,
-    SleepEvent,
 )
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.witness import clean_stack, clean_text_stack, frame_at
-from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
-from tracedep.tracer.probes import api_name
 
 # Allocator entry points by API name (tracer.probes.api_name: 6.10+ spells them
 # ``*_noprof``; 6.10 also renamed kmalloc_trace/kmalloc_large to __kmalloc_cache/_large).
@@ -180,7 +180,7 @@ def site_context(e: pd.DataFrame, r: int) -> SiteContext:
                        in_softirq=bool(e["in_softirq"].iat[r]))
 
 
-def _driver(frames: list[Frame], fallback: list[str]) -> str:
+def driver_of(frames: list[Frame], fallback: list[str]) -> str:
     for f in frames:
         if f.module not in ("vmlinux", "?"):
             return f.module
@@ -192,397 +192,6 @@ def _driver(frames: list[Frame], fallback: list[str]) -> str:
 
 # -- sleep in atomic -------------------------------------------------------------
 
-
-@dataclass
-class _SleepEvents:
-    """The event columns the sleep rule reads, and each task's may-sleep calls."""
-
-    kinds: np.ndarray
-    funcs: np.ndarray
-    events: np.ndarray
-    pids: np.ndarray
-    ts: np.ndarray
-    ips: np.ndarray
-    values: np.ndarray
-    # per task, the times and rows of its may-sleep events other than might_sleep():
-    # a might_sleep() inside an API whose own event is also here is the same incident
-    api_ts: dict[int, list[int]] = field(default_factory=dict)
-    api_rows: dict[int, list[int]] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, cx: Ctx) -> _SleepEvents:
-        e = cx.events
-        v = cls(kinds=e["kind"].to_numpy(), funcs=e["func"].to_numpy(),
-                events=e["event"].to_numpy(), pids=e["pid"].to_numpy(),
-                ts=e["ts_ns"].to_numpy(), ips=e["ip"].to_numpy(), values=e["value"].to_numpy())
-        for s in cx.replay.sleeps:
-            if not v.is_might_sleep(s.row):
-                v.api_ts.setdefault(int(v.pids[s.row]), []).append(int(v.ts[s.row]))
-                v.api_rows.setdefault(int(v.pids[s.row]), []).append(s.row)
-        return v
-
-    def is_might_sleep(self, r: int) -> bool:
-        return bool(self.kinds[r] == "sleep_call" and self.funcs[r] == MIGHT_SLEEP)
-
-
-@dataclass
-class _Incident:
-    """One may-sleep event in atomic context, as its finding names it."""
-
-    sleep: SleepEvent
-    frames: list[Frame]
-    call: Frame
-    api: str  # what the driver called, as the message says it: "mutex_lock()"
-    culprit: Frame
-    culprit_fn: str
-    held: list[int]  # the classes of the spinning locks held, sorted
-    reasons: list[str]  # REASON_ORDER
-
-    def key(self, cx: Ctx) -> tuple[str, ...]:
-        return (self.culprit_fn, self.api.split("(")[0], self.reasons[0],
-                *sorted(cx.cls(c).sig for c in self.held))
-
-
-def sleep_findings(cx: Ctx) -> list[Finding]:
-    """One finding per culprit function, API, first reason and classes held."""
-    ev = _SleepEvents.of(cx)
-    acq_cls = cx.replay.acquisitions["cls"]
-    groups: dict[tuple[str, ...], Finding] = {}
-    for s in cx.replay.sleeps:
-        frames = cx.stack_frames(s.row)
-        call = cx.call_frame(s.row)
-        api = _sleep_api(cx, ev, s, frames, call)
-        if api is None:
-            continue
-        culprit = _culprit(frames, call)
-        inc = _Incident(s, frames, call, api, culprit, cx.src(culprit, int(ev.ts[s.row])),
-                        sorted({int(acq_cls.iloc[a]) for a in s.held}),
-                        [x for x in REASON_ORDER if x in s.reasons])
-        key = inc.key(cx)
-        if key in groups:
-            groups[key].count += 1
-        else:
-            groups[key] = _sleep_finding(cx, inc, key)
-    return list(groups.values())
-
-
-def _sleep_api(cx: Ctx, ev: _SleepEvents, s: SleepEvent, frames: list[Frame], call: Frame
-               ) -> str | None:
-    """What may sleep, as the message names it; None when this event is not the
-    incident (another event of the same call is)."""
-    r = s.row
-    kind = ev.kinds[r]
-    if ev.is_might_sleep(r):
-        return _might_sleep_api(ev, r, frames, call)
-    if kind == "sleep_call":
-        return _catalog_api(ev, s, frames)
-    if kind == "alloc":
-        if ev.events[r] == "kmem/mm_page_alloc" and any(
-                api_name(f.function) in SLAB_INTERNALS for f in frames[1:]):
-            # a slab refilling itself inside kmalloc(): that kmalloc's own event
-            # (after it returns) is the incident; this one shows only sometimes
-            return None
-        return f"{ev.funcs[r]}({gfp_text(int(cx.events['gfp'].iloc[r]))})"
-    if kind == "lock_acquire":
-        fn = str(ev.events[r]).partition("_")[2]
-        if fn.endswith("_nested") and not int(ev.values[r]):
-            # with lockdep every mutex_lock() is mutex_lock_nested(lock, 0): name
-            # what the driver called, as on a kernel without lockdep
-            fn = fn[: -len("_nested")]
-        return f"{fn}()"
-    return "schedule() (voluntary context switch)"
-
-
-def _might_sleep_api(ev: _SleepEvents, r: int, frames: list[Frame], call: Frame) -> str | None:
-    t = int(ev.ts[r])
-    near = ev.api_ts.get(int(ev.pids[r]), [])
-    i = int(np.searchsorted(near, ev.ts[r]))
-    close = any(abs(near[j] - t) < 1_000_000 for j in (i - 1, i) if 0 <= j < len(near))
-    # might_alloc() inside an allocator: the allocation's own event (with its GFP
-    # flags) is the incident, stack or no stack
-    inside_api = any(api_name(f.function) in ALLOC_FUNCS for f in [call, *frames[1:4]])
-    if close or inside_api:
-        return None
-    where = frames[1].function if len(frames) > 1 else call.function
-    return f"might_sleep() in {where}()"
-
-
-def _catalog_api(ev: _SleepEvents, s: SleepEvent, frames: list[Frame]) -> str | None:
-    r = s.row
-    t = int(ev.ts[r])
-    # one catalog function calling another (flush_work → __flush_work when the
-    # compiler kept both out of line): the outer call is the incident
-    before = [q for q in ev.api_rows.get(int(ev.pids[r]), [])
-              if 0 < t - int(ev.ts[q]) < 1_000_000 and ev.kinds[q] == "sleep_call"]
-    outer = {str(ev.funcs[q]) for q in before}
-    if any(f.function in outer for f in frames[1:]):
-        return None
-    # ... or tail-calling it (flush_work: jmp __flush_work): no frame of the outer
-    # one is left, but both were entered from the same call site
-    if int(ev.ips[r]) and any(int(ev.ips[q]) == int(ev.ips[r]) and ev.funcs[q] != ev.funcs[r]
-                              for q in before):
-        return None
-    if ev.funcs[r] == "schedule" and s.reasons == ["irqs-off"]:
-        # schedule() itself may be entered with IRQs masked (arm64's do_notify_resume
-        # does): only preempt_count makes it atomic, as in the kernel's schedule_debug()
-        return None
-    return f"{api_name(str(ev.funcs[r]))}()"
-
-
-def _culprit(frames: list[Frame], call: Frame) -> Frame:
-    """The innermost frame of a module, else the call site."""
-    mine = next((f for f in frames if f.module not in ("vmlinux", "?")), None)
-    if mine is not None:
-        return mine
-    if call.module != "?":
-        return call
-    return frames[1] if len(frames) > 1 else call
-
-
-def _sleep_finding(cx: Ctx, inc: _Incident, key: tuple[str, ...]) -> Finding:
-    e = cx.events
-    acq = cx.replay.acquisitions
-    r = inc.sleep.row
-    ts = int(e["ts_ns"].iloc[r])
-    # no stack: the call site is the witness
-    sites = [Site("sleep", tuple(inc.frames) or (inc.call,), None, ts, int(e["pid"].iloc[r]),
-                  str(e["comm"].iat[r]), site_context(e, r), WitnessKind.SLEEP)]
-    for a in inc.sleep.all_held:
-        name = cx.cls(int(acq["cls"].iloc[a])).name
-        sites.append(cx.site(int(acq["row"].iloc[a]), WitnessKind.HELD, f"held {name}", name,
-                             with_stack=False))
-    held_names = [cx.cls(c).name for c in inc.held]
-    driver = _driver([inc.culprit, *inc.frames], [st.frames[0].module for st in sites[1:]]
-                     + [cx.cls(c).module for c in inc.held])
-    ctx_words = ", ".join(CONTEXT_TEXT[x] for x in inc.reasons)
-    if held_names:
-        ctx_words += f" ({', '.join(held_names)})"
-    msg = f"{inc.api} may sleep, called from {inc.culprit_fn}() {ctx_words}"
-    if inc.sleep.preempt_extra > 0 and "preempt" in inc.reasons:
-        msg += f"; preempt_count is {inc.sleep.preempt_extra} beyond the locks held"
-    return Finding(kind="sleep-in-atomic", driver=driver, locks=held_names, sites=sites,
-                   message=msg, first_ts_ns=ts, count=1, key=key,
-                   details={"api": inc.api, "context": inc.reasons,
-                            "function": inc.culprit_fn})
-
-
-# -- lock order ------------------------------------------------------------------
-
-
-def _sccs(nodes: list[int], adj: dict[int, list[int]]) -> list[list[int]]:
-    """Tarjan, iteratively (kernel graphs are deep)."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    on: set[int] = set()
-    stack: list[int] = []
-    out: list[list[int]] = []
-    counter = 0
-    for root in nodes:
-        if root in index:
-            continue
-        work = [(root, 0)]
-        while work:
-            v, pi = work.pop()
-            if pi == 0:
-                index[v] = low[v] = counter
-                counter += 1
-                stack.append(v)
-                on.add(v)
-            succ = adj.get(v, [])
-            for j in range(pi, len(succ)):
-                w = succ[j]
-                if w not in index:
-                    work.append((v, j + 1))
-                    work.append((w, 0))
-                    break
-                if w in on:
-                    low[v] = min(low[v], index[w])
-            else:
-                if low[v] == index[v]:
-                    comp = []
-                    while True:
-                        w = stack.pop()
-                        on.discard(w)
-                        comp.append(w)
-                        if w == v:
-                            break
-                    out.append(comp)
-                if work:
-                    u = work[-1][0]
-                    low[u] = min(low[u], low[v])
-    return out
-
-
-def order_findings(cx: Ctx, max_cycles: int = 500) -> list[Finding]:
-    edges = cx.replay.edges
-    # expanded node = class*2 + (1 if it was acquired as a recursive reader)
-    adj: dict[int, list[int]] = {}
-    label: dict[tuple[int, int], tuple[int, int, int]] = {}  # (xu, xv) → (u, v, variant)
-    for (u, v), accs in edges.items():
-        for vi, acc in enumerate(accs):
-            for arrived_rr in (0, 1):
-                if arrived_rr and acc.before_shared:
-                    continue  # -(*R)-> then -(S*)->: not a deadlock
-                xu, xv = u * 2 + arrived_rr, v * 2 + int(acc.after_recursive_read)
-                adj.setdefault(xu, []).append(xv)
-                label.setdefault((xu, xv), (u, v, vi))
-    nodes = sorted(adj)
-    cycles: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
-    for comp in _sccs(nodes, adj):
-        if len(comp) < 2:
-            continue
-        members = set(comp)
-        for xu in comp:
-            for xv in adj.get(xu, []):
-                if xv not in members:
-                    continue
-                path = _bfs(adj, xv, xu, members)
-                if path is None:
-                    continue
-                xcycle = [xu, *path]  # xu → xv … → xu
-                cls_seq = tuple(x // 2 for x in xcycle[:-1])
-                if len(set(cls_seq)) != len(cls_seq):
-                    continue  # not elementary at class level
-                canon = _canonical(cls_seq, cx)
-                if canon in cycles:
-                    continue
-                cycles[canon] = [label[(a, b)] for a, b in zip(xcycle, xcycle[1:], strict=False)]
-                if len(cycles) >= max_cycles:
-                    break
-    out = []
-    for hub, canons in group_cycles(list(cycles), cx):
-        if len(canons) == 1:
-            out.append(_cycle_finding(cx, cycles[canons[0]], canons[0]))
-        else:
-            out.append(_grouped_finding(cx, hub, [(c, cycles[c]) for c in canons]))
-    return out
-
-
-def group_cycles(canons: list[tuple[int, ...]], cx: Ctx
-                 ) -> list[tuple[int, list[tuple[int, ...]]]]:
-    """One root cause, one finding: cycles grouped by the class they pass through.
-
-    The rule (greedy set cover, deterministic): the class that the most remaining
-    cycles pass through (ties: the smallest class signature) takes all of them as
-    one group; repeat with the rest.  A class that many cycles share is the one to
-    fix (an ordering around it, or a class that merges locks lockdep would key
-    apart: every inode's ``i_rwsem`` as one heap class made 18 cycles); lockdep
-    itself reports only the first cycle each new dependency closes.  A group of
-    one cycle is the plain cycle, with the cycle's own signature.
-    """
-    def sigs(c: tuple[int, ...]) -> list[str]:
-        return [cx.cls(x).sig for x in c]
-
-    left = sorted(canons, key=sigs)
-    out: list[tuple[int, list[tuple[int, ...]]]] = []
-    while left:
-        count: dict[int, int] = {}
-        for c in left:
-            for x in set(c):
-                count[x] = count.get(x, 0) + 1
-        hub = min(count, key=lambda x: (-count[x], cx.cls(x).sig, x))
-        out.append((hub, [c for c in left if hub in c]))
-        left = [c for c in left if hub not in c]
-    return out
-
-
-def _bfs(adj: dict[int, list[int]], src: int, dst: int, members: set[int]) -> list[int] | None:
-    prev: dict[int, int] = {src: src}
-    q = deque([src])
-    while q:
-        v = q.popleft()
-        if v == dst:
-            path = [v]
-            while path[-1] != src:
-                path.append(prev[path[-1]])
-            return path[::-1]
-        for w in adj.get(v, []):
-            if w in members and w not in prev:
-                prev[w] = v
-                q.append(w)
-    return None
-
-
-def _canonical(seq: tuple[int, ...], cx: Ctx) -> tuple[int, ...]:
-    sigs = [cx.cls(c).sig for c in seq]
-    k = min(range(len(seq)), key=lambda i: sigs[i:] + sigs[:i])
-    return seq[k:] + seq[:k]
-
-
-def _grouped_finding(cx: Ctx, hub: int,
-                     group: list[tuple[tuple[int, ...], list[tuple[int, int, int]]]]
-                     ) -> Finding:
-    """Cycles that share the class ``hub``: one finding listing each path, keyed by
-    ``hub`` alone so that the cycles a later run adds or loses keep its signature."""
-    parts = [_cycle_finding(cx, labs, canon) for canon, labs in group]
-    hub_name = cx.cls(hub).name
-    sites: list[Site] = []
-    seen: set[tuple[str, int | None, str | None]] = set()
-    for f in parts:  # each dependency's witnesses once, in the paths' order
-        for st in f.sites:
-            k = (st.role, st.ts_ns, st.lock)
-            if k not in seen:
-                seen.add(k)
-                sites.append(st)
-    locks = list(dict.fromkeys([hub_name, *(x for f in parts for x in f.locks)]))
-    paths = [f.details["cycle"] for f in parts]
-    chains = [" -> ".join([*p, p[0]]) for p in paths]
-    shown = "; ".join(chains[:3]) + (f"; … (+{len(chains) - 3} more)" if len(chains) > 3
-                                     else "")
-    msg = (f"possible circular locking dependency: {len(paths)} cycles, all through "
-           f"{hub_name}: {shown}")
-    frames = [fr for st in sites for fr in st.frames]
-    mods = [cx.cls(hub).module, *(m for canon, _ in group for m in (cx.cls(c).module
-                                                                     for c in canon))]
-    edges = list(dict.fromkeys(tuple(e) for f in parts for e in f.details["edges"]))
-    return Finding(kind="lock-order-inversion", driver=_driver(frames, mods), locks=locks,
-                   sites=sites, message=msg, first_ts_ns=min(f.first_ts_ns for f in parts),
-                   count=max(f.count for f in parts), key=("through", cx.cls(hub).sig),
-                   details={"through": hub_name, "cycle": paths[0], "paths": paths,
-                            "edges": [list(e) for e in edges],
-                            "cycle_signatures": [f.signature for f in parts]})
-
-
-def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, ...]
-                   ) -> Finding:
-    edges = cx.replay.edges
-    # witnesses in the order the message names the cycle, whichever edge was found
-    # first: two runs (two architectures) then show the same page
-    k = next((i for i, lab in enumerate(labs) if lab[0] == canon[0]), 0)
-    labs = labs[k:] + labs[:k]
-    sites: list[Site] = []
-    first_ts = None
-    frames_all: list[Frame] = []
-    for u, v, vi in labs:
-        acc = edges[(u, v)][vi]
-        a, b = cx.cls(u).name, cx.cls(v).name
-        s_b = cx.site(acc.row, WitnessKind.ACQUIRE, f"{b} acquired while holding {a}", b,
-                      with_stack=False, holding=a)
-        s_a = cx.site(acc.held_row, WitnessKind.HELD, f"{a} acquired earlier", a,
-                      with_stack=False)
-        sites += [s_b, s_a]
-        frames_all += list(s_b.frames) + list(s_a.frames)
-        t = s_b.ts_ns or 0
-        first_ts = t if first_ts is None else min(first_ts, t)
-    names = [cx.cls(c).name for c in canon]
-    driver = _driver(frames_all, [cx.cls(c).module for c in canon])
-    chain = " -> ".join(names + [names[0]])
-    count = min(edges[(u, v)][vi].count for u, v, vi in labs)
-    n = len(canon)
-    what = "AB-BA" if n == 2 else f"{n}-lock cycle"
-    instance = [cx.cls(c).name for c in canon if cx.cls(c).origin == "instance"]
-    msg = f"possible circular locking dependency ({what}): {chain}"
-    if instance:
-        msg += ("; " + ", ".join(instance) + " identified by instance only (no allocation "
-                "or symbol known)")
-    return Finding(kind="lock-order-inversion", driver=driver, locks=names, sites=sites,
-                   message=msg, first_ts_ns=first_ts or 0, count=count,
-                   key=tuple(cx.cls(c).sig for c in canon),
-                   details={"cycle": names, "edges": [[cx.cls(u).name, cx.cls(v).name]
-                                                      for u, v, _ in labs]})
-
-
-# -- IRQ safety ------------------------------------------------------------------
 
 IRQ_KINDS = (
     ("hardirq", (USED_IN_HARDIRQ, USED_IN_HARDIRQ_READ), (ENABLED_HARDIRQ, ENABLED_HARDIRQ_READ)),
@@ -619,7 +228,7 @@ def irq_findings(cx: Ctx) -> list[Finding]:
                    f"({s_on.frames[0].function}); {{IN-{up}-W}} -> {{{up}-ON-W}} usage: "
                    f"an interrupt arriving while it is held there deadlocks")
             out.append(Finding(
-                kind="irq-lock-inversion", driver=_driver(
+                kind="irq-lock-inversion", driver=driver_of(
                     [*s_on.frames, *s_irq.frames], [lc.module]),
                 locks=[lc.name], sites=[s_on, s_irq], message=msg,
                 first_ts_ns=min(s_irq.ts_ns or 0, s_on.ts_ns or 0), count=1,
@@ -668,7 +277,7 @@ def _safe_unsafe(cx: Ctx, irq: str, path: list[int]) -> Finding:
            f"is held while {lu.name} (taken elsewhere with {irq}s enabled) is acquired"
            + (f" via {' -> '.join(names)}" if len(path) > 2 else ""))
     frames = [f for st in sites for f in st.frames]
-    return Finding(kind="irq-lock-inversion", driver=_driver(frames, [ls.module, lu.module]),
+    return Finding(kind="irq-lock-inversion", driver=driver_of(frames, [ls.module, lu.module]),
                    locks=names, sites=sites, message=msg,
                    first_ts_ns=min(st.ts_ns or 0 for st in sites), count=1,
                    key=("safe-unsafe", irq, ls.sig, lu.sig),
@@ -735,7 +344,7 @@ def recursion_findings(cx: Ctx) -> list[Finding]:
                    f"spin_lock_nested()/mutex_lock_nested() (not visible on a kernel "
                    f"without lockdep)")
         groups[(kind, *key)] = Finding(
-            kind=kind, driver=_driver([*s2.frames, *s1.frames], [lc.module]), locks=[lc.name],
+            kind=kind, driver=driver_of([*s2.frames, *s1.frames], [lc.module]), locks=[lc.name],
             sites=[s2, s1], message=msg, first_ts_ns=s2.ts_ns or 0, count=1, key=key,
             details={"function": fn2})
     return list(groups.values())

@@ -155,7 +155,7 @@ def _scenario(order: Sequence[str], ctx: TextContext, out: _Out) -> None:
 
 
 def _paths(f: Finding, out: _Out) -> None:
-    """A grouped lock-order finding (analysis.rules.group_cycles): every cycle."""
+    """A grouped lock-order finding (analysis.order_rules.group_cycles): every cycle."""
     paths = lk.cycle_paths(f)
     if len(paths) < 2:
         return

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from recorded_fixture import load_fixture
 
 from tracedep.analysis.findings import Site, SiteContext, WitnessKind
-from tracedep.analysis.fixture import load_fixture
 from tracedep.analysis.health import Ending, Health
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import load
