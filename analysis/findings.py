@@ -15,11 +15,10 @@ import copy
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from tracedep.analysis.health import Health
 from tracedep.analysis.run_summary import RunSummary
-from tracedep.common.jsonvalue import Fields, JSONObject
+from tracedep.common.jsonvalue import JSON, Fields, JSONObject
 
 FINDING_KINDS = (
     "sleep-in-atomic",
@@ -165,14 +164,14 @@ class Finding:
     first_ts_ns: int
     count: int = 1
     key: tuple[str, ...] = ()  # the parts the signature is made of (kind is added)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, JSON] = field(default_factory=dict)
 
     @property
     def signature(self) -> str:
         return make_signature(self.kind, self.key)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "driver": self.driver, "locks": list(self.locks),
+    def to_json(self) -> JSONObject:
+        return {"kind": self.kind, "driver": self.driver, "locks": list[JSON](self.locks),
                 "sites": [s.to_json() for s in self.sites], "message": self.message,
                 "first_ts_ns": self.first_ts_ns, "count": self.count,
                 "details": copy.deepcopy(self.details), "signature": self.signature,

@@ -7,6 +7,7 @@ from collections import deque
 
 from tracedep.analysis.findings import Finding, Frame, Site, WitnessKind
 from tracedep.analysis.rules import Ctx, driver_of
+from tracedep.common.jsonvalue import JSON
 
 
 def _sccs(nodes: list[int], adj: dict[int, list[int]]) -> list[list[int]]:
@@ -165,7 +166,7 @@ def _grouped_finding(cx: Ctx, hub: int,
                 seen.add(k)
                 sites.append(st)
     locks = list(dict.fromkeys([hub_name, *(x for f in parts for x in f.locks)]))
-    paths = [f.details["cycle"] for f in parts]
+    paths = [_texts(f.details.get("cycle")) for f in parts]
     chains = [" -> ".join([*p, p[0]]) for p in paths]
     shown = "; ".join(chains[:3]) + (f"; … (+{len(chains) - 3} more)" if len(chains) > 3
                                      else "")
@@ -174,13 +175,24 @@ def _grouped_finding(cx: Ctx, hub: int,
     frames = [fr for st in sites for fr in st.frames]
     mods = [cx.cls(hub).module, *(m for canon, _ in group for m in (cx.cls(c).module
                                                                      for c in canon))]
-    edges = list(dict.fromkeys(tuple(e) for f in parts for e in f.details["edges"]))
+    edges = list(dict.fromkeys(tuple(_texts(e)) for f in parts
+                               for e in _items(f.details.get("edges"))))
     return Finding(kind="lock-order-inversion", driver=driver_of(frames, mods), locks=locks,
                    sites=sites, message=msg, first_ts_ns=min(f.first_ts_ns for f in parts),
                    count=max(f.count for f in parts), key=("through", cx.cls(hub).sig),
-                   details={"through": hub_name, "cycle": paths[0], "paths": paths,
+                   details={"through": hub_name, "cycle": list(paths[0]),
+                            "paths": [list(p) for p in paths],
                             "edges": [list(e) for e in edges],
                             "cycle_signatures": [f.signature for f in parts]})
+
+
+def _items(v: JSON) -> list[JSON]:
+    return v if isinstance(v, list) else []
+
+
+def _texts(v: JSON) -> list[str]:
+    """A list of names the rules wrote into ``details`` (read back, it is only JSON)."""
+    return [str(x) for x in _items(v)]
 
 
 def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, ...]
@@ -218,8 +230,8 @@ def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, 
     return Finding(kind="lock-order-inversion", driver=driver, locks=names, sites=sites,
                    message=msg, first_ts_ns=first_ts or 0, count=count,
                    key=tuple(cx.cls(c).sig for c in canon),
-                   details={"cycle": names, "edges": [[cx.cls(u).name, cx.cls(v).name]
-                                                      for u, v, _ in labs]})
+                   details={"cycle": list(names), "edges": [[cx.cls(u).name, cx.cls(v).name]
+                                                            for u, v, _ in labs]})
 
 
 # -- IRQ safety ------------------------------------------------------------------

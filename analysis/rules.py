@@ -281,7 +281,7 @@ def _safe_unsafe(cx: Ctx, irq: str, path: list[int]) -> Finding:
                    locks=names, sites=sites, message=msg,
                    first_ts_ns=min(st.ts_ns or 0 for st in sites), count=1,
                    key=("safe-unsafe", irq, ls.sig, lu.sig),
-                   details={"irq": irq, "form": "dependency", "path": names})
+                   details={"irq": irq, "form": "dependency", "path": list(names)})
 
 
 # -- recursion -------------------------------------------------------------------

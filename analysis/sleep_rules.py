@@ -194,7 +194,7 @@ def _sleep_finding(cx: Ctx, inc: _Incident, key: tuple[str, ...]) -> Finding:
         msg += f"; preempt_count is {inc.sleep.preempt_extra} beyond the locks held"
     return Finding(kind="sleep-in-atomic", driver=driver, locks=held_names, sites=sites,
                    message=msg, first_ts_ns=ts, count=1, key=key,
-                   details={"api": inc.api, "context": inc.reasons,
+                   details={"api": inc.api, "context": list(inc.reasons),
                             "function": inc.culprit_fn})
 
 

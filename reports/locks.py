@@ -195,7 +195,7 @@ def cycle_order(f: Finding, dmap: Mapping[tuple[str, str], Dep]) -> list[str] | 
     hint = f.details.get("cycle")
     cands: list[list[str]] = []
     if isinstance(hint, list) and all(isinstance(x, str) for x in hint):
-        cands.append(list(dict.fromkeys(hint)))
+        cands.append(list(dict.fromkeys(x for x in hint if isinstance(x, str))))
     cands += [locks, locks[::-1]]
     order = next((c for c in cands if _is_cycle(c, dmap)), None)
     if order is None and 2 < len(locks) <= 7:
@@ -220,7 +220,7 @@ def cycle_paths(f: Finding) -> list[list[str]]:
     paths = f.details.get("paths")
     if not isinstance(paths, list):
         return []
-    return [list(p) for p in paths
+    return [[x for x in p if isinstance(x, str)] for p in paths
             if isinstance(p, list) and p and all(isinstance(x, str) for x in p)]
 
 

@@ -36,7 +36,7 @@ class Decoded:
     total: int
     comms: dict[int, str]
     # what each probe kind reported at the boot's calibration point (tracer.calibration)
-    calibration: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, dict[str, object]] = field(default_factory=dict)
     # lockdep's tracepoints, when the kernel has them (tracer.lockdep_events)
     lockdep: dict[str, int] = field(default_factory=dict)
     # pages dropped because their time stamp did not fit their neighbours' (damage)
