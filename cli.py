@@ -145,8 +145,7 @@ def cmd_fetch(a: argparse.Namespace) -> int:
     pump_binary(machine)
     loader_binary(machine)
     discover(machine, kernel, choose_accel(machine, kernel.image, a.accel))
-    vml = None if a.no_dwarf else debug_vmlinux(
-        kernel.release, kernel.abi, kernel.packages.to_json() if kernel.packages else None)
+    vml = None if a.no_dwarf else debug_vmlinux(kernel.release, kernel.abi, kernel.packages)
     print(f"tracedep: ready: {kernel.release} ({kernel.package_version}), "
           f"debug symbols {'at ' + str(vml) if vml else 'not fetched'}")
     return 0

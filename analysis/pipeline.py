@@ -301,7 +301,7 @@ def _silent_probe_classes(info: RunManifest) -> list[str]:
 
 def _run_summary(trace: Trace, table: list[lock_classes.LockClass]) -> RunSummary:
     """The manifest's summary, with what each module under test exercised."""
-    run = RunSummary.from_manifest(trace.info.to_json())
+    run = RunSummary.from_run(trace.info)
     cov = coverage(trace.events, trace.symbols, table, [m.name for m in run.modules])
     run.modules = [replace(m, lock_classes=cov[m.name].lock_classes,
                            lock_events=cov[m.name].lock_events) for m in run.modules]

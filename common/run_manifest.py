@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from tracedep.common.files import atomic_write
+from tracedep.common.run_records import KernelRecord, QemuRecord, TimingRecord, WorkloadRecord
 from tracedep.errors import InputError
 
 MANIFEST_VERSION = "2.0"
@@ -51,21 +52,6 @@ class ModuleRecord:
     loaded: bool = False
     loads: list[Load] = field(default_factory=list)  # every load, in order
     insmod_rc: list[int] = field(default_factory=list)  # finit_module's errno per load
-
-
-@dataclass
-class KernelRecord:
-    """The booted kernel (writer: tracer.session)."""
-
-    release: str | None = None
-    abi: str | None = None
-    package_version: str | None = None
-    image: str | None = None
-    build_dir: str | None = None
-    vmlinux: str | None = None  # a user-given vmlinux with DWARF
-    flavour: str | None = None
-    packages: JsonObject | None = None  # the Debian packages used (vm.debian_kernels)
-    source_tree: str | None = None  # Debian's source, for the kernel's own modules
 
 
 @dataclass
@@ -160,16 +146,16 @@ class RunManifest:
     discovery_dir: str | None = None  # session
     lock_classes: JsonObject = field(default_factory=dict)  # tracer.lock_init
     module_sections: JsonObject = field(default_factory=dict)  # tracer.module_sections
-    workload: JsonObject = field(default_factory=dict)  # session
+    workload: WorkloadRecord = field(default_factory=WorkloadRecord)  # session, run_record
     probes: Probes = field(default_factory=Probes)  # session
     inline_sites: dict[str, JsonObject] = field(default_factory=dict)  # extra_probes
     # extra_probes; None: no probes on inlined locks were placed (no calibrated point)
     inline_locks: InlineLocks | None = None
     calibration: JsonObject = field(default_factory=dict)  # extra_probes (calibration.summary)
     calibration_mid_offset: int | None = None  # extra_probes
-    qemu: JsonObject = field(default_factory=dict)  # session
+    qemu: QemuRecord = field(default_factory=QemuRecord)  # session
     failed_attempts: list[JsonObject] = field(default_factory=list)  # session
-    timing: JsonObject = field(default_factory=dict)  # session
+    timing: TimingRecord = field(default_factory=TimingRecord)  # session
     ending: Ending = field(default_factory=Ending)  # session
     guest: JsonObject = field(default_factory=dict)  # session: what the guest said of itself
     untraced_pids: list[int] = field(default_factory=list)  # session: the trace pumps
@@ -201,6 +187,10 @@ class RunManifest:
             if f.name == "extra":
                 continue
             v = getattr(self, f.name)
+            if isinstance(v, _SHARED):
+                # a record nobody filled in is left out, as 1.x left it out
+                d[f.name] = v.to_json() if v != type(v)() else None
+                continue
             d[f.name] = _plain(v) if hasattr(v, "__dataclass_fields__") else (
                 {k: asdict(m) for k, m in v.items()} if f.name == "other_modules" else
                 [asdict(m) for m in v] if f.name == "modules" else v)
@@ -216,7 +206,10 @@ class RunManifest:
         kw: dict[str, Any] = {k: v for k, v in d.items() if k in known and v is not None}
         kw["extra"] = {k: v for k, v in d.items() if k not in known
                        and k != "manifest_version"}
-        kw["kernel"] = _record(KernelRecord, d.get("kernel"))
+        kw["kernel"] = KernelRecord.from_manifest(_obj(d.get("kernel")))
+        kw["timing"] = TimingRecord.from_manifest(_obj(d.get("timing")))
+        kw["workload"] = WorkloadRecord.from_manifest(_obj(d.get("workload")))
+        kw["qemu"] = QemuRecord.from_manifest(_obj(d.get("qemu")))
         kw["kaslr"] = _record(Kaslr, d["kaslr"]) if isinstance(d.get("kaslr"), dict) else None
         kw["ending"] = _record(Ending, d.get("ending"))
         kw["lost"] = _record(Lost, d.get("lost"))
@@ -227,6 +220,13 @@ class RunManifest:
         kw["other_modules"] = {n: _module({"name": n, "origin": "other", **m})
                                for n, m in (d.get("other_modules") or {}).items()}
         return cls(**kw)
+
+
+_SHARED = (KernelRecord, TimingRecord, WorkloadRecord, QemuRecord)
+
+
+def _obj(v: object) -> dict[str, object]:
+    return v if isinstance(v, dict) else {}
 
 
 def _plain(record: Any) -> dict[str, Any]:

@@ -31,7 +31,9 @@ from tracedep.analysis.findings import (
     WitnessKind,
 )
 from tracedep.analysis.health import Ending, Health
-from tracedep.analysis.run_summary import Kernel, ModuleSummary, RunSummary, Timing
+from tracedep.analysis.run_summary import ModuleSummary, RunSummary
+from tracedep.common.run_records import KernelRecord as Kernel
+from tracedep.common.run_records import TimingRecord as Timing
 from tracedep.errors import InputError
 from tracedep.reports import html, model, svg, text
 from tracedep.reports.serialize import (

@@ -70,9 +70,9 @@ def _guest_said(info: RunManifest, ctl: control.Control) -> None:
     wl = ctl.keyvals("workload")
     # tasks whose own events the guest filtered out (the trace pumps)
     info.untraced_pids = [int(p) for p in start.get("untraced_pids", "").split() if p.isdigit()]
-    info.workload.update({"rc": int(wl["rc"]) if "rc" in wl else None,
-                          "start_uptime_s": _float(start.get("uptime")),
-                          "end_uptime_s": _float(wl.get("uptime"))})
+    info.workload = replace(info.workload, rc=int(wl["rc"]) if "rc" in wl else None,
+                            start_uptime_s=_float(start.get("uptime")),
+                            end_uptime_s=_float(wl.get("uptime")))
 
 
 def _modules_record(under_test: list[ModuleRecord], ctl: control.Control

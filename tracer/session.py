@@ -20,7 +20,7 @@ import logging
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tracedep.common.run_manifest import (
     Probes,
     RunManifest,
 )
+from tracedep.common.run_records import QemuRecord, TimingRecord, WorkloadRecord
 from tracedep.errors import GuestError, InputError, RunError
 from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control, module_sections
@@ -302,7 +303,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
         image=str(kernel.image), build_dir=str(kernel.build_dir) if kernel.build_dir else None,
         vmlinux=str(kernel.vmlinux) if kernel.vmlinux else None, flavour=machine.flavour,
         # exactly which Debian packages (name, version, arch) were used
-        packages=kernel.packages.to_json() if kernel.packages else None)
+        packages=kernel.packages)
     for note in kernel.packages.notes if kernel.packages else ():
         log.warning("%s", note)
     mods = _modules_under_test(opts, kernel, machine, info)
@@ -367,7 +368,8 @@ def _modules_under_test(opts: TraceOptions, kernel: Kernel, machine: Machine,
         # the kernel's own code has no source of its own here: the *_nested()
         # annotations of its modules are read from Debian's tree (analysis.nesting)
         try:
-            info.kernel.source_tree = str(ensure_source_tree(kernel.packages))
+            info.kernel = replace(info.kernel,
+                                  source_tree=str(ensure_source_tree(kernel.packages)))
         except (RunError, InputError) as e:
             log.warning("no kernel source (%s): nestings in the kernel's modules are "
                         "judged from DWARF alone", e)
@@ -404,7 +406,7 @@ def _prepare_guest(opts: TraceOptions, machine: Machine, kernel: Kernel, mods: _
     )
     initrd = build_initramfs(machine, kernel, built, cfg, out / "initramfs.cpio.gz",
                              kmods, mods.order)
-    info.workload = {"script": str(opts.workload) if opts.workload else "default"}
+    info.workload = WorkloadRecord(script=str(opts.workload) if opts.workload else "default")
     info.probes = Probes(defined=len(defs) + len(extra.kprobes) + len(msec),
                          definitions=[d.definition for d in defs] + extra.kprobes + msec,
                          # kprobe events refuse a function without an ftrace location
@@ -415,8 +417,7 @@ def _prepare_guest(opts: TraceOptions, machine: Machine, kernel: Kernel, mods: _
     extra.record(info)
     spec = VmSpec(machine, kernel.image, initrd, boot_args(machine), out, smp=opts.smp,
                   mem_mb=opts.mem_mb, accel=accel)
-    info.qemu = {"accel": accel, "smp": opts.smp, "mem_mb": opts.mem_mb,
-                 "append": spec.append}
+    info.qemu = QemuRecord(accel=accel, smp=opts.smp, mem_mb=opts.mem_mb, append=spec.append)
     return spec
 
 
@@ -429,7 +430,7 @@ def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
     ports += [(f"tracedep.cpu{n}", out / "trace" / f"cpu{n}.raw") for n in range(opts.smp)]
 
     def record_cmdline(vm: Vm) -> None:
-        info.qemu["command"] = shlex.join(vm.spec.command(vm.qmp_path))
+        info.qemu = replace(info.qemu, command=shlex.join(vm.spec.command(vm.qmp_path)))
         manifest.write(out, info)
 
     for attempt in (1, 2):
@@ -446,9 +447,11 @@ def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
         info.failed_attempts.append(
             {"how": how, "detail": detail, "why": why, "files": kept})
         manifest.write(out, info)
-    info.qemu["command"] = timings.pop("qemu_command", info.qemu.get("command"))
-    info.qemu["events"] = timings.pop("qmp_events", [])
-    info.timing = timings
+    # the QMP events as the manifest has always recorded them, read by the one reader
+    events = QemuRecord.from_manifest({"events": timings.pop("qmp_events", [])}).events
+    info.qemu = replace(info.qemu, command=timings.pop("qemu_command", info.qemu.command),
+                        events=events)
+    info.timing = TimingRecord.from_manifest(timings)
     info.ending = Ending(how, detail)
     return how, detail
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tracedep.common.cache import cache_root
 from tracedep.common.files import atomic_folder
+from tracedep.common.kernel_packages import KernelPackages
 from tracedep.errors import DebugSymbolsError
 
 log = logging.getLogger(__name__)
@@ -117,20 +118,18 @@ def _extract(deb: Path, abi: str, cache: Path) -> None:
             raise DebugSymbolsError(f"{deb.name} has no {vmlinux.relative_to(root)}")
 
 
-def debug_vmlinux(release: str | None, abi: str | None, packages: object = None
+def debug_vmlinux(release: str | None, abi: str | None, packages: KernelPackages | None
                   ) -> Path | None:
     """The Debian -dbg vmlinux of a Debian kernel (downloaded once), or None.
 
-    ``packages``: the run's record of its kernel packages (``KernelPackages.to_json``),
-    for the exact -dbg version.  The command line calls this before an analysis, which
-    itself never downloads."""
+    ``packages``: the kernel's packages as the run recorded them, for the exact -dbg
+    version.  The command line calls this before an analysis, which itself never
+    downloads."""
     if not release or not abi:
         return None
-    dbg = packages.get("dbg") if isinstance(packages, dict) else None
-    version = dbg.get("version") if isinstance(dbg, dict) else None
+    version = packages.dbg.version if packages is not None and packages.dbg else None
     try:
-        return ensure_dbg_vmlinux(release, cache_root(),
-                                  version if isinstance(version, str) else None)
+        return ensure_dbg_vmlinux(release, cache_root(), version)
     except Exception as e:  # no network, no space: names from kallsyms still work
         log.warning("no debug vmlinux for %s: %s", release, e)
         return None
