@@ -19,6 +19,7 @@ from tracedep.common.run_options import RunOptions, add_arguments
 from tracedep.errors import INTERNAL_ERROR, TracedepError
 
 if TYPE_CHECKING:
+    from tracedep.tracer.ftrace_binary import Decoded
     from tracedep.tracer.session import TraceOptions
 
 log = logging.getLogger("tracedep")
@@ -61,15 +62,16 @@ def cmd_trace(a: argparse.Namespace) -> int:
 
 
 def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
-                        kallsyms: Path | None = None) -> int:
-    """Analyze a run directory or trace file into ``out``; return the findings count."""
+                        kallsyms: Path | None = None, decoded: Decoded | None = None) -> int:
+    """Analyze a run directory or trace file into ``out``; return the findings count.
+    ``decoded``: the run's trace as the tracer decoded it (a run is decoded once)."""
     from tracedep.analysis.dwarf_pass import dwarf_aids, symbolize
     from tracedep.analysis.pipeline import analyze
-    from tracedep.analysis.trace import load
+    from tracedep.analysis.trace import load, load_run
     from tracedep.reports.serialize import write_run_outputs
     from tracedep.vm.debug_packages import debug_vmlinux
 
-    trace = load(source, kallsyms)
+    trace = load_run(source, decoded) if decoded is not None else load(source, kallsyms)
     k = trace.info.kernel
     vml = (vmlinux or (Path(k.vmlinux) if k.vmlinux else None)
            or debug_vmlinux(k.release, k.abi, k.packages)) if dwarf else None
@@ -91,19 +93,22 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
 
 def cmd_run(a: argparse.Namespace) -> int:
     from tracedep.errors import GuestError
+    from tracedep.tracer.ftrace_binary import Decoded
     from tracedep.tracer.session import trace
 
     opts = _trace_options(a)
     failure: GuestError | None = None
+    decoded: Decoded | None = None
     try:
-        trace(opts)
+        decoded = trace(opts).decoded
     except GuestError as e:
         # keep and analyze what the guest sent before it died; still a failed run
         failure = e
+        decoded = e.partial if isinstance(e.partial, Decoded) else None
         if not (a.out / "control.log").is_file():
             raise
     try:
-        n = _analyze_and_report(a.out, a.out, a.vmlinux, not a.no_dwarf)
+        n = _analyze_and_report(a.out, a.out, a.vmlinux, not a.no_dwarf, decoded=decoded)
     except TracedepError as e:
         if failure is not None:
             print(f"tracedep: error: {e}", file=sys.stderr)

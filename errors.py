@@ -83,7 +83,12 @@ class RunError(TracedepError):
 
 
 class GuestError(RunError):
-    pass
+    """``partial``: what the run kept of its trace (the tracer's decode of it), so the
+    command line can still analyse it without decoding it again; None if nothing."""
+
+    def __init__(self, message: str, partial: object | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class QemuError(RunError):

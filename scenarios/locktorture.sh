@@ -9,7 +9,7 @@
 # report each load.  TD_LT_TYPES / TD_LT_SECS (set before this text, e.g. by a
 # wrapper workload) choose the types and how long each runs.  locktorture
 # prints its own totals when it is unloaded ("Writes:  Total: N ..." then
-# "<type>-torture:--- End of test: SUCCESS: ..."): tests/test_locktorture.py
+# "<type>-torture:--- End of test: SUCCESS: ..."): tests/tracer/test_locktorture.py
 # compares them with the trace.
 say() { echo "tracedep-scenario: $*" > /dev/console; echo "tracedep: scenario $*" > $T/trace_marker; }
 types=${TD_LT_TYPES:-"spin_lock spin_lock_irq raw_spin_lock raw_spin_lock_irq rw_lock rw_lock_irq mutex_lock ww_mutex_lock rtmutex_lock rwsem_lock percpu_rwsem_lock"}

@@ -320,10 +320,10 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
         # a hang is a hang (the kernel may have complained on the way: say that too)
         why = (f"{detail}; the console says: {said}" if how == END_TIMEOUT and said and detail
                else said or detail or "see console.log")
-        raise GuestError(f"guest {how}: {why}; partial trace kept in {out}")
+        raise GuestError(f"guest {how}: {why}; partial trace kept in {out}", partial=decoded)
     if not info.trace_complete:
         raise GuestError(f"guest powered off before the trace was complete; see "
-                         f"{out / 'console.log'}")
+                         f"{out / 'console.log'}", partial=decoded)
     return TraceResult(out, how, info, decoded)
 
 

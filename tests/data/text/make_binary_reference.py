@@ -5,7 +5,7 @@ usage: .venv/bin/python tests/data/text/make_binary_reference.py RUN_DIR MODULE 
 The run directory is the one record_text.sh ran in (see README.md); its binary
 ring-buffer pages are too large to keep, so the decoded events of the module
 (call site in MODULE, and its module_load/module_free) are kept
-instead, for tests/test_ftrace_text.py to compare the text parse with.
+instead, for tests/analysis/test_ftrace_text.py to compare the text parse with.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# Records the text-trace fixtures of tests/test_ftrace_text.py (see README.md).
+# Records the text-trace fixtures of tests/analysis/test_ftrace_text.py (see README.md).
 #
 # A tracedep workload: runs inside the guest's init, which provides $T (tracefs)
 # and td_insmod.  Two extra ftrace instances record tracedep's events as text
