@@ -67,6 +67,18 @@ def verify_offset(
         )
 
 
+def _vmlinux_symbols(vmlinux: Path) -> SymbolTable | None:
+    """vmlinux's symbol table (None: stripped); an unreadable file is one clear error."""
+    try:
+        elf = ElfFile(Path(vmlinux))
+    except (OSError, ElfFormatError) as e:
+        raise SymbolizerError(f"cannot read vmlinux {vmlinux}: {e}") from e
+    try:
+        return SymbolTable.from_elf(elf)
+    finally:
+        elf.close()
+
+
 def verify_kaslr(vmlinux: Path, kaslr_offset: int, kallsyms_samples: list[tuple[int, str]]) -> None:
     """Check ``kaslr_offset`` against (runtime address, name) pairs from the guest's kallsyms.
 
@@ -74,14 +86,7 @@ def verify_kaslr(vmlinux: Path, kaslr_offset: int, kallsyms_samples: list[tuple[
     the offset says, or when no sample can be found in vmlinux at all.  A
     vmlinux without a symbol table cannot be checked and is accepted.
     """
-    try:
-        elf = ElfFile(Path(vmlinux))
-    except (OSError, ElfFormatError) as e:
-        raise SymbolizerError(f"cannot read vmlinux {vmlinux}: {e}") from e
-    try:
-        symbols = SymbolTable.from_elf(elf)
-    finally:
-        elf.close()
+    symbols = _vmlinux_symbols(vmlinux)
     if symbols is None:
         log.warning("%s has no symbol table: KASLR offset not verified", vmlinux)
         return
@@ -91,14 +96,7 @@ def verify_kaslr(vmlinux: Path, kaslr_offset: int, kallsyms_samples: list[tuple[
 def kaslr_offset_of(vmlinux: Path, symbol: str, runtime: int) -> int:
     """runtime − link-time address of ``symbol`` (``_text`` on x86_64, ``_stext`` on
     arm64, as the guest's kallsyms reports it): the ``kaslr_offset`` to pass on."""
-    try:
-        elf = ElfFile(Path(vmlinux))
-    except (OSError, ElfFormatError) as e:
-        raise SymbolizerError(f"cannot read vmlinux {vmlinux}: {e}") from e
-    try:
-        symbols = SymbolTable.from_elf(elf)
-    finally:
-        elf.close()
+    symbols = _vmlinux_symbols(vmlinux)
     link = symbols.addresses_of(symbol) if symbols is not None else []
     if len(link) != 1:
         raise SymbolizerError(
