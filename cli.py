@@ -162,6 +162,7 @@ def cmd_probes(a: argparse.Namespace) -> int:
     from tracedep.tracer.lock_init import class_probes
     from tracedep.tracer.probes import TRACEPOINTS, probe_definitions, stack_triggers
     from tracedep.tracer.session import discover, probe_vmlinux
+    from tracedep.tracer.wait_probes import wait_probe_definitions, workqueue_name_offset
     from tracedep.vm.accel import choose_accel
     from tracedep.vm.kernel import fetch_debian_kernel
 
@@ -169,7 +170,9 @@ def cmd_probes(a: argparse.Namespace) -> int:
     kernel = fetch_debian_kernel(machine, a.abi, a.kernel_series)
     disc = discover(machine, kernel, choose_accel(machine, kernel.image, "auto"))
     defs = probe_definitions(machine, disc)
-    defs += class_probes(machine, disc, probe_vmlinux(kernel))[0]
+    vmlinux = probe_vmlinux(kernel)
+    defs += class_probes(machine, disc, vmlinux)[0]
+    defs += wait_probe_definitions(machine, disc, workqueue_name_offset(vmlinux)[0])
     print("#!/bin/sh\n# tracedep probes for", kernel.release)
     print("T=/sys/kernel/tracing\necho 0 > $T/tracing_on")
     # exact addresses next to every symbol: stacks and call sites stay resolvable

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections import deque
 
 from tracedep.analysis.findings import Finding, Frame, Site, WitnessKind
+from tracedep.analysis.heldlocks import EdgeAcc
 from tracedep.analysis.rules import Ctx, driver_of
+from tracedep.analysis.waits import WaitEdge, wait_sites
 from tracedep.common.jsonvalue import JSON
 
 
@@ -55,7 +57,7 @@ def _sccs(nodes: list[int], adj: dict[int, list[int]]) -> list[list[int]]:
 
 
 def order_findings(cx: Ctx, max_cycles: int = 500) -> list[Finding]:
-    edges = cx.replay.edges
+    edges = cx.all_edges()
     # expanded node = class*2 + (1 if it was acquired as a recursive reader)
     adj: dict[int, list[int]] = {}
     label: dict[tuple[int, int], tuple[int, int, int]] = {}  # (xu, xv) → (u, v, variant)
@@ -93,9 +95,9 @@ def order_findings(cx: Ctx, max_cycles: int = 500) -> list[Finding]:
     out = []
     for hub, canons in group_cycles(list(cycles), cx):
         if len(canons) == 1:
-            out.append(_cycle_finding(cx, cycles[canons[0]], canons[0]))
+            out.append(_cycle_finding(cx, edges, cycles[canons[0]], canons[0]))
         else:
-            out.append(_grouped_finding(cx, hub, [(c, cycles[c]) for c in canons]))
+            out.append(_grouped_finding(cx, edges, hub, [(c, cycles[c]) for c in canons]))
     return out
 
 
@@ -150,12 +152,12 @@ def _canonical(seq: tuple[int, ...], cx: Ctx) -> tuple[int, ...]:
     return seq[k:] + seq[:k]
 
 
-def _grouped_finding(cx: Ctx, hub: int,
+def _grouped_finding(cx: Ctx, edges: dict[tuple[int, int], list[EdgeAcc]], hub: int,
                      group: list[tuple[tuple[int, ...], list[tuple[int, int, int]]]]
                      ) -> Finding:
     """Cycles that share the class ``hub``: one finding listing each path, keyed by
     ``hub`` alone so that the cycles a later run adds or loses keep its signature."""
-    parts = [_cycle_finding(cx, labs, canon) for canon, labs in group]
+    parts = [_cycle_finding(cx, edges, labs, canon) for canon, labs in group]
     hub_name = cx.cls(hub).name
     sites: list[Site] = []
     seen: set[tuple[str, int | None, str | None]] = set()
@@ -175,15 +177,19 @@ def _grouped_finding(cx: Ctx, hub: int,
     frames = [fr for st in sites for fr in st.frames]
     mods = [cx.cls(hub).module, *(m for canon, _ in group for m in (cx.cls(c).module
                                                                      for c in canon))]
-    edges = list(dict.fromkeys(tuple(_texts(e)) for f in parts
+    named = list(dict.fromkeys(tuple(_texts(e)) for f in parts
                                for e in _items(f.details.get("edges"))))
+    waits = list(dict.fromkeys(w for f in parts for w in _texts(f.details.get("waits"))))
+    if waits:
+        msg += f"; waits that close them: {'; '.join(waits)}"
     return Finding(kind="lock-order-inversion", driver=driver_of(frames, mods), locks=locks,
                    sites=sites, message=msg, first_ts_ns=min(f.first_ts_ns for f in parts),
                    count=max(f.count for f in parts), key=("through", cx.cls(hub).sig),
                    details={"through": hub_name, "cycle": list(paths[0]),
                             "paths": [list(p) for p in paths],
-                            "edges": [list(e) for e in edges],
-                            "cycle_signatures": [f.signature for f in parts]})
+                            "edges": [list(e) for e in named],
+                            "cycle_signatures": [f.signature for f in parts],
+                            **({"waits": list(waits)} if waits else {})})
 
 
 def _items(v: JSON) -> list[JSON]:
@@ -195,9 +201,8 @@ def _texts(v: JSON) -> list[str]:
     return [str(x) for x in _items(v)]
 
 
-def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, ...]
-                   ) -> Finding:
-    edges = cx.replay.edges
+def _cycle_finding(cx: Ctx, edges: dict[tuple[int, int], list[EdgeAcc]],
+                   labs: list[tuple[int, int, int]], canon: tuple[int, ...]) -> Finding:
     # witnesses in the order the message names the cycle, whichever edge was found
     # first: two runs (two architectures) then show the same page
     k = next((i for i, lab in enumerate(labs) if lab[0] == canon[0]), 0)
@@ -205,13 +210,19 @@ def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, 
     sites: list[Site] = []
     first_ts = None
     frames_all: list[Frame] = []
+    closing: list[str] = []
     for u, v, vi in labs:
         acc = edges[(u, v)][vi]
         a, b = cx.cls(u).name, cx.cls(v).name
-        s_b = cx.site(acc.row, WitnessKind.ACQUIRE, f"{b} acquired while holding {a}", b,
-                      with_stack=False, holding=a)
-        s_a = cx.site(acc.held_row, WitnessKind.HELD, f"{a} acquired earlier", a,
-                      with_stack=False)
+        if isinstance(acc, WaitEdge):
+            s_b, s_a = wait_sites(cx, acc, a, b)
+            if acc.how == "wait":
+                closing.append(f"{acc.api}() on {b} while holding {a}")
+        else:
+            s_b = cx.site(acc.row, WitnessKind.ACQUIRE, f"{b} acquired while holding {a}", b,
+                          with_stack=False, holding=a)
+            s_a = cx.site(acc.held_row, WitnessKind.HELD, f"{a} acquired earlier", a,
+                          with_stack=False)
         sites += [s_b, s_a]
         frames_all += list(s_b.frames) + list(s_a.frames)
         t = s_b.ts_ns or 0
@@ -224,14 +235,19 @@ def _cycle_finding(cx: Ctx, labs: list[tuple[int, int, int]], canon: tuple[int, 
     what = "AB-BA" if n == 2 else f"{n}-lock cycle"
     instance = [cx.cls(c).name for c in canon if cx.cls(c).origin == "instance"]
     msg = f"possible circular locking dependency ({what}): {chain}"
+    details: dict[str, JSON] = {
+        "cycle": list(names), "edges": [[cx.cls(u).name, cx.cls(v).name] for u, v, _ in labs]}
+    if closing:
+        # a cycle through a wait: lockdep's pseudo-lock reading (analysis.waits)
+        msg = (f"possible circular locking dependency through a wait ({what}): {chain}; "
+               f"the wait that closes it: {'; '.join(closing)}")
+        details["waits"] = list(closing)
     if instance:
         msg += ("; " + ", ".join(instance) + " identified by instance only (no allocation "
                 "or symbol known)")
     return Finding(kind="lock-order-inversion", driver=driver, locks=names, sites=sites,
                    message=msg, first_ts_ns=first_ts or 0, count=count,
-                   key=tuple(cx.cls(c).sig for c in canon),
-                   details={"cycle": list(names), "edges": [[cx.cls(u).name, cx.cls(v).name]
-                                                            for u, v, _ in labs]})
+                   key=tuple(cx.cls(c).sig for c in canon), details=details)
 
 
 # -- IRQ safety ------------------------------------------------------------------

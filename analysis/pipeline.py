@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
-from tracedep.analysis import missing, order_rules, rules, sleep_rules
+from tracedep.analysis import missing, order_rules, rules, sleep_rules, waits
 from tracedep.analysis.coverage import coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
 from tracedep.analysis.health import TRUNCATED_NOTE, Ending, Health, ending_note, lost_note
@@ -116,7 +116,10 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
                  holder_on_stack=missing.holder_on_stack(ev, trace.stacks, trace.symbols),
                  own_classes=frozenset(i for i, c in enumerate(table)
                                        if c.module not in ("vmlinux", "?", "")))
-    cx = rules.Ctx(ev, trace.stacks, trace.symbols, table, rep, trace.call_insn_size,
+    # waits on work items, timers, completions, kthreads: edges to object classes
+    wg = waits.wait_graph(ev, trace.symbols, rep, len(table), namer)
+    cx = rules.Ctx(ev, trace.stacks, trace.symbols, table + wg.classes, rep,
+                   trace.call_insn_size, wait_edges=wg.edges, wait_kinds=wg.kinds,
                    text_stacks=trace.text_stacks, text_sites=trace.text_sites,
                    nesting=nesting, own_source_modules=frozenset(
                        m.name for m in trace.info.module_records if m.src_dir))
@@ -128,14 +131,14 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))
     mark_near_gaps(findings, ev)
     edges = []
-    for (u, v), accs in rep.edges.items():
+    for (u, v), accs in [*rep.edges.items(), *wg.edges.items()]:
         acc = accs[0]
-        drivers = sorted({table[u].module, table[v].module})
+        cu, cv = cx.cls(u), cx.cls(v)
         edges.append(Edge(
-            before=table[u].name, after=table[v].name, count=sum(a.count for a in accs),
-            drivers=drivers,
-            witness=cx.site(acc.row, WitnessKind.ACQUIRE, "acquire", table[v].name, False),
-            held_witness=cx.site(acc.held_row, WitnessKind.HELD, "held", table[u].name, False),
+            before=cu.name, after=cv.name, count=sum(a.count for a in accs),
+            drivers=sorted({cu.module, cv.module}),
+            witness=cx.site(acc.row, WitnessKind.ACQUIRE, "acquire", cv.name, False),
+            held_witness=cx.site(acc.held_row, WitnessKind.HELD, "held", cu.name, False),
             read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
     stats = class_stats(rep.acquisitions, table, rep.usage)
     health = _health(trace, rep.unmatched_releases)

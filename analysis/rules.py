@@ -38,6 +38,7 @@ from tracedep.analysis.heldlocks import (
     USED_IN_HARDIRQ_READ,
     USED_IN_SOFTIRQ,
     USED_IN_SOFTIRQ_READ,
+    EdgeAcc,
     Replay,
 )
 from tracedep.analysis.nesting import NestingJudge
@@ -106,6 +107,18 @@ class Ctx:
     # ftrace text traces: stacks and call sites known by name (see Trace)
     text_stacks: list[tuple[Frame, ...]] = field(default_factory=list)
     text_sites: dict[int, Frame] = field(default_factory=dict)
+    # edges through waits and the object kind of their classes (analysis.waits)
+    wait_edges: dict[tuple[int, int], list[EdgeAcc]] = field(default_factory=dict)
+    wait_kinds: dict[int, str] = field(default_factory=dict)
+
+    def all_edges(self) -> dict[tuple[int, int], list[EdgeAcc]]:
+        """The class graph: lock dependencies and the edges through waits."""
+        if not self.wait_edges:
+            return self.replay.edges
+        out = dict(self.replay.edges)
+        for k, accs in self.wait_edges.items():
+            out[k] = [*out.get(k, []), *accs]
+        return out
 
     def row(self, r: int) -> pd.Series:
         return self.events.iloc[r]

@@ -41,6 +41,10 @@ FAMILIES: dict[str, frozenset[str]] = {
     "rwsem-r": _RWSEM,
     "rwsem-w": _RWSEM,
     "semaphore": frozenset({"semaphore"}),
+    # the objects a task waits for (analysis.waits): named as locks are
+    "work": frozenset({"work_struct", "delayed_work"}),
+    "timer": frozenset({"timer_list"}),
+    "completion": frozenset({"completion"}),
 }
 _QUALIFIERS = frozenset({"DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
                          "DW_TAG_restrict_type", "DW_TAG_atomic_type"})

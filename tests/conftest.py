@@ -118,6 +118,9 @@ def check_expected(findings: list[dict[str, Any]], module: str, heap_names: bool
     problems = []
     for want in e["findings"]:
         hits = [f for f in mine if matches(f, want, module)]
+        if "wait" in want:  # several cycles through waits may meet in one function
+            hits = [f for f in hits if any(want["wait"] in w for w in f.get(
+                "details", {}).get("waits", []))] or hits
         if not hits:
             problems.append(f"missing {want['kind']} in {want['function']}(); "
                             f"got {[(f['kind'], sorted(frame_functions(f))) for f in mine]}")
@@ -137,6 +140,11 @@ def check_expected(findings: list[dict[str, Any]], module: str, heap_names: bool
                     for b in bases):
                 problems.append(f"{want['kind']}: heap lock {lock['name']} not named so "
                                 f"among {f['locks']}")
+        if "wait" in want and not any(want["wait"] in w for w in f.get("details", {}).get(
+                "waits", [])):
+            # a cycle through a wait must name the wait that closes it (analysis.waits)
+            problems.append(f"{want['kind']}: no wait {want['wait']!r} among "
+                            f"{f.get('details', {}).get('waits')}")
         if want["kind"] == "sleep-in-atomic":
             ctx = set(f.get("details", {}).get("context", []))
             if not set(want.get("context", [])) <= ctx:

@@ -25,6 +25,7 @@ from tracedep.tracer.probes import (
     MIGHT_SLEEP_FUNC,
     parse_event_name,
 )
+from tracedep.tracer.wait_probes import WAIT_FUNCS
 
 SOFTIRQ_NAMES = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",
                  "HRTIMER", "RCU")
@@ -281,8 +282,9 @@ class RecordColumns:
             self._markers(f, rows)
         elif name == "ftrace/kernel_stack":
             self._stacks(f, rows)
-        elif name.startswith("timer/timer_expire") and "function" in f.fields:
-            self.cols["ip"][rows] = self.fld(f, "function", rows, False)
+        elif name.startswith(("timer/timer_expire", "workqueue/")) or (
+                name == "sched/sched_kthread_stop"):
+            self._wait_side(f, name, rows)
 
     # -- the readers, by event ----------------------------------------------------------
 
@@ -306,6 +308,8 @@ class RecordColumns:
                 cols["value"][rows] = self.fld(f, "rv", rows, True)
             cols["ip"][rows] = self.fld(f, "__probe_ret_ip", rows, False) - np.uint64(
                 self.call_insn_size)
+        elif role in ("wt", "sg"):
+            self._wait(f, rows, role, fn)
         else:
             self.kind[rows] = "sleep_call"
             self.func[rows] = MIGHT_SLEEP if fn == MIGHT_SLEEP_FUNC else fn
@@ -333,6 +337,54 @@ class RecordColumns:
             cols["value"][rows] = word.astype(np.int64)
             self.kind[rows[~trylock_taken(fn, word)]] = "other"
 
+    def _wait(self, f: EventFormat, rows: np.ndarray, role: str, fn: str) -> None:
+        """Rows of a wait (``wt``) or signal (``sg``) probe (tracer.wait_probes)."""
+        wf = WAIT_FUNCS.get(fn)
+        if wf is None:
+            return
+        self.kind[rows] = "wait" if role == "wt" else "signal"
+        self.func[rows] = fn
+        self.lock_type[rows] = wf.obj
+        self.cols["ip"][rows] = self.call_site(f, rows)
+        if "obj" in f.fields:
+            self.cols["lock_addr"][rows] = self.fld(f, "obj", rows, False)
+        self._names(f, "name", rows)
+
+    def _names(self, f: EventFormat, field: str, rows: np.ndarray) -> None:
+        """A guest-sent name into ``lock_name``, read inside its record and cleaned."""
+        nf = f.fields.get(field)
+        if nf is not None:
+            self.lock_name[rows] = [
+                _bounded_string(self.buf, int(self.off[r]), int(self.reclen[r]), nf)
+                for r in rows.tolist()]
+
+    def _wait_side(self, f: EventFormat, name: str, rows: np.ndarray) -> None:
+        """The other side of a wait: a work item or timer callback runs, a work item is
+        queued, a kthread is stopped (tracer.wait_probes)."""
+        cols, fields = self.cols, f.fields
+        if "function" in fields:
+            cols["ip"][rows] = self.fld(f, "function", rows, False)
+        ev = name.partition("/")[2]
+        obj = "timer" if "timer" in fields else "work" if "work" in fields else ""
+        if obj:
+            cols["lock_addr"][rows] = self.fld(f, obj, rows, False)
+        if ev in ("timer_expire_entry", "workqueue_execute_start") and obj:
+            self.kind[rows] = "callback_entry"
+        elif ev in ("timer_expire_exit", "workqueue_execute_end") and obj:
+            self.kind[rows] = "callback_exit"
+        elif ev == "workqueue_queue_work" and obj:
+            self.kind[rows] = "work_queued"
+            self._names(f, "workqueue", rows)
+        elif ev == "sched_kthread_stop" and "pid" in fields:
+            self.kind[rows] = "wait"
+            self.func[rows] = "kthread_stop"
+            obj = "kthread"
+            cols["value"][rows] = self.fld(f, "pid", rows, True).astype(np.int64)
+            self._names(f, "comm", rows)
+        else:
+            return
+        self.lock_type[rows] = obj
+
     def _lock_init(self, f: EventFormat, fn: str, rows: np.ndarray) -> None:
         """Rows of a lock initializer (``li``) or re-keying (``lc``) probe (tracer.lock_init)."""
         cols = self.cols
@@ -355,11 +407,7 @@ class RecordColumns:
             cols["key_addr"][rows] = self.fld(f, "key", rows, False)
         if "mode" in f.fields:  # a directory re-key's i_mode
             cols["value"][rows] = self.fld(f, "mode", rows, False).astype(np.int64)
-        nf = f.fields.get("name")
-        if nf is not None:
-            self.lock_name[rows] = [
-                _bounded_string(self.buf, int(self.off[r]), int(self.reclen[r]), nf)
-                for r in rows.tolist()]
+        self._names(f, "name", rows)
 
     def _module_sections(self, f: EventFormat, chunk: int, rows: np.ndarray) -> None:
         """Rows of the do_init_module probes (tracer.module_sections), kept in ``msec_rows``."""

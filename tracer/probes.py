@@ -14,6 +14,8 @@ prefix     event
 ``sl``     entry of a function that may sleep (the sleep catalog)
 ``li``     entry of a lock initializer (``__mutex_init`` …: tracer.lock_init)
 ``lc``     a lock's re-keying by core code (inode i_rwsem by fs type: tracer.lock_init)
+``wt``     entry of a wait on another context's work (tracer.wait_probes)
+``sg``     a completion signalled, or a kthread looking for its stop (tracer.wait_probes)
 =========  ==================================================================
 """
 
@@ -215,7 +217,7 @@ def _event_name(prefix: str, func: str) -> str:
 
 
 event_name = _event_name
-ROLES = ("lk", "lr", "ul", "sl", "li", "lc")
+ROLES = ("lk", "lr", "ul", "sl", "li", "lc", "wt", "sg")
 
 
 # Symbols that are not functions one can probe: the -fpatchable-function-entry padding
@@ -313,6 +315,11 @@ TRACEPOINTS = (
     "module/module_free",
     "timer/timer_expire_entry",
     "timer/timer_expire_exit",
+    # the other side of a wait (tracer.wait_probes)
+    "workqueue/workqueue_queue_work",
+    "workqueue/workqueue_execute_start",
+    "workqueue/workqueue_execute_end",
+    "sched/sched_kthread_stop",
 )
 
 # ftrace record header: preempt depth is the low nibble of common_preempt_count;

@@ -50,6 +50,16 @@ Columns
 A ``lock_init`` row [1.3] is a lock's initialization (``__mutex_init``…) or re-keying:
 ``lock_addr`` the lock, ``ip`` the init call site, ``func`` the probed function.
 
+Wait rows [1.5] (tracer.wait_probes): ``wait`` (a wait on another context:
+``func`` the API, ``lock_type`` the object kind, one of ``work``, ``workqueue``,
+``timer``, ``completion``, ``kthread``; ``lock_addr`` the object, a workqueue's name
+in ``lock_name`` where known, a stopped kthread's pid in ``value`` and comm in
+``lock_name``), ``signal`` (``complete()``: ``lock_addr`` the completion; a kthread
+looking for its stop: ``lock_addr`` 0), ``work_queued`` (``lock_addr`` the work,
+``lock_name`` its workqueue's name, ``ip`` its function), ``callback_entry`` and
+``callback_exit`` (a work item's or timer's function runs: ``lock_addr`` the
+object, ``lock_type`` ``work`` or ``timer``, ``ip`` the function).
+
 A ``gap`` row [1.4] (event ``tracedep/gap``) marks where events of ``cpu`` are
 missing: a ring-buffer page that was torn, out of time order, changed since it
 was recorded, or preceded by events the ring buffer lost, or a record rejected
@@ -63,8 +73,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.4"  # 1.1: target_pid; 1.2: lock_name; 1.3: lock_init kind, key_addr;
-# 1.4: gap kind
+SCHEMA_VERSION = "1.5"  # 1.1: target_pid; 1.2: lock_name; 1.3: lock_init kind, key_addr;
+# 1.4: gap kind; 1.5: wait kinds
 
 KINDS = (
     "lock_acquire",  # entry of a lock function (the lock is held once it returns)
@@ -82,6 +92,11 @@ KINDS = (
     "lock_init",  # a lock initializer or re-keying (tracer.lock_init)  [1.3]
     "marker",  # trace_marker writes from the guest's init (workload phases)
     "gap",  # events are missing here (a page or record that could not be read)  [1.4]
+    "wait",  # a wait on another context's work: lock_addr the object  [1.5]
+    "signal",  # a completion completed, a kthread looking for its stop  [1.5]
+    "work_queued",  # a work item queued: lock_addr the work, lock_name the workqueue  [1.5]
+    "callback_entry",  # a work item's or timer's function starts: lock_addr the object  [1.5]
+    "callback_exit",  # … and returns  [1.5]
     "other",
 )
 

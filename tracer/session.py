@@ -51,6 +51,7 @@ from tracedep.tracer.probes import (
     stack_triggers,
 )
 from tracedep.tracer.run_record import finish_manifest
+from tracedep.tracer.wait_probes import wait_probe_definitions, workqueue_name_offset
 from tracedep.vm.accel import choose_accel
 from tracedep.vm.initramfs import GuestConfig, build_initramfs
 from tracedep.vm.kernel import Kernel, fetch_debian_kernel
@@ -389,6 +390,9 @@ def _prepare_guest(opts: TraceOptions, machine: Machine, kernel: Kernel, mods: _
     vmlinux = probe_vmlinux(kernel)
     class_defs, info.lock_classes = class_probes(machine, disc, vmlinux)
     defs += class_defs
+    # waits on work items, workqueues, timers, completions, kthreads (tracer.wait_probes)
+    wq_off, info.lock_classes["workqueue_name"] = workqueue_name_offset(vmlinux)
+    defs += wait_probe_definitions(machine, disc, wq_off)
     # each load's section addresses, a load whose init fails too (tracer.module_sections)
     msec, info.module_sections = module_sections.probes(machine, disc, vmlinux)
     # calibration, inlined locks of the modules, lockdep's tracepoints (tracer.extra_probes)

@@ -134,6 +134,7 @@ for f in $T/events/*/*/format; do
     ev=${ev#$T/events/}
     case "$ev" in
         tracedep/*|kmem/*|sched/sched_switch|irq/*|module/*|ftrace/kernel_stack|ftrace/print|lock/*|timer/timer_expire_*) ;;
+        workqueue/workqueue_queue_work|workqueue/workqueue_execute_*|sched/sched_kthread_stop) ;;
         *) continue ;;
     esac
     block format "$ev"

@@ -1,0 +1,266 @@
+"""Wait dependencies: edges of the class graph through a wait, on any kernel.
+
+A task that holds lock L and waits for another context deadlocks when that
+context needs L before it can finish.  lockdep sees some of these through its
+pseudo-locks on a lockdep kernel only; here each waited-for object is a class of
+its own in the class graph (``analysis.order_rules`` finds the cycles):
+
+* ``L -> (work_completion)(W)``: ``flush_work(W)``/``cancel_work_sync(W)`` … called
+  while L is held; ``(work_completion)(W) -> M``: W's function took M;
+* ``L -> (wq_completion)Q``: ``flush_workqueue(Q)`` (drain, destroy) with L held;
+  ``(wq_completion)Q -> M``: a work item queued on Q took M;
+* ``L -> (timer)(T)``: ``del_timer_sync(T)`` with L held; ``(timer)(T) -> M``: T's
+  callback took M;
+* ``L -> (completion)(C)``: a wait for C with L held; ``(completion)(C) -> M``:
+  ``complete(C)`` was called with M held (DEPT's reading of a completion);
+* ``L -> (kthread)K``: ``kthread_stop(K)`` with L held; ``(kthread)K -> M``: K
+  looked for its stop (``kthread_should_stop()``) with M held.
+
+Objects get classes as locks do (``analysis.classes``: the static symbol, the
+type and member of a heap object); a workqueue is its name and a kthread its
+comm.  Trylocks add no edge (they cannot block).  A callback span with a gap in it
+adds nothing: damage can lose an edge, never make one up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tracedep.analysis import classes as lock_classes
+from tracedep.analysis.findings import Site, WitnessKind
+from tracedep.analysis.heldlocks import SHARED_TYPES, EdgeAcc, Replay
+from tracedep.analysis.rules import Ctx
+from tracedep.analysis.run_symbols import RunSymbols
+
+# lockdep's names for the pseudo-locks (kernel/workqueue.c, kernel/time/timer.c)
+PREFIX = {"work": "(work_completion)", "workqueue": "(wq_completion)", "timer": "(timer)",
+          "completion": "(completion)", "kthread": "(kthread)"}
+OBJECT_KINDS = ("wait", "signal", "work_queued", "callback_entry", "callback_exit")
+_FAR = np.iinfo(np.int64).max
+# the API a probed function implements, where the name differs (flush_workqueue() is a
+# macro around __flush_workqueue() since 6.1)
+_API = {"__flush_workqueue": "flush_workqueue"}
+
+
+@dataclass
+class WaitEdge(EdgeAcc):
+    """An edge through a wait.  ``how``: ``wait`` (held lock -> object: ``row`` the
+    wait call, ``held_row`` the lock's acquisition), ``runs`` (object -> a lock its
+    callback took: ``row`` that acquisition, ``held_row`` the callback's start),
+    ``signal`` (object -> a lock held where it was signalled: ``row`` the signal,
+    ``held_row`` the lock's acquisition).  ``api``: the wait or signal function."""
+
+    how: str = "wait"
+    api: str = ""
+
+
+@dataclass
+class WaitGraph:
+    classes: list[lock_classes.LockClass] = field(default_factory=list)  # ids from ``base``
+    base: int = 0
+    kinds: dict[int, str] = field(default_factory=dict)  # class id -> object kind
+    edges: dict[tuple[int, int], list[EdgeAcc]] = field(default_factory=dict)
+
+
+class _Holds:
+    """Which locks a (task, context) held at an event row, from the replay."""
+
+    def __init__(self, rep: Replay, tasks: set[int]) -> None:
+        a = rep.acquisitions
+        self.by: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
+        if a.empty or not tasks:
+            return
+        end = a["release_row"].to_numpy(dtype=np.int64).copy()
+        for fo in rep.forced:
+            end[fo.acq] = fo.row
+        end[end < 0] = _FAR
+        sel = np.nonzero(np.isin(a["task"].to_numpy(), list(tasks)))[0]
+        sub = a.iloc[sel]
+        shared = np.isin(sub["lock_type"].to_numpy(dtype=object), list(SHARED_TYPES))
+        cols = (sub["row"].to_numpy(dtype=np.int64), end[sel], sub["cls"].to_numpy(dtype=np.int64),
+                sub["trylock"].to_numpy(dtype=bool), shared)
+        keys = list(zip(sub["task"].tolist(), sub["ctx"].tolist(), strict=True))
+        groups: dict[tuple[int, str], list[int]] = {}
+        for j, k in enumerate(keys):
+            groups.setdefault(k, []).append(j)
+        for k, js in groups.items():
+            idx = np.array(js)
+            self.by[k] = tuple(c[idx] for c in cols)
+
+    def held(self, task: int, ctx: str, r: int) -> list[tuple[int, int, bool]]:
+        """(class, acquiring row, shared) of each lock held at row ``r``."""
+        got = self.by.get((task, ctx))
+        if got is None:
+            return []
+        start, end, cls, _, shared = got
+        m = np.nonzero((start < r) & (end > r) & (cls >= 0))[0]
+        return [(int(cls[j]), int(start[j]), bool(shared[j])) for j in m]
+
+    def taken(self, task: int, ctx: str, lo: int, hi: int) -> list[tuple[int, int]]:
+        """(class, acquiring row) of each blocking acquisition between two rows."""
+        got = self.by.get((task, ctx))
+        if got is None:
+            return []
+        start, _, cls, tryl, _ = got
+        m = np.nonzero((start > lo) & (start < hi) & ~tryl & (cls >= 0))[0]
+        return [(int(cls[j]), int(start[j])) for j in m]
+
+
+def _task_ctx(ev: pd.DataFrame, rows: np.ndarray) -> tuple[list[int], list[str]]:
+    """The replay's task and context keys (analysis.heldlocks) of event rows."""
+    pid = ev["pid"].to_numpy()[rows]
+    cpu = ev["cpu"].to_numpy()[rows]
+    hard = ev["in_hardirq"].to_numpy()[rows]
+    soft = ev["in_softirq"].to_numpy()[rows]
+    nmi = ev["in_nmi"].to_numpy()[rows]
+    tasks = [int(p) if p > 0 else -1 - int(c) for p, c in zip(pid, cpu, strict=True)]
+    ctxs = ["nmi" if n else "hardirq" if h else "softirq" if s else "process"
+            for h, s, n in zip(hard, soft, nmi, strict=True)]
+    return tasks, ctxs
+
+
+# long: one pass per wait-side event kind, read best together
+def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
+               namer: lock_classes.ClassNamer | None = None) -> WaitGraph:
+    """The wait edges of a replayed trace; their object classes are numbered from
+    ``base`` (the lock class table's length)."""
+    g = WaitGraph(base=base)
+    kinds = ev["kind"].to_numpy()
+    rows = np.nonzero(np.isin(kinds, OBJECT_KINDS))[0]
+    if not len(rows):
+        return g
+    ltype = ev["lock_type"].astype(str).to_numpy()[rows]
+    addr = ev["lock_addr"].to_numpy()[rows]
+    name = ev["lock_name"].astype(str).to_numpy()[rows]
+    func = ev["func"].astype(str).to_numpy()[rows]
+    value = ev["value"].to_numpy()[rows]
+    kind = kinds[rows].astype(str)
+    tasks, ctxs = _task_ctx(ev, rows)
+    gap_rows = np.nonzero(kinds == "gap")[0]
+
+    intern: dict[str, int] = {}
+
+    def obj_class(c: lock_classes.LockClass, obj: str) -> int:
+        key = f"{obj}:{c.key}"
+        if key not in intern:
+            intern[key] = base + len(g.classes)
+            g.classes.append(lock_classes.LockClass(
+                f"{PREFIX[obj]}({c.name})" if obj in ("work", "timer", "completion")
+                else f"{PREFIX[obj]}{c.name}", key, c.origin, c.module, c.detail,
+                sig=f"{obj}:{c.sig or c.key}"))
+            g.kinds[intern[key]] = obj
+        return intern[key]
+
+    def named_class(obj: str, label: str) -> int:
+        return obj_class(lock_classes.LockClass(label, label, "static", "vmlinux", sig=label),
+                         obj)
+
+    # objects with an address: classes as locks have them (not from a queueing row:
+    # its lock_name is the workqueue's, which analysis.classes would take for the
+    # lockdep name of the work item)
+    has_addr = np.isin(ltype, ("work", "timer", "completion")) & (addr != 0) & (
+        kind != "work_queued")
+    oc = np.full(len(rows), -1, dtype=np.int64)
+    if has_addr.any():
+        ids, table = lock_classes.assign(ev, symbols, rows[has_addr], namer)
+        oc[has_addr] = [obj_class(table[int(i)], str(t)) if i >= 0 else -1
+                        for i, t in zip(ids, ltype[has_addr], strict=True)]
+
+    holds = _Holds(rep, set(tasks))
+
+    def add(u: int, v: int, row: int, held_row: int, shared: bool, how: str, api: str,
+            ctx: str) -> None:
+        if u == v or u < 0 or v < 0:
+            return
+        accs = g.edges.setdefault((u, v), [])
+        for acc in accs:
+            if isinstance(acc, WaitEdge) and acc.how == how and acc.before_shared == shared:
+                acc.count += 1
+                return
+        accs.append(WaitEdge(1, row, held_row, shared, False, ctx, how=how, api=api))
+
+    def wait_side(j: int, obj_cls: int, witness: int = -1) -> None:
+        """Locks held at a wait -> the object."""
+        r = int(rows[j])
+        for c, hr, sh in holds.held(tasks[j], ctxs[j], r):
+            add(c, obj_cls, witness if witness >= 0 else r, hr, sh, "wait",
+                _API.get(func[j], func[j]), ctxs[j])
+
+    def signal_side(j: int, obj_cls: int) -> None:
+        """The object -> locks held where it was signalled."""
+        r = int(rows[j])
+        for c, hr, _ in holds.held(tasks[j], ctxs[j], r):
+            add(obj_cls, c, r, hr, False, "signal", func[j], ctxs[j])
+
+    wq_of_work: dict[int, str] = {}
+    open_spans: dict[tuple[int, str, int], list[tuple[int, str]]] = {}
+    stopped: dict[int, list[tuple[int, int]]] = {}  # pid -> (stop row, kthread class)
+    should_stop: list[int] = []
+    stop_call: dict[int, int] = {}  # task -> its kthread_stop() call's row (the call site)
+    for j in range(len(rows)):
+        k, lt = kind[j], ltype[j]
+        if k == "wait":
+            if lt == "workqueue":
+                if name[j]:
+                    wait_side(j, named_class("workqueue", name[j]))
+            elif lt == "kthread" and addr[j]:
+                stop_call[tasks[j]] = int(rows[j])  # the probe: the tracepoint follows
+            elif lt == "kthread":
+                kc = named_class("kthread", name[j] or f"pid {int(value[j])}")
+                stopped.setdefault(int(value[j]), []).append((int(rows[j]), kc))
+                wait_side(j, kc, stop_call.pop(tasks[j], -1))
+            elif oc[j] >= 0:
+                wait_side(j, int(oc[j]))
+        elif k == "signal":
+            if lt == "kthread":
+                should_stop.append(j)
+            elif oc[j] >= 0:
+                signal_side(j, int(oc[j]))
+        elif k == "work_queued":
+            if name[j]:
+                wq_of_work[int(addr[j])] = name[j]
+        elif k == "callback_entry":
+            wq = wq_of_work.get(int(addr[j]), "") if lt == "work" else ""
+            open_spans.setdefault((tasks[j], ctxs[j], int(addr[j])), []).append((j, wq))
+        elif k == "callback_exit":
+            st = open_spans.get((tasks[j], ctxs[j], int(addr[j])))
+            if not st:
+                continue
+            s, wq = st.pop()
+            lo, hi = int(rows[s]), int(rows[j])
+            if len(gap_rows) and np.any((gap_rows > lo) & (gap_rows < hi)):
+                continue
+            runs = [int(oc[s])] if oc[s] >= 0 else []
+            if wq:
+                runs.append(named_class("workqueue", wq))
+            for c, hr in holds.taken(tasks[s], ctxs[s], lo, hi):
+                for obj_cls in runs:
+                    add(obj_cls, c, hr, lo, False, "runs", "", ctxs[s])
+    # a kthread's looks for its stop, once it is known which thread was stopped
+    for j in should_stop:
+        r = int(rows[j])
+        later = [kc for sr, kc in stopped.get(tasks[j], []) if sr > r]
+        if later:
+            signal_side(j, later[0])
+    return g
+
+
+def wait_sites(cx: Ctx, acc: WaitEdge, a: str, b: str) -> tuple[Site, Site]:
+    """The two witnesses of an edge ``a -> b`` through a wait, in words for the reports."""
+    if acc.how == "wait":
+        return (cx.site(acc.row, WitnessKind.ACQUIRE, f"{acc.api}() waits for {b} while "
+                        f"holding {a}", b, with_stack=False, holding=a),
+                cx.site(acc.held_row, WitnessKind.HELD, f"{a} acquired earlier", a,
+                        with_stack=False))
+    if acc.how == "runs":
+        return (cx.site(acc.row, WitnessKind.ACQUIRE, f"{b} acquired by the function "
+                        f"{a} runs", b, with_stack=False, holding=a),
+                cx.site(acc.held_row, WitnessKind.HELD, f"{a} runs this function", a,
+                        with_stack=False))
+    return (cx.site(acc.row, WitnessKind.ACQUIRE, f"{acc.api}() signals {a} while holding "
+                    f"{b}", a, with_stack=False, holding=b),
+            cx.site(acc.held_row, WitnessKind.HELD, f"{b} acquired earlier", b,
+                    with_stack=False))
