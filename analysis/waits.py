@@ -68,12 +68,17 @@ class WaitGraph:
 class _Holds:
     """Which locks a (task, context) held at an event row, from the replay."""
 
-    def __init__(self, rep: Replay, tasks: set[int]) -> None:
+    def __init__(self, rep: Replay, tasks: set[int], ts: np.ndarray) -> None:
         a = rep.acquisitions
         self.by: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
         if a.empty or not tasks:
             return
         end = a["release_row"].to_numpy(dtype=np.int64).copy()
+        # released where no row says (handed to a task whose events are filtered, as
+        # the runqueue lock to a trace pump): the time says
+        t_rel = a["ts_release"].to_numpy(dtype=np.int64)
+        timed = (end < 0) & (t_rel >= 0)
+        end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
         for fo in rep.forced:
             end[fo.acq] = fo.row
         end[end < 0] = _FAR
@@ -144,13 +149,21 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
     intern: dict[str, int] = {}
 
     def obj_class(c: lock_classes.LockClass, obj: str) -> int:
+        if c.origin == "instance":
+            # no symbol, initializer or allocation: the address alone, which an
+            # on-stack completion shares with every other object that lived there
+            return -1
         key = f"{obj}:{c.key}"
         if key not in intern:
             intern[key] = base + len(g.classes)
-            g.classes.append(lock_classes.LockClass(
-                f"{PREFIX[obj]}({c.name})" if obj in ("work", "timer", "completion")
-                else f"{PREFIX[obj]}{c.name}", key, c.origin, c.module, c.detail,
-                sig=f"{obj}:{c.sig or c.key}"))
+            # lockdep's spelling, the module that tells two alike apart after it
+            plain, tag = c.name, ""
+            if plain.endswith(f" [{c.module}]"):
+                plain, tag = plain[:-len(c.module) - 3], f" [{c.module}]"
+            shown = (f"{PREFIX[obj]}({plain}){tag}" if obj in ("work", "timer", "completion")
+                     else f"{PREFIX[obj]}{plain}{tag}")
+            g.classes.append(lock_classes.LockClass(shown, key, c.origin, c.module, c.detail,
+                                                    sig=f"{obj}:{c.sig or c.key}"))
             g.kinds[intern[key]] = obj
         return intern[key]
 
@@ -169,7 +182,7 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
         oc[has_addr] = [obj_class(table[int(i)], str(t)) if i >= 0 else -1
                         for i, t in zip(ids, ltype[has_addr], strict=True)]
 
-    holds = _Holds(rep, set(tasks))
+    holds = _Holds(rep, set(tasks), ev["ts_ns"].to_numpy())
 
     def add(u: int, v: int, row: int, held_row: int, shared: bool, how: str, api: str,
             ctx: str) -> None:
@@ -189,8 +202,16 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
             add(c, obj_cls, witness if witness >= 0 else r, hr, sh, "wait",
                 _API.get(func[j], func[j]), ctxs[j])
 
+    # a task that signals a completion it waits for itself (rcu_barrier(), a
+    # kobject's release in the put before the wait) needs nothing from another
+    # context: its locks are no dependency of the completion
+    own_waits = {(tasks[j], int(addr[j])) for j in range(len(rows))
+                 if kind[j] == "wait" and ltype[j] == "completion"}
+
     def signal_side(j: int, obj_cls: int) -> None:
         """The object -> locks held where it was signalled."""
+        if (tasks[j], int(addr[j])) in own_waits:
+            return
         r = int(rows[j])
         for c, hr, _ in holds.held(tasks[j], ctxs[j], r):
             add(obj_cls, c, r, hr, False, "signal", func[j], ctxs[j])

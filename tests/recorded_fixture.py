@@ -45,6 +45,7 @@ from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
 from tracedep.analysis.run_symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace import Trace, load
+from tracedep.analysis.waits import OBJECT_KINDS
 from tracedep.common import run_manifest as manifest
 from tracedep.errors import InputError
 from tracedep.kimage.elf_symbols import SymbolTable
@@ -180,9 +181,10 @@ def _windows(run: _Run, rows: np.ndarray, gap_ns: int) -> list[tuple[int, int, i
 
 
 def _needed(ev: pd.DataFrame) -> np.ndarray:
-    """Events the rules read: locks, may-sleep events, context switches."""
+    """Events the rules read: locks, may-sleep events, context switches, waits and
+    their other sides (analysis.waits)."""
     kinds = ev["kind"].to_numpy()
-    return (np.isin(kinds, (*LOCK_KINDS, "sleep_call", "sched_switch"))
+    return (np.isin(kinds, (*LOCK_KINDS, "sleep_call", "sched_switch", *OBJECT_KINDS))
             | ((kinds == "alloc") & ((ev["gfp"].to_numpy() & GFP_DIRECT_RECLAIM) != 0)))
 
 
@@ -320,12 +322,35 @@ def select_rows(run_dir: Path, module_names: list[str], gap_ns: int = DEFAULT_GA
                 extra.update(_held_at(run, int(run.key[r]), int(ts[r]), ctx))
         keep |= extra
         _close(run, keep)
+    keep |= _wait_rows(ev, keep)
     keep |= _alloc_rows(run, keep)
     keep |= _init_rows(ev, keep)
     mods = np.nonzero(np.isin(ev["event"].to_numpy(),
                               ["module/module_load", "module/module_free"]))[0]
     keep.update(mods.tolist())
     return run.trace, np.array(sorted(keep), dtype=np.int64)
+
+
+def _wait_rows(ev: pd.DataFrame, keep: set[int]) -> set[int]:
+    """The other ends of the kept waits (analysis.waits) that carry no module address:
+    the end of each kept callback (a timer's exit names only the timer), and the
+    ``sched_kthread_stop`` of each kept kthread that looked for its stop."""
+    kinds = ev["kind"].to_numpy()
+    addr = ev["lock_addr"].to_numpy()
+    cpu = ev["cpu"].to_numpy()
+    ltype = ev["lock_type"].astype(str).to_numpy()
+    kept = np.array(sorted(keep), dtype=np.int64)
+    out: set[int] = set()
+    exits = np.nonzero(kinds == "callback_exit")[0]
+    for r in kept[kinds[kept] == "callback_entry"].tolist():
+        after = exits[(exits > r) & (addr[exits] == addr[r]) & (cpu[exits] == cpu[r])]
+        if len(after):
+            out.add(int(after[0]))
+    threads = kept[(kinds[kept] == "signal") & (ltype[kept] == "kthread")]
+    pids = set(ev["pid"].to_numpy()[threads].tolist())
+    stops = np.nonzero((kinds == "wait") & (ltype == "kthread") & (addr == 0))[0]
+    out.update(int(r) for r in stops.tolist() if int(ev["value"].iat[r]) in pids)
+    return out
 
 
 def _init_rows(ev: pd.DataFrame, keep: set[int]) -> set[int]:

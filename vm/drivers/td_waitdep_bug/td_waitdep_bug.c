@@ -129,7 +129,7 @@ static struct td_wd_chan *td_wd_chan_new(void)
 }
 
 /* BUG 1: waits for reset_work holding the mutex its function takes. */
-static void td_wd_reset(struct td_wd_dev *dev)
+static noinline void td_wd_reset(struct td_wd_dev *dev)
 {
 	mutex_lock(&td_wd_cfg_mutex);
 	cancel_work_sync(&dev->reset_work);
@@ -137,7 +137,7 @@ static void td_wd_reset(struct td_wd_dev *dev)
 }
 
 /* BUG 2: waits for the poll timer's callback holding the lock it takes. */
-static void td_wd_stop_poll(struct td_wd_dev *dev)
+static noinline void td_wd_stop_poll(struct td_wd_dev *dev)
 {
 	spin_lock_bh(&dev->poll_lock);
 	del_timer_sync(&dev->poll_timer);
@@ -145,7 +145,7 @@ static void td_wd_stop_poll(struct td_wd_dev *dev)
 }
 
 /* BUG 3: waits for ready holding the lock its completer holds. */
-static void td_wd_wait_ready(struct td_wd_dev *dev)
+static noinline void td_wd_wait_ready(struct td_wd_dev *dev)
 {
 	mutex_lock(&dev->state_lock);
 	wait_for_completion(&dev->ready);
@@ -153,7 +153,7 @@ static void td_wd_wait_ready(struct td_wd_dev *dev)
 }
 
 /* BUG 4: stops the poller holding a lock of the class it polls under. */
-static void td_wd_stop_thread(struct td_wd_dev *dev)
+static noinline void td_wd_stop_thread(struct td_wd_dev *dev)
 {
 	mutex_lock(&dev->chan[1]->lock);
 	kthread_stop(dev->poller);
@@ -161,7 +161,7 @@ static void td_wd_stop_thread(struct td_wd_dev *dev)
 }
 
 /* BUG 5: flushes the workqueue holding the mutex its work item takes. */
-static void td_wd_flush_stats(struct td_wd_dev *dev)
+static noinline void td_wd_flush_stats(struct td_wd_dev *dev)
 {
 	mutex_lock(&td_wd_stats_mutex);
 	flush_workqueue(td_wd_wq);

@@ -116,7 +116,7 @@ static struct td_wd_chan *td_wd_chan_new(void)
 }
 
 /* the wait after the unlock; a wait under a lock the work never takes */
-static void td_wd_reset(struct td_wd_dev *dev)
+static noinline void td_wd_reset(struct td_wd_dev *dev)
 {
 	mutex_lock(&td_wd_cfg_mutex);
 	dev->resets++;
@@ -127,7 +127,7 @@ static void td_wd_reset(struct td_wd_dev *dev)
 	mutex_unlock(&td_wd_other_mutex);
 }
 
-static void td_wd_stop_poll(struct td_wd_dev *dev)
+static noinline void td_wd_stop_poll(struct td_wd_dev *dev)
 {
 	spin_lock_bh(&dev->poll_lock);
 	dev->timer_runs++;
@@ -136,7 +136,7 @@ static void td_wd_stop_poll(struct td_wd_dev *dev)
 }
 
 /* its completer no longer holds state_lock when it signals */
-static void td_wd_wait_ready(struct td_wd_dev *dev)
+static noinline void td_wd_wait_ready(struct td_wd_dev *dev)
 {
 	mutex_lock(&dev->state_lock);
 	wait_for_completion(&dev->ready);
@@ -144,14 +144,14 @@ static void td_wd_wait_ready(struct td_wd_dev *dev)
 }
 
 /* the poller looks for its stop without the lock */
-static void td_wd_stop_thread(struct td_wd_dev *dev)
+static noinline void td_wd_stop_thread(struct td_wd_dev *dev)
 {
 	mutex_lock(&dev->chan[1]->lock);
 	kthread_stop(dev->poller);
 	mutex_unlock(&dev->chan[1]->lock);
 }
 
-static void td_wd_flush_stats(struct td_wd_dev *dev)
+static noinline void td_wd_flush_stats(struct td_wd_dev *dev)
 {
 	mutex_lock(&td_wd_stats_mutex);
 	dev->stats++;
