@@ -20,7 +20,7 @@ context (which RT threads unless ``IRQF_NO_THREAD``) is not judged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from tracedep.analysis.findings import Finding, Site, WitnessKind
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, SPIN_TYPES
 from tracedep.analysis.lock_ctypes import RAW, RWLOCK, SPIN, LockTypes, Scope
 from tracedep.analysis.rules import Ctx, driver_of, gfp_text
+from tracedep.common.jsonvalue import JSON
 
 KIND = "invalid-wait-context"
 LOCKDEP_TITLE = "BUG: Invalid wait context"
@@ -38,16 +39,23 @@ _CORE = ("vmlinux", "?")
 class _Judge:
     cx: Ctx
     types: LockTypes
+    ips: np.ndarray = field(init=False)
+    ts: np.ndarray = field(init=False)
+    ltypes: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        e = self.cx.events
+        self.ips, self.ts = e["ip"].to_numpy(), e["ts_ns"].to_numpy()
+        self.ltypes = e["lock_type"].astype(str).to_numpy()
 
     def ctype(self, row: int, cls: int) -> str | None:
         """The C type of the lock that event row ``row`` takes (class ``cls``)."""
-        e = self.cx.events
-        lt = str(e["lock_type"].iat[row])
+        lt = str(self.ltypes[row])
         if lt in ("rwlock-r", "rwlock-w"):
             return RWLOCK
         if lt != "spinlock" or cls < 0:
             return None
-        ip, ts = int(e["ip"].iat[row]), int(e["ts_ns"].iat[row])
+        ip, ts = int(self.ips[row]), int(self.ts[row])
         mod = self.cx.symbols.module_of(ip, ts) if ip else None
         if mod is None or mod == "?":
             return None
@@ -59,8 +67,7 @@ class _Judge:
         return obj or site
 
     def in_module(self, row: int) -> bool:
-        e = self.cx.events
-        ip, ts = int(e["ip"].iat[row]), int(e["ts_ns"].iat[row])
+        ip, ts = int(self.ips[row]), int(self.ts[row])
         return bool(ip) and self.cx.symbols.module_of(ip, ts) not in (None, *_CORE)
 
 
@@ -110,8 +117,8 @@ def _allocations(j: _Judge, groups: dict[tuple[str, ...], Finding]) -> None:
     cx = j.cx
     e = cx.events
     gfp = e["gfp"].to_numpy()
-    rows = np.nonzero((e["kind"].to_numpy() == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) == 0))[0]
-    rows = [int(r) for r in rows if j.in_module(int(r))]
+    cand = np.nonzero((e["kind"].to_numpy() == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) == 0))[0]
+    rows = [int(r) for r in cand if j.in_module(int(r))]
     if not rows:
         return
     acq = cx.replay.acquisitions
@@ -127,10 +134,10 @@ def _allocations(j: _Judge, groups: dict[tuple[str, ...], Finding]) -> None:
         if g is None:
             continue
         live = g[(g["row"] < r) & (g["release_row"] > r)].sort_values("row")
-        raw = [(int(a.row), int(a.cls)) for a in live.itertuples()
-               if j.ctype(int(a.row), int(a.cls)) == RAW]
+        raw = [(int(a), int(c)) for a, c in zip(live["row"].to_numpy(), live["cls"].to_numpy(),
+                                                strict=True) if j.ctype(int(a), int(c)) == RAW]
         if raw:
-            _allocation(cx, r, raw[-1], int(gfp[r]), groups)
+            _allocation(cx, r, raw[-1], int(gfp[int(r)]), groups)
 
 
 def _allocation(cx: Ctx, r: int, raw: tuple[int, int], gfp: int,
@@ -156,9 +163,9 @@ def _allocation(cx: Ctx, r: int, raw: tuple[int, int], gfp: int,
 def _finding(cx: Ctx, locks: list[str], sites: list[Site], msg: str, key: tuple[str, ...],
              extra: dict[str, str], fn: str, modules: list[str], count: int) -> Finding:
     frames = [f for s in sites for f in s.frames]
-    details: dict[str, object] = {"function": fn, "held": RAW, **extra,
+    details: dict[str, JSON] = {"function": fn, "held": RAW, **extra,
                                   "preempt_rt_only": True, "lockdep": LOCKDEP_TITLE}
     return Finding(kind=KIND, driver=driver_of(frames, modules), locks=locks, sites=sites,
                    message=f"PREEMPT_RT only: {msg}",
                    first_ts_ns=min(s.ts_ns or 0 for s in sites), count=count, key=key,
-                   details=details)  # type: ignore[arg-type]
+                   details=details)
