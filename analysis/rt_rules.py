@@ -71,12 +71,14 @@ class _Judge:
         return bool(ip) and self.cx.symbols.module_of(ip, ts) not in (None, *_CORE)
 
 
-def rt_findings(cx: Ctx, scope: Scope | None) -> list[Finding]:
+def rt_findings(cx: Ctx, scope: Scope | None, types: LockTypes | None = None
+                ) -> list[Finding]:
     """``scope``: DWARF scopes at code addresses (analysis.dwarf_pass); without DWARF
-    no type is known and nothing is judged."""
-    if scope is None:
+    no type is known and nothing is judged.  ``types``: the lock types' reader, if
+    not one over ``scope``."""
+    if types is None and scope is None:
         return []
-    j = _Judge(cx, LockTypes(scope))
+    j = _Judge(cx, types or LockTypes(scope or (lambda m, ip, ts: [])))
     groups: dict[tuple[str, ...], Finding] = {}
     _nested_locks(j, groups)
     _allocations(j, groups)
