@@ -26,6 +26,7 @@ FINDING_KINDS = (
     "irq-lock-inversion",
     "recursive-locking",
     "same-class-nesting",
+    "invalid-wait-context",
 )
 
 

@@ -18,6 +18,7 @@ from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, Witn
 from tracedep.analysis.health import TRUNCATED_NOTE, Ending, Health, ending_note, lost_note
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
 from tracedep.analysis.nesting import NestingJudge
+from tracedep.analysis.rt_rules import rt_findings
 from tracedep.analysis.run_summary import RunSummary
 from tracedep.analysis.trace import Trace
 from tracedep.common.run_manifest import RunManifest
@@ -128,6 +129,7 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     findings += order_rules.order_findings(cx)
     findings += rules.irq_findings(cx)
     findings += rules.recursion_findings(cx)
+    findings += rt_findings(cx, getattr(namer, "scope", None))  # PREEMPT_RT only (rt_rules)
     findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))
     mark_near_gaps(findings, ev)
     edges = []

@@ -68,7 +68,9 @@ SLAB_INTERNALS = frozenset({
 
 GFP_NAMES = (  # most specific first, as the kernel's show_gfp_flags prints them
     (0xCC0 | 0x400000, "GFP_KERNEL_ACCOUNT"), (0xCC0, "GFP_KERNEL"), (0xC40, "GFP_NOFS"),
-    (0xC00, "GFP_NOIO"), (0xA20, "GFP_ATOMIC"), (0x800, "GFP_NOWAIT"),
+    (0xC00, "GFP_NOIO"), (0xA20, "GFP_ATOMIC"),
+    (0x820, "GFP_ATOMIC"),  # 6.2+: __GFP_ATOMIC is gone (__GFP_HIGH|__GFP_KSWAPD_RECLAIM)
+    (0x800, "GFP_NOWAIT"),
 )
 CONTEXT_TEXT = {
     "hardirq": "in hardirq context",

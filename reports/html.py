@@ -53,7 +53,8 @@ td.zero { color: #b0b7c3; }
   font-weight: 600; color: #fff; white-space: nowrap; }
 .k-sleep-in-atomic { background: #ad1457; } .k-lock-order-inversion { background: var(--red); }
 .k-irq-lock-inversion { background: var(--orange); } .k-recursive-locking { background: #6a1b9a; }
-.k-same-class-nesting { background: #00695c; } .k-other { background: #455a64; }
+.k-same-class-nesting { background: #00695c; }
+.k-invalid-wait-context { background: #5d4037; } .k-other { background: #455a64; }
 .finding { border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px;
   margin: 14px 0; }
 .finding .meta { color: var(--muted); margin: 0 0 10px; }

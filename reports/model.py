@@ -25,6 +25,7 @@ KIND_TITLES = {
     "irq-lock-inversion": "irq inversion",
     "recursive-locking": "recursive",
     "same-class-nesting": "same-class nesting",
+    "invalid-wait-context": "PREEMPT_RT wait context",
 }
 
 KIND_ABBREV = {
@@ -33,6 +34,7 @@ KIND_ABBREV = {
     "irq-lock-inversion": "irq",
     "recursive-locking": "recursive",
     "same-class-nesting": "nesting",
+    "invalid-wait-context": "rt-wait",
 }
 
 CORE = "vmlinux"

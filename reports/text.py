@@ -310,6 +310,33 @@ def _recursive(f: Finding, ctx: TextContext, out: _Out) -> None:
         out.stack(old, " ")
 
 
+def _invalid_wait(f: Finding, ctx: TextContext, out: _Out) -> None:
+    """lockdep's "BUG: Invalid wait context" (PROVE_RAW_LOCK_NESTING), said to be
+    about PREEMPT_RT only: on the traced kernel nothing is wrong."""
+    new = next((s for s in f.sites if s.kind in (WitnessKind.ACQUIRE, WitnessKind.SLEEP)),
+               f.sites[0] if f.sites else None)
+    held = _by_ts([s for s in f.sites if s.kind == WitnessKind.HELD])
+    inner = str(f.details.get("inner") or "?")
+    title = "[ BUG: Invalid wait context ]"
+    _banner(out, title, ctx.kernel)
+    if inner == "allocation":
+        out.add(f"{_task(new)} is trying to allocate: {f.details.get('api', '?')}, "
+                f"at: {out.at(new)}")
+    else:
+        lock = new.lock if new is not None and new.lock else (f.locks[-1] if f.locks else "?")
+        out.add(f"{_task(new)} is trying to lock:", f" {ctx.name(lock)} ({inner}), "
+                                                     f"at: {out.at(new)}")
+    out.add("other info that might help us debug this:",
+            f"{len(held)} lock{'s' if len(held) != 1 else ''} held by {_task(new)}:")
+    for i, s in enumerate(held):
+        out.add(f" #{i}: {ctx.name(s.lock or '?')} (raw_spinlock_t), at: {out.at(s)}")
+    out.add("tracedep: PREEMPT_RT only: on PREEMPT_RT a spinlock_t or rwlock_t is a "
+            "sleeping lock and the allocator takes such locks; a raw_spinlock_t still "
+            "spins. Not a bug on this (non-RT) kernel.", "stack backtrace:")
+    if new is not None:
+        _call_trace(out, new, ctx)
+
+
 def _generic(f: Finding, ctx: TextContext, out: _Out, title: str | None = None) -> None:
     _banner(out, title or f"WARNING: {f.kind}", ctx.kernel)
     out.add(f.message)
@@ -326,6 +353,7 @@ RENDERERS: dict[str, Callable[[Finding, TextContext, _Out], None]] = {
     "irq-lock-inversion": _irq_inversion,
     "recursive-locking": _recursive,
     "same-class-nesting": _recursive,
+    "invalid-wait-context": _invalid_wait,
 }
 
 
