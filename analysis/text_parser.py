@@ -32,6 +32,7 @@ from tracedep.tracer.probes import (
     TRACEPOINTS,
     parse_event_name,
 )
+from tracedep.tracer.wait_probes import WAIT_FUNCS
 
 # events named without their system in the text → full names, as the binary has them
 _SYSTEM_OF: dict[str, str] = {tp.partition("/")[2]: tp.partition("/")[0] for tp in TRACEPOINTS}
@@ -488,6 +489,18 @@ class TextParser:
             r.lock_flags[row] = "+".join(lf.flags) if lf else ""
             r.value[row] = parse_int(kv.get("rv"), 10)
             self._call_site(row, site)
+        elif role in ("wt", "sg"):
+            # a wait or signal (tracer.wait_probes): never a may-sleep event of its own
+            # (complete() is no sleep); the sleep catalog probes the waits apart
+            self._note_sym(parse_sym(inside))
+            wf = WAIT_FUNCS.get(fn)
+            r.kind[row] = "wait" if role == "wt" else "signal"
+            r.func[row] = fn
+            r.lock_type[row] = wf.obj if wf else ""
+            r.lock_addr[row] = parse_int(kv.get("obj"), 16)
+            ret = parse_int(kv.get("ret"), 16)
+            self.code_addrs.append(ret)
+            r.ip[row] = ret
         else:
             self._note_sym(parse_sym(inside))
             r.kind[row] = "sleep_call"

@@ -164,6 +164,7 @@ static noinline void td_wd_stop_thread(struct td_wd_dev *dev)
 static noinline void td_wd_flush_stats(struct td_wd_dev *dev)
 {
 	mutex_lock(&td_wd_stats_mutex);
+	dev->stats++;
 	flush_workqueue(td_wd_wq);
 	mutex_unlock(&td_wd_stats_mutex);
 }
