@@ -12,8 +12,8 @@
  * PLANTED BUGS (lock-order-inversion through a wait):
  *  1. td_wd_reset(): holds td_wd_cfg_mutex and cancel_work_sync()s reset_work,
  *     whose function takes td_wd_cfg_mutex: (work_completion)(&dev->reset_work).
- *  2. td_wd_stop_poll(): holds poll_lock and del_timer_sync()s poll_timer, whose
- *     callback takes poll_lock: (timer)(&dev->poll_timer).
+ *  2. td_wd_stop_poll(): holds td_wd_poll_lock and del_timer_sync()s poll_timer,
+ *     whose callback takes td_wd_poll_lock: (timer)(&dev->poll_timer).
  *  3. td_wd_wait_ready(): holds state_lock and waits for the ready completion,
  *     which td_wd_ready_fn() completes while holding state_lock:
  *     (completion)(&dev->ready).
@@ -41,6 +41,7 @@
 
 static DEFINE_MUTEX(td_wd_cfg_mutex);
 static DEFINE_MUTEX(td_wd_stats_mutex);
+static DEFINE_SPINLOCK(td_wd_poll_lock);
 
 struct td_wd_chan {
 	struct mutex lock;
@@ -52,7 +53,6 @@ struct td_wd_dev {
 	struct work_struct ready_work;
 	struct work_struct stats_work;
 	struct timer_list poll_timer;
-	spinlock_t poll_lock;
 	struct mutex state_lock;
 	struct completion ready;
 	struct completion timer_fired;
@@ -77,9 +77,9 @@ static void td_wd_poll_timer_fn(struct timer_list *t)
 {
 	struct td_wd_dev *dev = from_timer(dev, t, poll_timer);
 
-	spin_lock(&dev->poll_lock);
+	spin_lock(&td_wd_poll_lock);
 	dev->timer_runs++;
-	spin_unlock(&dev->poll_lock);
+	spin_unlock(&td_wd_poll_lock);
 	complete(&dev->timer_fired);
 }
 
@@ -139,9 +139,9 @@ static noinline void td_wd_reset(struct td_wd_dev *dev)
 /* BUG 2: waits for the poll timer's callback holding the lock it takes. */
 static noinline void td_wd_stop_poll(struct td_wd_dev *dev)
 {
-	spin_lock_bh(&dev->poll_lock);
+	spin_lock_bh(&td_wd_poll_lock);
 	del_timer_sync(&dev->poll_timer);
-	spin_unlock_bh(&dev->poll_lock);
+	spin_unlock_bh(&td_wd_poll_lock);
 }
 
 /* BUG 3: waits for ready holding the lock its completer holds. */
@@ -187,7 +187,6 @@ static int __init td_waitdep_bug_init(void)
 	INIT_WORK(&dev->ready_work, td_wd_ready_fn);
 	INIT_WORK(&dev->stats_work, td_wd_stats_fn);
 	timer_setup(&dev->poll_timer, td_wd_poll_timer_fn, 0);
-	spin_lock_init(&dev->poll_lock);
 	mutex_init(&dev->state_lock);
 	init_completion(&dev->ready);
 	init_completion(&dev->timer_fired);

@@ -27,6 +27,7 @@
 
 static DEFINE_MUTEX(td_wd_cfg_mutex);
 static DEFINE_MUTEX(td_wd_stats_mutex);
+static DEFINE_SPINLOCK(td_wd_poll_lock);
 static DEFINE_MUTEX(td_wd_other_mutex);
 
 struct td_wd_chan {
@@ -39,7 +40,6 @@ struct td_wd_dev {
 	struct work_struct ready_work;
 	struct work_struct stats_work;
 	struct timer_list poll_timer;
-	spinlock_t poll_lock;
 	struct mutex state_lock;
 	struct completion ready;
 	struct completion timer_fired;
@@ -64,9 +64,9 @@ static void td_wd_poll_timer_fn(struct timer_list *t)
 {
 	struct td_wd_dev *dev = from_timer(dev, t, poll_timer);
 
-	spin_lock(&dev->poll_lock);
+	spin_lock(&td_wd_poll_lock);
 	dev->timer_runs++;
-	spin_unlock(&dev->poll_lock);
+	spin_unlock(&td_wd_poll_lock);
 	complete(&dev->timer_fired);
 }
 
@@ -129,9 +129,9 @@ static noinline void td_wd_reset(struct td_wd_dev *dev)
 
 static noinline void td_wd_stop_poll(struct td_wd_dev *dev)
 {
-	spin_lock_bh(&dev->poll_lock);
+	spin_lock_bh(&td_wd_poll_lock);
 	dev->timer_runs++;
-	spin_unlock_bh(&dev->poll_lock);
+	spin_unlock_bh(&td_wd_poll_lock);
 	del_timer_sync(&dev->poll_timer);
 }
 
@@ -177,7 +177,6 @@ static int __init td_waitdep_clean_init(void)
 	INIT_WORK(&dev->ready_work, td_wd_ready_fn);
 	INIT_WORK(&dev->stats_work, td_wd_stats_fn);
 	timer_setup(&dev->poll_timer, td_wd_poll_timer_fn, 0);
-	spin_lock_init(&dev->poll_lock);
 	mutex_init(&dev->state_lock);
 	init_completion(&dev->ready);
 	init_completion(&dev->timer_fired);
