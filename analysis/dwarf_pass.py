@@ -136,6 +136,11 @@ class _Resolver:
             if not res:
                 out.append(f)
                 continue
+            if f.offset == 0 and len(res) == 1 and i == len(frames) - 1 == 0:
+                # a function's entry alone (a callback's witness): its declaration
+                entry = s.entry_frame(f.address)
+                if entry is not None:
+                    res = (replace(entry, address=f.address, offset=0),)
             for r in _trim_lock_internals(list(res)):
                 out.append(self._source_path(replace(r, address=f.address)
                                              if not r.inlined else r))

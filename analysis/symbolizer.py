@@ -40,7 +40,7 @@ import json
 import logging
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -412,6 +412,37 @@ class Symbolizer:
             self._warn(f"{obj.name}: DWARF scope lookup failed ({type(e).__name__}: {e})",
                        key=f"dwarf-scope:{obj.name}")
             return []
+
+    def entry_frame(self, runtime_addr: int) -> Frame | None:
+        """The frame naming the function that starts at a runtime address by its
+        declaration line.  A function's first bytes may be patchable-entry NOPs that
+        the line table gives to whatever came before (arm64:
+        ``-fpatchable-function-entry``), so a function pointer (a work item's or
+        timer's callback) is resolved where its own code begins."""
+        for step in range(0, 20, 4):  # past the NOPs: the function's DIE begins there
+            scope = self.scope(runtime_addr + step)
+            if scope:
+                break
+        else:
+            return None
+        own = [f for f in self.resolve(runtime_addr + step) if not f.inlined]
+        for die in reversed(scope):
+            if die.tag != "DW_TAG_subprogram":
+                continue
+            for _ in range(4):  # a concrete instance names its declaration indirectly
+                line = die.attributes.get("DW_AT_decl_line")
+                if line is not None:
+                    return replace(own[-1], line=int(line.value)) if own else None
+                ref = next((a for a in ("DW_AT_abstract_origin", "DW_AT_specification")
+                            if a in die.attributes), None)
+                if ref is None:
+                    break
+                try:
+                    die = die.get_DIE_from_attribute(ref)
+                except Exception:  # a reference out of its unit: malformed DWARF
+                    break
+            return None
+        return None
 
     def _object_key(self, runtime_addr: int) -> tuple[_Object | None, int]:
         """The ELF image holding a runtime address and the address in its own layout."""

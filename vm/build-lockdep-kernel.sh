@@ -2,7 +2,11 @@
 # Build a kernel with lockdep's lock tracepoints (vm/lockdep.config) for tracedep,
 # from Debian's linux-source-6.1, idempotently and cached outside the repository.
 #
-#   vm/build-lockdep-kernel.sh [--config-only] [ARCH]      # ARCH: x86_64 (default) or arm64
+#   vm/build-lockdep-kernel.sh [--config-only] [--prove] [ARCH]  # ARCH: x86_64 (default) or arm64
+#
+# --prove builds a second kernel (its own cache directory, ARCH-prove) with lockdep's own
+# checker on as well (PROVE_LOCKING, PROVE_RAW_LOCK_NESTING, DEBUG_ATOMIC_SLEEP): its
+# console reports are what tracedep's findings on the same drivers are compared with.
 #
 # Tree, config, build log, timings and installed modules live in
 #   ${TRACEDEP_CACHE:-$HOME/.cache/tracedep}/lockdep-kernel/ARCH/
@@ -24,10 +28,12 @@
 set -euo pipefail
 
 CONFIG_ONLY=0
+PROVE=0
 ARCH_ARG=x86_64
 for a in "$@"; do
     case "$a" in
         --config-only) CONFIG_ONLY=1 ;;
+        --prove) PROVE=1 ;;
         -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         -*) echo "build-lockdep-kernel: unknown option $a" >&2; exit 2 ;;
         *) ARCH_ARG=$a ;;
@@ -57,6 +63,8 @@ esac
 
 CACHE_BASE=${TRACEDEP_CACHE:-$HOME/.cache/tracedep}
 CACHE=$CACHE_BASE/lockdep-kernel/$ARCH_ARG
+# --prove: a second kernel, apart, with lockdep's own checker on as well
+[ "$PROVE" = 0 ] || CACHE=$CACHE-prove
 SRC=$CACHE/$SRC_PKG
 MODS_ROOT=$CACHE/modules-install
 LOG=$CACHE/build.log
@@ -114,6 +122,17 @@ CONFIG_DEBUG_KERNEL=y
 # olddefconfig drops DYNAMIC_FTRACE (and x86 kprobes lose KPROBES_ON_FTRACE)
 CONFIG_FUNCTION_TRACER=y
 EOF
+if [ "$PROVE" = 1 ]; then
+    cat >>"$EXTRA_FRAGMENT" <<'EOF'
+# --prove: lockdep's own checker too (its console reports are what tracedep's findings
+# are compared with), raw_spinlock_t/spinlock_t nesting as PREEMPT_RT sees it, and
+# CONFIG_DEBUG_ATOMIC_SLEEP's might_sleep() checks
+CONFIG_PROVE_LOCKING=y
+CONFIG_PROVE_RAW_LOCK_NESTING=y
+CONFIG_DEBUG_ATOMIC_SLEEP=y
+CONFIG_LOCALVERSION="-tracedep-prove"
+EOF
+fi
 
 # arm64's defconfig builds hundreds of SoC platform drivers (and ~600 modules) that QEMU's
 # -M virt guest never uses.  After defconfig, and before the fragments are merged (so they
