@@ -8,9 +8,10 @@
         lock classes from lock initializers (tracer.lock_init): classes/raw/ (cropped
         pages around td_rwsem_recursive_bug's load) and classes/events/ (a sample of
         initialized and inode locks, their init rows and allocations)
-    .venv/bin/python tests/data/traces/make_fixtures.py lockdep RUN_DIR
+    .venv/bin/python tests/data/traces/make_fixtures.py lockdep RUN_DIR [MODULE ...]
         a run on a lockdep kernel (vm/build-lockdep-kernel.sh): lockdep/raw/ (cropped
-        pages around td_abba_bug) and lockdep/rules/<module>/
+        pages around td_abba_bug) and lockdep/rules/<module>/; with MODULEs, only
+        their rules fixtures
 """
 
 from __future__ import annotations
@@ -129,11 +130,13 @@ def crop(run_dir: Path, module: str, out: Path, cpu: int | None = None,
     return trace, spans, load_ts
 
 
-def lockdep(run_dir: Path, out: Path = HERE / "lockdep") -> None:
+def lockdep(run_dir: Path, modules: list[str], out: Path = HERE / "lockdep") -> None:
     """A run on a kernel built with vm/lockdep.config: raw pages of td_abba_bug's
-    probe (lockdep's events merged at decode time) and one rules fixture per driver."""
-    crop(run_dir, "td_abba_bug", out / "raw")
-    rules(run_dir, [], out / "rules")
+    probe (lockdep's events merged at decode time) and one rules fixture per driver
+    (``modules``: only theirs)."""
+    if not modules:
+        crop(run_dir, "td_abba_bug", out / "raw")
+    rules(run_dir, modules, out / "rules")
 
 
 def _event_ids(buf: bytes, hp: object) -> set[int]:
@@ -225,7 +228,7 @@ def main(argv: list[str]) -> None:
     if argv[0] == "tiny":
         tiny(run_dir)
     elif argv[0] == "lockdep":
-        lockdep(run_dir)
+        lockdep(run_dir, argv[2:])
     elif argv[0] == "classes":
         classes(run_dir)
     else:
