@@ -129,7 +129,8 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     findings += order_rules.order_findings(cx)
     findings += rules.irq_findings(cx)
     findings += rules.recursion_findings(cx)
-    findings += rt_findings(cx, getattr(namer, "scope", None))  # PREEMPT_RT only (rt_rules)
+    # PREEMPT_RT only (rt_rules): lock types from the namer's DWARF, or known already
+    findings += rt_findings(cx, getattr(namer, "scope", None), trace.lock_types)
     findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))
     mark_near_gaps(findings, ev)
     edges = []

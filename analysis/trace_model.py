@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from tracedep.analysis.findings import Frame
+from tracedep.analysis.lock_ctypes import LockTypes
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.common.run_manifest import RunManifest
 
@@ -30,6 +31,9 @@ class Trace:
     # whose call site is known by name only (``ip`` 0) have it here, by row.
     text_stacks: list[tuple[Frame, ...]] = field(default_factory=list)
     text_sites: dict[int, Frame] = field(default_factory=dict)
+    # the C types of spinning locks, known without DWARF (the recorded fixtures of the
+    # tests carry DWARF's answers); a run's are read from DWARF by the DWARF pass
+    lock_types: LockTypes | None = None
 
     @property
     def call_insn_size(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -96,12 +97,18 @@ def frame_functions(finding: dict[str, Any]) -> set[str]:
     return names | ({fn} if fn else set())
 
 
+# the suffixes of GCC's clones of a function (foo.constprop.0, foo.isra.0, foo.part.0,
+# foo.cold): a frame names the clone's symbol, as the kernel prints it
+_CLONE_SUFFIX = re.compile(r"(\.(constprop|isra|part|cold)(\.\d+)?)+$")
+
+
 def matches(finding: dict[str, Any], want: dict[str, Any], module: str) -> bool:
-    """Kind, driver and function (as itself, an inlined frame, or the symbol it is inlined
-    into) of an expect.json finding."""
+    """Kind, driver and function (as itself, an inlined frame, the symbol it is inlined
+    into, or a GCC clone of it) of an expect.json finding."""
     if finding["kind"] != want["kind"] or finding["driver"] != module:
         return False
     names = frame_functions(finding)
+    names |= {_CLONE_SUFFIX.sub("", n) for n in names}
     fn = want["function"]
     return fn in names or want.get("symbols", {}).get(fn) in names
 

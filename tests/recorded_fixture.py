@@ -22,7 +22,9 @@ It writes, into ``out_dir``::
                     and the next one (which bounds its size); module symbols carry
                     ``\\t[module]`` and come from the module's .ko placed as the run loaded it
     manifest.json   the run's manifest without its bulk, plus a ``fixture`` key: where
-                    each module load lay (section spans, trace times) and the kernel span
+                    each module load lay (section spans, trace times) and the kernel span,
+                    the modules' DWARF answers at the slice's module addresses (``source``)
+                    and the C type DWARF gives each spinlock acquisition (``lock_ctypes``)
 
 ``load_fixture(out_dir)`` reads it back as an :class:`analysis.trace.Trace`
 whose ``analyze()`` gives what the whole run gave for those modules.
@@ -43,6 +45,7 @@ import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
+from tracedep.analysis.lock_ctypes import LockTypes
 from tracedep.analysis.run_symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace import Trace, load
 from tracedep.analysis.waits import OBJECT_KINDS
@@ -372,14 +375,15 @@ def _init_rows(ev: pd.DataFrame, keep: set[int]) -> set[int]:
 
 
 def save_fixture(run_dir: Path, module_names: list[str], out_dir: Path,
-                 gap_ns: int = DEFAULT_GAP_NS) -> dict[str, int]:
-    """Write the fixture of ``module_names`` from ``run_dir`` into ``out_dir``; return sizes."""
+                 gap_ns: int = DEFAULT_GAP_NS, vmlinux: Path | None = None) -> dict[str, int]:
+    """Write the fixture of ``module_names`` from ``run_dir`` into ``out_dir``; return sizes.
+    ``vmlinux``: the kernel's DWARF, for the lock types of the core kernel's call sites."""
     trace, rows = select_rows(run_dir, module_names, gap_ns)
-    return save_rows(trace, rows, module_names, out_dir)
+    return save_rows(trace, rows, module_names, out_dir, vmlinux)
 
 
-def save_rows(trace: Trace, rows: np.ndarray, module_names: list[str], out_dir: Path
-              ) -> dict[str, int]:
+def save_rows(trace: Trace, rows: np.ndarray, module_names: list[str], out_dir: Path,
+              vmlinux: Path | None = None) -> dict[str, int]:
     """Write the events ``rows`` of ``trace`` as a fixture (the format of
     :func:`save_fixture`) into ``out_dir``; return sizes."""
     ev = trace.events.iloc[rows].reset_index(drop=True)
@@ -397,6 +401,7 @@ def save_rows(trace: Trace, rows: np.ndarray, module_names: list[str], out_dir: 
                                out_dir / "kallsyms")
     info = _trim_manifest(trace, set(module_names) | mods_used, module_names, len(trace.events))
     info["fixture"]["source"] = _source_answers(trace, referenced)
+    info["fixture"]["lock_ctypes"] = _ctype_answers(trace, ev, vmlinux)
     # one line: a fixture's manifest is read by tests, not people
     (out_dir / "manifest.json").write_text(
         json.dumps({"manifest_version": manifest.MANIFEST_VERSION, **info}, sort_keys=True,
@@ -502,6 +507,45 @@ def _source_answers(trace: Trace, referenced: list[tuple[int, int]]
     return out
 
 
+def _ctype_answers(trace: Trace, ev: pd.DataFrame, vmlinux: Path | None
+                   ) -> dict[str, dict[str, Any]]:
+    """What analysis.lock_ctypes reads from DWARF for every spinlock acquisition of the
+    slice ``ev`` (the questions analysis.rt_rules asks): per module, ``site``: the call
+    site's answer by address; ``object``: the lock object's answer by address and
+    class key, the key the fixture's own analysis gives that class (heap classes named
+    without DWARF), the answer the one a run's analysis gives (``struct type.member``
+    names from DWARF).  None: DWARF does not say."""
+    from tracedep.analysis.dwarf_pass import _Resolver
+    from tracedep.analysis.type_names import HeapNamer
+
+    kinds = ev["kind"].to_numpy()
+    rows = np.nonzero(kinds == "lock_acquire")[0]
+    plain_ids, plain = lock_classes.assign(ev, trace.symbols, rows)
+    r = _Resolver(trace, vmlinux)
+    named_ids, named = lock_classes.assign(ev, trace.symbols, rows, HeapNamer(r.scope))
+    types = LockTypes(r.scope)
+    ltype = ev["lock_type"].astype(str).to_numpy()
+    ips, ts = ev["ip"].to_numpy(), ev["ts_ns"].to_numpy()
+    out: dict[str, dict[str, Any]] = {}
+    for i, row in enumerate(rows.tolist()):
+        ip, t, cp, cn = int(ips[row]), int(ts[row]), int(plain_ids[i]), int(named_ids[i])
+        if ltype[row] != "spinlock" or not ip or cp < 0 or cn < 0:
+            continue
+        mod = trace.symbols.module_of(ip, t)
+        if mod is None or mod == "?":
+            continue
+        rec = out.setdefault(mod, {"site": {}, "object": {}})
+        a = f"{ip:x}"
+        if a not in rec["site"]:
+            rec["site"][a] = types.at_site(mod, ip, t)
+        objs = rec["object"].setdefault(a, {})
+        key = plain[cp].key
+        got = types.of_object(named[cn].key, named[cn].name, mod, ip, t)
+        # one answer per key: a key the two namings split gets none
+        objs[key] = got if objs.get(key, got) == got else None
+    return out
+
+
 def _trim_manifest(trace: Trace, modules: set[str], wanted: list[str], total: int
                    ) -> dict[str, Any]:
     info = trace.info.to_json()
@@ -580,7 +624,26 @@ def load_fixture(fixture_dir: Path) -> Trace:
             if file.startswith("src:"):
                 file = str(src / file[4:])
             syms.answers[(mod, int(a, 16))] = (fn, file, int(line))
-    return Trace(events, stacks, info, syms, fixture_dir, [])
+    types = fx.get("lock_ctypes")
+    return Trace(events, stacks, info, syms, fixture_dir, [],
+                 lock_types=_RecordedTypes(types) if isinstance(types, dict) else None)
+
+
+class _RecordedTypes(LockTypes):
+    """Lock types as DWARF gave them when the fixture was recorded (``lock_ctypes``)."""
+
+    def __init__(self, answers: dict[str, dict[str, Any]]) -> None:
+        super().__init__(lambda m, ip, ts: [])
+        self.answers = answers
+
+    def at_site(self, module: str, ip: int, ts: int) -> str | None:
+        got = self.answers.get(module, {}).get("site", {}).get(f"{ip:x}")
+        return str(got) if got else None
+
+    def of_object(self, class_key: str, class_name: str, module: str, ip: int,
+                  ts: int) -> str | None:
+        got = self.answers.get(module, {}).get("object", {}).get(f"{ip:x}", {}).get(class_key)
+        return str(got) if got else None
 
 
 class _FixtureSymbols(RunSymbols):

@@ -1,10 +1,10 @@
 """invalid-wait-context (analysis.rt_rules) on recorded real traces of the bundled drivers.
 
-The recorded fixtures carry no DWARF types, so the lock types are given here by class
-name, as analysis.lock_ctypes would read them: the rule must then report a
-spinlock_t taken under a raw_spinlock_t (td_abba_bug's real queue -> stats nesting,
-with its queue lock declared raw) with both witnesses, and nothing when either type
-is a spinlock_t or unknown.  Without DWARF it judges nothing at all.
+The lock types are given here by class name, as analysis.lock_ctypes would read
+them: the rule must then report a spinlock_t taken under a raw_spinlock_t
+(td_abba_bug's real queue -> stats nesting, with its queue lock declared raw) with both
+witnesses, and nothing when either type is a spinlock_t or unknown.  Without DWARF, or
+the answers a fixture recorded from it (``lock_ctypes``), it judges nothing at all.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class _Types(LockTypes):
 
 def _findings(monkeypatch: pytest.MonkeyPatch, fixture: str,
               types: dict[str, str | None] | None) -> list[Finding]:
-    def hook(cx, scope):  # type: ignore[no-untyped-def]
+    def hook(cx, scope, recorded=None):  # type: ignore[no-untyped-def]
         return rt_findings(cx, None, _Types(types) if types is not None else None)
 
     monkeypatch.setattr(pipeline, "rt_findings", hook)
@@ -75,8 +75,22 @@ def test_nothing_unless_both_known_and_wrong(monkeypatch: pytest.MonkeyPatch,
 def test_without_dwarf_nothing_is_judged(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _findings(monkeypatch, "td_abba_bug", None) == []
     for fixture in sorted(p.name for p in RULES.iterdir() if (p / "manifest.json").is_file()):
-        assert [f for f in pipeline.analyze(load_fixture(RULES / fixture)).findings
-                if f.kind == KIND] == [], fixture
+        t = load_fixture(RULES / fixture)
+        t.lock_types = None  # the DWARF answers recorded with it, if any, forgotten
+        assert [f for f in pipeline.analyze(t).findings if f.kind == KIND] == [], fixture
+
+
+def test_recorded_answers_judge_both_twins() -> None:
+    """td_rt_wait_bug's and td_rt_wait_clean's fixtures carry DWARF's lock types: the
+    bug gives its two findings from them, the twin, with raw and non-raw locks typed
+    too, nothing."""
+    for name, want in (("td_rt_wait_bug", 2), ("td_rt_wait_clean", 0)):
+        t = load_fixture(RULES / name)
+        answers = t.info.extra["fixture"]["lock_ctypes"][name]  # type: ignore[index]
+        kinds = {v for per in answers["object"].values() for v in per.values()}
+        assert {RAW, SPIN} <= kinds, (name, answers)
+        found = [f for f in pipeline.analyze(t).findings if f.kind == KIND]
+        assert len(found) == want and all(f.driver == "td_rt_wait_bug" for f in found), name
 
 
 def test_allocation_under_raw(monkeypatch: pytest.MonkeyPatch) -> None:

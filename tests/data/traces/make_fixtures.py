@@ -147,16 +147,31 @@ def _event_ids(buf: bytes, hp: object) -> set[int]:
     return {struct.unpack_from("<H", buf, o)[0] for o in recs.off}
 
 
+def _vmlinux(run_dir: Path) -> Path | None:
+    """The run's kernel with DWARF, as `tracedep analyze` finds it (the -dbg package's)."""
+    from tracedep.common import run_manifest
+    from tracedep.vm.debug_packages import debug_vmlinux
+
+    k = run_manifest.read(run_dir).kernel
+    return Path(k.vmlinux) if k.vmlinux else debug_vmlinux(k.release, k.abi, k.packages)
+
+
 def rules(run_dir: Path, modules: list[str], out: Path = HERE / "rules") -> None:
     drivers = REPO / "vm" / "drivers"
     names = modules or sorted(p.name for p in drivers.iterdir() if (p / "expect.json").is_file())
+    vmlinux = _vmlinux(run_dir)
     for name in names:
         dest = out / name
         if dest.exists():
             shutil.rmtree(dest)
-        sizes = save_fixture(run_dir, [name], dest)
+        sizes = save_fixture(run_dir, [name], dest, vmlinux=vmlinux)
         print(f"rules/{name}: {sum(sizes.values())} bytes")
-    (out / "SOURCE").write_text(f"run: {run_dir}\ncommit: {_commit()}\n")
+    source = f"run: {run_dir}\ncommit: {_commit()}\n"
+    if modules and (out / "SOURCE").is_file():
+        # some fixtures redone: the others still come from the runs named before
+        source = (out / "SOURCE").read_text() + f"then, for {' '.join(modules)}:\n" + "".join(
+            "  " + ln for ln in source.splitlines(True))
+    (out / "SOURCE").write_text(source)
 
 
 def classes(run_dir: Path, out: Path = HERE / "classes", per_class: int = 2,
