@@ -135,7 +135,7 @@ def _ips(p: TextParser, tables: dict[str, SymbolTable], cs: int
     # kprobe rows hold their raw return address: now the call size is known
     lk_sl = ours & np.isin(np.array(r.kind, dtype=object), ["lock_acquire", "lock_release",
                                                              "sleep_call", "lock_init",
-                                                             "wait", "signal"])
+                                                             "wait", "signal", "work_queued"])
     ip[lk_sl] = ip[lk_sl] - np.uint64(cs)
     site_of_row: dict[int, Frame] = {}
     unresolved = 0

@@ -489,15 +489,17 @@ class TextParser:
             r.lock_flags[row] = "+".join(lf.flags) if lf else ""
             r.value[row] = parse_int(kv.get("rv"), 10)
             self._call_site(row, site)
-        elif role in ("wt", "sg"):
+        elif role in ("wt", "sg", "qw"):
             # a wait or signal (tracer.wait_probes): never a may-sleep event of its own
             # (complete() is no sleep); the sleep catalog probes the waits apart
             self._note_sym(parse_sym(inside))
             wf = WAIT_FUNCS.get(fn)
-            r.kind[row] = "wait" if role == "wt" else "signal"
+            r.kind[row] = {"wt": "wait", "sg": "signal"}.get(role, "work_queued")
             r.func[row] = fn
-            r.lock_type[row] = wf.obj if wf else ""
+            r.lock_type[row] = "work" if role == "qw" else (wf.obj if wf else "")
             r.lock_addr[row] = parse_int(kv.get("obj"), 16)
+            if "wq" in kv:
+                r.ptr[row] = parse_int(kv["wq"], 16)
             ret = parse_int(kv.get("ret"), 16)
             self.code_addrs.append(ret)
             r.ip[row] = ret

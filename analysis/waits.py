@@ -145,6 +145,7 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
     kind = kinds[rows].astype(str)
     tasks, ctxs = _task_ctx(ev, rows)
     gap_rows = np.nonzero(kinds == "gap")[0]
+    wq_names = _workqueue_names(kind, addr, name, ev["ptr"].to_numpy()[rows], tasks)
 
     intern: dict[str, int] = {}
 
@@ -225,8 +226,9 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
         k, lt = kind[j], ltype[j]
         if k == "wait":
             if lt == "workqueue":
-                if name[j]:
-                    wait_side(j, named_class("workqueue", name[j]))
+                wq = name[j] or wq_names.get(int(addr[j]), "")
+                if wq:
+                    wait_side(j, named_class("workqueue", wq))
             elif lt == "kthread" and addr[j]:
                 stop_call[tasks[j]] = int(rows[j])  # the probe: the tracepoint follows
             elif lt == "kthread":
@@ -267,6 +269,23 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
         if later:
             signal_side(j, later[0])
     return g
+
+
+def _workqueue_names(kind: np.ndarray, addr: np.ndarray, name: np.ndarray, ptr: np.ndarray,
+                     tasks: list[int]) -> dict[int, str]:
+    """Workqueue pointer -> name: the ``__queue_work`` probe names the workqueue by
+    pointer, the queue_work tracepoint inside it by name, for the same work item.  A
+    flush whose probe could not read the name (no BTF offset) is named so."""
+    out: dict[int, str] = {}
+    pending: dict[tuple[int, int], int] = {}
+    for j in np.nonzero(kind == "work_queued")[0].tolist():
+        if ptr[j]:
+            pending[(tasks[j], int(addr[j]))] = int(ptr[j])
+        elif name[j]:
+            wq = pending.pop((tasks[j], int(addr[j])), 0)
+            if wq:
+                out.setdefault(wq, str(name[j]))
+    return out
 
 
 def wait_sites(cx: Ctx, acc: WaitEdge, a: str, b: str) -> tuple[Site, Site]:

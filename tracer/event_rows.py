@@ -308,7 +308,7 @@ class RecordColumns:
                 cols["value"][rows] = self.fld(f, "rv", rows, True)
             cols["ip"][rows] = self.fld(f, "__probe_ret_ip", rows, False) - np.uint64(
                 self.call_insn_size)
-        elif role in ("wt", "sg"):
+        elif role in ("wt", "sg", "qw"):
             self._wait(f, rows, role, fn)
         else:
             self.kind[rows] = "sleep_call"
@@ -342,12 +342,14 @@ class RecordColumns:
         wf = WAIT_FUNCS.get(fn)
         if wf is None:
             return
-        self.kind[rows] = "wait" if role == "wt" else "signal"
+        self.kind[rows] = {"wt": "wait", "sg": "signal"}.get(role, "work_queued")
         self.func[rows] = fn
-        self.lock_type[rows] = wf.obj
+        self.lock_type[rows] = "work" if role == "qw" else wf.obj
         self.cols["ip"][rows] = self.call_site(f, rows)
         if "obj" in f.fields:
             self.cols["lock_addr"][rows] = self.fld(f, "obj", rows, False)
+        if "wq" in f.fields:  # the workqueue a work item is queued on
+            self.cols["ptr"][rows] = self.fld(f, "wq", rows, False)
         self._names(f, "name", rows)
 
     def _names(self, f: EventFormat, field: str, rows: np.ndarray) -> None:

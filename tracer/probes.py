@@ -16,6 +16,7 @@ prefix     event
 ``lc``     a lock's re-keying by core code (inode i_rwsem by fs type: tracer.lock_init)
 ``wt``     entry of a wait on another context's work (tracer.wait_probes)
 ``sg``     a completion signalled, or a kthread looking for its stop (tracer.wait_probes)
+``qw``     a work item queued on a workqueue (tracer.wait_probes)
 =========  ==================================================================
 """
 
@@ -217,7 +218,7 @@ def _event_name(prefix: str, func: str) -> str:
 
 
 event_name = _event_name
-ROLES = ("lk", "lr", "ul", "sl", "li", "lc", "wt", "sg")
+ROLES = ("lk", "lr", "ul", "sl", "li", "lc", "wt", "sg", "qw")
 
 
 # Symbols that are not functions one can probe: the -fpatchable-function-entry padding

@@ -55,8 +55,9 @@ Wait rows [1.5] (tracer.wait_probes): ``wait`` (a wait on another context:
 ``timer``, ``completion``, ``kthread``; ``lock_addr`` the object, a workqueue's name
 in ``lock_name`` where known, a stopped kthread's pid in ``value`` and comm in
 ``lock_name``), ``signal`` (``complete()``: ``lock_addr`` the completion; a kthread
-looking for its stop: ``lock_addr`` 0), ``work_queued`` (``lock_addr`` the work,
-``lock_name`` its workqueue's name, ``ip`` its function), ``callback_entry`` and
+looking for its stop: ``lock_addr`` 0), ``work_queued`` (``lock_addr`` the work; from
+the tracepoint ``lock_name`` its workqueue's name and ``ip`` its function, from the
+``__queue_work`` probe ``ptr`` the workqueue and ``ip`` the call site), ``callback_entry`` and
 ``callback_exit`` (a work item's or timer's function runs: ``lock_addr`` the
 object, ``lock_type`` ``work`` or ``timer``, ``ip`` the function).
 

@@ -14,6 +14,9 @@ prefix     event
            a workqueue's ``name`` too, where the kernel's BTF gives its offset
 ``sg``     the object is signalled: ``complete(obj)``; or a kthread looks for
            its stop (``kthread_should_stop``: no object, the thread is the task)
+``qw``     a work item queued (``__queue_work``): ``obj`` the work, ``wq`` the
+           workqueue: with the queue_work tracepoint's name, a flushed
+           workqueue's name where BTF gives no offset to read it at
 =========  ==================================================================
 
 The other side comes from tracepoints: ``workqueue_execute_start/end`` (a work
@@ -41,7 +44,7 @@ WAIT_OBJECTS = ("work", "workqueue", "timer", "completion", "kthread")
 class WaitFunc:
     name: str
     obj: str  # one of WAIT_OBJECTS
-    role: str  # "wt" (waits for the object) or "sg" (signals it)
+    role: str  # "wt" (waits for the object), "sg" (signals it), "qw" (queues work on it)
     timed: bool = False  # gives up after a timeout: a stall, not a hang
 
 
@@ -69,6 +72,7 @@ def _table() -> dict[str, WaitFunc]:
         add(f, "completion", timed=True)
     for f in ("complete", "complete_all", "complete_on_current_cpu"):
         add(f, "completion", "sg")
+    add("__queue_work", "workqueue", "qw")
     # its call site; the thread's pid comes from the sched_kthread_stop tracepoint
     add("kthread_stop", "kthread")
     for f in ("kthread_should_stop", "kthread_should_stop_or_park"):
@@ -114,6 +118,8 @@ def wait_probe_definitions(machine: Machine, disc: Discovery, wq_name_off: int |
             continue
         ev = event_name(wf.role, f)
         obj = "" if wf.role == "sg" and wf.obj == "kthread" else f" obj={machine.arg1}:x64"
+        if wf.role == "qw":  # __queue_work(cpu, wq, work)
+            obj = f" obj={machine.arg3}:x64 wq={machine.arg2}:x64"
         # the string last: ftrace text prints it unquoted-safe only at the end of a line
         name = (f" name=+{wq_name_off}({machine.arg1}):string"
                 if wf.obj == "workqueue" and wq_name_off is not None else "")
