@@ -18,6 +18,7 @@ from conftest import BundledRun, check_expected, expectations
 from recorded_fixture import load_fixture, save_fixture
 
 from tracedep.analysis.pipeline import analyze
+from tracedep.analysis.waits import PREFIX
 from tracedep.tracer import schema
 
 RULES = Path(__file__).parents[1] / "data" / "traces" / "rules"
@@ -25,6 +26,7 @@ EXPECT = expectations()
 FIXTURES = sorted(p.name for p in RULES.iterdir() if (p / "manifest.json").is_file()) if (
     RULES.is_dir()) else []
 MAX_FIXTURE_BYTES = 200_000
+WAIT_PREFIXES = tuple(PREFIX.values())
 LOCKDEP_RULES = Path(__file__).parents[1] / "data" / "traces" / "lockdep" / "rules"
 LOCKDEP_FIXTURES = sorted(p.name for p in LOCKDEP_RULES.iterdir()
                           if (p / "manifest.json").is_file()) if LOCKDEP_RULES.is_dir() else []
@@ -66,6 +68,12 @@ def test_every_bundled_driver_has_a_lockdep_fixture() -> None:
 def test_rules_on_recorded_trace(where: Path) -> None:
     module = where.name
     findings = findings_of(where)
+    unseen = EXPECT[module].get("lockdep_kernel") if where.parent == LOCKDEP_RULES else None
+    if unseen is not None:
+        # a rule this kernel's classes cannot feed (expect.json says why): pinned, so
+        # that the day it is found the expectation is updated
+        assert len(findings) == unseen["findings"], (unseen["why"], findings)
+        return
     problems = check_expected(findings, module)
     want = EXPECT[module]["findings"]
     if len(findings) != len(want):
@@ -75,14 +83,15 @@ def test_rules_on_recorded_trace(where: Path) -> None:
 
 
 @pytest.mark.parametrize("module", [m for m in LOCKDEP_FIXTURES if EXPECT.get(m, {}).get(
-    "findings")])
+    "findings") and "lockdep_kernel" not in EXPECT[m]])
 def test_lockdep_kernel_names_the_classes(module: str) -> None:
     """On a lockdep kernel a heap lock is lockdep's class, named as spin_lock_init()'s
     argument (``&ring->lock``), where the Debian kernel's is its allocation site."""
     findings = findings_of(LOCKDEP_RULES / module)
     want = EXPECT[module]["findings"][0]
     heap = [d for d in want.get("lock_details", []) if d["storage"] == "heap"]
-    locks = [n for f in findings for n in f["locks"]]
+    # the objects waited for (analysis.waits) are tracedep's classes, not lockdep's
+    locks = [n for f in findings for n in f["locks"] if not n.startswith(WAIT_PREFIXES)]
     for d in heap:
         assert any(n.startswith("&") and n.split(" [")[0].endswith(f"->{d['field']}")
                    for n in locks), (d, locks)
