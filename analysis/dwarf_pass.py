@@ -136,7 +136,7 @@ class _Resolver:
             if not res:
                 out.append(f)
                 continue
-            if f.offset == 0 and len(res) == 1 and i == len(frames) - 1 == 0:
+            if len(frames) == 1 and f.offset == 0 and len(res) == 1:
                 # a function's entry alone (a callback's witness): its declaration
                 entry = s.entry_frame(f.address)
                 if entry is not None:

@@ -148,7 +148,22 @@ class Replay:
     forced: list[Forced] = field(default_factory=list)
 
 
-def _ctx(hard: bool, soft: bool, nmi: bool) -> str:
+def task_key(pid: int, cpu: int) -> int:
+    """Whose held locks an event is about: its task, or its CPU's idle task (pid 0)."""
+    return pid if pid > 0 else -1 - cpu
+
+
+def task_contexts(events: pd.DataFrame, rows: np.ndarray) -> tuple[list[int], list[str]]:
+    """The replay's (task, IRQ context) keys of event rows, for passes after it."""
+    e = {c: events[c].to_numpy()[rows] for c in ("pid", "cpu", "in_hardirq", "in_softirq",
+                                                  "in_nmi")}
+    tasks = [task_key(int(p), int(c)) for p, c in zip(e["pid"], e["cpu"], strict=True)]
+    ctxs = [irq_context(bool(h), bool(s), bool(n)) for h, s, n in
+            zip(e["in_hardirq"], e["in_softirq"], e["in_nmi"], strict=True)]
+    return tasks, ctxs
+
+
+def irq_context(hard: bool, soft: bool, nmi: bool) -> str:
     if nmi:
         return "nmi"
     if hard:
@@ -323,8 +338,8 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
             last_holder.clear()
             continue
         p = pid[i]
-        task = p if p > 0 else -1 - cpu[i]
-        ctx = _ctx(hard[i], soft[i], nmi[i])
+        task = p if p > 0 else -1 - cpu[i]  # task_key(), inline: once per event
+        ctx = irq_context(hard[i], soft[i], nmi[i])
         if ctx != "process":
             irq_dirty.add(task)
         elif task in irq_dirty:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.findings import Site, WitnessKind
-from tracedep.analysis.heldlocks import SHARED_TYPES, EdgeAcc, Replay
+from tracedep.analysis.heldlocks import SHARED_TYPES, EdgeAcc, Replay, task_contexts
 from tracedep.analysis.rules import Ctx
 from tracedep.analysis.run_symbols import RunSymbols
 
@@ -114,19 +114,6 @@ class _Holds:
         return [(int(cls[j]), int(start[j])) for j in m]
 
 
-def _task_ctx(ev: pd.DataFrame, rows: np.ndarray) -> tuple[list[int], list[str]]:
-    """The replay's task and context keys (analysis.heldlocks) of event rows."""
-    pid = ev["pid"].to_numpy()[rows]
-    cpu = ev["cpu"].to_numpy()[rows]
-    hard = ev["in_hardirq"].to_numpy()[rows]
-    soft = ev["in_softirq"].to_numpy()[rows]
-    nmi = ev["in_nmi"].to_numpy()[rows]
-    tasks = [int(p) if p > 0 else -1 - int(c) for p, c in zip(pid, cpu, strict=True)]
-    ctxs = ["nmi" if n else "hardirq" if h else "softirq" if s else "process"
-            for h, s, n in zip(hard, soft, nmi, strict=True)]
-    return tasks, ctxs
-
-
 # long: one pass per wait-side event kind, read best together
 def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
                namer: lock_classes.ClassNamer | None = None) -> WaitGraph:
@@ -143,7 +130,7 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
     func = ev["func"].astype(str).to_numpy()[rows]
     value = ev["value"].to_numpy()[rows]
     kind = kinds[rows].astype(str)
-    tasks, ctxs = _task_ctx(ev, rows)
+    tasks, ctxs = task_contexts(ev, rows)
     gap_rows = np.nonzero(kinds == "gap")[0]
     wq_names = _workqueue_names(kind, addr, name, ev["ptr"].to_numpy()[rows], tasks)
 
