@@ -2,7 +2,10 @@
 
 Stacks taken by ftrace's stacktrace trigger start inside the tracing code
 (the kprobe or tracepoint handler); those frames are dropped so a stack starts
-at the probed function, as a developer reading it expects.
+at the probed function, as a developer reading it expects.  The tracing frames
+end at the first interrupt entry: an interrupt that lands inside the tracing code
+of the interrupted task's own event (between its commit and its stack) puts that
+task's tracing frames below the interrupt's, and past them is not the incident.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def clean_stack(symbols: RunSymbols, stack: tuple[int, ...], call_insn_size: int
     names = [symbols.lookup(a, ts) for a in stack]
     start = 0
     for i, s in enumerate(names[:12]):
+        if s is not None and _IRQ_BOUNDARY.match(s.name):
+            break  # tracing frames past it are those of the task the interrupt landed in
         if s is None and symbols.module_of(stack[i], ts) in (None, "?"):
             start = i + 1  # ftrace trampoline: no symbol
         elif s is not None and _TRACING.match(s.name):
@@ -84,6 +89,8 @@ def clean_text_stack(stack: tuple[Frame, ...], call_insn_size: int) -> list[Fram
     turned into call sites where the text gave their offset or address."""
     start = 0
     for i, f in enumerate(stack[:12]):
+        if _IRQ_BOUNDARY.match(f.function):
+            break
         if f.function.startswith("0x") or _TRACING.match(f.function):
             start = i + 1
     frames = []
