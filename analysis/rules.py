@@ -173,8 +173,10 @@ class Ctx:
         mod = self.symbols.module_of(ip, ts)
         if mod in ("vmlinux", None):
             return False
-        if mod in self.own_source_modules or self.nesting is None:
+        if mod in self.own_source_modules:
             return True
+        if self.nesting is None:
+            return False  # no DWARF (--no-dwarf): a package module's annotation is unseen
         return self.nesting.at(frame_at(self.symbols, ip, True, ts), ts).known
 
     def src(self, f: Frame, ts: int | None) -> str:

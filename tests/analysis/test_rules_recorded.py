@@ -120,3 +120,17 @@ def test_save_fixture_from_a_fresh_run(bundled_run: BundledRun, tmp_path: Path,
     part = findings_of(tmp_path / module)
     assert sorted(f["signature"] for f in part) == sorted(f["signature"] for f in whole), (
         json.dumps([(f["kind"], f["message"]) for f in part], indent=1))
+
+
+def test_without_dwarf_a_package_modules_nesting_is_not_judged() -> None:
+    # ``--no-dwarf`` analyses without a NestingJudge.  A module given without its
+    # source (a kernel package's own: configfs's inode_lock_nested() in the
+    # real-world scenario) can then not show a *_nested() annotation, so its
+    # same-class nestings are counted as not judged, never reported.
+    t = load_fixture(RULES / "td_nesting_bug")
+    assert [f.kind for f in analyze(t).findings] == ["same-class-nesting"]
+    for m in t.info.modules:
+        m.src_dir = None
+    a = analyze(t)
+    assert a.findings == []
+    assert any("were not judged" in w for w in a.health.warnings), a.health.warnings
