@@ -129,6 +129,9 @@ class Forced:
     reason: str  # one of FORCED_REASONS
 
 
+# an acquisition's values from its event: lock_addr, lock_type, value, irqs_off, bh_off, ts_ns
+AcqValues = tuple[int, str, int, bool, bool, int]
+
 # (acquire row, event row) -> is the function that took the lock on the event's
 # stack?  None when the event has no stack or the function is unknown
 HolderOnStack = Callable[[int, int], bool | None]
@@ -173,13 +176,13 @@ def irq_context(hard: bool, soft: bool, nmi: bool) -> str:
     return "process"
 
 
-# long: the hot loop, one pass per event; splitting its body would add calls per event
 def replay(events: pd.DataFrame, class_of_row: dict[int, int],
            kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
            spin_in_preempt: bool = True, *, depth_counts_spin: bool = False,
            suspect_rows: frozenset[int] = frozenset(),
            holder_on_stack: HolderOnStack | None = None,
-           own_classes: frozenset[int] = frozenset()) -> Replay:
+           own_classes: frozenset[int] = frozenset(),
+           chunk_rows: int = 1 << 20) -> Replay:
     """``untraced``: pids whose own (process-context) events the guest filtered
     out; what is left of them is skipped, and lock hand-offs to and from them are balanced.
     ``spin_in_preempt``: False when the kernel's preempt_count does not count held
@@ -191,297 +194,355 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
     ``holder_on_stack``: see :data:`HolderOnStack` (module docstring: forced releases).
     ``own_classes``: classes of the modules' own locks; never the runqueue lock, so a
     switch never hands one to the next task (where core spinlocks are inlined and
-    unseen, arm64, a driver's lock is the top of a task that sleeps holding it)."""
-    rows, baseline, columns = _replay_inputs(events, untraced)
-    (pid, cpu, ts, addr, irqs_off, bh_off, hard, soft, nmi, depth, kind_l, ltype_l, flags_l,
-     value_l, ev_l, target_l) = columns
+    unseen, arm64, a driver's lock is the top of a task that sleeps holding it).
+    ``chunk_rows``: the events go to one :class:`Replayer` this many rows at a time,
+    so the per-event lists it reads exist for one chunk only."""
+    rp = Replayer(kprobe_irqs_reliable, untraced, spin_in_preempt,
+                  depth_counts_spin=depth_counts_spin, own_classes=own_classes,
+                  baseline=switch_baseline(events))
+    for a in range(0, max(len(events), 1), chunk_rows):
+        rp.feed(events.iloc[a:a + chunk_rows], class_of_row, row_offset=a,
+                suspect_rows=suspect_rows, holder_on_stack=holder_on_stack)
+    return rp.finish()
 
-    stacks: dict[tuple[int, str], list[Held]] = {}
-    pending: dict[tuple[int, str], list[tuple[int, str, int]]] = {}  # (row, func, held index)
-    acqs: list[list[Any]] = []  # one row per acquisition, columns ACQ_COLUMNS
-    edges: dict[tuple[int, int], list[EdgeAcc]] = {}
-    usage: dict[int, dict[str, int]] = {}
-    recursions: list[Recursion] = []
-    sleeps: list[SleepEvent] = []
-    unmatched = 0
-    wait_open: dict[tuple[int, str], list[tuple[int, int]]] = {}  # sleeping locks: (acq, row)
-    last_holder: dict[int, tuple[int, str]] = {}
-    irq_dirty: set[int] = set()
-    leaked = 0
-    forced: list[Forced] = []
 
-    def new_acq(r: int, i: int, cls: int, task: int, ctx: str, tryl: bool) -> int:
-        acqs.append([r, cls, addr[i], ltype_l[i], ctx, task, ts[i], ts[i], -1, -1, tryl,
-                     irqs_off[i], bh_off[i], False, ""])
-        return len(acqs) - 1
+class Replayer:
+    """The replay's state between chunks of events, fed in time order.
 
-    def end(st: list[Held], j: int, r: int, why: str) -> None:
-        # no release time: the lock ended somewhere before ``r``, not at it
-        h = st.pop(j)
-        acqs[h.acq][14] = why
-        forced.append(Forced(h.acq, r, why))
+    What it keeps grows with tasks, held locks and classes, and with what the
+    :class:`Replay` reports (acquisitions, sleeps, recursions); row numbers are the
+    events' positions in the whole trace (``row_offset`` + position in the chunk)."""
 
-    def drop_unconfirmed(task: int, r: int) -> None:
-        """At a may-sleep event, where preempt_count cannot tell: a suspect spinning
-        lock whose taker is no longer on the stack was released unseen."""
-        st = stacks.get((task, "process"))
-        if depth_counts_spin or not st:
-            return
-        for j in range(len(st) - 1, -1, -1):
-            h = st[j]
-            if h.suspect and h.ltype in SPIN_TYPES and (
-                    holder_on_stack is None or holder_on_stack(h.row, r) is not True):
-                end(st, j, r, "release-unseen")
+    def __init__(self, kprobe_irqs_reliable: bool = True,
+                 untraced: frozenset[int] = frozenset(), spin_in_preempt: bool = True, *,
+                 depth_counts_spin: bool = False, own_classes: frozenset[int] = frozenset(),
+                 baseline: int = 1) -> None:
+        self.kprobe_irqs_reliable = kprobe_irqs_reliable
+        self.untraced = untraced
+        self.spin_in_preempt = spin_in_preempt
+        self.depth_counts_spin = depth_counts_spin
+        self.own_classes = own_classes
+        self.baseline = baseline  # switch_baseline()
+        self.stacks: dict[tuple[int, str], list[Held]] = {}
+        # calls whose return says whether they took the lock: (row, func, values, flags)
+        self.pending: dict[tuple[int, str], list[tuple[int, str, AcqValues, str]]] = {}
+        self.acqs: list[list[Any]] = []  # one row per acquisition, columns ACQ_COLUMNS
+        self.edges: dict[tuple[int, int], list[EdgeAcc]] = {}
+        self.usage: dict[int, dict[str, int]] = {}
+        self.recursions: list[Recursion] = []
+        self.sleeps: list[SleepEvent] = []
+        self.unmatched = 0
+        # sleeping locks: (acq, row)
+        self.wait_open: dict[tuple[int, str], list[tuple[int, int]]] = {}
+        self.last_holder: dict[int, tuple[int, str]] = {}
+        self.irq_dirty: set[int] = set()
+        self.leaked = 0
+        self.forced: list[Forced] = []
 
-    def depth_bound(task: int, r: int, i: int) -> None:
-        """Fewer preempt levels than spinning locks held: the excess was released."""
-        st = stacks.get((task, "process"))
-        if not st:
-            return
-        spins = [j for j, h in enumerate(st) if h.ltype in SPIN_TYPES]
-        excess = len(spins) - int(depth[i])
-        if excess <= 0:
-            return
-        # a suspect release first, then the innermost (locks nest)
-        gone = sorted(spins, key=lambda j: (not st[j].suspect, -j))[:excess]
-        for j in sorted(gone, reverse=True):
-            end(st, j, r, "preempt-count")
+    def finish(self) -> Replay:
+        rep = Replay(_acquisition_frame(self.acqs), self.edges, self.usage, self.recursions,
+                     self.sleeps, self.baseline, self.unmatched)
+        rep.irq_leaked = self.leaked
+        rep.forced = self.forced
+        return rep
 
-    def mark(cls: int, bit: str, r: int) -> None:
-        u = usage.setdefault(cls, {})
-        if bit not in u:
-            u[bit] = r
+    # long: the hot loop, one pass per event; splitting its body would add calls per event
+    def feed(self, events: pd.DataFrame, class_of_row: dict[int, int], *, row_offset: int = 0,
+             suspect_rows: frozenset[int] = frozenset(),
+             holder_on_stack: HolderOnStack | None = None) -> None:
+        """Replay ``events`` (the next rows of the trace, from ``row_offset`` on);
+        ``class_of_row``, ``suspect_rows`` and ``holder_on_stack`` take whole-trace rows."""
+        local_rows, columns = _replay_inputs(events, self.untraced)
+        rows = local_rows + row_offset
+        (pid, cpu, ts, addr, irqs_off, bh_off, hard, soft, nmi, depth, kind_l, ltype_l,
+         flags_l, value_l, ev_l, target_l) = columns
+        kprobe_irqs_reliable, untraced = self.kprobe_irqs_reliable, self.untraced
+        spin_in_preempt, depth_counts_spin = self.spin_in_preempt, self.depth_counts_spin
+        own_classes, baseline = self.own_classes, self.baseline
+        stacks, pending, acqs, edges = self.stacks, self.pending, self.acqs, self.edges
+        usage, recursions, sleeps, forced = self.usage, self.recursions, self.sleeps, self.forced
+        wait_open, last_holder, irq_dirty = self.wait_open, self.last_holder, self.irq_dirty
+        unmatched, leaked = self.unmatched, self.leaked
 
-    def acquire(r: int, i: int, task: int, ctx: str, tryl: bool, flags: str) -> None:
-        if ltype_l[i] == "semaphore":
-            # counting semaphores have no owner (up() often comes from another
-            # task) and lockdep does not track them: they matter only as a
-            # sleeping call, which is checked where they are called
-            return
-        cls = class_of_row.get(r, -1)
-        stack = stacks.setdefault((task, ctx), [])
-        lt = ltype_l[i]
-        shared = lt in SHARED_TYPES
-        # rwlock_t readers nest only in interrupt context (queued rwlocks: Linux
-        # kernel commit e918188611f0 ("locking: More accurate annotations for
-        # read_lock()") (in v5.10)); process-context readers wait behind writers
-        rec_read = lt in RECURSIVE_READ and ctx != "process"
-        # a *_nested() call exists only with lockdep (DEBUG_LOCK_ALLOC), where plain
-        # mutex_lock() is mutex_lock_nested(lock, 0) too: subclass 0 is no annotation
-        nested = "nested" in flags and value_l[i] != 0
-        a = addr[i]
-        # a spinning and a sleeping lock at one address are two locks (an rt_mutex's
-        # wait_lock is its first member): an instance is its address and its family
-        spin = lt in SPIN_TYPES
-        if not tryl:
-            for j in range(len(stack) - 1, -1, -1):
-                h = stack[j]
-                if h.addr == a and h.suspect and lt in SPIN_TYPES and not rec_read:
-                    # a spinning lock taken again by its holder would have hung the
-                    # machine; its release was unseen
-                    end(stack, j, r, "release-unseen")
-            for h in stack:
-                if h.addr == a and (h.ltype in SPIN_TYPES) == spin:
-                    if not (rec_read and h.ltype in SHARED_TYPES):
-                        recursions.append(Recursion(r, h.row, True, cls))
-                elif h.cls == cls and not nested and not h.nested:
-                    recursions.append(Recursion(r, h.row, False, cls))
-            if lt in SPIN_TYPES and not rec_read:
-                # reported once; a spinning lock is held at most once (taken again
-                # it hangs the CPU), so the earlier hold is not kept: else its one
-                # release leaves it "held" for ever (a probe counted twice did that)
+        def new_acq(r: int, v: AcqValues, cls: int, task: int, ctx: str, tryl: bool) -> int:
+            acqs.append([r, cls, v[0], v[1], ctx, task, v[5], v[5], -1, -1, tryl, v[3], v[4],
+                         False, ""])
+            return len(acqs) - 1
+
+        def end(st: list[Held], j: int, r: int, why: str) -> None:
+            # no release time: the lock ended somewhere before ``r``, not at it
+            h = st.pop(j)
+            acqs[h.acq][14] = why
+            forced.append(Forced(h.acq, r, why))
+
+        def drop_unconfirmed(task: int, r: int) -> None:
+            """At a may-sleep event, where preempt_count cannot tell: a suspect spinning
+            lock whose taker is no longer on the stack was released unseen."""
+            st = stacks.get((task, "process"))
+            if depth_counts_spin or not st:
+                return
+            for j in range(len(st) - 1, -1, -1):
+                h = st[j]
+                if h.suspect and h.ltype in SPIN_TYPES and (
+                        holder_on_stack is None or holder_on_stack(h.row, r) is not True):
+                    end(st, j, r, "release-unseen")
+
+        def depth_bound(task: int, r: int, i: int) -> None:
+            """Fewer preempt levels than spinning locks held: the excess was released."""
+            st = stacks.get((task, "process"))
+            if not st:
+                return
+            spins = [j for j, h in enumerate(st) if h.ltype in SPIN_TYPES]
+            excess = len(spins) - int(depth[i])
+            if excess <= 0:
+                return
+            # a suspect release first, then the innermost (locks nest)
+            gone = sorted(spins, key=lambda j: (not st[j].suspect, -j))[:excess]
+            for j in sorted(gone, reverse=True):
+                end(st, j, r, "preempt-count")
+
+        def mark(cls: int, bit: str, r: int) -> None:
+            u = usage.setdefault(cls, {})
+            if bit not in u:
+                u[bit] = r
+
+        def acquire(r: int, v: AcqValues, task: int, ctx: str, tryl: bool, flags: str) -> None:
+            if v[1] == "semaphore":
+                # counting semaphores have no owner (up() often comes from another
+                # task) and lockdep does not track them: they matter only as a
+                # sleeping call, which is checked where they are called
+                return
+            cls = class_of_row.get(r, -1)
+            stack = stacks.setdefault((task, ctx), [])
+            lt = v[1]
+            shared = lt in SHARED_TYPES
+            # rwlock_t readers nest only in interrupt context (queued rwlocks: Linux
+            # kernel commit e918188611f0 ("locking: More accurate annotations for
+            # read_lock()") (in v5.10)); process-context readers wait behind writers
+            rec_read = lt in RECURSIVE_READ and ctx != "process"
+            # a *_nested() call exists only with lockdep (DEBUG_LOCK_ALLOC), where plain
+            # mutex_lock() is mutex_lock_nested(lock, 0) too: subclass 0 is no annotation
+            nested = "nested" in flags and v[2] != 0
+            a = v[0]
+            # a spinning and a sleeping lock at one address are two locks (an rt_mutex's
+            # wait_lock is its first member): an instance is its address and its family
+            spin = lt in SPIN_TYPES
+            if not tryl:
                 for j in range(len(stack) - 1, -1, -1):
-                    if stack[j].addr == a and stack[j].ltype in SPIN_TYPES:
-                        end(stack, j, r, "re-acquired")
-            for h in stack:
-                if (h.addr == a and (h.ltype in SPIN_TYPES) == spin) or h.cls == cls:
-                    continue
-                key = (h.cls, cls)
-                accs = edges.setdefault(key, [])
-                hs = h.ltype in SHARED_TYPES
-                for acc in accs:
-                    if acc.before_shared == hs and acc.after_recursive_read == rec_read:
-                        acc.count += 1
-                        break
-                else:
-                    accs.append(EdgeAcc(1, r, h.row, hs, rec_read, ctx))
-        # usage bits; the lock function itself masks IRQs/BH for its variants
-        eff_irqs_off = irqs_off[i] or "irq" in flags  # "irq" and "irqsave"
-        eff_bh_off = bh_off[i] or "bh" in flags or ctx != "process"
-        if not tryl:
-            if ctx == "hardirq":
-                mark(cls, USED_IN_HARDIRQ_READ if shared else USED_IN_HARDIRQ, r)
-            elif ctx == "softirq":
-                mark(cls, USED_IN_SOFTIRQ_READ if shared else USED_IN_SOFTIRQ, r)
-        if kprobe_irqs_reliable and not eff_irqs_off and ctx in ("process", "softirq"):
-            mark(cls, ENABLED_HARDIRQ_READ if shared else ENABLED_HARDIRQ, r)
-            if not eff_bh_off:
-                mark(cls, ENABLED_SOFTIRQ_READ if shared else ENABLED_SOFTIRQ, r)
-        acq = new_acq(r, i, cls, task, ctx, tryl)
-        stack.append(Held(acq, a, cls, lt, r, tryl, nested, r in suspect_rows))
-        last_holder[a] = (task, ctx)
-        if lt in SLEEPING_LOCK_TYPES:
-            wait_open.setdefault((task, ctx), []).append((acq, r))
+                    h = stack[j]
+                    if h.addr == a and h.suspect and lt in SPIN_TYPES and not rec_read:
+                        # a spinning lock taken again by its holder would have hung the
+                        # machine; its release was unseen
+                        end(stack, j, r, "release-unseen")
+                for h in stack:
+                    if h.addr == a and (h.ltype in SPIN_TYPES) == spin:
+                        if not (rec_read and h.ltype in SHARED_TYPES):
+                            recursions.append(Recursion(r, h.row, True, cls))
+                    elif h.cls == cls and not nested and not h.nested:
+                        recursions.append(Recursion(r, h.row, False, cls))
+                if lt in SPIN_TYPES and not rec_read:
+                    # reported once; a spinning lock is held at most once (taken again
+                    # it hangs the CPU), so the earlier hold is not kept: else its one
+                    # release leaves it "held" for ever (a probe counted twice did that)
+                    for j in range(len(stack) - 1, -1, -1):
+                        if stack[j].addr == a and stack[j].ltype in SPIN_TYPES:
+                            end(stack, j, r, "re-acquired")
+                for h in stack:
+                    if (h.addr == a and (h.ltype in SPIN_TYPES) == spin) or h.cls == cls:
+                        continue
+                    key = (h.cls, cls)
+                    accs = edges.setdefault(key, [])
+                    hs = h.ltype in SHARED_TYPES
+                    for acc in accs:
+                        if acc.before_shared == hs and acc.after_recursive_read == rec_read:
+                            acc.count += 1
+                            break
+                    else:
+                        accs.append(EdgeAcc(1, r, h.row, hs, rec_read, ctx))
+            # usage bits; the lock function itself masks IRQs/BH for its variants
+            eff_irqs_off = v[3] or "irq" in flags  # "irq" and "irqsave"
+            eff_bh_off = v[4] or "bh" in flags or ctx != "process"
+            if not tryl:
+                if ctx == "hardirq":
+                    mark(cls, USED_IN_HARDIRQ_READ if shared else USED_IN_HARDIRQ, r)
+                elif ctx == "softirq":
+                    mark(cls, USED_IN_SOFTIRQ_READ if shared else USED_IN_SOFTIRQ, r)
+            if kprobe_irqs_reliable and not eff_irqs_off and ctx in ("process", "softirq"):
+                mark(cls, ENABLED_HARDIRQ_READ if shared else ENABLED_HARDIRQ, r)
+                if not eff_bh_off:
+                    mark(cls, ENABLED_SOFTIRQ_READ if shared else ENABLED_SOFTIRQ, r)
+            acq = new_acq(r, v, cls, task, ctx, tryl)
+            stack.append(Held(acq, a, cls, lt, r, tryl, nested, r in suspect_rows))
+            last_holder[a] = (task, ctx)
+            if lt in SLEEPING_LOCK_TYPES:
+                wait_open.setdefault((task, ctx), []).append((acq, r))
 
-    for i, r in enumerate(rows.tolist()):
-        k = kind_l[i]
-        if k == "gap":
-            # events are missing: any task may have released what it held (or taken
-            # what it now releases) unseen.  Forget every hold, so that damage can
-            # lose findings but never make one up.
-            for held in stacks.values():
-                for j in range(len(held) - 1, -1, -1):
-                    end(held, j, r, "gap")
-            stacks.clear()
-            pending.clear()
-            wait_open.clear()
-            last_holder.clear()
-            continue
-        p = pid[i]
-        task = p if p > 0 else -1 - cpu[i]  # task_key(), inline: once per event
-        ctx = irq_context(hard[i], soft[i], nmi[i])
-        if ctx != "process":
-            irq_dirty.add(task)
-        elif task in irq_dirty:
-            # Back in process context: no interrupt handler can still hold a lock.
-            # Whatever is left is an unlock that was missed (a probe that fired
-            # inside another probe's handler), not a lock to build on.
-            irq_dirty.discard(task)
-            for c in ("hardirq", "softirq", "nmi"):
-                left = stacks.pop((task, c), None)
-                if left:
-                    leaked += len(left)
-        if depth_counts_spin and ctx == "process" and k in ("lock_acquire", "sleep_call",
-                                                            "alloc"):
-            depth_bound(task, r, i)
-        if k == "lock_acquire":
-            fn = ev_l[i].partition("_")[2]
-            lf = LOCK_FUNCS.get(fn)
-            flags = flags_l[i]
-            if lf is not None and lf.success:
-                pending.setdefault((task, ctx), []).append((r, fn, i))
-            else:
-                # an inlined trylock arrives already resolved (tracer.inline_locks)
-                acquire(r, i, task, ctx, "trylock" in flags, flags)
-            if ltype_l[i] in SLEEPING_LOCK_TYPES and "trylock" not in flags:
-                drop_unconfirmed(task, r)
-                _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off,
-                             depth, kprobe_irqs_reliable, spin_in_preempt)
-        elif k == "lock_return":
-            fn = ev_l[i].partition("_")[2]
-            lf = LOCK_FUNCS.get(fn)
-            pend = pending.get((task, ctx))
-            if pend and pend[-1][1] == fn:
-                prow, _, pi = pend.pop()
-                ok = (value_l[i] != 0) if lf and lf.success == "nonzero" else (value_l[i] == 0)
-                if ok:
-                    acquire(prow, pi, task, ctx, lf is not None and "trylock" in lf.flags,
-                            flags_l[pi])
-                    # a sleeping lock's wait ends when the call returns
-                    if acqs[-1][0] == prow:
-                        acqs[-1][7] = ts[i]
-            else:
-                wo = wait_open.get((task, ctx))
-                if wo:
-                    acq, _ = wo.pop()
-                    acqs[acq][7] = ts[i]
-        elif k == "lock_release":
-            a = addr[i]
-            # (a release without a lock type matches either family)
-            rel_lt = ltype_l[i]
-            found = False
-            for key in ((task, ctx), (task, "process"), (task, "softirq"), (task, "hardirq")):
-                st = stacks.get(key)
-                if not st:
-                    continue
-                for j in range(len(st) - 1, -1, -1):
-                    if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
-                                            == (rel_lt in SPIN_TYPES)):
-                        h = st.pop(j)
-                        acqs[h.acq][8] = ts[i]
-                        acqs[h.acq][9] = r
-                        found = True
-                        break
-                if found:
-                    break
-            if not found:
-                # Released by another task: semaphores used as completions, and the
-                # runqueue lock that __schedule() hands to the next task (lockdep
-                # annotates the same hand-off in prepare_lock_switch()).  The holder
-                # is whoever took this instance last.
-                hk = last_holder.get(a)
-                for st in [stacks[hk]] if hk in stacks else []:
+        for i, r in enumerate(rows.tolist()):
+            k = kind_l[i]
+            if k == "gap":
+                # events are missing: any task may have released what it held (or taken
+                # what it now releases) unseen.  Forget every hold, so that damage can
+                # lose findings but never make one up.
+                for held in stacks.values():
+                    for j in range(len(held) - 1, -1, -1):
+                        end(held, j, r, "gap")
+                stacks.clear()
+                pending.clear()
+                wait_open.clear()
+                last_holder.clear()
+                continue
+            p = pid[i]
+            task = p if p > 0 else -1 - cpu[i]  # task_key(), inline: once per event
+            ctx = irq_context(hard[i], soft[i], nmi[i])
+            if ctx != "process":
+                irq_dirty.add(task)
+            elif task in irq_dirty:
+                # Back in process context: no interrupt handler can still hold a lock.
+                # Whatever is left is an unlock that was missed (a probe that fired
+                # inside another probe's handler), not a lock to build on.
+                irq_dirty.discard(task)
+                for c in ("hardirq", "softirq", "nmi"):
+                    left = stacks.pop((task, c), None)
+                    if left:
+                        leaked += len(left)
+            if depth_counts_spin and ctx == "process" and k in ("lock_acquire", "sleep_call",
+                                                                "alloc"):
+                depth_bound(task, r, i)
+            if k == "lock_acquire":
+                fn = ev_l[i].partition("_")[2]
+                lf = LOCK_FUNCS.get(fn)
+                flags = flags_l[i]
+                # the values, not the row: a pending call may return in a later chunk
+                vals = (addr[i], ltype_l[i], value_l[i], irqs_off[i], bh_off[i], ts[i])
+                if lf is not None and lf.success:
+                    pending.setdefault((task, ctx), []).append((r, fn, vals, flags))
+                else:
+                    # an inlined trylock arrives already resolved (tracer.inline_locks)
+                    acquire(r, vals, task, ctx, "trylock" in flags, flags)
+                if ltype_l[i] in SLEEPING_LOCK_TYPES and "trylock" not in flags:
+                    drop_unconfirmed(task, r)
+                    _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off,
+                                 depth, kprobe_irqs_reliable, spin_in_preempt)
+            elif k == "lock_return":
+                fn = ev_l[i].partition("_")[2]
+                lf = LOCK_FUNCS.get(fn)
+                pend = pending.get((task, ctx))
+                if pend and pend[-1][1] == fn:
+                    prow, _, pvals, pflags = pend.pop()
+                    ok = (value_l[i] != 0) if lf and lf.success == "nonzero" else (value_l[i] == 0)
+                    if ok:
+                        acquire(prow, pvals, task, ctx, lf is not None and "trylock" in lf.flags,
+                                pflags)
+                        # a sleeping lock's wait ends when the call returns
+                        if acqs[-1][0] == prow:
+                            acqs[-1][7] = ts[i]
+                else:
+                    wo = wait_open.get((task, ctx))
+                    if wo:
+                        acq, _ = wo.pop()
+                        acqs[acq][7] = ts[i]
+            elif k == "lock_release":
+                a = addr[i]
+                # (a release without a lock type matches either family)
+                rel_lt = ltype_l[i]
+                found = False
+                for key in ((task, ctx), (task, "process"), (task, "softirq"), (task, "hardirq")):
+                    st = stacks.get(key)
+                    if not st:
+                        continue
                     for j in range(len(st) - 1, -1, -1):
                         if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
-                                            == (rel_lt in SPIN_TYPES)):
+                                                == (rel_lt in SPIN_TYPES)):
                             h = st.pop(j)
                             acqs[h.acq][8] = ts[i]
                             acqs[h.acq][9] = r
-                            acqs[h.acq][13] = True
                             found = True
                             break
                     if found:
                         break
-            if not found:
-                unmatched += 1  # taken before tracing started
-        elif k == "sched_switch":
-            # __schedule() takes the runqueue lock last and the next task releases
-            # it (lockdep moves it across in prepare/finish_lock_switch()): the
-            # lock on top of prev's stack goes to next.  This also balances tasks
-            # whose own events are not traced (the trace pumps).
-            st = stacks.get((task, "process"), [])
-            top = next((j for j in range(len(st) - 1, -1, -1) if st[j].ltype in SPIN_TYPES),
-                       None)
-            if top is not None and st[top].cls in own_classes:
-                top = None  # slept holding its driver's lock: it keeps it (a finding)
-            if top is not None:
-                h = st.pop(top)
-                tp = target_l[i]
-                if tp in untraced:  # it releases the lock where we cannot see
-                    acqs[h.acq][8] = ts[i]
-                    acqs[h.acq][13] = True
-                else:
-                    nkey = (tp if tp > 0 else -1 - cpu[i], "process")
-                    stacks.setdefault(nkey, []).append(h)
-                    last_holder[h.addr] = nkey
-            v = value_l[i]
-            if v & (STATE_PREEMPTED | STATE_EXITED):
-                # preempted: no spinning lock held; exited: no lock at all
-                why = "user-space" if v & STATE_EXITED else "preempted"
+                if not found:
+                    # Released by another task: semaphores used as completions, and the
+                    # runqueue lock that __schedule() hands to the next task (lockdep
+                    # annotates the same hand-off in prepare_lock_switch()).  The holder
+                    # is whoever took this instance last.
+                    hk = last_holder.get(a)
+                    for st in [stacks[hk]] if hk in stacks else []:
+                        for j in range(len(st) - 1, -1, -1):
+                            if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
+                                                == (rel_lt in SPIN_TYPES)):
+                                h = st.pop(j)
+                                acqs[h.acq][8] = ts[i]
+                                acqs[h.acq][9] = r
+                                acqs[h.acq][13] = True
+                                found = True
+                                break
+                        if found:
+                            break
+                if not found:
+                    unmatched += 1  # taken before tracing started
+            elif k == "sched_switch":
+                # __schedule() takes the runqueue lock last and the next task releases
+                # it (lockdep moves it across in prepare/finish_lock_switch()): the
+                # lock on top of prev's stack goes to next.  This also balances tasks
+                # whose own events are not traced (the trace pumps).
+                st = stacks.get((task, "process"), [])
+                top = next((j for j in range(len(st) - 1, -1, -1) if st[j].ltype in SPIN_TYPES),
+                           None)
+                if top is not None and st[top].cls in own_classes:
+                    top = None  # slept holding its driver's lock: it keeps it (a finding)
+                if top is not None:
+                    h = st.pop(top)
+                    tp = target_l[i]
+                    if tp in untraced:  # it releases the lock where we cannot see
+                        acqs[h.acq][8] = ts[i]
+                        acqs[h.acq][13] = True
+                    else:
+                        nkey = (tp if tp > 0 else -1 - cpu[i], "process")
+                        stacks.setdefault(nkey, []).append(h)
+                        last_holder[h.addr] = nkey
+                v = value_l[i]
+                if v & (STATE_PREEMPTED | STATE_EXITED):
+                    # preempted: no spinning lock held; exited: no lock at all
+                    why = "user-space" if v & STATE_EXITED else "preempted"
+                    for j in range(len(st) - 1, -1, -1):
+                        if why == "user-space" or st[j].ltype in SPIN_TYPES:
+                            end(st, j, r, why)
+                elif v != 0:  # a voluntary switch: the task sleeps
+                    drop_unconfirmed(task, r)
+                    held = [h for h in st if h.ltype in SPIN_TYPES]
+                    if held:
+                        sleeps.append(SleepEvent(r, ["spinlock"], [h.acq for h in held],
+                                                 [h.acq for h in st],
+                                                 max(depth[i] - baseline, 0)))
+            elif k == "marker":
+                # written by a syscall of this task: it came from user space, where
+                # it held no kernel lock
+                st = stacks.get((task, "process"), [])
                 for j in range(len(st) - 1, -1, -1):
-                    if why == "user-space" or st[j].ltype in SPIN_TYPES:
-                        end(st, j, r, why)
-            elif v != 0:  # a voluntary switch: the task sleeps
+                    end(st, j, r, "user-space")
+            else:  # sleep_call or alloc that may reclaim
                 drop_unconfirmed(task, r)
-                held = [h for h in st if h.ltype in SPIN_TYPES]
-                if held:
-                    sleeps.append(SleepEvent(r, ["spinlock"], [h.acq for h in held],
-                                             [h.acq for h in st],
-                                             max(depth[i] - baseline, 0)))
-        elif k == "marker":
-            # written by a syscall of this task: it came from user space, where
-            # it held no kernel lock
-            st = stacks.get((task, "process"), [])
-            for j in range(len(st) - 1, -1, -1):
-                end(st, j, r, "user-space")
-        else:  # sleep_call or alloc that may reclaim
-            drop_unconfirmed(task, r)
-            _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
-                         kprobe_irqs_reliable, spin_in_preempt)
+                _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off, depth,
+                             kprobe_irqs_reliable, spin_in_preempt)
 
-    rep = Replay(_acquisition_frame(acqs), edges, usage, recursions, sleeps, baseline, unmatched)
-    rep.irq_leaked = leaked
-    rep.forced = forced
-    return rep
+        self.unmatched, self.leaked = unmatched, leaked
+
+
+def switch_baseline(events: pd.DataFrame) -> int:
+    """The preempt depth the scheduler itself runs at in a voluntary sched_switch
+    (the commonest one): what a sleeping switch's depth has beyond it is the task's."""
+    value = events["value"].to_numpy()
+    sw = events["preempt_depth"].to_numpy()[
+        np.nonzero((events["kind"].to_numpy() == "sched_switch") & (value != 0))[0]]
+    return int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
 
 
 def _replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
-                   ) -> tuple[np.ndarray, int, tuple[list[Any], ...]]:
-    """(the rows the replay reads, the preempt depth the scheduler runs at in
-    sched_switch, those rows' columns as lists: pid, cpu, ts_ns, lock_addr, irqs_off,
-    bh_off, in_hardirq, in_softirq, in_nmi, preempt_depth, kind, lock_type, lock_flags,
-    value, event, target_pid).  Lists, because the loop reads one element per event
-    and a list index is the fastest read Python has."""
+                   ) -> tuple[np.ndarray, tuple[list[Any], ...]]:
+    """(the rows the replay reads, those rows' columns as lists: pid, cpu, ts_ns,
+    lock_addr, irqs_off, bh_off, in_hardirq, in_softirq, in_nmi, preempt_depth, kind,
+    lock_type, lock_flags, value, event, target_pid).  Lists, because the loop reads one
+    element per event and a list index is the fastest read Python has."""
     kinds = events["kind"].to_numpy()
     ltypes = events["lock_type"].to_numpy()
     gfp = events["gfp"].to_numpy()
@@ -498,14 +559,10 @@ def _replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
     is_gap = kinds == "gap"  # events are missing here (tracer.schema)
     rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch | is_gap)[0]
 
-    # calibrate: the preempt depth the scheduler itself runs at in sched_switch
-    sw = events["preempt_depth"].to_numpy()[np.nonzero(is_switch & (value != 0))[0]]
-    baseline = int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
-
     def col(name: str) -> list[Any]:
         return events[name].to_numpy()[rows].tolist()
 
-    return rows, baseline, (
+    return rows, (
         col("pid"), col("cpu"), col("ts_ns"), col("lock_addr"), col("irqs_off"),
         col("bh_off"), col("in_hardirq"), col("in_softirq"), col("in_nmi"),
         col("preempt_depth"), kinds[rows].tolist(), ltypes[rows].tolist(), col("lock_flags"),
