@@ -47,6 +47,7 @@ It ends where the evidence ends (:data:`FORCED_REASONS`):
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,9 @@ STATE_PREEMPTED = 0x100
 STATE_EXITED = 0x10 | 0x20
 FORCED_REASONS = ("preempted", "preempt-count", "user-space", "release-unseen", "re-acquired",
                   "gap")
+FORCED_CODE = {r: i + 1 for i, r in enumerate(FORCED_REASONS)}  # AcqTable.forced; 0: released
+CTX_NAMES = ("process", "softirq", "hardirq", "nmi")  # irq_context()
+CTX_CODE = {c: i for i, c in enumerate(CTX_NAMES)}
 
 # usage bits (lockdep's names)
 USED_IN_HARDIRQ = "IN-HARDIRQ-W"
@@ -226,7 +230,7 @@ class Replayer:
         self.stacks: dict[tuple[int, str], list[Held]] = {}
         # calls whose return says whether they took the lock: (row, func, values, flags)
         self.pending: dict[tuple[int, str], list[tuple[int, str, AcqValues, str]]] = {}
-        self.acqs: list[list[Any]] = []  # one row per acquisition, columns ACQ_COLUMNS
+        self.acqs = AcqTable()  # one row per acquisition
         self.edges: dict[tuple[int, int], list[EdgeAcc]] = {}
         self.usage: dict[int, dict[str, int]] = {}
         self.recursions: list[Recursion] = []
@@ -240,7 +244,7 @@ class Replayer:
         self.forced: list[Forced] = []
 
     def finish(self) -> Replay:
-        rep = Replay(_acquisition_frame(self.acqs), self.edges, self.usage, self.recursions,
+        rep = Replay(self.acqs.frame(), self.edges, self.usage, self.recursions,
                      self.sleeps, self.baseline, self.unmatched)
         rep.irq_leaked = self.leaked
         rep.forced = self.forced
@@ -260,19 +264,21 @@ class Replayer:
         spin_in_preempt, depth_counts_spin = self.spin_in_preempt, self.depth_counts_spin
         own_classes, baseline = self.own_classes, self.baseline
         stacks, pending, acqs, edges = self.stacks, self.pending, self.acqs, self.edges
+        # the acquisition columns the loop writes (AcqTable)
+        a_row, a_acquired, a_release, a_release_row, a_handed, a_forced = (
+            acqs.row, acqs.ts_acquired, acqs.ts_release, acqs.release_row, acqs.handed_off,
+            acqs.forced)
         usage, recursions, sleeps, forced = self.usage, self.recursions, self.sleeps, self.forced
         wait_open, last_holder, irq_dirty = self.wait_open, self.last_holder, self.irq_dirty
         unmatched, leaked = self.unmatched, self.leaked
 
         def new_acq(r: int, v: AcqValues, cls: int, task: int, ctx: str, tryl: bool) -> int:
-            acqs.append([r, cls, v[0], v[1], ctx, task, v[5], v[5], -1, -1, tryl, v[3], v[4],
-                         False, ""])
-            return len(acqs) - 1
+            return acqs.append(r, cls, v[0], v[1], ctx, task, v[5], tryl, v[3], v[4])
 
         def end(st: list[Held], j: int, r: int, why: str) -> None:
             # no release time: the lock ended somewhere before ``r``, not at it
             h = st.pop(j)
-            acqs[h.acq][14] = why
+            a_forced[h.acq] = FORCED_CODE[why]
             forced.append(Forced(h.acq, r, why))
 
         def drop_unconfirmed(task: int, r: int) -> None:
@@ -434,13 +440,13 @@ class Replayer:
                         acquire(prow, pvals, task, ctx, lf is not None and "trylock" in lf.flags,
                                 pflags)
                         # a sleeping lock's wait ends when the call returns
-                        if acqs[-1][0] == prow:
-                            acqs[-1][7] = ts[i]
+                        if a_row and a_row[-1] == prow:
+                            a_acquired[-1] = ts[i]
                 else:
                     wo = wait_open.get((task, ctx))
                     if wo:
                         acq, _ = wo.pop()
-                        acqs[acq][7] = ts[i]
+                        a_acquired[acq] = ts[i]
             elif k == "lock_release":
                 a = addr[i]
                 # (a release without a lock type matches either family)
@@ -454,8 +460,8 @@ class Replayer:
                         if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
                                                 == (rel_lt in SPIN_TYPES)):
                             h = st.pop(j)
-                            acqs[h.acq][8] = ts[i]
-                            acqs[h.acq][9] = r
+                            a_release[h.acq] = ts[i]
+                            a_release_row[h.acq] = r
                             found = True
                             break
                     if found:
@@ -471,9 +477,9 @@ class Replayer:
                             if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
                                                 == (rel_lt in SPIN_TYPES)):
                                 h = st.pop(j)
-                                acqs[h.acq][8] = ts[i]
-                                acqs[h.acq][9] = r
-                                acqs[h.acq][13] = True
+                                a_release[h.acq] = ts[i]
+                                a_release_row[h.acq] = r
+                                a_handed[h.acq] = True
                                 found = True
                                 break
                         if found:
@@ -494,8 +500,8 @@ class Replayer:
                     h = st.pop(top)
                     tp = target_l[i]
                     if tp in untraced:  # it releases the lock where we cannot see
-                        acqs[h.acq][8] = ts[i]
-                        acqs[h.acq][13] = True
+                        a_release[h.acq] = ts[i]
+                        a_handed[h.acq] = True
                     else:
                         nkey = (tp if tp > 0 else -1 - cpu[i], "process")
                         stacks.setdefault(nkey, []).append(h)
@@ -569,12 +575,70 @@ def _replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
         value[rows].tolist(), event_col[rows].tolist(), col("target_pid"))
 
 
-def _acquisition_frame(acqs: list[list[Any]]) -> pd.DataFrame:
-    """The replay's acquisition rows (columns :data:`ACQ_COLUMNS`) as a frame."""
-    cols = list(zip(*acqs, strict=True)) if acqs else [()] * len(ACQ_COLUMNS)
-    text = ("lock_type", "ctx", "forced")
-    return pd.DataFrame({c: np.asarray(v, dtype=object if c in text else None)
-                         for c, v in zip(ACQ_COLUMNS, cols, strict=True)})
+class AcqTable:
+    """The replay's acquisitions (columns :data:`ACQ_COLUMNS`), one typed array per
+    column: a few dozen bytes per acquisition where a list of boxed values took
+    hundreds.  Text columns are codes: lock types in the order first seen,
+    :data:`CTX_NAMES`, and 0 or :data:`FORCED_CODE`."""
+
+    def __init__(self) -> None:
+        self.row, self.cls, self.addr = array("q"), array("q"), array("Q")
+        self.lock_type, self.ctx, self.task = array("b"), array("b"), array("q")
+        self.ts_acquire, self.ts_acquired = array("q"), array("q")
+        self.ts_release, self.release_row = array("q"), array("q")
+        self.trylock, self.irqs_off, self.bh_off = array("b"), array("b"), array("b")
+        self.handed_off, self.forced = array("b"), array("b")
+        self._types: dict[str, int] = {}
+        self.type_names: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def append(self, row: int, cls: int, addr: int, lock_type: str, ctx: str, task: int,
+               ts: int, trylock: bool, irqs_off: bool, bh_off: bool) -> int:
+        t = self._types.get(lock_type)
+        if t is None:
+            t = self._types[lock_type] = len(self.type_names)
+            self.type_names.append(lock_type)
+        self.row.append(row)
+        self.cls.append(cls)
+        self.addr.append(addr)
+        self.lock_type.append(t)
+        self.ctx.append(CTX_CODE[ctx])
+        self.task.append(task)
+        self.ts_acquire.append(ts)
+        self.ts_acquired.append(ts)
+        self.ts_release.append(-1)
+        self.release_row.append(-1)
+        self.trylock.append(bool(trylock))
+        self.irqs_off.append(bool(irqs_off))
+        self.bh_off.append(bool(bh_off))
+        self.handed_off.append(False)
+        self.forced.append(0)
+        return len(self.row) - 1
+
+    def frame(self) -> pd.DataFrame:
+        """The acquisitions as a frame (columns :data:`ACQ_COLUMNS`)."""
+        def col(a: Any, dtype: Any) -> np.ndarray:
+            return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
+
+        def text(a: Any, names: Any) -> np.ndarray:
+            return np.asarray(list(names), dtype=object)[col(a, np.int8)]
+
+        return pd.DataFrame({
+            "row": col(self.row, np.int64), "cls": col(self.cls, np.int64),
+            "addr": col(self.addr, np.uint64),
+            "lock_type": text(self.lock_type, self.type_names or [""]),
+            "ctx": text(self.ctx, CTX_NAMES), "task": col(self.task, np.int64),
+            "ts_acquire": col(self.ts_acquire, np.int64),
+            "ts_acquired": col(self.ts_acquired, np.int64),
+            "ts_release": col(self.ts_release, np.int64),
+            "release_row": col(self.release_row, np.int64),
+            "trylock": col(self.trylock, np.int8).astype(bool),
+            "irqs_off": col(self.irqs_off, np.int8).astype(bool),
+            "bh_off": col(self.bh_off, np.int8).astype(bool),
+            "handed_off": col(self.handed_off, np.int8).astype(bool),
+            "forced": text(self.forced, ("", *FORCED_REASONS))})
 
 
 def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,

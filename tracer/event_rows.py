@@ -137,6 +137,7 @@ class RecordColumns:
         self.flags = flags = _gather(arr, hoff + 2, 1, False)
         pc = _gather(arr, hoff + 3, 1, False)
         pid = _gather(arr, hoff + 4, 4, True)
+        self.rec_pid = pid  # the pid column is moved into the frame before the comms
         self.cols: dict[str, Any] = {
             "ts_ns": rec_ts,
             "cpu": rec_cpu,
@@ -497,16 +498,16 @@ class RecordColumns:
 
     # -- the frame ----------------------------------------------------------------------
 
-    def frame(self) -> pd.DataFrame:
-        """Every record's row (rejected and set-aside ones too), with its stack id."""
+    def events(self, gap_ts: np.ndarray, gap_cpu: np.ndarray, gap_kind: str,
+               gap_event: str) -> pd.DataFrame:
+        """The events frame (tracer.schema): the records kept, with their stack ids,
+        and a ``gap`` row at each of ``gap_ts``/``gap_cpu`` (before the rejected
+        records' own times), in time order (then CPU, then record order).
+
+        Built one column at a time, each moved out of these columns as it is
+        placed, so that the records' columns and the frame are never both whole:
+        the decode's peak memory is about one copy of the events."""
         cols = self.cols
-        cols.update(kind=self.kind.build(), event=self.event.build(),
-                    lock_type=self.lock_type.build(), lock_flags=self.lock_flags.build(),
-                    func=self.func.build(), lock_name=self.lock_name.build())
-        comms_idle = {**self.comms, 0: "<idle>"}
-        upids, pinv = np.unique(cols["pid"], return_inverse=True)
-        cols["comm"] = _unique_names([comms_idle.get(int(p), "<...>") for p in upids], pinv)
-        df = pd.DataFrame(cols)
         # A conditional stacktrace trigger records its stack right after the event, on
         # the same CPU: hand the stack to the record before it.
         if self.stack_rows:
@@ -517,7 +518,40 @@ class RecordColumns:
             prev = srow - 1
             ok = (prev >= 0) & (cpu_arr[np.maximum(prev, 0)] == cpu_arr[srow]) & self.keep[
                 np.maximum(prev, 0)]
-            sid_col = df["stack_id"].to_numpy().copy()
-            sid_col[prev[ok]] = sid[ok]
-            df["stack_id"] = sid_col
+            cols["stack_id"][prev[ok]] = sid[ok]
+        # a rejected record is a gap too: what it said is unknown
+        rej = np.nonzero(self.rejected_mask)[0]
+        g_ts = np.concatenate([gap_ts, self.rec_ts[rej]]).astype(np.int64) - 1
+        g_cpu = np.concatenate([gap_cpu, self.rec_cpu[rej]]).astype(np.int16)
+        sel = np.nonzero(self.keep)[0]
+        ng = len(g_ts)
+        order = np.lexsort((np.concatenate([cols["cpu"][sel].astype(np.int16), g_cpu]),
+                            np.concatenate([cols["ts_ns"][sel].astype(np.int64), g_ts])))
+        comms_idle = {**self.comms, 0: "<idle>"}
+        cats = {"kind": self.kind, "event": self.event, "lock_type": self.lock_type,
+                "lock_flags": self.lock_flags, "func": self.func, "lock_name": self.lock_name}
+        gap_values = {"ts_ns": g_ts, "cpu": g_cpu, "kind": gap_kind, "event": gap_event}
+        df = pd.DataFrame(index=pd.RangeIndex(len(order)))
+        for name, dtype in schema.COLUMNS.items():
+            if name == "comm":  # gap rows have none
+                upids, pinv = np.unique(self.rec_pid[sel], return_inverse=True)
+                names = [comms_idle.get(int(p), "<...>") for p in upids] + [""]
+                inv = np.concatenate([pinv.reshape(-1), np.full(ng, len(upids))])
+                df[name] = _unique_names(names, inv[order])
+                continue
+            if name in cats:
+                col = cats[name]
+                g = gap_values.get(name, "")
+                codes = np.concatenate([col.codes[sel], np.full(ng, col.code(str(g)), np.int32)])
+                df[name] = pd.Categorical.from_codes(
+                    codes[order], categories=pd.Index(col.cats, dtype=object))
+                col.codes = np.zeros(0, np.int32)
+                continue
+            arr = cols.pop(name)
+            g = gap_values.get(name)
+            if g is None:
+                g = np.full(ng, -1 if name in ("stack_id", "target_pid") else 0, dtype=dtype)
+            df[name] = np.concatenate([arr[sel].astype(dtype, copy=False),
+                                       np.asarray(g, dtype=dtype)])[order]
+            del arr
         return df

@@ -91,18 +91,7 @@ def decode(
         rc.read_type(tid, fmts.get(int(tid)))
     cal = _calibrate(rc.cols, rc.cal_rows, rc.flags, rc.irq_state, rc.pkind,
                      kprobe_irqs_off_unreliable, rc.kind, rc.lock_type)
-    df = rc.frame()
-    # a rejected record is a gap too: what it said is unknown
-    rejected_rows = np.nonzero(rc.rejected_mask)[0]
-    df = df[rc.keep]
-    if len(gap_ts) or len(rejected_rows):
-        gaps = pd.DataFrame({
-            "ts_ns": np.concatenate([gap_ts, rec_ts[rejected_rows]]) - 1,
-            "cpu": np.concatenate([gap_cpu, rec_cpu[rejected_rows]]).astype(np.int16),
-            "kind": "gap", "event": GAP_EVENT})
-        df = pd.concat([df, schema.conform(gaps)], ignore_index=True)
-    df = df.sort_values(["ts_ns", "cpu"], kind="stable")
-    events = schema.conform(df)
+    events = rc.events(gap_ts, gap_cpu, "gap", GAP_EVENT)
     n_gaps = int((events["kind"] == "gap").sum())
     return Decoded(events, rc.stacks, rc.counts, recs.torn_pages, recs.missed_events,
                    len(events) - n_gaps, rc.comms, cal, backwards_pages=recs.backwards_pages,
