@@ -45,7 +45,7 @@ def _trace_options(a: argparse.Namespace) -> TraceOptions:
     return TraceOptions(
         out=o.out, arch=o.arch, abi=o.abi, series=o.kernel_series, kernel=kernel,
         module_srcs=list(o.module_src), kernel_modules=list(o.kernel_module),
-        no_modules=o.no_modules, workload=o.workload, timeout=o.timeout,
+        no_modules=o.no_modules, workload=o.workload, timeout=o.timeout, progress=o.progress,
         transport=o.transport, smp=o.smp, mem_mb=o.memory, accel=o.accel,
     )
 

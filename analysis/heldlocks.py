@@ -19,7 +19,7 @@ Python lists; everything around it is column work.  It produces:
 A lock whose release is never seen (a probe the kernel refused or kprobes missed,
 lost events, an inlined unlock that could not be probed) must not stay "held" for
 the rest of its task's life, making every later sleep and acquisition a finding.
-It ends where the evidence ends (:data:`FORCED_REASONS`):
+It ends where the evidence ends (``acquisitions.FORCED_REASONS``):
 
 * ``preempted``: the task was preempted (``sched_switch`` prev_state has
   TASK_REPORT_MAX): on a non-RT kernel a spinning lock disables preemption, and
@@ -47,32 +47,27 @@ It ends where the evidence ends (:data:`FORCED_REASONS`):
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tracedep.analysis.acquisitions import FORCED_CODE, AcqTable
+from tracedep.analysis.replay_inputs import replay_inputs, switch_baseline
 from tracedep.tracer.probes import LOCK_FUNCS, SLEEPING_LOCK_TYPES
 
 ACQ_COLUMNS = ("row", "cls", "addr", "lock_type", "ctx", "task", "ts_acquire", "ts_acquired",
                "ts_release", "release_row", "trylock", "irqs_off", "bh_off", "handed_off",
-               "forced")  # forced: FORCED_REASONS entry when ended without a release, else ""
+               "forced")  # forced: the reason (acquisitions.FORCED_REASONS) it ended unreleased
 SPIN_TYPES = frozenset({"spinlock", "rwlock-r", "rwlock-w"})
 SHARED_TYPES = frozenset({"rwlock-r", "rwsem-r"})
 RECURSIVE_READ = frozenset({"rwlock-r"})  # rwlock_t readers may nest; rwsem readers may not
-GFP_DIRECT_RECLAIM = 0x400
 # sched_switch prev_state (include/linux/sched.h, 6.1 and 6.12): TASK_REPORT_MAX
 # marks a preempted task; EXIT_DEAD/EXIT_ZOMBIE a task's last switch
 STATE_PREEMPTED = 0x100
 STATE_EXITED = 0x10 | 0x20
-FORCED_REASONS = ("preempted", "preempt-count", "user-space", "release-unseen", "re-acquired",
-                  "gap")
-FORCED_CODE = {r: i + 1 for i, r in enumerate(FORCED_REASONS)}  # AcqTable.forced; 0: released
-CTX_NAMES = ("process", "softirq", "hardirq", "nmi")  # irq_context()
-CTX_CODE = {c: i for i, c in enumerate(CTX_NAMES)}
+
 
 # usage bits (lockdep's names)
 USED_IN_HARDIRQ = "IN-HARDIRQ-W"
@@ -130,7 +125,7 @@ class Forced:
 
     acq: int  # index into acquisitions
     row: int  # event row whose evidence ended it
-    reason: str  # one of FORCED_REASONS
+    reason: str  # one of acquisitions.FORCED_REASONS
 
 
 # an acquisition's values from its event: lock_addr, lock_type, value, irqs_off, bh_off, ts_ns
@@ -256,7 +251,7 @@ class Replayer:
              holder_on_stack: HolderOnStack | None = None) -> None:
         """Replay ``events`` (the next rows of the trace, from ``row_offset`` on);
         ``class_of_row``, ``suspect_rows`` and ``holder_on_stack`` take whole-trace rows."""
-        local_rows, columns = _replay_inputs(events, self.untraced)
+        local_rows, columns = replay_inputs(events, self.untraced)
         rows = local_rows + row_offset
         (pid, cpu, ts, addr, irqs_off, bh_off, hard, soft, nmi, depth, kind_l, ltype_l,
          flags_l, value_l, ev_l, target_l) = columns
@@ -532,113 +527,6 @@ class Replayer:
                              kprobe_irqs_reliable, spin_in_preempt)
 
         self.unmatched, self.leaked = unmatched, leaked
-
-
-def switch_baseline(events: pd.DataFrame) -> int:
-    """The preempt depth the scheduler itself runs at in a voluntary sched_switch
-    (the commonest one): what a sleeping switch's depth has beyond it is the task's."""
-    value = events["value"].to_numpy()
-    sw = events["preempt_depth"].to_numpy()[
-        np.nonzero((events["kind"].to_numpy() == "sched_switch") & (value != 0))[0]]
-    return int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
-
-
-def _replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
-                   ) -> tuple[np.ndarray, tuple[list[Any], ...]]:
-    """(the rows the replay reads, those rows' columns as lists: pid, cpu, ts_ns,
-    lock_addr, irqs_off, bh_off, in_hardirq, in_softirq, in_nmi, preempt_depth, kind,
-    lock_type, lock_flags, value, event, target_pid).  Lists, because the loop reads one
-    element per event and a list index is the fastest read Python has."""
-    kinds = events["kind"].to_numpy()
-    ltypes = events["lock_type"].to_numpy()
-    gfp = events["gfp"].to_numpy()
-    value = events["value"].to_numpy()
-    event_col = events["event"].to_numpy()
-    is_lock = np.isin(kinds, ("lock_acquire", "lock_return", "lock_release"))
-    is_sleep = (kinds == "sleep_call") | ((kinds == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) != 0))
-    is_switch = kinds == "sched_switch"
-    # a pump's interrupts and softirqs are traced (only its own code is filtered)
-    own = ~(np.isin(events["pid"].to_numpy(), list(untraced))
-            & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
-                | events["in_nmi"].to_numpy())) if untraced else True
-    is_marker = kinds == "marker"  # a syscall of the task's own (user-space evidence)
-    is_gap = kinds == "gap"  # events are missing here (tracer.schema)
-    rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch | is_gap)[0]
-
-    def col(name: str) -> list[Any]:
-        return events[name].to_numpy()[rows].tolist()
-
-    return rows, (
-        col("pid"), col("cpu"), col("ts_ns"), col("lock_addr"), col("irqs_off"),
-        col("bh_off"), col("in_hardirq"), col("in_softirq"), col("in_nmi"),
-        col("preempt_depth"), kinds[rows].tolist(), ltypes[rows].tolist(), col("lock_flags"),
-        value[rows].tolist(), event_col[rows].tolist(), col("target_pid"))
-
-
-class AcqTable:
-    """The replay's acquisitions (columns :data:`ACQ_COLUMNS`), one typed array per
-    column: a few dozen bytes per acquisition where a list of boxed values took
-    hundreds.  Text columns are codes: lock types in the order first seen,
-    :data:`CTX_NAMES`, and 0 or :data:`FORCED_CODE`."""
-
-    def __init__(self) -> None:
-        self.row, self.cls, self.addr = array("q"), array("q"), array("Q")
-        self.lock_type, self.ctx, self.task = array("b"), array("b"), array("q")
-        self.ts_acquire, self.ts_acquired = array("q"), array("q")
-        self.ts_release, self.release_row = array("q"), array("q")
-        self.trylock, self.irqs_off, self.bh_off = array("b"), array("b"), array("b")
-        self.handed_off, self.forced = array("b"), array("b")
-        self._types: dict[str, int] = {}
-        self.type_names: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.row)
-
-    def append(self, row: int, cls: int, addr: int, lock_type: str, ctx: str, task: int,
-               ts: int, trylock: bool, irqs_off: bool, bh_off: bool) -> int:
-        t = self._types.get(lock_type)
-        if t is None:
-            t = self._types[lock_type] = len(self.type_names)
-            self.type_names.append(lock_type)
-        self.row.append(row)
-        self.cls.append(cls)
-        self.addr.append(addr)
-        self.lock_type.append(t)
-        self.ctx.append(CTX_CODE[ctx])
-        self.task.append(task)
-        self.ts_acquire.append(ts)
-        self.ts_acquired.append(ts)
-        self.ts_release.append(-1)
-        self.release_row.append(-1)
-        self.trylock.append(bool(trylock))
-        self.irqs_off.append(bool(irqs_off))
-        self.bh_off.append(bool(bh_off))
-        self.handed_off.append(False)
-        self.forced.append(0)
-        return len(self.row) - 1
-
-    def frame(self) -> pd.DataFrame:
-        """The acquisitions as a frame (columns :data:`ACQ_COLUMNS`)."""
-        def col(a: Any, dtype: Any) -> np.ndarray:
-            return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
-
-        def text(a: Any, names: Any) -> np.ndarray:
-            return np.asarray(list(names), dtype=object)[col(a, np.int8)]
-
-        return pd.DataFrame({
-            "row": col(self.row, np.int64), "cls": col(self.cls, np.int64),
-            "addr": col(self.addr, np.uint64),
-            "lock_type": text(self.lock_type, self.type_names or [""]),
-            "ctx": text(self.ctx, CTX_NAMES), "task": col(self.task, np.int64),
-            "ts_acquire": col(self.ts_acquire, np.int64),
-            "ts_acquired": col(self.ts_acquired, np.int64),
-            "ts_release": col(self.ts_release, np.int64),
-            "release_row": col(self.release_row, np.int64),
-            "trylock": col(self.trylock, np.int8).astype(bool),
-            "irqs_off": col(self.irqs_off, np.int8).astype(bool),
-            "bh_off": col(self.bh_off, np.int8).astype(bool),
-            "handed_off": col(self.handed_off, np.int8).astype(bool),
-            "forced": text(self.forced, ("", *FORCED_REASONS))})
 
 
 def _check_sleep(sleeps: list[SleepEvent], stacks: dict[tuple[int, str], list[Held]], r: int,

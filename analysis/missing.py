@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tracedep.analysis.acquisitions import FORCED_REASONS
 from tracedep.analysis.health import ForcedClass, ForcedReleases
-from tracedep.analysis.heldlocks import FORCED_REASONS, SPIN_TYPES, HolderOnStack, Replay
+from tracedep.analysis.heldlocks import SPIN_TYPES, HolderOnStack, Replay
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer.probes import GROUP, LOCK_FUNCS, parse_event_name

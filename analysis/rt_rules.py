@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracedep.analysis.findings import Finding, Site, WitnessKind
-from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, SPIN_TYPES
+from tracedep.analysis.heldlocks import SPIN_TYPES
 from tracedep.analysis.lock_ctypes import RAW, RWLOCK, SPIN, LockTypes, Scope
+from tracedep.analysis.replay_inputs import GFP_DIRECT_RECLAIM
 from tracedep.analysis.rules import Ctx, driver_of, gfp_text
 from tracedep.common.jsonvalue import JSON
 

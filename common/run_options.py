@@ -106,6 +106,9 @@ class RunOptions:
         None, "shell script run in the guest instead of load/settle/unload")
     timeout: float = _opt(
         300.0, "seconds before a guest that has not powered off is killed")
+    progress: float = _opt(
+        30.0, "seconds between progress lines on stderr while the guest runs (guest uptime, "
+              "records, records/s, trace MB, lost); 0: none", metavar="SECONDS")
     transport: str = _opt("socket", None, choices=TRANSPORTS)
     smp: int = _opt(2, None)
     memory: int = _opt(1024, "guest memory, MiB")

@@ -44,8 +44,9 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
-from tracedep.analysis.heldlocks import GFP_DIRECT_RECLAIM, replay
+from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.lock_ctypes import LockTypes
+from tracedep.analysis.replay_inputs import GFP_DIRECT_RECLAIM
 from tracedep.analysis.run_symbols import ModuleSpan, RunSymbols
 from tracedep.analysis.trace import Trace, load
 from tracedep.analysis.waits import OBJECT_KINDS

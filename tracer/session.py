@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +51,7 @@ from tracedep.tracer.probes import (
     probe_definitions,
     stack_triggers,
 )
+from tracedep.tracer.progress import ProgressMeter
 from tracedep.tracer.run_record import finish_manifest
 from tracedep.tracer.wait_probes import wait_probe_definitions, workqueue_name_offset
 from tracedep.vm.accel import choose_accel
@@ -104,6 +106,7 @@ class TraceOptions:
     accel: str = "auto"
     buffer_kb: int = 16384
     settle_s: float = 0.5
+    progress: float = 0.0  # seconds between progress lines on stderr (0: none)
 
 
 @dataclass
@@ -127,9 +130,20 @@ def _prepare_out(out: Path) -> None:
     (out / "trace").mkdir()
 
 
+async def _progress(run_dir: Path, interval: float) -> None:
+    """Print the progress line (tracer.progress) every ``interval`` seconds."""
+    meter = ProgressMeter(run_dir)
+    while True:
+        await asyncio.sleep(interval)
+        p = await asyncio.to_thread(meter.sample)
+        if p is not None:
+            print(p.line(), file=sys.stderr, flush=True)
+
+
 async def _boot(spec: VmSpec, ports: list[tuple[str, Path]], transport: str, timeout: float,
-                on_start: Any = None) -> tuple[str, str, dict[str, Any]]:
-    """Boot, stream ``ports`` to files, wait for the end; return (ending, detail, timings)."""
+                on_start: Any = None, progress: float = 0.0) -> tuple[str, str, dict[str, Any]]:
+    """Boot, stream ``ports`` to files, wait for the end; return (ending, detail, timings).
+    ``progress``: seconds between progress lines (0: none)."""
     t0 = time.monotonic()
     timings: dict[str, Any] = {}
     sinks: list[Sink] = []
@@ -140,7 +154,13 @@ async def _boot(spec: VmSpec, ports: list[tuple[str, Path]], transport: str, tim
             sinks.append(await open_sink(vm, transport, name, path))
         await vm.cont()
         t_cont = time.monotonic()
-        ending = await vm.wait_end(timeout)
+        meter = asyncio.create_task(_progress(ports[0][1].parent, progress)) if (
+            progress > 0) else None
+        try:
+            ending = await vm.wait_end(timeout)
+        finally:
+            if meter is not None:
+                meter.cancel()
         # -no-shutdown keeps QEMU alive after the guest stops: drain what is in flight
         for s in sinks:
             await s.drain(idle=0.3, limit=10)
@@ -439,7 +459,8 @@ def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
 
     for attempt in (1, 2):
         how, detail, timings = asyncio.run(_boot(spec, ports, opts.transport, opts.timeout,
-                                                 on_start=record_cmdline))
+                                                 on_start=record_cmdline,
+                                                 progress=opts.progress))
         if attempt == 2 or not _died_before_tracing(out, how):
             break
         # The kernel died while the guest armed the probes, before any driver ran:

@@ -60,6 +60,7 @@ def options(draw: st.DrawFn, *, out: bool, no_dwarf: bool = True) -> RunOptions:
         no_modules=draw(st.booleans()),
         workload=draw(st.none() | paths),
         timeout=draw(st.floats(allow_nan=False)),
+        progress=draw(st.floats(allow_nan=False)),
         transport=draw(st.sampled_from(run_options.TRANSPORTS)),
         smp=draw(st.integers()),
         memory=draw(st.integers()),
@@ -71,7 +72,7 @@ def options(draw: st.DrawFn, *, out: bool, no_dwarf: bool = True) -> RunOptions:
 
 def test_the_strategy_sets_every_field() -> None:
     assert run_options.NAMES == tuple(f.name for f in dataclasses.fields(RunOptions))
-    assert len(run_options.NAMES) == 18  # a new option: add it to the strategy above
+    assert len(run_options.NAMES) == 19  # a new option: add it to the strategy above
 
 
 @SETTINGS
@@ -182,6 +183,8 @@ RUN_AT_2095D7A: list[tuple[Any, ...]] = [
     ("--no-modules", "_StoreTrueAction", False, None, None, False, None, "no_modules"),
     ("--workload", "_StoreAction", None, "Path", None, False, None, "workload"),
     ("--timeout", "_StoreAction", 300.0, "float", None, False, None, "timeout"),
+    # added since 2095d7a (issue 15): the progress line of a long run
+    ("--progress", "_StoreAction", 30.0, "float", None, False, "SECONDS", "progress"),
     ("--transport", "_StoreAction", "socket", None, ("socket", "ringbuf"), False, None,
      "transport"),
     ("--smp", "_StoreAction", 2, "int", None, False, None, "smp"),
@@ -211,7 +214,8 @@ def test_fetch_and_probes_options_are_unchanged() -> None:
 
 
 def test_bisect_run_options() -> None:
-    """2095d7a's, with --kernel-build CMD renamed and --no-modules, --transport added."""
+    """2095d7a's, with --kernel-build CMD renamed and --no-modules, --transport, --progress
+    added."""
     at_2095d7a = {"--match", "--repeat", "--module-src", "--kernel-module", "--kernel-build",
                   "--kernel-image", "--kernel-repo", "--kernel-modules", "--kernel-tree",
                   "--vmlinux", "--arch", "--abi", "--kernel-series", "--workload", "--timeout",
@@ -219,7 +223,7 @@ def test_bisect_run_options() -> None:
     p = _subparser("bisect-run")
     shown = {a.option_strings[0] for a in p._actions if a.help != argparse.SUPPRESS} - {"-h"}
     assert shown == at_2095d7a - {"--kernel-build"} | {"--kernel-build-cmd", "--no-modules",
-                                                       "--transport"}
+                                                       "--transport", "--progress"}
     hidden = [a for a in p._actions if a.help == argparse.SUPPRESS]
     assert [(a.option_strings, a.dest) for a in hidden] == [(["--kernel-build"],
                                                              "kernel_build_cmd")]

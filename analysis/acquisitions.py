@@ -1,0 +1,86 @@
+"""The held-lock replay's acquisitions, stored compactly (analysis.heldlocks).
+
+One row per successful acquisition, with its release; :meth:`AcqTable.frame`
+gives them as the frame with the columns ``heldlocks.ACQ_COLUMNS``.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# why a held lock ended without its release being seen (heldlocks' module docstring)
+FORCED_REASONS = ("preempted", "preempt-count", "user-space", "release-unseen", "re-acquired",
+                  "gap")
+FORCED_CODE = {r: i + 1 for i, r in enumerate(FORCED_REASONS)}  # AcqTable.forced; 0: released
+CTX_NAMES = ("process", "softirq", "hardirq", "nmi")  # heldlocks.irq_context()
+CTX_CODE = {c: i for i, c in enumerate(CTX_NAMES)}
+
+
+class AcqTable:
+    """The replay's acquisitions (columns :data:`ACQ_COLUMNS`), one typed array per
+    column: a few dozen bytes per acquisition where a list of boxed values took
+    hundreds.  Text columns are codes: lock types in the order first seen,
+    :data:`CTX_NAMES`, and 0 or :data:`FORCED_CODE`."""
+
+    def __init__(self) -> None:
+        self.row, self.cls, self.addr = array("q"), array("q"), array("Q")
+        self.lock_type, self.ctx, self.task = array("b"), array("b"), array("q")
+        self.ts_acquire, self.ts_acquired = array("q"), array("q")
+        self.ts_release, self.release_row = array("q"), array("q")
+        self.trylock, self.irqs_off, self.bh_off = array("b"), array("b"), array("b")
+        self.handed_off, self.forced = array("b"), array("b")
+        self._types: dict[str, int] = {}
+        self.type_names: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def append(self, row: int, cls: int, addr: int, lock_type: str, ctx: str, task: int,
+               ts: int, trylock: bool, irqs_off: bool, bh_off: bool) -> int:
+        t = self._types.get(lock_type)
+        if t is None:
+            t = self._types[lock_type] = len(self.type_names)
+            self.type_names.append(lock_type)
+        self.row.append(row)
+        self.cls.append(cls)
+        self.addr.append(addr)
+        self.lock_type.append(t)
+        self.ctx.append(CTX_CODE[ctx])
+        self.task.append(task)
+        self.ts_acquire.append(ts)
+        self.ts_acquired.append(ts)
+        self.ts_release.append(-1)
+        self.release_row.append(-1)
+        self.trylock.append(bool(trylock))
+        self.irqs_off.append(bool(irqs_off))
+        self.bh_off.append(bool(bh_off))
+        self.handed_off.append(False)
+        self.forced.append(0)
+        return len(self.row) - 1
+
+    def frame(self) -> pd.DataFrame:
+        """The acquisitions as a frame (columns :data:`ACQ_COLUMNS`)."""
+        def col(a: Any, dtype: Any) -> np.ndarray:
+            return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
+
+        def text(a: Any, names: Any) -> np.ndarray:
+            return np.asarray(list(names), dtype=object)[col(a, np.int8)]
+
+        return pd.DataFrame({
+            "row": col(self.row, np.int64), "cls": col(self.cls, np.int64),
+            "addr": col(self.addr, np.uint64),
+            "lock_type": text(self.lock_type, self.type_names or [""]),
+            "ctx": text(self.ctx, CTX_NAMES), "task": col(self.task, np.int64),
+            "ts_acquire": col(self.ts_acquire, np.int64),
+            "ts_acquired": col(self.ts_acquired, np.int64),
+            "ts_release": col(self.ts_release, np.int64),
+            "release_row": col(self.release_row, np.int64),
+            "trylock": col(self.trylock, np.int8).astype(bool),
+            "irqs_off": col(self.irqs_off, np.int8).astype(bool),
+            "bh_off": col(self.bh_off, np.int8).astype(bool),
+            "handed_off": col(self.handed_off, np.int8).astype(bool),
+            "forced": text(self.forced, ("", *FORCED_REASONS))})
