@@ -19,6 +19,7 @@ from tracedep.common.run_options import RunOptions, add_arguments
 from tracedep.errors import INTERNAL_ERROR, TracedepError
 
 if TYPE_CHECKING:
+    from tracedep.analysis.findings import Analysis
     from tracedep.tracer.ftrace_binary import Decoded
     from tracedep.tracer.session import TraceOptions
 
@@ -62,8 +63,9 @@ def cmd_trace(a: argparse.Namespace) -> int:
 
 
 def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
-                        kallsyms: Path | None = None, decoded: Decoded | None = None) -> int:
-    """Analyze a run directory or trace file into ``out``; return the findings count.
+                        kallsyms: Path | None = None, decoded: Decoded | None = None
+                        ) -> Analysis:
+    """Analyze a run directory or trace file into ``out``; return the analysis.
     ``decoded``: the run's trace as the tracer decoded it (a run is decoded once)."""
     from tracedep.analysis.dwarf_pass import dwarf_aids, symbolize
     from tracedep.analysis.pipeline import analyze
@@ -88,7 +90,19 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
     print(f"tracedep: {len(a.findings)} findings ({summary}); report in {out / 'index.html'}")
     for w in a.health.warnings:
         print(f"tracedep: warning: {w}", file=sys.stderr)
-    return len(a.findings)
+    return a
+
+
+def _retain(run_dir: Path, mode: str, a: Analysis) -> None:
+    """``--raw``: what to keep of the raw pages now that they are analysed."""
+    from tracedep.tracer.retention import retain_run
+
+    witness = [f.first_ts_ns for f in a.findings] + [
+        s.ts_ns for f in a.findings for s in f.sites if s.ts_ns is not None]
+    rec = retain_run(run_dir, mode, witness)
+    if rec is not None:
+        print(f"tracedep: raw pages ({mode}): {rec.disk_bytes_before / 1e6:.1f} MB -> "
+              f"{rec.disk_bytes_after / 1e6:.1f} MB on disk in {rec.seconds} s")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -108,7 +122,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         if not (a.out / "control.log").is_file():
             raise
     try:
-        n = _analyze_and_report(a.out, a.out, a.vmlinux, not a.no_dwarf, decoded=decoded)
+        an = _analyze_and_report(a.out, a.out, a.vmlinux, not a.no_dwarf, decoded=decoded)
+        n = len(an.findings)
+        _retain(a.out, a.raw, an)
     except TracedepError as e:
         if failure is not None:
             print(f"tracedep: error: {e}", file=sys.stderr)
@@ -122,7 +138,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_analyze(a: argparse.Namespace) -> int:
     src: Path = a.trace
     out: Path = a.out or (src if src.is_dir() else src.with_name(src.name + ".tracedep"))
-    n = _analyze_and_report(src, out, a.vmlinux, not a.no_dwarf, a.kallsyms)
+    n = len(_analyze_and_report(src, out, a.vmlinux, not a.no_dwarf, a.kallsyms).findings)
     return 1 if n else 0
 
 
@@ -198,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=StrictParser)
     t = sub.add_parser("trace", help="boot a kernel with the modules under test and trace it")
-    add_arguments(t, exclude=("no_dwarf",))
+    add_arguments(t, exclude=("no_dwarf", "raw"))
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("run", help="trace, analyze and report (exit 1 when there are findings)")
     add_arguments(r)

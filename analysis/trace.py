@@ -79,6 +79,12 @@ def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
     events, or to torn pages, and must not be reported as complete."""
     lost = info.lost
     out: list[str] = []
+    kept = info.retention or {}
+    if kept.get("mode") == "drop":
+        out.append("the raw pages were dropped after the run's own analysis (--raw drop), but "
+                   "for those around its findings (manifest.json retention): this analysis "
+                   "reads only those, and counts the others as changed and their events as "
+                   "missing")
     before = {k: int(getattr(lost, k))
               for k in ("decoder_torn_pages", "decoder_backwards_pages",
                         "decoder_rejected_records", "decoder_damaged_pages",

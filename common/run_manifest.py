@@ -174,6 +174,9 @@ class RunManifest:
     lockdep_events: dict[str, int] = field(default_factory=dict)  # session
     decode_error: str | None = None  # session
     source: JsonObject | None = None  # a foreign text trace: where it came from, its format
+    # tracer.retention (cli, after the run's reports): what --raw did to the raw pages
+    # (mode, disk bytes before/after, pages kept, seconds); None: all kept as sent
+    retention: JsonObject | None = None
     extra: JsonObject = field(default_factory=dict)
 
     @property
@@ -328,6 +331,8 @@ SCHEMA: dict[str, _Spec] = {
     "modules": ("list", _MODULE),
     "other_modules": ("map", _MODULE),
     "error": ("opt", str), "decode_error": ("opt", str),
+    "retention": ("opt", ("obj", {"mode": str, "disk_bytes_before": "int",
+                                  "disk_bytes_after": "int", "seconds": "num"})),
     "load_order": ("list", dict), "failed_attempts": ("list", dict),
     "lost": ("obj", {"total": "int", "kprobe_missed": "int", "truncated": bool,
                      "per_cpu": ("map", ("map", "num")), "kprobe_missed_by_probe":

@@ -46,6 +46,7 @@ BISECT_RUN: Spelling = "bisect-run"
 KERNEL_SERIES = ("6.1", "6.12")  # vm.debian_kernels.SERIES
 TRANSPORTS = ("socket", "ringbuf")
 ACCELS = ("auto", "tcg", "kvm")
+RAW_RETENTION = ("keep", "compress", "drop")  # tracer.retention.MODES (a test keeps them equal)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,10 @@ class RunOptions:
                             in_bisect_run=False)
     no_dwarf: bool = _opt(
         False, "do not fetch the debug vmlinux; frames get function+offset only")
+    raw: str = _opt(
+        "keep", "what to keep of the raw trace pages once analysed: keep them, compress them "
+                "(trace/cpuN.raw.gz), or drop all but the pages around each finding (what it "
+                "cost: manifest.json retention)", choices=RAW_RETENTION, in_bisect_run=False)
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> RunOptions:

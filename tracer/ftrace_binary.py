@@ -23,6 +23,7 @@ from tracedep.tracer.event_rows import MIGHT_SLEEP as MIGHT_SLEEP  # analysis.ru
 from tracedep.tracer.event_rows import CatColumn, RecordColumns
 from tracedep.tracer.ftrace_formats import EventFormat, parse_format, parse_header_page
 from tracedep.tracer.lockdep_events import merge_lockdep
+from tracedep.tracer.retention import raw_files, read_raw
 from tracedep.tracer.ring_pages import page_gaps, walk_buffers
 
 
@@ -183,10 +184,8 @@ def _calibrate(cols: dict[str, Any], cal_rows: dict[str, np.ndarray], flags: np.
 
 
 def read_run_buffers(run_dir: Path) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    for p in sorted((run_dir / "trace").glob("cpu*.raw")):
-        out[int(p.stem[3:])] = p.read_bytes()
-    return out
+    """Each CPU's raw pages (``trace/cpuN.raw``, or ``.raw.gz``: tracer.retention)."""
+    return {cpu: read_raw(p) for cpu, p in raw_files(run_dir / "trace").items()}
 
 
 def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:

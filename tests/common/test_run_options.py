@@ -67,12 +67,13 @@ def options(draw: st.DrawFn, *, out: bool, no_dwarf: bool = True) -> RunOptions:
         accel=draw(st.sampled_from(run_options.ACCELS)),
         out=draw(paths) if out else None,
         no_dwarf=draw(st.booleans()) if no_dwarf else False,
+        raw=draw(st.sampled_from(run_options.RAW_RETENTION)) if out and no_dwarf else "keep",
     )
 
 
 def test_the_strategy_sets_every_field() -> None:
     assert run_options.NAMES == tuple(f.name for f in dataclasses.fields(RunOptions))
-    assert len(run_options.NAMES) == 19  # a new option: add it to the strategy above
+    assert len(run_options.NAMES) == 20  # a new option: add it to the strategy above
 
 
 @SETTINGS
@@ -192,6 +193,8 @@ RUN_AT_2095D7A: list[tuple[Any, ...]] = [
     ("--accel", "_StoreAction", "auto", None, ("auto", "tcg", "kvm"), False, None, "accel"),
     ("--out", "_StoreAction", None, "Path", None, True, None, "out"),
     ("--no-dwarf", "_StoreTrueAction", False, None, None, False, None, "no_dwarf"),
+    # added since 2095d7a (issue 15): what to keep of the raw pages
+    ("--raw", "_StoreAction", "keep", None, ("keep", "compress", "drop"), False, None, "raw"),
 ]
 BY_FLAG = {row[0]: row for row in RUN_AT_2095D7A}
 
@@ -204,7 +207,7 @@ def _signature(command: str) -> list[tuple[Any, ...]]:
 
 def test_run_and_trace_options_are_unchanged() -> None:
     assert _signature("run") == RUN_AT_2095D7A
-    assert _signature("trace") == RUN_AT_2095D7A[:-1]  # no --no-dwarf
+    assert _signature("trace") == RUN_AT_2095D7A[:-2]  # no --no-dwarf, no --raw
 
 
 def test_fetch_and_probes_options_are_unchanged() -> None:
@@ -238,7 +241,7 @@ def test_bisect_run_options() -> None:
 
 def test_help_lists_every_option() -> None:
     for command, want in (("run", {r[0] for r in RUN_AT_2095D7A}),
-                          ("trace", {r[0] for r in RUN_AT_2095D7A} - {"--no-dwarf"}),
+                          ("trace", {r[0] for r in RUN_AT_2095D7A} - {"--no-dwarf", "--raw"}),
                           ("bisect-run", {"--kernel-build-cmd", "--kernel-image",
                                           "--kernel-tree", "--match", "--keep"})):
         text = _subparser(command).format_help()
@@ -317,3 +320,9 @@ def test_bisect_passes_every_run_option_on() -> None:
                       no_modules=True, smp=1)
     assert _parse("run", [*gitbisect.run_argv(a), "--out", "o"]) == \
         dataclasses.replace(want, out=Path("o"))
+
+
+def test_raw_retention_modes_are_the_tracers() -> None:
+    from tracedep.tracer.retention import MODES
+
+    assert run_options.RAW_RETENTION == MODES
