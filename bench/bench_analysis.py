@@ -1,7 +1,7 @@
 """Analysis throughput and peak memory on a large real trace, and on prefixes of it.
 
 Usage: python bench/bench_analysis.py [RUN_DIR] [--record] [--seconds S]
-                                      [--fractions 1/8,1/4,1/2,1] [--decode-repeats N]
+                                      [--fractions 1/16,1/4,1] [--decode-repeats N]
                                       [--profile]
 
 With no RUN_DIR the large run in ~/.cache/tracedep/bench/analysis/large-<S>s is
@@ -10,8 +10,9 @@ used, recorded the first time (``--record`` records it again): one real
 one kthread per CPU spinning spinlocks, a mutex and kmalloc/kfree for S
 seconds, default 30, every probe unfiltered, socket transport, 2 CPUs): millions
 of events.  Prefixes are truncated copies of the run directory holding the first
-1/8, 1/4, 1/2 of each trace/cpu*.raw's pages (cached beside the run, never in the
-repo).  Every measurement runs in a fresh process, so peak RSS is that stage's:
+1/16 and 1/4 of each trace/cpu*.raw's pages, so that with the whole the lengths
+are 1x, 4x and 16x (cached beside the run, never in the repo).  Every
+measurement runs in a fresh process, so peak RSS is that stage's:
 
   decode     tracer.ftrace_binary.decode_run: pages → events DataFrame (best of
              --decode-repeats processes, median shown)
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                     "large run, recorded if missing)")
     ap.add_argument("--record", action="store_true", help="record the large run again")
     ap.add_argument("--seconds", type=int, default=30, help="workload length of the large run")
-    ap.add_argument("--fractions", default="1/8,1/4,1/2,1")
+    ap.add_argument("--fractions", default="1/16,1/4,1",
+                    help="prefixes of the trace to measure (default: 1x, 4x and 16x the first)")
     ap.add_argument("--decode-repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true",
                     help="also profile analyze on the full trace (cProfile)")

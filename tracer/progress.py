@@ -10,7 +10,8 @@ reader splits it:
 * ``uptime_s``: the guest's trace clock (``global``: seconds since its boot) at
   the newest record received;
 * ``records``: ring-buffer records received so far (events and their stacks);
-* ``records_per_s``: records per second of guest time since the previous line;
+* ``records_per_s``: records per second of guest time since the previous line
+  (the first line: since the first record);
 * ``trace_mb``: raw trace bytes received (all CPUs);
 * ``lost``: events the guest's ring buffer reported overwritten or dropped in the
   pages received (the page headers' missed-events counts).
@@ -56,6 +57,7 @@ class ProgressMeter:
         self.records = 0
         self.lost = 0
         self.last_ts = 0
+        self.first_ts: int | None = None
         self._prev: tuple[int, int] | None = None  # (records, ts) at the previous line
         self._lib = native_walker()
 
@@ -96,6 +98,10 @@ class ProgressMeter:
             self.lost += recs.missed_events
             if len(ts):
                 self.last_ts = max(self.last_ts, int(np.max(ts)))
+                lo = int(np.min(ts))
+                self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
+        if self._prev is None and self.first_ts is not None:
+            self._prev = (0, self.first_ts)  # the first line: since the first record
         rate = 0
         if self._prev is not None and self.last_ts > self._prev[1]:
             rate = int((self.records - self._prev[0]) * 1e9 / (self.last_ts - self._prev[1]))
