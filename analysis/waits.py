@@ -65,12 +65,17 @@ class WaitGraph:
     edges: dict[tuple[int, int], list[EdgeAcc]] = field(default_factory=dict)
 
 
+_WINDOW = 1 << 14  # rows: a hold longer than this is looked at by every question
+
+
 class _Holds:
     """Which locks a (task, context) held at an event row, from the replay."""
 
     def __init__(self, rep: Replay, tasks: set[int], ts: np.ndarray) -> None:
         a = rep.acquisitions
         self.by: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
+        # per (task, context): start order, starts in that order, the long holds
+        self.index: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if a.empty or not tasks:
             return
         end = a["release_row"].to_numpy(dtype=np.int64).copy()
@@ -93,7 +98,13 @@ class _Holds:
             groups.setdefault(k, []).append(j)
         for k, js in groups.items():
             idx = np.array(js)
-            self.by[k] = tuple(c[idx] for c in cols)
+            c = tuple(col[idx] for col in cols)
+            # a question is answered from the acquisitions that started near it (by
+            # start row) and the few held longer than _WINDOW rows, not from all of
+            # the task's: a busy kthread has millions
+            order = np.argsort(c[0], kind="stable")
+            self.by[k] = c
+            self.index[k] = (order, c[0][order], np.nonzero(c[1] - c[0] > _WINDOW)[0])
 
     def held(self, task: int, ctx: str, r: int) -> list[tuple[int, int, bool]]:
         """(class, acquiring row, shared) of each lock held at row ``r``."""
@@ -101,7 +112,10 @@ class _Holds:
         if got is None:
             return []
         start, end, cls, _, shared = got
-        m = np.nonzero((start < r) & (end > r) & (cls >= 0))[0]
+        order, s_start, long_held = self.index[(task, ctx)]
+        near = order[np.searchsorted(s_start, r - _WINDOW):np.searchsorted(s_start, r)]
+        cand = np.union1d(near, long_held)
+        m = cand[(start[cand] < r) & (end[cand] > r) & (cls[cand] >= 0)]
         return [(int(cls[j]), int(start[j]), bool(shared[j])) for j in m]
 
     def taken(self, task: int, ctx: str, lo: int, hi: int) -> list[tuple[int, int]]:
@@ -110,7 +124,10 @@ class _Holds:
         if got is None:
             return []
         start, _, cls, tryl, _ = got
-        m = np.nonzero((start > lo) & (start < hi) & ~tryl & (cls >= 0))[0]
+        order, s_start, _ = self.index[(task, ctx)]
+        cand = np.sort(order[np.searchsorted(s_start, lo, side="right"):
+                             np.searchsorted(s_start, hi)])
+        m = cand[~tryl[cand] & (cls[cand] >= 0)]
         return [(int(cls[j]), int(start[j])) for j in m]
 
 
