@@ -146,6 +146,8 @@ class Replay:
     switch_baseline: int
     unmatched_releases: int = 0
     irq_leaked: int = 0  # interrupt-context locks never released (their unlock was missed)
+    # (acquisition, row) of each: held no later than that row (back in process context)
+    irq_ended: list[tuple[int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     forced: list[Forced] = field(default_factory=list)
 
@@ -236,12 +238,14 @@ class Replayer:
         self.last_holder: dict[int, tuple[int, str]] = {}
         self.irq_dirty: set[int] = set()
         self.leaked = 0
+        self.irq_ended: list[tuple[int, int]] = []
         self.forced: list[Forced] = []
 
     def finish(self) -> Replay:
         rep = Replay(self.acqs.frame(), self.edges, self.usage, self.recursions,
                      self.sleeps, self.baseline, self.unmatched)
         rep.irq_leaked = self.leaked
+        rep.irq_ended = self.irq_ended
         rep.forced = self.forced
         return rep
 
@@ -265,7 +269,7 @@ class Replayer:
             acqs.forced)
         usage, recursions, sleeps, forced = self.usage, self.recursions, self.sleeps, self.forced
         wait_open, last_holder, irq_dirty = self.wait_open, self.last_holder, self.irq_dirty
-        unmatched, leaked = self.unmatched, self.leaked
+        unmatched, leaked, irq_ended = self.unmatched, self.leaked, self.irq_ended
 
         def new_acq(r: int, v: AcqValues, cls: int, task: int, ctx: str, tryl: bool) -> int:
             return acqs.append(r, cls, v[0], v[1], ctx, task, v[5], tryl, v[3], v[4])
@@ -406,6 +410,7 @@ class Replayer:
                     left = stacks.pop((task, c), None)
                     if left:
                         leaked += len(left)
+                        irq_ended += [(h.acq, r) for h in left]
             if depth_counts_spin and ctx == "process" and k in ("lock_acquire", "sleep_call",
                                                                 "alloc"):
                 depth_bound(task, r, i)

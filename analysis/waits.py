@@ -75,7 +75,8 @@ class _Holds:
         a = rep.acquisitions
         self.by: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
         # per (task, context): start order, starts in that order, the long holds
-        self.index: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.index: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
+        # (and the ends, sorted: how many are open at a row, in two binary searches)
         if a.empty or not tasks:
             return
         end = a["release_row"].to_numpy(dtype=np.int64).copy()
@@ -86,6 +87,8 @@ class _Holds:
         end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
         for fo in rep.forced:
             end[fo.acq] = fo.row
+        for acq, row in rep.irq_ended:  # an interrupt's lock whose unlock was missed
+            end[acq] = row
         end[end < 0] = _FAR
         sel = np.nonzero(np.isin(a["task"].to_numpy(), list(tasks)))[0]
         sub = a.iloc[sel]
@@ -104,7 +107,8 @@ class _Holds:
             # the task's: a busy kthread has millions
             order = np.argsort(c[0], kind="stable")
             self.by[k] = c
-            self.index[k] = (order, c[0][order], np.nonzero(c[1] - c[0] > _WINDOW)[0])
+            self.index[k] = (order, c[0][order], np.nonzero(c[1] - c[0] > _WINDOW)[0],
+                             np.sort(np.maximum(c[1], c[0])))
 
     def held(self, task: int, ctx: str, r: int) -> list[tuple[int, int, bool]]:
         """(class, acquiring row, shared) of each lock held at row ``r``."""
@@ -112,7 +116,11 @@ class _Holds:
         if got is None:
             return []
         start, end, cls, _, shared = got
-        order, s_start, long_held = self.index[(task, ctx)]
+        order, s_start, long_held, s_end = self.index[(task, ctx)]
+        # open = started before r and not ended by r; most questions (a kthread
+        # looking for its stop between rounds) find none
+        if np.searchsorted(s_start, r) - np.searchsorted(s_end, r, side="right") <= 0:
+            return []
         near = order[np.searchsorted(s_start, r - _WINDOW):np.searchsorted(s_start, r)]
         cand = np.union1d(near, long_held)
         m = cand[(start[cand] < r) & (end[cand] > r) & (cls[cand] >= 0)]
@@ -124,7 +132,7 @@ class _Holds:
         if got is None:
             return []
         start, _, cls, tryl, _ = got
-        order, s_start, _ = self.index[(task, ctx)]
+        order, s_start, _, _ = self.index[(task, ctx)]
         cand = np.sort(order[np.searchsorted(s_start, lo, side="right"):
                              np.searchsorted(s_start, hi)])
         m = cand[~tryl[cand] & (cls[cand] >= 0)]
