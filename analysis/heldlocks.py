@@ -306,6 +306,21 @@ class Replayer:
             for j in sorted(gone, reverse=True):
                 end(st, j, r, "preempt-count")
 
+        def release_in(st: list[Held], a: int, rel_lt: str, t: int, r: int,
+                       handed: bool) -> bool:
+            """End the innermost hold of ``a`` in ``st`` (a release without a lock
+            type matches either family); False if ``st`` holds none."""
+            for j in range(len(st) - 1, -1, -1):
+                if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
+                                        == (rel_lt in SPIN_TYPES)):
+                    h = st.pop(j)
+                    a_release[h.acq] = t
+                    a_release_row[h.acq] = r
+                    if handed:
+                        a_handed[h.acq] = True
+                    return True
+            return False
+
         def mark(cls: int, bit: str, r: int) -> None:
             u = usage.setdefault(cls, {})
             if bit not in u:
@@ -454,17 +469,8 @@ class Replayer:
                 found = False
                 for key in ((task, ctx), (task, "process"), (task, "softirq"), (task, "hardirq")):
                     st = stacks.get(key)
-                    if not st:
-                        continue
-                    for j in range(len(st) - 1, -1, -1):
-                        if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
-                                                == (rel_lt in SPIN_TYPES)):
-                            h = st.pop(j)
-                            a_release[h.acq] = ts[i]
-                            a_release_row[h.acq] = r
-                            found = True
-                            break
-                    if found:
+                    if st and release_in(st, a, rel_lt, ts[i], r, False):
+                        found = True
                         break
                 if not found:
                     # Released by another task: semaphores used as completions, and the
@@ -472,18 +478,7 @@ class Replayer:
                     # annotates the same hand-off in prepare_lock_switch()).  The holder
                     # is whoever took this instance last.
                     hk = last_holder.get(a)
-                    for st in [stacks[hk]] if hk in stacks else []:
-                        for j in range(len(st) - 1, -1, -1):
-                            if st[j].addr == a and (not rel_lt or (st[j].ltype in SPIN_TYPES)
-                                                == (rel_lt in SPIN_TYPES)):
-                                h = st.pop(j)
-                                a_release[h.acq] = ts[i]
-                                a_release_row[h.acq] = r
-                                a_handed[h.acq] = True
-                                found = True
-                                break
-                        if found:
-                            break
+                    found = hk in stacks and release_in(stacks[hk], a, rel_lt, ts[i], r, True)
                 if not found:
                     unmatched += 1  # taken before tracing started
             elif k == "sched_switch":

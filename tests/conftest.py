@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +49,16 @@ class Result:
     def explain(self) -> str:
         return (f"tracedep {' '.join(self.args)} -> exit {self.rc} in {self.wall_s:.0f} s\n"
                 f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-6000:]}")
+
+
+TINY_RUN = Path(__file__).parent / "data" / "traces" / "tiny"  # a real run, recorded small
+
+
+def tiny_run_copy(tmp_path: Path) -> Path:
+    """A copy of the recorded tiny run directory, for a test to change."""
+    d = tmp_path / "run"
+    shutil.copytree(TINY_RUN, d)
+    return d
 
 
 def run_tracedep(*args: str | Path, timeout: float = RUN_TIMEOUT_S,

@@ -10,22 +10,20 @@ corrupting ``trace/cpu0.raw`` afterwards must make every report say
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_copy
 
 from tracedep.analysis.trace import load
 from tracedep.cli import main
 
-TINY = Path(__file__).parents[1] / "data" / "traces" / "tiny"
 PAGE = 4096
 
 
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
-    d = tmp_path / "run"
-    shutil.copytree(TINY, d)
+    d = tiny_run_copy(tmp_path)
     t = load(d)
     assert t.warnings == [] or not any("incomplete" in w for w in t.warnings)
     info = json.loads((d / "manifest.json").read_text())

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_RUN as TINY
+from conftest import tiny_run_copy
 
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import load_run
@@ -25,14 +26,12 @@ from tracedep.tracer import page_sums
 from tracedep.tracer.ftrace_binary import decode_run
 from tracedep.tracer.retention import MARGIN, apply, pages_to_keep, raw_files, retain_run
 
-TINY = Path(__file__).parents[1] / "data" / "traces" / "tiny"
 PAGE = 4096
 
 
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
-    d = tmp_path / "run"
-    shutil.copytree(TINY, d)
+    d = tiny_run_copy(tmp_path)
     page_sums.write(d / "trace" / "cpu0.raw", PAGE)
     return d
 
