@@ -38,7 +38,7 @@ from tracedep.common.run_manifest import (
     RunManifest,
 )
 from tracedep.common.run_records import QemuRecord, TimingRecord, WorkloadRecord
-from tracedep.errors import GuestError, InputError, RunError
+from tracedep.errors import GuestError, InputError, RunError, TracedepError
 from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control, module_sections
 from tracedep.tracer.channels import Sink, open_sink
@@ -135,7 +135,13 @@ async def _progress(run_dir: Path, interval: float) -> None:
     meter = ProgressMeter(run_dir)
     while True:
         await asyncio.sleep(interval)
-        p = await asyncio.to_thread(meter.sample)
+        try:
+            p = await asyncio.to_thread(meter.sample)
+        except (TracedepError, OSError, ValueError) as e:
+            # the pages came from the guest: the decoder judges them when the run
+            # ends; the progress line just stops
+            log.warning("progress line stopped: %s", e)
+            return
         if p is not None:
             print(p.line(), file=sys.stderr, flush=True)
 
