@@ -30,7 +30,7 @@ import numpy as np
 
 from tracedep.tracer import control
 from tracedep.tracer.ftrace_formats import PageHeader, parse_header_page
-from tracedep.tracer.ring_pages import RawRecords, native_walker, walk_native, walk_pages
+from tracedep.tracer.ring_pages import walk_buffers
 
 
 @dataclass
@@ -59,7 +59,6 @@ class ProgressMeter:
         self.last_ts = 0
         self.first_ts: int | None = None
         self._prev: tuple[int, int] | None = None  # (records, ts) at the previous line
-        self._lib = native_walker()
 
     def _header(self) -> PageHeader | None:
         if self.hp is None:
@@ -90,9 +89,7 @@ class ProgressMeter:
                 f.seek(done)
                 buf = f.read(whole)
             self.read_to[raw] = done + len(buf) // hp.page_size * hp.page_size
-            recs = RawRecords()
-            if self._lib is None or not walk_native(self._lib, buf, 0, 0, hp, recs):
-                walk_pages(buf, 0, 0, hp, recs)
+            recs = walk_buffers({0: buf}, hp)[0]
             _, ts, _, _ = recs.arrays()
             self.records += len(ts)
             self.lost += recs.missed_events

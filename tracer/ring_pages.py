@@ -178,11 +178,6 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords,
     out.cpu.extend([cpu] * (len(ts_l) - n_before))
 
 
-def native_walker() -> Any:
-    """The C page walker (None without a compiler): what :func:`walk_native` takes."""
-    return _native()
-
-
 def _native() -> Any:
     """The C page walker (tracer/native/ringwalk.c), compiled once into the cache; None
     when no compiler is at hand (the pure-Python walk is then used)."""
