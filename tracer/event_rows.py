@@ -62,7 +62,8 @@ class CatColumn:
         return pd.Categorical.from_codes(self.codes, categories=pd.Index(self.cats, dtype=object))
 
 
-def _unique_names(names: list[str], inverse: np.ndarray) -> pd.Categorical:
+def unique_names(names: list[str], inverse: np.ndarray) -> pd.Categorical:
+    """A categorical column from per-value ``names`` (which may repeat) and codes."""
     cats: list[str] = []
     index: dict[str, int] = {}
     remap = np.empty(len(names), dtype=np.int32)
@@ -537,7 +538,7 @@ class RecordColumns:
                 upids, pinv = np.unique(self.rec_pid[sel], return_inverse=True)
                 names = [comms_idle.get(int(p), "<...>") for p in upids] + [""]
                 inv = np.concatenate([pinv.reshape(-1), np.full(ng, len(upids))])
-                df[name] = _unique_names(names, inv[order])
+                df[name] = unique_names(names, inv[order])
                 continue
             if name in cats:
                 col = cats[name]

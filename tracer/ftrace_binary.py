@@ -20,11 +20,18 @@ from tracedep.common.run_manifest import RunManifest
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import calibration, control, module_sections, page_sums, schema
 from tracedep.tracer.event_rows import MIGHT_SLEEP as MIGHT_SLEEP  # analysis.rules reads it here
-from tracedep.tracer.event_rows import CatColumn, RecordColumns
+from tracedep.tracer.event_rows import CatColumn, RecordColumns, SectionRow
 from tracedep.tracer.ftrace_formats import EventFormat, parse_format, parse_header_page
 from tracedep.tracer.lockdep_events import merge_lockdep
 from tracedep.tracer.retention import raw_files, read_raw
-from tracedep.tracer.ring_pages import page_gaps, walk_buffers
+from tracedep.tracer.ring_pages import (
+    PAGE_BACKWARDS,
+    PAGE_DAMAGED,
+    PAGE_TORN,
+    CpuCursor,
+    page_gaps,
+    walk_buffers,
+)
 
 
 @dataclass
@@ -52,6 +59,28 @@ class Decoded:
     module_loads: list[module_sections.KernelLoad] = field(default_factory=list)
     # every record read per CPU, before any was set aside (stacks, rejected records)
     records_per_cpu: dict[int, int] = field(default_factory=dict)
+    # the module_sections rows ``module_loads`` was assembled from (a trace decoded in
+    # batches assembles them once: a load's rows may lie in two batches)
+    section_rows: list[SectionRow] = field(default_factory=list)
+
+@dataclass
+class Carry:
+    """What one batch of pages leaves to the next, when a trace is decoded a batch
+    at a time (tracer.decode_stream): the batches then decode as the whole would."""
+
+    cursors: dict[int, CpuCursor] = field(default_factory=dict)  # the walk, per CPU
+    # the calibration measured in the first batch (then applied to every batch)
+    calibration: dict[str, Any] | None = None
+    # per CPU, the gaps its next record follows (pages not read whole before it)
+    gap_pending: dict[int, int] = field(default_factory=dict)
+    stack_base: int = 0  # stacks of earlier batches: this batch's stack ids follow them
+    formats: dict[int, EventFormat] | None = None  # the event formats, parsed once
+    # out, per CPU: the stack id of a stack record that opens the batch (it belongs to
+    # the record before it: the previous batch's last, if that one was kept)
+    leading_stack: dict[int, int] = field(default_factory=dict)
+    # out, per CPU: (time, kept) of the batch's last record
+    last_record: dict[int, tuple[int, bool]] = field(default_factory=dict)
+
 
 def decode(
     buffers: dict[int, bytes],
@@ -63,21 +92,30 @@ def decode(
     native: bool = True,
     inline_sites: dict[str, dict[str, Any]] | None = None,
     damaged: dict[int, np.ndarray] | None = None,
+    carry: Carry | None = None,
 ) -> Decoded:
     """Decode per-CPU ring-buffer pages into the events frame.
 
     ``damaged``: per CPU, a bool per page known to have changed since it was
     recorded (tracer.page_sums); those pages are not read.  Every page that is
     not read whole leaves a ``gap`` row where its events are missing, so that the
-    analysis forgets what it believed held there (analysis.heldlocks)."""
+    analysis forgets what it believed held there (analysis.heldlocks).
+    ``carry``: the pages are the next batch of a trace decoded in batches
+    (:class:`Carry`, updated)."""
     try:
         hp = parse_header_page(header_page)
     except ValueError as e:
         raise TraceFormatError(f"control.log: {e}") from None
-    fmts = _formats(formats)
-    recs, statuses, buf, damaged_pages = walk_buffers(buffers, hp, native, damaged)
+    if carry is not None and carry.formats is None:
+        carry.formats = _formats(formats)
+    fmts = carry.formats if carry is not None and carry.formats is not None else _formats(formats)
+    recs, statuses, buf, damaged_pages = walk_buffers(
+        buffers, hp, native, damaged, carry.cursors if carry else None)
     rec_cpu, rec_ts, off, reclen32 = recs.arrays()
     gap_cpu, gap_ts = page_gaps(statuses, rec_cpu, rec_ts, off, hp.page_size)
+    if carry is not None:
+        gap_cpu, gap_ts = _carried_gaps(carry, statuses, rec_cpu, rec_ts, off, hp.page_size,
+                                        gap_cpu, gap_ts)
     # every record read, stacks and rejected ones too: what the guest's ring buffer
     # counted as read ("read events" in per_cpu/cpuN/stats), when nothing was lost
     ucpu, ucount = np.unique(rec_cpu, return_counts=True)
@@ -91,14 +129,20 @@ def decode(
     for tid in np.unique(rc.etype[rc.hdr_ok]):
         rc.read_type(tid, fmts.get(int(tid)))
     cal = _calibrate(rc.cols, rc.cal_rows, rc.flags, rc.irq_state, rc.pkind,
-                     kprobe_irqs_off_unreliable, rc.kind, rc.lock_type)
+                     kprobe_irqs_off_unreliable, rc.kind, rc.lock_type,
+                     carry.calibration if carry else None)
+    if carry is not None:
+        _batch_edges(carry, rc)
     events = rc.events(gap_ts, gap_cpu, "gap", GAP_EVENT)
+    if carry is not None and carry.stack_base:
+        sid = events["stack_id"].to_numpy()
+        events["stack_id"] = np.where(sid >= 0, sid + carry.stack_base, sid).astype(np.int32)
     n_gaps = int((events["kind"] == "gap").sum())
     return Decoded(events, rc.stacks, rc.counts, recs.torn_pages, recs.missed_events,
                    len(events) - n_gaps, rc.comms, cal, backwards_pages=recs.backwards_pages,
                    rejected=rc.rejected, damaged_pages=damaged_pages,
                    module_loads=module_sections.assemble(rc.msec_rows),
-                   records_per_cpu=records_per_cpu)
+                   records_per_cpu=records_per_cpu, section_rows=rc.msec_rows)
 
 
 def _formats(formats: dict[str, str]) -> dict[int, EventFormat]:
@@ -114,12 +158,54 @@ def _formats(formats: dict[str, str]) -> dict[int, EventFormat]:
 GAP_EVENT = "tracedep/gap"  # the event name of gap rows (no probe has it)
 
 
+def _carried_gaps(carry: Carry, statuses: list[tuple[int, int, np.ndarray]],
+                  rec_cpu: np.ndarray, rec_ts: np.ndarray, off: np.ndarray, psize: int,
+                  gap_cpu: np.ndarray, gap_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`page_gaps` across batches: a gap a batch's pages call for after its last
+    record goes before the next batch's first record of that CPU."""
+    cpus, times = [gap_cpu], [gap_ts]
+    for cpu, base, status in statuses:
+        mine = np.nonzero(rec_cpu == cpu)[0]
+        n = carry.gap_pending.pop(cpu, 0)
+        if n and len(mine):
+            cpus.append(np.full(n, cpu, np.int16))
+            times.append(np.full(n, rec_ts[mine[0]], np.int64))
+        elif n:
+            carry.gap_pending[cpu] = n
+        bad = np.nonzero(status)[0]
+        if not len(bad):
+            continue
+        after = (status[bad] & (PAGE_TORN | PAGE_BACKWARDS | PAGE_DAMAGED)) != 0
+        target = bad + np.where(after, 1, 0)  # the first page whose records follow it
+        last_page = int((off[mine[-1]] - base) // psize) if len(mine) else -1
+        left = int((target > last_page).sum())
+        if left:
+            carry.gap_pending[cpu] = carry.gap_pending.get(cpu, 0) + left
+    return np.concatenate(cpus).astype(np.int16), np.concatenate(times).astype(np.int64)
+
+
+def _batch_edges(carry: Carry, rc: RecordColumns) -> None:
+    """What this batch leaves to the next (:class:`Carry`'s out fields)."""
+    carry.leading_stack = {}
+    if rc.stack_rows and rc.stack_rows[0][0] == 0:
+        carry.leading_stack[int(rc.rec_cpu[0])] = carry.stack_base + rc.stack_rows[0][1]
+    carry.last_record = {}
+    for cpu in np.unique(rc.rec_cpu).tolist():
+        last = int(np.nonzero(rc.rec_cpu == cpu)[0][-1])
+        carry.last_record[cpu] = (int(rc.rec_ts[last]), bool(rc.keep[last]))
+
+
 def _calibrate(cols: dict[str, Any], cal_rows: dict[str, np.ndarray], flags: np.ndarray,
                irq_state: np.ndarray, pkind: np.ndarray, unreliable_default: bool,
-               kind: CatColumn, lock_type: CatColumn) -> dict[str, Any]:
-    """Measure the calibration records and correct our probes' context columns."""
+               kind: CatColumn, lock_type: CatColumn,
+               measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure the calibration records and correct our probes' context columns.
+    ``measured``: what an earlier batch of the trace measured (kinds it did not see
+    are measured here)."""
     depth = cols["preempt_depth"]
     cal = calibration.measure(cal_rows, flags, depth, irq_state, cols["pid"])
+    if measured is not None:
+        cal = {**cal, **{k: v for k, v in measured.items() if not k.startswith("_")}}
     unreliable_rows = 0
     mismatch = uncalibrated = 0
 
@@ -179,8 +265,16 @@ def _calibrate(cols: dict[str, Any], cal_rows: dict[str, np.ndarray], flags: np.
                                      if t in lock_type.index])
     rel = (kind.codes == kind.index.get("lock_release", -1)) & spin & (pkind > 0) & ~(
         cols["in_hardirq"] | cols["in_softirq"] | cols["in_nmi"])
-    cal["_spin_preempt"] = bool((depth[rel] >= 1).mean() > 0.5) if rel.sum() >= 5 else None
+    # the votes, for a trace decoded in batches to sum (tracer.decode_stream)
+    cal["_spin_votes"] = (int(rel.sum()), int((depth[rel] >= 1).sum()))
+    cal["_spin_preempt"] = spin_preempt(*cal["_spin_votes"])
     return cal
+
+
+def spin_preempt(releases: int, counted: int) -> bool | None:
+    """Does preempt_count count held spinlocks: at a spinning lock's release, out of
+    process context, is the depth >= 1 in most of them (None: too few to tell)."""
+    return counted / releases > 0.5 if releases >= 5 else None
 
 
 def read_run_buffers(run_dir: Path) -> dict[int, bytes]:
@@ -228,25 +322,30 @@ def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:
         damaged=damaged,
     )
     decoded.missing_pages = missing
-    if any((s.get("lock") or {}).get("kind") == "static" for s in sites.values()):
-        _place_static_locks(decoded, sites, info)
+    if has_static_sites(sites):
+        place_static_locks(decoded.events, decoded.module_loads, sites, info, {})
     if decoded.counts.get("lock/lock_acquire"):
         decoded.lockdep = merge_lockdep(decoded.events)
     return decoded
 
 
-def _place_static_locks(decoded: Decoded, sites: dict[str, dict[str, Any]],
-                        info: RunManifest) -> None:
-    """Runtime addresses of the static locks of inline probes (no fetch-arg can give them)."""
+def has_static_sites(sites: dict[str, dict[str, Any]]) -> bool:
+    return any((s.get("lock") or {}).get("kind") == "static" for s in sites.values())
+
+
+def place_static_locks(ev: pd.DataFrame, module_loads: list[module_sections.KernelLoad],
+                       sites: dict[str, dict[str, Any]], info: RunManifest,
+                       load_ts: dict[str, list[int]]) -> None:
+    """Runtime addresses of the static locks of inline probes (no fetch-arg can give
+    them), in place.  ``load_ts``: module name → times of its loads in the trace before
+    ``ev`` (updated with those in ``ev``; a trace decoded in windows passes one dict)."""
     from tracedep.tracer.inline_locks import static_lock_addresses
 
-    ev = decoded.events
     loads = ev[ev["kind"] == "module_load"]
-    load_ts: dict[str, list[int]] = {}
     for name, t in zip(loads["func"].astype(str), loads["ts_ns"].tolist(), strict=True):
         load_ts.setdefault(name, []).append(int(t))
     where = static_lock_addresses(sites, info, ev["event"].astype(str).to_numpy(),
-                                  ev["ts_ns"].to_numpy(), load_ts, decoded.module_loads)
+                                  ev["ts_ns"].to_numpy(), load_ts, module_loads)
     if where:
         la = ev["lock_addr"].to_numpy().copy()
         idx = np.fromiter(where.keys(), dtype=np.int64, count=len(where))

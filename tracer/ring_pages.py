@@ -62,6 +62,15 @@ class RawRecords:
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore
 
 
+@dataclass
+class CpuCursor:
+    """Where the walk of one CPU's pages stands between batches of them
+    (tracer.decode_stream): the batches then give the verdicts one walk would."""
+
+    prev_ts: int = 0  # the time stamp of the last page accepted (0: none yet)
+    lookahead: bytes = b""  # the page after the batch: looked at, not walked
+
+
 _TS_MAX = (1 << 63) - 1  # ts_ns is an int64 column; a later time is damage
 
 
@@ -71,23 +80,26 @@ PAGE_TORN, PAGE_BACKWARDS, PAGE_MISSED_BEFORE, PAGE_DAMAGED = 1, 2, 4, 8
 
 # long: the record loop of ringwalk.c, check for check; a call per record would slow it
 def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords,
-               status: np.ndarray | None = None) -> None:
+               status: np.ndarray | None = None, cursor: CpuCursor | None = None) -> None:
     """Append the records of every page in ``buf`` (offsets shifted by ``base``).
 
     The same walk as tracer/native/ringwalk.c, check for check: every offset and
     length read from a page is checked against that page; a page failing one is
     torn (its remaining records dropped), a page whose time stamp does not fit
-    between its neighbours' is counted as going backwards and dropped."""
+    between its neighbours' is counted as going backwards and dropped.
+    ``cursor``: where a walk in batches stands (:class:`CpuCursor`); ``buf`` then
+    ends with its look-ahead page, which is looked at, not walked."""
     psize = hp.page_size
     dstart = hp.data_offset
     u32 = _U32.unpack_from
     u64 = _U64.unpack_from
     ts_l, off_l, len_l = out.ts, out.off, out.length
     n_before = len(ts_l)
-    prev_page_ts = 0
+    prev_page_ts = cursor.prev_ts if cursor else 0
+    walk_len = len(buf) - len(cursor.lookahead) if cursor else len(buf)
     if status is None:
-        status = np.zeros(len(buf) // psize, np.int8)
-    for page in range(0, len(buf) - psize + 1, psize):
+        status = np.zeros(walk_len // psize, np.int8)
+    for page in range(0, walk_len - psize + 1, psize):
         page_end = page + psize
         pi = page // psize
         if status[pi] & PAGE_DAMAGED:
@@ -176,6 +188,8 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords,
             out.torn_pages += 1
             status[pi] |= PAGE_TORN
     out.cpu.extend([cpu] * (len(ts_l) - n_before))
+    if cursor:
+        cursor.prev_ts = prev_page_ts
 
 
 def _native() -> Any:
@@ -212,12 +226,15 @@ _NATIVE: Any = None
 
 
 def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
-                out: RawRecords, status: np.ndarray | None = None) -> bool:
+                out: RawRecords, status: np.ndarray | None = None,
+                cursor: CpuCursor | None = None) -> bool:
     import ctypes
 
+    walk_len = len(buf) - len(cursor.lookahead) if cursor else len(buf)
     if status is None:
-        status = np.zeros(len(buf) // hp.page_size, np.int8)
-    assert status.dtype == np.int8 and len(status) >= len(buf) // hp.page_size
+        status = np.zeros(walk_len // hp.page_size, np.int8)
+    assert status.dtype == np.int8 and len(status) >= walk_len // hp.page_size
+    prev = ctypes.c_uint64(cursor.prev_ts if cursor else 0)
 
     cap = max(16, len(buf) // 8)
     ts = np.empty(cap, np.int64)
@@ -235,7 +252,8 @@ def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
         ctypes.c_long(hp.data_size), ts.ctypes.data_as(ctypes.c_void_p),
         off.ctypes.data_as(ctypes.c_void_p), ln.ctypes.data_as(ctypes.c_void_p),
         ctypes.c_long(cap), ctypes.byref(torn), ctypes.byref(missed), ctypes.byref(unknown),
-        ctypes.byref(backwards), status.ctypes.data_as(ctypes.c_void_p))
+        ctypes.byref(backwards), status.ctypes.data_as(ctypes.c_void_p),
+        ctypes.c_long(walk_len), ctypes.byref(prev))
     if n == -2:
         raise TraceFormatError(f"ring-buffer page layout rejected by the walker: {hp}")
     if n < 0:
@@ -245,6 +263,8 @@ def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
     out.backwards_pages += backwards.value
     out.missed_events += missed.value
     out.missed_unknown_pages += unknown.value
+    if cursor:
+        cursor.prev_ts = prev.value
     return True
 
 
@@ -273,14 +293,16 @@ def page_gaps(statuses: list[tuple[int, int, np.ndarray]], rec_cpu: np.ndarray,
 
 
 def walk_buffers(buffers: dict[int, bytes], hp: PageHeader, native: bool = True,
-                 damaged: dict[int, np.ndarray] | None = None
+                 damaged: dict[int, np.ndarray] | None = None,
+                 cursors: dict[int, CpuCursor] | None = None,
                  ) -> tuple[RawRecords, list[tuple[int, int, np.ndarray]], bytes, int]:
     """Walk every CPU's pages, one CPU after the other: (the records, each CPU's
     (cpu, offset of its pages in the joined buffer, page verdicts), the joined
     buffer, how many pages were known damaged and not read).
 
     ``damaged``: per CPU, a bool per page known to have changed since it was
-    recorded (tracer.page_sums)."""
+    recorded (tracer.page_sums).  ``cursors``: per CPU, where a walk in batches
+    stands (:class:`CpuCursor`), updated."""
     recs = RawRecords()
     chunks = []
     base = 0
@@ -299,8 +321,10 @@ def walk_buffers(buffers: dict[int, bytes], hp: PageHeader, native: bool = True,
             k = min(len(bad), len(status))
             status[:k][np.asarray(bad[:k], dtype=bool)] = PAGE_DAMAGED
             damaged_pages += int(np.count_nonzero(status & PAGE_DAMAGED))
-        if lib is None or not walk_native(lib, buf, base, cpu, hp, recs, status):
-            walk_pages(buf, base, cpu, hp, recs, status)
+        cur = (cursors or {}).get(cpu)
+        walk = buf + cur.lookahead if cur and cur.lookahead else buf
+        if lib is None or not walk_native(lib, walk, base, cpu, hp, recs, status, cur):
+            walk_pages(walk, base, cpu, hp, recs, status, cur)
         statuses.append((cpu, base, status))
         chunks.append(buf)
         base += len(buf)

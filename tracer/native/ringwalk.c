@@ -16,6 +16,12 @@
  * holds its verdict (0 read whole, else PAGE_* bits below), from which the
  * caller places the gaps of the trace.
  *
+ * A stream of batches (tracer/decode_stream.py) walks a CPU's pages a batch at a
+ * time: `walk_len` bytes are walked, the page after them (up to `len`) is only
+ * looked at for the backwards check, and `*prev_io` carries the last accepted
+ * page's time stamp from one batch to the next (0 at the start), so that the
+ * batches give the verdicts the whole walk would.
+ *
  * Returns the number of records written, -1 when `cap` was too small, -2 when
  * the layout arguments are impossible.
  */
@@ -36,18 +42,18 @@ long td_walk(const uint8_t *buf, long len, long base, long psize, long commit_of
 	     long commit_size, long data_off, long data_size,
 	     int64_t *out_ts, int64_t *out_off, int32_t *out_len, long cap,
 	     long *torn, uint64_t *missed, long *missed_unknown, long *backwards,
-	     int8_t *status)
+	     int8_t *status, long walk_len, uint64_t *prev_io)
 {
 	long n = 0;
-	uint64_t prev_ts = 0;
+	uint64_t prev_ts = *prev_io;
 
 	if (len < 0 || base < 0 || psize < 16 || psize > (1L << 16) ||
 	    commit_off < 8 || (commit_size != 4 && commit_size != 8) ||
 	    commit_off + commit_size > data_off || data_off <= 0 || data_size <= 0 ||
-	    data_off + data_size != psize)
+	    data_off + data_size != psize || walk_len < 0 || walk_len > len)
 		return -2;
 
-	for (long page = 0; page + psize <= len; page += psize) {
+	for (long page = 0; page + psize <= walk_len; page += psize) {
 		const long page_end = page + psize;
 		int8_t *st = status + page / psize;
 		uint64_t ts;
@@ -157,5 +163,6 @@ torn_page:
 		(*torn)++;
 		*st |= PAGE_TORN;
 	}
+	*prev_io = prev_ts;
 	return n;
 }

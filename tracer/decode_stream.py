@@ -1,0 +1,359 @@
+"""Decode a run's trace as a stream of windows in time order, in bounded memory.
+
+:func:`tracer.ftrace_binary.decode_run` reads every page of a run before the
+first event comes out: its memory grows with the trace (~100 bytes an event),
+and a busy guest writes ~4.5 MB of pages a second.  :class:`StreamDecoder` reads
+each CPU's pages a batch at a time (``cpuN.raw`` or ``.raw.gz``) and yields
+the events frame a window at a time: the windows, put end to end, are the
+frame ``decode_run`` gives, row for row and column for column (the stacks are
+one growing list; categorical columns have each window's own categories).
+What it keeps between windows is one batch of pages per CPU and the events not
+yet in time order with the other CPUs'.
+
+How the batches decode as the whole does (``ftrace_binary.Carry``):
+
+* the page walk carries the last accepted page's time stamp and looks one page
+  past its batch, so every page gets the verdict the whole walk gives it;
+* a gap that a batch's last pages call for goes before the next batch's first
+  record of that CPU; a stack record that opens a batch belongs to the record
+  that closed the one before;
+* the calibration is measured in the first batch of every CPU (the guest
+  calibrates right after tracing starts) and applied to all of them;
+* events leave in time order: an event goes out once no CPU can still
+  produce an earlier one (each CPU's next page starts no earlier than its
+  time stamp, and its last record read so far is held back for a stack record
+  that may follow it).
+
+Two things the whole frame knows and a window cannot: a task's name (``comm``)
+is the one known when its window leaves (``saved_cmdlines`` and the context
+switches seen so far), and on a lockdep kernel a probe row whose lockdep event
+lies in the CPU's next batch keeps no lockdep name (tracer.lockdep_events).
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import union_categoricals
+
+from tracedep.common.run_manifest import RunManifest
+from tracedep.errors import TraceFormatError
+from tracedep.tracer import control, module_sections, page_sums, schema
+from tracedep.tracer.event_rows import unique_names
+from tracedep.tracer.ftrace_binary import (
+    Carry,
+    Decoded,
+    decode,
+    has_static_sites,
+    place_static_locks,
+    spin_preempt,
+)
+from tracedep.tracer.ftrace_formats import parse_header_page
+from tracedep.tracer.lockdep_events import merge_lockdep
+from tracedep.tracer.retention import GZ_SUFFIX, raw_files
+from tracedep.tracer.ring_pages import CpuCursor
+
+BATCH_PAGES = 1024  # 4 MiB of pages per CPU and batch
+
+
+@dataclass
+class Window:
+    """Rows ``row0`` … ``row0 + len(events) - 1`` of the trace's events frame."""
+
+    events: pd.DataFrame
+    row0: int
+
+
+class _CpuPages:
+    """One CPU's raw pages, read a batch at a time, with the page after the batch."""
+
+    def __init__(self, path: Path, psize: int) -> None:
+        self.path = path
+        self.psize = psize
+        self.f: IO[bytes] = (gzip.open(path, "rb") if path.name.endswith(GZ_SUFFIX)  # type: ignore[assignment]
+                             else path.open("rb"))
+        self.page = 0  # index of the batch's first page in the file
+        self.cursor = CpuCursor()
+        self.ahead = self._read(psize)
+        self.sums = _recorded_sums(path)
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.f.read(n)
+        except (OSError, EOFError, zlib.error):
+            return b""  # a damaged .gz: what was read is kept, the rest counts as lost
+
+    @property
+    def done(self) -> bool:
+        return not self.ahead
+
+    def next_ts(self) -> int | None:
+        """The time stamp the next page starts at: no later record can be earlier
+        (a page whose time stamp is out of order is dropped by the walk)."""
+        return int.from_bytes(self.ahead[:8], "little") if len(self.ahead) >= 8 else None
+
+    def batch(self, pages: int) -> tuple[bytes, np.ndarray | None]:
+        """The next ``pages`` pages (fewer at the end, and a torn last page), and which
+        of them differ from the run's page sums (None: no sums recorded)."""
+        data = self.ahead + self._read(pages * self.psize - len(self.ahead))
+        self.ahead = self._read(self.psize)
+        if len(data) % self.psize and self.ahead:
+            # a short read inside the file: keep whole pages, the rest starts the next
+            cut = len(data) - len(data) % self.psize
+            data, self.ahead = data[:cut], data[cut:] + self.ahead
+        self.cursor.lookahead = self.ahead if len(self.ahead) == self.psize else b""
+        n = len(data) // self.psize
+        bad = None
+        if self.sums is not None:
+            have = page_sums.page_sums(data, self.psize)
+            want = self.sums[self.page:self.page + n]
+            bad = np.ones(len(have), dtype=bool)
+            bad[:len(want)] = have[:len(want)] != want
+        self.page += n
+        return data, bad
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _recorded_sums(path: Path) -> np.ndarray | None:
+    raw = path.with_name(path.name.removesuffix(GZ_SUFFIX))
+    side = raw.with_suffix(page_sums.SUFFIX)
+    if not side.is_file():
+        return None
+    data = side.read_bytes()
+    return np.frombuffer(data[: len(data) // 4 * 4], dtype="<u4")
+
+
+@dataclass
+class _Totals:
+    """What the windows add up to: :class:`Decoded` without its events."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    records_per_cpu: dict[int, int] = field(default_factory=dict)
+    lockdep: dict[str, int] = field(default_factory=dict)
+    comms: dict[int, str] = field(default_factory=dict)
+    torn: int = 0
+    missed: int = 0
+    backwards: int = 0
+    damaged: int = 0
+    total: int = 0
+    spin_votes: tuple[int, int] = (0, 0)
+    cal_counts: dict[str, int] = field(default_factory=dict)
+    section_rows: list[Any] = field(default_factory=list)
+
+    def add(self, d: Decoded) -> None:
+        for k, v in d.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        for k, v in d.rejected.items():
+            self.rejected[k] = self.rejected.get(k, 0) + v
+        for c, v in d.records_per_cpu.items():
+            self.records_per_cpu[c] = self.records_per_cpu.get(c, 0) + v
+        self.comms.update(d.comms)
+        self.torn += d.torn_pages
+        self.missed += d.missed_events
+        self.backwards += d.backwards_pages
+        self.damaged += d.damaged_pages
+        self.section_rows += d.section_rows
+        votes = d.calibration.get("_spin_votes")
+        if isinstance(votes, tuple):
+            self.spin_votes = (self.spin_votes[0] + votes[0], self.spin_votes[1] + votes[1])
+        for k in ("_regime_mismatch", "_uncalibrated_rows", "_irqs_unreliable_rows"):
+            n = d.calibration.get(k, 0)
+            self.cal_counts[k] = self.cal_counts.get(k, 0) + (n if isinstance(n, int) else 0)
+
+
+class StreamDecoder:
+    """A run directory's events, a window at a time (:meth:`windows`); then
+    :meth:`decoded` says what ``decode_run`` would have, without the events."""
+
+    def __init__(self, run_dir: Path, info: RunManifest | None = None,
+                 batch_pages: int = BATCH_PAGES) -> None:
+        ctl = control.load(run_dir / "control.log")
+        hp = ctl.header_page()
+        if not hp:
+            raise TraceFormatError(f"{run_dir}: the guest sent no ring-buffer header "
+                                   "(it died before tracing was armed)")
+        if info is None:
+            from tracedep.common import run_manifest as manifest
+
+            info = manifest.read(run_dir)
+        self.header_page: str = hp
+        self.info = info
+        try:
+            self.psize = parse_header_page(self.header_page).page_size
+        except ValueError as e:
+            raise TraceFormatError(f"{run_dir / 'control.log'}: {e}") from None
+        self.formats = ctl.formats()
+        self.cmdlines = ctl.file("/sys/kernel/tracing/saved_cmdlines") or ""
+        self.sites: dict[str, dict[str, Any]] = dict(info.inline_sites)
+        self.batch_pages = max(int(batch_pages), 1)
+        self.run_dir = run_dir
+        self.stacks: list[tuple[int, ...]] = []
+        self.totals = _Totals()
+        self.calibration: dict[str, Any] = {}
+        self.missing_pages = 0
+        self._carry = Carry()
+        self._load_ts: dict[str, list[int]] = {}
+        self._last: dict[int, tuple[int, bool]] = {}  # per CPU: (time, kept) of its last record
+
+    # -- the stream -------------------------------------------------------------------
+
+    def windows(self) -> Iterator[Window]:
+        cpus = {cpu: _CpuPages(p, self.psize)
+                for cpu, p in raw_files(self.run_dir / "trace").items()}
+        held: pd.DataFrame | None = None  # events not yet in time order with every CPU's
+        row0 = 0
+        try:
+            # every CPU's first batch at once: the calibration is among them
+            todo = sorted(c for c, p in cpus.items() if not p.done)
+            while todo:
+                batch = self._decode(cpus, todo, held)
+                held = batch if held is None else _merge(held, batch)
+                out, held = _split(held, self._watermark(cpus))
+                if len(out):
+                    yield self._leave(out, row0)
+                    row0 += len(out)
+                left = [c for c, p in cpus.items() if not p.done]
+                todo = [min(left, key=lambda c: (cpus[c].next_ts() or 0, c))] if left else []
+            if held is not None and len(held):
+                yield self._leave(held, row0)
+        finally:
+            for c in cpus.values():
+                c.close()
+        self._finish(cpus)
+
+    def _decode(self, cpus: dict[int, _CpuPages], todo: list[int],
+                held: pd.DataFrame | None) -> pd.DataFrame:
+        buffers, damaged = {}, {}
+        carry = self._carry
+        for cpu in todo:
+            data, bad = cpus[cpu].batch(self.batch_pages)
+            buffers[cpu] = data
+            if bad is not None:
+                damaged[cpu] = bad
+            carry.cursors[cpu] = cpus[cpu].cursor
+        carry.stack_base = len(self.stacks)
+        carry.calibration = self.calibration or None
+        d = decode(buffers, self.header_page, self.formats, self.info.call_insn_size,
+                   self.info.machine_kprobe_irqs_masked, self.cmdlines,
+                   inline_sites=self.sites, damaged=damaged, carry=carry)
+        if not self.calibration:
+            self.calibration = {k: v for k, v in d.calibration.items()
+                                if not k.startswith("_")}
+        self.totals.add(d)
+        self.stacks += d.stacks
+        for cpu, sid in carry.leading_stack.items():
+            last = self._last.get(cpu)
+            if held is not None and last is not None and last[1]:
+                _give_stack(held, cpu, last[0], sid)
+        self._last.update(carry.last_record)
+        return d.events
+
+    def _watermark(self, cpus: dict[int, _CpuPages]) -> int:
+        """No event earlier than this can still come: each CPU with pages left starts
+        its next page no earlier, and its last record read so far waits there for a
+        stack record that may open the CPU's next batch."""
+        marks = []
+        for cpu, p in cpus.items():
+            if p.done:
+                continue
+            t = p.next_ts()
+            last = self._last.get(cpu)
+            if last is not None:
+                t = last[0] if t is None else min(t, last[0])
+            marks.append(t if t is not None else -(1 << 62))
+        return min(marks) if marks else 1 << 62
+
+    def _leave(self, ev: pd.DataFrame, row0: int) -> Window:
+        """The last steps of ``decode_run``, on the rows leaving in this window."""
+        ev = ev.reset_index(drop=True)
+        self.totals.total += int((ev["kind"] != "gap").sum())
+        names = {**self._cmdline_comms(), **self.totals.comms, 0: "<idle>"}
+        pid = ev["pid"].to_numpy()
+        upids, inv = np.unique(pid, return_inverse=True)
+        idx = np.where(ev["kind"].to_numpy() == "gap", len(upids), inv.reshape(-1))
+        ev["comm"] = unique_names([names.get(int(p), "<...>") for p in upids] + [""], idx)
+        if has_static_sites(self.sites):
+            loads = module_sections.assemble(self.totals.section_rows)
+            place_static_locks(ev, loads, self.sites, self.info, self._load_ts)
+        if self.totals.counts.get("lock/lock_acquire"):
+            for k, v in merge_lockdep(ev).items():
+                self.totals.lockdep[k] = self.totals.lockdep.get(k, 0) + v
+        return Window(ev, row0)
+
+    def _cmdline_comms(self) -> dict[int, str]:
+        out = {}
+        for line in self.cmdlines.splitlines():
+            p, _, c = line.strip().partition(" ")
+            if p.isdigit():
+                out[int(p)] = c
+        return out
+
+    def _finish(self, cpus: dict[int, _CpuPages]) -> None:
+        for p in cpus.values():
+            raw = p.path.with_name(p.path.name.removesuffix(GZ_SUFFIX))
+            had = page_sums.recorded_pages(raw) or 0
+            self.missing_pages += max(had - p.page, 0)
+
+    def decoded(self) -> Decoded:
+        """What ``decode_run`` says of the trace, but its events (empty): for after
+        :meth:`windows` has run to its end."""
+        t = self.totals
+        cal: dict[str, Any] = {**self.calibration, **t.cal_counts,
+                               "_spin_votes": t.spin_votes,
+                               "_spin_preempt": spin_preempt(*t.spin_votes)}
+        return Decoded(schema.empty(), self.stacks, t.counts, t.torn, t.missed, t.total,
+                       t.comms, cal, lockdep=t.lockdep, backwards_pages=t.backwards,
+                       rejected=t.rejected, damaged_pages=t.damaged,
+                       missing_pages=self.missing_pages,
+                       module_loads=module_sections.assemble(t.section_rows),
+                       records_per_cpu=t.records_per_cpu, section_rows=t.section_rows)
+
+
+def _give_stack(held: pd.DataFrame, cpu: int, ts: int, sid: int) -> None:
+    """Set the stack of ``cpu``'s record at ``ts`` (its latest such row, not a gap)."""
+    rows = np.nonzero((held["cpu"].to_numpy() == cpu) & (held["ts_ns"].to_numpy() == ts)
+                      & (held["kind"].to_numpy() != "gap"))[0]
+    if len(rows):
+        col = held["stack_id"].to_numpy().copy()
+        col[rows[-1]] = sid
+        held["stack_id"] = col
+
+
+def _merge(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """``a`` then ``b``, in the whole frame's order: time, then CPU, then records
+    before gaps, then the order they came in (a CPU's pages are read in order)."""
+    if not len(b):
+        return a
+    if not len(a):
+        return b
+    cols = {}
+    for name in a.columns:
+        x, y = a[name], b[name]
+        if isinstance(x.dtype, pd.CategoricalDtype):
+            cols[name] = pd.Series(union_categoricals([_obj(x), _obj(y)], ignore_order=True))
+        else:
+            cols[name] = pd.Series(np.concatenate([x.to_numpy(), y.to_numpy()]))
+    df = pd.DataFrame(cols)
+    gap = (df["kind"] == "gap").to_numpy()
+    order = np.lexsort((gap, df["cpu"].to_numpy(), df["ts_ns"].to_numpy()))
+    return df.take(order).reset_index(drop=True)
+
+
+def _obj(c: pd.Series) -> pd.Series:
+    cats = c.cat.categories
+    return c if cats.dtype == object else c.cat.set_categories(cats.astype(object))
+
+
+def _split(df: pd.DataFrame, before: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    k = int(np.searchsorted(df["ts_ns"].to_numpy(), before, side="left"))
+    return df.iloc[:k], df.iloc[k:].reset_index(drop=True)
