@@ -61,6 +61,7 @@ from tracedep.tracer.retention import GZ_SUFFIX, raw_files
 from tracedep.tracer.ring_pages import CpuCursor
 
 BATCH_PAGES = 1024  # 4 MiB of pages per CPU and batch
+_READ_MAX = 1 << 26
 
 
 @dataclass
@@ -85,10 +86,14 @@ class _CpuPages:
         self.sums = _recorded_sums(path)
 
     def _read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (read in pieces: ``n`` may be far more than the file has)."""
+        out = bytearray()
         try:
-            return self.f.read(n)
+            while len(out) < n and (piece := self.f.read(min(n - len(out), _READ_MAX))):
+                out += piece
         except (OSError, EOFError, zlib.error):
-            return b""  # a damaged .gz: what was read is kept, the rest counts as lost
+            pass  # a damaged .gz: what was read is kept, the rest counts as lost
+        return bytes(out)
 
     @property
     def done(self) -> bool:
@@ -140,7 +145,6 @@ class _Totals:
     rejected: dict[str, int] = field(default_factory=dict)
     records_per_cpu: dict[int, int] = field(default_factory=dict)
     lockdep: dict[str, int] = field(default_factory=dict)
-    comms: dict[int, str] = field(default_factory=dict)
     torn: int = 0
     missed: int = 0
     backwards: int = 0
@@ -149,6 +153,9 @@ class _Totals:
     spin_votes: tuple[int, int] = (0, 0)
     cal_counts: dict[str, int] = field(default_factory=dict)
     section_rows: list[Any] = field(default_factory=list)
+    comms_by_cpu: dict[int, dict[int, str]] = field(default_factory=dict)
+    rows: int = 0  # rows out so far, gaps too
+    samples: dict[str, int] = field(default_factory=dict)  # calibration records per kind
 
     def add(self, d: Decoded) -> None:
         for k, v in d.counts.items():
@@ -157,7 +164,6 @@ class _Totals:
             self.rejected[k] = self.rejected.get(k, 0) + v
         for c, v in d.records_per_cpu.items():
             self.records_per_cpu[c] = self.records_per_cpu.get(c, 0) + v
-        self.comms.update(d.comms)
         self.torn += d.torn_pages
         self.missed += d.missed_events
         self.backwards += d.backwards_pages
@@ -166,6 +172,10 @@ class _Totals:
         votes = d.calibration.get("_spin_votes")
         if isinstance(votes, tuple):
             self.spin_votes = (self.spin_votes[0] + votes[0], self.spin_votes[1] + votes[1])
+        for kind, m in d.calibration.items():
+            n = m.get("samples") if not kind.startswith("_") and isinstance(m, dict) else None
+            if isinstance(n, int):
+                self.samples[kind] = self.samples.get(kind, 0) + n
         for k in ("_regime_mismatch", "_uncalibrated_rows", "_irqs_unreliable_rows"):
             n = d.calibration.get(k, 0)
             self.cal_counts[k] = self.cal_counts.get(k, 0) + (n if isinstance(n, int) else 0)
@@ -204,14 +214,59 @@ class StreamDecoder:
         self._carry = Carry()
         self._load_ts: dict[str, list[int]] = {}
         self._last: dict[int, tuple[int, bool]] = {}  # per CPU: (time, kept) of its last record
+        self._known: dict[int, str] = {}  # task names from the context switches read so far
 
     # -- the stream -------------------------------------------------------------------
 
     def windows(self) -> Iterator[Window]:
+        """The events, a window at a time, each finished as it leaves: static locks
+        placed, lockdep names merged, task names as known so far (module docstring)."""
+        for ev, row0 in self._raw():
+            if has_static_sites(self.sites):
+                loads = module_sections.assemble(self.totals.section_rows)
+                place_static_locks(ev, loads, self.sites, self.info, self._load_ts)
+            if self.totals.counts.get("lock/lock_acquire"):
+                for k, v in merge_lockdep(ev).items():
+                    self.totals.lockdep[k] = self.totals.lockdep.get(k, 0) + v
+            ev["comm"] = _comm_column(ev, {**self._cmdline_comms(), **self._known})
+            yield Window(ev, row0)
+
+    def whole(self) -> Decoded:
+        """:meth:`decoded` with the whole events frame, as ``decode_run`` gives it: the
+        windows' columns put together one column at a time (the peak is about one
+        frame, not the pages and their records besides), then finished on the whole."""
+        parts: dict[str, list[Any]] = {c: [] for c in schema.COLUMNS}
+        for ev, _ in self._raw():
+            for c in parts:
+                parts[c].append(ev[c].array if c != "comm" else None)
+            del ev
+        ev = pd.DataFrame(index=pd.RangeIndex(self.totals.rows))
+        for c, dtype in schema.COLUMNS.items():
+            got, parts[c] = parts[c], []
+            if c == "comm":
+                continue
+            if not got:
+                ev[c] = schema.empty()[c]
+            elif isinstance(got[0], pd.Categorical):
+                ev[c] = union_categoricals([_obj(x) for x in got], ignore_order=True)
+            else:
+                ev[c] = np.concatenate([np.asarray(x) for x in got]).astype(dtype, copy=False)
+            del got
+        ev["comm"] = _comm_column(ev, self._final_names())
+        ev = ev[list(schema.COLUMNS)]
+        d = self.decoded()
+        d.events = ev
+        if has_static_sites(self.sites):
+            place_static_locks(ev, d.module_loads, self.sites, self.info, {})
+        if d.counts.get("lock/lock_acquire"):
+            d.lockdep = merge_lockdep(ev)
+        return d
+
+    def _raw(self) -> Iterator[tuple[pd.DataFrame, int]]:
+        """The windows as they leave the merge: (events, first row)."""
         cpus = {cpu: _CpuPages(p, self.psize)
                 for cpu, p in raw_files(self.run_dir / "trace").items()}
         held: pd.DataFrame | None = None  # events not yet in time order with every CPU's
-        row0 = 0
         try:
             # every CPU's first batch at once: the calibration is among them
             todo = sorted(c for c, p in cpus.items() if not p.done)
@@ -220,16 +275,21 @@ class StreamDecoder:
                 held = batch if held is None else _merge(held, batch)
                 out, held = _split(held, self._watermark(cpus))
                 if len(out):
-                    yield self._leave(out, row0)
-                    row0 += len(out)
+                    yield self._count(out)
                 left = [c for c, p in cpus.items() if not p.done]
                 todo = [min(left, key=lambda c: (cpus[c].next_ts() or 0, c))] if left else []
             if held is not None and len(held):
-                yield self._leave(held, row0)
+                yield self._count(held)
         finally:
             for c in cpus.values():
                 c.close()
         self._finish(cpus)
+
+    def _count(self, ev: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        row0 = self.totals.rows
+        self.totals.rows += len(ev)
+        self.totals.total += int((ev["kind"] != "gap").sum())
+        return ev.reset_index(drop=True), row0
 
     def _decode(self, cpus: dict[int, _CpuPages], todo: list[int],
                 held: pd.DataFrame | None) -> pd.DataFrame:
@@ -256,6 +316,9 @@ class StreamDecoder:
             if held is not None and last is not None and last[1]:
                 _give_stack(held, cpu, last[0], sid)
         self._last.update(carry.last_record)
+        for cpu, names in carry.comms_by_cpu.items():
+            self.totals.comms_by_cpu.setdefault(cpu, {}).update(names)
+            self._known.update(names)
         return d.events
 
     def _watermark(self, cpus: dict[int, _CpuPages]) -> int:
@@ -273,22 +336,13 @@ class StreamDecoder:
             marks.append(t if t is not None else -(1 << 62))
         return min(marks) if marks else 1 << 62
 
-    def _leave(self, ev: pd.DataFrame, row0: int) -> Window:
-        """The last steps of ``decode_run``, on the rows leaving in this window."""
-        ev = ev.reset_index(drop=True)
-        self.totals.total += int((ev["kind"] != "gap").sum())
-        names = {**self._cmdline_comms(), **self.totals.comms, 0: "<idle>"}
-        pid = ev["pid"].to_numpy()
-        upids, inv = np.unique(pid, return_inverse=True)
-        idx = np.where(ev["kind"].to_numpy() == "gap", len(upids), inv.reshape(-1))
-        ev["comm"] = unique_names([names.get(int(p), "<...>") for p in upids] + [""], idx)
-        if has_static_sites(self.sites):
-            loads = module_sections.assemble(self.totals.section_rows)
-            place_static_locks(ev, loads, self.sites, self.info, self._load_ts)
-        if self.totals.counts.get("lock/lock_acquire"):
-            for k, v in merge_lockdep(ev).items():
-                self.totals.lockdep[k] = self.totals.lockdep.get(k, 0) + v
-        return Window(ev, row0)
+    def _final_names(self) -> dict[int, str]:
+        """The task names the whole trace ends with, as one decode of every page
+        gives them: saved_cmdlines, then each CPU's context switches, CPU after CPU."""
+        names = self._cmdline_comms()
+        for cpu in sorted(self.totals.comms_by_cpu):
+            names.update(self.totals.comms_by_cpu[cpu])
+        return names
 
     def _cmdline_comms(self) -> dict[int, str]:
         out = {}
@@ -299,24 +353,35 @@ class StreamDecoder:
         return out
 
     def _finish(self, cpus: dict[int, _CpuPages]) -> None:
-        for p in cpus.values():
-            raw = p.path.with_name(p.path.name.removesuffix(GZ_SUFFIX))
-            had = page_sums.recorded_pages(raw) or 0
-            self.missing_pages += max(had - p.page, 0)
+        """Pages the run recorded (its page sums) that the files no longer have."""
+        for side in sorted((self.run_dir / "trace").glob(f"cpu*{page_sums.SUFFIX}")):
+            cpu = int(side.stem[3:]) if side.stem[3:].isdigit() else None
+            had = page_sums.recorded_pages(side.with_suffix(".raw")) or 0
+            now = cpus[cpu].page if cpu in cpus else 0
+            self.missing_pages += max(had - now, 0)
 
     def decoded(self) -> Decoded:
         """What ``decode_run`` says of the trace, but its events (empty): for after
         :meth:`windows` has run to its end."""
         t = self.totals
-        cal: dict[str, Any] = {**self.calibration, **t.cal_counts,
+        measured = {k: {**v, "samples": t.samples.get(k, 0)} for k, v in self.calibration.items()}
+        cal: dict[str, Any] = {**measured, **t.cal_counts,
                                "_spin_votes": t.spin_votes,
                                "_spin_preempt": spin_preempt(*t.spin_votes)}
         return Decoded(schema.empty(), self.stacks, t.counts, t.torn, t.missed, t.total,
-                       t.comms, cal, lockdep=t.lockdep, backwards_pages=t.backwards,
+                       self._final_names(), cal, lockdep=t.lockdep, backwards_pages=t.backwards,
                        rejected=t.rejected, damaged_pages=t.damaged,
                        missing_pages=self.missing_pages,
                        module_loads=module_sections.assemble(t.section_rows),
                        records_per_cpu=t.records_per_cpu, section_rows=t.section_rows)
+
+
+def _comm_column(ev: pd.DataFrame, names: dict[int, str]) -> pd.Categorical:
+    """Each row's task name from ``names`` (pid 0: ``<idle>``; gap rows: none)."""
+    names = {**names, 0: "<idle>"}
+    upids, inv = np.unique(ev["pid"].to_numpy(), return_inverse=True)
+    idx = np.where(ev["kind"].to_numpy() == "gap", len(upids), inv.reshape(-1))
+    return unique_names([names.get(int(p), "<...>") for p in upids] + [""], idx)
 
 
 def _give_stack(held: pd.DataFrame, cpu: int, ts: int, sid: int) -> None:
@@ -349,9 +414,11 @@ def _merge(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return df.take(order).reset_index(drop=True)
 
 
-def _obj(c: pd.Series) -> pd.Series:
-    cats = c.cat.categories
-    return c if cats.dtype == object else c.cat.set_categories(cats.astype(object))
+def _obj(c: pd.Series | pd.Categorical) -> pd.Series | pd.Categorical:
+    """``c`` with object categories (union_categoricals wants one dtype for them)."""
+    cat = c if isinstance(c, pd.Categorical) else c.cat
+    cats = cat.categories
+    return c if cats.dtype == object else cat.set_categories(cats.astype(object))
 
 
 def _split(df: pd.DataFrame, before: int) -> tuple[pd.DataFrame, pd.DataFrame]:

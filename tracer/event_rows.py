@@ -171,6 +171,9 @@ class RecordColumns:
         if not hdr_ok.all():
             self.reject(np.nonzero(~hdr_ok)[0], "records shorter than a header")
         self.comms: dict[int, str] = {}
+        # the names the context switches gave, per CPU, in record order (a trace decoded
+        # in batches puts ``comms`` together from them: tracer.decode_stream)
+        self.comms_by_cpu: dict[int, dict[int, str]] = {}
         self.stacks: list[tuple[int, ...]] = []
         self.stack_rows: list[tuple[int, int]] = []  # (row of the stack record, stack id)
         self.counts: dict[str, int] = {}
@@ -459,10 +462,11 @@ class RecordColumns:
         self.cols["target_pid"][rows] = npid.astype(np.int32)
         for r, a, b in zip(rows.tolist(), ppid.tolist(), npid.tolist(), strict=True):
             o = int(self.off[r])
-            comms[a] = buf[o + pf.offset:o + pf.offset + pf.size].split(b"\0")[0].decode(
-                "utf-8", "replace")
-            comms[b] = buf[o + nf.offset:o + nf.offset + nf.size].split(b"\0")[0].decode(
-                "utf-8", "replace")
+            mine = self.comms_by_cpu.setdefault(int(self.rec_cpu[r]), {})
+            comms[a] = mine[a] = buf[o + pf.offset:o + pf.offset + pf.size].split(
+                b"\0")[0].decode("utf-8", "replace")
+            comms[b] = mine[b] = buf[o + nf.offset:o + nf.offset + nf.size].split(
+                b"\0")[0].decode("utf-8", "replace")
 
     def _lockdep(self, f: EventFormat, name: str, rows: np.ndarray) -> None:
         # lockdep's own events (CONFIG_LOCKDEP kernels): the lockdep_map is the

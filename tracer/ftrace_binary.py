@@ -18,11 +18,10 @@ import pandas as pd
 
 from tracedep.common.run_manifest import RunManifest
 from tracedep.errors import TraceFormatError
-from tracedep.tracer import calibration, control, module_sections, page_sums, schema
+from tracedep.tracer import calibration, module_sections, schema
 from tracedep.tracer.event_rows import MIGHT_SLEEP as MIGHT_SLEEP  # analysis.rules reads it here
 from tracedep.tracer.event_rows import CatColumn, RecordColumns, SectionRow
 from tracedep.tracer.ftrace_formats import EventFormat, parse_format, parse_header_page
-from tracedep.tracer.lockdep_events import merge_lockdep
 from tracedep.tracer.retention import raw_files, read_raw
 from tracedep.tracer.ring_pages import (
     PAGE_BACKWARDS,
@@ -80,6 +79,8 @@ class Carry:
     leading_stack: dict[int, int] = field(default_factory=dict)
     # out, per CPU: (time, kept) of the batch's last record
     last_record: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    # out, per CPU: the names its context switches gave, in record order
+    comms_by_cpu: dict[int, dict[int, str]] = field(default_factory=dict)
 
 
 def decode(
@@ -189,6 +190,7 @@ def _batch_edges(carry: Carry, rc: RecordColumns) -> None:
     carry.leading_stack = {}
     if rc.stack_rows and rc.stack_rows[0][0] == 0:
         carry.leading_stack[int(rc.rec_cpu[0])] = carry.stack_base + rc.stack_rows[0][1]
+    carry.comms_by_cpu = rc.comms_by_cpu
     carry.last_record = {}
     for cpu in np.unique(rc.rec_cpu).tolist():
         last = int(np.nonzero(rc.rec_cpu == cpu)[0][-1])
@@ -205,7 +207,9 @@ def _calibrate(cols: dict[str, Any], cal_rows: dict[str, np.ndarray], flags: np.
     depth = cols["preempt_depth"]
     cal = calibration.measure(cal_rows, flags, depth, irq_state, cols["pid"])
     if measured is not None:
-        cal = {**cal, **{k: v for k, v in measured.items() if not k.startswith("_")}}
+        # the first measurement stands; ``samples`` stays this batch's, for the sum
+        cal = {**cal, **{k: {**v, "samples": (cal.get(k) or {}).get("samples", 0)}
+                         for k, v in measured.items() if not k.startswith("_")}}
     unreliable_rows = 0
     mismatch = uncalibrated = 0
 
@@ -283,50 +287,11 @@ def read_run_buffers(run_dir: Path) -> dict[int, bytes]:
 
 
 def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:
-    """Decode a run directory written by ``tracer.session``."""
-    ctl = control.load(run_dir / "control.log")
-    hp = ctl.header_page()
-    if not hp:
-        raise TraceFormatError(f"{run_dir}: the guest sent no ring-buffer header "
-                               "(it died before tracing was armed)")
-    if info is None:
-        from tracedep.common import run_manifest as manifest
+    """Decode a run directory written by ``tracer.session``: its pages a batch at a
+    time (tracer.decode_stream), put together into the whole events frame."""
+    from tracedep.tracer.decode_stream import StreamDecoder
 
-        info = manifest.read(run_dir)
-    sites: dict[str, dict[str, Any]] = {k: v for k, v in info.inline_sites.items()}
-    buffers = read_run_buffers(run_dir)
-    try:
-        psize = parse_header_page(hp).page_size
-    except ValueError as e:
-        raise TraceFormatError(f"{run_dir / 'control.log'}: {e}") from None
-    damaged = {}
-    missing = 0
-    for cpu, buf in buffers.items():
-        bad = page_sums.damaged(run_dir / "trace" / f"cpu{cpu}.raw", buf, psize)
-        if bad is not None:
-            damaged[cpu] = bad
-    for side in sorted((run_dir / "trace").glob(f"cpu*{page_sums.SUFFIX}")):
-        raw = side.with_suffix(".raw")
-        had = page_sums.recorded_pages(raw) or 0
-        now = len(buffers.get(int(side.stem[3:]), b"")) // psize if side.stem[3:].isdigit() \
-            else 0
-        missing += max(had - now, 0)
-    decoded = decode(
-        buffers,
-        hp,
-        ctl.formats(),
-        info.call_insn_size,
-        info.machine_kprobe_irqs_masked,
-        ctl.file("/sys/kernel/tracing/saved_cmdlines") or "",
-        inline_sites=sites,
-        damaged=damaged,
-    )
-    decoded.missing_pages = missing
-    if has_static_sites(sites):
-        place_static_locks(decoded.events, decoded.module_loads, sites, info, {})
-    if decoded.counts.get("lock/lock_acquire"):
-        decoded.lockdep = merge_lockdep(decoded.events)
-    return decoded
+    return StreamDecoder(run_dir, info).whole()
 
 
 def has_static_sites(sites: dict[str, dict[str, Any]]) -> bool:

@@ -1,9 +1,13 @@
-"""tracer.decode_stream: windows put end to end are decode_run's frame, row for row.
+"""tracer.decode_stream: a trace decoded a batch of pages at a time is the trace
+decoded in one piece, row for row.
 
-On the recorded run directories (tests/data/traces: tiny, classes, lockdep), whole
-and damaged: a file cut mid-page, a page changed since it was recorded (its sum
-differs), a page from the far future, compressed pages.  Batches of one page are
-the hardest case (every page edge is a batch edge); 3 pages and the default too.
+The reference is one batch holding every page: ``decode()`` over whole buffers, as
+``decode_run`` did before it streamed.  On the recorded run directories
+(tests/data/traces: tiny, classes, lockdep), whole and damaged: a file cut mid-page,
+a page changed since it was recorded (its sum differs), pages out of time order,
+compressed pages.  Batches of one page are the hardest case (every page edge is a
+batch edge); 3 pages and the default too.  Both ways out are checked: the windows
+(streaming) and ``whole()`` (what decode_run returns).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from conftest import TINY_RUN, tiny_run_copy
 
 from tracedep.tracer import page_sums, ring_pages
 from tracedep.tracer.decode_stream import StreamDecoder
-from tracedep.tracer.ftrace_binary import Decoded, decode_run
+from tracedep.tracer.ftrace_binary import Decoded
 
 TRACES = Path(__file__).parents[1] / "data" / "traces"
 RUNS = [TINY_RUN, TRACES / "classes" / "raw", TRACES / "lockdep" / "raw"]
@@ -36,13 +40,28 @@ def _stream(run: Path, batch: int) -> tuple[pd.DataFrame, Decoded, list[int]]:
     return ev, sd.decoded(), [w.row0 for w in wins]
 
 
+ONE_BATCH = 1 << 40
+
+
+def _one_piece(run: Path) -> Decoded:
+    return StreamDecoder(run, batch_pages=ONE_BATCH).whole()
+
+
 def _same(run: Path, batch: int, lockdep_names: bool = True) -> None:
-    whole = decode_run(run)
-    ev, d, row0s = _stream(run, batch)
+    whole = _one_piece(run)
+    _same_frames(StreamDecoder(run, batch_pages=batch).whole(), whole, ("stack_id",))
+    ev, d, _ = _stream(run, batch)
+    d.events = ev
+    # the windows' task names are those known when they leave (module docstring)
+    _same_frames(d, whole, ("stack_id", "comm") + (() if lockdep_names else ("lock_name",)))
+
+
+def _same_frames(d: Decoded, whole: Decoded, skip: tuple[str, ...]) -> None:
+    ev = d.events
     we = whole.events
-    assert row0s[0] == 0 and len(ev) == len(we)
+    assert len(ev) == len(we)
     for c in we.columns:
-        if c in ("comm", "stack_id") or (c == "lock_name" and not lockdep_names):
+        if c in skip:
             continue
         want = we[c].astype(object) if isinstance(we[c].dtype, pd.CategoricalDtype) else we[c]
         assert (ev[c].to_numpy() == want.to_numpy()).all(), c
@@ -51,6 +70,7 @@ def _same(run: Path, batch: int, lockdep_names: bool = True) -> None:
     assert got == [whole.stacks[i] if i >= 0 else () for i in we["stack_id"]]
     for k in SAME:
         assert getattr(d, k) == getattr(whole, k), k
+    assert d.comms == whole.comms
     assert {k: v for k, v in d.calibration.items() if k != "_spin_votes"} == {
         k: v for k, v in whole.calibration.items() if k != "_spin_votes"}
     assert [vars(x) for x in d.module_loads] == [vars(x) for x in whole.module_loads]
@@ -80,7 +100,7 @@ def test_lockdep_names_across_batches(batch: int) -> None:
     run = RUNS[2]
     _same(run, batch, lockdep_names=batch > 1)
     ev, d, _ = _stream(run, batch)
-    named = (decode_run(run).events["lock_name"].astype(str) != "").sum()
+    named = (_one_piece(run).events["lock_name"].astype(str) != "").sum()
     assert named - 4 <= (ev["lock_name"].astype(str) != "").sum() <= named
 
 
@@ -95,7 +115,7 @@ def test_a_file_cut_mid_page(tmp_path: Path, batch: int) -> None:
     data = raw.read_bytes()
     raw.write_bytes(data[: len(data) - PAGE - 100])
     _same(run, batch)
-    assert decode_run(run).torn_pages >= 1
+    assert _one_piece(run).torn_pages >= 1
 
 
 @pytest.mark.parametrize("batch", [1, 2, 1024])
@@ -110,7 +130,7 @@ def test_a_changed_page_and_pages_out_of_time_order(tmp_path: Path, batch: int) 
         page_sums.write(raw, PAGE)  # as the run does (tracer.page_sums)
         data[PAGE + 200] ^= 0xFF  # page 1 changed since the run: its sum differs
         raw.write_bytes(bytes(data))
-    whole = decode_run(run)
+    whole = _one_piece(run)
     assert whole.damaged_pages and whole.backwards_pages == 2
     _same(run, batch)
 
