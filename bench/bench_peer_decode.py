@@ -1,4 +1,4 @@
-"""tracedep's decode next to a peer decoder, ``trace-cmd report`` (libtraceevent), on the same events.
+"""tracedep's decode next to a peer, ``trace-cmd report`` (libtraceevent), on the same events.
 
 Usage: python bench/bench_peer_decode.py [RUN_DIR] [--repeats N] [--dat PATH] [--keep]
 
