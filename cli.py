@@ -151,6 +151,16 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 1 if analysis.findings else 0
 
 
+def cmd_export_dat(a: argparse.Namespace) -> int:
+    from tracedep.tracer import trace_dat
+
+    s = trace_dat.write(a.run_dir, a.out)
+    cut = f"; a cut last page left out on CPU {sorted(s.partial_bytes)}" if s.partial_bytes else ""
+    print(f"tracedep: {a.out}: trace.dat v6, {s.cpus} CPUs, {sum(s.pages.values())} pages, "
+          f"{s.events} event formats, kallsyms {'kept' if s.kallsyms else 'absent'}{cut}")
+    return 0
+
+
 def cmd_fetch(a: argparse.Namespace) -> int:
     """Download and prepare everything a run needs, so later runs start at once."""
     from tracedep.common.machines import machine_for
@@ -231,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="regenerate the text and HTML reports of a run")
     rp.add_argument("run_dir", type=Path)
     rp.set_defaults(func=cmd_report)
+    ex = sub.add_parser("export-dat", help="write a run's pages as a trace-cmd trace.dat (v6)")
+    ex.add_argument("run_dir", type=Path)
+    ex.add_argument("out", type=Path)
+    ex.set_defaults(func=cmd_export_dat)
     f = sub.add_parser("fetch", help="download and prepare the default kernel and tools")
     add_arguments(f, only=("arch", "kernel_series", "abi", "accel"))
     f.add_argument("--no-dwarf", action="store_true",

@@ -6,8 +6,9 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="qemu-system-x86 qemu-system-arm busybox-static gcc make libc6-dev libelf-dev kmod \
-binutils cpio xz-utils zstd gcc-aarch64-linux-gnu libc6-dev-arm64-cross python3-venv \
+binutils cpio xz-utils zstd trace-cmd gcc-aarch64-linux-gnu libc6-dev-arm64-cross python3-venv \
 dpkg-dev dwarves"
+# trace-cmd: the peer decoder of tests/tracer/test_trace_dat.py and bench/bench_peer_decode.py
 # dwarves: pahole, which kbuild runs ("BTF [M]") for kernels whose headers ship a BTF vmlinux (6.12)
 
 missing=""
