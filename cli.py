@@ -113,7 +113,7 @@ def _export_run(a: argparse.Namespace, failure: str | None) -> None:
 
     if a.kcidb is None and a.sarif is None:
         return
-    if not (a.out / "manifest.json").is_file():
+    if not any((a.out / f).is_file() for f in ("manifest.json", "findings.json")):
         print(f"tracedep: warning: {a.out} holds no run: no KCIDB/SARIF written",
               file=sys.stderr)
         return

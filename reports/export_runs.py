@@ -106,10 +106,13 @@ def _modules_of(info: RunManifest | None, fallback: Sequence[ModuleInfo]) -> lis
 
 
 def _failure(info: RunManifest | None, ending: Ending, truncated: bool) -> str | None:
-    if info is not None and info.state == "failed":
-        return info.error or "the run failed"
+    died = None
     if ending.how is not None and not ending.clean:
-        return f"guest {ending.how}" + (f": {ending.detail}" if ending.detail else "")
+        died = f"guest {ending.how}" + (f": {ending.detail}" if ending.detail else "")
+    if info is not None and info.state == "failed":
+        return info.error or died or "the run failed"
+    if died is not None:
+        return died
     if (info is not None and info.state == "incomplete") or truncated:
         return "the trace is incomplete: the guest did not finish sending it"
     if info is not None and info.state in ("preparing", "running"):
