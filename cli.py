@@ -105,7 +105,40 @@ def _retain(run_dir: Path, mode: str, a: Analysis) -> None:
               f"{rec.disk_bytes_after / 1e6:.1f} MB on disk in {rec.seconds} s")
 
 
+def _export_run(a: argparse.Namespace, failure: str | None) -> None:
+    """``--kcidb``/``--sarif`` of a run: written whatever became of it (a run that
+    failed is an ERROR there); a run that left no run directory has nothing to say."""
+    from tracedep.reports.export_runs import load_export_run
+    from tracedep.reports.exports import write_exports
+
+    if a.kcidb is None and a.sarif is None:
+        return
+    if not any((a.out / f).is_file() for f in ("manifest.json", "findings.json")):
+        print(f"tracedep: warning: {a.out} holds no run: no KCIDB/SARIF written",
+              file=sys.stderr)
+        return
+    write_exports([load_export_run(a.out, failure=failure)], a.kcidb, a.sarif)
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    from tracedep.reports.exports import check_output
+
+    for path in (a.kcidb, a.sarif):
+        if path is not None:
+            check_output(path)
+    try:
+        rc = _run(a)
+    except TracedepError as e:
+        try:
+            _export_run(a, str(e) or type(e).__name__)
+        except TracedepError as e2:
+            print(f"tracedep: error: {e2}", file=sys.stderr)
+        raise
+    _export_run(a, None)
+    return rc
+
+
+def _run(a: argparse.Namespace) -> int:
     from tracedep.errors import GuestError
     from tracedep.tracer.ftrace_binary import Decoded
     from tracedep.tracer.session import trace
@@ -158,6 +191,20 @@ def cmd_export_dat(a: argparse.Namespace) -> int:
     cut = f"; a cut last page left out on CPU {sorted(s.partial_bytes)}" if s.partial_bytes else ""
     print(f"tracedep: {a.out}: trace.dat v6, {s.cpus} CPUs, {sum(s.pages.values())} pages, "
           f"{s.events} event formats, kallsyms {'kept' if s.kallsyms else 'absent'}{cut}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """``tracedep kcidb|sarif RUN_DIR… --out FILE``: existing runs as KCIDB or SARIF."""
+    from tracedep.reports.export_runs import load_export_run
+    from tracedep.reports.exports import check_output, document, write_json
+
+    check_output(a.out)
+    runs = [load_export_run(d) for d in a.run_dirs]
+    write_json(a.out, document(a.cmd, runs))
+    if str(a.out) != "-":
+        n = sum(len(r.findings) for r in runs)
+        print(f"tracedep: {a.cmd} of {len(runs)} run(s), {n} findings, in {a.out}")
     return 0
 
 
@@ -216,6 +263,14 @@ def cmd_probes(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """``--kcidb FILE`` and ``--sarif FILE`` (run and nightly)."""
+    p.add_argument("--kcidb", type=Path, default=None, metavar="FILE",
+                   help="also write the results as a KCIDB v5 document (KernelCI) to FILE")
+    p.add_argument("--sarif", type=Path, default=None, metavar="FILE",
+                   help="also write the findings as SARIF 2.1.0 (code scanning) to FILE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # No prefix abbreviations: `--kernel-module X` must never be taken for
     # `--kernel-modules X`.  allow_abbrev is not inherited by subparsers, so every
@@ -228,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("run", help="trace, analyze and report (exit 1 when there are findings)")
     add_arguments(r)
+    add_export_arguments(r)
     r.set_defaults(func=cmd_run)
     an = sub.add_parser("analyze", help="analyze a run directory or an ftrace text file")
     an.add_argument("trace", type=Path, help="run directory, or `trace`/`trace_pipe` text")
@@ -245,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("out", type=Path)
     ex.set_defaults(func=cmd_export_dat)
+    for fmt, what in (("kcidb", "a KCIDB v5 document (checkouts, builds, tests, issues, "
+                                "incidents) for KernelCI"),
+                      ("sarif", "SARIF 2.1.0 (one result per finding) for code scanning")):
+        x = sub.add_parser(fmt, help=f"write analysed run directories as {what}")
+        x.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+        x.add_argument("--out", type=Path, required=True, metavar="FILE",
+                       help="the file to write (- for standard output)")
+        x.set_defaults(func=cmd_export)
     f = sub.add_parser("fetch", help="download and prepare the default kernel and tools")
     add_arguments(f, only=("arch", "kernel_series", "abi", "accel"))
     f.add_argument("--no-dwarf", action="store_true",
@@ -255,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probes)
     from tracedep.nightly import gitbisect, night
 
-    night.add_parser(sub)
+    night.add_parser(sub, add_export_arguments)
     gitbisect.add_parser(sub)
     return p
 

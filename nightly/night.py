@@ -9,7 +9,10 @@ runs every cell of the matrix (kernels × archs × driver sets × workloads, eac
 records the results in the history database (``nightly/history.py``), classifies
 every finding (new, still present, fixed, flaky) against the earlier nights of
 the same cell, and writes the report site (``nightly/site.py``) and JUnit
-XML (``OUT/<night>/junit.xml``, and ``junit.xml`` in each run directory).
+XML (``OUT/<night>/junit.xml``, and ``junit.xml`` in each run directory);
+with ``--kcidb FILE`` a KCIDB v5 document and with ``--sarif FILE`` a SARIF
+2.1.0 log of the night's runs, rewritten as each cell ends (reports/kcidb.py,
+reports/sarif.py).
 
 Configuration (TOML; relative paths are relative to the file)::
 
@@ -67,6 +70,8 @@ from tracedep.analysis.findings import Finding
 from tracedep.errors import InputError
 from tracedep.nightly.config import Cell, Config, load_config
 from tracedep.nightly.history import CellKey, FindingRow, History, Verdict
+from tracedep.reports.export_runs import ExportRun
+from tracedep.reports.exports import check_output
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +176,11 @@ def write_junit(run_dir: Path, name: str, findings: Sequence[Finding], drivers: 
 class Night:
     """One night of a configuration: runs its cells, records them, renders the site."""
 
-    def __init__(self, cfg: Config, history: History, out: Path, jobs: int) -> None:
+    def __init__(self, cfg: Config, history: History, out: Path, jobs: int,
+                 kcidb: Path | None = None, sarif: Path | None = None) -> None:
         self.cfg, self.h, self.out, self.jobs = cfg, history, out, jobs
+        self.kcidb, self.sarif = kcidb, sarif  # the night's exports, rewritten per cell
+        self.exported: list[ExportRun] = []
         self.t_start = time.monotonic()
         name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         while (out / name).exists():  # another nightly on this folder, same second
@@ -244,6 +252,7 @@ class Night:
         label = self._label(job.cell, job.attempt)
         write_junit(job.run_dir, label, findings, drivers, error, elapsed)
         self._write_night_junit(label, findings, drivers, error, elapsed)
+        self._export(job.run_dir, label, status, error)
         counts = {c: sum(1 for v in verdicts if v.cls == c) for c in ("new", "fixed", "flaky")}
         classes = ", ".join(f"{n} {c}" for c, n in counts.items() if n)
         what = f"{len(findings)} findings" + (f" ({classes})" if classes else "") \
@@ -259,6 +268,26 @@ class Night:
         self.suites[label] = junit.run_suite(label, drivers, findings, error, elapsed)
         atomic_write(self.dir / "junit.xml",
                      junit.to_xml(list(self.suites.values()), name=f"tracedep {self.name}"))
+
+    def _export(self, run_dir: Path, label: str, status: str, error: str | None) -> None:
+        """``--kcidb``/``--sarif``: the night so far, with this cell (a cell that did not
+        complete is an ERROR, one the night stopped a MISS)."""
+        from tracedep.reports.export_runs import load_export_run
+        from tracedep.reports.exports import write_exports
+
+        if self.kcidb is None and self.sarif is None:
+            return
+        failure = None if status == "ok" else (error or status)
+        try:
+            run = load_export_run(run_dir, label, failure, stopped=status == "interrupted")
+        except InputError:  # the cell left no run directory (its options were refused)
+            run = ExportRun(run_dir, label, [], [], analysed=False, failure=failure,
+                            stopped=status == "interrupted")
+        self.exported.append(run)
+        try:
+            write_exports(self.exported, self.kcidb, self.sarif)
+        except (OSError, InputError) as e:  # the night's records matter more
+            log.warning("could not write the KCIDB/SARIF export: %s", e)
 
     def render(self) -> None:
         from tracedep.nightly.site import NightlySite
@@ -344,16 +373,22 @@ def cmd_nightly(a: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"--out {out}: {e.strerror}") from None
+    exports = {k: None if v is None else v.absolute() for k, v in (("kcidb", a.kcidb),
+                                                                  ("sarif", a.sarif))}
+    for path in exports.values():
+        if path is not None:
+            check_output(path)
     with History(db) as h:
-        night = Night(cfg, h, out, jobs)
+        night = Night(cfg, h, out, jobs, exports["kcidb"], exports["sarif"])
         res = night.run()
     for line in summary(res, out):
         print(line, flush=True)
     return exit_code(res)
 
 
-def add_parser(sub: Any) -> None:
-    """Register ``tracedep nightly`` on the CLI's subparsers."""
+def add_parser(sub: Any, add_exports: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``tracedep nightly`` on the CLI's subparsers (``add_exports``: the
+    command line's ``--kcidb``/``--sarif``)."""
     p = sub.add_parser("nightly", help="run a matrix of runs, record history, classify findings "
                                        "(exit 1 when there are new findings)")
     p.add_argument("config", type=Path, help="the nightly configuration (TOML)")
@@ -362,4 +397,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: the config's out, else ./tracedep-nightly)")
     p.add_argument("--jobs", type=int, default=None, help="cells run at a time")
+    add_exports(p)
     p.set_defaults(func=cmd_nightly)
