@@ -10,12 +10,14 @@ used, recorded the first time (``--record`` records it again): one real
 one kthread per CPU spinning spinlocks, a mutex and kmalloc/kfree for S
 seconds, default 30, every probe unfiltered, socket transport, 2 CPUs): millions
 of events.  Prefixes are truncated copies of the run directory holding the first
-1/16 and 1/4 of each trace/cpu*.raw's pages, so that with the whole the lengths
+1/16 and 1/4 of each trace/cpu*.raw's (or .raw.gz's) pages, so that with the whole the lengths
 are 1x, 4x and 16x (cached beside the run, never in the repo).  Every
 measurement runs in a fresh process, so peak RSS is that stage's:
 
   decode     tracer.ftrace_binary.decode_run: pages → events DataFrame (best of
              --decode-repeats processes, median shown)
+  stream     tracer.decode_stream.StreamDecoder.windows: the same events a window at a
+             time, none kept (what a streaming analysis reads; its peak is flat)
   load       analysis.trace.load: decode + schema validation + run symbols
   analyze    analysis.pipeline.analyze on the loaded trace (classes, held-lock
              replay, rules, class statistics); no DWARF
@@ -34,6 +36,7 @@ asserts nothing.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
@@ -50,6 +53,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_transport import CACHE, loadavg, record, workload_file  # noqa: E402
+
+from tracedep.tracer.retention import raw_files  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
@@ -80,6 +85,14 @@ def child(stage: str, run: Path) -> None:
         d = decode_run(run)
         out.update(events=d.total, decode_s=time.perf_counter() - t0, decode_cpu_s=_cpu() - c0,
                    rss_mb=_rss_mb())
+    elif stage == "stream":
+        from tracedep.tracer.decode_stream import StreamDecoder
+
+        c0, t0 = _cpu(), time.perf_counter()
+        sd = StreamDecoder(run)
+        rows = sum(len(w.events) for w in sd.windows())
+        out.update(events=sd.decoded().total, rows=rows, decode_s=time.perf_counter() - t0,
+                   decode_cpu_s=_cpu() - c0, rss_mb=_rss_mb())
     elif stage == "analyze":
         c0, t0 = _cpu(), time.perf_counter()
         tr = load(run)
@@ -204,10 +217,13 @@ def prefix_run(run: Path, frac: Fraction) -> Path:
         if p.is_file():
             shutil.copy2(p, dest / p.name)
     page = 4096
-    for raw in sorted((run / "trace").glob("cpu*.raw")):
-        pages = raw.stat().st_size // page
+    for raw in sorted(raw_files(run / "trace").values()):
+        opener = gzip.open if raw.name.endswith(".gz") else open
+        with opener(raw, "rb") as src:
+            pages = sum(iter(lambda: len(src.read(1 << 24)), 0)) // page
         keep = int(pages * frac) * page
-        with open(raw, "rb") as src, open(dest / "trace" / raw.name, "wb") as dst:
+        name = raw.name.removesuffix(".gz")
+        with opener(raw, "rb") as src, open(dest / "trace" / name, "wb") as dst:
             left = keep
             while left:
                 chunk = src.read(min(left, 1 << 24))
@@ -233,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true",
                     help="also profile analyze on the full trace (cProfile)")
-    ap.add_argument("--child", choices=("decode", "analyze", "profile"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("decode", "stream", "analyze", "profile"),
+                    help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         child(a.child, a.run_dir)
@@ -245,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.run_dir:
         repair_manifest(run)  # only our own recording: never rewrite a user's run
     fracs = [Fraction(f) for f in a.fractions.split(",")]
-    trace_mb = sum(p.stat().st_size for p in (run / "trace").glob("cpu*.raw")) / 1e6
+    trace_mb = sum(p.stat().st_size for p in raw_files(run / "trace").values()) / 1e6
     info = json.loads((run / "manifest.json").read_text())
     lost = info.get("lost", {})
     print(f"bench_analysis: {run} ({trace_mb:.0f} MB of pages; the run lost "
@@ -253,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
           f"misses)")
     print(f"host: {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    row = ("{:>5} {:>9} {:>7} | {:>7} {:>9} {:>10} {:>6} | {:>7} {:>7} {:>9} {:>10} {:>6} "
-           "{:>5} | {:>8} {:>9} {:>10} {:>6} | {:>5}")
+    row = ("{:>5} {:>9} {:>7} | {:>7} {:>9} {:>10} {:>6} | {:>10} {:>6} | {:>7} {:>7} {:>9} "
+           "{:>10} {:>6} {:>5} | {:>8} {:>9} {:>10} {:>6} | {:>5}")
     print()
     print(row.format("size", "events", "MB", "dec s", "dec ev/s", "ev/cpu-s", "RSS",
-                     "load s", "an s", "an ev/s", "ev/cpu-s", "RSS", "+an",
+                     "str ev/cpu", "RSS", "load s", "an s", "an ev/s", "ev/cpu-s", "RSS", "+an",
                      "total s", "tot ev/s", "ev/cpu-s", "RSS", "load1"))
     full: dict[str, Any] = {}
     for frac in fracs:
@@ -267,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         dec_s = statistics.median(x["decode_s"] for x in decs)
         dec_cpu = statistics.median(x["decode_cpu_s"] for x in decs)
         dec_rss = max(x["rss_mb"] for x in decs)
+        st = run_child("stream", d)
         an = run_child("analyze", d)
         n = an["events"]
         tot_s = an["load_s"] + an["analyze_s"]
@@ -274,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         print(row.format(
             str(frac), n, f"{mb:.0f}",
             f"{dec_s:.2f}", f"{n / dec_s:.0f}", f"{n / dec_cpu:.0f}", f"{dec_rss:.0f}",
+            f"{st['rows'] / st['decode_cpu_s']:.0f}", f"{st['rss_mb']:.0f}",
             f"{an['load_s']:.2f}", f"{an['analyze_s']:.2f}", f"{n / an['analyze_s']:.0f}",
             f"{n / an['analyze_cpu_s']:.0f}", f"{an['rss_mb']:.0f}",
             f"{max(0.0, an['rss_mb'] - an['rss_load_mb']):.0f}",
@@ -285,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                     "classes": an["classes"], "base": an["rss_base_mb"], "rss": an["rss_mb"]}
     print()
     print("RSS = peak resident MB of the child (after imports it is "
-          f"{decs[0]['rss_base_mb']:.0f} MB); +an = peak added by analyze over load.")
+          f"{decs[0]['rss_base_mb']:.0f} MB); +an = peak added by analyze over load; "
+          "str = the stream decoder's windows alone (tracer.decode_stream), no frame kept.")
     if full:
         n = full["events"]
         rate = n / full["tot_cpu"]
