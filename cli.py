@@ -48,6 +48,7 @@ def _trace_options(a: argparse.Namespace) -> TraceOptions:
         module_srcs=list(o.module_src), kernel_modules=list(o.kernel_module),
         no_modules=o.no_modules, workload=o.workload, timeout=o.timeout, progress=o.progress,
         transport=o.transport, smp=o.smp, mem_mb=o.memory, accel=o.accel,
+        untraced=getattr(a, "untraced", False),
     )
 
 
@@ -55,6 +56,13 @@ def cmd_trace(a: argparse.Namespace) -> int:
     from tracedep.tracer.session import trace
 
     res = trace(_trace_options(a))
+    if res.manifest.untraced:
+        wl = res.manifest.workload
+        window = (f"{wl.end_uptime_s - wl.start_uptime_s:.2f} s" if wl.start_uptime_s
+                  is not None and wl.end_uptime_s is not None else "unknown")
+        print(f"tracedep: untraced run in {res.run_dir}: workload rc={wl.rc}, "
+              f"window {window} (guest), guest {res.ending}")
+        return 0
     counts = res.manifest.event_counts
     lost = res.manifest.lost.total
     print(f"tracedep: trace in {res.run_dir}: {sum(counts.values())} events, {lost} lost, "
@@ -280,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=StrictParser)
     t = sub.add_parser("trace", help="boot a kernel with the modules under test and trace it")
     add_arguments(t, exclude=("no_dwarf", "raw"))
+    # trace's own (not a run option: `run` has nothing to analyze without a trace)
+    t.add_argument("--untraced", action="store_true",
+                   help="boot the same guest, modules and workload with nothing armed (no "
+                        "probe, event or trace pump) and write no trace: console.log and a "
+                        "manifest (untraced: true), to measure what tracing costs the guest")
     t.set_defaults(func=cmd_trace)
     r = sub.add_parser("run", help="trace, analyze and report (exit 1 when there are findings)")
     add_arguments(r)

@@ -57,6 +57,9 @@ def load_run(run_dir: Path, decoded: Decoded | None = None) -> Trace:
     from tracedep.tracer.ftrace_binary import decode_run
 
     info = manifest.read(run_dir)
+    if info.untraced:
+        raise InputError(f"{run_dir}: an untraced run (tracedep trace --untraced) has no "
+                         "trace to analyze")
     if not (run_dir / "control.log").is_file():
         raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
     if decoded is None:

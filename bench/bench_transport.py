@@ -102,8 +102,10 @@ def _thread_cpu(pid: int) -> tuple[float, float]:
     return main, rest
 
 
-def record(out: Path, transport: str, smp: int, workload: Path, seconds: int) -> dict[str, Any]:
+def record(out: Path, transport: str, smp: int, workload: Path, seconds: int,
+           extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """One traced boot into ``out``; returns the CLI's rc, wall and CPU seconds.
+    ``extra_args``: more ``tracedep trace`` arguments (bench_work_rate: ``--untraced``).
 
     While it runs, QEMU's threads are sampled every 0.25 s so that its CPU time
     can be split into its main thread (the main loop, where chardev I/O and QMP
@@ -112,7 +114,7 @@ def record(out: Path, transport: str, smp: int, workload: Path, seconds: int) ->
     """
     opts = RunOptions(transport=transport, smp=smp, module_src=(BENCH_DRIVER,),
                       workload=workload, timeout=float(seconds + 300), out=out)
-    cmd = [str(TRACEDEP), "trace", *opts.to_argv()]
+    cmd = [str(TRACEDEP), "trace", *opts.to_argv(), *extra_args]
     la0 = loadavg()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

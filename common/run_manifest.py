@@ -162,6 +162,9 @@ class RunManifest:
     kaslr: Kaslr | None = None  # session
     events_enabled: JsonObject = field(default_factory=dict)  # session
     trace_complete: bool = False  # session
+    # session: ``trace --untraced``: the guest armed nothing (no probe, event or pump;
+    # ``probes`` lists what its initramfs held, unused) and there is no trace
+    untraced: bool = False
     lost: Lost = field(default_factory=Lost)  # session, analysis.trace
     call_insn_size: int = 5  # session (common.machines)
     # kprobe handlers of this machine run with IRQs masked (arm64's BRK): a record's
@@ -323,7 +326,7 @@ SCHEMA: dict[str, _Spec] = {
     "manifest_version": str, "arch": str, "state": str, "started": str,
     "tracedep_version": str, "transport": str, "discovery_dir": str,
     "call_insn_size": ("range", (1, 16)), "timeout_s": "num",
-    "trace_complete": bool, "kprobe_irqs_unknown": bool,
+    "trace_complete": bool, "untraced": bool, "kprobe_irqs_unknown": bool,
     "machine_kprobe_irqs_masked": bool, "bundled_drivers": bool,
     "kaslr": ("opt", ("obj", {"runtime": ("opt", "int"), "symbol": ("opt", str)})),
     "ending": ("obj", {"how": ("opt", str), "detail": ("opt", str)}),

@@ -57,6 +57,21 @@ def finish_manifest(out: Path, info: RunManifest, under_test: list[ModuleRecord]
     return decoded
 
 
+def finish_untraced(out: Path, info: RunManifest, under_test: list[ModuleRecord]) -> bool:
+    """An untraced run's manifest (``trace --untraced``): what the guest said of itself,
+    its workload and the modules it loaded; nothing was armed, so no trace, no loss.
+    Whether the guest finished its workload."""
+    ctl = control.load(out / "control.log")
+    _guest_said(info, ctl)
+    kas = ctl.kaslr_text()
+    info.kaslr = Kaslr(kas[1], kas[0]) if kas else None
+    info.modules = _modules_record(under_test, ctl)
+    info.other_modules = _other_modules(info, under_test, ctl)
+    info.events_enabled = {}
+    info.trace_complete = False
+    return "untraced" in ctl.done
+
+
 def _guest_said(info: RunManifest, ctl: control.Control) -> None:
     """The guest's words about itself and its workload."""
     hello = ctl.keyvals("hello")

@@ -4,6 +4,7 @@ Run directory layout::
 
     manifest.json         see common.run_manifest; rewritten as the run progresses
     trace/cpuN.raw        binary ftrace pages of CPU N, as trace_pipe_raw gave them
+                          (none in an untraced run: ``TraceOptions.untraced``)
     control.log           the guest's control channel (formats, modules, stats …)
     console.log           the guest's serial console
     qemu.log              QEMU's own output
@@ -17,6 +18,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import re
 import shlex
 import sys
@@ -52,7 +54,7 @@ from tracedep.tracer.probes import (
     stack_triggers,
 )
 from tracedep.tracer.progress import ProgressMeter
-from tracedep.tracer.run_record import finish_manifest
+from tracedep.tracer.run_record import finish_manifest, finish_untraced
 from tracedep.tracer.wait_probes import wait_probe_definitions, workqueue_name_offset
 from tracedep.vm.accel import choose_accel
 from tracedep.vm.initramfs import GuestConfig, build_initramfs
@@ -107,6 +109,9 @@ class TraceOptions:
     buffer_kb: int = 16384
     settle_s: float = 0.5
     progress: float = 0.0  # seconds between progress lines on stderr (0: none)
+    # the same guest, modules, QEMU and workload with nothing armed in the guest (no
+    # probe, event or pump) and no trace: what tracing costs the guest, measured
+    untraced: bool = False
 
 
 @dataclass
@@ -121,13 +126,14 @@ def boot_args(machine: Machine) -> str:
     return f"console={machine.console} {BOOT_ARGS} {machine.extra_append}".strip()
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Path, untraced: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out} is not empty; tracedep never overwrites a run")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "trace").mkdir()
+    if not untraced:
+        (out / "trace").mkdir()
 
 
 async def _progress(run_dir: Path, interval: float) -> None:
@@ -265,7 +271,7 @@ def _died_before_tracing(out: Path, how: str) -> bool:
     return not (ctl.is_file() and b"@@TD start" in ctl.read_bytes())
 
 
-def _keep_attempt(out: Path, attempt: int) -> list[str]:
+def _keep_attempt(out: Path, attempt: int, untraced: bool = False) -> list[str]:
     """Move a failed boot's console, control channel and trace aside (``*.attemptN``)."""
     kept = []
     for name in ("console.log", "control.log", "qemu.log", "trace"):
@@ -274,7 +280,8 @@ def _keep_attempt(out: Path, attempt: int) -> list[str]:
             dest = out / f"{name}.attempt{attempt}"
             p.rename(dest)
             kept.append(dest.name)
-    (out / "trace").mkdir(exist_ok=True)
+    if not untraced:
+        (out / "trace").mkdir(exist_ok=True)
     return kept
 
 
@@ -288,7 +295,7 @@ def trace(opts: TraceOptions) -> TraceResult:
     for src in opts.module_srcs:
         if not src.is_dir():
             raise InputError(f"--module-src {src}: no such directory")
-    _prepare_out(opts.out)
+    _prepare_out(opts.out, opts.untraced)
     t_start = time.time()
     info = RunManifest(
         state="preparing",
@@ -297,6 +304,7 @@ def trace(opts: TraceOptions) -> TraceResult:
         arch=machine.arch,
         transport=opts.transport,
         timeout_s=opts.timeout,
+        untraced=opts.untraced,
     )
     manifest.write(opts.out, info)
     try:
@@ -339,8 +347,13 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
     info.state = "running"
     manifest.write(out, info)
     how, detail = _boot_until_traced(opts, spec, info)
-    decoded = finish_manifest(out, info, mods.under_test, machine)
-    info.state = "complete" if info.trace_complete else "incomplete"
+    if opts.untraced:
+        decoded = None
+        done = finish_untraced(out, info, mods.under_test)
+    else:
+        decoded = finish_manifest(out, info, mods.under_test, machine)
+        done = info.trace_complete
+    info.state = "complete" if done else "incomplete"
     manifest.write(out, info)
     if how != END_POWEROFF:
         said = _console_panic(out / "console.log")
@@ -348,8 +361,9 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
         why = (f"{detail}; the console says: {said}" if how == END_TIMEOUT and said and detail
                else said or detail or "see console.log")
         raise GuestError(f"guest {how}: {why}; partial trace kept in {out}", partial=decoded)
-    if not info.trace_complete:
-        raise GuestError(f"guest powered off before the trace was complete; see "
+    if not done:
+        what = "workload" if opts.untraced else "trace"
+        raise GuestError(f"guest powered off before the {what} was complete; see "
                          f"{out / 'console.log'}", partial=decoded)
     return TraceResult(out, how, info, decoded)
 
@@ -427,6 +441,8 @@ def _prepare_guest(opts: TraceOptions, machine: Machine, kernel: Kernel, mods: _
                          vmlinux)
     workload = opts.workload.read_text() if opts.workload else None
     cfg = GuestConfig(
+        # untraced: the very same initramfs but for this word (its init arms nothing)
+        mode="untraced" if opts.untraced else "trace",
         kprobes=[d.definition for d in defs] + extra.kprobes + msec,
         events=list(TRACEPOINTS) + extra.events,
         stack_triggers=stack_triggers(defs, machine=machine),
@@ -457,7 +473,9 @@ def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
     how the (last) guest ended."""
     out = opts.out
     ports = [("tracedep.ctl", out / "control.log")]
-    ports += [(f"tracedep.cpu{n}", out / "trace" / f"cpu{n}.raw") for n in range(opts.smp)]
+    # untraced: the same ports (the same guest), which no pump writes to
+    ports += [(f"tracedep.cpu{n}", Path(os.devnull) if opts.untraced
+               else out / "trace" / f"cpu{n}.raw") for n in range(opts.smp)]
 
     def record_cmdline(vm: Vm) -> None:
         info.qemu = replace(info.qemu, command=shlex.join(vm.spec.command(vm.qmp_path)))
@@ -466,7 +484,8 @@ def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
     for attempt in (1, 2):
         how, detail, timings = asyncio.run(_boot(spec, ports, opts.transport, opts.timeout,
                                                  on_start=record_cmdline,
-                                                 progress=opts.progress))
+                                                 progress=0.0 if opts.untraced
+                                                 else opts.progress))
         if attempt == 2 or not _died_before_tracing(out, how):
             break
         # The kernel died while the guest armed the probes, before any driver ran:
@@ -474,7 +493,7 @@ def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
         # while the kernel patched text).  Keep that boot's files, boot once more.
         why = _console_panic(out / "console.log") or detail
         log.warning("guest %s before tracing started (%s); booting again", how, why)
-        kept = _keep_attempt(out, attempt)
+        kept = _keep_attempt(out, attempt, opts.untraced)
         info.failed_attempts.append(
             {"how": how, "detail": detail, "why": why, "files": kept})
         manifest.write(out, info)

@@ -210,9 +210,21 @@ def _signature(command: str) -> list[tuple[Any, ...]]:
             for a in _subparser(command)._actions if a.option_strings != ["-h", "--help"]]
 
 
+# trace's own, not a run option (issue 15): the same guest with nothing armed
+TRACE_UNTRACED = ("--untraced", "_StoreTrueAction", False, None, None, False, None, "untraced")
+
+
 def test_run_and_trace_options_are_unchanged() -> None:
     assert _signature("run") == RUN_AT_2095D7A + RUN_EXPORTS
-    assert _signature("trace") == RUN_AT_2095D7A[:-2]  # no --no-dwarf, no --raw
+    # no --no-dwarf, no --raw
+    assert _signature("trace") == [*RUN_AT_2095D7A[:-2], TRACE_UNTRACED]
+
+
+def test_untraced_is_traces_alone() -> None:
+    assert "untraced" not in run_options.NAMES
+    assert cli.build_parser().parse_args(["trace", "--out", "o", "--untraced"]).untraced
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--out", "o", "--untraced"])
 
 
 def test_fetch_and_probes_options_are_unchanged() -> None:
@@ -246,7 +258,8 @@ def test_bisect_run_options() -> None:
 
 def test_help_lists_every_option() -> None:
     for command, want in (("run", {r[0] for r in RUN_AT_2095D7A}),
-                          ("trace", {r[0] for r in RUN_AT_2095D7A} - {"--no-dwarf", "--raw"}),
+                          ("trace", {r[0] for r in RUN_AT_2095D7A} - {"--no-dwarf", "--raw"}
+                           | {"--untraced"}),
                           ("bisect-run", {"--kernel-build-cmd", "--kernel-image",
                                           "--kernel-tree", "--match", "--keep"})):
         text = _subparser(command).format_help()

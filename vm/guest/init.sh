@@ -68,103 +68,114 @@ endblock kaslr
 
 echo 0 > $T/tracing_on
 echo > $T/trace
-# Mid-function kprobes (inlined locks) must all run the way the calibration's did:
-# x86's optimizer would turn some into jumps, with other context flags, at a time
-# of its choosing (tracer.calibration).  No such file: no optimized kprobes (arm64).
-OPTPROBES=none
-if [ -w /proc/sys/debug/kprobes-optimization ]; then
-    echo 0 > /proc/sys/debug/kprobes-optimization 2>/dev/null
-    OPTPROBES=$(cat /proc/sys/debug/kprobes-optimization)
-fi
-block kprobes_optimization
-echo "value=$OPTPROBES" >&3
-endblock kprobes_optimization
-echo "$TD_BUFFER_KB" > $T/buffer_size_kb
-echo global > $T/trace_clock
-# wake the pumps when a CPU's ring is 5 % full (they also look every 250 ms)
-echo 5 > $T/buffer_percent 2>/dev/null
-echo 4096 > $T/saved_cmdlines_size 2>/dev/null
-echo 0 > $T/options/event-fork 2>/dev/null
-
-# A refused probe's reason is in tracefs' error_log (its last 8 errors): sent with
-# the failure and cleared, so each failure gets its own.
-echo > $T/error_log 2>/dev/null
-block probes
-while IFS= read -r def; do
-    [ -z "$def" ] && continue
-    if ! echo "$def" >> $T/kprobe_events 2>/dev/null; then
-        echo "FAIL $def" >&3
-        while IFS= read -r why; do echo "WHY $why" >&3; done < $T/error_log 2>/dev/null
-        echo > $T/error_log 2>/dev/null
+# Everything a trace needs armed: probes, events, stack triggers, formats, pumps.
+arm_tracing() {
+    # Mid-function kprobes (inlined locks) must all run the way the calibration's did:
+    # x86's optimizer would turn some into jumps, with other context flags, at a time
+    # of its choosing (tracer.calibration).  No such file: no optimized kprobes (arm64).
+    OPTPROBES=none
+    if [ -w /proc/sys/debug/kprobes-optimization ]; then
+        echo 0 > /proc/sys/debug/kprobes-optimization 2>/dev/null
+        OPTPROBES=$(cat /proc/sys/debug/kprobes-optimization)
     fi
-done < /etc/tracedep/kprobes
-endblock probes
+    block kprobes_optimization
+    echo "value=$OPTPROBES" >&3
+    endblock kprobes_optimization
+    echo "$TD_BUFFER_KB" > $T/buffer_size_kb
+    echo global > $T/trace_clock
+    # wake the pumps when a CPU's ring is 5 % full (they also look every 250 ms)
+    echo 5 > $T/buffer_percent 2>/dev/null
+    echo 4096 > $T/saved_cmdlines_size 2>/dev/null
+    echo 0 > $T/options/event-fork 2>/dev/null
 
-block events
-while IFS= read -r ev; do
-    [ -z "$ev" ] && continue
-    if [ -e "$T/events/$ev/enable" ]; then
-        echo 1 > "$T/events/$ev/enable" && echo "ON $ev" >&3
-    else
-        echo "MISSING $ev" >&3
-    fi
-done < /etc/tracedep/events
-# Witness stacks only where a finding can come from: events in atomic context.
-while IFS= read -r trig; do
-    [ -z "$trig" ] && continue
-    ev=${trig%% *}
-    cond=${trig#* }
-    if [ -e "$T/events/$ev/trigger" ]; then
-        echo "stacktrace $cond" > "$T/events/$ev/trigger" 2>/dev/null || echo "NOTRIGGER $ev" >&3
-    fi
-done < /etc/tracedep/stack_triggers
-# Probes last: enabling a tracepoint patches kernel text, and doing that while
-# hundreds of lock probes already fire on every CPU is the riskiest order.
-[ -d $T/events/tracedep ] && echo 1 > $T/events/tracedep/enable
-endblock events
+    # A refused probe's reason is in tracefs' error_log (its last 8 errors): sent with
+    # the failure and cleared, so each failure gets its own.
+    echo > $T/error_log 2>/dev/null
+    block probes
+    while IFS= read -r def; do
+        [ -z "$def" ] && continue
+        if ! echo "$def" >> $T/kprobe_events 2>/dev/null; then
+            echo "FAIL $def" >&3
+            while IFS= read -r why; do echo "WHY $why" >&3; done < $T/error_log 2>/dev/null
+            echo > $T/error_log 2>/dev/null
+        fi
+    done < /etc/tracedep/kprobes
+    endblock probes
 
-block formats
-cat $T/events/header_page >&3
-endblock formats
-block file header_event
-cat $T/events/header_event >&3
-endblock file
-for f in $T/events/*/*/format; do
-    ev=${f%/format}
-    ev=${ev#$T/events/}
-    case "$ev" in
-        tracedep/*|kmem/*|sched/sched_switch|irq/*|module/*|ftrace/kernel_stack|ftrace/print|lock/*|timer/timer_expire_*) ;;
-        workqueue/workqueue_queue_work|workqueue/workqueue_execute_*|sched/sched_kthread_stop) ;;
-        *) continue ;;
-    esac
-    block format "$ev"
-    cat "$f" >&3
-    endblock format
-done
+    block events
+    while IFS= read -r ev; do
+        [ -z "$ev" ] && continue
+        if [ -e "$T/events/$ev/enable" ]; then
+            echo 1 > "$T/events/$ev/enable" && echo "ON $ev" >&3
+        else
+            echo "MISSING $ev" >&3
+        fi
+    done < /etc/tracedep/events
+    # Witness stacks only where a finding can come from: events in atomic context.
+    while IFS= read -r trig; do
+        [ -z "$trig" ] && continue
+        ev=${trig%% *}
+        cond=${trig#* }
+        if [ -e "$T/events/$ev/trigger" ]; then
+            echo "stacktrace $cond" > "$T/events/$ev/trigger" 2>/dev/null || echo "NOTRIGGER $ev" >&3
+        fi
+    done < /etc/tracedep/stack_triggers
+    # Probes last: enabling a tracepoint patches kernel text, and doing that while
+    # hundreds of lock probes already fire on every CPU is the riskiest order.
+    [ -d $T/events/tracedep ] && echo 1 > $T/events/tracedep/enable
+    endblock events
 
-# One pump per CPU, each to its own port.
-ncpu=0
-for d in $T/per_cpu/cpu*; do
-    n=${d##*/cpu}
-    P=$(port_dev "tracedep.cpu$n") || { say "no port for cpu$n"; continue; }
-    /bin/tdpump "$d/trace_pipe_raw" "$P" 2>/dev/console &
-    echo $! >> /tmp/pumps
-    ncpu=$((ncpu + 1))
-done
-# Reading the trace must not feed the trace: the pumps' own process-context events
-# are filtered out (the analysis knows their pids).  Not with set_event_notrace_pid:
-# that drops everything on a CPU while a pump runs there, interrupts and softirqs
-# included (a driver's timer callback firing then would vanish).  common_flags:
-# hardirq 0x08 | softirq 0x10 | nmi 0x40.  sched_switch stays whole: the
-# replay needs the pumps' switches.
-pf=""
-while read -r p; do pf="${pf:+$pf && }common_pid != $p"; done < /tmp/pumps
-if [ -n "$pf" ]; then
-    for s in tracedep kmem lock; do
-        [ -e $T/events/$s/filter ] || continue
-        echo "($pf) || (common_flags & 88)" > $T/events/$s/filter 2>/dev/null \
-            || echo "tracedep: cannot filter $s events" > /dev/console
+    block formats
+    cat $T/events/header_page >&3
+    endblock formats
+    block file header_event
+    cat $T/events/header_event >&3
+    endblock file
+    for f in $T/events/*/*/format; do
+        ev=${f%/format}
+        ev=${ev#$T/events/}
+        case "$ev" in
+            tracedep/*|kmem/*|sched/sched_switch|irq/*|module/*|ftrace/kernel_stack|ftrace/print|lock/*|timer/timer_expire_*) ;;
+            workqueue/workqueue_queue_work|workqueue/workqueue_execute_*|sched/sched_kthread_stop) ;;
+            *) continue ;;
+        esac
+        block format "$ev"
+        cat "$f" >&3
+        endblock format
     done
+
+    # One pump per CPU, each to its own port.
+    ncpu=0
+    for d in $T/per_cpu/cpu*; do
+        n=${d##*/cpu}
+        P=$(port_dev "tracedep.cpu$n") || { say "no port for cpu$n"; continue; }
+        /bin/tdpump "$d/trace_pipe_raw" "$P" 2>/dev/console &
+        echo $! >> /tmp/pumps
+        ncpu=$((ncpu + 1))
+    done
+    # Reading the trace must not feed the trace: the pumps' own process-context events
+    # are filtered out (the analysis knows their pids).  Not with set_event_notrace_pid:
+    # that drops everything on a CPU while a pump runs there, interrupts and softirqs
+    # included (a driver's timer callback firing then would vanish).  common_flags:
+    # hardirq 0x08 | softirq 0x10 | nmi 0x40.  sched_switch stays whole: the
+    # replay needs the pumps' switches.
+    pf=""
+    while read -r p; do pf="${pf:+$pf && }common_pid != $p"; done < /tmp/pumps
+    if [ -n "$pf" ]; then
+        for s in tracedep kmem lock; do
+            [ -e $T/events/$s/filter ] || continue
+            echo "($pf) || (common_flags & 88)" > $T/events/$s/filter 2>/dev/null \
+                || echo "tracedep: cannot filter $s events" > /dev/console
+        done
+    fi
+}
+if [ "$TD_MODE" = untraced ]; then
+    # tracedep trace --untraced: this same guest and workload with nothing armed (no
+    # probe, event, trigger, ring buffer resize or pump), to measure what tracing
+    # costs the guest.  tracing_on stays 0: the trace_marker lines go nowhere.
+    : > /tmp/pumps
+else
+    arm_tracing
 fi
 
 # Loaded modules and their section addresses, as the symbolizer needs them.
@@ -262,9 +273,11 @@ modprobe() {
     td_insmod "$kdir/${depline%%:*}" "$@"
 }
 # misses counted before tracing starts are not lost trace events: keep a baseline
-block file kprobe_profile_start
-cat $T/kprobe_profile >&3
-endblock file
+if [ "$TD_MODE" != untraced ]; then
+    block file kprobe_profile_start
+    cat $T/kprobe_profile >&3
+    endblock file
+fi
 # one write: the module poller and td_insmod write blocks on this port too
 printf '@@TD start\nuptime=%s\nuntraced_pids=%s\n@@TD end start\n' \
     "$(cut -d' ' -f1 /proc/uptime)" "$(cat /tmp/pumps | tr '\n' ' ')" >&3
@@ -280,7 +293,7 @@ if [ "$TD_POLL" = 1 ]; then
     POLLER=$!
 fi
 
-echo 1 > $T/tracing_on
+[ "$TD_MODE" = untraced ] || echo 1 > $T/tracing_on
 # calibration (tracer.calibration): sync's syscall entry runs in a known context
 echo "tracedep: calibrate" > $T/trace_marker
 sync
@@ -303,16 +316,20 @@ endblock workload
 for p in $(cat /tmp/pumps); do kill -USR1 "$p"; done
 for p in $(cat /tmp/pumps); do wait "$p"; done
 
-for d in $T/per_cpu/cpu*; do
-    block stats "${d##*/}"
-    cat "$d/stats" >&3
-    endblock stats
-done
-sendfile $T/saved_cmdlines
-sendfile $T/saved_tgids
-# per probe: hits and misses (a kprobe that fired while another ran is lost)
-sendfile $T/kprobe_profile
-block done trace
+if [ "$TD_MODE" = untraced ]; then
+    block done untraced
+else
+    for d in $T/per_cpu/cpu*; do
+        block stats "${d##*/}"
+        cat "$d/stats" >&3
+        endblock stats
+    done
+    sendfile $T/saved_cmdlines
+    sendfile $T/saved_tgids
+    # per probe: hits and misses (a kprobe that fired while another ran is lost)
+    sendfile $T/kprobe_profile
+    block done trace
+fi
 exec 3>&-
 sync
 poweroff -f
