@@ -54,7 +54,7 @@ def module_load_times(events: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
 def load_run(run_dir: Path, decoded: Decoded | None = None) -> Trace:
     """A run directory as a Trace; ``decoded``: its trace as the run decoded it when it
     ended (``tracer.session.TraceResult``), so that a run is decoded once."""
-    from tracedep.tracer.ftrace_binary import decode_run
+    from tracedep.tracer.decode_stream import decode_run
 
     info = manifest.read(run_dir)
     if info.untraced:

@@ -14,7 +14,7 @@ of events.  Prefixes are truncated copies of the run directory holding the first
 are 1x, 4x and 16x (cached beside the run, never in the repo).  Every
 measurement runs in a fresh process, so peak RSS is that stage's:
 
-  decode     tracer.ftrace_binary.decode_run: pages → events DataFrame (best of
+  decode     tracer.decode_stream.decode_run: pages → events DataFrame (best of
              --decode-repeats processes, median shown)
   stream     tracer.decode_stream.StreamDecoder.windows: the same events a window at a
              time, none kept (what a streaming analysis reads; its peak is flat)
@@ -77,7 +77,7 @@ def child(stage: str, run: Path) -> None:
 
     from tracedep.analysis.pipeline import analyze
     from tracedep.analysis.trace import load
-    from tracedep.tracer.ftrace_binary import decode_run
+    from tracedep.tracer.decode_stream import decode_run
 
     out: dict[str, Any] = {"rss_base_mb": _rss_mb()}
     if stage == "decode":

@@ -8,7 +8,7 @@ With no RUN_DIR the large run of bench_analysis.py is used (recorded the first t
 run's tracefs formats and kallsyms), then each of these runs in a fresh process,
 ``--repeats`` times (the median is shown):
 
-  tracedep decode     tracer.ftrace_binary.decode_run in a python child: the time of
+  tracedep decode     tracer.decode_stream.decode_run in a python child: the time of
                       decode_run alone (imports excluded); RSS is the child's peak
   tracedep process    the same child as a whole: interpreter start, imports, decode_run
   tracedep read       read_run_buffers alone (only when the run's pages are .gz: the
@@ -58,7 +58,8 @@ def _self_usage() -> tuple[float, float]:
 
 
 def child(stage: str, run: Path) -> None:
-    from tracedep.tracer.ftrace_binary import decode_run, read_run_buffers
+    from tracedep.tracer.decode_stream import decode_run
+    from tracedep.tracer.ftrace_binary import read_run_buffers
 
     t0 = time.perf_counter()
     c0, _ = _self_usage()

@@ -1,8 +1,8 @@
 """Decode a run's trace as a stream of windows in time order, in bounded memory.
 
-:func:`tracer.ftrace_binary.decode_run` reads every page of a run before the
-first event comes out: its memory grows with the trace (~100 bytes an event),
-and a busy guest writes ~4.5 MB of pages a second.  :class:`StreamDecoder` reads
+One decode of every page at once (``tracer.ftrace_binary.decode`` over whole
+buffers) holds the pages, their records and the frame at the same time: ~290
+bytes an event, and a busy guest writes ~4.5 MB of pages a second.  :class:`StreamDecoder` reads
 each CPU's pages a batch at a time (``cpuN.raw`` or ``.raw.gz``) and yields
 the events frame a window at a time: the windows, put end to end, are the
 frame ``decode_run`` gives, row for row and column for column (the stacks are
@@ -181,6 +181,12 @@ class _Totals:
             self.cal_counts[k] = self.cal_counts.get(k, 0) + (n if isinstance(n, int) else 0)
 
 
+def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:
+    """Decode a run directory written by ``tracer.session``: its pages a batch at a
+    time, put together into the whole events frame (:meth:`StreamDecoder.whole`)."""
+    return StreamDecoder(run_dir, info).whole()
+
+
 class StreamDecoder:
     """A run directory's events, a window at a time (:meth:`windows`); then
     :meth:`decoded` says what ``decode_run`` would have, without the events."""
@@ -238,8 +244,12 @@ class StreamDecoder:
         parts: dict[str, list[Any]] = {c: [] for c in schema.COLUMNS}
         for ev, _ in self._raw():
             for c in parts:
-                parts[c].append(ev[c].array if c != "comm" else None)
-            del ev
+                # a copy of its own: a view would keep the window's 2-D block alive
+                col = ev[c]
+                parts[c].append(None if c == "comm" else col.array.copy()
+                                if isinstance(col.dtype, pd.CategoricalDtype)
+                                else col.to_numpy().copy())
+            del ev, col
         ev = pd.DataFrame(index=pd.RangeIndex(self.totals.rows))
         for c, dtype in schema.COLUMNS.items():
             got, parts[c] = parts[c], []

@@ -286,14 +286,6 @@ def read_run_buffers(run_dir: Path) -> dict[int, bytes]:
     return {cpu: read_raw(p) for cpu, p in raw_files(run_dir / "trace").items()}
 
 
-def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:
-    """Decode a run directory written by ``tracer.session``: its pages a batch at a
-    time (tracer.decode_stream), put together into the whole events frame."""
-    from tracedep.tracer.decode_stream import StreamDecoder
-
-    return StreamDecoder(run_dir, info).whole()
-
-
 def has_static_sites(sites: dict[str, dict[str, Any]]) -> bool:
     return any((s.get("lock") or {}).get("kind") == "static" for s in sites.values())
 

@@ -155,7 +155,7 @@ def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine
             ) -> Decoded | None:
     """The run's one decode: counts, calibration and the decoder's losses into the
     manifest; None (and ``decode_error``) if the trace cannot be decoded."""
-    from tracedep.tracer.ftrace_binary import decode_run
+    from tracedep.tracer.decode_stream import decode_run
 
     lost = info.lost
     try:

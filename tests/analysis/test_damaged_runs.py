@@ -124,7 +124,7 @@ def test_the_files_are_held_to_what_the_guest_read(run: Path, damage: str) -> No
     x86_64 6.12 and 6.1 and arm64 runs).  A run whose manifest has only that count (no
     decode of its own) still says a cut page, or files holding more than was read (a
     page appended in time order; one out of order is dropped as such)."""
-    from tracedep.tracer.ftrace_binary import decode_run
+    from tracedep.tracer.decode_stream import decode_run
 
     records = decode_run(run).records_per_cpu
     info = json.loads((run / "manifest.json").read_text())

@@ -26,7 +26,7 @@ from recorded_fixture import load_fixture
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis.trace import Trace
 from tracedep.kimage.btf import read_btf
-from tracedep.tracer.ftrace_binary import decode_run
+from tracedep.tracer.decode_stream import decode_run
 from tracedep.tracer.lock_init import (
     INODE_DIR_KEY_NAME,
     INODE_KEY_NAME,

@@ -214,7 +214,7 @@ def test_module_whose_init_fails(tmp_path: Path) -> None:
     assert ("td_initfail_bug_read_config", "td_initfail_bug.c") in where, frames
     assert ("td_initfail_bug_init", "td_initfail_bug.c") in where, frames
     # the kernel's account agrees with the guest's report where both exist (td_tiny)
-    from tracedep.tracer.ftrace_binary import decode_run
+    from tracedep.tracer.decode_stream import decode_run
 
     told = {kl.name: kl for kl in decode_run(out).module_loads}
     assert set(told) >= {"td_tiny", "td_initfail", "td_initfail_bug"}, told

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from tracedep.tracer import control, ring_pages
-from tracedep.tracer.ftrace_binary import Decoded, decode, decode_run
+from tracedep.tracer.decode_stream import decode_run
+from tracedep.tracer.ftrace_binary import Decoded, decode
 from tracedep.tracer.ftrace_formats import parse_header_page
 
 TINY = Path(__file__).parents[1] / "data" / "traces" / "tiny"

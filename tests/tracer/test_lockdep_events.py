@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tracedep.tracer import schema
-from tracedep.tracer.ftrace_binary import decode_run
+from tracedep.tracer.decode_stream import decode_run
 from tracedep.tracer.lockdep_events import merge_lockdep
 
 RAW = Path(__file__).parents[1] / "data" / "traces" / "lockdep" / "raw"

@@ -23,7 +23,7 @@ from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace import load_run
 from tracedep.cli import main
 from tracedep.tracer import page_sums
-from tracedep.tracer.ftrace_binary import decode_run
+from tracedep.tracer.decode_stream import decode_run
 from tracedep.tracer.retention import MARGIN, apply, pages_to_keep, raw_files, retain_run
 
 PAGE = 4096

@@ -28,7 +28,8 @@ from conftest import TINY_RUN, run_tracedep, tiny_run_copy
 
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import trace_dat
-from tracedep.tracer.ftrace_binary import decode_run, read_run_buffers
+from tracedep.tracer.decode_stream import decode_run
+from tracedep.tracer.ftrace_binary import read_run_buffers
 
 EVENT_LINE = re.compile(rb"\[(\d+)\]\s+(\d+)\.(\d{9}):")
 

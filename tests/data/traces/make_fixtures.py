@@ -30,7 +30,8 @@ from tracedep.analysis.trace import load
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from recorded_fixture import save_fixture  # noqa: E402
 from tracedep.tracer import control
-from tracedep.tracer.ftrace_binary import decode_run, read_run_buffers
+from tracedep.tracer.ftrace_binary import read_run_buffers
+from tracedep.tracer.decode_stream import decode_run
 from tracedep.tracer.ftrace_formats import parse_format, parse_header_page
 
 HERE = Path(__file__).resolve().parent
