@@ -177,14 +177,15 @@ def irq_context(hard: bool, soft: bool, nmi: bool) -> str:
     return "process"
 
 
-def replay(events: pd.DataFrame, class_of_row: dict[int, int],
+def replay(events: pd.DataFrame, classes: np.ndarray,
            kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
            spin_in_preempt: bool = True, *, depth_counts_spin: bool = False,
            suspect_rows: frozenset[int] = frozenset(),
            holder_on_stack: HolderOnStack | None = None,
            own_classes: frozenset[int] = frozenset(),
-           chunk_rows: int = 1 << 20) -> Replay:
-    """``untraced``: pids whose own (process-context) events the guest filtered
+           chunk_rows: int = 1 << 16) -> Replay:
+    """``classes``: the lock class of each row of ``events`` (-1: none).
+    ``untraced``: pids whose own (process-context) events the guest filtered
     out; what is left of them is skipped, and lock hand-offs to and from them are balanced.
     ``spin_in_preempt``: False when the kernel's preempt_count does not count held
     spinlocks (no ``CONFIG_PREEMPT_COUNT``: the calibration tells, see
@@ -202,7 +203,7 @@ def replay(events: pd.DataFrame, class_of_row: dict[int, int],
                   depth_counts_spin=depth_counts_spin, own_classes=own_classes,
                   baseline=switch_baseline(events))
     for a in range(0, max(len(events), 1), chunk_rows):
-        rp.feed(events.iloc[a:a + chunk_rows], class_of_row, row_offset=a,
+        rp.feed(events.iloc[a:a + chunk_rows], classes[a:a + chunk_rows], row_offset=a,
                 suspect_rows=suspect_rows, holder_on_stack=holder_on_stack)
     return rp.finish()
 
@@ -226,7 +227,7 @@ class Replayer:
         self.baseline = baseline  # switch_baseline()
         self.stacks: dict[tuple[int, str], list[Held]] = {}
         # calls whose return says whether they took the lock: (row, func, values, flags)
-        self.pending: dict[tuple[int, str], list[tuple[int, str, AcqValues, str]]] = {}
+        self.pending: dict[tuple[int, str], list[tuple[int, str, AcqValues, str, int]]] = {}
         self.acqs = AcqTable()  # one row per acquisition
         self.edges: dict[tuple[int, int], list[EdgeAcc]] = {}
         self.usage: dict[int, dict[str, int]] = {}
@@ -250,13 +251,15 @@ class Replayer:
         return rep
 
     # long: the hot loop, one pass per event; splitting its body would add calls per event
-    def feed(self, events: pd.DataFrame, class_of_row: dict[int, int], *, row_offset: int = 0,
+    def feed(self, events: pd.DataFrame, classes: np.ndarray, *, row_offset: int = 0,
              suspect_rows: frozenset[int] = frozenset(),
              holder_on_stack: HolderOnStack | None = None) -> None:
-        """Replay ``events`` (the next rows of the trace, from ``row_offset`` on);
-        ``class_of_row``, ``suspect_rows`` and ``holder_on_stack`` take whole-trace rows."""
+        """Replay ``events`` (the next rows of the trace, from ``row_offset`` on), whose
+        lock classes are ``classes`` (one per row, -1: none); ``suspect_rows`` and
+        ``holder_on_stack`` take whole-trace rows."""
         local_rows, columns = replay_inputs(events, self.untraced)
         rows = local_rows + row_offset
+        cls_l = np.asarray(classes)[local_rows].tolist()
         (pid, cpu, ts, addr, irqs_off, bh_off, hard, soft, nmi, depth, kind_l, ltype_l,
          flags_l, value_l, ev_l, target_l) = columns
         kprobe_irqs_reliable, untraced = self.kprobe_irqs_reliable, self.untraced
@@ -326,13 +329,13 @@ class Replayer:
             if bit not in u:
                 u[bit] = r
 
-        def acquire(r: int, v: AcqValues, task: int, ctx: str, tryl: bool, flags: str) -> None:
+        def acquire(r: int, v: AcqValues, task: int, ctx: str, tryl: bool, flags: str,
+                    cls: int) -> None:
             if v[1] == "semaphore":
                 # counting semaphores have no owner (up() often comes from another
                 # task) and lockdep does not track them: they matter only as a
                 # sleeping call, which is checked where they are called
                 return
-            cls = class_of_row.get(r, -1)
             stack = stacks.setdefault((task, ctx), [])
             lt = v[1]
             shared = lt in SHARED_TYPES
@@ -436,10 +439,10 @@ class Replayer:
                 # the values, not the row: a pending call may return in a later chunk
                 vals = (addr[i], ltype_l[i], value_l[i], irqs_off[i], bh_off[i], ts[i])
                 if lf is not None and lf.success:
-                    pending.setdefault((task, ctx), []).append((r, fn, vals, flags))
+                    pending.setdefault((task, ctx), []).append((r, fn, vals, flags, cls_l[i]))
                 else:
                     # an inlined trylock arrives already resolved (tracer.inline_locks)
-                    acquire(r, vals, task, ctx, "trylock" in flags, flags)
+                    acquire(r, vals, task, ctx, "trylock" in flags, flags, cls_l[i])
                 if ltype_l[i] in SLEEPING_LOCK_TYPES and "trylock" not in flags:
                     drop_unconfirmed(task, r)
                     _check_sleep(sleeps, stacks, r, i, task, ctx, hard, soft, irqs_off, bh_off,
@@ -449,11 +452,11 @@ class Replayer:
                 lf = LOCK_FUNCS.get(fn)
                 pend = pending.get((task, ctx))
                 if pend and pend[-1][1] == fn:
-                    prow, _, pvals, pflags = pend.pop()
+                    prow, _, pvals, pflags, pcls = pend.pop()
                     ok = (value_l[i] != 0) if lf and lf.success == "nonzero" else (value_l[i] == 0)
                     if ok:
                         acquire(prow, pvals, task, ctx, lf is not None and "trylock" in lf.flags,
-                                pflags)
+                                pflags, pcls)
                         # a sleeping lock's wait ends when the call returns
                         if a_row and a_row[-1] == prow:
                             a_acquired[-1] = ts[i]

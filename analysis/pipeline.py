@@ -103,14 +103,15 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     ev = trace.events
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
     cls_ids, table = lock_classes.assign(ev, trace.symbols, lock_rows, namer)
-    class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
+    classes = np.full(len(ev), -1, dtype=np.int32)  # per row: an array, not a dict of rows
+    classes[lock_rows] = cls_ids
     irqs_reliable = not trace.info.kprobe_irqs_unknown
     untraced = frozenset(trace.info.untraced_pids)
     # tracer.calibration: does preempt_count count held spinlocks on this kernel?
     spin_pc = trace.info.calibration.get("preempt_count_tracks_spinlocks")
     # releases the trace may not show, and the evidence that ends such locks
     unseen = missing.from_manifest(trace.info)
-    rep = replay(ev, class_of_row, irqs_reliable, untraced, spin_pc is not False,
+    rep = replay(ev, classes, irqs_reliable, untraced, spin_pc is not False,
                  depth_counts_spin=spin_pc is True,
                  suspect_rows=missing.suspect_rows(ev, lock_rows, unseen, trace.info,
                                                    trace.symbols),

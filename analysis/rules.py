@@ -325,29 +325,53 @@ def _annotated(cx: Ctx, ip: int, ts: int) -> bool:
 
 def recursion_findings(cx: Ctx) -> list[Finding]:
     groups: dict[tuple[str, ...], Finding] = {}
+    ips = cx.events["ip"].to_numpy()
+    times = cx.events["ts_ns"].to_numpy()
+    # What one recursion came to depends only on its class and its two call sites (an
+    # address within one load of its module): the verdict of the first is the verdict
+    # of the many more a loop repeats (a count, or a counter of the health notes).
+    verdicts: dict[tuple[int, ...], tuple[str, tuple[str, ...]]] = {}
+
+    def repeat(verdict: tuple[str, tuple[str, ...]]) -> None:
+        what, gkey = verdict
+        if what == "unjudged":
+            cx.unjudged_nesting += 1
+        elif what == "honoured":
+            cx.honoured_nesting += 1
+        elif what == "group":
+            groups[gkey].count += 1
+
     for rec in cx.replay.recursions:
         lc = cx.cls(rec.cls)
         if not rec.same_instance and lc.origin == "instance":
             continue
-        ip, ts = int(cx.events["ip"].iloc[rec.row]), int(cx.events["ts_ns"].iloc[rec.row])
+        ip, ts = int(ips[rec.row]), int(times[rec.row])
+        hip, hts = int(ips[rec.held_row]), int(times[rec.held_row])
+        vkey = (int(rec.same_instance), rec.cls, ip, cx.symbols.epoch(ip, ts), hip,
+                cx.symbols.epoch(hip, hts))
+        seen = verdicts.get(vkey)
+        if seen is not None:
+            repeat(seen)
+            continue
         if not rec.same_instance and not cx.nesting_visible(ip, ts):
-            if cx.symbols.module_of(ip, ts) not in ("vmlinux", None):
-                cx.unjudged_nesting += 1
+            unjudged = cx.symbols.module_of(ip, ts) not in ("vmlinux", None)
+            verdicts[vkey] = ("unjudged" if unjudged else "none", ())
+            repeat(verdicts[vkey])
             continue
         s2 = cx.site(rec.row, WitnessKind.ACQUIRE, f"{lc.name} acquired again", lc.name,
                      with_stack=False)
         s1 = cx.site(rec.held_row, WitnessKind.HELD, f"{lc.name} already held", lc.name,
                      with_stack=False)
         # an annotation on either side makes them two lockdep classes (class, subclass)
-        if not rec.same_instance and any(
-                _annotated(cx, int(cx.events["ip"].iloc[row]), int(cx.events["ts_ns"].iloc[row]))
-                for row in (rec.row, rec.held_row)):
-            cx.honoured_nesting += 1
+        if not rec.same_instance and any(_annotated(cx, a, t) for a, t in ((ip, ts), (hip, hts))):
+            verdicts[vkey] = ("honoured", ())
+            repeat(verdicts[vkey])
             continue
         kind = "recursive-locking" if rec.same_instance else "same-class-nesting"
         fn2 = cx.src(s2.frames[0], s2.ts_ns)
         fn1 = cx.src(s1.frames[0], s1.ts_ns)
         key = (lc.sig, fn2)
+        verdicts[vkey] = ("group", (kind, *key))
         f = groups.get((kind, *key))
         if f is not None:
             f.count += 1

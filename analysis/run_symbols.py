@@ -104,6 +104,12 @@ class RunSymbols:
             return "vmlinux"
         return None
 
+    def epoch(self, addr: int, ts: int | None = None) -> int:
+        """Which load of its module ``addr`` is in at ``ts`` (its load time; 0 for the
+        kernel): an address means one thing within one epoch."""
+        m = self._span(addr, ts)
+        return m.t0 if m is not None else 0
+
     def lookup(self, addr: int, ts: int | None = None) -> Sym | None:
         m = self._span(addr, ts)
         key = (addr, m.t0 if m is not None else 0)

@@ -92,10 +92,11 @@ def _prepare(run_dir: Path) -> _Run:
     ev = trace.events
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
     cls_ids, _table = lock_classes.assign(ev, trace.symbols, lock_rows)
-    class_of_row = dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True))
+    classes = np.full(len(ev), -1, dtype=np.int32)
+    classes[lock_rows] = cls_ids
     untraced = frozenset(trace.info.untraced_pids)
     spin_pc = trace.info.calibration.get("preempt_count_tracks_spinlocks")
-    rep = replay(ev, class_of_row, not trace.info.kprobe_irqs_unknown, untraced,
+    rep = replay(ev, classes, not trace.info.kprobe_irqs_unknown, untraced,
                  spin_pc is not False)
     pid = ev["pid"].to_numpy().astype(np.int64)
     key = np.where(pid > 0, pid, -1 - ev["cpu"].to_numpy().astype(np.int64))
