@@ -110,6 +110,8 @@ def decode(
     if carry is not None and carry.formats is None:
         carry.formats = _formats(formats)
     fmts = carry.formats if carry is not None and carry.formats is not None else _formats(formats)
+    if carry is not None:  # this batch's own, even when it has no record
+        carry.leading_stack, carry.last_record, carry.comms_by_cpu = {}, {}, {}
     recs, statuses, buf, damaged_pages = walk_buffers(
         buffers, hp, native, damaged, carry.cursors if carry else None)
     rec_cpu, rec_ts, off, reclen32 = recs.arrays()
@@ -187,11 +189,9 @@ def _carried_gaps(carry: Carry, statuses: list[tuple[int, int, np.ndarray]],
 
 def _batch_edges(carry: Carry, rc: RecordColumns) -> None:
     """What this batch leaves to the next (:class:`Carry`'s out fields)."""
-    carry.leading_stack = {}
     if rc.stack_rows and rc.stack_rows[0][0] == 0:
         carry.leading_stack[int(rc.rec_cpu[0])] = carry.stack_base + rc.stack_rows[0][1]
     carry.comms_by_cpu = rc.comms_by_cpu
-    carry.last_record = {}
     for cpu in np.unique(rc.rec_cpu).tolist():
         last = int(np.nonzero(rc.rec_cpu == cpu)[0][-1])
         carry.last_record[cpu] = (int(rc.rec_ts[last]), bool(rc.keep[last]))
