@@ -145,6 +145,8 @@ def local_cluster(n: int) -> Iterator[Any]:
 
     # saturation 1: a worker holds only the cell it runs, so a dead worker takes no
     # queued cell down with it
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # not -v: the night's lines only
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.scheduler.worker-saturation": 1.0}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,

@@ -74,6 +74,7 @@ def _night(root: Path, cluster: Any, sets: list[str], **kw: Any) -> tuple[NightR
     cfg = load_config(_config(root, {s: str(root / "marks") for s in sets}))
     out = root / "out"
     with Client(cluster) as client, History(out / "history.sqlite") as h:
+        kw.setdefault("scratch", None if kw.get("shared_out") else root / "scratch")
         engine = DaskEngine(client, cell_fn=fake_cell, **kw)
         return Night(cfg, h, out, 2, engine=engine).run(), out
 
