@@ -330,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probes", help="print a script arming tracedep's probes on a machine")
     add_arguments(pr, only=("arch", "kernel_series", "abi"))
     pr.set_defaults(func=cmd_probes)
-    from tracedep.nightly import gitbisect, night
+    from tracedep.nightly import command, gitbisect
 
-    night.add_parser(sub, add_export_arguments)
+    command.add_parser(sub, add_export_arguments)
     gitbisect.add_parser(sub)
     return p
 

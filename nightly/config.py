@@ -19,7 +19,7 @@ from tracedep.nightly.history import CellKey
 from tracedep.vm.debian_kernels import SERIES
 
 KNOWN_KEYS = ("kernels", "archs", "workloads", "driver_sets", "repeat", "flaky_window",
-              "timeout", "cell_timeout", "jobs", "run_args", "out", "db")
+              "timeout", "cell_timeout", "jobs", "run_args", "out", "db", "scheduler")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 DEFAULT = "default"
 BUNDLED = "bundled"
@@ -77,6 +77,7 @@ class Config:
     cell_timeout: float = 3600.0
     out: Path | None = None
     db: Path | None = None
+    scheduler: str | None = None  # a Dask scheduler's address (--scheduler)
 
 
 def _fail(path: Path, key: str, what: str) -> ConfigError:
@@ -246,6 +247,10 @@ def load_config(path: Path) -> Config:
     cfg = Config(path=path, cells=cells, repeat=_int(path, raw, "repeat", 1),
                  flaky_window=_int(path, raw, "flaky_window", 7, low=2),
                  jobs=_int(path, raw, "jobs", 1), cell_timeout=float(cell_timeout))
+    if "scheduler" in raw:
+        if not isinstance(raw["scheduler"], str) or "://" not in raw["scheduler"]:
+            raise _fail(path, "scheduler", "must be an address like tcp://HOST:8786")
+        cfg.scheduler = raw["scheduler"]
     for key in ("out", "db"):
         if key in raw:
             if not isinstance(raw[key], str) or not raw[key]:

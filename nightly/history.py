@@ -140,6 +140,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             message TEXT NOT NULL,
             PRIMARY KEY (night_id, cell, signature))""",
     ),
+    (  # 2: where a run ran (a Dask worker) and why it was run again (its worker died)
+        "ALTER TABLE runs ADD COLUMN worker TEXT",
+        "ALTER TABLE runs ADD COLUMN retried TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -392,9 +396,15 @@ class History:
                  attempt, run_dir, _now()))
             return int(cur.lastrowid or 0)
 
+    def note_retry(self, run_id: int, why: str) -> None:
+        """The run was started again elsewhere (its worker died): say why, kept with the run."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET retried = COALESCE(retried || '; ', '') || ? "
+                       "WHERE id = ?", (why, run_id))
+
     def finish_run(self, run_id: int, status: str, exit_code: int | None, elapsed_s: float,
                    error: str | None, findings: Sequence[FindingRow], drivers: Sequence[str],
-                   classify_cell: bool, window: int) -> list[Verdict]:
+                   classify_cell: bool, window: int, worker: str | None = None) -> list[Verdict]:
         """Record a finished run; with ``classify_cell``, also the cell's verdicts.
 
         All of it is one transaction: a nightly killed now leaves either nothing
@@ -404,8 +414,8 @@ class History:
             raise ValueError(f"bad run status {status!r}")
         with self.transaction() as db:
             db.execute("UPDATE runs SET status = ?, exit_code = ?, finished = ?, elapsed_s = ?,"
-                       " error = ? WHERE id = ?",
-                       (status, exit_code, _now(), elapsed_s, error, run_id))
+                       " error = ?, worker = ? WHERE id = ?",
+                       (status, exit_code, _now(), elapsed_s, error, worker, run_id))
             db.executemany(
                 "INSERT OR REPLACE INTO findings (run_id, signature, kind, driver, function,"
                 " message, count, first_ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

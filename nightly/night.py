@@ -34,6 +34,7 @@ Configuration (TOML; relative paths are relative to the file)::
                                  # when the configuration is read
     out = "nightly"              # default --out
     db = "nightly/history.sqlite"  # default --db (default: OUT/history.sqlite)
+    scheduler = "tcp://ci:8786"  # default --scheduler: the Dask cluster that runs the cells
 
     [driver_sets]                # required: name = "bundled" | "dir" | ["dir", …]
     bundled = "bundled"
@@ -41,15 +42,18 @@ Configuration (TOML; relative paths are relative to the file)::
     debian = ["kernel:null_blk", "kernel:dummy"]  # the kernel package's own modules
 
 Exit status: 0 no new findings; 1 new findings tonight; 2 bad configuration
-(one line naming the key); 3 every cell failed to run.  Cells run as
-subprocesses, so a cell that crashes is a failed cell and the night goes on;
-each child is told to stop (SIGINT, so its guest is shut down) if the nightly
-itself dies.  Cell output goes to ``OUT/<night>/<cell>.log``.
+(one line naming the key); 3 every cell failed to run.  Cells run as Dask tasks
+(``nightly/dask_engine.py``: an embedded cluster of ``jobs`` workers, or a
+scheduler's workers on other machines; a cell whose worker died is run again
+elsewhere, once, and the night says so), or with ``--engine local`` as
+subprocesses of the nightly.  Either way a cell's ``tracedep run`` is a
+subprocess, so a cell that crashes is a failed cell and the night goes on; it is
+told to stop (SIGINT, so its guest is shut down) if its parent dies.  Cell output
+goes to ``OUT/<night>/<cell>.log``; the history and the site are written here only.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import dataclasses
@@ -64,14 +68,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Protocol
 
 from tracedep.analysis.findings import Finding
 from tracedep.errors import InputError
-from tracedep.nightly.config import Cell, Config, load_config
+from tracedep.nightly.config import Cell, Config
 from tracedep.nightly.history import CellKey, FindingRow, History, Verdict
 from tracedep.reports.export_runs import ExportRun
-from tracedep.reports.exports import check_output
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +110,26 @@ def _die_with(parent: int) -> Callable[[], None]:
 
 
 @dataclass
-class Job:
+class Slot:
+    """A run of a cell in the night, whichever engine runs it."""
+
     cell: Cell
     attempt: int
+    stem: str  # the run directory's name in the night's folder
     run_dir: Path
     log_path: Path
     run_id: int
+    index: int  # its place in the night, for the progress lines
+    label: str
+    retried: list[str] = field(default_factory=list)  # why it was started again
+
+
+@dataclass
+class Job:
+    slot: Slot
     proc: subprocess.Popen[bytes]
     log_file: IO[bytes]
     t0: float
-    index: int  # its place in the night, for the progress lines
     stopping: float | None = None  # when it was told to stop
 
 
@@ -128,6 +141,7 @@ class NightResult:
     cells_ok: int = 0
     cells_failed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run, why)
+    retried: list[tuple[str, str]] = field(default_factory=list)  # (run, why)
     interrupted: bool = False
 
     @property
@@ -177,8 +191,10 @@ class Night:
     """One night of a configuration: runs its cells, records them, renders the site."""
 
     def __init__(self, cfg: Config, history: History, out: Path, jobs: int,
-                 kcidb: Path | None = None, sarif: Path | None = None) -> None:
+                 kcidb: Path | None = None, sarif: Path | None = None,
+                 engine: Engine | None = None) -> None:
         self.cfg, self.h, self.out, self.jobs = cfg, history, out, jobs
+        self.engine = engine  # None: cells as subprocesses here (--engine local)
         self.kcidb, self.sarif = kcidb, sarif  # the night's exports, rewritten per cell
         self.exported: list[ExportRun] = []
         self.t_start = time.monotonic()
@@ -202,54 +218,69 @@ class Night:
     def _label(self, job_cell: Cell, attempt: int) -> str:
         return str(job_cell.key) + (f" #{attempt}" if self.cfg.repeat > 1 else "")
 
-    def start(self, cell: Cell, attempt: int) -> Job:
+    def begin(self, cell: Cell, attempt: int) -> Slot:
+        """Record a run of ``cell`` as running; the engine then runs it."""
         stem = cell.dirname + (f"-r{attempt}" if self.cfg.repeat > 1 else "")
         run_dir = self.dir / stem
-        log_path = self.dir / f"{stem}.log"
-        # -P: the cwd must not shadow modules (a `random.py` where cron starts us)
-        cmd = [sys.executable, "-P", "-m", "tracedep.cli", "run",
-               *dataclasses.replace(cell.options, out=run_dir).to_argv()]
         run_id = self.h.start_run(self.res.night_id, cell.key, attempt, str(run_dir))
-        log_file = open(log_path, "wb")  # closed when the job ends
+        self.started += 1
+        return Slot(cell, attempt, stem, run_dir, self.dir / f"{stem}.log", run_id, self.started,
+                    self._label(cell, attempt))
+
+    def start(self, cell: Cell, attempt: int) -> Job:
+        slot = self.begin(cell, attempt)
+        cmd = cell_command(cell, slot.run_dir)
+        log_file = open(slot.log_path, "wb")  # closed when the job ends
         log_file.write(("$ " + " ".join(cmd) + "\n").encode())
         log_file.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=_die_with(os.getpid()))
-        self.started += 1
-        self.say(f"[{self.started}/{self.total}] start {self._label(cell, attempt)}")
-        return Job(cell, attempt, run_dir, log_path, run_id, proc, log_file, time.monotonic(),
-                   self.started)
+        self.say(f"[{slot.index}/{self.total}] start {slot.label}")
+        return Job(slot, proc, log_file, time.monotonic())
+
+    def retry(self, slot: Slot, why: str) -> None:
+        """``slot`` is run again elsewhere (its worker died): the night says so."""
+        slot.retried.append(why)
+        self.res.retried.append((slot.label, why))
+        self.h.note_retry(slot.run_id, why)
+        self.say(f"[{slot.index}/{self.total}] retry {slot.label}: {why}")
 
     def finish(self, job: Job, rc: int, interrupted: bool = False) -> None:
         job.log_file.close()
-        elapsed = time.monotonic() - job.t0
+        self.record(job.slot, rc, time.monotonic() - job.t0, interrupted)
+
+    def record(self, job: Slot, rc: int | None, elapsed: float, interrupted: bool = False,
+               worker: str | None = None, error: str | None = None) -> None:
+        """A run ended (``rc`` None: it never ran to an exit; ``error`` says why)."""
         got = collect(job.run_dir)
         findings, drivers = got if got is not None else ([], [])
         if interrupted:
             status = "interrupted"
-        elif rc in (0, 1) and got is not None:
+        elif rc in (0, 1) and got is not None and error is None:
             status = "ok"
         elif rc == 2:
             status = "error"  # the cell's input: a driver that does not build, a bad kernel
         else:
             status = "failed"
-        error = None if status == "ok" else (_last_line(job.log_path) or f"exit {rc}")
+        if status != "ok" and error is None:
+            error = _last_line(job.log_path) or f"exit {rc}"
         if error is not None:
-            self.res.failed.append((self._label(job.cell, job.attempt), error))
+            self.res.failed.append((job.label, error))
         self.remaining[job.cell.key] -= 1
         self.cell_ok[job.cell.key] |= status == "ok"
         last = self.remaining[job.cell.key] == 0 and not interrupted
         verdicts = self.h.finish_run(job.run_id, status, rc, elapsed, error,
                                      [FindingRow.of(f) for f in findings], drivers,
-                                     classify_cell=last, window=self.cfg.flaky_window)
+                                     classify_cell=last, window=self.cfg.flaky_window,
+                                     worker=worker)
         self.res.verdicts += [(job.cell.key, v) for v in verdicts]
         if last:
             if self.cell_ok[job.cell.key]:
                 self.res.cells_ok += 1
             else:
                 self.res.cells_failed += 1
-        label = self._label(job.cell, job.attempt)
+        label = job.label
         write_junit(job.run_dir, label, findings, drivers, error, elapsed)
         self._write_night_junit(label, findings, drivers, error, elapsed)
         self._export(job.run_dir, label, status, error)
@@ -298,6 +329,8 @@ class Night:
             log.warning("could not write the report site: %s", e)
 
     def run(self) -> NightResult:
+        if self.engine is not None:
+            return self.engine.run(self)
         pending = [(c, i) for i in range(1, self.cfg.repeat + 1) for c in self.cfg.cells]
         running: list[Job] = []
         self.say(f"night {self.name}: {len(self.cfg.cells)} cells × {self.cfg.repeat}, "
@@ -330,7 +363,7 @@ class Night:
 
     def _stop(self, job: Job, why: str) -> None:
         if job.stopping is None:
-            self.say(f"stopping {self._label(job.cell, job.attempt)}: {why}")
+            self.say(f"stopping {job.slot.label}: {why}")
             job.stopping = time.monotonic()
             with contextlib.suppress(ProcessLookupError):
                 job.proc.send_signal(signal.SIGINT)
@@ -347,6 +380,20 @@ class Night:
             return job.proc.wait()
 
 
+def cell_command(cell: Cell, run_dir: Path) -> list[str]:
+    """The `tracedep run` of ``cell`` into ``run_dir``."""
+    # -P: the cwd must not shadow modules (a `random.py` where cron starts us)
+    return [sys.executable, "-P", "-m", "tracedep.cli", "run",
+            *dataclasses.replace(cell.options, out=run_dir).to_argv()]
+
+
+class Engine(Protocol):
+    """Runs a night's cells elsewhere (``nightly/dask_engine.py``), recording each through
+    ``Night.begin``/``retry``/``record`` on this host."""
+
+    def run(self, night: Night) -> NightResult: ...
+
+
 def summary(res: NightResult, out: Path) -> list[str]:
     counts: dict[str, int] = {}
     for _, v in res.verdicts:
@@ -358,44 +405,7 @@ def summary(res: NightResult, out: Path) -> list[str]:
         lines.append(f"  NEW  {cell}  {v.driver}: {v.message}  [{v.signature}]")
     for run, why in res.failed:
         lines.append(f"  FAILED  {run}: {why}")
+    for run, why in res.retried:
+        lines.append(f"  RETRIED  {run}: {why}")
     lines.append(f"tracedep: report in {out / 'index.html'}")
     return lines
-
-
-def cmd_nightly(a: argparse.Namespace) -> int:
-    cfg = load_config(a.config)
-    jobs = a.jobs if a.jobs is not None else cfg.jobs
-    if jobs < 1:
-        raise InputError("--jobs must be at least 1")
-    out: Path = (a.out or cfg.out or Path("tracedep-nightly")).resolve()
-    db: Path = (a.db or cfg.db or out / "history.sqlite").resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--out {out}: {e.strerror}") from None
-    exports = {k: None if v is None else v.absolute() for k, v in (("kcidb", a.kcidb),
-                                                                  ("sarif", a.sarif))}
-    for path in exports.values():
-        if path is not None:
-            check_output(path)
-    with History(db) as h:
-        night = Night(cfg, h, out, jobs, exports["kcidb"], exports["sarif"])
-        res = night.run()
-    for line in summary(res, out):
-        print(line, flush=True)
-    return exit_code(res)
-
-
-def add_parser(sub: Any, add_exports: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register ``tracedep nightly`` on the CLI's subparsers (``add_exports``: the
-    command line's ``--kcidb``/``--sarif``)."""
-    p = sub.add_parser("nightly", help="run a matrix of runs, record history, classify findings "
-                                       "(exit 1 when there are new findings)")
-    p.add_argument("config", type=Path, help="the nightly configuration (TOML)")
-    p.add_argument("--db", type=Path, default=None,
-                   help="history database (default: the config's db, else OUT/history.sqlite)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: the config's out, else ./tracedep-nightly)")
-    p.add_argument("--jobs", type=int, default=None, help="cells run at a time")
-    add_exports(p)
-    p.set_defaults(func=cmd_nightly)

@@ -156,7 +156,10 @@ class NightlySite:
             cells.append(el(
                 "tr", el("td", el("code", r["cell"])), _n(r["attempt"]),
                 el("td", _status(r["status"]),
-                   el("div", r["error"], class_="muted") if r["error"] else None),
+                   el("div", r["error"], class_="muted") if r["error"] else None,
+                   el("div", f"retried: {r['retried']}", class_="muted retried")
+                   if r["retried"] else None,
+                   el("div", f"on {r['worker']}", class_="muted") if r["worker"] else None),
                 el("td", "" if r["exit_code"] is None else r["exit_code"], class_="n"),
                 el("td", "" if r["elapsed_s"] is None else f"{r['elapsed_s']:.1f} s",
                    class_="n"),

@@ -272,6 +272,7 @@ def test_help_lists_every_option() -> None:
 RUN_FLAGS = {o.flag(s) for o in run_options._OPTIONS for s in ("run", BISECT_RUN)} - {None}
 ALLOWED = {
     "nightly/night.py": {"--out"},  # each cell's own run directory
+    "nightly/command.py": {"--out"},  # the nightly's own output folder
     "nightly/config.py": {"--out", "--out="},  # run_args may not choose one
     "nightly/gitbisect.py": {"--kernel-build"},  # the deprecated spelling of --kernel-build-cmd
 }

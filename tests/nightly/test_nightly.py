@@ -348,8 +348,9 @@ def _driver(d: Path, bug_a: bool, bug_b: bool) -> None:
 
 
 def _nightly(cfg: Path, out: Path, **kw: Any) -> subprocess.Popen[str]:
+    # the subprocess engine: these nights are killed, and their cells must stop with them
     return subprocess.Popen([sys.executable, "-m", "tracedep.cli", "nightly", str(cfg),
-                             "--out", str(out)], stdout=subprocess.PIPE,
+                             "--out", str(out), "--engine", "local"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
