@@ -262,7 +262,8 @@ def test_trylock_closing_a_cycle_is_not_a_finding() -> None:
 
 def replay_of(ev: pd.DataFrame) -> Any:
     rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    cls = {int(r): int((int(ev["lock_addr"].iat[r]) - DATA) // 0x40) for r in rows}
+    cls = np.full(len(ev), -1, dtype=np.int32)
+    cls[rows] = [(int(a) - DATA) // 0x40 for a in ev["lock_addr"].to_numpy()[rows]]
     return replay(ev, cls)
 
 
