@@ -158,7 +158,9 @@ def lt_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LtRun]:
     ev = trace.events
     lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
     cls_ids, _ = lock_classes.assign(ev, trace.symbols, lock_rows)
-    rep = replay(ev, dict(zip(lock_rows.tolist(), cls_ids.tolist(), strict=True)),
+    classes = np.full(len(ev), -1, dtype=np.int32)  # the replay takes a class per row
+    classes[lock_rows] = cls_ids
+    rep = replay(ev, classes,
                  not bool(manifest.get("kprobe_irqs_unknown", False)),
                  frozenset(int(p) for p in manifest.get("untraced_pids", [])))
     markers = ev[ev["kind"] == "marker"]
