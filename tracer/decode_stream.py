@@ -46,7 +46,7 @@ from pandas.api.types import union_categoricals
 from tracedep.common.run_manifest import RunManifest
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import control, module_sections, page_sums, schema
-from tracedep.tracer.event_rows import unique_names
+from tracedep.tracer.event_rows import cmdline_names, unique_names
 from tracedep.tracer.ftrace_binary import (
     Carry,
     Decoded,
@@ -83,7 +83,7 @@ class _CpuPages:
         self.page = 0  # index of the batch's first page in the file
         self.cursor = CpuCursor()
         self.ahead = self._read(psize)
-        self.sums = _recorded_sums(path)
+        self.sums = page_sums.recorded(path.with_name(path.name.removesuffix(GZ_SUFFIX)))
 
     def _read(self, n: int) -> bytes:
         """Up to ``n`` bytes (read in pieces: ``n`` may be far more than the file has)."""
@@ -126,15 +126,6 @@ class _CpuPages:
 
     def close(self) -> None:
         self.f.close()
-
-
-def _recorded_sums(path: Path) -> np.ndarray | None:
-    raw = path.with_name(path.name.removesuffix(GZ_SUFFIX))
-    side = raw.with_suffix(page_sums.SUFFIX)
-    if not side.is_file():
-        return None
-    data = side.read_bytes()
-    return np.frombuffer(data[: len(data) // 4 * 4], dtype="<u4")
 
 
 @dataclass
@@ -234,7 +225,7 @@ class StreamDecoder:
             if self.totals.counts.get("lock/lock_acquire"):
                 for k, v in merge_lockdep(ev).items():
                     self.totals.lockdep[k] = self.totals.lockdep.get(k, 0) + v
-            ev["comm"] = _comm_column(ev, {**self._cmdline_comms(), **self._known})
+            ev["comm"] = _comm_column(ev, {**cmdline_names(self.cmdlines), **self._known})
             yield Window(ev, row0)
 
     def whole(self) -> Decoded:
@@ -349,18 +340,10 @@ class StreamDecoder:
     def _final_names(self) -> dict[int, str]:
         """The task names the whole trace ends with, as one decode of every page
         gives them: saved_cmdlines, then each CPU's context switches, CPU after CPU."""
-        names = self._cmdline_comms()
+        names = cmdline_names(self.cmdlines)
         for cpu in sorted(self.totals.comms_by_cpu):
             names.update(self.totals.comms_by_cpu[cpu])
         return names
-
-    def _cmdline_comms(self) -> dict[int, str]:
-        out = {}
-        for line in self.cmdlines.splitlines():
-            p, _, c = line.strip().partition(" ")
-            if p.isdigit():
-                out[int(p)] = c
-        return out
 
     def _finish(self, cpus: dict[int, _CpuPages]) -> None:
         """Pages the run recorded (its page sums) that the files no longer have."""

@@ -111,6 +111,16 @@ def _bounded_string(buf: bytes, rec: int, reclen: int, fd: Any) -> str:
     return clean_name(buf[rec + start:rec + start + ln])
 
 
+def cmdline_names(saved_cmdlines: str) -> dict[int, str]:
+    """Task names by pid from ``saved_cmdlines`` (``pid comm`` lines)."""
+    out = {}
+    for line in saved_cmdlines.splitlines():
+        p, _, c = line.strip().partition(" ")
+        if p.isdigit():
+            out[int(p)] = c
+    return out
+
+
 class RecordColumns:
     """The columns of every record read, filled in one event type at a time.
 
@@ -185,11 +195,8 @@ class RecordColumns:
         self.msec_rows: list[SectionRow] = []
 
     def read_cmdlines(self, saved_cmdlines: str) -> None:
-        """Task names from ``saved_cmdlines`` (``pid comm`` lines)."""
-        for line in saved_cmdlines.splitlines():
-            p, _, c = line.strip().partition(" ")
-            if p.isdigit():
-                self.comms[int(p)] = c
+        """Task names from ``saved_cmdlines``."""
+        self.comms.update(cmdline_names(saved_cmdlines))
 
     # -- helpers of the readers ---------------------------------------------------------
 

@@ -46,15 +46,23 @@ def recorded_pages(raw: Path) -> int | None:
     return side.stat().st_size // 4 if side.is_file() else None
 
 
+def recorded(raw: Path) -> np.ndarray | None:
+    """The sums written for ``raw``, one per page (None: none were written)."""
+    side = raw.with_suffix(SUFFIX)
+    if not side.is_file():
+        return None
+    data = side.read_bytes()
+    return np.frombuffer(data[: len(data) // 4 * 4], dtype="<u4")
+
+
 def damaged(raw: Path, buf: bytes, page_size: int) -> np.ndarray | None:
     """Per page of ``buf`` (the contents of ``raw``): does it differ from what was
     recorded?  None when no sums were recorded.  A page the sums do not cover (the
     file grew) counts as changed; pages the file lost are counted by the caller
     (:func:`recorded_pages`)."""
-    side = raw.with_suffix(SUFFIX)
-    if not side.is_file():
+    want = recorded(raw)
+    if want is None:
         return None
-    want = np.frombuffer(side.read_bytes()[: (side.stat().st_size // 4) * 4], dtype="<u4")
     have = page_sums(buf, page_size)
     out = np.ones(len(have), dtype=bool)
     k = min(len(want), len(have))
