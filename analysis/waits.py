@@ -95,12 +95,15 @@ class _Holds:
         shared = np.isin(sub["lock_type"].to_numpy(dtype=object), list(SHARED_TYPES))
         cols = (sub["row"].to_numpy(dtype=np.int64), end[sel], sub["cls"].to_numpy(dtype=np.int64),
                 sub["trylock"].to_numpy(dtype=bool), shared)
-        keys = list(zip(sub["task"].tolist(), sub["ctx"].tolist(), strict=True))
-        groups: dict[tuple[int, str], list[int]] = {}
-        for j, k in enumerate(keys):
-            groups.setdefault(k, []).append(j)
-        for k, js in groups.items():
-            idx = np.array(js)
+        # group by (task, context) with one stable sort: a busy trace has millions
+        ctx_names, ctx_codes = np.unique(sub["ctx"].astype(str).to_numpy(),
+                                         return_inverse=True)
+        task = sub["task"].to_numpy(dtype=np.int64)
+        by_key = np.lexsort((ctx_codes, task))
+        edge = np.flatnonzero((np.diff(task[by_key]) != 0)
+                              | (np.diff(ctx_codes[by_key]) != 0)) + 1
+        for idx in np.split(by_key, edge) if len(by_key) else ():
+            k = (int(task[idx[0]]), str(ctx_names[ctx_codes[idx[0]]]))
             c = tuple(col[idx] for col in cols)
             # a question is answered from the acquisitions that started near it (by
             # start row) and the few held longer than _WINDOW rows, not from all of
