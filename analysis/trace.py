@@ -17,12 +17,13 @@ import pandas as pd
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace_model import Trace
 from tracedep.common import run_manifest as manifest
+from tracedep.common.memory_budget import analysis_rows
 from tracedep.common.run_manifest import Lost, RunManifest
 from tracedep.errors import InputError, TraceFormatError
 from tracedep.tracer import schema
 
 if TYPE_CHECKING:
-    from tracedep.tracer.ftrace_binary import Decoded
+    from tracedep.tracer.ftrace_binary import Cut, Decoded
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ def load_run(run_dir: Path, decoded: Decoded | None = None) -> Trace:
     if not (run_dir / "control.log").is_file():
         raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
     if decoded is None:
-        decoded = decode_run(run_dir, info)
+        rows, why = analysis_rows()
+        decoded = decode_run(run_dir, info, rows)
+        if decoded.cut:
+            decoded.cut.why = why
     schema.validate(decoded.events)
     gaps = completeness(info, decoded)
     syms = RunSymbols.for_run(run_dir, info, module_load_times(decoded.events),
@@ -97,8 +101,7 @@ def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
            "decoder_rejected_records": int(sum(decoded.rejected.values())),
            "decoder_damaged_pages": int(decoded.damaged_pages),
            "decoder_missing_pages": int(decoded.missing_pages)}
-    cpus, n_per_cpu = np.unique(decoded.events["cpu"].to_numpy(), return_counts=True)
-    per_cpu = dict(zip(cpus.tolist(), n_per_cpu.tolist(), strict=True))
+    per_cpu = decoded.rows_per_cpu()
     recorded = lost.decoded_per_cpu
     missing: dict[int, int] = {}
     if recorded:
@@ -109,6 +112,8 @@ def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
         missing[-1] = int(lost.decoded_events) - int(decoded.total)
     now["unreadable_events"] = sum(missing.values())
     out += _against_guest(lost, decoded)
+    if decoded.cut:
+        out.append(cut_note(decoded.cut))
     for cpu, n in sorted(missing.items()):
         where = f"cpu{cpu}" if cpu >= 0 else "the trace"
         out.append(f"incomplete: {n:,} events missing or unreadable on {where} (the run "
@@ -132,6 +137,17 @@ def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
             setattr(lost, k, max(now[k], before[k]))
         lost.total = total
     return out
+
+
+def cut_note(cut: Cut) -> str:
+    """The words every report gives a trace longer than the analysis's memory."""
+    total = cut.kept + cut.dropped
+    return (f"analysis cut short: the trace holds {total:,} events, more than fit in "
+            f"{cut.why or 'the memory limit'} (common/memory_budget.py); the first "
+            f"{cut.kept:,} were analysed, up to {cut.at_ns / 1e9:.6f} s of "
+            f"{cut.end_ns / 1e9:.6f} s, and nothing after that was looked at (the "
+            f"counts and losses are the whole trace's); the trace is kept whole: "
+            f"`tracedep analyze` with more memory (TRACEDEP_MAX_MEMORY) reads it all")
 
 
 def _against_guest(lost: Lost, decoded: Decoded) -> list[str]:

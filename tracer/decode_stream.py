@@ -49,6 +49,7 @@ from tracedep.tracer import control, module_sections, page_sums, schema
 from tracedep.tracer.event_rows import cmdline_names, unique_names
 from tracedep.tracer.ftrace_binary import (
     Carry,
+    Cut,
     Decoded,
     decode,
     has_static_sites,
@@ -172,10 +173,12 @@ class _Totals:
             self.cal_counts[k] = self.cal_counts.get(k, 0) + (n if isinstance(n, int) else 0)
 
 
-def decode_run(run_dir: Path, info: RunManifest | None = None) -> Decoded:
+def decode_run(run_dir: Path, info: RunManifest | None = None,
+               max_rows: int | None = None) -> Decoded:
     """Decode a run directory written by ``tracer.session``: its pages a batch at a
-    time, put together into the whole events frame (:meth:`StreamDecoder.whole`)."""
-    return StreamDecoder(run_dir, info).whole()
+    time, put together into the whole events frame (:meth:`StreamDecoder.whole`);
+    ``max_rows``: keep no more events than that (common.memory_budget)."""
+    return StreamDecoder(run_dir, info).whole(max_rows)
 
 
 class StreamDecoder:
@@ -228,12 +231,25 @@ class StreamDecoder:
             ev["comm"] = _comm_column(ev, {**cmdline_names(self.cmdlines), **self._known})
             yield Window(ev, row0)
 
-    def whole(self) -> Decoded:
+    def whole(self, max_rows: int | None = None) -> Decoded:
         """:meth:`decoded` with the whole events frame, as ``decode_run`` gives it: the
         windows' columns put together one column at a time (the peak is about one
-        frame, not the pages and their records besides), then finished on the whole."""
+        frame, not the pages and their records besides), then finished on the whole.
+
+        ``max_rows``: the frame keeps the first that many rows (time order); the rest
+        is still decoded, for the counts, losses and names of the whole trace, and
+        ``Decoded.cut`` says what was left out."""
         parts: dict[str, list[Any]] = {c: [] for c in schema.COLUMNS}
+        kept, cut = 0, None
         for ev, _ in self._raw():
+            if max_rows is not None and kept + len(ev) > max_rows:
+                room = max(max_rows - kept, 0)
+                left = ev.iloc[room:]
+                cut = _tally(cut, left, kept + room)
+                ev = ev.iloc[:room]
+                if not room:
+                    continue
+            kept += len(ev)
             for c in parts:
                 # a copy of its own: a view would keep the window's 2-D block alive
                 col = ev[c]
@@ -241,7 +257,7 @@ class StreamDecoder:
                                 if isinstance(col.dtype, pd.CategoricalDtype)
                                 else col.to_numpy().copy())
             del ev, col
-        ev = pd.DataFrame(index=pd.RangeIndex(self.totals.rows))
+        ev = pd.DataFrame(index=pd.RangeIndex(kept))
         for c, dtype in schema.COLUMNS.items():
             got, parts[c] = parts[c], []
             if c == "comm":
@@ -257,6 +273,7 @@ class StreamDecoder:
         ev = ev[list(schema.COLUMNS)]
         d = self.decoded()
         d.events = ev
+        d.cut = cut
         if has_static_sites(self.sites):
             place_static_locks(ev, d.module_loads, self.sites, self.info, {})
         if d.counts.get("lock/lock_acquire"):
@@ -367,6 +384,18 @@ class StreamDecoder:
                        missing_pages=self.missing_pages,
                        module_loads=module_sections.assemble(t.section_rows),
                        records_per_cpu=t.records_per_cpu, section_rows=t.section_rows)
+
+
+def _tally(cut: Cut | None, left: pd.DataFrame, kept: int) -> Cut:
+    """``cut`` with the rows of ``left`` counted as left out."""
+    ts = left["ts_ns"].to_numpy()
+    cut = cut or Cut(kept, 0, {}, int(ts[0]), int(ts[0]))
+    cut.dropped += len(left)
+    cut.end_ns = max(cut.end_ns, int(ts.max()))
+    cpus, n = np.unique(left["cpu"].to_numpy(), return_counts=True)
+    for c, m in zip(cpus.tolist(), n.tolist(), strict=True):
+        cut.dropped_per_cpu[c] = cut.dropped_per_cpu.get(c, 0) + m
+    return cut
 
 
 def _comm_column(ev: pd.DataFrame, names: dict[int, str]) -> pd.Categorical:

@@ -61,6 +61,30 @@ class Decoded:
     # the module_sections rows ``module_loads`` was assembled from (a trace decoded in
     # batches assembles them once: a load's rows may lie in two batches)
     section_rows: list[SectionRow] = field(default_factory=list)
+    # the events that did not fit the analysis's memory (decode_stream: ``max_rows``)
+    cut: Cut | None = None
+
+    def rows_per_cpu(self) -> dict[int, int]:
+        """Rows per CPU of the whole trace: the frame's, and those a cut left out."""
+        cpus, n = np.unique(self.events["cpu"].to_numpy(), return_counts=True)
+        out = dict(zip(cpus.tolist(), n.tolist(), strict=True))
+        for c, m in (self.cut.dropped_per_cpu if self.cut else {}).items():
+            out[c] = out.get(c, 0) + m
+        return dict(sorted(out.items()))
+
+
+@dataclass
+class Cut:
+    """Where the events frame stops short of the trace: the rows after the first
+    ``kept`` (in time order) were decoded and counted, not kept."""
+
+    kept: int
+    dropped: int
+    dropped_per_cpu: dict[int, int]
+    at_ns: int  # the first left-out event's time
+    end_ns: int  # the trace's last event's time
+    why: str = ""  # the memory limit that made it, in words (common.memory_budget)
+
 
 @dataclass
 class Carry:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.common.machines import Machine
+from tracedep.common.memory_budget import analysis_rows
 from tracedep.common.run_manifest import Kaslr, Load, Lost, ModuleRecord, RunManifest
 from tracedep.errors import ModuleBuildError
 from tracedep.kimage import kallsyms as ksyms
@@ -160,7 +161,10 @@ def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine
     lost = info.lost
     try:
         _write_page_sums(out, ctl)
-        decoded = decode_run(out, info)
+        rows, why = analysis_rows()
+        decoded = decode_run(out, info, rows)
+        if decoded.cut:
+            decoded.cut.why = why
     except Exception as e:  # the manifest must still be written
         log.warning("decoding the trace failed: %s", e)
         info.decode_error = str(e)
@@ -177,8 +181,7 @@ def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine
         lost.decoder_rejected = decoded.rejected
     lost.ring_buffer_missed = decoded.missed_events
     lost.decoded_events = decoded.total
-    lost.decoded_per_cpu = {str(c): int(n) for c, n in
-                            decoded.events["cpu"].value_counts().sort_index().items()}
+    lost.decoded_per_cpu = {str(c): int(n) for c, n in decoded.rows_per_cpu().items()}
     return decoded
 
 
