@@ -3,9 +3,11 @@ IRQs or BH are off, or in hardirq/softirq context (analysis.rules has the shared
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from tracedep.analysis.findings import Finding, Frame, Site, WitnessKind
 from tracedep.analysis.heldlocks import (
@@ -25,17 +27,33 @@ from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
 from tracedep.tracer.probes import api_name
 
 
+class _Labels:
+    """A text column read a row at a time: its categories by code, not one boxed
+    string per row of the trace (what ``to_numpy()`` makes, for millions of rows)."""
+
+    def __init__(self, col: pd.Series) -> None:
+        cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
+        self.codes = cat.cat.codes.to_numpy()
+        self.names = cat.cat.categories.to_numpy(dtype=object)
+
+    def __getitem__(self, r: int) -> object:
+        c = self.codes[r]
+        return self.names[c] if c >= 0 else None
+
+
 @dataclass
 class _SleepEvents:
     """The event columns the sleep rule reads, and each task's may-sleep calls."""
 
-    kinds: np.ndarray
-    funcs: np.ndarray
-    events: np.ndarray
+    kinds: _Labels
+    funcs: _Labels
+    events: _Labels
     pids: np.ndarray
     ts: np.ndarray
     ips: np.ndarray
     values: np.ndarray
+    stack_ids: np.ndarray
+    gfps: np.ndarray
     # per task, the times and rows of its may-sleep events other than might_sleep():
     # a might_sleep() inside an API whose own event is also here is the same incident
     api_ts: dict[int, list[int]] = field(default_factory=dict)
@@ -44,9 +62,10 @@ class _SleepEvents:
     @classmethod
     def of(cls, cx: Ctx) -> _SleepEvents:
         e = cx.events
-        v = cls(kinds=e["kind"].to_numpy(), funcs=e["func"].to_numpy(),
-                events=e["event"].to_numpy(), pids=e["pid"].to_numpy(),
-                ts=e["ts_ns"].to_numpy(), ips=e["ip"].to_numpy(), values=e["value"].to_numpy())
+        v = cls(kinds=_Labels(e["kind"]), funcs=_Labels(e["func"]),
+                events=_Labels(e["event"]), pids=e["pid"].to_numpy(),
+                ts=e["ts_ns"].to_numpy(), ips=e["ip"].to_numpy(), values=e["value"].to_numpy(),
+                stack_ids=e["stack_id"].to_numpy(), gfps=e["gfp"].to_numpy())
         for s in cx.replay.sleeps:
             if not v.is_might_sleep(s.row):
                 v.api_ts.setdefault(int(v.pids[s.row]), []).append(int(v.ts[s.row]))
@@ -76,11 +95,24 @@ class _Incident:
 
 
 def sleep_findings(cx: Ctx) -> list[Finding]:
-    """One finding per culprit function, API, first reason and classes held."""
+    """One finding per culprit function, API, first reason and classes held.
+
+    A driver that sleeps in atomic context in a loop does it millions of times from
+    a few code paths: what one event comes to (skipped, or counted in which group)
+    depends only on what :func:`_verdict_key` gathers, so only the first of each is
+    symbolized and judged; the rest are counted."""
     ev = _SleepEvents.of(cx)
-    acq_cls = cx.replay.acquisitions["cls"]
+    acq_cls = cx.replay.acquisitions["cls"].to_numpy()
     groups: dict[tuple[str, ...], Finding] = {}
+    verdicts: dict[tuple[object, ...], tuple[str, ...] | None] = {}
     for s in cx.replay.sleeps:
+        vkey = _verdict_key(cx, ev, s, acq_cls)
+        if vkey in verdicts:
+            seen = verdicts[vkey]
+            if seen is not None:
+                groups[seen].count += 1
+            continue
+        verdicts[vkey] = None
         frames = cx.stack_frames(s.row)
         call = cx.call_frame(s.row)
         api = _sleep_api(cx, ev, s, frames, call)
@@ -88,14 +120,59 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
             continue
         culprit = _culprit(frames, call)
         inc = _Incident(s, frames, call, api, culprit, cx.src(culprit, int(ev.ts[s.row])),
-                        sorted({int(acq_cls.iloc[a]) for a in s.held}),
+                        sorted({int(acq_cls[a]) for a in s.held}),
                         [x for x in REASON_ORDER if x in s.reasons])
         key = inc.key(cx)
+        verdicts[vkey] = key
         if key in groups:
             groups[key].count += 1
         else:
             groups[key] = _sleep_finding(cx, inc, key)
     return list(groups.values())
+
+
+def _verdict_key(cx: Ctx, ev: _SleepEvents, s: SleepEvent, acq_cls: np.ndarray
+                 ) -> tuple[object, ...]:
+    """Everything the verdict on sleep event ``s`` reads: its stack and call site (and
+    which load of their modules: an address means one thing within one), what it
+    called, the may-sleep events around it that make it part of another incident,
+    its reasons and the classes held."""
+    r = s.row
+    ts = int(ev.ts[r])
+    ip = int(ev.ips[r])
+    sid = int(ev.stack_ids[r])
+    stack = cx.stacks[sid] if 0 <= sid < len(cx.stacks) else ()
+    site: object = (ip, cx.symbols.epoch(ip, ts)) if ip or r not in cx.text_sites else r
+    kind, func = ev.kinds[r], ev.funcs[r]
+    around: object = None
+    if ev.is_might_sleep(r):
+        around = _near_api(ev, r)
+    elif kind == "sleep_call":
+        before = _before(ev, r)
+        around = (frozenset(str(ev.funcs[q]) for q in before),
+                  bool(ip) and any(int(ev.ips[q]) == ip and ev.funcs[q] != func for q in before))
+    what = (kind, func, ev.events[r], int(ev.values[r]),
+            int(ev.gfps[r]) if kind == "alloc" else 0)
+    return (sid if stack else ("text", sid), tuple(cx.symbols.epoch(a, ts) for a in stack),
+            site, what, around, tuple(s.reasons), tuple(sorted({int(acq_cls[a]) for a in s.held})))
+
+
+def _near_api(ev: _SleepEvents, r: int) -> bool:
+    """Is another may-sleep event of this task within 1 ms of might_sleep() row ``r``?"""
+    t = int(ev.ts[r])
+    near = ev.api_ts.get(int(ev.pids[r]), [])
+    i = int(np.searchsorted(near, ev.ts[r]))
+    return any(abs(near[j] - t) < 1_000_000 for j in (i - 1, i) if 0 <= j < len(near))
+
+
+def _before(ev: _SleepEvents, r: int) -> list[int]:
+    """The task's catalog calls in the millisecond before row ``r`` (time order, as
+    ``api_ts`` is: the replay's sleeps come in row order)."""
+    t = int(ev.ts[r])
+    pid = int(ev.pids[r])
+    times, rows = ev.api_ts.get(pid, []), ev.api_rows.get(pid, [])
+    lo, hi = bisect_right(times, t - 1_000_000), bisect_left(times, t)
+    return [q for q in rows[lo:hi] if ev.kinds[q] == "sleep_call"]
 
 
 def _sleep_api(cx: Ctx, ev: _SleepEvents, s: SleepEvent, frames: list[Frame], call: Frame
@@ -126,10 +203,7 @@ def _sleep_api(cx: Ctx, ev: _SleepEvents, s: SleepEvent, frames: list[Frame], ca
 
 
 def _might_sleep_api(ev: _SleepEvents, r: int, frames: list[Frame], call: Frame) -> str | None:
-    t = int(ev.ts[r])
-    near = ev.api_ts.get(int(ev.pids[r]), [])
-    i = int(np.searchsorted(near, ev.ts[r]))
-    close = any(abs(near[j] - t) < 1_000_000 for j in (i - 1, i) if 0 <= j < len(near))
+    close = _near_api(ev, r)
     # might_alloc() inside an allocator: the allocation's own event (with its GFP
     # flags) is the incident, stack or no stack
     inside_api = any(api_name(f.function) in ALLOC_FUNCS for f in [call, *frames[1:4]])
@@ -141,11 +215,9 @@ def _might_sleep_api(ev: _SleepEvents, r: int, frames: list[Frame], call: Frame)
 
 def _catalog_api(ev: _SleepEvents, s: SleepEvent, frames: list[Frame]) -> str | None:
     r = s.row
-    t = int(ev.ts[r])
     # one catalog function calling another (flush_work → __flush_work when the
     # compiler kept both out of line): the outer call is the incident
-    before = [q for q in ev.api_rows.get(int(ev.pids[r]), [])
-              if 0 < t - int(ev.ts[q]) < 1_000_000 and ev.kinds[q] == "sleep_call"]
+    before = _before(ev, r)
     outer = {str(ev.funcs[q]) for q in before}
     if any(f.function in outer for f in frames[1:]):
         return None
