@@ -31,11 +31,19 @@ def page_sums(buf: bytes, page_size: int) -> np.ndarray:
                        dtype="<u4", count=n)
 
 
+READ_PAGES = 4096  # pages read at a time: a 30-minute trace is gigabytes a CPU
+
+
 def write(raw: Path, page_size: int) -> Path:
-    """Write ``raw``'s sidecar; returns its path."""
+    """Write ``raw``'s sidecar, reading ``raw`` a piece at a time; returns its path."""
     dest = raw.with_suffix(SUFFIX)
     tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_bytes(page_sums(raw.read_bytes(), page_size).tobytes())
+    piece = max(page_size, 1) * READ_PAGES
+    with raw.open("rb") as src, tmp.open("wb") as out:
+        while len(buf := src.read(piece)) >= page_size > 0:
+            out.write(page_sums(buf, page_size).tobytes())
+            if len(buf) < piece:
+                break
     tmp.replace(dest)
     return dest
 
