@@ -100,6 +100,17 @@ def _compress(raw: Path) -> Path:
     return dest
 
 
+def _decompress(gz: Path, raw: Path) -> None:
+    """``gz`` back into ``raw`` a piece at a time, up to any damage (as :func:`read_raw`)."""
+    with raw.open("wb") as out:
+        try:
+            with gzip.open(gz, "rb") as src:
+                while chunk := src.read(_COPY_CHUNK):
+                    out.write(chunk)
+        except (OSError, EOFError, zlib.error):
+            pass  # the pages read so far are kept; the rest count as lost
+
+
 def _drop(raw: Path, page_size: int, witness_ts: list[int], margin: int) -> tuple[int, int]:
     """Rewrite ``raw`` as a sparse file holding only the pages to keep: (kept, pages)."""
     size = raw.stat().st_size
@@ -158,7 +169,7 @@ def apply(trace_dir: Path, mode: str, page_size: int, witness_ts: list[int],
         for cpu, p in files.items():
             if p.name.endswith(GZ_SUFFIX):
                 raw = p.with_name(p.name[:-len(GZ_SUFFIX)])
-                raw.write_bytes(read_raw(p))
+                _decompress(p, raw)
                 p.unlink()
                 files[cpu] = p = raw
             k, n = _drop(p, page_size, witness_ts, margin)

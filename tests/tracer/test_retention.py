@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,18 @@ def test_a_dropped_run_says_so(run: Path) -> None:
 def test_keep_does_nothing(run: Path) -> None:
     assert retain_run(run, "keep", []) is None
     assert (run / "trace" / "cpu0.raw").read_bytes() == (TINY / "trace" / "cpu0.raw").read_bytes()
+
+
+def test_drop_after_compress_is_drop(run: Path, tmp_path: Path) -> None:
+    """A compressed run dropped later is decompressed a piece at a time, then dropped:
+    the same sparse file as dropping the raw pages."""
+    data = (run / "trace" / "cpu0.raw").read_bytes()
+    witness = int(np.frombuffer(data, dtype="<u8")[PAGE // 8 * 2]) + 1
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    apply(twin / "trace", "drop", PAGE, [witness], 1)
+    apply(run / "trace", "compress", PAGE, [], 1)
+    rec = apply(run / "trace", "drop", PAGE, [witness], 1)
+    assert raw_files(run / "trace") == {0: run / "trace" / "cpu0.raw"}
+    assert (run / "trace" / "cpu0.raw").read_bytes() == (twin / "trace" / "cpu0.raw").read_bytes()
+    assert rec.pages["cpu0"]["pages"] == len(data) // PAGE
