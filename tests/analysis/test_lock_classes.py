@@ -262,6 +262,7 @@ def test_heap_classes_are_keyed_by_call_site(trace: Trace) -> None:
     assert {table2[c].name for c in moved} != {orig.name}
 
 
+@pytest.mark.guest  # a discovery boot per arch (cached after the first)
 def test_every_class_probe_fetches_the_irq_state_where_records_cannot_tell() -> None:
     """On arm64 a kprobe row without the interrupted context's IRQ state makes the
     decoder take every row's IRQ state as unknown (5 bundled IRQ bugs were lost): the
