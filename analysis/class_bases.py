@@ -27,7 +27,8 @@ class _Grow:
 
     def __init__(self, **dtypes: type) -> None:
         self.n = 0
-        self.cols = {k: np.zeros(256, dtype=v) for k, v in dtypes.items()}
+        self.cols: dict[str, np.ndarray] = {k: np.zeros(256, dtype=v)
+                                            for k, v in dtypes.items()}
 
     def extend(self, k: int) -> np.ndarray:
         while self.n + k > len(next(iter(self.cols.values()))):

@@ -19,11 +19,10 @@ pairs of addresses not named yet, and per key its first row.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from tracedep.analysis.class_table import NAME_BITS
-from tracedep.analysis.text_ids import TextIds
 from tracedep.analysis.u64map import U64Map
+from tracedep.analysis.window_cols import Cols, TextIds
 
 _NB = np.uint64(NAME_BITS)
 
@@ -41,57 +40,64 @@ class LockdepNames:
         self._pend_n = 0
         self._pend_after_dedup = 0
 
-    def ids_of(self, events: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-        if "lock_name" not in events.columns:
+    def ids_of(self, cols: Cols, rows: np.ndarray) -> np.ndarray:
+        if not cols.has("lock_name"):
             return np.zeros(len(rows), dtype=np.int64)
-        return self.text.of(events["lock_name"], rows)
+        return self.text.of(cols, "lock_name", rows)
 
-    def feed(self, a: np.ndarray, pos: np.ndarray, name: np.ndarray, slot: np.ndarray
-             ) -> np.ndarray:
-        """Each lock row's key (rows in row order): its slot and the name known for it
-        (first pass: 0 while the address has none; second pass: lockdep's)."""
-        ua, inv = np.unique(a, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        g = inv[order]
-        start = np.searchsorted(g, g, side="left")
-        named_at = np.where(name[order] > 0, np.arange(len(order)), -1)
-        last = np.maximum.accumulate(named_at) if len(order) else named_at
-        mine = last >= start
-        known = np.empty(len(order), dtype=np.int64)
-        known[mine] = name[order][last[mine]]
+    def feed(self, a: np.ndarray, pos: np.ndarray, name: np.ndarray, slot: np.ndarray,
+             ua: np.ndarray, inv: np.ndarray) -> np.ndarray:
+        """Each lock row's key (rows in row order; ``ua``, ``inv``: their distinct
+        addresses and which each is): its slot and the name known for it (first
+        pass: 0 while the address has none; second pass: lockdep's)."""
         before = self.last.get(ua, 0)
-        known[~mine] = before[g[~mine]]
-        got = np.empty(len(a), dtype=np.int64)
-        got[order] = known
-        # the address's names for later windows
         has = np.zeros(len(ua), dtype=bool)
-        has[g[name[order] > 0]] = True
-        ends = np.append(np.nonzero(np.diff(g))[0], len(g) - 1) if len(g) else g
-        self.last.put(ua[has], known[ends][has])
+        named = name > 0
+        if named.any():
+            order = np.argsort(inv, kind="stable")
+            g = inv[order]
+            start = np.searchsorted(g, g, side="left")
+            named_at = np.where(named[order], np.arange(len(order)), -1)
+            last = np.maximum.accumulate(named_at)
+            mine = last >= start
+            known = np.empty(len(order), dtype=np.int64)
+            known[mine] = name[order][last[mine]]
+            known[~mine] = before[g[~mine]]
+            got = np.empty(len(a), dtype=np.int64)
+            got[order] = known
+            # the address's names for later windows
+            has[inv[named]] = True
+            ends = np.append(np.nonzero(np.diff(g))[0], len(g) - 1)
+            self.last.put(ua[has], known[ends][has])
+        else:
+            got = before[inv]
         pending = got == 0
         if self.frozen:
             got[pending] = self.first.get(a[pending], 0)
         else:
-            self._collect(a, pos, slot, got, ua, g, order, has)
+            self._collect(a, pos, slot, got, ua, inv, has)
         return (slot.astype(np.uint64) << _NB) | got.astype(np.uint64)
 
     def _collect(self, a: np.ndarray, pos: np.ndarray, slot: np.ndarray, got: np.ndarray,
-                 ua: np.ndarray, g: np.ndarray, order: np.ndarray, has: np.ndarray) -> None:
+                 ua: np.ndarray, inv: np.ndarray, has: np.ndarray) -> None:
         """First pass: the slots used, each named key's first row, the pending rows."""
         if slot.max(initial=-1) >= len(self.used):
             grown = np.zeros(2 * int(slot.max()) + 2, dtype=bool)
             grown[:len(self.used)] = self.used
             self.used = grown
         self.used[slot] = True
-        fresh = has & (self.first.get(ua, 0) == 0)  # first named in this window
-        if fresh.any():
-            sel = fresh[g] & (got[order] > 0)
-            firsts = np.unique(g[sel], return_index=True)[1]
-            self.first.put(ua[g[sel][firsts]], got[order][sel][firsts])
+        fresh = has.copy()
+        fresh[has] = self.first.get(ua[has], 0) == 0  # first named in this window
         named = got > 0
+        if fresh.any():
+            sel = np.nonzero(fresh[inv] & named)[0]  # rows in row order
+            firsts = np.unique(inv[sel], return_index=True)[1]
+            self.first.put(ua[inv[sel[firsts]]], got[sel[firsts]])
         self._name_keys(slot[named], got[named], pos[named])
         pend = ~named
-        pa, ps, pp = a[pend], slot[pend], pos[pend]
+        if not pend.any():
+            return
+        pa, ps, pp, pg = a[pend], slot[pend], pos[pend], inv[pend]
         if fresh.any():
             # pending rows of earlier windows and of this one, at a newly named address
             self._fold_pending()
@@ -103,7 +109,13 @@ class LockdepNames:
             self._pend = [(sa[~hit], ss[~hit], sp[~hit])]
             self._pend_n = int((~hit).sum())
         else:
-            self._add_pending(pa, ps, pp)
+            # one entry per (address, slot) of the window: its first row
+            k = pg * (int(ps.max()) + 1) + ps
+            first = np.unique(k, return_index=True)[1]
+            self._pend.append((pa[first], ps[first], pp[first]))
+            self._pend_n += len(first)
+            if self._pend_n > 2 * self._pend_after_dedup + 65536:
+                self._fold_pending()
 
     def _name_keys(self, slot: np.ndarray, name: np.ndarray, pos: np.ndarray) -> None:
         if not len(slot):
@@ -116,14 +128,6 @@ class LockdepNames:
         k, pos = k[first], pos[first]
         old = self.named.get(k)
         self.named.put(k, np.where((old >= 0) & (old < pos), old, pos))
-
-    def _add_pending(self, a: np.ndarray, slot: np.ndarray, pos: np.ndarray) -> None:
-        if not len(a):
-            return
-        self._pend.append(_dedup(a, slot, pos))
-        self._pend_n += len(self._pend[-1][0])
-        if self._pend_n > 2 * self._pend_after_dedup + 65536:
-            self._fold_pending()
 
     def _fold_pending(self) -> None:
         if len(self._pend) > 1:

@@ -51,12 +51,12 @@ from tracedep.analysis.class_bases import Bases
 from tracedep.analysis.class_model import ClassNamer, LockClass
 from tracedep.analysis.class_names import LockdepNames
 from tracedep.analysis.class_table import NAME_BITS, Collected, Table, build
+from tracedep.analysis.class_window import LockRows, StreamState, classify, compact
 from tracedep.analysis.heap_state import HeapState
 from tracedep.analysis.init_state import Candidates, InitState, TypeCodes
-from tracedep.analysis.class_window import LockRows, StreamState, classify
 from tracedep.analysis.run_symbols import RunSymbols
-from tracedep.analysis.text_ids import matches
 from tracedep.analysis.u64map import U64Map
+from tracedep.analysis.window_cols import Cols
 from tracedep.tracer.decode_stream import Window
 
 _NAME_MASK = np.uint64((1 << NAME_BITS) - 1)
@@ -120,15 +120,17 @@ class ClassEngine:
         out = np.full(len(events), -1, dtype=np.int64)
         if not len(events):
             return out
-        ts = events["ts_ns"].to_numpy().astype(np.int64)
+        cols = Cols(events)
+        ts = cols.num("ts_ns").astype(np.int64)
         self._check_order(ts)
         if rows is None:
-            rows = np.nonzero(matches(events["kind"], "lock_acquire"))[0]
-        lr = LockRows.of(events, rows, ts, row0, self.st.types)
-        slot = classify(self.st, events, ts, row0, lr)
-        name = self.names.ids_of(events, rows)
-        key = self.names.feed(lr.addr, lr.pos, name, slot)
-        out[rows] = self._ids(key)
+            rows = np.nonzero(cols.is_("kind", "lock_acquire"))[0]
+        lr = LockRows.of(cols, rows, ts, row0, self.st.types)
+        slot = classify(self.st, cols, ts, row0, lr)
+        if len(rows):
+            name = self.names.ids_of(cols, rows)
+            key = self.names.feed(lr.addr, lr.pos, name, slot, lr.ua, lr.inv)
+            out[rows] = self._ids(key)
         self.fed += len(events)
         return out
 
@@ -168,6 +170,10 @@ class ClassEngine:
                 else np.zeros(0, dtype=np.uint64))
         return ClassPlan(table.classes, table, prov, table.lookup(prov), self.names.first,
                          self.names.names, bases)
+
+    def compact(self) -> None:
+        """Forget now what can no longer matter (the stream does it as records pile up)."""
+        compact(self.st)
 
     def state_size(self) -> dict[str, int]:
         """Entries in each map the engine keeps (against ``events``: rows fed)."""

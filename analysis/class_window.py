@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from tracedep.analysis.class_bases import Bases
 from tracedep.analysis.class_model import (
@@ -39,8 +38,8 @@ from tracedep.analysis.init_state import (
     TypeCodes,
 )
 from tracedep.analysis.run_symbols import RunSymbols
-from tracedep.analysis.text_ids import matches, texts
 from tracedep.analysis.u64map import U64Map
+from tracedep.analysis.window_cols import Cols
 
 _U64 = np.uint64
 _OFF_BITS = np.uint64(32)
@@ -73,16 +72,20 @@ class LockRows:
     ltype: np.ndarray  # TypeCodes
     pos: np.ndarray
     spin: np.ndarray
+    ua: np.ndarray  # the distinct addresses …
+    first: np.ndarray  # … the first row at each …
+    inv: np.ndarray  # … and which one each row's is
 
     @classmethod
-    def of(cls, events: pd.DataFrame, rows: np.ndarray, ts: np.ndarray, row0: int,
+    def of(cls, cols: Cols, rows: np.ndarray, ts: np.ndarray, row0: int,
            types: TypeCodes) -> LockRows:
-        lt = types.of(events["lock_type"], rows)
+        lt = types.of(cols, "lock_type", rows)
         types.check()
         spin_codes = np.array([types.code(s) for s in SPINNING_LOCK_TYPES])
-        return cls(rows, events["lock_addr"].to_numpy()[rows].astype(_U64), ts[rows],
-                   events["ip"].to_numpy()[rows].astype(_U64), lt, row0 + rows,
-                   np.isin(lt, spin_codes))
+        addr = cols.num("lock_addr")[rows].astype(_U64)
+        ua, first, inv = np.unique(addr, return_index=True, return_inverse=True)
+        return cls(rows, addr, ts[rows], cols.num("ip")[rows].astype(_U64), lt, row0 + rows,
+                   np.isin(lt, spin_codes), ua, first, inv)
 
 
 class _Cover:
@@ -113,27 +116,41 @@ class _Cover:
         return out
 
 
-def classify(eng: StreamState, events: pd.DataFrame, ts: np.ndarray, row0: int,
+def classify(eng: StreamState, cols: Cols, ts: np.ndarray, row0: int,
              lr: LockRows) -> np.ndarray:
     """Apply the window to the state and give each lock row its base slot."""
     heap = eng.heap
-    ptr = events["ptr"].to_numpy()
-    nbytes = events["bytes"].to_numpy()
-    ip = events["ip"].to_numpy()
-    kind = events["kind"]
-    a_rows = np.nonzero(matches(kind, "alloc") & (ptr != 0) & (nbytes > 0))[0]
-    recs = heap.add(ptr[a_rows], nbytes[a_rows], ts[a_rows], ip[a_rows], row0 + a_rows)
-    f_rows = np.nonzero(matches(kind, "free"))[0]
-    heap.apply_frees(ptr[f_rows], ts[f_rows], recs)
-    i_rows = np.nonzero(matches(kind, "lock_init"))[0]
-    i_addr = events["lock_addr"].to_numpy()[i_rows].astype(_U64)
-    u = np.unique(np.concatenate([lr.addr, i_addr]))
     times = ts[np.concatenate([[True], ts[1:] != ts[:-1]])]
-    own0, tmin0 = heap.owners(u)
-    snap = eng.inits.lookup(u)
-    cover = _Cover(heap, recs, u, times)
-    irecs = _inits(eng, events, i_rows, i_addr, ts, u, times, cover, tmin0)
-    lu = np.searchsorted(u, lr.addr)
+    ptr = cols.num("ptr")
+    nbytes = cols.num("bytes")
+    ip = cols.num("ip")
+    a_rows = np.nonzero(cols.is_("kind", "alloc") & (ptr != 0) & (nbytes > 0))[0]
+    recs = heap.add(ptr[a_rows], nbytes[a_rows], ts[a_rows], ip[a_rows], row0 + a_rows)
+    f_rows = np.nonzero(cols.is_("kind", "free"))[0]
+    heap.apply_frees(ptr[f_rows], ts[f_rows], recs, times)
+    i_rows = np.nonzero(cols.is_("kind", "lock_init"))[0]
+    b = np.zeros(0, dtype=np.int64)
+    if len(lr.rows) or len(i_rows):
+        i_addr = cols.num("lock_addr")[i_rows].astype(_U64)
+        u = np.union1d(lr.ua, i_addr) if len(i_rows) else lr.ua
+        own0, tmin0 = heap.owners(u)
+        snap = eng.inits.lookup(u)
+        cover = _Cover(heap, recs, u, times)
+        irecs = _inits(eng, cols, i_rows, i_addr, ts, u, times, cover, tmin0)
+        if len(lr.rows):
+            b = _answers(eng, lr, u, times, own0, cover, irecs, snap)
+    heap.paint(recs)
+    if heap.due():
+        compact(eng)
+    return (b << 1) | lr.spin.astype(np.int64)
+
+
+def _answers(eng: StreamState, lr: LockRows, u: np.ndarray, times: np.ndarray,
+             own0: np.ndarray, cover: _Cover, irecs: InitRecords,
+             snap: dict[str, np.ndarray]) -> np.ndarray:
+    """The base of each lock row: its symbol's, initializer's or allocation's class,
+    else its instance pair's."""
+    lu = lr.inv if u is lr.ua else np.searchsorted(u, lr.addr)
     rank = np.searchsorted(times, lr.ts)
     cand = _static(eng, lr)
     todo = cand < 0
@@ -146,16 +163,13 @@ def classify(eng: StreamState, events: pd.DataFrame, ts: np.ndarray, row0: int,
     rest = b < 0
     if rest.any():
         b[rest] = eng.bases.of_pairs(lr.addr[rest], lr.ip[rest], lr.ts[rest])
-    heap.paint(recs)
-    if heap.due():
-        _compact(eng)
-    return (b << 1) | lr.spin.astype(np.int64)
+    return b
 
 
 def _static(eng: StreamState, lr: LockRows) -> np.ndarray:
     """Per lock row: the candidate of its address's symbol's class, -2 where the
     address has no symbol (decided at its first row), -1 outside every symbol span."""
-    ua, first, inv = np.unique(lr.addr, return_index=True, return_inverse=True)
+    ua, first, inv = lr.ua, lr.first, lr.inv
     lo, hi = eng.spans
     i = np.searchsorted(lo, ua, side="right") - 1
     inside = i >= 0
@@ -180,7 +194,7 @@ def _static(eng: StreamState, lr: LockRows) -> np.ndarray:
     return per[inv]
 
 
-def _inits(eng: StreamState, events: pd.DataFrame, i_rows: np.ndarray, i_addr: np.ndarray,
+def _inits(eng: StreamState, cols: Cols, i_rows: np.ndarray, i_addr: np.ndarray,
            ts: np.ndarray, u: np.ndarray, times: np.ndarray, cover: _Cover,
            tmin0: np.ndarray) -> InitRecords:
     """The window's initializer rows into the init state; the records they appended."""
@@ -192,14 +206,10 @@ def _inits(eng: StreamState, events: pd.DataFrame, i_rows: np.ndarray, i_addr: n
     jc = cover.latest(iu, np.searchsorted(times, t), lowest=True)
     jc = np.where(jc >= 0, jc, tmin0[iu])
     freed = np.where(jc >= 0, eng.heap.freed[jc], INF)
-    cols = events.columns
-
-    def text(c: str) -> list[str]:
-        return texts(events[c], i_rows) if c in cols else [""] * len(i_rows)
-
-    rows = InitRows(i_addr, t, events["ip"].to_numpy()[i_rows], events["pid"].to_numpy()[i_rows],
-                    text("func"), text("lock_name"), events["value"].to_numpy()[i_rows],
-                    events["key_addr"].to_numpy()[i_rows] if "key_addr" in cols
+    rows = InitRows(i_addr, t, cols.num("ip")[i_rows], cols.num("pid")[i_rows],
+                    cols.texts("func", i_rows), cols.texts("lock_name", i_rows),
+                    cols.num("value")[i_rows],
+                    cols.num("key_addr")[i_rows] if cols.has("key_addr")
                     else np.zeros(len(i_rows), dtype=_U64), jc)
     return eng.inits.process(rows, freed)
 
@@ -208,9 +218,8 @@ def _init_answer(eng: StreamState, lr: LockRows, lu: np.ndarray, rank: np.ndarra
                  u: np.ndarray, times: np.ndarray, irecs: InitRecords,
                  snap: dict[str, np.ndarray], todo: np.ndarray) -> np.ndarray:
     """Per lock row: its latest initializer's class candidate, -1 where none holds."""
-    n = len(lu)
     has, cand = snap["has"][lu], snap["cand"][lu]
-    mask, jc = snap["mask"][lu], snap["jc"][lu]
+    mask, jc, end = snap["mask"][lu], snap["jc"][lu], snap["end"][lu]
     if len(irecs.ts):
         span = len(times) + 1
         wu = np.searchsorted(u, irecs.addr)
@@ -221,9 +230,9 @@ def _init_answer(eng: StreamState, lr: LockRows, lu: np.ndarray, rank: np.ndarra
         ok = i >= 0
         ok[ok] = wu[i[ok]] == lu[ok]
         j = o[i[ok]]
-        has, cand, mask, jc = has.copy(), cand.copy(), mask.copy(), jc.copy()
+        has, cand, mask, jc, end = has.copy(), cand.copy(), mask.copy(), jc.copy(), end.copy()
         has[ok], cand[ok], mask[ok], jc[ok] = 1, irecs.cand[j], irecs.mask[j], irecs.jc[j]
-    end = np.full(n, INF, dtype=np.int64)
+        end[ok] = INF
     end[jc >= 0] = eng.heap.freed[jc[jc >= 0]]
     hit = todo & (has > 0) & (cand >= 0) & (lr.ts < end) & (((mask >> lr.ltype) & 1) == 1)
     out = np.where(hit, cand, -1)
@@ -285,8 +294,9 @@ def _memo(eng: StreamState, rows: np.ndarray, j: np.ndarray, off: np.ndarray,
     return got
 
 
-def _compact(eng: StreamState) -> None:
+def compact(eng: StreamState) -> None:
     """Drop the heap records nothing refers to; renumber the references."""
+    eng.inits.settle(eng.heap.freed)
     remap = eng.heap.compact(eng.inits.refs())
     eng.inits.remap_records(remap)
     k, v = eng.heap_memo.items()

@@ -27,13 +27,12 @@ from tracedep.analysis.u64map import U64Map
 
 INF = int(np.iinfo(np.int64).max)
 _U64 = np.uint64
-_COLS = (("ptr", _U64), ("end", _U64), ("ts", np.int64), ("ip", _U64), ("row", np.int64),
-         ("freed", np.int64), ("prev", np.int64))
+_COLS = ("ptr", "end", "ts", "ip", "row", "freed", "prev")  # a record's
 
 
 def expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For ranges ``lo[i]:hi[i]``: (which range, each index in it), concatenated."""
-    n = np.maximum(hi - lo, 0)
+    n: np.ndarray = np.maximum(hi - lo, 0)
     which = np.repeat(np.arange(len(lo)), n)
     if not len(which):
         return which, which.copy()
@@ -41,22 +40,21 @@ def expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return which, lo[which] + (np.arange(len(which)) - starts[which])
 
 
-def time_ranks(*times: np.ndarray) -> tuple[np.ndarray, int]:
-    """The sorted distinct times of ``times`` (to rank with searchsorted) and their count + 1."""
-    u = np.unique(np.concatenate(times)) if times else np.zeros(0, dtype=np.int64)
-    return u, len(u) + 1
-
-
 class HeapState:
     def __init__(self) -> None:
         self.n = 0
         self.cap = 1024
-        for name, dt in _COLS:
-            setattr(self, name, np.zeros(self.cap, dtype=dt))
-        self.s_start = np.zeros(0, dtype=_U64)
-        self.s_end = np.zeros(0, dtype=_U64)
-        self.s_own = np.zeros(0, dtype=np.int64)
-        self.s_tmin = np.zeros(0, dtype=np.int64)
+        self.ptr: np.ndarray = np.zeros(self.cap, dtype=_U64)
+        self.end: np.ndarray = np.zeros(self.cap, dtype=_U64)
+        self.ts: np.ndarray = np.zeros(self.cap, dtype=np.int64)
+        self.ip: np.ndarray = np.zeros(self.cap, dtype=_U64)
+        self.row: np.ndarray = np.zeros(self.cap, dtype=np.int64)
+        self.freed: np.ndarray = np.zeros(self.cap, dtype=np.int64)
+        self.prev: np.ndarray = np.zeros(self.cap, dtype=np.int64)
+        self.s_start: np.ndarray = np.zeros(0, dtype=_U64)
+        self.s_end: np.ndarray = np.zeros(0, dtype=_U64)
+        self.s_own: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.s_tmin: np.ndarray = np.zeros(0, dtype=np.int64)
         self.pend_head = U64Map()  # ptr -> newest record at it not freed yet (-1: none)
         self.alive_at_compact = 0
 
@@ -75,7 +73,7 @@ class HeapState:
             return ids
         while self.n + k > self.cap:
             self.cap *= 2
-            for name, _dt in _COLS:
+            for name in _COLS:
                 a = getattr(self, name)
                 b = np.zeros(self.cap, dtype=a.dtype)
                 b[:self.n] = a[:self.n]
@@ -90,11 +88,15 @@ class HeapState:
         self.n += k
         return ids
 
-    def apply_frees(self, fptr: np.ndarray, fts: np.ndarray, new: np.ndarray) -> None:
+    def apply_frees(self, fptr: np.ndarray, fts: np.ndarray, new: np.ndarray,
+                    times: np.ndarray) -> None:
         """A window's frees (any order) and its new records ``new``: each pending
         record at a freed pointer takes the first free after its own time stamp;
-        the new ones still pending join their pointer's chain."""
+        the new ones still pending join their pointer's chain.  ``times``: the
+        window's distinct time stamps, sorted (all earlier records are older)."""
         new = new[new >= 0]
+        if not len(fptr) and not len(new):
+            return
         fptr = fptr.astype(_U64)
         uf = np.unique(fptr)
         heads = self.pend_head.get(uf)
@@ -110,12 +112,14 @@ class HeapState:
         mine = (uf[g_c] == self.ptr[c]) if len(uf) else np.zeros(len(c), dtype=bool)
         c, g_c = c[mine], g_c[mine]
         if len(c):
-            times, span = time_ranks(fts, self.ts[c])
-            kf = np.searchsorted(uf, fptr) * span + np.searchsorted(times, fts)
+            # time keys: a free's 2 × its rank, a record's 2 × (rank + 1) - 1, so that
+            # a free follows a record exactly when its time stamp is later
+            span = 2 * len(times) + 2
+            kf = np.searchsorted(uf, fptr) * span + 2 * np.searchsorted(times, fts) + 1
             order = np.argsort(kf, kind="stable")
             kf, fsorted = kf[order], fts[order]
-            i = np.searchsorted(kf, g_c * span + np.searchsorted(times, self.ts[c]),
-                                side="right")
+            kc = 2 * np.searchsorted(times, self.ts[c], side="right")
+            i = np.searchsorted(kf, g_c * span + kc, side="right")
             ok = i < len(kf)
             ok[ok] = (kf[i[ok]] // span) == g_c[ok]
             self.freed[c[ok]] = fsorted[i[ok]]
@@ -241,7 +245,7 @@ class HeapState:
         alive = np.unique(used[used >= 0])
         remap = np.full(self.n + 1, -1, dtype=np.int64)  # remap[-1] = -1
         remap[alive] = np.arange(len(alive))
-        for name, _dt in _COLS:
+        for name in _COLS:
             a = getattr(self, name)
             b = np.zeros(max(1024, 2 * len(alive)), dtype=a.dtype)
             b[:len(alive)] = a[alive]

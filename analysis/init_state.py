@@ -21,12 +21,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracedep.analysis.class_model import LockClass, init_class, inode_key, rekey_class
+from tracedep.analysis.heap_state import INF
 from tracedep.analysis.run_symbols import RunSymbols
-from tracedep.analysis.text_ids import TextIds
 from tracedep.analysis.u64map import U64Map
-from tracedep.tracer.lock_init import DIR_REKEY, INODE_REKEY, LOCK_INITS, REKEY_TYPES, S_IFDIR, S_IFMT
+from tracedep.analysis.window_cols import TextIds
+from tracedep.tracer.lock_init import (
+    DIR_REKEY,
+    INODE_REKEY,
+    LOCK_INITS,
+    REKEY_TYPES,
+    S_IFDIR,
+    S_IFMT,
+)
 
-_FIELDS = ("has", "cand", "mask", "jc", "func", "pid")
+_FIELDS = ("has", "cand", "mask", "jc", "end", "func", "pid")
 
 
 class Candidates:
@@ -106,15 +114,25 @@ class InitState:
         return self.n
 
     def lookup(self, addrs: np.ndarray) -> dict[str, np.ndarray]:
-        """The latest record at each address: ``has`` (0: none), ``cand``, ``mask``, ``jc``."""
+        """The latest record at each address: ``has`` (0: none), ``cand``, ``mask``,
+        and its end: the first free of record ``jc``, or ``end`` where ``jc`` is -1."""
         s = self.slots.get(addrs)
         ok = s >= 0
         out = {}
-        for f, none in (("has", 0), ("cand", -1), ("mask", 0), ("jc", -1)):
+        for f, none in (("has", 0), ("cand", -1), ("mask", 0), ("jc", -1), ("end", INF)):
             v = np.full(len(addrs), none, dtype=np.int64)
             v[ok] = self.cols[f][s[ok]]
             out[f] = v
         return out
+
+    def settle(self, freed: np.ndarray) -> None:
+        """Records whose object was freed (``freed``: HeapState.freed) keep the time,
+        not the heap record."""
+        jc = self.cols["jc"][:self.n]
+        done = jc >= 0
+        done[done] = freed[jc[done]] != INF
+        self.cols["end"][:self.n][done] = freed[jc[done]]
+        jc[done] = -1
 
     def remap_records(self, remap: np.ndarray) -> None:
         """Heap records were renumbered (HeapState.compact)."""
@@ -142,6 +160,7 @@ class InitState:
             if jc >= 0 and int(freed[i]) < t:
                 jc = -1  # the object was freed before the init: nothing ends the class
             c["has"][s], c["cand"][s], c["mask"][s], c["jc"][s] = 1, cand, mask, jc
+            c["end"][s] = INF
             out.append((a, t, cand, mask, jc))
         arr = np.array([o[1:] for o in out], dtype=np.int64).reshape(-1, 4)
         return InitRecords(np.array([o[0] for o in out], dtype=np.uint64), arr[:, 0],
@@ -188,7 +207,7 @@ class InitState:
                     self.cols[f] = np.concatenate([self.cols[f],
                                                    np.zeros_like(self.cols[f])])
             ids = np.arange(self.n, self.n + k)
-            for f, none in (("has", 0), ("cand", -1), ("mask", 0), ("jc", -1),
+            for f, none in (("has", 0), ("cand", -1), ("mask", 0), ("jc", -1), ("end", INF),
                             ("func", -1), ("pid", 0)):
                 self.cols[f][ids] = none
             self.n += k
