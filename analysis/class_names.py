@@ -95,8 +95,6 @@ class LockdepNames:
             self.first.put(ua[inv[sel[firsts]]], got[sel[firsts]])
         self._name_keys(slot[named], got[named], pos[named])
         pend = ~named
-        if not pend.any():
-            return
         pa, ps, pp, pg = a[pend], slot[pend], pos[pend], inv[pend]
         if fresh.any():
             # pending rows of earlier windows and of this one, at a newly named address
@@ -108,7 +106,7 @@ class LockdepNames:
             self._name_keys(ss[hit], fn, sp[hit])
             self._pend = [(sa[~hit], ss[~hit], sp[~hit])]
             self._pend_n = int((~hit).sum())
-        else:
+        elif len(pa):
             # one entry per (address, slot) of the window: its first row
             k = pg * (int(ps.max()) + 1) + ps
             first = np.unique(k, return_index=True)[1]
