@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from tracedep.analysis.class_bases import Bases
 from tracedep.analysis.class_model import ClassNamer, LockClass
@@ -212,7 +213,7 @@ def whole_timestamps(windows: Iterable[Window]) -> Iterator[Window]:
     for w in windows:
         ev, row0 = w.events, w.row0
         if carry is not None and len(carry):
-            ev = pd.concat([carry, ev], ignore_index=True)
+            ev = _join(carry, ev)
             row0 = carry_row0
         if not len(ev):
             continue
@@ -224,3 +225,21 @@ def whole_timestamps(windows: Iterable[Window]) -> Iterator[Window]:
     if carry is not None and len(carry):
         yield Window(carry, carry_row0)
 
+
+def _join(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """``a`` then ``b``, their categorical columns kept categorical (each window has
+    categories of its own: a plain concat would make them objects)."""
+    cols = {}
+    for c in a.columns:
+        x, y = a[c], b[c]
+        if isinstance(x.dtype, pd.CategoricalDtype) and isinstance(y.dtype, pd.CategoricalDtype):
+            cols[c] = pd.Series(union_categoricals([_objects(x), _objects(y)], ignore_order=True))
+        else:
+            cols[c] = pd.Series(np.concatenate([x.to_numpy(), y.to_numpy()]))
+    return pd.DataFrame(cols)
+
+
+def _objects(c: pd.Series) -> pd.Categorical:
+    """``c`` with object categories (union_categoricals wants one dtype for them)."""
+    cats = c.cat.categories
+    return c.array if cats.dtype == object else c.cat.set_categories(cats.astype(object)).array
