@@ -13,6 +13,8 @@ per (address, call site) pair of those rows; never per event.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from tracedep.analysis.class_table import Met
@@ -54,11 +56,14 @@ class Bases:
         self.pairs = _Grow(base=np.int64, addr=np.uint64, ip=np.uint64, count=np.int64,
                            ts=np.int64)
 
-    def refit(self, cands: Candidates) -> None:
-        """A second pass with its own candidates: they find their bases by key."""
-        self.cands = cands
-        self._cand_base = np.zeros(0, dtype=np.int64)
-        self.frozen = True
+    def frozen_for(self, cands: Candidates) -> Bases:
+        """These bases for a second pass with its own candidates (which find their
+        bases by key); nothing new may appear."""
+        out = copy.copy(self)
+        out.cands = cands
+        out._cand_base = np.zeros(0, dtype=np.int64)
+        out.frozen = True
+        return out
 
     def of_cands(self, cand: np.ndarray) -> np.ndarray:
         """The base of each candidate class (-1 for -1: no class)."""

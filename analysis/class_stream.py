@@ -101,8 +101,7 @@ class ClassEngine:
             bases = Bases(cands)
             self.names = LockdepNames()
         else:
-            bases = plan.bases
-            bases.refit(cands)
+            bases = plan.bases.frozen_for(cands)
             self.names = LockdepNames(plan.first_names, plan.names)
         self.st = StreamState(symbols, namer, cands, types, HeapState(),
                               InitState(symbols, cands, types), bases, _spans(symbols),
