@@ -136,6 +136,23 @@ def test_forgetting_after_every_window(trace: Path, monkeypatch: pytest.MonkeyPa
     _check(t.events, t.symbols, [7, 100])
 
 
+def test_passes_cut_alike_or_not() -> None:
+    """The plan of a first pass fed in windows of one size serves a second pass fed in
+    windows of another: the bases are found by class key and instance pair."""
+    t = load_fixture(DATA / "classes" / "events")
+    ev = t.events
+    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+    sel = np.zeros(len(ev), dtype=bool)
+    sel[rows] = True
+    first = ClassEngine(t.symbols)
+    _feed(first, _windows(ev, 1000), sel, len(ev))
+    plan = first.finish()
+    want = ref.assign(ev, t.symbols, rows)
+    for size in (3, len(ev)):
+        final = _feed(ClassEngine(t.symbols, plan=plan), _windows(ev, size), sel, len(ev))
+        _same(want, (final[rows], plan.table), f"second pass in windows of {size}")
+
+
 def test_the_recorded_traces_exist() -> None:
     assert len(FIXTURES) >= 77 and all(p.is_dir() for p in RUNS)
 
