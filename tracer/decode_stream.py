@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
+from tracedep.common import heap
 from tracedep.common.run_manifest import RunManifest
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import control, module_sections, page_sums, schema
@@ -257,6 +258,9 @@ class StreamDecoder:
                                 if isinstance(col.dtype, pd.CategoricalDtype)
                                 else col.to_numpy().copy())
             del ev, col
+        # the windows' small arrays came from the C heap, and their holes stay resident
+        # beside the frame's large (mapped) columns unless handed back (common.heap)
+        heap.give_back()
         ev = pd.DataFrame(index=pd.RangeIndex(kept))
         for c, dtype in schema.COLUMNS.items():
             got, parts[c] = parts[c], []
@@ -269,8 +273,10 @@ class StreamDecoder:
             else:
                 ev[c] = np.concatenate([np.asarray(x) for x in got]).astype(dtype, copy=False)
             del got
-        ev["comm"] = _comm_column(ev, self._final_names())
-        ev = ev[list(schema.COLUMNS)]
+            heap.give_back()
+        # put in its place, not appended and the frame reordered: a reorder copies it
+        ev.insert(list(schema.COLUMNS).index("comm"), "comm",
+                  pd.Series(_comm_column(ev, self._final_names()), index=ev.index))
         d = self.decoded()
         d.events = ev
         d.cut = cut
