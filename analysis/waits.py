@@ -129,6 +129,27 @@ class _Holds:
         m = cand[(start[cand] < r) & (end[cand] > r) & (cls[cand] >= 0)]
         return [(int(cls[j]), int(start[j]), bool(shared[j])) for j in m]
 
+    def any_open(self, tasks: list[int], ctxs: list[str], rows: np.ndarray) -> np.ndarray:
+        """Per question (task, context, row): may a lock be held there?  The first test
+        of :meth:`held`, for all questions at once (a busy kthread asks a million
+        times between its rounds, with nothing held); False needs no :meth:`held`."""
+        out = np.zeros(len(rows), dtype=bool)
+        if not len(rows) or not self.index:
+            return out
+        code: dict[tuple[int, str], int] = {}
+        keys = np.array([code.setdefault(k, len(code)) for k in zip(tasks, ctxs, strict=True)],
+                        dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        ends = np.flatnonzero(np.diff(keys[order]) != 0) + 1
+        for sel in np.split(order, ends):
+            got = self.index.get((tasks[sel[0]], ctxs[sel[0]]))
+            if got is None:
+                continue
+            _, s_start, _, s_end = got
+            r = rows[sel]
+            out[sel] = (np.searchsorted(s_start, r) - np.searchsorted(s_end, r, side="right")) > 0
+        return out
+
     def taken(self, task: int, ctx: str, lo: int, hi: int) -> list[tuple[int, int]]:
         """(class, acquiring row) of each blocking acquisition between two rows."""
         got = self.by.get((task, ctx))
@@ -199,6 +220,7 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
                         for i, t in zip(ids, ltype[has_addr], strict=True)]
 
     holds = _Holds(rep, set(tasks), ev["ts_ns"].to_numpy())
+    asks = holds.any_open(tasks, ctxs, rows)
 
     def add(u: int, v: int, row: int, held_row: int, shared: bool, how: str, api: str,
             ctx: str) -> None:
@@ -213,6 +235,8 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
 
     def wait_side(j: int, obj_cls: int, witness: int = -1) -> None:
         """Locks held at a wait -> the object."""
+        if not asks[j]:
+            return
         r = int(rows[j])
         for c, hr, sh in holds.held(tasks[j], ctxs[j], r):
             add(c, obj_cls, witness if witness >= 0 else r, hr, sh, "wait",
@@ -226,7 +250,7 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
 
     def signal_side(j: int, obj_cls: int) -> None:
         """The object -> locks held where it was signalled."""
-        if (tasks[j], int(addr[j])) in own_waits:
+        if not asks[j] or (tasks[j], int(addr[j])) in own_waits:
             return
         r = int(rows[j])
         for c, hr, _ in holds.held(tasks[j], ctxs[j], r):

@@ -128,3 +128,29 @@ def test_a_trylock_in_the_callback_adds_no_edge() -> None:
                        & (ev["lock_type"].astype(str) == "mutex")]
     ev.loc[fn_rows, "lock_flags"] = "trylock"
     assert waits_of(t)["work"] == []
+
+
+@pytest.mark.parametrize("fixture", [FIXTURE, CLEAN])
+def test_questions_asked_at_once_agree_with_each_question(fixture: Path) -> None:
+    """_Holds.any_open (all questions in one pass) says False only where held() finds
+    nothing, on the real trace's wait and signal rows and on every row besides."""
+    import numpy as np
+
+    from tracedep.analysis import classes as lock_classes
+    from tracedep.analysis.heldlocks import replay, task_contexts
+    from tracedep.analysis.waits import _Holds
+
+    t = load_fixture(fixture)
+    ev = t.events
+    lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+    ids, _ = lock_classes.assign(ev, t.symbols, lock_rows)
+    classes = np.full(len(ev), -1, dtype=np.int32)
+    classes[lock_rows] = ids
+    rep = replay(ev, classes, untraced=frozenset(t.info.untraced_pids))
+    rows = np.arange(len(ev))
+    tasks, ctxs = task_contexts(ev, rows)
+    holds = _Holds(rep, set(tasks), ev["ts_ns"].to_numpy())
+    asks = holds.any_open(tasks, ctxs, rows)
+    held = [bool(holds.held(tasks[j], ctxs[j], int(rows[j]))) for j in range(len(rows))]
+    assert not any(h and not a for h, a in zip(held, asks, strict=True))
+    assert any(held) and not all(asks)  # both answers occur: the check says something
