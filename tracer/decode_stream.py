@@ -47,7 +47,7 @@ from tracedep.common import heap
 from tracedep.common.run_manifest import RunManifest
 from tracedep.errors import TraceFormatError
 from tracedep.tracer import control, module_sections, page_sums, schema
-from tracedep.tracer.event_rows import cmdline_names, unique_names
+from tracedep.tracer.event_rows import cmdline_names, sorted_unique, unique_names
 from tracedep.tracer.ftrace_binary import (
     Carry,
     Cut,
@@ -261,22 +261,23 @@ class StreamDecoder:
         # the windows' small arrays came from the C heap, and their holes stay resident
         # beside the frame's large (mapped) columns unless handed back (common.heap)
         heap.give_back()
-        ev = pd.DataFrame(index=pd.RangeIndex(kept))
+        cols: dict[str, Any] = {}
         for c, dtype in schema.COLUMNS.items():
             got, parts[c] = parts[c], []
             if c == "comm":
-                continue
-            if not got:
-                ev[c] = schema.empty()[c]
+                cols[c] = None  # its place; filled once pid and kind are whole
+            elif not got:
+                cols[c] = schema.empty()[c].array
             elif isinstance(got[0], pd.Categorical):
-                ev[c] = union_categoricals([_obj(x) for x in got], ignore_order=True)
+                cols[c] = union_categoricals([_obj(x) for x in got], ignore_order=True)
             else:
-                ev[c] = np.concatenate([np.asarray(x) for x in got]).astype(dtype, copy=False)
+                cols[c] = np.concatenate([np.asarray(x) for x in got]).astype(dtype, copy=False)
             del got
             heap.give_back()
-        # put in its place, not appended and the frame reordered: a reorder copies it
-        ev.insert(list(schema.COLUMNS).index("comm"), "comm",
-                  pd.Series(_comm_column(ev, self._final_names()), index=ev.index))
+        cols["comm"] = _comm_column(pd.DataFrame({"pid": cols["pid"], "kind": cols["kind"]},
+                                                 copy=False), self._final_names())
+        # as they are: pandas would copy each column set on a frame one at a time
+        ev = pd.DataFrame(cols, index=pd.RangeIndex(kept), copy=False)
         d = self.decoded()
         d.events = ev
         d.cut = cut
@@ -407,7 +408,7 @@ def _tally(cut: Cut | None, left: pd.DataFrame, kept: int) -> Cut:
 def _comm_column(ev: pd.DataFrame, names: dict[int, str]) -> pd.Categorical:
     """Each row's task name from ``names`` (pid 0: ``<idle>``; gap rows: none)."""
     names = {**names, 0: "<idle>"}
-    upids, inv = np.unique(ev["pid"].to_numpy(), return_inverse=True)
+    upids, inv = sorted_unique(ev["pid"].to_numpy())
     idx = np.where(ev["kind"].to_numpy() == "gap", len(upids), inv.reshape(-1))
     return unique_names([names.get(int(p), "<...>") for p in upids] + [""], idx)
 

@@ -62,6 +62,16 @@ class CatColumn:
         return pd.Categorical.from_codes(self.codes, categories=pd.Index(self.cats, dtype=object))
 
 
+def sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` by hashing (pandas.factorize): a
+    window's pids are few, and sorting all its rows to find them cost a sort per window."""
+    codes, uniq = pd.factorize(values, sort=False)
+    order = np.argsort(uniq, kind="stable")
+    rank = np.empty(len(order), dtype=np.intp)
+    rank[order] = np.arange(len(order))
+    return np.asarray(uniq)[order], rank[codes]
+
+
 def unique_names(names: list[str], inverse: np.ndarray) -> pd.Categorical:
     """A categorical column from per-value ``names`` (which may repeat) and codes."""
     cats: list[str] = []
@@ -77,15 +87,26 @@ def unique_names(names: list[str], inverse: np.ndarray) -> pd.Categorical:
 
 
 def _gather(arr: np.ndarray, offs: np.ndarray, size: int, signed: bool) -> np.ndarray:
+    """The little-endian integers of ``size`` bytes at byte offsets ``offs`` of ``arr``
+    (every offset checked by the caller: ``offs + size <= len(arr)``)."""
+    dt = np.dtype({1: "i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size] if signed else {
+        1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}[size]) if size in (1, 2, 4, 8) else None
+    if dt is None:
+        raise ValueError(f"a {size}-byte integer field")
     if len(offs) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
-    if size not in (1, 2, 4, 8):
-        raise ValueError(f"a {size}-byte integer field")
-    idx = offs[:, None] + np.arange(size, dtype=np.int64)
-    raw = np.ascontiguousarray(arr[idx])
-    dt = {1: "i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size] if signed else {
-        1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}[size]
-    return raw.view(dt).ravel()
+    if size == 1:
+        return arr[offs].view(dt)
+    # the buffer seen as integers from each byte phase: one index per value, where
+    # gathering its bytes one by one costs ``size`` (records are 4-byte aligned, so a
+    # field's offsets fall in one or two phases)
+    q, phase = np.divmod(offs, size)
+    out = np.empty(len(offs), dtype=dt)
+    for k in np.flatnonzero(np.bincount(phase, minlength=size)).tolist():
+        view = arr[k:k + (len(arr) - k) // size * size].view(dt)
+        sel = phase == k
+        out[sel] = view[q[sel]]
+    return out
 
 
 def _string_at(buf: bytes, rec: int, fmt_field_off: int, data_loc: bool, reclen: int) -> str:
@@ -518,7 +539,8 @@ class RecordColumns:
 
         Built one column at a time, each moved out of these columns as it is
         placed, so that the records' columns and the frame are never both whole:
-        the decode's peak memory is about one copy of the events."""
+        the decode's peak memory is about one copy of the events.  The columns go into
+        the frame as they are (pandas would copy each one set on a frame)."""
         cols = self.cols
         # A conditional stacktrace trigger records its stack right after the event, on
         # the same CPU: hand the stack to the record before it.
@@ -543,19 +565,19 @@ class RecordColumns:
         cats = {"kind": self.kind, "event": self.event, "lock_type": self.lock_type,
                 "lock_flags": self.lock_flags, "func": self.func, "lock_name": self.lock_name}
         gap_values = {"ts_ns": g_ts, "cpu": g_cpu, "kind": gap_kind, "event": gap_event}
-        df = pd.DataFrame(index=pd.RangeIndex(len(order)))
+        out: dict[str, Any] = {}
         for name, dtype in schema.COLUMNS.items():
             if name == "comm":  # gap rows have none
-                upids, pinv = np.unique(self.rec_pid[sel], return_inverse=True)
+                upids, pinv = sorted_unique(self.rec_pid[sel])
                 names = [comms_idle.get(int(p), "<...>") for p in upids] + [""]
                 inv = np.concatenate([pinv.reshape(-1), np.full(ng, len(upids))])
-                df[name] = unique_names(names, inv[order])
+                out[name] = unique_names(names, inv[order])
                 continue
             if name in cats:
                 col = cats[name]
                 g = gap_values.get(name, "")
                 codes = np.concatenate([col.codes[sel], np.full(ng, col.code(str(g)), np.int32)])
-                df[name] = pd.Categorical.from_codes(
+                out[name] = pd.Categorical.from_codes(
                     codes[order], categories=pd.Index(col.cats, dtype=object))
                 col.codes = np.zeros(0, np.int32)
                 continue
@@ -563,7 +585,7 @@ class RecordColumns:
             g = gap_values.get(name)
             if g is None:
                 g = np.full(ng, -1 if name in ("stack_id", "target_pid") else 0, dtype=dtype)
-            df[name] = np.concatenate([arr[sel].astype(dtype, copy=False),
-                                       np.asarray(g, dtype=dtype)])[order]
+            out[name] = np.concatenate([arr[sel].astype(dtype, copy=False),
+                                        np.asarray(g, dtype=dtype)])[order]
             del arr
-        return df
+        return pd.DataFrame(out, index=pd.RangeIndex(len(order)), copy=False)
