@@ -172,7 +172,8 @@ class Replayer:
         self.own_classes = own_classes
         self.baseline = baseline  # switch_baseline()
         self.stacks: dict[tuple[int, str], list[Held]] = {}
-        # calls whose return says whether they took the lock: (row, func, values, flags)
+        # calls whose return says whether they took the lock: (row, func, values, flags,
+        # the class at the call, which the acquisition keeps; replay.c's pend_t likewise)
         self.pending: dict[tuple[int, str], list[tuple[int, str, AcqValues, str, int]]] = {}
         self.acqs = AcqTable()  # one row per acquisition
         self.edges: dict[tuple[int, int], list[EdgeAcc]] = {}
