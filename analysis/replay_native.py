@@ -261,14 +261,17 @@ class NativeReplayer:
                 "nmi": bools("in_nmi"), "flags": flags, "suspect": suspect, "lt": lt,
                 "ev": ev, "lt_props": lt_props, "ev_props": ev_props, "ev_fn": ev_fn}
         cols = {k: np.ascontiguousarray(v) for k, v in cols.items()}  # alive until the call
-        ch = _Chunk(n=n, n_lt=len(lt_props), n_ev=len(ev_props),
-                    holder=self._holder(holder_on_stack),
+        # a local, alive until the call: kept on self, the callback (whose closure holds
+        # self) would make a cycle that keeps the C state until a garbage collection
+        holder = self._holder(holder_on_stack)
+        ch = _Chunk(n=n, n_lt=len(lt_props), n_ev=len(ev_props), holder=holder,
                     **{k: _ptr(v) for k, v in cols.items()})
         self._raised = None
         rc = self.lib.td_rp_feed(self.handle, ctypes.byref(ch))
-        del cols
-        if rc == -3 and self._raised is not None:
-            raise self._raised
+        del cols, ch, holder
+        raised, self._raised = self._raised, None
+        if rc == -3 and raised is not None:
+            raise raised
         if rc:
             exc, text = _ERRORS.get(rc, (RuntimeError, f"native replay error {rc}"))
             raise exc(text)
@@ -293,8 +296,7 @@ class NativeReplayer:
                 self._raised = e
                 return -1
 
-        self._callback = _HOLDER(ask)  # alive as long as C may call it
-        return self._callback
+        return _HOLDER(ask)
 
     def _counts(self) -> list[int]:
         out = np.zeros(12, np.int64)

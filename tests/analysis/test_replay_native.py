@@ -23,6 +23,7 @@ the call), on:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import sys
 import zlib
@@ -437,3 +438,25 @@ def test_a_pending_call_keeps_the_class_it_had_at_the_call(native: bool) -> None
     acqs = rp.finish().acquisitions
     assert acqs["cls"].tolist() == [2] and acqs["row"].tolist() == [0]
     assert acqs["release_row"].tolist() == [2]
+
+
+def test_the_c_state_is_freed_with_its_replayer() -> None:
+    """No reference cycle keeps a replay's C state (its acquisitions: a hundred MB on a
+    few million events) alive after its Replayer, until some garbage collection."""
+    ev = random_events(np.random.default_rng(6), 300)
+    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        rp = Replayer(native=True)
+        rp.feed(ev, class_array(len(ev), {int(r): int(r) % 3 for r in rows}),
+                suspect_rows=frozenset(rows[::2].tolist()), holder_on_stack=_holder(2))
+        assert len(rp.finish().acquisitions)
+        assert rp.native is not None
+        freed = rp.native._free
+        assert freed.alive
+        del rp
+        assert not freed.alive, "the C state outlived its Replayer"
+    finally:
+        if was:
+            gc.enable()
