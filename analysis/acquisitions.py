@@ -67,20 +67,35 @@ class AcqTable:
         def col(a: Any, dtype: Any) -> np.ndarray:
             return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
 
-        def text(a: Any, names: Any) -> np.ndarray:
-            return np.asarray(list(names), dtype=object)[col(a, np.int8)]
+        return acq_frame({name: col(getattr(self, name), dtype)
+                          for name, dtype in COLUMN_DTYPES.items()}, self.type_names)
 
-        return pd.DataFrame({
-            "row": col(self.row, np.int64), "cls": col(self.cls, np.int64),
-            "addr": col(self.addr, np.uint64),
-            "lock_type": text(self.lock_type, self.type_names or [""]),
-            "ctx": text(self.ctx, CTX_NAMES), "task": col(self.task, np.int64),
-            "ts_acquire": col(self.ts_acquire, np.int64),
-            "ts_acquired": col(self.ts_acquired, np.int64),
-            "ts_release": col(self.ts_release, np.int64),
-            "release_row": col(self.release_row, np.int64),
-            "trylock": col(self.trylock, np.int8).astype(bool),
-            "irqs_off": col(self.irqs_off, np.int8).astype(bool),
-            "bh_off": col(self.bh_off, np.int8).astype(bool),
-            "handed_off": col(self.handed_off, np.int8).astype(bool),
-            "forced": text(self.forced, ("", *FORCED_REASONS))})
+
+# the columns as stored (codes for the text columns), heldlocks.ACQ_COLUMNS order
+COLUMN_DTYPES: dict[str, type] = {
+    "row": np.int64, "cls": np.int64, "addr": np.uint64, "lock_type": np.int8,
+    "ctx": np.int8, "task": np.int64, "ts_acquire": np.int64, "ts_acquired": np.int64,
+    "ts_release": np.int64, "release_row": np.int64, "trylock": np.int8,
+    "irqs_off": np.int8, "bh_off": np.int8, "handed_off": np.int8, "forced": np.int8}
+
+
+def acq_frame(cols: dict[str, np.ndarray], type_names: list[str]) -> pd.DataFrame:
+    """The frame (columns ``heldlocks.ACQ_COLUMNS``) of stored columns
+    (:data:`COLUMN_DTYPES`; ``lock_type`` codes index ``type_names``)."""
+    def text(codes: np.ndarray, names: Any) -> np.ndarray:
+        return np.asarray(list(names), dtype=object)[codes]
+
+    out: dict[str, np.ndarray] = {}
+    for name in COLUMN_DTYPES:
+        c = cols[name]
+        if name == "lock_type":
+            out[name] = text(c, type_names or [""])
+        elif name == "ctx":
+            out[name] = text(c, CTX_NAMES)
+        elif name == "forced":
+            out[name] = text(c, ("", *FORCED_REASONS))
+        elif c.dtype == np.int8:
+            out[name] = c.astype(bool)
+        else:
+            out[name] = c
+    return pd.DataFrame(out)

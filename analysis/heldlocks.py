@@ -5,8 +5,11 @@ hardirq or softirq runs on top of whatever task it interrupted, with its own
 lock chain, and dependencies are only recorded within one context.  Each CPU's
 idle task is its own "task".
 
-The replay is the one place where order matters, so it is a loop over plain
-Python lists; everything around it is column work.  It produces:
+The replay is the one place where order matters, so it is a loop, one pass per
+event; everything around it is column work.  The loop runs in C where a compiler is
+at hand (analysis/native/replay.c, fed by analysis.replay_native); the loop below,
+over plain Python lists, is its fallback and its reference: the two give the same
+:class:`Replay`, field for field (tests/analysis/test_replay_native.py).  It produces:
 
 * ``acquisitions``: one row per successful acquisition (with its release);
 * ``edges``: class-level dependencies ``held → acquired`` with a witness each;
@@ -47,109 +50,47 @@ It ends where the evidence ends (``acquisitions.FORCED_REASONS``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 
+from tracedep.analysis import replay_native
 from tracedep.analysis.acquisitions import FORCED_CODE, AcqTable
 from tracedep.analysis.replay_inputs import replay_inputs, switch_baseline
+from tracedep.analysis.replay_types import (
+    ACQ_COLUMNS,
+    ENABLED_HARDIRQ,
+    ENABLED_HARDIRQ_READ,
+    ENABLED_SOFTIRQ,
+    ENABLED_SOFTIRQ_READ,
+    RECURSIVE_READ,
+    SHARED_TYPES,
+    SPIN_TYPES,
+    STATE_EXITED,
+    STATE_PREEMPTED,
+    USED_IN_HARDIRQ,
+    USED_IN_HARDIRQ_READ,
+    USED_IN_SOFTIRQ,
+    USED_IN_SOFTIRQ_READ,
+    AcqValues,
+    EdgeAcc,
+    Forced,
+    Held,
+    HolderOnStack,
+    Recursion,
+    Replay,
+    SleepEvent,
+)
 from tracedep.tracer.probes import LOCK_FUNCS, SLEEPING_LOCK_TYPES
 
-ACQ_COLUMNS = ("row", "cls", "addr", "lock_type", "ctx", "task", "ts_acquire", "ts_acquired",
-               "ts_release", "release_row", "trylock", "irqs_off", "bh_off", "handed_off",
-               "forced")  # forced: the reason (acquisitions.FORCED_REASONS) it ended unreleased
-SPIN_TYPES = frozenset({"spinlock", "rwlock-r", "rwlock-w"})
-SHARED_TYPES = frozenset({"rwlock-r", "rwsem-r"})
-RECURSIVE_READ = frozenset({"rwlock-r"})  # rwlock_t readers may nest; rwsem readers may not
-# sched_switch prev_state (include/linux/sched.h, 6.1 and 6.12): TASK_REPORT_MAX
-# marks a preempted task; EXIT_DEAD/EXIT_ZOMBIE a task's last switch
-STATE_PREEMPTED = 0x100
-STATE_EXITED = 0x10 | 0x20
-
-
-# usage bits (lockdep's names)
-USED_IN_HARDIRQ = "IN-HARDIRQ-W"
-USED_IN_HARDIRQ_READ = "IN-HARDIRQ-R"
-USED_IN_SOFTIRQ = "IN-SOFTIRQ-W"
-USED_IN_SOFTIRQ_READ = "IN-SOFTIRQ-R"
-ENABLED_HARDIRQ = "HARDIRQ-ON-W"
-ENABLED_HARDIRQ_READ = "HARDIRQ-ON-R"
-ENABLED_SOFTIRQ = "SOFTIRQ-ON-W"
-ENABLED_SOFTIRQ_READ = "SOFTIRQ-ON-R"
-
-
-@dataclass
-class Held:
-    acq: int  # index into acquisitions
-    addr: int
-    cls: int
-    ltype: str
-    row: int  # event row of the acquire
-    trylock: bool
-    nested: bool
-    suspect: bool = False  # its release may be invisible (analysis.missing)
-
-
-@dataclass
-class EdgeAcc:
-    count: int
-    row: int  # event row acquiring ``after`` (first witness)
-    held_row: int  # event row where ``before`` was acquired
-    before_shared: bool
-    after_recursive_read: bool
-    ctx: str
-
-
-@dataclass
-class SleepEvent:
-    row: int
-    reasons: list[str]  # "spinlock", "preempt", "irqs-off", "bh-off", "softirq", "hardirq"
-    held: list[int]  # acquisition indices of spin/rwlocks held (and all held, for the report)
-    all_held: list[int]
-    preempt_extra: int  # preempt depth not explained by held spinning locks
-
-
-@dataclass
-class Recursion:
-    row: int
-    held_row: int
-    same_instance: bool
-    cls: int
-
-
-@dataclass(frozen=True)
-class Forced:
-    """A held lock ended without its release being seen."""
-
-    acq: int  # index into acquisitions
-    row: int  # event row whose evidence ended it
-    reason: str  # one of acquisitions.FORCED_REASONS
-
-
-# an acquisition's values from its event: lock_addr, lock_type, value, irqs_off, bh_off, ts_ns
-AcqValues = tuple[int, str, int, bool, bool, int]
-
-# (acquire row, event row) -> is the function that took the lock on the event's
-# stack?  None when the event has no stack or the function is unknown
-HolderOnStack = Callable[[int, int], bool | None]
-
-
-@dataclass
-class Replay:
-    acquisitions: pd.DataFrame
-    edges: dict[tuple[int, int], list[EdgeAcc]]  # one accumulator per mode variant
-    usage: dict[int, dict[str, int]]  # class → usage bit → first event row
-    recursions: list[Recursion]
-    sleeps: list[SleepEvent]
-    switch_baseline: int
-    unmatched_releases: int = 0
-    irq_leaked: int = 0  # interrupt-context locks never released (their unlock was missed)
-    # (acquisition, row) of each: held no later than that row (back in process context)
-    irq_ended: list[tuple[int, int]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    forced: list[Forced] = field(default_factory=list)
+# the replay's names, whose types live in analysis.replay_types
+__all__ = [
+    "ACQ_COLUMNS", "AcqValues", "ENABLED_HARDIRQ", "ENABLED_HARDIRQ_READ",
+    "ENABLED_SOFTIRQ", "ENABLED_SOFTIRQ_READ", "EdgeAcc", "Forced", "Held", "HolderOnStack",
+    "RECURSIVE_READ", "Recursion", "Replay", "SHARED_TYPES",
+    "SLEEPING_LOCK_TYPES", "SPIN_TYPES", "STATE_EXITED", "STATE_PREEMPTED", "SleepEvent",
+    "USED_IN_HARDIRQ", "USED_IN_HARDIRQ_READ", "USED_IN_SOFTIRQ", "USED_IN_SOFTIRQ_READ",
+    "Replayer", "irq_context", "replay", "task_contexts", "task_key",
+]
 
 
 def task_key(pid: int, cpu: int) -> int:
@@ -183,7 +124,7 @@ def replay(events: pd.DataFrame, classes: np.ndarray,
            suspect_rows: frozenset[int] = frozenset(),
            holder_on_stack: HolderOnStack | None = None,
            own_classes: frozenset[int] = frozenset(),
-           chunk_rows: int = 1 << 16) -> Replay:
+           chunk_rows: int = 1 << 16, native: bool | None = None) -> Replay:
     """``classes``: the lock class of each row of ``events`` (-1: none).
     ``untraced``: pids whose own (process-context) events the guest filtered
     out; what is left of them is skipped, and lock hand-offs to and from them are balanced.
@@ -198,10 +139,11 @@ def replay(events: pd.DataFrame, classes: np.ndarray,
     switch never hands one to the next task (where core spinlocks are inlined and
     unseen, arm64, a driver's lock is the top of a task that sleeps holding it).
     ``chunk_rows``: the events go to one :class:`Replayer` this many rows at a time,
-    so the per-event lists it reads exist for one chunk only."""
+    so the per-event lists it reads exist for one chunk only.
+    ``native``: see :class:`Replayer`."""
     rp = Replayer(kprobe_irqs_reliable, untraced, spin_in_preempt,
                   depth_counts_spin=depth_counts_spin, own_classes=own_classes,
-                  baseline=switch_baseline(events))
+                  baseline=switch_baseline(events), native=native)
     for a in range(0, max(len(events), 1), chunk_rows):
         rp.feed(events.iloc[a:a + chunk_rows], classes[a:a + chunk_rows], row_offset=a,
                 suspect_rows=suspect_rows, holder_on_stack=holder_on_stack)
@@ -213,12 +155,16 @@ class Replayer:
 
     What it keeps grows with tasks, held locks and classes, and with what the
     :class:`Replay` reports (acquisitions, sleeps, recursions); row numbers are the
-    events' positions in the whole trace (``row_offset`` + position in the chunk)."""
+    events' positions in the whole trace (``row_offset`` + position in the chunk).
+
+    The loop runs in C (analysis.replay_native) where the library could be built, with
+    the same results; ``native``: None uses it when it is at hand, False never (this
+    module's Python loop, the reference), True always (an error where it is not)."""
 
     def __init__(self, kprobe_irqs_reliable: bool = True,
                  untraced: frozenset[int] = frozenset(), spin_in_preempt: bool = True, *,
                  depth_counts_spin: bool = False, own_classes: frozenset[int] = frozenset(),
-                 baseline: int = 1) -> None:
+                 baseline: int = 1, native: bool | None = None) -> None:
         self.kprobe_irqs_reliable = kprobe_irqs_reliable
         self.untraced = untraced
         self.spin_in_preempt = spin_in_preempt
@@ -226,7 +172,8 @@ class Replayer:
         self.own_classes = own_classes
         self.baseline = baseline  # switch_baseline()
         self.stacks: dict[tuple[int, str], list[Held]] = {}
-        # calls whose return says whether they took the lock: (row, func, values, flags)
+        # calls whose return says whether they took the lock: (row, func, values, flags,
+        # the class at the call, which the acquisition keeps; replay.c's pend_t likewise)
         self.pending: dict[tuple[int, str], list[tuple[int, str, AcqValues, str, int]]] = {}
         self.acqs = AcqTable()  # one row per acquisition
         self.edges: dict[tuple[int, int], list[EdgeAcc]] = {}
@@ -241,8 +188,18 @@ class Replayer:
         self.leaked = 0
         self.irq_ended: list[tuple[int, int]] = []
         self.forced: list[Forced] = []
+        lib = replay_native.library() if native is not False else None
+        if native and lib is None:
+            raise RuntimeError("the native replay is not available (no C compiler, or "
+                               "TRACEDEP_NATIVE=0)")
+        self.native_required = native is True
+        self.native = None if lib is None else replay_native.NativeReplayer(
+            lib, kprobe_irqs_reliable, untraced, spin_in_preempt, depth_counts_spin,
+            own_classes, baseline)
 
     def finish(self) -> Replay:
+        if self.native is not None:
+            return self.native.finish()
         rep = Replay(self.acqs.frame(), self.edges, self.usage, self.recursions,
                      self.sleeps, self.baseline, self.unmatched)
         rep.irq_leaked = self.leaked
@@ -257,6 +214,13 @@ class Replayer:
         """Replay ``events`` (the next rows of the trace, from ``row_offset`` on), whose
         lock classes are ``classes`` (one per row, -1: none); ``suspect_rows`` and
         ``holder_on_stack`` take whole-trace rows."""
+        if self.native is not None:
+            if self.native.feed(events, classes, row_offset, suspect_rows,
+                                holder_on_stack, self.untraced):
+                return
+            if self.native_required:
+                raise TypeError("the native replay takes the schema's integer columns")
+            self.native = None  # columns C does not take: the Python loop from the start
         local_rows, columns = replay_inputs(events, self.untraced)
         rows = local_rows + row_offset
         cls_l = np.asarray(classes)[local_rows].tolist()

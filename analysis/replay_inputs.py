@@ -10,13 +10,40 @@ import pandas as pd
 GFP_DIRECT_RECLAIM = 0x400
 
 
+def kind_is(col: pd.Series, values: tuple[str, ...]) -> np.ndarray:
+    """``np.isin(col, values)`` for a text column, per category where it has them (a
+    trace's millions of rows are compared as a few dozen category names)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        hit = np.isin(np.asarray(col.cat.categories, dtype=object), values)
+        return np.append(hit, False)[col.cat.codes.to_numpy()]  # code -1: missing
+    return np.isin(col.to_numpy(), values)
+
+
 def switch_baseline(events: pd.DataFrame) -> int:
     """The preempt depth the scheduler itself runs at in a voluntary sched_switch
     (the commonest one): what a sleeping switch's depth has beyond it is the task's."""
     value = events["value"].to_numpy()
     sw = events["preempt_depth"].to_numpy()[
-        np.nonzero((events["kind"].to_numpy() == "sched_switch") & (value != 0))[0]]
+        np.nonzero(kind_is(events["kind"], ("sched_switch",)) & (value != 0))[0]]
     return int(np.bincount(sw.astype(np.int64)).argmax()) if len(sw) else 1
+
+
+def replay_rows(events: pd.DataFrame, untraced: frozenset[int]) -> np.ndarray:
+    """The rows the replay reads: lock events and may-sleep events (but the untraced
+    pids' own), markers, switches and gaps."""
+    kind = events["kind"]
+    gfp = events["gfp"].to_numpy()
+    is_lock = kind_is(kind, ("lock_acquire", "lock_return", "lock_release"))
+    is_sleep = kind_is(kind, ("sleep_call",)) | (
+        kind_is(kind, ("alloc",)) & ((gfp & GFP_DIRECT_RECLAIM) != 0))
+    is_switch = kind_is(kind, ("sched_switch",))
+    # a pump's interrupts and softirqs are traced (only its own code is filtered)
+    own = ~(np.isin(events["pid"].to_numpy(), list(untraced))
+            & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
+                | events["in_nmi"].to_numpy())) if untraced else True
+    is_marker = kind_is(kind, ("marker",))  # a syscall of the task's own (user-space evidence)
+    is_gap = kind_is(kind, ("gap",))  # events are missing here (tracer.schema)
+    return np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch | is_gap)[0]
 
 
 def replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
@@ -25,21 +52,7 @@ def replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
     lock_addr, irqs_off, bh_off, in_hardirq, in_softirq, in_nmi, preempt_depth, kind,
     lock_type, lock_flags, value, event, target_pid).  Lists, because the loop reads one
     element per event and a list index is the fastest read Python has."""
-    kinds = events["kind"].to_numpy()
-    ltypes = events["lock_type"].to_numpy()
-    gfp = events["gfp"].to_numpy()
-    value = events["value"].to_numpy()
-    event_col = events["event"].to_numpy()
-    is_lock = np.isin(kinds, ("lock_acquire", "lock_return", "lock_release"))
-    is_sleep = (kinds == "sleep_call") | ((kinds == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) != 0))
-    is_switch = kinds == "sched_switch"
-    # a pump's interrupts and softirqs are traced (only its own code is filtered)
-    own = ~(np.isin(events["pid"].to_numpy(), list(untraced))
-            & ~(events["in_hardirq"].to_numpy() | events["in_softirq"].to_numpy()
-                | events["in_nmi"].to_numpy())) if untraced else True
-    is_marker = kinds == "marker"  # a syscall of the task's own (user-space evidence)
-    is_gap = kinds == "gap"  # events are missing here (tracer.schema)
-    rows = np.nonzero(((is_lock | is_sleep | is_marker) & own) | is_switch | is_gap)[0]
+    rows = replay_rows(events, untraced)
 
     def col(name: str) -> list[Any]:
         return events[name].to_numpy()[rows].tolist()
@@ -47,5 +60,5 @@ def replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
     return rows, (
         col("pid"), col("cpu"), col("ts_ns"), col("lock_addr"), col("irqs_off"),
         col("bh_off"), col("in_hardirq"), col("in_softirq"), col("in_nmi"),
-        col("preempt_depth"), kinds[rows].tolist(), ltypes[rows].tolist(), col("lock_flags"),
-        value[rows].tolist(), event_col[rows].tolist(), col("target_pid"))
+        col("preempt_depth"), col("kind"), col("lock_type"), col("lock_flags"),
+        col("value"), col("event"), col("target_pid"))

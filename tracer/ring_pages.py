@@ -14,19 +14,16 @@ the pages not read whole into the places where events are missing.
 
 from __future__ import annotations
 
-import logging
+import ctypes
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tracedep.common.files import atomic_output
+from tracedep.common import native
 from tracedep.errors import TraceFormatError
 from tracedep.tracer.ftrace_formats import PageHeader
-
-log = logging.getLogger(__name__)
 
 RB_MISSED_EVENTS = 1 << 31
 RB_MISSED_STORED = 1 << 30
@@ -192,44 +189,19 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords,
         cursor.prev_ts = prev_page_ts
 
 
-def _native() -> Any:
-    """The C page walker (tracer/native/ringwalk.c), compiled once into the cache; None
-    when no compiler is at hand (the pure-Python walk is then used)."""
-    global _NATIVE
-    if _NATIVE is not None:
-        return _NATIVE or None
-    import ctypes
-    import hashlib
-    import subprocess
-
-    from tracedep.common.cache import cache_root
-
-    src = Path(__file__).resolve().parent / "native" / "ringwalk.c"
-    key = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
-    so = cache_root() / "native" / f"ringwalk-{key}.so"
-    try:
-        if not so.is_file():
-            so.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(so) as tmp:
-                subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                               check=True, capture_output=True)
-        lib = ctypes.CDLL(str(so))
+def _native() -> ctypes.CDLL | None:
+    """The C page walker (tracer/native/ringwalk.c), compiled once into the cache
+    (common.native); None when no compiler is at hand (the pure-Python walk is then used)."""
+    lib = native.load(Path(__file__).resolve().parent / "native" / "ringwalk.c",
+                      "ring walker")
+    if lib is not None:
         lib.td_walk.restype = ctypes.c_long
-        _NATIVE = lib
-    except (OSError, subprocess.CalledProcessError) as e:
-        log.info("native ring walker unavailable (%s); using Python", e)
-        _NATIVE = False
-    return _NATIVE or None
+    return lib
 
 
-_NATIVE: Any = None
-
-
-def walk_native(lib: Any, buf: bytes, base: int, cpu: int, hp: PageHeader,
+def walk_native(lib: ctypes.CDLL, buf: bytes, base: int, cpu: int, hp: PageHeader,
                 out: RawRecords, status: np.ndarray | None = None,
                 cursor: CpuCursor | None = None) -> bool:
-    import ctypes
-
     walk_len = len(buf) - len(cursor.lookahead) if cursor else len(buf)
     if status is None:
         status = np.zeros(walk_len // hp.page_size, np.int8)
