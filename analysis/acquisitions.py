@@ -81,11 +81,13 @@ COLUMN_DTYPES: dict[str, type] = {
 
 def acq_frame(cols: dict[str, np.ndarray], type_names: list[str]) -> pd.DataFrame:
     """The frame (columns ``heldlocks.ACQ_COLUMNS``) of stored columns
-    (:data:`COLUMN_DTYPES`; ``lock_type`` codes index ``type_names``)."""
-    def text(codes: np.ndarray, names: Any) -> np.ndarray:
-        return np.asarray(list(names), dtype=object)[codes]
+    (:data:`COLUMN_DTYPES`; ``lock_type`` codes index ``type_names``).  The text columns
+    are categoricals over their codes: a busy trace has millions of acquisitions, and an
+    object column costs a pointer a row and a string comparison per test."""
+    def text(codes: np.ndarray, names: Any) -> pd.Categorical:
+        return pd.Categorical.from_codes(codes, categories=pd.Index(list(names), dtype=object))
 
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for name in COLUMN_DTYPES:
         c = cols[name]
         if name == "lock_type":
@@ -98,4 +100,14 @@ def acq_frame(cols: dict[str, np.ndarray], type_names: list[str]) -> pd.DataFram
             out[name] = c.astype(bool)
         else:
             out[name] = c
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, copy=False)
+
+
+def text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(names, code per row) of a text column of acquisitions: the categorical's own
+    codes, or for a plain column (a frame made elsewhere) ``np.unique``'s."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return (np.asarray(col.cat.categories, dtype=object),
+                col.cat.codes.to_numpy().astype(np.intp))
+    names, codes = np.unique(col.astype(str).to_numpy(), return_inverse=True)
+    return names, codes.reshape(-1)

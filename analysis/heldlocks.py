@@ -50,6 +50,8 @@ It ends where the evidence ends (``acquisitions.FORCED_REASONS``):
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import numpy as np
 import pandas as pd
 
@@ -121,7 +123,7 @@ def irq_context(hard: bool, soft: bool, nmi: bool) -> str:
 def replay(events: pd.DataFrame, classes: np.ndarray,
            kprobe_irqs_reliable: bool = True, untraced: frozenset[int] = frozenset(),
            spin_in_preempt: bool = True, *, depth_counts_spin: bool = False,
-           suspect_rows: frozenset[int] = frozenset(),
+           suspect_rows: AbstractSet[int] = frozenset(),
            holder_on_stack: HolderOnStack | None = None,
            own_classes: frozenset[int] = frozenset(),
            chunk_rows: int = 1 << 16, native: bool | None = None) -> Replay:
@@ -209,7 +211,7 @@ class Replayer:
 
     # long: the hot loop, one pass per event; splitting its body would add calls per event
     def feed(self, events: pd.DataFrame, classes: np.ndarray, *, row_offset: int = 0,
-             suspect_rows: frozenset[int] = frozenset(),
+             suspect_rows: AbstractSet[int] = frozenset(),
              holder_on_stack: HolderOnStack | None = None) -> None:
         """Replay ``events`` (the next rows of the trace, from ``row_offset`` on), whose
         lock classes are ``classes`` (one per row, -1: none); ``suspect_rows`` and

@@ -18,6 +18,7 @@ releases may hide.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ import pandas as pd
 from tracedep.analysis.acquisitions import FORCED_REASONS
 from tracedep.analysis.health import ForcedClass, ForcedReleases
 from tracedep.analysis.heldlocks import SPIN_TYPES, HolderOnStack, Replay
+from tracedep.analysis.replay_types import RowSet
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer.probes import GROUP, LOCK_FUNCS, parse_event_name
@@ -113,10 +115,10 @@ def from_manifest(info: RunManifest) -> MissingReleases:
 
 
 def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingReleases,
-                 info: RunManifest, symbols: RunSymbols) -> frozenset[int]:
-    """The acquire rows (of ``lock_rows``) whose release may be invisible."""
+                 info: RunManifest, symbols: RunSymbols) -> AbstractSet[int]:
+    """The acquire rows (of ``lock_rows``, sorted) whose release may be invisible."""
     if not missing or not len(lock_rows):
-        return frozenset()
+        return RowSet()
     lt = events["lock_type"].to_numpy()[lock_rows].astype(str)
     sel = np.isin(lt, list(missing.types)) if missing.types else np.zeros(len(lock_rows), bool)
     if missing.module_types:
@@ -131,7 +133,7 @@ def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingRe
             if mod is None and mods:
                 mod = symbols.module_of(int(ips[k]), int(tss[k]))
             sel[k] = (str(mod), lt[k]) in missing.module_types
-    return frozenset(int(r) for r in lock_rows[sel].tolist())
+    return RowSet.of_sorted(lock_rows[sel])
 
 
 def holder_on_stack(events: pd.DataFrame, stacks: list[tuple[int, ...]],

@@ -13,6 +13,7 @@ import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import missing, order_rules, rules, sleep_rules, waits
+from tracedep.analysis.acquisitions import text_codes
 from tracedep.analysis.coverage import coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
 from tracedep.analysis.health import TRUNCATED_NOTE, Ending, Health, ending_note, lost_note
@@ -21,6 +22,7 @@ from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.rt_rules import rt_findings
 from tracedep.analysis.run_summary import RunSummary
 from tracedep.analysis.trace import Trace
+from tracedep.common import heap
 from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer.probes import parse_event_name
 
@@ -74,9 +76,10 @@ def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass],
     acquired = acqs["ts_acquired"].to_numpy(dtype=np.int64)[order]
     hold = release - acquired
     wait = acquired - acqs["ts_acquire"].to_numpy(dtype=np.int64)[order]
-    ltypes = acqs["lock_type"].to_numpy()[order]
-    ctx_names, ctx_codes = np.unique(acqs["ctx"].astype(str).to_numpy()[order],
-                                     return_inverse=True)
+    lt_names, lt_codes = text_codes(acqs["lock_type"])
+    lt_codes = lt_codes[order]
+    ctx_names, ctx_codes = text_codes(acqs["ctx"])
+    ctx_codes = ctx_codes[order]
     uniq, starts = np.unique(cls, return_index=True)
     ends = [*starts[1:].tolist(), len(cls)]
     for ci, lo, hi in zip(uniq.tolist(), starts.tolist(), ends, strict=True):
@@ -84,7 +87,7 @@ def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass],
             continue
         lc = table[ci]
         held = hold[lo:hi][release[lo:hi] >= 0]
-        lt = str(ltypes[lo])
+        lt = str(lt_names[lt_codes[lo]])
         waits = wait[lo:hi] if lt in SLEEPING_LOCK_TYPES else np.zeros(0)
         ctxs = {str(ctx_names[c]) for c in np.unique(ctx_codes[lo:hi]).tolist()}
         out.append(ClassStats(
@@ -117,6 +120,7 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     cls_ids, table = lock_classes.assign(ev, trace.symbols, lock_rows, namer)
     classes = np.full(len(ev), -1, dtype=np.int32)  # per row: an array, not a dict of rows
     classes[lock_rows] = cls_ids
+    heap.give_back()  # each stage's temporaries: freed, but resident until handed back
     irqs_reliable = not trace.info.kprobe_irqs_unknown
     untraced = frozenset(trace.info.untraced_pids)
     # tracer.calibration: does preempt_count count held spinlocks on this kernel?
@@ -130,8 +134,10 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
                  holder_on_stack=missing.holder_on_stack(ev, trace.stacks, trace.symbols),
                  own_classes=frozenset(i for i, c in enumerate(table)
                                        if c.module not in ("vmlinux", "?", "")))
+    heap.give_back()
     # waits on work items, timers, completions, kthreads: edges to object classes
     wg = waits.wait_graph(ev, trace.symbols, rep, len(table), namer)
+    heap.give_back()
     cx = rules.Ctx(ev, trace.stacks, trace.symbols, table + wg.classes, rep,
                    trace.call_insn_size, wait_edges=wg.edges, wait_kinds=wg.kinds,
                    text_stacks=trace.text_stacks, text_sites=trace.text_sites,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import weakref
 from collections.abc import Callable, Hashable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from tracedep.analysis.replay_types import (
     HolderOnStack,
     Recursion,
     Replay,
+    RowSet,
     SleepEvent,
 )
 from tracedep.common import native
@@ -151,7 +153,7 @@ class NativeReplayer:
         self.flags: dict[Hashable, int] = {}
         self._suspect_id: int | None = None  # id() of the suspect_rows of the last chunk
         self._raised: BaseException | None = None
-        self._suspect: tuple[frozenset[int], np.ndarray] | None = None
+        self._suspect: tuple[AbstractSet[int], np.ndarray] | None = None
 
     # -- encoding ----------------------------------------------------------------------
 
@@ -211,7 +213,7 @@ class NativeReplayer:
 
     # long: one chunk's columns, one assignment each, then the call
     def feed(self, events: pd.DataFrame, classes: np.ndarray, row_offset: int,
-             suspect_rows: frozenset[int], holder_on_stack: HolderOnStack | None,
+             suspect_rows: AbstractSet[int], holder_on_stack: HolderOnStack | None,
              untraced: frozenset[int]) -> bool:
         """Replay the next chunk, whose lock classes are ``classes`` (one per row of
         ``events``, -1: none); False (nothing done) when its columns are not the
@@ -277,9 +279,11 @@ class NativeReplayer:
             raise exc(text)
         return True
 
-    def _suspect_array(self, suspect_rows: frozenset[int]) -> np.ndarray:
+    def _suspect_array(self, suspect_rows: AbstractSet[int]) -> np.ndarray:
         """``suspect_rows`` as a sorted array, made once per set (a frozenset does not
         change; the set is kept, so its id stays its own)."""
+        if isinstance(suspect_rows, RowSet):
+            return suspect_rows.rows
         if self._suspect is None or self._suspect[0] is not suspect_rows:
             self._suspect = (suspect_rows, np.fromiter(suspect_rows, np.int64,
                                                        len(suspect_rows)))
@@ -303,7 +307,7 @@ class NativeReplayer:
         self.lib.td_rp_counts(self.handle, _ptr(out))
         return [int(x) for x in out.tolist()]
 
-    def _refresh_pending(self, suspect_rows: frozenset[int]) -> None:
+    def _refresh_pending(self, suspect_rows: AbstractSet[int]) -> None:
         """Calls still pending from earlier chunks take their suspicion from the
         ``suspect_rows`` of the chunk that returns them, as the Python loop's do (its
         ``acquire`` asks ``suspect_rows`` then); their class stays the one they had at

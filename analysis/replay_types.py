@@ -4,9 +4,11 @@ docstring gives the semantics); shared by its Python loop and its C twin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 ACQ_COLUMNS = ("row", "cls", "addr", "lock_type", "ctx", "task", "ts_acquire", "ts_acquired",
@@ -19,6 +21,37 @@ RECURSIVE_READ = frozenset({"rwlock-r"})  # rwlock_t readers may nest; rwsem rea
 # marks a preempted task; EXIT_DEAD/EXIT_ZOMBIE a task's last switch
 STATE_PREEMPTED = 0x100
 STATE_EXITED = 0x10 | 0x20
+
+
+class RowSet(AbstractSet[int]):
+    """Rows of the trace, as one sorted array: 8 bytes a row, where a frozenset of ints
+    takes about a hundred.  On a trace whose kprobes missed any release every spinlock
+    acquisition is suspect (analysis.missing): 5.2 M rows of 21.9 M events, 530 MB as a
+    frozenset.  Membership is a binary search."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: Iterable[int] = ()) -> None:
+        self.rows: np.ndarray = np.unique(np.fromiter(rows, dtype=np.int64))
+
+    @classmethod
+    def of_sorted(cls, rows: np.ndarray) -> RowSet:
+        """From rows already sorted and distinct (not checked again)."""
+        out = cls.__new__(cls)
+        out.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        return out
+
+    def __contains__(self, r: object) -> bool:
+        if not isinstance(r, int | np.integer):
+            return False
+        i = int(np.searchsorted(self.rows, r))
+        return i < len(self.rows) and int(self.rows[i]) == int(r)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.rows.tolist())
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 # usage bits (lockdep's names)

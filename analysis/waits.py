@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
+from tracedep.analysis.acquisitions import text_codes
 from tracedep.analysis.findings import Site, WitnessKind
 from tracedep.analysis.heldlocks import SHARED_TYPES, EdgeAcc, Replay, task_contexts
 from tracedep.analysis.rules import Ctx
@@ -91,20 +92,27 @@ class _Holds:
             end[acq] = row
         end[end < 0] = _FAR
         sel = np.nonzero(np.isin(a["task"].to_numpy(), list(tasks)))[0]
-        sub = a.iloc[sel]
-        shared = np.isin(sub["lock_type"].to_numpy(dtype=object), list(SHARED_TYPES))
-        cols = (sub["row"].to_numpy(dtype=np.int64), end[sel], sub["cls"].to_numpy(dtype=np.int64),
-                sub["trylock"].to_numpy(dtype=bool), shared)
-        # group by (task, context) with one stable sort: a busy trace has millions
-        ctx_names, ctx_codes = np.unique(sub["ctx"].astype(str).to_numpy(),
-                                         return_inverse=True)
-        task = sub["task"].to_numpy(dtype=np.int64)
-        by_key = np.lexsort((ctx_codes, task))
-        edge = np.flatnonzero((np.diff(task[by_key]) != 0)
-                              | (np.diff(ctx_codes[by_key]) != 0)) + 1
-        for idx in np.split(by_key, edge) if len(by_key) else ():
-            k = (int(task[idx[0]]), str(ctx_names[ctx_codes[idx[0]]]))
-            c = tuple(col[idx] for col in cols)
+        # group by (task, context) with one stable sort: a busy trace has millions;
+        # every column is taken once in that order and each group is a slice of it
+        ctx_names, ctx_codes = text_codes(a["ctx"])
+        ctx_codes = ctx_codes[sel]
+        task = a["task"].to_numpy(dtype=np.int64)[sel]
+        by_key = sel[np.lexsort((ctx_codes, task))]
+        del sel, ctx_codes, task
+        lt_names, lt_codes = text_codes(a["lock_type"])
+        cols = (a["row"].to_numpy(dtype=np.int64)[by_key], end[by_key],
+                a["cls"].to_numpy(dtype=np.int64)[by_key],
+                a["trylock"].to_numpy(dtype=bool)[by_key],
+                np.isin(lt_codes[by_key], [i for i, n in enumerate(lt_names)
+                                           if n in SHARED_TYPES]))
+        del end, lt_codes
+        task = a["task"].to_numpy(dtype=np.int64)[by_key]
+        ctx_codes = text_codes(a["ctx"])[1][by_key]
+        edge = np.flatnonzero((np.diff(task) != 0) | (np.diff(ctx_codes) != 0)) + 1
+        bounds = [0, *edge.tolist(), len(by_key)] if len(by_key) else []
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            k = (int(task[lo]), str(ctx_names[ctx_codes[lo]]))
+            c = tuple(col[lo:hi] for col in cols)
             # a question is answered from the acquisitions that started near it (by
             # start row) and the few held longer than _WINDOW rows, not from all of
             # the task's: a busy kthread has millions
@@ -169,18 +177,21 @@ def wait_graph(ev: pd.DataFrame, symbols: RunSymbols, rep: Replay, base: int,
     """The wait edges of a replayed trace; their object classes are numbered from
     ``base`` (the lock class table's length)."""
     g = WaitGraph(base=base)
-    kinds = ev["kind"].to_numpy()
-    rows = np.nonzero(np.isin(kinds, OBJECT_KINDS))[0]
+    # the few rows asked about, taken before any text is made: the columns are
+    # categoricals of the whole trace (tens of millions of rows)
+    kinds = ev["kind"]
+    rows = np.nonzero(kinds.isin(OBJECT_KINDS).to_numpy())[0]
     if not len(rows):
         return g
-    ltype = ev["lock_type"].astype(str).to_numpy()[rows]
+
+    def text(col: str) -> np.ndarray:
+        return ev[col].iloc[rows].astype(str).to_numpy()
+
+    ltype, name, func, kind = text("lock_type"), text("lock_name"), text("func"), text("kind")
     addr = ev["lock_addr"].to_numpy()[rows]
-    name = ev["lock_name"].astype(str).to_numpy()[rows]
-    func = ev["func"].astype(str).to_numpy()[rows]
     value = ev["value"].to_numpy()[rows]
-    kind = kinds[rows].astype(str)
     tasks, ctxs = task_contexts(ev, rows)
-    gap_rows = np.nonzero(kinds == "gap")[0]
+    gap_rows = np.nonzero((kinds == "gap").to_numpy())[0]
     wq_names = _workqueue_names(kind, addr, name, ev["ptr"].to_numpy()[rows], tasks)
 
     intern: dict[str, int] = {}

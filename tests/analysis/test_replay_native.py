@@ -41,6 +41,7 @@ from recorded_fixture import load_fixture
 
 from tracedep.analysis import pipeline, replay_native
 from tracedep.analysis.heldlocks import Replay, Replayer, replay
+from tracedep.analysis.replay_types import RowSet
 from tracedep.analysis.trace import Trace, load, load_run
 from tracedep.common.run_manifest import InlineLocks
 from tracedep.tracer import page_sums, schema
@@ -460,3 +461,24 @@ def test_the_c_state_is_freed_with_its_replayer() -> None:
     finally:
         if was:
             gc.enable()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_suspect_rows_as_a_sorted_array_are_the_set(seed: int) -> None:
+    """missing.suspect_rows gives a RowSet (one sorted array, millions of rows on a trace
+    whose kprobes missed releases): the same replay as the frozenset, in C and Python."""
+    rng = np.random.default_rng(200 + seed)
+    ev = random_events(rng, 600)
+    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+    cor = class_array(len(ev), {int(r): int(ev["lock_addr"].iat[r]) // 0x40 % 5 for r in rows})
+    picked = [int(r) for r in rows if rng.random() < .4]
+    as_set = frozenset(picked)
+    as_rows = RowSet(reversed(picked))
+    assert sorted(as_rows) == sorted(as_set) and len(as_rows) == len(as_set)
+    assert all((r in as_rows) == (r in as_set) for r in range(-2, len(ev) + 2))
+    assert "1" not in as_rows and 1.0 not in as_rows  # rows are ints only
+    ref = check(ev, cor, suspect_rows=as_set, holder_on_stack=_holder(seed))
+    assert ref.forced  # the suspects mattered
+    for native in (False, True):
+        assert_same(ref, replay(ev, cor, suspect_rows=as_rows, holder_on_stack=_holder(seed),
+                                native=native), f"native={native}:")
