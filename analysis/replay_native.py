@@ -153,7 +153,7 @@ class NativeReplayer:
         self.flags: dict[Hashable, int] = {}
         self._suspect_id: int | None = None  # id() of the suspect_rows of the last chunk
         self._raised: BaseException | None = None
-        self._suspect: tuple[AbstractSet[int], np.ndarray] | None = None
+        self._suspect: tuple[AbstractSet[int], RowSet] | None = None
 
     # -- encoding ----------------------------------------------------------------------
 
@@ -250,7 +250,7 @@ class NativeReplayer:
         suspect = np.zeros(n, np.uint8)
         at = np.nonzero(kind == K_ACQUIRE)[0]
         if len(at) and suspect_rows:
-            suspect[at] = np.isin(row[at], self._suspect_array(suspect_rows))
+            suspect[at] = self._suspect_set(suspect_rows).contains(row[at])
         lt_props = np.asarray(self.lt_props, np.uint8)
         ev_props = np.asarray(self.ev_props, np.uint8)
         ev_fn = np.asarray(self.ev_fn, np.int32)
@@ -279,14 +279,13 @@ class NativeReplayer:
             raise exc(text)
         return True
 
-    def _suspect_array(self, suspect_rows: AbstractSet[int]) -> np.ndarray:
-        """``suspect_rows`` as a sorted array, made once per set (a frozenset does not
-        change; the set is kept, so its id stays its own)."""
+    def _suspect_set(self, suspect_rows: AbstractSet[int]) -> RowSet:
+        """``suspect_rows`` as a :class:`RowSet`, made once per set (a frozenset does
+        not change; the set is kept, so its id stays its own)."""
         if isinstance(suspect_rows, RowSet):
-            return suspect_rows.rows
+            return suspect_rows
         if self._suspect is None or self._suspect[0] is not suspect_rows:
-            self._suspect = (suspect_rows, np.fromiter(suspect_rows, np.int64,
-                                                       len(suspect_rows)))
+            self._suspect = (suspect_rows, RowSet(suspect_rows))
         return self._suspect[1]
 
     def _holder(self, holder_on_stack: HolderOnStack | None) -> object:

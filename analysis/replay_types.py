@@ -47,6 +47,15 @@ class RowSet(AbstractSet[int]):
         i = int(np.searchsorted(self.rows, r))
         return i < len(self.rows) and int(self.rows[i]) == int(r)
 
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        """Membership of each of ``values``, by binary search (``np.isin`` would sort
+        the millions of rows again for every chunk that asks)."""
+        values = np.asarray(values, dtype=np.int64)
+        if not len(self.rows):
+            return np.zeros(len(values), dtype=bool)
+        at = np.minimum(np.searchsorted(self.rows, values), len(self.rows) - 1)
+        return self.rows[at] == values
+
     def __iter__(self) -> Iterator[int]:
         return iter(self.rows.tolist())
 

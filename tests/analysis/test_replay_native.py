@@ -477,6 +477,9 @@ def test_suspect_rows_as_a_sorted_array_are_the_set(seed: int) -> None:
     assert sorted(as_rows) == sorted(as_set) and len(as_rows) == len(as_set)
     assert all((r in as_rows) == (r in as_set) for r in range(-2, len(ev) + 2))
     assert "1" not in as_rows and 1.0 not in as_rows  # rows are ints only
+    probe = np.arange(-2, len(ev) + 2)
+    assert as_rows.contains(probe).tolist() == [int(r) in as_set for r in probe]
+    assert not RowSet().contains(probe).any()
     ref = check(ev, cor, suspect_rows=as_set, holder_on_stack=_holder(seed))
     assert ref.forced  # the suspects mattered
     for native in (False, True):
