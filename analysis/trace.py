@@ -195,12 +195,18 @@ def place_fixed_locks(events: pd.DataFrame, syms: RunSymbols) -> list[str]:
 
     if events.empty:
         return []
-    names = events["event"].astype(str).to_numpy()
+    col = events["event"]
+    # codes of the categorical, not a string per row: tens of millions of rows
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        names, codes = np.asarray(col.cat.categories, dtype=object), col.cat.codes.to_numpy()
+    else:
+        names, codes = np.unique(col.astype(str).to_numpy(), return_inverse=True)
     la = None
     missing: set[str] = set()
     for func, sym in FIXED_LOCKS.items():
-        rows = np.nonzero((names == f"{GROUP}/lk_{func}") | (names == f"{GROUP}/ul_{func}")
-                          | (names == f"{GROUP}/lr_{func}"))[0]
+        wanted = {f"{GROUP}/{role}_{func}" for role in ("lk", "ul", "lr")}
+        hit = [i for i, n in enumerate(names.tolist()) if n in wanted]
+        rows = np.nonzero(np.isin(codes, hit))[0] if hit else np.zeros(0, np.int64)
         if not len(rows):
             continue
         addrs = syms.kernel.addresses_of(sym) if syms.kernel is not None else []

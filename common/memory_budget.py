@@ -1,13 +1,15 @@
 """How many events of a trace the analysis can hold in this machine's memory.
 
 The analysis holds the whole events frame and the replay's acquisitions at once
-(issue 15: it does not stream yet), so its peak grows with the trace: measured with
-``bench/bench_analysis.py`` on 90 s of the saturating benchmark load, 415 MB at
-1.16 M events, 1,394 MB at 4.6 M and 5,495 MB at 18.6 M, i.e. ~291 bytes an event
-above ~80 MB.  A trace longer than the memory allows used to end in the kernel's OOM
-killer and no report at all; now the decode keeps the events that fit (the first
-ones, in time order), still reads the rest for its counts and losses, and every
-report says where the analysis stopped (``analysis.trace.completeness``).
+(issue 15: it does not stream yet), so its peak grows with the trace.  Measured with
+``bench/bench_analysis.py`` on 90 s of the saturating benchmark load (2026-12-07,
+decode and replay in C, the heap handed back between stages): 374 MB at 1.37 M
+events, 1,003 MB at 5.45 M and 3,406 MB at 21.9 M, i.e. ~152 bytes an event above
+the imports; ``tracedep analyze --no-dwarf`` of Debian's drivers (8.47 M events)
+peaked at 1,452 MB.  A trace longer than the memory allows used to end in the
+kernel's OOM killer and no report at all; now the decode keeps the events that fit
+(the first ones, in time order), still reads the rest for its counts and losses, and
+every report says where the analysis stopped (``analysis.trace.completeness``).
 
 The limit is ``TRACEDEP_MAX_MEMORY`` (bytes, or with a K/M/G suffix: ``1.5G``) when
 set, else 80 % of what the machine can give: ``MemAvailable`` from
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from tracedep.errors import InputError
 
-BYTES_PER_EVENT = 320  # the measured ~291 and a margin: DWARF, reports, allocator slack
+BYTES_PER_EVENT = 200  # the measured ~152-160 and a margin: DWARF, reports, allocator slack
 BASE_BYTES = 300 << 20  # interpreter, pandas, symbols: what a trace of no events takes
 SHARE = 0.8  # of the available memory, when no limit is given
 ENV = "TRACEDEP_MAX_MEMORY"
