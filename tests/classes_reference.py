@@ -1,7 +1,8 @@
 """The lock-class assignment as it was before analysis.class_stream (commit a771888):
 the reference that tests/analysis/test_class_stream.py compares the streaming engine
 with, row for row.  A verbatim copy of analysis/classes.py of that commit, but for
-this docstring; do not change it.
+this docstring and the declarations it shares with the engine (LockClass, ClassNamer, the
+allocator and lock-type lists, the naming of alike names), which it imports; do not change it.
 
 Lock classes, as lockdep means them, for every lock event of a trace.
 
@@ -31,11 +32,17 @@ Lock classes, as lockdep means them, for every lock event of a trace.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from tracedep.analysis.class_model import (
+    GENERIC_ALLOCATORS,
+    SPINNING_LOCK_TYPES,
+    ClassNamer,
+    LockClass,
+)
+from tracedep.analysis.class_table import _unique_names
 from tracedep.analysis.run_symbols import RunSymbols, Sym
 from tracedep.analysis.type_names import fold_indices
 from tracedep.tracer.lock_init import (
@@ -49,34 +56,6 @@ from tracedep.tracer.lock_init import (
     S_IFMT,
 )
 from tracedep.tracer.probes import api_name
-
-# Allocation helpers whose call site says nothing about the object's type.
-SPINNING_LOCK_TYPES = ("spinlock", "rwlock-r", "rwlock-w")
-
-GENERIC_ALLOCATORS = frozenset({
-    "devm_kmalloc", "kmemdup", "kstrdup", "krealloc", "kvmalloc_node", "kvmalloc",
-    "__kmalloc_node_track_caller", "kmalloc_array", "kcalloc", "kvzalloc", "kvcalloc",
-    "__kvmalloc_node", "mempool_alloc", "mempool_alloc_slab", "mempool_kmalloc",
-    "kmemdup_nul", "alloc_netdev_mqs", "__alloc_skb", "__kmalloc_track_caller",
-    # 6.10+ (api_name strips their _noprof)
-    "kmalloc_node_track_caller", "krealloc_node", "kvrealloc", "kmemdup_array",
-})
-
-
-@dataclass(frozen=True)
-class LockClass:
-    name: str  # shown to users
-    key: str  # stable across runs and KASLR: used in signatures
-    # "static", "init" (an initializer's class), "heap", "instance", "lockdep" (named by
-    # the kernel's lockdep)
-    origin: str
-    module: str  # where the lock is defined/allocated ("vmlinux" for the core kernel)
-    detail: str = ""  # e.g. "offset 0x8 in a 64-byte object allocated at td_ring_alloc+0x1c"
-    sig: str = ""  # the stable part of ``key`` (instances: who first took it, not where it is)
-
-
-# (module, allocator's return address, ts, offset, object size, lock type) -> a name
-ClassNamer = Callable[[str, int, int, int, int, str], str | None]
 
 
 def assign(events: pd.DataFrame, symbols: RunSymbols, lock_rows: np.ndarray,
@@ -312,33 +291,6 @@ def _lockdep_classes(row_ld: np.ndarray, out: np.ndarray, table: list[LockClass]
                                             "lockdep's own class name", sig=key))
         out[r] = c
     return True
-
-
-def _unique_names(table: list[LockClass]) -> list[LockClass]:
-    """Two modules may name their locks alike (a driver and its twin): say whose.
-    Within one module, two initializers' ``&x->wait`` or two allocation sites of one
-    function: say which function or which site."""
-    def names(cs: list[LockClass]) -> dict[str, int]:
-        seen: dict[str, int] = {}
-        for c in cs:
-            seen[c.name] = seen.get(c.name, 0) + 1
-        return seen
-
-    seen = names(table)
-    table = [replace(c, name=f"{c.name} [{c.module}]") if seen[c.name] > 1
-             and c.module != "vmlinux" else c for c in table]
-    seen = names(table)
-    out = []
-    for c in table:
-        if seen[c.name] > 1 and c.origin in ("init", "heap"):
-            # init:<module>:<function>:<name> -> the function;
-            # heap:<module>:<fn>@<site>:<offset> -> the site (a site may hold a colon)
-            rest = c.key.split(":", 2)[2]
-            where = (rest.rpartition(":")[0].partition("@")[2] if c.origin == "heap"
-                     else rest.split(":", 1)[0])
-            c = replace(c, name=f"{c.name} ({where})")
-        out.append(c)
-    return out
 
 
 def _instance_classes(rows: np.ndarray, addr: np.ndarray, ips: np.ndarray, ts: np.ndarray,
