@@ -237,6 +237,10 @@ class DaskEngine:
             for fut in done:
                 slot = futures.pop(fut)
                 again = self._finish(night, slot, fut)
+                # the result is home: let the scheduler forget it, or the death of the
+                # worker that holds it makes the scheduler run the cell again for us
+                # (an orphan run whose folder nobody lands)
+                fut.release()
                 if again is not None:
                     futures[again] = slot
                     done.add(again)
