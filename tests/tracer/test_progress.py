@@ -12,7 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
-from tracedep.tracer import control
+import pytest
+
+from tracedep.tracer import control, progress
 from tracedep.tracer.ftrace_formats import parse_header_page
 from tracedep.tracer.progress import ProgressMeter
 from tracedep.tracer.ring_pages import walk_buffers
@@ -22,7 +24,12 @@ LINE = re.compile(r"^tracedep: progress uptime_s=(\d+\.\d) records=(\d+) records
                   r"trace_mb=(\d+\.\d) lost=(\d+)$")
 
 
-def test_progress_counts_the_complete_pages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_pages", [4096, 3, 1])
+def test_progress_counts_the_complete_pages(tmp_path: Path, read_pages: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the pieces the meter reads the new pages in (a busy guest appends a
+    gigabyte a minute, read 4096 pages at a time), the counts are one walk's."""
+    monkeypatch.setattr(progress, "READ_PAGES", read_pages)
     run = tmp_path / "run"
     (run / "trace").mkdir(parents=True)
     meter = ProgressMeter(run)
