@@ -104,8 +104,8 @@ def acq_frame(cols: dict[str, np.ndarray], type_names: list[str]) -> pd.DataFram
 
 
 def text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(names, code per row) of a text column of acquisitions: the categorical's own
-    codes, or for a plain column (a frame made elsewhere) ``np.unique``'s."""
+    """(names, code per row) of a text column (the acquisitions', the events'): the
+    categorical's own codes, or for a plain column ``np.unique``'s."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         return (np.asarray(col.cat.categories, dtype=object),
                 col.cat.codes.to_numpy().astype(np.intp))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from tracedep.analysis.acquisitions import text_codes
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace_model import Trace
 from tracedep.common import run_manifest as manifest
@@ -195,12 +196,8 @@ def place_fixed_locks(events: pd.DataFrame, syms: RunSymbols) -> list[str]:
 
     if events.empty:
         return []
-    col = events["event"]
     # codes of the categorical, not a string per row: tens of millions of rows
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        names, codes = np.asarray(col.cat.categories, dtype=object), col.cat.codes.to_numpy()
-    else:
-        names, codes = np.unique(col.astype(str).to_numpy(), return_inverse=True)
+    names, codes = text_codes(events["event"])
     la = None
     missing: set[str] = set()
     for func, sym in FIXED_LOCKS.items():

@@ -94,11 +94,9 @@ class _Holds:
         sel = np.nonzero(np.isin(a["task"].to_numpy(), list(tasks)))[0]
         # group by (task, context) with one stable sort: a busy trace has millions;
         # every column is taken once in that order and each group is a slice of it
-        ctx_names, ctx_codes = text_codes(a["ctx"])
-        ctx_codes = ctx_codes[sel]
-        task = a["task"].to_numpy(dtype=np.int64)[sel]
-        by_key = sel[np.lexsort((ctx_codes, task))]
-        del sel, ctx_codes, task
+        ctx_names, all_ctx = text_codes(a["ctx"])
+        by_key = sel[np.lexsort((all_ctx[sel], a["task"].to_numpy(dtype=np.int64)[sel]))]
+        del sel
         lt_names, lt_codes = text_codes(a["lock_type"])
         cols = (a["row"].to_numpy(dtype=np.int64)[by_key], end[by_key],
                 a["cls"].to_numpy(dtype=np.int64)[by_key],
@@ -107,7 +105,8 @@ class _Holds:
                                            if n in SHARED_TYPES]))
         del end, lt_codes
         task = a["task"].to_numpy(dtype=np.int64)[by_key]
-        ctx_codes = text_codes(a["ctx"])[1][by_key]
+        ctx_codes = all_ctx[by_key]
+        del all_ctx
         edge = np.flatnonzero((np.diff(task) != 0) | (np.diff(ctx_codes) != 0)) + 1
         bounds = [0, *edge.tolist(), len(by_key)] if len(by_key) else []
         for lo, hi in zip(bounds, bounds[1:], strict=False):
