@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
-from tracedep.analysis import missing, order_rules, rules, sleep_rules, waits
+from tracedep.analysis import missing, order_rules, row_store, rt_rules, rules, sleep_rules, waits
 from tracedep.analysis.acquisitions import text_codes
 from tracedep.analysis.coverage import coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
 from tracedep.analysis.health import TRUNCATED_NOTE, Ending, Health, ending_note, lost_note
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
+from tracedep.analysis.lock_ctypes import LockTypes, Scope
 from tracedep.analysis.nesting import NestingJudge
-from tracedep.analysis.rt_rules import rt_findings
 from tracedep.analysis.run_summary import RunSummary
 from tracedep.analysis.trace import Trace
 from tracedep.common import heap
@@ -138,22 +138,27 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     # waits on work items, timers, completions, kthreads: edges to object classes
     wg = waits.wait_graph(ev, trace.symbols, rep, len(table), namer)
     heap.give_back()
-    cx = rules.Ctx(ev, trace.stacks, trace.symbols, table + wg.classes, rep,
-                   trace.call_insn_size, wait_edges=wg.edges, wait_kinds=wg.kinds,
-                   text_stacks=trace.text_stacks, text_sites=trace.text_sites,
+    scope = getattr(namer, "scope", None)
+    cases = (rt_rules.allocation_cases(ev, rep, trace.symbols)
+             if rt_rules.judged(scope, trace.lock_types) else [])
+    # what reads every acquisition, before the rules' store keeps a few
+    stats = class_stats(rep.acquisitions, table, rep.usage)
+    forced = missing.health(rep, unseen, [c.name for c in table])
+    # the rules read only the rows named so far (analysis.row_store)
+    gap_rows = np.nonzero((ev["kind"] == "gap").to_numpy())[0]
+    store = row_store.RowStore.keep(ev, row_store.named_rows(rep, wg.edges, gap_rows, cases))
+    kept = row_store.renumber(store, rep, wg.edges, cases, trace.text_sites)
+    unmatched = rep.unmatched_releases
+    irq_leaked = rep.irq_leaked
+    del rep
+    cx = rules.Ctx(store.events, trace.stacks, trace.symbols, table + wg.classes, kept.replay,
+                   trace.call_insn_size, wait_edges=kept.wait_edges, wait_kinds=wg.kinds,
+                   text_stacks=trace.text_stacks, text_sites=kept.text_sites,
                    nesting=nesting, own_source_modules=frozenset(
                        m.name for m in trace.info.module_records if m.src_dir))
-    findings: list[Finding] = []
-    findings += sleep_rules.sleep_findings(cx)
-    findings += order_rules.order_findings(cx)
-    findings += rules.irq_findings(cx)
-    findings += rules.recursion_findings(cx)
-    # PREEMPT_RT only (rt_rules): lock types from the namer's DWARF, or known already
-    findings += rt_findings(cx, getattr(namer, "scope", None), trace.lock_types)
-    findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))
-    mark_near_gaps(findings, ev)
+    findings = judge(cx, scope, trace.lock_types, kept.cases)
     edges = []
-    for (u, v), accs in [*rep.edges.items(), *wg.edges.items()]:
+    for (u, v), accs in [*cx.replay.edges.items(), *cx.wait_edges.items()]:
         acc = accs[0]
         cu, cv = cx.cls(u), cx.cls(v)
         edges.append(Edge(
@@ -162,10 +167,9 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
             witness=cx.site(acc.row, WitnessKind.ACQUIRE, "acquire", cv.name, False),
             held_witness=cx.site(acc.held_row, WitnessKind.HELD, "held", cu.name, False),
             read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
-    stats = class_stats(rep.acquisitions, table, rep.usage)
-    health = _health(trace, rep.unmatched_releases)
-    health.irq_locks_unreleased = rep.irq_leaked
-    health.forced_releases = missing.health(rep, unseen, [c.name for c in table])
+    health = _health(trace, unmatched)
+    health.irq_locks_unreleased = irq_leaked
+    health.forced_releases = forced
     forced_note = missing.warning(health.forced_releases)
     if forced_note:
         health.warnings.append(forced_note)
@@ -180,6 +184,22 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     health.analysis_s = round(time.monotonic() - t0, 3)
     return Analysis(findings=findings, classes=stats, edges=edges, health=health,
                     run=_run_summary(trace, table))
+
+
+def judge(cx: rules.Ctx, scope: Scope | None, lock_types: LockTypes | None,
+          cases: list[row_store.AllocationCase]) -> list[Finding]:
+    """Every rule family over ``cx`` (a row store's or the whole frame's), in report order.
+    ``scope``, ``lock_types``: see rt_rules.rt_findings; ``cases``: its allocations."""
+    findings: list[Finding] = []
+    findings += sleep_rules.sleep_findings(cx)
+    findings += order_rules.order_findings(cx)
+    findings += rules.irq_findings(cx)
+    findings += rules.recursion_findings(cx)
+    # PREEMPT_RT only (rt_rules): lock types from the namer's DWARF, or known already
+    findings += rt_rules.rt_findings(cx, scope, lock_types, cases)
+    findings.sort(key=lambda f: (f.driver == "vmlinux", f.driver, f.kind, f.first_ts_ns))
+    mark_near_gaps(findings, cx.events)
+    return findings
 
 
 def _health(trace: Trace, unmatched: int) -> Health:

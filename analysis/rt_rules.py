@@ -20,15 +20,19 @@ context (which RT threads unless ``IRQF_NO_THREAD``) is not judged.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from tracedep.analysis.findings import Finding, Site, WitnessKind
-from tracedep.analysis.heldlocks import SPIN_TYPES
+from tracedep.analysis.heldlocks import SPIN_TYPES, Replay
 from tracedep.analysis.lock_ctypes import RAW, RWLOCK, SPIN, LockTypes, Scope
 from tracedep.analysis.replay_inputs import GFP_DIRECT_RECLAIM
+from tracedep.analysis.row_store import AllocationCase
 from tracedep.analysis.rules import Ctx, driver_of, gfp_text
+from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.common.jsonvalue import JSON
 
 KIND = "invalid-wait-context"
@@ -72,18 +76,27 @@ class _Judge:
         return bool(ip) and self.cx.symbols.module_of(ip, ts) not in (None, *_CORE)
 
 
-def rt_findings(cx: Ctx, scope: Scope | None, types: LockTypes | None = None
-                ) -> list[Finding]:
+def rt_findings(cx: Ctx, scope: Scope | None, types: LockTypes | None = None,
+                cases: Iterable[AllocationCase] = ()) -> list[Finding]:
     """``scope``: DWARF scopes at code addresses (analysis.dwarf_pass); without DWARF
     no type is known and nothing is judged.  ``types``: the lock types' reader, if
-    not one over ``scope``."""
+    not one over ``scope``.  ``cases``: :func:`allocation_cases`, in ``cx``'s rows."""
     if types is None and scope is None:
         return []
     j = _Judge(cx, types or LockTypes(scope or (lambda m, ip, ts: [])))
     groups: dict[tuple[str, ...], Finding] = {}
     _nested_locks(j, groups)
-    _allocations(j, groups)
+    for case in cases:
+        raw = [(a, c) for a, c in case.held if j.ctype(a, c) == RAW]
+        if raw:
+            _allocation(cx, case.row, raw[-1], int(cx.events["gfp"].to_numpy()[case.row]), groups,
+                        1 + case.repeats)
     return list(groups.values())
+
+
+def judged(scope: Scope | None, types: LockTypes | None) -> bool:
+    """Does :func:`rt_findings` judge anything (are lock types known at all)?"""
+    return types is not None or scope is not None
 
 
 def _nested_locks(j: _Judge, groups: dict[tuple[str, ...], Finding]) -> None:
@@ -114,22 +127,34 @@ def _nested_locks(j: _Judge, groups: dict[tuple[str, ...], Finding]) -> None:
                                    [lh.module, li.module], acc.count)
 
 
-def _allocations(j: _Judge, groups: dict[tuple[str, ...], Finding]) -> None:
-    """Allocations that cannot reclaim (those that can are sleep-in-atomic) under a
-    held raw_spinlock_t of the same task and context."""
-    cx = j.cx
-    e = cx.events
-    gfp = e["gfp"].to_numpy()
-    cand = np.nonzero((e["kind"].to_numpy() == "alloc") & ((gfp & GFP_DIRECT_RECLAIM) == 0))[0]
-    rows = [int(r) for r in cand if j.in_module(int(r))]
+def allocation_cases(events: pd.DataFrame, rep: Replay, symbols: RunSymbols
+                     ) -> list[AllocationCase]:
+    """Allocations that cannot reclaim (those that can are sleep-in-atomic), in module
+    code, under spinning locks of the same task and context: the cases
+    :func:`rt_findings` judges (one of them a raw_spinlock_t makes a finding).  Read
+    from the whole frame and the replay's acquisitions, before the rules' row store
+    is made (analysis.row_store); repeats of one verdict are counted, not kept."""
+    gfp = events["gfp"].to_numpy()
+    cand = np.nonzero((events["kind"].to_numpy() == "alloc")
+                      & ((gfp & GFP_DIRECT_RECLAIM) == 0))[0]
+    ips, ts = events["ip"].to_numpy(), events["ts_ns"].to_numpy()
+
+    def site(r: int) -> tuple[int, int]:
+        ip = int(ips[r])
+        return ip, symbols.epoch(ip, int(ts[r]))
+
+    rows = [int(r) for r in cand
+            if ips[r] and symbols.module_of(int(ips[r]), int(ts[r])) not in (None, *_CORE)]
     if not rows:
-        return
-    acq = cx.replay.acquisitions
+        return []
+    acq = rep.acquisitions
     ok = acq[(acq["lock_type"].isin(SPIN_TYPES)) & (acq["release_row"] >= 0)
              & (acq["forced"] == "") & (~acq["handed_off"].astype(bool))]
     by_task = {k: g for k, g in ok.groupby(["task", "ctx"], sort=False)}
-    pid, cpu = e["pid"].to_numpy(), e["cpu"].to_numpy()
-    hard, soft, nmi = (e[c].to_numpy() for c in ("in_hardirq", "in_softirq", "in_nmi"))
+    pid, cpu = events["pid"].to_numpy(), events["cpu"].to_numpy()
+    hard, soft, nmi = (events[c].to_numpy() for c in ("in_hardirq", "in_softirq", "in_nmi"))
+    ltypes, funcs = events["lock_type"], events["func"]
+    found: dict[Hashable, list[object]] = {}
     for r in rows:
         ctx = "nmi" if nmi[r] else "hardirq" if hard[r] else "softirq" if soft[r] else "process"
         task = int(pid[r]) if pid[r] > 0 else -1 - int(cpu[r])
@@ -137,14 +162,30 @@ def _allocations(j: _Judge, groups: dict[tuple[str, ...], Finding]) -> None:
         if g is None:
             continue
         live = g[(g["row"] < r) & (g["release_row"] > r)].sort_values("row")
-        raw = [(int(a), int(c)) for a, c in zip(live["row"].to_numpy(), live["cls"].to_numpy(),
-                                                strict=True) if j.ctype(int(a), int(c)) == RAW]
-        if raw:
-            _allocation(cx, r, raw[-1], int(gfp[int(r)]), groups)
+        held = tuple((int(a), int(c)) for a, c in zip(live["row"].to_numpy(),
+                                                       live["cls"].to_numpy(), strict=True))
+        if not held:
+            continue
+        key = _verdict_key(r, held, site, int(gfp[r]), str(funcs.iat[r]), ltypes)
+        seen = found.get(key)
+        if seen is None:
+            found[key] = [r, held, 0]
+        else:
+            seen[2] += 1  # type: ignore[operator]
+    return [AllocationCase(r, h, n) for r, h, n in found.values()]  # type: ignore[arg-type]
+
+
+def _verdict_key(r: int, held: tuple[tuple[int, int], ...],
+                 site: Callable[[int], tuple[int, int]], gfp: int, func: str,
+                 ltypes: pd.Series) -> Hashable:
+    """Everything the verdict on allocation row ``r`` reads: its call site (an address
+    within one load of its module), flags and function, and each held lock's class,
+    type and call site (``_Judge.ctype``)."""
+    return (site(r), gfp, func, tuple((c, str(ltypes.iat[a]), site(a)) for a, c in held))
 
 
 def _allocation(cx: Ctx, r: int, raw: tuple[int, int], gfp: int,
-                groups: dict[tuple[str, ...], Finding]) -> None:
+                groups: dict[tuple[str, ...], Finding], count: int) -> None:
     held_row, held = raw
     lh = cx.cls(held)
     api = f"{cx.events['func'].iat[r]}({gfp_text(gfp)})"
@@ -153,14 +194,14 @@ def _allocation(cx: Ctx, r: int, raw: tuple[int, int], gfp: int,
     fn = cx.src(s_alloc.frames[0], s_alloc.ts_ns)
     key = (lh.sig, "allocation", fn)
     if key in groups:
-        groups[key].count += 1
+        groups[key].count += count
         return
     s_held = cx.site(held_row, WitnessKind.HELD, f"held {lh.name} (raw_spinlock_t)", lh.name,
                      with_stack=False)
     msg = (f"{api} in {fn}() while {lh.name} (raw_spinlock_t) is held: on PREEMPT_RT the "
            f"allocator takes sleeping locks, even for GFP_ATOMIC; fine on this non-RT kernel")
     groups[key] = _finding(cx, [lh.name], [s_alloc, s_held], msg, key,
-                           {"inner": "allocation", "api": api}, fn, [lh.module], 1)
+                           {"inner": "allocation", "api": api}, fn, [lh.module], count)
 
 
 def _finding(cx: Ctx, locks: list[str], sites: list[Site], msg: str, key: tuple[str, ...],

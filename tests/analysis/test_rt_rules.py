@@ -17,7 +17,7 @@ from recorded_fixture import load_fixture
 from tracedep.analysis import pipeline
 from tracedep.analysis.findings import Finding, WitnessKind
 from tracedep.analysis.lock_ctypes import RAW, SPIN, LockTypes
-from tracedep.analysis.rt_rules import KIND, rt_findings
+from tracedep.analysis.rt_rules import KIND
 
 RULES = Path(__file__).parents[1] / "data" / "traces" / "rules"
 
@@ -37,19 +37,17 @@ class _Types(LockTypes):
         return self.by_name.get(class_name)
 
 
-def _findings(monkeypatch: pytest.MonkeyPatch, fixture: str,
-              types: dict[str, str | None] | None) -> list[Finding]:
-    def hook(cx, scope, recorded=None):  # type: ignore[no-untyped-def]
-        return rt_findings(cx, None, _Types(types) if types is not None else None)
-
-    monkeypatch.setattr(pipeline, "rt_findings", hook)
-    return [f for f in pipeline.analyze(load_fixture(RULES / fixture)).findings
-            if f.kind == KIND]
+def _findings(fixture: str, types: dict[str, str | None] | None) -> list[Finding]:
+    """The pipeline's findings of this kind with these lock types, as DWARF's answers
+    would give them (``Trace.lock_types``; None: no DWARF)."""
+    t = load_fixture(RULES / fixture)
+    t.lock_types = _Types(types) if types is not None else None
+    return [f for f in pipeline.analyze(t).findings if f.kind == KIND]
 
 
-def test_spinlock_under_raw(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spinlock_under_raw() -> None:
     q, s = "td_xfer_queue_lock", "td_xfer_stats_lock"
-    [f] = _findings(monkeypatch, "td_abba_bug", {q: RAW, s: SPIN})
+    [f] = _findings("td_abba_bug", {q: RAW, s: SPIN})
     assert f.locks == [q, s] and f.driver == "td_abba_bug"
     assert f.details["inner"] == SPIN and f.details["held"] == RAW
     assert f.details["preempt_rt_only"] is True and "PREEMPT_RT only" in f.message
@@ -57,7 +55,7 @@ def test_spinlock_under_raw(monkeypatch: pytest.MonkeyPatch) -> None:
     assert acq.kind == WitnessKind.ACQUIRE and acq.lock == s and acq.holding == q
     assert held.kind == WitnessKind.HELD and held.lock == q
     assert acq.frames[0].module == held.frames[0].module == "td_abba_bug"
-    assert f.signature == _findings(monkeypatch, "td_abba_bug", {q: RAW, s: SPIN})[0].signature
+    assert f.signature == _findings("td_abba_bug", {q: RAW, s: SPIN})[0].signature
 
 
 @pytest.mark.parametrize("types", [
@@ -67,13 +65,12 @@ def test_spinlock_under_raw(monkeypatch: pytest.MonkeyPatch) -> None:
     {"td_xfer_queue_lock": None, "td_xfer_stats_lock": SPIN},
     {},
 ])
-def test_nothing_unless_both_known_and_wrong(monkeypatch: pytest.MonkeyPatch,
-                                             types: dict[str, str | None]) -> None:
-    assert _findings(monkeypatch, "td_abba_bug", types) == []
+def test_nothing_unless_both_known_and_wrong(types: dict[str, str | None]) -> None:
+    assert _findings("td_abba_bug", types) == []
 
 
-def test_without_dwarf_nothing_is_judged(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _findings(monkeypatch, "td_abba_bug", None) == []
+def test_without_dwarf_nothing_is_judged() -> None:
+    assert _findings("td_abba_bug", None) == []
     for fixture in sorted(p.name for p in RULES.iterdir() if (p / "manifest.json").is_file()):
         t = load_fixture(RULES / fixture)
         t.lock_types = None  # the DWARF answers recorded with it, if any, forgotten
@@ -93,12 +90,12 @@ def test_recorded_answers_judge_both_twins() -> None:
         assert len(found) == want and all(f.driver == "td_rt_wait_bug" for f in found), name
 
 
-def test_allocation_under_raw(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_allocation_under_raw() -> None:
     """td_alloc_spin_clean's real kmalloc(GFP_ATOMIC) under ring->lock: legal under a
     spinlock_t, PREEMPT_RT-invalid under a raw_spinlock_t."""
     lock = "td_ring_probe():obj+0x0"  # struct td_ring.lock, named without DWARF
-    assert _findings(monkeypatch, "td_alloc_spin_clean", {lock: SPIN}) == []
-    [f] = _findings(monkeypatch, "td_alloc_spin_clean", {lock: RAW})
+    assert _findings("td_alloc_spin_clean", {lock: SPIN}) == []
+    [f] = _findings("td_alloc_spin_clean", {lock: RAW})
     assert f.locks == [lock] and f.details["inner"] == "allocation"
     assert str(f.details["api"]).startswith("kmalloc(GFP_ATOMIC")
     alloc, held = f.sites
