@@ -16,21 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from recorded_fixture import load_fixture
+from recorded_traces import DATA, FIXTURES, RUNS, load_any
 
 from tracedep.analysis import pipeline, row_store, rt_rules
 from tracedep.analysis.findings import Analysis
 from tracedep.analysis.lock_ctypes import RAW, LockTypes
 from tracedep.analysis.replay_types import Replay
 from tracedep.analysis.row_store import AllocationCase, Edges, Renumbered, RowStore
-from tracedep.analysis.trace import load_run
 from tracedep.analysis.trace_model import Trace
 from tracedep.reports.serialize import analysis_to_json
-
-DATA = Path(__file__).parents[1] / "data" / "traces"
-FIXTURES = ([DATA / "classes" / "events"]
-            + sorted(p.parent for p in DATA.glob("rules/*/manifest.json"))
-            + sorted(p.parent for p in DATA.glob("lockdep/rules/*/manifest.json")))
-RUNS = [DATA / "tiny", DATA / "classes" / "raw", DATA / "lockdep" / "raw"]
 
 
 def _whole_frame(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +64,7 @@ class _AllRaw(LockTypes):
 
 
 def _analyze(path: Path, raw: bool) -> Analysis:
-    t: Trace = load_run(path) if path in RUNS else load_fixture(path)
+    t: Trace = load_any(path)
     if raw:
         t.lock_types = _AllRaw()
     return pipeline.analyze(t)

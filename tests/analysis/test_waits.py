@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from recorded_fixture import load_fixture
+from recorded_traces import rows_of, with_gap_inside
 
 from tracedep.analysis.pipeline import analyze
 from tracedep.analysis.trace_model import Trace
 from tracedep.tracer import schema
-from tracedep.tracer.ftrace_binary import GAP_EVENT
 
 FIXTURE = Path(__file__).parents[1] / "data" / "traces" / "rules" / "td_waitdep_bug"
 CLEAN = FIXTURE.parent / "td_waitdep_clean"
@@ -38,14 +38,6 @@ def waits_of(t: Trace) -> dict[str, list[str]]:
                 if w.startswith(api):
                     out[shape].append(f["signature"])
     return out
-
-
-def rows_of(t: Trace, **eq: object) -> pd.DataFrame:
-    ev = t.events
-    m = pd.Series(True, index=ev.index)
-    for col, v in eq.items():
-        m &= ev[col].astype(str) == str(v)
-    return ev[m]
 
 
 def test_every_shape_is_one_cycle_with_both_sides_witnessed() -> None:
@@ -67,22 +59,9 @@ def test_the_clean_twin_has_waits_but_no_cycle() -> None:
     assert analyze(t).findings == []
 
 
-def _with_gap_inside(t: Trace, lock_type: str) -> Trace:
-    """A gap row inside every callback span of ``lock_type`` objects."""
-    ev = t.events
-    entries = rows_of(t, kind="callback_entry", lock_type=lock_type)
-    assert len(entries), lock_type
-    gaps = schema.conform(pd.DataFrame({
-        "ts_ns": entries["ts_ns"].to_numpy() + 1, "cpu": entries["cpu"].to_numpy(),
-        "kind": "gap", "event": GAP_EVENT}))
-    t.events = schema.conform(pd.concat([ev, gaps], ignore_index=True)
-                              .sort_values(["ts_ns", "cpu"], kind="stable"))
-    return t
-
-
 @pytest.mark.parametrize("shape", ["work", "timer"])
 def test_a_gap_inside_the_callback_loses_that_cycle_only(shape: str) -> None:
-    got = waits_of(_with_gap_inside(load_fixture(FIXTURE), shape))
+    got = waits_of(with_gap_inside(load_fixture(FIXTURE), shape))
     assert got[shape] == []
     # a gap ends every hold everywhere: the other shapes may lose witnesses they
     # held across it, but nothing new appears
