@@ -285,6 +285,15 @@ class WaitBuilder:
                     del self.open_spans[(tasks[j], ctxs[j], int(addr[j]))]
                 self._span(lo, r, span_cls, wq, holds, tasks[j], ctxs[j])
 
+    def open_span_starts(self) -> dict[tuple[int, str], int]:
+        """Per (task, context), where its earliest callback span still open began: what
+        it takes from there on is asked for when the span ends (hold_stream)."""
+        out: dict[tuple[int, str], int] = {}
+        for (task, ctx, _), spans in self.open_spans.items():
+            lo = min(r for r, _, _ in spans)
+            out[(task, ctx)] = min(lo, out.get((task, ctx), lo))
+        return out
+
     def _queued(self, j: int, obj: ObjectRows) -> None:
         """``_workqueue_names``: the ``__queue_work`` probe names the workqueue by
         pointer, the queue_work tracepoint inside it by name, for the same work item."""

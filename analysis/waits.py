@@ -25,6 +25,7 @@ adds nothing: damage can lose an edge, never make one up.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -51,11 +52,11 @@ class _Holds:
     """Which locks a (task, context) held at an event row, from the replay."""
 
     def __init__(self, rep: Replay, tasks: set[int], ts: np.ndarray) -> None:
-        a = rep.acquisitions
         self.by: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
         # per (task, context): start order, starts in that order, the long holds
         self.index: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
         # (and the ends, sorted: how many are open at a row, in two binary searches)
+        a = rep.acquisitions
         if a.empty or not tasks:
             return
         end = a["release_row"].to_numpy(dtype=np.int64).copy()
@@ -69,6 +70,19 @@ class _Holds:
         for acq, row in rep.irq_ended:  # an interrupt's lock whose unlock was missed
             end[acq] = row
         end[end < 0] = _FAR
+        self._index(a, end, tasks)
+
+    @classmethod
+    def of(cls, a: pd.DataFrame, end: np.ndarray, tasks: set[int]) -> Self:
+        """From acquisitions ``a`` (in the replay's order) that end at ``end`` (the row,
+        or beyond every row asked about)."""
+        out = cls.__new__(cls)
+        out.by, out.index = {}, {}
+        if len(a) and tasks:
+            out._index(a, end, tasks)
+        return out
+
+    def _index(self, a: pd.DataFrame, end: np.ndarray, tasks: set[int]) -> None:
         sel = np.nonzero(np.isin(a["task"].to_numpy(), list(tasks)))[0]
         # group by (task, context) with one stable sort: a busy trace has millions;
         # every column is taken once in that order and each group is a slice of it

@@ -22,6 +22,8 @@ from recorded_traces import DATA, FIXTURES, RUNS, load_any, rows_of, with_gap_in
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import pipeline, waits
+from tracedep.analysis.hold_stream import HoldStream
+from tracedep.analysis.replay_types import Replay
 from tracedep.analysis.trace_model import Trace
 from tracedep.analysis.wait_stream import WaitBuilder, WaitGraph
 from tracedep.tracer import schema
@@ -141,3 +143,59 @@ def test_the_changed_traces_change_the_graph() -> None:
     named = _inputs(_trace("flush-named-later"))
     g = waits.wait_graph(named["ev"], named["symbols"], named["rep"], named["base"])
     assert g == plain
+
+
+def _ends(rep: Replay, ts: np.ndarray) -> np.ndarray:
+    """Where each acquisition's hold ended, as waits._Holds reads it from the replay."""
+    a = rep.acquisitions
+    end = a["release_row"].to_numpy(dtype=np.int64).copy()
+    t_rel = a["ts_release"].to_numpy(dtype=np.int64)
+    timed = (end < 0) & (t_rel >= 0)
+    end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
+    for fo in rep.forced:
+        end[fo.acq] = fo.row
+    for acq, row in rep.irq_ended:
+        end[acq] = row
+    end[end < 0] = waits._FAR
+    return end
+
+
+def _streamed(inp: dict[str, Any], size: int) -> WaitGraph:
+    """The builder fed a window at a time with holds from what a replay would have said
+    at each window's end: the acquisitions that ended in it (with their end) and those
+    still open (ending beyond it), nothing else."""
+    ev, rep = inp["ev"], inp["rep"]
+    kinds = ev["kind"]
+    obj = np.nonzero(kinds.isin(waits.OBJECT_KINDS).to_numpy())[0]
+    gaps = np.nonzero((kinds == "gap").to_numpy())[0]
+    b = WaitBuilder(inp["base"])
+    if not len(obj):
+        return b.finish()
+    probe = waits.object_rows(ev, obj, 0, lambda at: (np.zeros(len(at), np.int64), []))
+    with_addr = obj[probe.has_addr()]
+    ids, table = lock_classes.assign(ev, inp["symbols"], with_addr, inp["namer"])
+    cls_of = dict(zip(with_addr.tolist(), ids.tolist(), strict=True))
+    acqs = rep.acquisitions.assign(acq=np.arange(len(rep.acquisitions), dtype=np.int64))
+    start = acqs["row"].to_numpy(dtype=np.int64)
+    end = _ends(rep, ev["ts_ns"].to_numpy())
+    hs = HoldStream()
+    for lo in range(0, len(ev), size):
+        hi = min(lo + size, len(ev))
+        seen = (start < hi) & (end >= lo)
+        cand = acqs[seen]
+        shown = np.where(end[seen] < hi, end[seen], waits._FAR)
+        local = obj[(obj >= lo) & (obj < hi)] - lo
+        o = waits.object_rows(ev.iloc[lo:hi], local, lo, lambda at, lo=lo: (
+            np.array([cls_of[int(r) + lo] for r in at], np.int64), table))
+        b.feed(o, hs.window(cand, shown, set(o.tasks)), gaps[(gaps >= lo) & (gaps < hi)])
+        hs.keep(cand, b.open_span_starts())
+    return b.finish()
+
+
+@pytest.mark.parametrize("which", TRACES)
+def test_holds_a_window_at_a_time_give_the_whole_frames_graph(which: str) -> None:
+    inp = _inputs(_trace(which))
+    whole = waits_reference.wait_graph(inp["ev"], inp["symbols"], inp["rep"], inp["base"],
+                                       inp["namer"])
+    for size in (1, 3, 64, 1 << 20):
+        assert _streamed(inp, size) == whole, size
