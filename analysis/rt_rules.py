@@ -20,7 +20,7 @@ context (which RT threads unless ``IRQF_NO_THREAD``) is not judged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +37,7 @@ from tracedep.common.jsonvalue import JSON
 
 KIND = "invalid-wait-context"
 LOCKDEP_TITLE = "BUG: Invalid wait context"
-_CORE = ("vmlinux", "?")
+CORE_MODULES = ("vmlinux", "?")
 
 
 @dataclass
@@ -73,7 +73,7 @@ class _Judge:
 
     def in_module(self, row: int) -> bool:
         ip, ts = int(self.ips[row]), int(self.ts[row])
-        return bool(ip) and self.cx.symbols.module_of(ip, ts) not in (None, *_CORE)
+        return bool(ip) and self.cx.symbols.module_of(ip, ts) not in (None, *CORE_MODULES)
 
 
 def rt_findings(cx: Ctx, scope: Scope | None, types: LockTypes | None = None,
@@ -144,7 +144,7 @@ def allocation_cases(events: pd.DataFrame, rep: Replay, symbols: RunSymbols
         return ip, symbols.epoch(ip, int(ts[r]))
 
     rows = [int(r) for r in cand
-            if ips[r] and symbols.module_of(int(ips[r]), int(ts[r])) not in (None, *_CORE)]
+            if ips[r] and symbols.module_of(int(ips[r]), int(ts[r])) not in (None, *CORE_MODULES)]
     if not rows:
         return []
     acq = rep.acquisitions
@@ -166,7 +166,8 @@ def allocation_cases(events: pd.DataFrame, rep: Replay, symbols: RunSymbols
                                                        live["cls"].to_numpy(), strict=True))
         if not held:
             continue
-        key = _verdict_key(r, held, site, int(gfp[r]), str(funcs.iat[r]), ltypes)
+        key = verdict_key(site(r), int(gfp[r]), str(funcs.iat[r]),
+                          tuple((c, str(ltypes.iat[a]), site(a)) for a, c in held))
         seen = found.get(key)
         if seen is None:
             found[key] = [r, held, 0]
@@ -175,13 +176,12 @@ def allocation_cases(events: pd.DataFrame, rep: Replay, symbols: RunSymbols
     return [AllocationCase(r, h, n) for r, h, n in found.values()]  # type: ignore[arg-type]
 
 
-def _verdict_key(r: int, held: tuple[tuple[int, int], ...],
-                 site: Callable[[int], tuple[int, int]], gfp: int, func: str,
-                 ltypes: pd.Series) -> Hashable:
-    """Everything the verdict on allocation row ``r`` reads: its call site (an address
-    within one load of its module), flags and function, and each held lock's class,
-    type and call site (``_Judge.ctype``)."""
-    return (site(r), gfp, func, tuple((c, str(ltypes.iat[a]), site(a)) for a, c in held))
+def verdict_key(site: tuple[int, int], gfp: int, func: str,
+                held: tuple[tuple[int, str, tuple[int, int]], ...]) -> Hashable:
+    """Everything the verdict on an allocation reads: its call site (an address within
+    one load of its module), flags and function, and each held lock's class, type and
+    call site (``_Judge.ctype``)."""
+    return (site, gfp, func, held)
 
 
 def _allocation(cx: Ctx, r: int, raw: tuple[int, int], gfp: int,
