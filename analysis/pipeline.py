@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,9 +14,16 @@ import pandas as pd
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import missing, order_rules, row_store, rt_rules, rules, sleep_rules, waits
 from tracedep.analysis.acquisitions import text_codes
-from tracedep.analysis.coverage import coverage
+from tracedep.analysis.coverage import ModuleCoverage, coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
-from tracedep.analysis.health import TRUNCATED_NOTE, Ending, Health, ending_note, lost_note
+from tracedep.analysis.health import (
+    TRUNCATED_NOTE,
+    Ending,
+    ForcedReleases,
+    Health,
+    ending_note,
+    lost_note,
+)
 from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
 from tracedep.analysis.lock_ctypes import LockTypes, Scope
 from tracedep.analysis.nesting import NestingJudge
@@ -148,15 +155,40 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     gap_rows = np.nonzero((ev["kind"] == "gap").to_numpy())[0]
     store = row_store.RowStore.keep(ev, row_store.named_rows(rep, wg.edges, gap_rows, cases))
     kept = row_store.renumber(store, rep, wg.edges, cases, trace.text_sites)
-    unmatched = rep.unmatched_releases
-    irq_leaked = rep.irq_leaked
+    cov = coverage(ev, trace.symbols, table, module_names(trace))
+    g = Gathered(table, wg, store, kept, stats, forced, rep.unmatched_releases, rep.irq_leaked,
+                 len(ev), cov)
     del rep
-    cx = rules.Ctx(store.events, trace.stacks, trace.symbols, table + wg.classes, kept.replay,
-                   trace.call_insn_size, wait_edges=kept.wait_edges, wait_kinds=wg.kinds,
-                   text_stacks=trace.text_stacks, text_sites=kept.text_sites,
-                   nesting=nesting, own_source_modules=frozenset(
+    return conclude(trace, g, nesting, namer, t0)
+
+
+@dataclass
+class Gathered:
+    """What the rules and the report need of a trace, once it has been read: the whole
+    frame's (:func:`analyze`) or a stream's (analysis.stream_pipeline)."""
+
+    table: list[lock_classes.LockClass]
+    waits: waits.WaitGraph
+    store: row_store.RowStore
+    kept: row_store.Renumbered  # the replay, wait edges and cases in the store's rows
+    stats: list[ClassStats]
+    forced: ForcedReleases
+    unmatched: int
+    irq_leaked: int
+    events: int
+    coverage: dict[str, ModuleCoverage]
+
+
+def conclude(trace: Trace, g: Gathered, nesting: NestingJudge | None,
+             namer: lock_classes.ClassNamer | None, t0: float) -> Analysis:
+    """The rules over the store, the edges, the health and the run's summary."""
+    table, wg, kept = g.table, g.waits, g.kept
+    cx = rules.Ctx(g.store.events, trace.stacks, trace.symbols, table + wg.classes,
+                   kept.replay, trace.call_insn_size, wait_edges=kept.wait_edges,
+                   wait_kinds=wg.kinds, text_stacks=trace.text_stacks,
+                   text_sites=kept.text_sites, nesting=nesting, own_source_modules=frozenset(
                        m.name for m in trace.info.module_records if m.src_dir))
-    findings = judge(cx, scope, trace.lock_types, kept.cases)
+    findings = judge(cx, getattr(namer, "scope", None), trace.lock_types, kept.cases)
     edges = []
     for (u, v), accs in [*cx.replay.edges.items(), *cx.wait_edges.items()]:
         acc = accs[0]
@@ -167,9 +199,9 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
             witness=cx.site(acc.row, WitnessKind.ACQUIRE, "acquire", cv.name, False),
             held_witness=cx.site(acc.held_row, WitnessKind.HELD, "held", cu.name, False),
             read_only=all(a.before_shared and a.after_recursive_read for a in accs)))
-    health = _health(trace, unmatched)
-    health.irq_locks_unreleased = irq_leaked
-    health.forced_releases = forced
+    health = _health(trace, g.unmatched, g.events)
+    health.irq_locks_unreleased = g.irq_leaked
+    health.forced_releases = g.forced
     forced_note = missing.warning(health.forced_releases)
     if forced_note:
         health.warnings.append(forced_note)
@@ -182,8 +214,8 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
             f"{cx.unjudged_nesting} same-class nesting(s) in modules without source or DWARF "
             "were not judged (a *_nested() annotation there would be invisible)")
     health.analysis_s = round(time.monotonic() - t0, 3)
-    return Analysis(findings=findings, classes=stats, edges=edges, health=health,
-                    run=_run_summary(trace, table))
+    return Analysis(findings=findings, classes=g.stats, edges=edges, health=health,
+                    run=_run_summary(trace, table, g.coverage))
 
 
 def judge(cx: rules.Ctx, scope: Scope | None, lock_types: LockTypes | None,
@@ -202,7 +234,7 @@ def judge(cx: rules.Ctx, scope: Scope | None, lock_types: LockTypes | None,
     return findings
 
 
-def _health(trace: Trace, unmatched: int) -> Health:
+def _health(trace: Trace, unmatched: int, events: int) -> Health:
     info = trace.info
     lost = info.lost
     ending = Ending(how=info.ending.how, detail=info.ending.detail)
@@ -245,7 +277,7 @@ def _health(trace: Trace, unmatched: int) -> Health:
                             f"complete, so code it did not reach is untested (see console.log)")
         elif not m.insmod_rc and not m.loaded and info.state in ("complete", "incomplete"):
             warnings.append(f"{m.name}: never loaded by the workload: untested")
-    return Health(events=len(trace.events), lost=lost.total, kprobe_missed=missed,
+    return Health(events=events, lost=lost.total, kprobe_missed=missed,
                   truncated=lost.truncated, ending=ending,
                   unmatched_releases=unmatched, warnings=warnings, unseen=_unseen(info),
                   source=str(trace.source))
@@ -344,10 +376,15 @@ def _silent_probe_classes(info: RunManifest) -> list[str]:
     return out
 
 
-def _run_summary(trace: Trace, table: list[lock_classes.LockClass]) -> RunSummary:
+def module_names(trace: Trace) -> list[str]:
+    """The modules whose coverage the run's summary shows."""
+    return [m.name for m in RunSummary.from_run(trace.info).modules]
+
+
+def _run_summary(trace: Trace, table: list[lock_classes.LockClass],
+                 cov: dict[str, ModuleCoverage]) -> RunSummary:
     """The manifest's summary, with what each module under test exercised."""
     run = RunSummary.from_run(trace.info)
-    cov = coverage(trace.events, trace.symbols, table, [m.name for m in run.modules])
     run.modules = [replace(m, lock_classes=cov[m.name].lock_classes,
                            lock_events=cov[m.name].lock_events) for m in run.modules]
     return run
