@@ -226,15 +226,20 @@ def whole_timestamps(windows: Iterable[Window]) -> Iterator[Window]:
 
 
 def _join(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """``a`` then ``b``, their categorical columns kept categorical (each window has
-    categories of its own: a plain concat would make them objects)."""
+    return join_frames([a, b])
+
+
+def join_frames(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames one after the other, their categorical columns kept categorical
+    (each window has categories of its own: a plain concat would make them objects)."""
     cols = {}
-    for c in a.columns:
-        x, y = a[c], b[c]
-        if isinstance(x.dtype, pd.CategoricalDtype) and isinstance(y.dtype, pd.CategoricalDtype):
-            cols[c] = pd.Series(union_categoricals([_objects(x), _objects(y)], ignore_order=True))
+    for c in parts[0].columns:
+        xs = [p[c] for p in parts]
+        if all(isinstance(x.dtype, pd.CategoricalDtype) for x in xs):
+            cols[c] = pd.Series(union_categoricals([_objects(x) for x in xs],
+                                                   ignore_order=True))
         else:
-            cols[c] = pd.Series(np.concatenate([x.to_numpy(), y.to_numpy()]))
+            cols[c] = pd.Series(np.concatenate([x.to_numpy() for x in xs]))
     return pd.DataFrame(cols)
 
 

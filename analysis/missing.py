@@ -18,6 +18,7 @@ releases may hide.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -137,9 +138,13 @@ def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingRe
 
 
 def holder_on_stack(events: pd.DataFrame, stacks: list[tuple[int, ...]],
-                    symbols: RunSymbols) -> HolderOnStack:
+                    symbols: RunSymbols, row0: int = 0,
+                    earlier: Callable[[int], tuple[int, int] | None] | None = None
+                    ) -> HolderOnStack:
     """Is the function that took a lock (its acquire row's call site) on the stack (or
-    the call site) of a later event row?  None when either is unknown."""
+    the call site) of a later event row?  None when either is unknown.  ``events``:
+    the trace's rows from ``row0`` on (a window of it); ``earlier``: the call site and
+    time of an acquire row before them (a lock still held from an earlier window)."""
     ips = events["ip"].to_numpy()
     sids = events["stack_id"].to_numpy()
     tss = events["ts_ns"].to_numpy()
@@ -148,13 +153,23 @@ def holder_on_stack(events: pd.DataFrame, stacks: list[tuple[int, ...]],
         s = symbols.lookup(addr, ts)
         return (s.module, s.name) if s is not None and s.size else None
 
+    def site(r: int) -> tuple[int, int]:
+        if r >= row0:
+            return int(ips[r - row0]), int(tss[r - row0])
+        got = earlier(r) if earlier is not None else None
+        if got is None:
+            raise KeyError(f"acquire row {r}: before this window, and not a held lock")
+        return got
+
     def ask(acq_row: int, row: int) -> bool | None:
-        ts = int(tss[row])
-        taker = func(int(ips[acq_row]), int(tss[acq_row])) if ips[acq_row] else None
+        r = row - row0
+        ts = int(tss[r])
+        ip, at = site(acq_row)
+        taker = func(ip, at) if ip else None
         if taker is None:
             return None
-        addrs = [int(ips[row])] if ips[row] else []
-        sid = int(sids[row])
+        addrs = [int(ips[r])] if ips[r] else []
+        sid = int(sids[r])
         if 0 <= sid < len(stacks):
             addrs += [int(a) for a in stacks[sid]]
         if not addrs:

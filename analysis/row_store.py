@@ -104,12 +104,26 @@ def named_rows(rep: Replay, wait_edges: Edges, gap_rows: np.ndarray,
         rows.append(case.row)
         rows += (r for r, _ in case.held)
     parts.append(np.asarray(rows, dtype=np.int64))
-    held = held_acquisitions(rep)
+    held = acquisition_positions(rep.acquisitions, held_acquisitions(rep))
     if len(held):
         for col in ("row", "release_row"):
             parts.append(rep.acquisitions[col].to_numpy(dtype=np.int64)[held])
     out = np.unique(np.concatenate(parts))
     return out[out >= 0]
+
+
+def acquisition_positions(acqs: pd.DataFrame, ids: np.ndarray) -> np.ndarray:
+    """Where acquisitions ``ids`` (the replay's indices) are in ``acqs``: the whole
+    table, or the few a stream kept (column ``acq``, ascending)."""
+    if "acq" not in acqs.columns:
+        return ids
+    have = acqs["acq"].to_numpy(dtype=np.int64)
+    pos = np.searchsorted(have, ids)
+    ok = pos < len(have)
+    ok[ok] = have[pos[ok]] == ids[ok]
+    if not ok.all():
+        raise KeyError(f"acquisition {int(ids[~ok][0])} was not kept")
+    return pos.astype(np.int64)
 
 
 @dataclass
@@ -130,8 +144,8 @@ def renumber(store: RowStore, rep: Replay, wait_edges: Edges,
     at = store.pos
     held = held_acquisitions(rep)
     new_acq = {int(a): i for i, a in enumerate(held.tolist())}
-    acqs = rep.acquisitions.iloc[held].reset_index(drop=True) if len(held) else \
-        rep.acquisitions.iloc[:0].reset_index(drop=True)
+    acqs = rep.acquisitions.iloc[acquisition_positions(rep.acquisitions, held)].reset_index(
+        drop=True).drop(columns=["acq"], errors="ignore")
     if len(acqs):
         acqs["row"] = store.at(acqs["row"].to_numpy(dtype=np.int64))
         rel = acqs["release_row"].to_numpy(dtype=np.int64).copy()

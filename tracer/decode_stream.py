@@ -229,7 +229,7 @@ class StreamDecoder:
             if self.totals.counts.get("lock/lock_acquire"):
                 for k, v in merge_lockdep(ev).items():
                     self.totals.lockdep[k] = self.totals.lockdep.get(k, 0) + v
-            ev["comm"] = _comm_column(ev, {**cmdline_names(self.cmdlines), **self._known})
+            ev["comm"] = comm_column(ev, {**cmdline_names(self.cmdlines), **self._known})
             yield Window(ev, row0)
 
     def whole(self, max_rows: int | None = None) -> Decoded:
@@ -274,7 +274,7 @@ class StreamDecoder:
                 cols[c] = np.concatenate([np.asarray(x) for x in got]).astype(dtype, copy=False)
             del got
             heap.give_back()
-        cols["comm"] = _comm_column(pd.DataFrame({"pid": cols["pid"], "kind": cols["kind"]},
+        cols["comm"] = comm_column(pd.DataFrame({"pid": cols["pid"], "kind": cols["kind"]},
                                                  copy=False), self._final_names())
         # as they are: pandas would copy each column set on a frame one at a time
         ev = pd.DataFrame(cols, index=pd.RangeIndex(kept), copy=False)
@@ -405,7 +405,7 @@ def _tally(cut: Cut | None, left: pd.DataFrame, kept: int) -> Cut:
     return cut
 
 
-def _comm_column(ev: pd.DataFrame, names: dict[int, str]) -> pd.Categorical:
+def comm_column(ev: pd.DataFrame, names: dict[int, str]) -> pd.Categorical:
     """Each row's task name from ``names`` (pid 0: ``<idle>``; gap rows: none)."""
     names = {**names, 0: "<idle>"}
     upids, inv = sorted_unique(ev["pid"].to_numpy())
