@@ -62,13 +62,16 @@ class AcqTable:
         self.forced.append(0)
         return len(self.row) - 1
 
-    def frame(self) -> pd.DataFrame:
-        """The acquisitions as a frame (columns :data:`ACQ_COLUMNS`)."""
+    def frame(self, acqs: np.ndarray | None = None) -> pd.DataFrame:
+        """The acquisitions as a frame (columns :data:`ACQ_COLUMNS`); only those at
+        indices ``acqs`` if given, with their index as column ``acq``."""
         def col(a: Any, dtype: Any) -> np.ndarray:
+            if acqs is not None:
+                return np.frombuffer(a, dtype=dtype)[acqs] if len(a) else np.zeros(0, dtype)
             return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
 
         return acq_frame({name: col(getattr(self, name), dtype)
-                          for name, dtype in COLUMN_DTYPES.items()}, self.type_names)
+                          for name, dtype in COLUMN_DTYPES.items()}, self.type_names, acqs)
 
 
 # the columns as stored (codes for the text columns), heldlocks.ACQ_COLUMNS order
@@ -79,9 +82,11 @@ COLUMN_DTYPES: dict[str, type] = {
     "irqs_off": np.int8, "bh_off": np.int8, "handed_off": np.int8, "forced": np.int8}
 
 
-def acq_frame(cols: dict[str, np.ndarray], type_names: list[str]) -> pd.DataFrame:
+def acq_frame(cols: dict[str, np.ndarray], type_names: list[str],
+              acq: np.ndarray | None = None) -> pd.DataFrame:
     """The frame (columns ``heldlocks.ACQ_COLUMNS``) of stored columns
-    (:data:`COLUMN_DTYPES`; ``lock_type`` codes index ``type_names``).  The text columns
+    (:data:`COLUMN_DTYPES`; ``lock_type`` codes index ``type_names``), and column
+    ``acq`` (int64) if ``acq`` is given.  The text columns
     are categoricals over their codes: a busy trace has millions of acquisitions, and an
     object column costs a pointer a row and a string comparison per test."""
     def text(codes: np.ndarray, names: Any) -> pd.Categorical:
@@ -100,6 +105,8 @@ def acq_frame(cols: dict[str, np.ndarray], type_names: list[str]) -> pd.DataFram
             out[name] = c.astype(bool)
         else:
             out[name] = c
+    if acq is not None:
+        out["acq"] = np.asarray(acq, np.int64)
     return pd.DataFrame(out, copy=False)
 
 
@@ -111,3 +118,16 @@ def text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
                 col.cat.codes.to_numpy().astype(np.intp))
     names, codes = np.unique(col.astype(str).to_numpy(), return_inverse=True)
     return names, codes.reshape(-1)
+
+
+def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Drained frames (``heldlocks.Replayer.drain``, and ``finish()``'s after a drain) as
+    one, in ``acq`` order: the acquisitions table of the replay so far.  ``lock_type``
+    takes the categories of the frame that saw the most lock types (every other
+    frame's are a prefix of them); pd.concat would make it an object column."""
+    if not frames:
+        raise ValueError("no frames to join")
+    types = max((f["lock_type"].cat.categories for f in frames), key=len)
+    out = pd.concat([f.assign(lock_type=f["lock_type"].cat.set_categories(types))
+                     for f in frames], ignore_index=True)
+    return out.sort_values("acq", kind="stable", ignore_index=True)

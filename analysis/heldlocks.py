@@ -50,6 +50,7 @@ It ends where the evidence ends (``acquisitions.FORCED_REASONS``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 
 import numpy as np
@@ -190,6 +191,11 @@ class Replayer:
         self.leaked = 0
         self.irq_ended: list[tuple[int, int]] = []
         self.forced: list[Forced] = []
+        # drain(): acquisitions from _mark on, and those of _kept (open at the last drain,
+        # sorted), were not handed out yet
+        self.drained = False
+        self._mark = 0
+        self._kept = np.zeros(0, np.int64)
         lib = replay_native.library() if native is not False else None
         if native and lib is None:
             raise RuntimeError("the native replay is not available (no C compiler, or "
@@ -199,10 +205,53 @@ class Replayer:
             lib, kprobe_irqs_reliable, untraced, spin_in_preempt, depth_counts_spin,
             own_classes, baseline)
 
+    def drain(self) -> pd.DataFrame:
+        """The acquisitions settled since the last drain, and no longer kept here: those
+        that can no longer change (released, handed off, ended by a forced release or
+        by the return to process context, and on no wait list, where a lock_return may
+        still set ``ts_acquired``).  Columns :data:`ACQ_COLUMNS` and ``acq`` (int64), the
+        acquisition's index in the whole table, which every other part of the
+        :class:`Replay` (sleeps, forced, irq_ended, held stacks) keeps using; in index
+        order.  ``lock_type``'s categories are the lock types seen so far: each drain's
+        are a prefix of the next one's (``acquisitions.concat_frames`` joins them).
+        After a drain, :meth:`finish` gives only the acquisitions not drained yet.
+
+        The C loop frees the rows it handed out (a block at a time, the few open ones
+        moved aside: replay.c's ``drain_commit``); this Python loop, the reference, keeps
+        its table whole."""
+        self.drained = True
+        if self.native is not None:
+            return self.native.drain()
+        n = len(self.acqs)
+        cand = np.concatenate([self._kept, np.arange(self._mark, n, dtype=np.int64)])
+        open_ = np.unique(np.fromiter(self._open(), np.int64))
+        is_open = np.isin(cand, open_)
+        if int(is_open.sum()) != len(open_):
+            raise RuntimeError("an open acquisition was drained already")
+        self._kept, self._mark = cand[is_open], n
+        return self.acqs.frame(cand[~is_open])
+
+    def _open(self) -> Iterator[int]:
+        """The acquisitions still open: held, or waited for."""
+        for st in self.stacks.values():
+            for h in st:
+                yield h.acq
+        for wo in self.wait_open.values():
+            for acq, _ in wo:
+                yield acq
+
     def finish(self) -> Replay:
+        """The :class:`Replay` so far.  Its acquisitions are the whole table (no column
+        ``acq``, the index is the position) if :meth:`drain` was never called; after a
+        drain, those not drained yet (open ones and those settled since), with ``acq``."""
         if self.native is not None:
             return self.native.finish()
-        rep = Replay(self.acqs.frame(), self.edges, self.usage, self.recursions,
+        if self.drained:
+            acqs = self.acqs.frame(np.concatenate(
+                [self._kept, np.arange(self._mark, len(self.acqs), dtype=np.int64)]))
+        else:
+            acqs = self.acqs.frame()
+        rep = Replay(acqs, self.edges, self.usage, self.recursions,
                      self.sleeps, self.baseline, self.unmatched)
         rep.irq_leaked = self.leaked
         rep.irq_ended = self.irq_ended

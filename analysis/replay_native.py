@@ -66,6 +66,7 @@ _ERRORS: dict[int, tuple[type[Exception], str]] = {
                         "maximum)"),
     -5: (TypeError, "lock_flags of a lock event is not a string"),
     -6: (TypeError, "event of a lock event is not a string"),
+    -7: (RuntimeError, "the native replay lost an open acquisition (a drain handed it out)"),
 }
 _HOLDER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 _P = ctypes.c_void_p
@@ -95,7 +96,15 @@ def library() -> ctypes.CDLL | None:
         lib.td_rp_feed.argtypes = [_P, ctypes.POINTER(_Chunk)]
         lib.td_rp_feed.restype = ctypes.c_int
         lib.td_rp_counts.argtypes = [_P, _P]
-        lib.td_rp_acq_column.argtypes = [_P, ctypes.c_int, _P]
+        lib.td_rp_select.argtypes = [_P, ctypes.c_int]
+        lib.td_rp_select.restype = _I64
+        lib.td_rp_take.argtypes = [_P, ctypes.POINTER(_P)]
+        lib.td_rp_take.restype = ctypes.c_int
+        lib.td_rp_types.argtypes = [_P, _P]
+        lib.td_rp_acq_bytes.argtypes = [_P]
+        lib.td_rp_acq_bytes.restype = _I64
+        lib.td_rp_block_shift.argtypes = [_P, ctypes.c_int]
+        lib.td_rp_block_shift.restype = ctypes.c_int
         lib.td_rp_get.argtypes = [_P] * 9
         lib.td_rp_pending_rows.argtypes = [_P, _P]
         lib.td_rp_pending_suspect.argtypes = [_P, _P]
@@ -141,6 +150,7 @@ class NativeReplayer:
         self.handle: int = handle
         self._free = weakref.finalize(self, lib.td_rp_free, handle)
         self.fed = False
+        self.drained = False  # finish() then gives column ``acq``
         # the tables the codes index, kept for the whole replay
         self.kinds: dict[Hashable, int] = {}
         self.lt_code: dict[Hashable, int] = {}
@@ -319,22 +329,54 @@ class NativeReplayer:
         sus = np.asarray([r in suspect_rows for r in rows.tolist()], np.uint8)
         self.lib.td_rp_pending_suspect(self.handle, _ptr(sus))
 
-    def finish(self) -> Replay:
-        """What the replay found so far, read back from C."""
-        (n_acq, n_edges, n_usage, n_recs, n_sleeps, n_ids, n_forced, n_ended, unmatched,
-         leaked, n_types, _) = self._counts()
-        cols: dict[str, np.ndarray] = {name: np.zeros(n_acq, dtype)
+    def _check(self, rc: int) -> None:
+        if rc < 0:
+            exc, text = _ERRORS.get(rc, (RuntimeError, f"native replay error {rc}"))
+            raise exc(text)
+
+    def _acquisitions(self, drain: bool, with_acq: bool) -> pd.DataFrame:
+        """A drain's acquisitions (``drain``), or every one not drained yet; with their
+        global index as column ``acq`` if ``with_acq``."""
+        n = self.lib.td_rp_select(self.handle, int(not drain))
+        self._check(n)
+        cols: dict[str, np.ndarray] = {name: np.zeros(n, dtype)
                                        for name, dtype in COLUMN_DTYPES.items()}
-        for i, c in enumerate(cols.values()):
-            self.lib.td_rp_acq_column(self.handle, i, _ptr(c))
+        acq = np.zeros(n, np.int64) if with_acq else None
+        ptrs = (_P * 16)(*(_ptr(c) for c in cols.values()),
+                         None if acq is None else _ptr(acq))
+        self._check(self.lib.td_rp_take(self.handle, ptrs))
+        types = np.zeros(self._counts()[10], np.int64)
+        self.lib.td_rp_types(self.handle, _ptr(types))
+        return acq_frame(cols, [self.lt_names[t] for t in types.tolist()],  # type: ignore
+                         acq)
+
+    def drain(self) -> pd.DataFrame:
+        """The acquisitions settled since the last drain (heldlocks.Replayer.drain),
+        their rows freed in C."""
+        self.drained = True
+        return self._acquisitions(True, True)
+
+    def acq_bytes(self) -> int:
+        """Bytes the C state holds for acquisitions (blocks, rows kept past a drain)."""
+        return int(self.lib.td_rp_acq_bytes(self.handle))
+
+    def set_block_shift(self, shift: int) -> None:
+        """Blocks of ``1 << shift`` acquisitions (4096 by default), before the first:
+        tests make them a few rows, so that small traces free blocks and keep rows aside."""
+        self._check(self.lib.td_rp_block_shift(self.handle, shift))
+
+    def finish(self) -> Replay:
+        """What the replay found so far, read back from C; its acquisitions are those not
+        drained, with column ``acq`` once a drain was made (heldlocks.Replayer.finish)."""
+        acqs = self._acquisitions(False, self.drained)
+        (_, n_edges, n_usage, n_recs, n_sleeps, n_ids, n_forced, n_ended, unmatched,
+         leaked, n_types, _) = self._counts()
         shapes = ((n_types,), (n_edges, 8), (n_usage, 3), (n_recs, 4), (n_sleeps, 5),
                   (n_ids,), (n_forced, 3), (n_ended, 2))
         types, edges, usage, recs, sleeps, ids, forced, ended = (
             np.zeros(s, np.int64) for s in shapes)
         self.lib.td_rp_get(self.handle, *(_ptr(a) for a in (
             types, edges, usage, recs, sleeps, ids, forced, ended)))
-        acqs = acq_frame(cols, [self.lt_names[t] for t in types.tolist()])  # type: ignore
-        del cols
         edge_d: dict[tuple[int, int], list[EdgeAcc]] = {}
         for u, v, count, row, held_row, hs, rr, ctx in edges.tolist():
             edge_d.setdefault((u, v), []).append(

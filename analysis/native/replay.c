@@ -25,6 +25,7 @@
 #define TD_ETYPES (-4)		/* over 127 lock types acquired (AcqTable's int8 codes) */
 #define TD_EFLAGS (-5)		/* lock_flags not a string where it is read */
 #define TD_EEVENT (-6)		/* event not a string where it is read */
+#define TD_EOPEN (-7)		/* an open acquisition missing: a drain handed it out */
 
 /* event kinds (replay_native.KIND_CODE) */
 enum { K_GAP, K_ACQUIRE, K_RETURN, K_RELEASE, K_SWITCH, K_MARKER, K_SLEEP, K_N };
@@ -223,17 +224,20 @@ static void map_clear(map_t *m)
 	}
 }
 
-/* the acquisitions (AcqTable's columns), in blocks: no copy as they grow */
-#define AB_SHIFT 12
-#define AB (1 << AB_SHIFT)
+/* one acquisition (AcqTable's columns).  A row, not columns: a row kept open past a
+ * drain moves out of its block whole (td_rp_take), and every write goes through one
+ * pointer (acq_at) wherever the row lives. */
 typedef struct {
-	int64_t row[AB], cls[AB], task[AB], ts_acquire[AB], ts_acquired[AB], ts_release[AB],
-		release_row[AB];
-	uint64_t addr[AB];
-	int8_t lt[AB], ctx[AB], tryl[AB], irqs_off[AB], bh_off[AB], handed[AB], forced[AB];
-} acqblk_t;
-#define A(s, i) ((s)->blocks[(i) >> AB_SHIFT])
-#define AI(i) ((i) & (AB - 1))
+	int64_t row, cls, task, ts_acquire, ts_acquired, ts_release, release_row;
+	uint64_t addr;
+	int8_t lt, ctx, tryl, irqs_off, bh_off, handed, forced;
+} acq_t;
+
+/* the acquisitions, in blocks of 1 << ab_shift rows: no copy as they grow, and freed
+ * whole once drained (a block is 288 KiB by default; tests make it a few rows, so that
+ * small traces free blocks and move rows aside: td_rp_block_shift) */
+#define AB_SHIFT 12
+#define AB_SHIFT_MAX 20
 
 typedef struct {
 	uint64_t u, v;
@@ -273,8 +277,22 @@ struct td_rp {
 	map_t task_of;		/* task -> index in tasks */
 	map_t last_holder;	/* lock address -> task index * 4 + context */
 	/* outputs */
-	acqblk_t **blocks;
-	int64_t n_blocks, cap_blocks, n_acq;
+	acq_t **blocks;		/* blocks[k]: acquisitions from (block0 + k) << ab_shift */
+	int ab_shift;
+	int64_t block0, n_blocks, cap_blocks, n_acq;
+	/* draining (td_rp_select, td_rp_take): acquisitions below mark were handed out but
+	 * for kept, the ones open at the last drain (sorted).  The blocks before block0 are
+	 * freed; the rows of kept below lo = block0 << ab_shift (a prefix of kept) live in
+	 * spill, in kept's order. */
+	int64_t mark, lo;
+	i64v_t kept;
+	acq_t *spill;
+	int64_t n_spill;
+	/* the selection td_rp_take copies out: sel_e, then [mark, n_acq) but sel_x (the
+	 * open ones there); sel_kept: kept after it (a drain's); selected: 0 none, 1 a
+	 * drain, 2 everything not handed out (finish) */
+	i64v_t sel_e, sel_x, sel_kept;
+	int selected;
 	int32_t acq_type[128];	/* acquisition type code -> lock type code */
 	int32_t *type_of_lt;	/* lock type code -> acquisition type code + 1 */
 	int64_t n_type_of_lt, n_acq_types;
@@ -353,15 +371,42 @@ static void touch(rp_t *s, ctxst_t *cs)	/* stacks.setdefault(key, []) */
 
 static int is_spin(ch_t *ch, int32_t lt) { return (ch->lt_props[lt] & LT_SPIN) != 0; }
 
+/* Acquisition i wherever it lives: its block, or spill (binary search over kept's
+ * prefix) once its block was freed; NULL if it was handed out and its block freed.
+ * Only acquisitions on a held stack or a wait list are written, and a drain never hands
+ * those out (td_rp_select), so a write never meets NULL but by a bug (TD_EOPEN).  A
+ * spilled row is found in O(log open), but only long-held locks are ever spilled. */
+static acq_t *acq_at(rp_t *s, int64_t i)
+{
+	int64_t lo = 0, hi = s->n_spill, mask = (INT64_C(1) << s->ab_shift) - 1;
+
+	if (i < 0 || i >= s->n_acq)
+		return NULL;
+	if (i >= s->lo)
+		return &s->blocks[(i >> s->ab_shift) - s->block0][i & mask];
+	while (lo < hi) {
+		int64_t mid = lo + (hi - lo) / 2;
+
+		if (s->kept.a[mid] < i)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < s->n_spill && s->kept.a[lo] == i ? &s->spill[lo] : NULL;
+}
+
 /* st.pop(j): the lock ended unreleased */
 static int end(rp_t *s, heldv_t *st, int64_t j, int64_t r, int why)
 {
 	int64_t acq = st->a[j].acq;
 	forced_t f = { acq, r, why };
+	acq_t *x = acq_at(s, acq);
 
+	if (!x)
+		return TD_EOPEN;
 	memmove(st->a + j, st->a + j + 1, (size_t)(st->n - j - 1) * sizeof(held_t));
 	st->n--;
-	A(s, acq)->forced[AI(acq)] = (int8_t)why;
+	x->forced = (int8_t)why;
 	return PUSH(&s->forced, f);
 }
 
@@ -370,7 +415,7 @@ static int acq_append(rp_t *s, ch_t *ch, int64_t r, int64_t cls, uint64_t addr, 
 		      int64_t *out)
 {
 	int64_t i = s->n_acq, t;
-	acqblk_t *b;
+	acq_t *b;
 
 	if (lt >= s->n_type_of_lt) {
 		int64_t old = s->n_type_of_lt;
@@ -387,31 +432,21 @@ static int acq_append(rp_t *s, ch_t *ch, int64_t r, int64_t cls, uint64_t addr, 
 		s->acq_type[t] = lt;
 		s->type_of_lt[lt] = (int32_t)t + 1;
 	}
-	if ((i >> AB_SHIFT) >= s->n_blocks) {
-		if (grow((void **)&s->blocks, &s->cap_blocks, s->n_blocks + 1, sizeof(acqblk_t *)))
+	if ((i >> s->ab_shift) - s->block0 >= s->n_blocks) {
+		if (grow((void **)&s->blocks, &s->cap_blocks, s->n_blocks + 1, sizeof(acq_t *)))
 			return TD_ENOMEM;
-		b = malloc(sizeof(acqblk_t));
+		b = malloc(sizeof(acq_t) << s->ab_shift);
 		if (!b)
 			return TD_ENOMEM;
 		s->blocks[s->n_blocks++] = b;
 	}
-	b = A(s, i);
-	i = AI(i);
-	b->row[i] = r;
-	b->cls[i] = cls;
-	b->addr[i] = addr;
-	b->lt[i] = (int8_t)t;
-	b->ctx[i] = (int8_t)ctx;
-	b->task[i] = task;
-	b->ts_acquire[i] = ts;
-	b->ts_acquired[i] = ts;
-	b->ts_release[i] = -1;
-	b->release_row[i] = -1;
-	b->tryl[i] = (int8_t)(tryl != 0);
-	b->irqs_off[i] = (int8_t)(irqs_off != 0);
-	b->bh_off[i] = (int8_t)(bh_off != 0);
-	b->handed[i] = 0;
-	b->forced[i] = 0;
+	b = s->blocks[(i >> s->ab_shift) - s->block0];
+	b[i & ((INT64_C(1) << s->ab_shift) - 1)] = (acq_t){
+		.row = r, .cls = cls, .task = task, .ts_acquire = ts, .ts_acquired = ts,
+		.ts_release = -1, .release_row = -1, .addr = addr, .lt = (int8_t)t,
+		.ctx = (int8_t)ctx, .tryl = (int8_t)(tryl != 0), .irqs_off = (int8_t)(irqs_off != 0),
+		.bh_off = (int8_t)(bh_off != 0), .handed = 0, .forced = 0,
+	};
 	*out = s->n_acq++;
 	return 0;
 }
@@ -699,7 +734,7 @@ static int check_sleep(rp_t *s, ch_t *ch, int64_t i, int64_t ti, int ctx, int64_
 			  ctx != C_PROCESS ? proc : own, ctx != C_PROCESS ? own : NULL);
 }
 
-/* release_in() */
+/* release_in(): 1 released, 0 none held here, TD_EOPEN */
 static int release_in(rp_t *s, ch_t *ch, heldv_t *st, uint64_t a, uint8_t rel_props, int64_t t,
 		      int64_t r, int handed)
 {
@@ -708,14 +743,16 @@ static int release_in(rp_t *s, ch_t *ch, heldv_t *st, uint64_t a, uint8_t rel_pr
 
 		if (h->addr == a && ((rel_props & LT_FALSY) ||
 				     is_spin(ch, h->lt) == ((rel_props & LT_SPIN) != 0))) {
-			int64_t acq = h->acq;
+			acq_t *x = acq_at(s, h->acq);
 
+			if (!x)
+				return TD_EOPEN;
 			memmove(st->a + j, st->a + j + 1, (size_t)(st->n - j - 1) * sizeof(held_t));
 			st->n--;
-			A(s, acq)->ts_release[AI(acq)] = t;
-			A(s, acq)->release_row[AI(acq)] = r;
+			x->ts_release = t;
+			x->release_row = r;
 			if (handed)
-				A(s, acq)->handed[AI(acq)] = 1;
+				x->handed = 1;
 			return 1;
 		}
 	}
@@ -841,14 +878,21 @@ static int on_return(rp_t *s, ch_t *ch, int64_t i, int64_t ti, int ctx)
 				     p.bh_off, p.ts, (ep & E_TRYLOCK) != 0, p.flags, p.cls, p.suspect);
 			if (rc)
 				return rc;
-			/* a sleeping lock's wait ends when the call returns */
-			if (s->n_acq && A(s, s->n_acq - 1)->row[AI(s->n_acq - 1)] == p.row)
-				A(s, s->n_acq - 1)->ts_acquired[AI(s->n_acq - 1)] = ch->ts[i];
+			/* a sleeping lock's wait ends when the call returns (the newest
+			 * acquisition's block is never freed: drain_commit) */
+			acq_t *x = s->n_acq ? acq_at(s, s->n_acq - 1) : NULL;
+
+			if (s->n_acq && !x)
+				return TD_EOPEN;
+			if (x && x->row == p.row)
+				x->ts_acquired = ch->ts[i];
 		}
 	} else if (cs->wait.n) {
-		int64_t acq = cs->wait.a[--cs->wait.n];
+		acq_t *x = acq_at(s, cs->wait.a[--cs->wait.n]);
 
-		A(s, acq)->ts_acquired[AI(acq)] = ch->ts[i];
+		if (!x)
+			return TD_EOPEN;
+		x->ts_acquired = ch->ts[i];
 	}
 	return 0;
 }
@@ -859,17 +903,18 @@ static int on_release(rp_t *s, ch_t *ch, int64_t i, int64_t ti, int ctx, int64_t
 	uint64_t a = ch->addr[i];
 	uint8_t rp = ch->lt_props[ch->lt[i]];
 	int64_t hk;
+	int rc = release_in(s, ch, &CS(s, ti, ctx)->stack, a, rp, ch->ts[i], r, 0);
 
-	if (release_in(s, ch, &CS(s, ti, ctx)->stack, a, rp, ch->ts[i], r, 0))
-		return 0;
-	for (int k = 0; k < 3; k++)
-		if (release_in(s, ch, &CS(s, ti, order[k])->stack, a, rp, ch->ts[i], r, 0))
-			return 0;
+	for (int k = 0; k < 3 && !rc; k++)
+		rc = release_in(s, ch, &CS(s, ti, order[k])->stack, a, rp, ch->ts[i], r, 0);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	/* released by another task: whoever took this instance last */
 	hk = map_get(&s->last_holder, a, 0);
-	if (hk >= 0 && hk / 4 < s->n_tasks && CS(s, hk / 4, (int)(hk % 4))->present &&
-	    release_in(s, ch, &CS(s, hk / 4, (int)(hk % 4))->stack, a, rp, ch->ts[i], r, 1))
-		return 0;
+	if (hk >= 0 && hk / 4 < s->n_tasks && CS(s, hk / 4, (int)(hk % 4))->present)
+		rc = release_in(s, ch, &CS(s, hk / 4, (int)(hk % 4))->stack, a, rp, ch->ts[i], r, 1);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	s->unmatched++;
 	return 0;
 }
@@ -894,8 +939,12 @@ static int on_switch(rp_t *s, ch_t *ch, int64_t i, int64_t ti, int64_t r)
 		memmove(st->a + top, st->a + top + 1, (size_t)(st->n - top - 1) * sizeof(held_t));
 		st->n--;
 		if (in_sorted(s->untraced, s->n_untraced, tp)) {
-			A(s, h.acq)->ts_release[AI(h.acq)] = ch->ts[i];
-			A(s, h.acq)->handed[AI(h.acq)] = 1;
+			acq_t *x = acq_at(s, h.acq);
+
+			if (!x)
+				return TD_EOPEN;
+			x->ts_release = ch->ts[i];
+			x->handed = 1;
 		} else {
 			int64_t nti = task_index(s, tp > 0 ? tp : -1 - ch->cpu[i]);
 			ctxst_t *ncs;
@@ -1010,6 +1059,11 @@ void td_rp_free(rp_t *s)
 	for (int64_t b = 0; b < s->n_blocks; b++)
 		free(s->blocks[b]);
 	free(s->blocks);
+	free(s->spill);
+	free(s->kept.a);
+	free(s->sel_e.a);
+	free(s->sel_x.a);
+	free(s->sel_kept.a);
 	free(s->type_of_lt);
 	map_free(&s->task_of);
 	map_free(&s->last_holder);
@@ -1054,6 +1108,7 @@ rp_t *td_rp_new(int irqs_reliable, int spin_in_preempt, int depth_counts_spin,
 	s->spin_in_preempt = spin_in_preempt;
 	s->depth_counts_spin = depth_counts_spin;
 	s->baseline = baseline;
+	s->ab_shift = AB_SHIFT;
 	s->untraced = copy_sorted(untraced, n_untraced);
 	s->n_untraced = n_untraced;
 	s->own = copy_sorted(own, n_own);
@@ -1069,6 +1124,7 @@ int td_rp_feed(rp_t *s, const struct td_chunk *ch)
 {
 	if (!s || !ch || ch->n < 0 || ch->n_lt < 0 || ch->n_ev < 0)
 		return TD_EINPUT;
+	s->selected = 0;	/* a selection is for the state it was made in */
 	for (int64_t i = 0; i < ch->n; i++) {
 		int rc = feed_one(s, ch, i);
 
@@ -1105,35 +1161,223 @@ void td_rp_counts(const rp_t *s, int64_t *out)
 	out[11] = pend;
 }
 
-/* one acquisition column (0 row … 14 forced, heldlocks.ACQ_COLUMNS order) into out */
-int td_rp_acq_column(const rp_t *s, int col, void *out)
-{
-	for (int64_t b = 0; b < s->n_blocks; b++) {
-		int64_t n = s->n_acq - b * AB < AB ? s->n_acq - b * AB : AB, o = b * AB;
-		const acqblk_t *k = s->blocks[b];
-		const void *src;
-		size_t w = 8;
+/* ------------------------------------------------------------------ acquisitions out */
 
-		switch (col) {
-		case 0: src = k->row; break;
-		case 1: src = k->cls; break;
-		case 2: src = k->addr; break;
-		case 3: src = k->lt; w = 1; break;
-		case 4: src = k->ctx; w = 1; break;
-		case 5: src = k->task; break;
-		case 6: src = k->ts_acquire; break;
-		case 7: src = k->ts_acquired; break;
-		case 8: src = k->ts_release; break;
-		case 9: src = k->release_row; break;
-		case 10: src = k->tryl; w = 1; break;
-		case 11: src = k->irqs_off; w = 1; break;
-		case 12: src = k->bh_off; w = 1; break;
-		case 13: src = k->handed; w = 1; break;
-		case 14: src = k->forced; w = 1; break;
-		default: return TD_EINPUT;
+/* The acquisitions still open, sorted and distinct: on a held stack (a release, a forced
+ * end or a hand-off may still write them) or on a wait list (a lock_return may still set
+ * their ts_acquired, even after their release).  Every other acquisition can no longer
+ * change: nothing puts one back on a stack or a wait list once it left (a switch moves a
+ * hold from one stack to another within one event). */
+static int open_acqs(const rp_t *s, i64v_t *o)
+{
+	int64_t k = 0;
+
+	o->n = 0;
+	for (int64_t ti = 0; ti < s->n_tasks; ti++)
+		for (int c = 0; c < 4; c++) {
+			const ctxst_t *cs = &s->tasks[ti].cx[c];
+
+			for (int64_t j = 0; j < cs->stack.n; j++)
+				if (PUSH(o, cs->stack.a[j].acq))
+					return TD_ENOMEM;
+			for (int64_t j = 0; j < cs->wait.n; j++)
+				if (PUSH(o, cs->wait.a[j]))
+					return TD_ENOMEM;
 		}
-		memcpy((char *)out + o * w, src, (size_t)n * w);
+	if (o->n)
+		qsort(o->a, (size_t)o->n, sizeof(int64_t), cmp_seq);
+	for (int64_t j = 0; j < o->n; j++)
+		if (!k || o->a[k - 1] != o->a[j])
+			o->a[k++] = o->a[j];
+	o->n = k;
+	return 0;
+}
+
+static void vec_free(i64v_t *v)
+{
+	free(v->a);
+	memset(v, 0, sizeof(*v));
+}
+
+/* Choose what td_rp_take copies out, and give its count (or TD_E*).  all: every
+ * acquisition not handed out yet (finish()).  Else a drain: those of them no longer
+ * open (open_acqs); the open ones stay for a later drain. */
+int64_t td_rp_select(rp_t *s, int all)
+{
+	i64v_t o = { 0 };
+	int64_t k = 0, n;
+	int rc = 0;
+
+	s->selected = 0;
+	s->sel_e.n = s->sel_x.n = s->sel_kept.n = 0;
+	if (all) {
+		for (int64_t j = 0; j < s->kept.n && !rc; j++)
+			rc = PUSH(&s->sel_e, s->kept.a[j]);
+	} else if (!(rc = open_acqs(s, &o))) {
+		/* the candidates: kept, then [mark, n_acq); every open one must be one */
+		for (int64_t j = 0; j < s->kept.n && !rc; j++) {
+			int64_t c = s->kept.a[j];
+
+			if (k < o.n && o.a[k] < c)
+				rc = TD_EOPEN;
+			else if (k < o.n && o.a[k] == c)
+				rc = PUSH(&s->sel_kept, o.a[k++]);
+			else
+				rc = PUSH(&s->sel_e, c);
+		}
+		if (!rc && k < o.n && o.a[k] < s->mark)
+			rc = TD_EOPEN;
+		for (; k < o.n && !rc; k++)	/* open, appended since: kept, skipped */
+			if (o.a[k] >= s->n_acq)
+				rc = TD_EOPEN;
+			else if (!(rc = PUSH(&s->sel_kept, o.a[k])))
+				rc = PUSH(&s->sel_x, o.a[k]);
 	}
+	vec_free(&o);
+	if (rc)
+		return rc;
+	n = s->sel_e.n + (s->n_acq - s->mark) - s->sel_x.n;
+	s->selected = all ? 2 : 1;
+	return n;
+}
+
+/* the output columns of td_rp_take, heldlocks.ACQ_COLUMNS order, then the index */
+typedef struct {
+	int64_t *row, *cls;
+	uint64_t *addr;
+	int8_t *lt, *ctx;
+	int64_t *task, *ts_acquire, *ts_acquired, *ts_release, *release_row;
+	int8_t *tryl, *irqs_off, *bh_off, *handed, *forced;
+	int64_t *acq;	/* NULL: not wanted */
+} cols_t;
+
+static void put(const cols_t *c, int64_t k, const acq_t *x, int64_t i)
+{
+	c->row[k] = x->row;
+	c->cls[k] = x->cls;
+	c->addr[k] = x->addr;
+	c->lt[k] = x->lt;
+	c->ctx[k] = x->ctx;
+	c->task[k] = x->task;
+	c->ts_acquire[k] = x->ts_acquire;
+	c->ts_acquired[k] = x->ts_acquired;
+	c->ts_release[k] = x->ts_release;
+	c->release_row[k] = x->release_row;
+	c->tryl[k] = x->tryl;
+	c->irqs_off[k] = x->irqs_off;
+	c->bh_off[k] = x->bh_off;
+	c->handed[k] = x->handed;
+	c->forced[k] = x->forced;
+	if (c->acq)
+		c->acq[k] = i;
+}
+
+/* A drain's end: kept becomes sel_kept, mark n_acq; the blocks below the newest
+ * acquisition's go (on_return reads that one's row), their kept rows moved to spill. */
+static int drain_commit(rp_t *s)
+{
+	int64_t lo = s->n_acq ? ((s->n_acq - 1) >> s->ab_shift) << s->ab_shift : 0, m = 0, gone;
+	acq_t *sp = NULL;
+	i64v_t old;
+
+	while (m < s->sel_kept.n && s->sel_kept.a[m] < lo)
+		m++;
+	if (m) {
+		sp = malloc((size_t)m * sizeof(acq_t));
+		if (!sp)
+			return TD_ENOMEM;
+	}
+	for (int64_t j = 0; j < m; j++) {
+		const acq_t *x = acq_at(s, s->sel_kept.a[j]);
+
+		if (!x) {
+			free(sp);
+			return TD_EOPEN;
+		}
+		sp[j] = *x;
+	}
+	gone = (lo >> s->ab_shift) - s->block0;
+	if (gone > 0) {		/* (then blocks is not NULL) */
+		for (int64_t b = 0; b < gone; b++)
+			free(s->blocks[b]);
+		memmove(s->blocks, s->blocks + gone,
+			(size_t)(s->n_blocks - gone) * sizeof(acq_t *));
+		s->n_blocks -= gone;
+		s->block0 += gone;
+	}
+	free(s->spill);
+	s->spill = sp;
+	s->n_spill = m;
+	old = s->kept;
+	s->kept = s->sel_kept;
+	s->sel_kept = old;
+	s->mark = s->n_acq;
+	s->lo = lo;
+	return 0;
+}
+
+/* Copy what td_rp_select chose into cols (16 pointers: the 15 columns of
+ * heldlocks.ACQ_COLUMNS as COLUMN_DTYPES stores them, then the global index or NULL),
+ * in index order; a drain's are then handed out and no longer kept. */
+int td_rp_take(rp_t *s, void *const *cols)
+{
+	cols_t c = { cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7],
+		     cols[8], cols[9], cols[10], cols[11], cols[12], cols[13], cols[14],
+		     cols[15] };
+	int64_t k = 0, x = 0;
+	int rc = 0;
+
+	if (!s->selected)
+		return TD_EINPUT;
+	for (int64_t j = 0; j < s->sel_e.n; j++, k++) {
+		const acq_t *a = acq_at(s, s->sel_e.a[j]);
+
+		if (!a)
+			return TD_EOPEN;
+		put(&c, k, a, s->sel_e.a[j]);
+	}
+	for (int64_t i = s->mark; i < s->n_acq; i++) {
+		const acq_t *a;
+
+		if (x < s->sel_x.n && s->sel_x.a[x] == i) {
+			x++;
+			continue;
+		}
+		if (!(a = acq_at(s, i)))
+			return TD_EOPEN;
+		put(&c, k++, a, i);
+	}
+	if (s->selected == 1)
+		rc = drain_commit(s);
+	s->selected = 0;
+	/* a drain's scratch can be as long as a chunk's acquisitions: not kept between */
+	vec_free(&s->sel_e);
+	vec_free(&s->sel_x);
+	vec_free(&s->sel_kept);
+	return rc;
+}
+
+/* the acquisition type code -> lock type code table (td_rp_counts()[10] long) */
+void td_rp_types(const rp_t *s, int64_t *types)
+{
+	for (int64_t t = 0; t < s->n_acq_types; t++)
+		types[t] = s->acq_type[t];
+}
+
+/* bytes held for acquisitions: blocks, spilled rows, the index of both */
+int64_t td_rp_acq_bytes(const rp_t *s)
+{
+	return (s->n_blocks << s->ab_shift) * (int64_t)sizeof(acq_t)
+		+ s->n_spill * (int64_t)sizeof(acq_t) + s->cap_blocks * (int64_t)sizeof(acq_t *)
+		+ s->kept.cap * (int64_t)sizeof(int64_t);
+}
+
+/* rows per block, 1 << shift (0 <= shift <= AB_SHIFT_MAX), before the first acquisition */
+int td_rp_block_shift(rp_t *s, int shift)
+{
+	if (shift < 0 || shift > AB_SHIFT_MAX || s->n_acq || s->n_blocks)
+		return TD_EINPUT;
+	s->ab_shift = shift;
 	return 0;
 }
 
