@@ -19,7 +19,10 @@ from tracedep.common.run_options import RunOptions, add_arguments
 from tracedep.errors import INTERNAL_ERROR, TracedepError
 
 if TYPE_CHECKING:
+    from tracedep.analysis.classes import ClassNamer
     from tracedep.analysis.findings import Analysis
+    from tracedep.analysis.nesting import NestingJudge
+    from tracedep.analysis.trace_model import Trace
     from tracedep.tracer.ftrace_binary import Decoded
     from tracedep.tracer.session import TraceOptions
 
@@ -71,21 +74,40 @@ def cmd_trace(a: argparse.Namespace) -> int:
 
 
 def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bool,
-                        kallsyms: Path | None = None, decoded: Decoded | None = None
-                        ) -> Analysis:
+                        kallsyms: Path | None = None, decoded: Decoded | None = None,
+                        stream: bool = False) -> Analysis:
     """Analyze a run directory or trace file into ``out``; return the analysis.
-    ``decoded``: the run's trace as the tracer decoded it (a run is decoded once)."""
+    ``decoded``: the run's trace as the tracer decoded it (a run is decoded once).
+    A run directory whose trace does not fit in memory, or any with ``stream``, is
+    read a window at a time (analysis.stream_pipeline)."""
     from tracedep.analysis.dwarf_pass import dwarf_aids, symbolize
     from tracedep.analysis.pipeline import analyze
+    from tracedep.analysis.stream_pipeline import analyze_run, too_long
     from tracedep.analysis.trace import load, load_run
+    from tracedep.common import run_manifest
     from tracedep.reports.serialize import write_run_outputs
     from tracedep.vm.debug_packages import debug_vmlinux
 
-    trace = load_run(source, decoded) if decoded is not None else load(source, kallsyms)
-    k = trace.info.kernel
-    vml = (vmlinux or (Path(k.vmlinux) if k.vmlinux else None)
-           or debug_vmlinux(k.release, k.abi, k.packages)) if dwarf else None
-    a = analyze(trace, *dwarf_aids(trace, vml)) if dwarf else analyze(trace)
+    def vml_of(trace: Trace) -> Path | None:
+        k = trace.info.kernel
+        return (vmlinux or (Path(k.vmlinux) if k.vmlinux else None)
+                or debug_vmlinux(k.release, k.abi, k.packages)) if dwarf else None
+
+    if source.is_dir() and (stream or (decoded.cut is not None if decoded is not None
+                                       else too_long(run_manifest.read(source)))):
+        del decoded  # the first events only: the stream reads them all again
+        vml: Path | None = None
+
+        def aids(t: Trace) -> tuple[NestingJudge | None, ClassNamer | None]:
+            nonlocal vml
+            vml = vml_of(t)
+            return dwarf_aids(t, vml) if dwarf else (None, None)
+
+        a, trace = analyze_run(source, run_manifest.read(source), aids)
+    else:
+        trace = load_run(source, decoded) if decoded is not None else load(source, kallsyms)
+        vml = vml_of(trace)
+        a = analyze(trace, *dwarf_aids(trace, vml)) if dwarf else analyze(trace)
     if dwarf:
         for w in symbolize(a, trace, vml):
             a.health.add_warning(w)
@@ -179,7 +201,8 @@ def _run(a: argparse.Namespace) -> int:
 def cmd_analyze(a: argparse.Namespace) -> int:
     src: Path = a.trace
     out: Path = a.out or (src if src.is_dir() else src.with_name(src.name + ".tracedep"))
-    n = len(_analyze_and_report(src, out, a.vmlinux, not a.no_dwarf, a.kallsyms).findings)
+    n = len(_analyze_and_report(src, out, a.vmlinux, not a.no_dwarf, a.kallsyms,
+                                stream=a.stream).findings)
     return 1 if n else 0
 
 
@@ -304,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--kallsyms", type=Path, default=None,
                     help="the traced machine's /proc/kallsyms (for text traces)")
     an.add_argument("--no-dwarf", action="store_true")
+    an.add_argument("--stream", action="store_true",
+                    help="read a run directory a window at a time even if it fits in memory "
+                         "(the way a trace longer than memory is read: four decodes, same "
+                         "findings)")
     an.add_argument("--out", type=Path, default=None,
                     help="where to write the report (default: the run directory)")
     an.set_defaults(func=cmd_analyze)

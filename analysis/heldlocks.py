@@ -196,6 +196,7 @@ class Replayer:
         self.drained = False
         self._mark = 0
         self._kept = np.zeros(0, np.int64)
+        self._since = (0, 0, 0)  # since(): sleeps, forced, irq_ended read so far
         lib = replay_native.library() if native is not False else None
         if native and lib is None:
             raise RuntimeError("the native replay is not available (no C compiler, or "
@@ -230,6 +231,30 @@ class Replayer:
             raise RuntimeError("an open acquisition was drained already")
         self._kept, self._mark = cand[is_open], n
         return self.acqs.frame(cand[~is_open])
+
+    def undrained(self) -> pd.DataFrame:
+        """The acquisitions not drained yet, as they are now (after a :meth:`drain`: the
+        open ones), with column ``acq``; nothing is handed out."""
+        if self.native is not None:
+            return self.native.undrained()
+        return self.acqs.frame(np.concatenate(
+            [self._kept, np.arange(self._mark, len(self.acqs), dtype=np.int64)]))
+
+    def pending_rows(self) -> np.ndarray:
+        """The call rows of the lock calls whose return is still to decide them."""
+        if self.native is not None:
+            return self.native.pending_rows()
+        return np.asarray([p[0] for calls in self.pending.values() for p in calls],
+                          dtype=np.int64)
+
+    def since(self) -> tuple[list[SleepEvent], list[Forced], list[tuple[int, int]]]:
+        """The sleeps, forced releases and IRQ-ended pairs added since the last call (a
+        stream reads what each window added)."""
+        if self.native is not None:
+            return self.native.since()
+        was = self._since
+        self._since = (len(self.sleeps), len(self.forced), len(self.irq_ended))
+        return (self.sleeps[was[0]:], self.forced[was[1]:], self.irq_ended[was[2]:])
 
     def _open(self) -> Iterator[int]:
         """The acquisitions still open: held, or waited for."""

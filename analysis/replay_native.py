@@ -106,6 +106,8 @@ def library() -> ctypes.CDLL | None:
         lib.td_rp_block_shift.argtypes = [_P, ctypes.c_int]
         lib.td_rp_block_shift.restype = ctypes.c_int
         lib.td_rp_get.argtypes = [_P] * 9
+        lib.td_rp_get_from.argtypes = [_P] * 6
+        lib.td_rp_get_from.restype = ctypes.c_int
         lib.td_rp_pending_rows.argtypes = [_P, _P]
         lib.td_rp_pending_suspect.argtypes = [_P, _P]
     return lib
@@ -356,6 +358,35 @@ class NativeReplayer:
         self.drained = True
         return self._acquisitions(True, True)
 
+    def undrained(self) -> pd.DataFrame:
+        """The acquisitions not drained yet, as they are now (after a drain: the open
+        ones), with column ``acq``; nothing is handed out."""
+        return self._acquisitions(False, True)
+
+    def pending_rows(self) -> np.ndarray:
+        """The call rows of the lock calls whose return is still to decide them."""
+        n = self._counts()[11]
+        rows = np.zeros(n, np.int64)
+        if n:
+            self.lib.td_rp_pending_rows(self.handle, _ptr(rows))
+        return rows
+
+    def since(self) -> tuple[list[SleepEvent], list[Forced], list[tuple[int, int]]]:
+        """The sleeps, forced releases and IRQ-ended pairs added since the last call."""
+        c = self._counts()
+        now = np.array([c[4], c[5], c[6], c[7]], np.int64)
+        was = getattr(self, "_read", np.zeros(4, np.int64))
+        sleeps, ids, forced, ended = (np.zeros(s, np.int64) for s in (
+            ((now[0] - was[0]) * 5,), (now[1] - was[1],), ((now[2] - was[2]) * 3,),
+            ((now[3] - was[3]) * 2,)))
+        self._check(self.lib.td_rp_get_from(self.handle, _ptr(was), *(_ptr(a) for a in (
+            sleeps, ids, forced, ended))))
+        self._read = now
+        return (_sleeps(sleeps.reshape(-1, 5), ids),
+                [Forced(a, r, FORCED_REASONS[why - 1]) for a, r, why in
+                 forced.reshape(-1, 3).tolist()],
+                [(a, r) for a, r in ended.reshape(-1, 2).tolist()])
+
     def acq_bytes(self) -> int:
         """Bytes the C state holds for acquisitions (blocks, rows kept past a drain)."""
         return int(self.lib.td_rp_acq_bytes(self.handle))
@@ -384,14 +415,7 @@ class NativeReplayer:
         usage_d: dict[int, dict[str, int]] = {}
         for c, bit, row in usage.tolist():
             usage_d.setdefault(c, {})[USAGE_BITS[bit]] = row
-        id_l = ids.tolist()
-        sleep_l: list[SleepEvent] = []
-        k = 0
-        for row, reasons, extra, n_held, n_all in sleeps.tolist():
-            sleep_l.append(SleepEvent(
-                row, [w for b, w in enumerate(SLEEP_REASONS) if reasons >> b & 1],
-                id_l[k:k + n_held], id_l[k + n_held:k + n_held + n_all], extra))
-            k += n_held + n_all
+        sleep_l = _sleeps(sleeps.reshape(-1, 5), ids)
         rep = Replay(acqs, edge_d, usage_d,
                      [Recursion(r, h, bool(same), c) for r, h, c, same in recs.tolist()],
                      sleep_l, self.baseline, unmatched)
@@ -399,3 +423,16 @@ class NativeReplayer:
         rep.irq_ended = [(a, r) for a, r in ended.tolist()]
         rep.forced = [Forced(a, r, FORCED_REASONS[why - 1]) for a, r, why in forced.tolist()]
         return rep
+
+
+def _sleeps(sleeps: np.ndarray, ids: np.ndarray) -> list[SleepEvent]:
+    """replay.c's sleep rows (row, reasons, extra, n_held, n_all) and their ids."""
+    id_l = ids.tolist()
+    out: list[SleepEvent] = []
+    k = 0
+    for row, reasons, extra, n_held, n_all in sleeps.tolist():
+        out.append(SleepEvent(
+            row, [w for b, w in enumerate(SLEEP_REASONS) if reasons >> b & 1],
+            id_l[k:k + n_held], id_l[k + n_held:k + n_held + n_all], extra))
+        k += n_held + n_all
+    return out

@@ -63,9 +63,14 @@ class Decoded:
     section_rows: list[SectionRow] = field(default_factory=list)
     # the events that did not fit the analysis's memory (decode_stream: ``max_rows``)
     cut: Cut | None = None
+    # rows per CPU of a trace read a window at a time, whose frame is not kept (the
+    # streaming analysis counts them; ``events`` is then empty)
+    streamed_per_cpu: dict[int, int] | None = None
 
     def rows_per_cpu(self) -> dict[int, int]:
         """Rows per CPU of the whole trace: the frame's, and those a cut left out."""
+        if self.streamed_per_cpu is not None:
+            return dict(sorted(self.streamed_per_cpu.items()))
         cpus, n = np.unique(self.events["cpu"].to_numpy(), return_counts=True)
         out = dict(zip(cpus.tolist(), n.tolist(), strict=True))
         for c, m in (self.cut.dropped_per_cpu if self.cut else {}).items():

@@ -1420,6 +1420,24 @@ void td_rp_get(const rp_t *s, int64_t *types, int64_t *edges, int64_t *usage, in
 	memcpy(irq_ended, s->irq_ended.a, (size_t)s->irq_ended.n * sizeof(pair_t));
 }
 
+/* What the replay added since a stream last read it: the sleeps (and their acquisition
+ * ids), forced releases and IRQ-ended pairs from the offsets in from[0..3] on, into the
+ * arrays (td_rp_counts gives the ends).  TD_EINPUT for an offset outside 0..count. */
+int td_rp_get_from(const rp_t *s, const int64_t *from, int64_t *sleeps, int64_t *sleep_ids,
+		   int64_t *forced, int64_t *irq_ended)
+{
+	if (from[0] < 0 || from[0] > s->sleeps.n || from[1] < 0 || from[1] > s->sleep_ids.n
+	    || from[2] < 0 || from[2] > s->forced.n || from[3] < 0 || from[3] > s->irq_ended.n)
+		return TD_EINPUT;
+	memcpy(sleeps, s->sleeps.a + from[0], (size_t)(s->sleeps.n - from[0]) * sizeof(sleep_t));
+	memcpy(sleep_ids, s->sleep_ids.a + from[1],
+	       (size_t)(s->sleep_ids.n - from[1]) * sizeof(int64_t));
+	memcpy(forced, s->forced.a + from[2], (size_t)(s->forced.n - from[2]) * sizeof(forced_t));
+	memcpy(irq_ended, s->irq_ended.a + from[3],
+	       (size_t)(s->irq_ended.n - from[3]) * sizeof(pair_t));
+	return 0;
+}
+
 /* the pending calls' acquire rows (tasks in first-seen order, contexts, call order), and
  * their suspect flag set again (a feed with other suspect_rows).  Their class is never
  * set again: a pending call keeps the class it had at the call (heldlocks.Replayer). */

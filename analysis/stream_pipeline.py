@@ -1,0 +1,381 @@
+"""The analysis of a trace a window of events at a time, in memory that does not grow
+with the trace (DESIGN "Memory"; ``pipeline.analyze`` holds the whole frame).
+
+Four passes over the decoder's windows (tracer.decode_stream), each holding one window:
+
+1. survey: the module loads (for the run's symbols), the scheduler's own preempt depth
+   (``replay_inputs.switch_baseline``), the counts and losses of the whole trace;
+2. classes: the class engines' first pass (analysis.class_stream), for the locks and
+   for the objects the wait graph names;
+3. replay: the classes again with the first pass's plan, the held-lock replay
+   (carried across windows, in C), and what reads its acquisitions, fed from what
+   each window settled (``Replayer.drain``) and what is still open: the wait graph
+   (analysis.wait_stream, analysis.hold_stream), the PREEMPT_RT allocation cases
+   (analysis.alloc_stream), the class statistics and forced releases, the coverage;
+4. rows: the rows the replay, the waits and the cases name, into the rules' store
+   (analysis.row_store).
+
+Then the rules run over the store, as ``pipeline.conclude`` runs them for the whole
+frame: the findings are the whole frame's.  What it keeps grows with classes, edges,
+held locks and the findings' witnesses (and the sleeps in atomic context the replay
+counts one by one), not with events.  Each pass decodes the trace again: about four
+times the decode of ``pipeline.analyze``, for a trace that would not fit otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tracedep.analysis import classes as lock_classes
+from tracedep.analysis import missing, pipeline, row_store, rt_rules, waits
+from tracedep.analysis.acquisitions import concat_frames
+from tracedep.analysis.alloc_stream import AllocationStream
+from tracedep.analysis.class_stream import ClassEngine, ClassPlan, join_frames, whole_timestamps
+from tracedep.analysis.coverage import ModuleCoverage, coverage
+from tracedep.analysis.findings import Analysis, ClassStats
+from tracedep.analysis.health import ForcedClass, ForcedReleases
+from tracedep.analysis.heldlocks import Replayer
+from tracedep.analysis.hold_stream import HoldStream
+from tracedep.analysis.nesting import NestingJudge
+from tracedep.analysis.replay_types import RowSet
+from tracedep.analysis.run_symbols import RunSymbols
+from tracedep.analysis.trace import completeness, module_load_times, place_fixed_locks
+from tracedep.analysis.trace_model import Trace
+from tracedep.analysis.wait_stream import WaitBuilder
+from tracedep.common import heap
+from tracedep.common.memory_budget import analysis_rows
+from tracedep.common.run_manifest import RunManifest
+from tracedep.tracer import schema
+from tracedep.tracer.decode_stream import StreamDecoder, Window, comm_column
+
+_LOAD_EVENTS = ("module/module_load", "module/module_free")
+
+Aids = Callable[[Trace], tuple[NestingJudge | None, lock_classes.ClassNamer | None]]
+
+
+def too_long(info: RunManifest) -> bool:
+    """Does this run's trace hold more events than the whole frame may (the events
+    its run decoded when it ended; common.memory_budget)?"""
+    rows, _ = analysis_rows()
+    n = info.lost.decoded_events
+    return rows is not None and n is not None and n > rows
+
+
+def windows(run_dir: Path, info: RunManifest, batch_pages: int | None = None
+            ) -> tuple[StreamDecoder, Iterator[Window]]:
+    """A fresh decode of the run, its windows cut where no time stamp is split."""
+    dec = (StreamDecoder(run_dir, info) if batch_pages is None
+           else StreamDecoder(run_dir, info, batch_pages))
+    return dec, whole_timestamps(dec.windows())
+
+
+@dataclass
+class Survey:
+    """Pass 1: what the later passes need to know of the whole trace first."""
+
+    trace: Trace  # its events empty: the windows hold them
+    events: int
+    baseline: int
+    per_cpu: dict[int, int]  # rows per CPU
+
+
+def survey(run_dir: Path, info: RunManifest, batch_pages: int | None = None) -> Survey:
+    dec, wins = windows(run_dir, info, batch_pages)
+    loads: list[pd.DataFrame] = []
+    depths = np.zeros(1, dtype=np.int64)
+    n = 0
+    per_cpu: dict[int, int] = {}
+    for w in wins:
+        ev = w.events
+        schema.validate(ev)
+        n += len(ev)
+        cpus, counts = np.unique(ev["cpu"].to_numpy(), return_counts=True)
+        for c, k in zip(cpus.tolist(), counts.tolist(), strict=True):
+            per_cpu[c] = per_cpu.get(c, 0) + k
+        at = ev["event"].isin(_LOAD_EVENTS).to_numpy()
+        if at.any():
+            loads.append(ev.loc[at, ["event", "func", "ts_ns"]].astype(
+                {"event": object, "func": object}))
+        # replay_inputs.switch_baseline, summed over the windows
+        sw = ev["preempt_depth"].to_numpy()[((ev["kind"] == "sched_switch").to_numpy())
+                                            & (ev["value"].to_numpy() != 0)]
+        if len(sw):
+            got = np.bincount(sw.astype(np.int64))
+            if len(got) > len(depths):
+                depths = np.concatenate([depths, np.zeros(len(got) - len(depths), np.int64)])
+            depths[:len(got)] += got
+    decoded = dec.decoded()
+    decoded.streamed_per_cpu = per_cpu
+    gaps = completeness(info, decoded)
+    load_frame = (pd.concat(loads, ignore_index=True) if loads
+                  else pd.DataFrame({"event": [], "func": [], "ts_ns": []}))
+    syms = RunSymbols.for_run(run_dir, info, module_load_times(load_frame),
+                              decoded.module_loads)
+    trace = Trace(schema.empty(), decoded.stacks, info, syms, run_dir,
+                  gaps + list(syms.warnings))
+    return Survey(trace, n, int(depths.argmax()) if depths.any() else 1, per_cpu)
+
+
+@dataclass
+class Plans:
+    locks: ClassPlan
+    objects: ClassPlan
+    fixed_warnings: list[str]
+
+
+def class_plans(s: Survey, namer: lock_classes.ClassNamer | None,
+                batch_pages: int | None = None) -> Plans:
+    """Pass 2: the class engines' first pass."""
+    t = s.trace
+    locks, objects = ClassEngine(t.symbols, namer), ClassEngine(t.symbols, namer)
+    warned: set[str] = set()
+    _, wins = windows(t.source, t.info, batch_pages)
+    for w in wins:
+        warned.update(place_fixed_locks(w.events, t.symbols))
+        locks.feed(w.events, w.row0)
+        objects.feed(w.events, w.row0, _object_rows_with_addr(w.events))
+    return Plans(locks.finish(), objects.finish(), sorted(warned))
+
+
+def _object_rows_with_addr(ev: pd.DataFrame) -> np.ndarray:
+    rows = np.nonzero(ev["kind"].isin(waits.OBJECT_KINDS).to_numpy())[0]
+    probe = waits.object_rows(ev, rows, 0, lambda at: (np.zeros(len(at), np.int64), []))
+    return rows[probe.has_addr()]
+
+
+@dataclass
+class _Open:
+    """The call sites of the acquire rows of locks still held (``holder_on_stack``
+    asks about a lock taken windows ago)."""
+
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ips: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add(self, ev: pd.DataFrame, row0: int) -> None:
+        at = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+        self.rows = np.concatenate([self.rows, at.astype(np.int64) + row0])
+        self.ips = np.concatenate([self.ips, ev["ip"].to_numpy()[at].astype(np.uint64)])
+        self.ts = np.concatenate([self.ts, ev["ts_ns"].to_numpy()[at].astype(np.int64)])
+
+    def keep(self, rows: np.ndarray) -> None:
+        k = np.isin(self.rows, rows)
+        self.rows, self.ips, self.ts = self.rows[k], self.ips[k], self.ts[k]
+
+    def at(self, row: int) -> tuple[int, int] | None:
+        i = int(np.searchsorted(self.rows, row))
+        if i < len(self.rows) and int(self.rows[i]) == row:
+            return int(self.ips[i]), int(self.ts[i])
+        return None
+
+
+@dataclass
+class _Forced:
+    """``missing.health``'s counts, from the settled acquisitions as they come."""
+
+    by_reason: dict[str, int] = field(default_factory=dict)
+    per_class: dict[str, int] = field(default_factory=dict)
+
+    def add(self, settled: pd.DataFrame, names: list[str]) -> None:
+        f = settled[settled["forced"].astype(str) != ""]
+        for why, c in zip(f["forced"].astype(str), f["cls"].to_numpy(), strict=True):
+            self.by_reason[why] = self.by_reason.get(why, 0) + 1
+            name = names[int(c)] if 0 <= int(c) < len(names) else "?"
+            self.per_class[name] = self.per_class.get(name, 0) + 1
+
+    def summary(self, unseen: missing.MissingReleases) -> ForcedReleases:
+        classes = sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ForcedReleases(total=sum(self.by_reason.values()),
+                              by_reason={k: self.by_reason[k] for k in missing.FORCED_REASONS
+                                         if self.by_reason.get(k)},
+                              classes=[ForcedClass(n, c) for n, c in classes],
+                              suspect_sources=list(unseen.sources))
+
+
+@dataclass
+class _Stats:
+    """The class statistics of the acquisitions as they settle: the columns
+    ``pipeline.class_stats`` reads, kept until the end (16-odd bytes an acquisition;
+    DESIGN "Memory" says what bounds them next)."""
+
+    table: list[lock_classes.LockClass]
+    parts: list[pd.DataFrame] = field(default_factory=list)
+
+    def add(self, a: pd.DataFrame) -> None:
+        if len(a):
+            self.parts.append(a[["acq", "cls", "lock_type", "ctx", "ts_acquire",
+                                 "ts_acquired", "ts_release"]])
+
+    def finish(self, usage: dict[int, dict[str, int]]) -> list[ClassStats]:
+        if not self.parts:
+            return []
+        return pipeline.class_stats(concat_frames(self.parts), self.table, usage)
+
+
+@dataclass
+class Replayed:
+    """Pass 3's results."""
+
+    gathered: pipeline.Gathered | None  # its store and renumbering come with pass 4
+    replay: object
+    wait_graph: waits.WaitGraph
+    cases: list[row_store.AllocationCase]
+    kept: pd.DataFrame  # the acquisitions sleeps hold (column ``acq``)
+    gap_rows: np.ndarray
+
+
+# long: the window loop, one step per consumer of the replay, read best in order
+def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
+                batch_pages: int | None = None) -> tuple[pipeline.Gathered, Replayed]:
+    t = s.trace
+    info, syms = t.info, t.symbols
+    table = plans.locks.table
+    names = [c.name for c in table]
+    unseen = missing.from_manifest(info)
+    spin_pc = info.calibration.get("preempt_count_tracks_spinlocks")
+    rp = Replayer(not info.kprobe_irqs_unknown, frozenset(info.untraced_pids),
+                  spin_pc is not False, depth_counts_spin=spin_pc is True,
+                  own_classes=frozenset(i for i, c in enumerate(table)
+                                        if c.module not in ("vmlinux", "?", "")),
+                  baseline=s.baseline)
+    locks = ClassEngine(syms, namer, plans.locks)
+    objects = ClassEngine(syms, namer, plans.objects)
+    builder, holds = WaitBuilder(len(table)), HoldStream()
+    allocs = (AllocationStream(syms) if rt_rules.judged(getattr(namer, "scope", None),
+                                                         t.lock_types) else None)
+    stats, forced = _Stats(table), _Forced()
+    mods = pipeline.module_names(t)
+    hits = dict.fromkeys(mods, 0)
+    held_open = _Open()
+    irq_ended: dict[int, int] = {}  # acquisition -> the row it ended at
+    referenced: set[int] = set()
+    kept: list[pd.DataFrame] = []
+    gaps: list[np.ndarray] = []
+    carry = np.zeros(0, dtype=np.int64)  # suspect rows of calls still pending
+    _, wins = windows(t.source, info, batch_pages)
+    for w in wins:
+        ev, row0 = w.events, w.row0
+        place_fixed_locks(ev, syms)
+        classes = locks.feed(ev, row0).astype(np.int32)
+        lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+        sus = missing.suspect_rows(ev, lock_rows, unseen, info, syms)
+        suspects = RowSet.of_sorted(np.union1d(carry, np.asarray(
+            sorted(sus), dtype=np.int64) + row0))
+        held_open.add(ev, row0)
+        holder = missing.holder_on_stack(ev, t.stacks, syms, row0, held_open.at)
+        for a in range(0, len(ev), 1 << 16):
+            rp.feed(ev.iloc[a:a + (1 << 16)], classes[a:a + (1 << 16)], row_offset=row0 + a,
+                    suspect_rows=suspects, holder_on_stack=holder)
+        new_sleeps, new_forced, new_ended = rp.since()
+        for sl in new_sleeps:
+            referenced.update(sl.held)
+            referenced.update(sl.all_held)
+        settled = rp.drain()
+        still = rp.undrained()
+        irq_ended.update(new_ended)
+        stats.add(settled)
+        forced.add(settled, names)
+        if referenced:
+            kept.append(settled[settled["acq"].isin(list(referenced))])
+        cand = pd.concat([settled, still], ignore_index=True).sort_values("acq")
+        end = _ends(cand, ev, row0, {f.acq: f.row for f in new_forced}, irq_ended)
+        obj = np.nonzero(ev["kind"].isin(waits.OBJECT_KINDS).to_numpy())[0]
+        gap = np.nonzero((ev["kind"] == "gap").to_numpy())[0] + row0
+        gaps.append(gap)
+        # the object engine sees every window, as the first pass did
+        obj_cls = objects.feed(ev, row0, _object_rows_with_addr(ev))
+        o = waits.object_rows(ev, obj, row0, _classes_of(obj_cls, plans.objects.table))
+        builder.feed(o, holds.window(cand, end, set(o.tasks)), gap)
+        holds.keep(cand, builder.open_span_starts())
+        if allocs is not None:
+            allocs.feed(ev, row0, cand, settled)
+        for m, c in coverage(ev, syms, [], mods).items():
+            hits[m] += c.lock_events
+        held_open.keep(still["row"].to_numpy(dtype=np.int64))
+        carry = np.intersect1d(suspects.rows, rp.pending_rows())
+        del ev, w, settled, cand
+        heap.give_back()
+    rep = rp.finish()
+    last = rep.acquisitions  # the acquisitions never settled, as the trace left them
+    stats.add(last)
+    forced.add(last, names)
+    cases = allocs.finish(last) if allocs is not None else []
+    kept.append(last[last["acq"].isin(list(referenced))])
+    owned = {m: ModuleCoverage(sum(c.module == m for c in table), hits[m]) for m in mods}
+    gathered = pipeline.Gathered(
+        table, builder.finish(), row_store.RowStore(schema.empty(), np.zeros(0, np.int64)),
+        row_store.Renumbered(rep, {}, [], {}), stats.finish(rep.usage),
+        forced.summary(unseen), rep.unmatched_releases, rep.irq_leaked, s.events, owned)
+    acqs = pd.concat(kept, ignore_index=True).sort_values("acq").reset_index(drop=True)
+    rep.acquisitions = acqs
+    return gathered, Replayed(None, rep, gathered.waits, cases, acqs,
+                              np.concatenate(gaps) if gaps else np.zeros(0, np.int64))
+
+
+def _classes_of(ids: np.ndarray, table: list[lock_classes.LockClass]
+                ) -> Callable[[np.ndarray], tuple[np.ndarray, list[lock_classes.LockClass]]]:
+    """``waits.object_rows``' classes from the object engine's ids for the window."""
+    return lambda at: (ids[at], table)
+
+
+def _ends(cand: pd.DataFrame, ev: pd.DataFrame, row0: int, forced: dict[int, int],
+          irq_ended: dict[int, int]) -> np.ndarray:
+    """Where each of ``cand`` ended, as ``waits._Holds`` reads it (-1: not in this
+    window, open at every row of it)."""
+    end = cand["release_row"].to_numpy(dtype=np.int64).copy()
+    t_rel = cand["ts_release"].to_numpy(dtype=np.int64)
+    timed = (end < 0) & (t_rel >= 0)
+    end[timed] = np.searchsorted(ev["ts_ns"].to_numpy(), t_rel[timed], side="left") + row0
+    acq = cand["acq"].to_numpy(dtype=np.int64)
+    for ends in (forced, irq_ended):
+        if ends:
+            at = np.nonzero(np.isin(acq, list(ends)))[0]
+            end[at] = [ends[int(a)] for a in acq[at]]
+    return end
+
+
+def store_pass(s: Survey, rep: object, wg: waits.WaitGraph,
+               cases: list[row_store.AllocationCase], gap_rows: np.ndarray,
+               batch_pages: int | None = None) -> row_store.RowStore:
+    """Pass 4: the rows the rules read, as the whole frame has them (the task names
+    the trace ends with, as ``decode_run`` gives them)."""
+    want = row_store.named_rows(rep, wg.edges, gap_rows, cases)  # type: ignore[arg-type]
+    t = s.trace
+    dec, wins = windows(t.source, t.info, batch_pages)
+    parts: list[pd.DataFrame] = []
+    for w in wins:
+        ev, row0 = w.events, w.row0
+        lo, hi = np.searchsorted(want, [row0, row0 + len(ev)])
+        if hi > lo:
+            place_fixed_locks(ev, t.symbols)
+            parts.append(ev.take(want[lo:hi] - row0).reset_index(drop=True))
+    events = join_frames(parts) if parts else schema.empty()
+    events["comm"] = comm_column(events, dec.decoded().comms)
+    return row_store.RowStore(events, want)
+
+
+def analyze_run(run_dir: Path, info: RunManifest, aids: Aids | None = None,
+                batch_pages: int | None = None) -> tuple[Analysis, Trace]:
+    """The analysis of a run directory a window at a time: the findings, edges and
+    health ``pipeline.analyze`` gives over the whole frame; and the run as a Trace
+    whose events are the store's (what the DWARF pass and the report read).
+    ``aids``: the nesting judge and heap namer for the trace (cli's DWARF aids)."""
+    t0 = time.monotonic()
+    s = survey(run_dir, info, batch_pages)
+    nesting, namer = aids(s.trace) if aids is not None else (None, None)
+    plans = class_plans(s, namer, batch_pages)
+    s.trace.warnings += plans.fixed_warnings
+    heap.give_back()
+    g, r = replay_pass(s, plans, namer, batch_pages)
+    heap.give_back()
+    store = store_pass(s, r.replay, r.wait_graph, r.cases, r.gap_rows, batch_pages)
+    g.store = store
+    g.kept = row_store.renumber(store, r.replay, r.wait_graph.edges, r.cases)  # type: ignore[arg-type]
+    s.trace.events = store.events
+    return pipeline.conclude(s.trace, g, nesting, namer, t0), s.trace

@@ -1,0 +1,81 @@
+"""The analysis a window at a time (analysis.stream_pipeline) against the whole frame's.
+
+The recorded run directories are decoded in batches of 1 and 4 pages per CPU (many
+windows: every carry across windows is crossed) and of the default size; the stream's
+findings, edges, class statistics, health and run summary must be the whole frame's
+(``pipeline.analyze`` of ``trace.load_run``), but for the time the analysis took.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from recorded_traces import DATA, RUNS
+
+from tracedep.analysis import pipeline, stream_pipeline
+from tracedep.analysis.findings import Analysis
+from tracedep.analysis.trace import load_run
+from tracedep.common import run_manifest
+from tracedep.reports.serialize import analysis_to_json
+
+
+def _comparable(a: Analysis) -> dict[str, object]:
+    out = analysis_to_json(a)
+    out["health"].pop("analysis_s")
+    out["findings"] = [f.__dict__ for f in a.findings]
+    return out
+
+
+def _streamed(path: Path, batch: int | None) -> Analysis:
+    a, _ = stream_pipeline.analyze_run(path, run_manifest.read(path), None, batch)
+    return a
+
+
+@pytest.mark.parametrize("batch", [1, 4, None], ids=["1-page", "4-pages", "default"])
+@pytest.mark.parametrize("path", RUNS, ids=[str(p.relative_to(DATA)) for p in RUNS])
+def test_stream_gives_the_whole_frames_analysis(path: Path, batch: int | None) -> None:
+    whole = pipeline.analyze(load_run(path))
+    assert _comparable(_streamed(path, batch)) == _comparable(whole)
+
+
+def test_the_runs_say_something() -> None:
+    """The runs have findings, edges and classes to compare."""
+    got = [pipeline.analyze(load_run(p)) for p in RUNS]
+    assert any(a.findings for a in got) and all(a.edges and a.classes for a in got)
+
+
+def test_analyze_stream_writes_the_same_findings(tmp_path: Path) -> None:
+    """``tracedep analyze --stream`` writes the findings.json and analysis.json the
+    whole frame gives (but for the time taken)."""
+    run = DATA / "classes" / "raw"
+    outs, more = {}, {}
+    for how in ("whole", "stream"):
+        out = tmp_path / how
+        cmd = [sys.executable, "-m", "tracedep.cli", "analyze", str(run), "--no-dwarf",
+               "--out", str(out)] + (["--stream"] if how == "stream" else [])
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert p.returncode in (0, 1), p.stderr
+        outs[how] = json.loads((out / "findings.json").read_text())
+        more[how] = json.loads((out / "analysis.json").read_text())
+        more[how]["health"].pop("analysis_s")
+    assert outs["whole"] == outs["stream"] and outs["whole"]
+    assert more["whole"] == more["stream"]
+
+
+@pytest.mark.parametrize("path", RUNS, ids=[str(p.relative_to(DATA)) for p in RUNS])
+def test_the_survey_counts_what_the_whole_decode_holds(path: Path) -> None:
+    """Rows per CPU (what a trace changed since its run is checked against), events,
+    stacks and the scheduler's own depth: the survey's, from windows it does not keep,
+    are the whole frame's."""
+    from tracedep.analysis.replay_inputs import switch_baseline
+    from tracedep.tracer.decode_stream import decode_run
+
+    whole = decode_run(path, run_manifest.read(path))
+    s = stream_pipeline.survey(path, run_manifest.read(path), 1)
+    assert s.events == len(whole.events) and s.trace.stacks == whole.stacks
+    assert s.per_cpu == whole.rows_per_cpu()
+    assert s.baseline == switch_baseline(whole.events)
