@@ -13,7 +13,7 @@ import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import missing, order_rules, row_store, rt_rules, rules, sleep_rules, waits
-from tracedep.analysis.acquisitions import text_codes
+from tracedep.analysis.class_stats import EXACT_VALUES, SUB_BUCKETS, StatsAcc
 from tracedep.analysis.coverage import ModuleCoverage, coverage
 from tracedep.analysis.findings import Analysis, ClassStats, Edge, Finding, WitnessKind
 from tracedep.analysis.health import (
@@ -24,7 +24,7 @@ from tracedep.analysis.health import (
     ending_note,
     lost_note,
 )
-from tracedep.analysis.heldlocks import SLEEPING_LOCK_TYPES, replay
+from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.lock_ctypes import LockTypes, Scope
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.run_summary import RunSummary
@@ -34,87 +34,6 @@ from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer.probes import parse_event_name
 
 log = logging.getLogger(__name__)
-
-BUCKETS_NS = [1_000 * 2**i for i in range(0, 24)]  # 1 µs … ~8 s
-
-
-def _hist(values: np.ndarray) -> dict[str, int]:
-    if len(values) == 0:
-        return {}
-    idx = np.searchsorted(np.array(BUCKETS_NS), values, side="right")
-    counts = np.bincount(idx, minlength=len(BUCKETS_NS) + 1)
-    out: dict[str, int] = {}
-    lo_i, hi_i = int(idx.min()), int(idx.max())
-    for i in range(lo_i, hi_i + 1):
-        lo = 0 if i == 0 else BUCKETS_NS[i - 1]
-        out[f"{_fmt_ns(lo)}-{_fmt_ns(BUCKETS_NS[i]) if i < len(BUCKETS_NS) else 'inf'}"] = int(
-            counts[i])
-    return out
-
-
-def _fmt_ns(ns: int) -> str:
-    if ns >= 1_000_000_000:
-        return f"{ns / 1e9:g}s"
-    if ns >= 1_000_000:
-        return f"{ns / 1e6:g}ms"
-    if ns >= 1_000:
-        return f"{ns / 1e3:g}us"
-    return f"{ns}ns"
-
-
-def _summary(values: np.ndarray) -> dict[str, float]:
-    if len(values) == 0:
-        return {}
-    return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
-            "p99": float(np.percentile(values, 99)), "max": float(values.max())}
-
-
-def class_stats(acqs: pd.DataFrame, table: list[lock_classes.LockClass],
-                usage: dict[int, dict[str, int]] | None = None) -> list[ClassStats]:
-    out: list[ClassStats] = []
-    if acqs.empty:
-        return out
-    # one sort by class, then numpy on each class's slice: a groupby's per-group
-    # frames cost more than the statistics on a busy trace (millions of acquisitions)
-    cls = acqs["cls"].to_numpy(dtype=np.int64)
-    order = np.argsort(cls, kind="stable")
-    cls = cls[order]
-    release = acqs["ts_release"].to_numpy(dtype=np.int64)[order]
-    acquired = acqs["ts_acquired"].to_numpy(dtype=np.int64)[order]
-    hold = release - acquired
-    wait = acquired - acqs["ts_acquire"].to_numpy(dtype=np.int64)[order]
-    lt_names, lt_codes = text_codes(acqs["lock_type"])
-    lt_codes = lt_codes[order]
-    ctx_names, ctx_codes = text_codes(acqs["ctx"])
-    ctx_codes = ctx_codes[order]
-    uniq, starts = np.unique(cls, return_index=True)
-    ends = [*starts[1:].tolist(), len(cls)]
-    for ci, lo, hi in zip(uniq.tolist(), starts.tolist(), ends, strict=True):
-        if ci < 0:
-            continue
-        lc = table[ci]
-        held = hold[lo:hi][release[lo:hi] >= 0]
-        lt = str(lt_names[lt_codes[lo]])
-        waits = wait[lo:hi] if lt in SLEEPING_LOCK_TYPES else np.zeros(0)
-        ctxs = {str(ctx_names[c]) for c in np.unique(ctx_codes[lo:hi]).tolist()}
-        out.append(ClassStats(
-            lock_class=lc.name, lock_type=lt, driver=lc.module, acquisitions=hi - lo,
-            hold_ns=_summary(held), hold_hist=_hist(held), wait_ns=_summary(waits),
-            wait_hist=_hist(waits), contexts=sorted(ctxs | _usage_words(
-                (usage or {}).get(ci, {}))),
-        ))
-    return out
-
-
-def _usage_words(bits: dict[str, int]) -> set[str]:
-    """lockdep's usage bits as context words: taken with hardirqs/softirqs enabled."""
-    words = set()
-    if any(b.startswith("HARDIRQ-ON") for b in bits):
-        words.add("hardirq-on")
-    if any(b.startswith("SOFTIRQ-ON") for b in bits):
-        words.add("softirq-on")
-    return words
-
 
 def analyze(trace: Trace, nesting: NestingJudge | None = None,
             namer: lock_classes.ClassNamer | None = None) -> Analysis:
@@ -149,15 +68,16 @@ def analyze(trace: Trace, nesting: NestingJudge | None = None,
     cases = (rt_rules.allocation_cases(ev, rep, trace.symbols)
              if rt_rules.judged(scope, trace.lock_types) else [])
     # what reads every acquisition, before the rules' store keeps a few
-    stats = class_stats(rep.acquisitions, table, rep.usage)
+    stats = StatsAcc(table)
+    stats.add(rep.acquisitions)
     forced = missing.health(rep, unseen, [c.name for c in table])
     # the rules read only the rows named so far (analysis.row_store)
     gap_rows = np.nonzero((ev["kind"] == "gap").to_numpy())[0]
     store = row_store.RowStore.keep(ev, row_store.named_rows(rep, wg.edges, gap_rows, cases))
     kept = row_store.renumber(store, rep, wg.edges, cases, trace.text_sites)
     cov = coverage(ev, trace.symbols, table, module_names(trace))
-    g = Gathered(table, wg, store, kept, stats, forced, rep.unmatched_releases, rep.irq_leaked,
-                 len(ev), cov)
+    g = Gathered(table, wg, store, kept, stats.finish(rep.usage), stats.approximate(), forced,
+                 rep.unmatched_releases, rep.irq_leaked, len(ev), cov)
     del rep
     return conclude(trace, g, nesting, namer, t0)
 
@@ -172,6 +92,7 @@ class Gathered:
     store: row_store.RowStore
     kept: row_store.Renumbered  # the replay, wait edges and cases in the store's rows
     stats: list[ClassStats]
+    approximate: int  # classes whose percentiles are from a histogram (class_stats)
     forced: ForcedReleases
     unmatched: int
     irq_leaked: int
@@ -205,6 +126,12 @@ def conclude(trace: Trace, g: Gathered, nesting: NestingJudge | None,
     forced_note = missing.warning(health.forced_releases)
     if forced_note:
         health.warnings.append(forced_note)
+    if g.approximate:
+        health.warnings.append(
+            f"the hold and wait percentiles (p50, p99) of {g.approximate} lock class(es) with "
+            f"more than {EXACT_VALUES:,} acquisitions are read from a histogram of "
+            f"{SUB_BUCKETS} buckets per power of two (within ~{100 / SUB_BUCKETS:.1f} %); "
+            f"counts, means and maxima are exact")
     if cx.honoured_nesting:
         health.warnings.append(
             f"{cx.honoured_nesting} same-class nesting(s) annotated with *_nested() "

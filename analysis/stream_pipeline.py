@@ -34,11 +34,11 @@ import pandas as pd
 
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import missing, pipeline, row_store, rt_rules, waits
-from tracedep.analysis.acquisitions import concat_frames
 from tracedep.analysis.alloc_stream import AllocationStream
+from tracedep.analysis.class_stats import StatsAcc
 from tracedep.analysis.class_stream import ClassEngine, ClassPlan, join_frames, whole_timestamps
 from tracedep.analysis.coverage import ModuleCoverage, coverage
-from tracedep.analysis.findings import Analysis, ClassStats
+from tracedep.analysis.findings import Analysis
 from tracedep.analysis.health import ForcedClass, ForcedReleases
 from tracedep.analysis.heldlocks import Replayer
 from tracedep.analysis.hold_stream import HoldStream
@@ -199,26 +199,6 @@ class _Forced:
 
 
 @dataclass
-class _Stats:
-    """The class statistics of the acquisitions as they settle: the columns
-    ``pipeline.class_stats`` reads, kept until the end (16-odd bytes an acquisition;
-    DESIGN "Memory" says what bounds them next)."""
-
-    table: list[lock_classes.LockClass]
-    parts: list[pd.DataFrame] = field(default_factory=list)
-
-    def add(self, a: pd.DataFrame) -> None:
-        if len(a):
-            self.parts.append(a[["acq", "cls", "lock_type", "ctx", "ts_acquire",
-                                 "ts_acquired", "ts_release"]])
-
-    def finish(self, usage: dict[int, dict[str, int]]) -> list[ClassStats]:
-        if not self.parts:
-            return []
-        return pipeline.class_stats(concat_frames(self.parts), self.table, usage)
-
-
-@dataclass
 class Replayed:
     """Pass 3's results."""
 
@@ -249,7 +229,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
     builder, holds = WaitBuilder(len(table)), HoldStream()
     allocs = (AllocationStream(syms) if rt_rules.judged(getattr(namer, "scope", None),
                                                          t.lock_types) else None)
-    stats, forced = _Stats(table), _Forced()
+    stats, forced = StatsAcc(table), _Forced()
     mods = pipeline.module_names(t)
     hits = dict.fromkeys(mods, 0)
     held_open = _Open()
@@ -310,7 +290,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
     owned = {m: ModuleCoverage(sum(c.module == m for c in table), hits[m]) for m in mods}
     gathered = pipeline.Gathered(
         table, builder.finish(), row_store.RowStore(schema.empty(), np.zeros(0, np.int64)),
-        row_store.Renumbered(rep, {}, [], {}), stats.finish(rep.usage),
+        row_store.Renumbered(rep, {}, [], {}), stats.finish(rep.usage), stats.approximate(),
         forced.summary(unseen), rep.unmatched_releases, rep.irq_leaked, s.events, owned)
     acqs = pd.concat(kept, ignore_index=True).sort_values("acq").reset_index(drop=True)
     rep.acquisitions = acqs
