@@ -84,8 +84,9 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
     from tracedep.analysis.pipeline import analyze
     from tracedep.analysis.stream_pipeline import analyze_run, too_long
     from tracedep.analysis.trace import load, load_run
-    from tracedep.common import run_manifest
+    from tracedep.common import heap, run_manifest
     from tracedep.reports.serialize import write_run_outputs
+    from tracedep.tracer import schema
     from tracedep.vm.debug_packages import debug_vmlinux
 
     def vml_of(trace: Trace) -> Path | None:
@@ -95,7 +96,9 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
 
     if source.is_dir() and (stream or (decoded.cut is not None if decoded is not None
                                        else too_long(run_manifest.read(source)))):
-        del decoded  # the first events only: the stream reads them all again
+        if decoded is not None:  # its first events only: the stream reads them all again
+            decoded.events = schema.empty()
+            heap.give_back()
         vml: Path | None = None
 
         def aids(t: Trace) -> tuple[NestingJudge | None, ClassNamer | None]:

@@ -23,6 +23,9 @@ measurement runs in a fresh process, so peak RSS is that stage's:
              replay, rules, class statistics); no DWARF
   together   load + analyze in one process (what ``tracedep analyze --no-dwarf``
              costs before writing reports)
+  streamed   analysis.stream_pipeline.analyze_run: the same analysis a window at a
+             time (four decodes; what a trace longer than memory gets, and
+             ``tracedep analyze --stream``): its peak should stay flat
 
 ev/s is events per wall second and ev/cpu-s per CPU second of the child (the
 child is single-threaded, so ev/cpu-s is the one-core rate, less sensitive to
@@ -102,6 +105,14 @@ def child(stage: str, run: Path) -> None:
         a = analyze(tr)
         out.update(analyze_s=time.perf_counter() - t1, analyze_cpu_s=_cpu() - c1,
                    rss_mb=_rss_mb(), findings=len(a.findings), classes=len(a.classes))
+    elif stage == "streamed":
+        from tracedep.analysis.stream_pipeline import analyze_run
+        from tracedep.common import run_manifest
+
+        c0, t0 = _cpu(), time.perf_counter()
+        a, _ = analyze_run(run, run_manifest.read(run))
+        out.update(events=a.health.events, streamed_s=time.perf_counter() - t0,
+                   streamed_cpu_s=_cpu() - c0, rss_mb=_rss_mb(), findings=len(a.findings))
     elif stage == "profile":
         import cProfile
         import io
@@ -249,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true",
                     help="also profile analyze on the full trace (cProfile)")
-    ap.add_argument("--child", choices=("decode", "stream", "analyze", "profile"),
+    ap.add_argument("--child", choices=("decode", "stream", "analyze", "streamed", "profile"),
                     help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -271,11 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host: {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     row = ("{:>5} {:>9} {:>7} | {:>7} {:>9} {:>10} {:>6} | {:>10} {:>6} | {:>7} {:>7} {:>9} "
-           "{:>10} {:>6} {:>5} | {:>8} {:>9} {:>10} {:>6} | {:>5}")
+           "{:>10} {:>6} {:>5} | {:>8} {:>9} {:>10} {:>6} | {:>10} {:>6} | {:>5}")
     print()
     print(row.format("size", "events", "MB", "dec s", "dec ev/s", "ev/cpu-s", "RSS",
                      "str ev/cpu", "RSS", "load s", "an s", "an ev/s", "ev/cpu-s", "RSS", "+an",
-                     "total s", "tot ev/s", "ev/cpu-s", "RSS", "load1"))
+                     "total s", "tot ev/s", "ev/cpu-s", "RSS", "strm ev/cpu", "RSS",
+                     "load1"))
     full: dict[str, Any] = {}
     for frac in fracs:
         d = prefix_run(run, frac)
@@ -286,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         dec_rss = max(x["rss_mb"] for x in decs)
         st = run_child("stream", d)
         an = run_child("analyze", d)
+        sm = run_child("streamed", d)
         n = an["events"]
         tot_s = an["load_s"] + an["analyze_s"]
         tot_cpu = an["load_cpu_s"] + an["analyze_cpu_s"]
@@ -297,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{n / an['analyze_cpu_s']:.0f}", f"{an['rss_mb']:.0f}",
             f"{max(0.0, an['rss_mb'] - an['rss_load_mb']):.0f}",
             f"{tot_s:.2f}", f"{n / tot_s:.0f}", f"{n / tot_cpu:.0f}", f"{an['rss_mb']:.0f}",
+            f"{sm['events'] / sm['streamed_cpu_s']:.0f}", f"{sm['rss_mb']:.0f}",
             f"{an['load1']:.1f}"), flush=True)
+        if sm["findings"] != an["findings"]:
+            print(f"  the streamed analysis found {sm['findings']} findings, the whole frame's "
+                  f"{an['findings']}")
         if frac >= 1:
             full = {"events": n, "tot_cpu": tot_cpu, "tot_s": tot_s, "dec_cpu": dec_cpu,
                     "an_cpu": an["analyze_cpu_s"], "findings": an["findings"],
@@ -305,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("RSS = peak resident MB of the child (after imports it is "
           f"{decs[0]['rss_base_mb']:.0f} MB); +an = peak added by analyze over load; "
-          "str = the stream decoder's windows alone (tracer.decode_stream), no frame kept.")
+          "str = the stream decoder's windows alone (tracer.decode_stream), no frame kept; "
+          "strm = the whole analysis a window at a time (analysis.stream_pipeline).")
     if full:
         n = full["events"]
         rate = n / full["tot_cpu"]

@@ -1,15 +1,16 @@
 """How many events of a trace the analysis can hold in this machine's memory.
 
-The analysis holds the whole events frame and the replay's acquisitions at once
-(issue 15: it does not stream yet), so its peak grows with the trace.  Measured with
-``bench/bench_analysis.py`` on 90 s of the saturating benchmark load (2026-12-07,
-decode and replay in C, the heap handed back between stages): 374 MB at 1.37 M
-events, 1,003 MB at 5.45 M and 3,406 MB at 21.9 M, i.e. ~152 bytes an event above
-the imports; ``tracedep analyze --no-dwarf`` of Debian's drivers (8.47 M events)
-peaked at 1,452 MB.  A trace longer than the memory allows used to end in the
-kernel's OOM killer and no report at all; now the decode keeps the events that fit
-(the first ones, in time order), still reads the rest for its counts and losses, and
-every report says where the analysis stopped (``analysis.trace.completeness``).
+The whole-frame analysis holds the events frame and the replay's acquisitions at
+once, so its peak grows with the trace.  Measured with ``bench/bench_analysis.py`` on
+90 s of the saturating benchmark load (2026-12-07, decode and replay in C, the heap
+handed back between stages): 374 MB at 1.37 M events, 1,003 MB at 5.45 M and 3,406 MB
+at 21.9 M, i.e. ~152 bytes an event above the imports; ``tracedep analyze --no-dwarf``
+of Debian's drivers (8.47 M events) peaked at 1,452 MB.  A run whose trace holds more
+events than fit is analysed a window at a time instead (analysis.stream_pipeline, the
+same findings in bounded memory).  What cannot stream keeps the first events that fit
+(in time order), still reads the rest for its counts and losses, and every report says
+where the analysis stopped (``analysis.trace.completeness``): a text trace, and a run
+whose event count is unknown (its own decode failed).
 
 The limit is ``TRACEDEP_MAX_MEMORY`` (bytes, or with a K/M/G suffix: ``1.5G``) when
 set, else 80 % of what the machine can give: ``MemAvailable`` from
