@@ -277,7 +277,9 @@ def static_lock_addresses(table: dict[str, dict[str, Any]], info: RunManifest,
     loads: dict[str, list[dict[str, int]]] = {}
     for m in info.modules:
         starts = load_ts.get(m.name, [])
-        spans = list(zip(starts, [*starts[1:], 1 << 62], strict=True))
+        # each traced load lasts until the next (none traced yet: a window of the stream
+        # that comes before the module_load event)
+        spans = list(zip(starts, [*starts[1:], 1 << 62], strict=True)) if starts else []
         loads[m.name] = [ld.sections for _, _, ld in load_sections(
             m.loads, spans, told.get(m.name, []))]
     out: dict[int, int] = {}
