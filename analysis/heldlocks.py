@@ -58,7 +58,13 @@ import pandas as pd
 
 from tracedep.analysis import replay_native
 from tracedep.analysis.acquisitions import FORCED_CODE, AcqTable
-from tracedep.analysis.replay_inputs import replay_inputs, switch_baseline
+from tracedep.analysis.replay_inputs import (
+    irq_context,
+    replay_inputs,
+    switch_baseline,
+    task_contexts,
+    task_key,
+)
 from tracedep.analysis.replay_types import (
     ACQ_COLUMNS,
     ENABLED_HARDIRQ,
@@ -94,31 +100,6 @@ __all__ = [
     "USED_IN_HARDIRQ", "USED_IN_HARDIRQ_READ", "USED_IN_SOFTIRQ", "USED_IN_SOFTIRQ_READ",
     "Replayer", "irq_context", "replay", "task_contexts", "task_key",
 ]
-
-
-def task_key(pid: int, cpu: int) -> int:
-    """Whose held locks an event is about: its task, or its CPU's idle task (pid 0)."""
-    return pid if pid > 0 else -1 - cpu
-
-
-def task_contexts(events: pd.DataFrame, rows: np.ndarray) -> tuple[list[int], list[str]]:
-    """The replay's (task, IRQ context) keys of event rows, for passes after it."""
-    e = {c: events[c].to_numpy()[rows] for c in ("pid", "cpu", "in_hardirq", "in_softirq",
-                                                  "in_nmi")}
-    tasks = [task_key(int(p), int(c)) for p, c in zip(e["pid"], e["cpu"], strict=True)]
-    ctxs = [irq_context(bool(h), bool(s), bool(n)) for h, s, n in
-            zip(e["in_hardirq"], e["in_softirq"], e["in_nmi"], strict=True)]
-    return tasks, ctxs
-
-
-def irq_context(hard: bool, soft: bool, nmi: bool) -> str:
-    if nmi:
-        return "nmi"
-    if hard:
-        return "hardirq"
-    if soft:
-        return "softirq"
-    return "process"
 
 
 def replay(events: pd.DataFrame, classes: np.ndarray,

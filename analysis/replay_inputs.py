@@ -62,3 +62,28 @@ def replay_inputs(events: pd.DataFrame, untraced: frozenset[int]
         col("bh_off"), col("in_hardirq"), col("in_softirq"), col("in_nmi"),
         col("preempt_depth"), col("kind"), col("lock_type"), col("lock_flags"),
         col("value"), col("event"), col("target_pid"))
+
+
+def task_key(pid: int, cpu: int) -> int:
+    """Whose held locks an event is about: its task, or its CPU's idle task (pid 0)."""
+    return pid if pid > 0 else -1 - cpu
+
+
+def task_contexts(events: pd.DataFrame, rows: np.ndarray) -> tuple[list[int], list[str]]:
+    """The replay's (task, IRQ context) keys of event rows, for passes after it."""
+    e = {c: events[c].to_numpy()[rows] for c in ("pid", "cpu", "in_hardirq", "in_softirq",
+                                                  "in_nmi")}
+    tasks = [task_key(int(p), int(c)) for p, c in zip(e["pid"], e["cpu"], strict=True)]
+    ctxs = [irq_context(bool(h), bool(s), bool(n)) for h, s, n in
+            zip(e["in_hardirq"], e["in_softirq"], e["in_nmi"], strict=True)]
+    return tasks, ctxs
+
+
+def irq_context(hard: bool, soft: bool, nmi: bool) -> str:
+    if nmi:
+        return "nmi"
+    if hard:
+        return "hardirq"
+    if soft:
+        return "softirq"
+    return "process"
