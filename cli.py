@@ -82,7 +82,7 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
     read a window at a time (analysis.stream_pipeline)."""
     from tracedep.analysis.dwarf_pass import dwarf_aids, symbolize
     from tracedep.analysis.pipeline import analyze
-    from tracedep.analysis.stream_pipeline import analyze_run, too_long
+    from tracedep.analysis.stream_pipeline import How, analyze_run, too_long
     from tracedep.analysis.trace import load, load_run
     from tracedep.common import heap, run_manifest
     from tracedep.reports.serialize import write_run_outputs
@@ -106,7 +106,8 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
             vml = vml_of(t)
             return dwarf_aids(t, vml) if dwarf else (None, None)
 
-        a, trace = analyze_run(source, run_manifest.read(source), aids)
+        a, trace = analyze_run(source, run_manifest.read(source), aids, How(
+            say=lambda line: print(line, file=sys.stderr, flush=True)))
     else:
         trace = load_run(source, decoded) if decoded is not None else load(source, kallsyms)
         vml = vml_of(trace)

@@ -43,7 +43,7 @@ from tracedep.analysis.health import ForcedClass, ForcedReleases
 from tracedep.analysis.heldlocks import Replayer
 from tracedep.analysis.hold_stream import HoldStream
 from tracedep.analysis.nesting import NestingJudge
-from tracedep.analysis.replay_types import RowSet
+from tracedep.analysis.replay_types import Replay, RowSet
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace import completeness, module_load_times, place_fixed_locks
 from tracedep.analysis.trace_model import Trace
@@ -67,12 +67,43 @@ def too_long(info: RunManifest) -> bool:
     return rows is not None and n is not None and n > rows
 
 
-def windows(run_dir: Path, info: RunManifest, batch_pages: int | None = None
+@dataclass
+class How:
+    """How a stream reads the trace: ``batch_pages`` per CPU and batch (the decoder's
+    default if None; tests make them small), and ``say``: where its progress lines go
+    (a terminal's stderr), one per pass and every ``every_s`` seconds within one."""
+
+    batch_pages: int | None = None
+    say: Callable[[str], None] | None = None
+    every_s: float = 30.0
+    total: int | None = None  # the trace's events, when the run counted them
+
+
+def windows(run_dir: Path, info: RunManifest, how: How | None = None, label: str = ""
             ) -> tuple[StreamDecoder, Iterator[Window]]:
     """A fresh decode of the run, its windows cut where no time stamp is split."""
-    dec = (StreamDecoder(run_dir, info) if batch_pages is None
-           else StreamDecoder(run_dir, info, batch_pages))
-    return dec, whole_timestamps(dec.windows())
+    how = how or How()
+    dec = (StreamDecoder(run_dir, info) if how.batch_pages is None
+           else StreamDecoder(run_dir, info, how.batch_pages))
+    wins = whole_timestamps(dec.windows())
+    return dec, (_metered(wins, how, label) if how.say is not None else wins)
+
+
+def _metered(wins: Iterator[Window], how: How, label: str) -> Iterator[Window]:
+    assert how.say is not None
+    t0 = last = time.monotonic()
+    rows = 0
+    for w in wins:
+        yield w
+        rows += len(w.events)
+        now = time.monotonic()
+        if now - last >= how.every_s:
+            last = now
+            of = f" of {how.total:,} ({100 * rows / how.total:.0f} %)" if how.total else ""
+            how.say(f"tracedep: analysis {label}: {rows:,} events{of}, "
+                    f"{rows / max(now - t0, 1e-9):,.0f} events/s")
+    how.say(f"tracedep: analysis {label}: done, {rows:,} events in "
+            f"{time.monotonic() - t0:.0f} s")
 
 
 @dataclass
@@ -85,8 +116,8 @@ class Survey:
     per_cpu: dict[int, int]  # rows per CPU
 
 
-def survey(run_dir: Path, info: RunManifest, batch_pages: int | None = None) -> Survey:
-    dec, wins = windows(run_dir, info, batch_pages)
+def survey(run_dir: Path, info: RunManifest, how: How | None = None) -> Survey:
+    dec, wins = windows(run_dir, info, how, "pass 1/4 (survey)")
     loads: list[pd.DataFrame] = []
     depths = np.zeros(1, dtype=np.int64)
     n = 0
@@ -130,12 +161,12 @@ class Plans:
 
 
 def class_plans(s: Survey, namer: lock_classes.ClassNamer | None,
-                batch_pages: int | None = None) -> Plans:
+                how: How | None = None) -> Plans:
     """Pass 2: the class engines' first pass."""
     t = s.trace
     locks, objects = ClassEngine(t.symbols, namer), ClassEngine(t.symbols, namer)
     warned: set[str] = set()
-    _, wins = windows(t.source, t.info, batch_pages)
+    _, wins = windows(t.source, t.info, how, "pass 2/4 (lock classes)")
     for w in wins:
         warned.update(place_fixed_locks(w.events, t.symbols))
         locks.feed(w.events, w.row0)
@@ -202,8 +233,7 @@ class _Forced:
 class Replayed:
     """Pass 3's results."""
 
-    gathered: pipeline.Gathered | None  # its store and renumbering come with pass 4
-    replay: object
+    replay: Replay
     wait_graph: waits.WaitGraph
     cases: list[row_store.AllocationCase]
     kept: pd.DataFrame  # the acquisitions sleeps hold (column ``acq``)
@@ -212,7 +242,7 @@ class Replayed:
 
 # long: the window loop, one step per consumer of the replay, read best in order
 def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
-                batch_pages: int | None = None) -> tuple[pipeline.Gathered, Replayed]:
+                how: How | None = None) -> tuple[pipeline.Gathered, Replayed]:
     t = s.trace
     info, syms = t.info, t.symbols
     table = plans.locks.table
@@ -238,7 +268,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
     kept: list[pd.DataFrame] = []
     gaps: list[np.ndarray] = []
     carry = np.zeros(0, dtype=np.int64)  # suspect rows of calls still pending
-    _, wins = windows(t.source, info, batch_pages)
+    _, wins = windows(t.source, info, how, "pass 3/4 (held locks, waits)")
     for w in wins:
         ev, row0 = w.events, w.row0
         place_fixed_locks(ev, syms)
@@ -294,7 +324,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
         forced.summary(unseen), rep.unmatched_releases, rep.irq_leaked, s.events, owned)
     acqs = pd.concat(kept, ignore_index=True).sort_values("acq").reset_index(drop=True)
     rep.acquisitions = acqs
-    return gathered, Replayed(None, rep, gathered.waits, cases, acqs,
+    return gathered, Replayed(rep, gathered.waits, cases, acqs,
                               np.concatenate(gaps) if gaps else np.zeros(0, np.int64))
 
 
@@ -320,14 +350,14 @@ def _ends(cand: pd.DataFrame, ev: pd.DataFrame, row0: int, forced: dict[int, int
     return end
 
 
-def store_pass(s: Survey, rep: object, wg: waits.WaitGraph,
+def store_pass(s: Survey, rep: Replay, wg: waits.WaitGraph,
                cases: list[row_store.AllocationCase], gap_rows: np.ndarray,
-               batch_pages: int | None = None) -> row_store.RowStore:
+               how: How | None = None) -> row_store.RowStore:
     """Pass 4: the rows the rules read, as the whole frame has them (the task names
     the trace ends with, as ``decode_run`` gives them)."""
-    want = row_store.named_rows(rep, wg.edges, gap_rows, cases)  # type: ignore[arg-type]
+    want = row_store.named_rows(rep, wg.edges, gap_rows, cases)
     t = s.trace
-    dec, wins = windows(t.source, t.info, batch_pages)
+    dec, wins = windows(t.source, t.info, how, "pass 4/4 (witness rows)")
     parts: list[pd.DataFrame] = []
     for w in wins:
         ev, row0 = w.events, w.row0
@@ -341,21 +371,24 @@ def store_pass(s: Survey, rep: object, wg: waits.WaitGraph,
 
 
 def analyze_run(run_dir: Path, info: RunManifest, aids: Aids | None = None,
-                batch_pages: int | None = None) -> tuple[Analysis, Trace]:
+                how: How | None = None) -> tuple[Analysis, Trace]:
     """The analysis of a run directory a window at a time: the findings, edges and
     health ``pipeline.analyze`` gives over the whole frame; and the run as a Trace
     whose events are the store's (what the DWARF pass and the report read).
     ``aids``: the nesting judge and heap namer for the trace (cli's DWARF aids)."""
     t0 = time.monotonic()
-    s = survey(run_dir, info, batch_pages)
+    how = how or How()
+    if how.total is None:
+        how.total = info.lost.decoded_events
+    s = survey(run_dir, info, how)
     nesting, namer = aids(s.trace) if aids is not None else (None, None)
-    plans = class_plans(s, namer, batch_pages)
+    plans = class_plans(s, namer, how)
     s.trace.warnings += plans.fixed_warnings
     heap.give_back()
-    g, r = replay_pass(s, plans, namer, batch_pages)
+    g, r = replay_pass(s, plans, namer, how)
     heap.give_back()
-    store = store_pass(s, r.replay, r.wait_graph, r.cases, r.gap_rows, batch_pages)
+    store = store_pass(s, r.replay, r.wait_graph, r.cases, r.gap_rows, how)
     g.store = store
-    g.kept = row_store.renumber(store, r.replay, r.wait_graph.edges, r.cases)  # type: ignore[arg-type]
+    g.kept = row_store.renumber(store, r.replay, r.wait_graph.edges, r.cases)
     s.trace.events = store.events
     return pipeline.conclude(s.trace, g, nesting, namer, t0), s.trace

@@ -31,7 +31,8 @@ def _comparable(a: Analysis) -> dict[str, object]:
 
 
 def _streamed(path: Path, batch: int | None) -> Analysis:
-    a, _ = stream_pipeline.analyze_run(path, run_manifest.read(path), None, batch)
+    a, _ = stream_pipeline.analyze_run(path, run_manifest.read(path), None,
+                                       stream_pipeline.How(batch))
     return a
 
 
@@ -75,7 +76,7 @@ def test_the_survey_counts_what_the_whole_decode_holds(path: Path) -> None:
     from tracedep.tracer.decode_stream import decode_run
 
     whole = decode_run(path, run_manifest.read(path))
-    s = stream_pipeline.survey(path, run_manifest.read(path), 1)
+    s = stream_pipeline.survey(path, run_manifest.read(path), stream_pipeline.How(1))
     assert s.events == len(whole.events) and s.trace.stacks == whole.stacks
     assert s.per_cpu == whole.rows_per_cpu()
     assert s.baseline == switch_baseline(whole.events)
