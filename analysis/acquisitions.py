@@ -121,13 +121,16 @@ def text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Drained frames (``heldlocks.Replayer.drain``, and ``finish()``'s after a drain) as
-    one, in ``acq`` order: the acquisitions table of the replay so far.  ``lock_type``
-    takes the categories of the frame that saw the most lock types (every other
-    frame's are a prefix of them); pd.concat would make it an object column."""
+    """Drained frames (``heldlocks.Replayer.drain``, and ``finish()``'s after a drain), in
+    the order they were made, as one in ``acq`` order: the acquisitions table of the
+    replay so far.  ``lock_type`` takes the categories of the latest frame that saw the
+    most lock types (every other frame's are a prefix of them, but for the ``[""]`` of
+    a frame made before the first acquisition); pd.concat would make it an object
+    column."""
     if not frames:
         raise ValueError("no frames to join")
-    types = max((f["lock_type"].cat.categories for f in frames), key=len)
+    types = max(((len(c), i, c) for i, c in enumerate(
+        f["lock_type"].cat.categories for f in frames)), key=lambda t: t[:2])[2]
     out = pd.concat([f.assign(lock_type=f["lock_type"].cat.set_categories(types))
                      for f in frames], ignore_index=True)
     return out.sort_values("acq", kind="stable", ignore_index=True)
