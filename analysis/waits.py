@@ -48,6 +48,24 @@ _FAR = np.iinfo(np.int64).max
 _WINDOW = 1 << 14  # rows: a hold longer than this is looked at by every question
 
 
+def hold_ends(rep: Replay, ts: np.ndarray) -> np.ndarray:
+    """The row at which each of the replay's acquisitions stopped being held (``_FAR``:
+    never), from its whole table; ``ts``: the trace's time stamps."""
+    a = rep.acquisitions
+    end = a["release_row"].to_numpy(dtype=np.int64).copy()
+    # released where no row says (handed to a task whose events are filtered, as the
+    # runqueue lock to a trace pump): the time says
+    t_rel = a["ts_release"].to_numpy(dtype=np.int64)
+    timed = (end < 0) & (t_rel >= 0)
+    end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
+    for fo in rep.forced:
+        end[fo.acq] = fo.row
+    for acq, row in rep.irq_ended:  # an interrupt's lock whose unlock was missed
+        end[acq] = row
+    end[end < 0] = _FAR
+    return end
+
+
 class _Holds:
     """Which locks a (task, context) held at an event row, from the replay."""
 
@@ -59,18 +77,7 @@ class _Holds:
         a = rep.acquisitions
         if a.empty or not tasks:
             return
-        end = a["release_row"].to_numpy(dtype=np.int64).copy()
-        # released where no row says (handed to a task whose events are filtered, as
-        # the runqueue lock to a trace pump): the time says
-        t_rel = a["ts_release"].to_numpy(dtype=np.int64)
-        timed = (end < 0) & (t_rel >= 0)
-        end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
-        for fo in rep.forced:
-            end[fo.acq] = fo.row
-        for acq, row in rep.irq_ended:  # an interrupt's lock whose unlock was missed
-            end[acq] = row
-        end[end < 0] = _FAR
-        self._index(a, end, tasks)
+        self._index(a, hold_ends(rep, ts), tasks)
 
     @classmethod
     def of(cls, a: pd.DataFrame, end: np.ndarray, tasks: set[int]) -> Self:

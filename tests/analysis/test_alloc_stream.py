@@ -39,26 +39,11 @@ def _whole(path: Path | Trace) -> tuple[pd.DataFrame, Replay, object]:
     return seen[0]
 
 
-def _settle_rows(rep: Replay, ts: np.ndarray) -> np.ndarray:
-    """The row at which the replay settles each acquisition (never: beyond every row)."""
-    a = rep.acquisitions
-    end = a["release_row"].to_numpy(dtype=np.int64).copy()
-    t_rel = a["ts_release"].to_numpy(dtype=np.int64)
-    timed = (end < 0) & (t_rel >= 0)
-    end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
-    for fo in rep.forced:
-        end[fo.acq] = fo.row
-    for acq, row in rep.irq_ended:
-        end[acq] = row
-    end[end < 0] = waits._FAR
-    return end
-
-
 def _streamed(ev: pd.DataFrame, rep: Replay, symbols, size: int  # type: ignore[no-untyped-def]
               ) -> list[AllocationCase]:
     acqs = rep.acquisitions.assign(acq=np.arange(len(rep.acquisitions), dtype=np.int64))
     start = acqs["row"].to_numpy(dtype=np.int64)
-    end = _settle_rows(rep, ev["ts_ns"].to_numpy())
+    end = waits.hold_ends(rep, ev["ts_ns"].to_numpy())  # where the replay settles each
     # an open acquisition as the replay shows it: not released, not forced, not handed
     still = acqs.copy()
     still["release_row"] = -1

@@ -23,7 +23,6 @@ from recorded_traces import DATA, FIXTURES, RUNS, load_any, rows_of, with_gap_in
 from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import pipeline, waits
 from tracedep.analysis.hold_stream import HoldStream
-from tracedep.analysis.replay_types import Replay
 from tracedep.analysis.trace_model import Trace
 from tracedep.analysis.wait_stream import WaitBuilder, WaitGraph
 from tracedep.tracer import schema
@@ -47,6 +46,17 @@ def _inputs(t: Trace) -> dict[str, Any]:
     return got
 
 
+def _object_classes(inp: dict[str, Any], obj: np.ndarray
+                    ) -> tuple[waits.ObjectRows, dict[int, int], list[Any]]:
+    """The object rows, and the whole trace's class of each with an address (what a
+    stream's class plan gives)."""
+    ev = inp["ev"]
+    probe = waits.object_rows(ev, obj, 0, lambda at: (np.zeros(len(at), np.int64), []))
+    with_addr = obj[probe.has_addr()]
+    ids, table = lock_classes.assign(ev, inp["symbols"], with_addr, inp["namer"])
+    return probe, dict(zip(with_addr.tolist(), ids.tolist(), strict=True)), table
+
+
 def _windowed(inp: dict[str, Any], size: int) -> WaitGraph:
     ev = inp["ev"]
     kinds = ev["kind"]
@@ -55,10 +65,7 @@ def _windowed(inp: dict[str, Any], size: int) -> WaitGraph:
     b = WaitBuilder(inp["base"])
     if not len(obj):
         return b.finish()
-    probe = waits.object_rows(ev, obj, 0, lambda at: (np.zeros(len(at), np.int64), []))
-    with_addr = obj[probe.has_addr()]
-    ids, table = lock_classes.assign(ev, inp["symbols"], with_addr, inp["namer"])
-    cls_of = dict(zip(with_addr.tolist(), ids.tolist(), strict=True))
+    probe, cls_of, table = _object_classes(inp, obj)
     holds = waits._Holds(inp["rep"], set(probe.tasks), ev["ts_ns"].to_numpy())
     for lo in range(0, len(ev), size):
         hi = min(lo + size, len(ev))
@@ -145,21 +152,6 @@ def test_the_changed_traces_change_the_graph() -> None:
     assert g == plain
 
 
-def _ends(rep: Replay, ts: np.ndarray) -> np.ndarray:
-    """Where each acquisition's hold ended, as waits._Holds reads it from the replay."""
-    a = rep.acquisitions
-    end = a["release_row"].to_numpy(dtype=np.int64).copy()
-    t_rel = a["ts_release"].to_numpy(dtype=np.int64)
-    timed = (end < 0) & (t_rel >= 0)
-    end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
-    for fo in rep.forced:
-        end[fo.acq] = fo.row
-    for acq, row in rep.irq_ended:
-        end[acq] = row
-    end[end < 0] = waits._FAR
-    return end
-
-
 def _streamed(inp: dict[str, Any], size: int) -> WaitGraph:
     """The builder fed a window at a time with holds from what a replay would have said
     at each window's end: the acquisitions that ended in it (with their end) and those
@@ -171,13 +163,10 @@ def _streamed(inp: dict[str, Any], size: int) -> WaitGraph:
     b = WaitBuilder(inp["base"])
     if not len(obj):
         return b.finish()
-    probe = waits.object_rows(ev, obj, 0, lambda at: (np.zeros(len(at), np.int64), []))
-    with_addr = obj[probe.has_addr()]
-    ids, table = lock_classes.assign(ev, inp["symbols"], with_addr, inp["namer"])
-    cls_of = dict(zip(with_addr.tolist(), ids.tolist(), strict=True))
+    probe, cls_of, table = _object_classes(inp, obj)
     acqs = rep.acquisitions.assign(acq=np.arange(len(rep.acquisitions), dtype=np.int64))
     start = acqs["row"].to_numpy(dtype=np.int64)
-    end = _ends(rep, ev["ts_ns"].to_numpy())
+    end = waits.hold_ends(rep, ev["ts_ns"].to_numpy())
     hs = HoldStream()
     for lo in range(0, len(ev), size):
         hi = min(lo + size, len(ev))
