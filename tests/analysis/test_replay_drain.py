@@ -150,30 +150,15 @@ def test_damaged_fixtures(fixture: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize("seed", range(8))
 def test_random_traces(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    ev = random_events(rng, 1000)
-    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    cor = {int(r): int(ev["lock_addr"].iat[r]) // 0x40 % 7 for r in rows
-           if rng.random() < .95}
-    settings = [bool(b) for b in rng.integers(0, 2, 3)]
-    suspect = frozenset(int(r) for r in rows if rng.random() < .3)
-    rep = check(ev, class_array(len(ev), cor), settings[0], frozenset({9}), settings[1],
-                depth_counts_spin=settings[2], suspect_rows=suspect,
-                holder_on_stack=_holder(seed) if seed % 4 else None,
-                own_classes=frozenset({1, 3}))
+    ev, cls, args, kw = rn.random_case(seed)
+    rep = check(ev, cls, *args, **kw)
     assert len(rep.acquisitions) and rep.forced
 
 
 @pytest.mark.parametrize("seed", range(2))
 def test_random_traces_every_setting(seed: int) -> None:
-    ev = random_events(np.random.default_rng(100 + seed), 400)
-    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    cor = class_array(len(ev), {int(r): int(ev["lock_addr"].iat[r]) // 0x40 % 5 for r in rows})
-    suspect = frozenset(int(r) for r in rows[::3])
-    for bits in range(16):
-        check(ev, cor, bool(bits & 1), frozenset({9}) if bits & 8 else frozenset(),
-              bool(bits & 2), depth_counts_spin=bool(bits & 4), suspect_rows=suspect,
-              holder_on_stack=_holder(bits), own_classes=frozenset({2}), chunks=(7,))
+    for _, ev, cor, args, kw in rn.setting_cases(seed):
+        check(ev, cor, *args, chunks=(7,), **kw)
 
 
 def test_long_random_traces_free_blocks() -> None:

@@ -27,7 +27,7 @@ import gc
 import importlib.util
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -300,34 +300,48 @@ def _holder(seed: int) -> Callable[[int, int], bool | None]:
     return ask
 
 
-@pytest.mark.parametrize("seed", range(16))
-def test_random_traces(seed: int) -> None:
+def random_case(seed: int) -> tuple[pd.DataFrame, np.ndarray, tuple[Any, ...], dict[str, Any]]:
+    """A random trace and replay settings: (events, classes, args, keywords) of
+    ``check``.  Classes are shared by several locks; some rows have none (-1)."""
     rng = np.random.default_rng(seed)
     ev = random_events(rng, 1000)
     rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    # classes shared by several locks; some rows have none (-1)
     cor = {int(r): int(ev["lock_addr"].iat[r]) // 0x40 % 7 for r in rows
            if rng.random() < .95}
     settings = [bool(b) for b in rng.integers(0, 2, 3)]
     suspect = frozenset(int(r) for r in rows if rng.random() < .3)
-    rep = check(ev, class_array(len(ev), cor), settings[0], frozenset({9}), settings[1],
-                depth_counts_spin=settings[2], suspect_rows=suspect,
-                holder_on_stack=_holder(seed) if seed % 4 else None,
-                own_classes=frozenset({1, 3}))
+    return (ev, class_array(len(ev), cor), (settings[0], frozenset({9}), settings[1]),
+            {"depth_counts_spin": settings[2], "suspect_rows": suspect,
+             "holder_on_stack": _holder(seed) if seed % 4 else None,
+             "own_classes": frozenset({1, 3})})
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_traces(seed: int) -> None:
+    ev, cls, args, kw = random_case(seed)
+    rep = check(ev, cls, *args, **kw)
     assert len(rep.acquisitions) and rep.forced
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_traces_every_setting(seed: int) -> None:
+def setting_cases(seed: int) -> Iterator[tuple[int, pd.DataFrame, np.ndarray,
+                                               tuple[Any, ...], dict[str, Any]]]:
+    """One random trace under each of the 16 combinations of the replay's settings:
+    (the combination's bits, events, classes, args, keywords) of ``check``."""
     ev = random_events(np.random.default_rng(100 + seed), 400)
     rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
     cor = class_array(len(ev), {int(r): int(ev["lock_addr"].iat[r]) // 0x40 % 5 for r in rows})
     suspect = frozenset(int(r) for r in rows[::3])
     for bits in range(16):
-        check(ev, cor, bool(bits & 1), frozenset({9}) if bits & 8 else frozenset(),
-              bool(bits & 2), depth_counts_spin=bool(bits & 4), suspect_rows=suspect,
-              holder_on_stack=_holder(bits), own_classes=frozenset({2}),
-              chunks=CHUNKS if bits in (0, 15) else CHUNKS[1:])
+        yield (bits, ev, cor, (bool(bits & 1), frozenset({9}) if bits & 8 else frozenset(),
+                               bool(bits & 2)),
+               {"depth_counts_spin": bool(bits & 4), "suspect_rows": suspect,
+                "holder_on_stack": _holder(bits), "own_classes": frozenset({2})})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_traces_every_setting(seed: int) -> None:
+    for bits, ev, cor, args, kw in setting_cases(seed):
+        check(ev, cor, *args, chunks=CHUNKS if bits in (0, 15) else CHUNKS[1:], **kw)
 
 
 def test_a_raising_holder_on_stack_raises() -> None:

@@ -57,8 +57,12 @@ def _object_classes(inp: dict[str, Any], obj: np.ndarray
     return probe, dict(zip(with_addr.tolist(), ids.tolist(), strict=True)), table
 
 
-def _windowed(inp: dict[str, Any], size: int) -> WaitGraph:
-    ev = inp["ev"]
+def _windowed(inp: dict[str, Any], size: int, streamed: bool = False) -> WaitGraph:
+    """The builder fed windows of ``size`` rows; holds from the whole replay, or
+    (``streamed``) from what a replay would have said at each window's end: the
+    acquisitions that ended in it (with their end) and those still open (ending beyond
+    it), nothing else."""
+    ev, rep = inp["ev"], inp["rep"]
     kinds = ev["kind"]
     obj = np.nonzero(kinds.isin(waits.OBJECT_KINDS).to_numpy())[0]
     gaps = np.nonzero((kinds == "gap").to_numpy())[0]
@@ -66,14 +70,24 @@ def _windowed(inp: dict[str, Any], size: int) -> WaitGraph:
     if not len(obj):
         return b.finish()
     probe, cls_of, table = _object_classes(inp, obj)
-    holds = waits._Holds(inp["rep"], set(probe.tasks), ev["ts_ns"].to_numpy())
+    whole = waits._Holds(rep, set(probe.tasks), ev["ts_ns"].to_numpy())
+    acqs = rep.acquisitions.assign(acq=np.arange(len(rep.acquisitions), dtype=np.int64))
+    start = acqs["row"].to_numpy(dtype=np.int64)
+    end = waits.hold_ends(rep, ev["ts_ns"].to_numpy())
+    hs = HoldStream()
     for lo in range(0, len(ev), size):
         hi = min(lo + size, len(ev))
         local = obj[(obj >= lo) & (obj < hi)] - lo
-        win = ev.iloc[lo:hi]
-        o = waits.object_rows(win, local, lo, lambda at, lo=lo: (
+        o = waits.object_rows(ev.iloc[lo:hi], local, lo, lambda at, lo=lo: (
             np.array([cls_of[int(r) + lo] for r in at], np.int64), table))
-        b.feed(o, holds, gaps[(gaps >= lo) & (gaps < hi)])
+        if not streamed:
+            b.feed(o, whole, gaps[(gaps >= lo) & (gaps < hi)])
+            continue
+        seen = (start < hi) & (end >= lo)
+        cand = acqs[seen]
+        shown = np.where(end[seen] < hi, end[seen], waits._FAR)
+        b.feed(o, hs.window(cand, shown, set(o.tasks)), gaps[(gaps >= lo) & (gaps < hi)])
+        hs.keep(cand, b.open_span_starts())
     return b.finish()
 
 
@@ -152,39 +166,10 @@ def test_the_changed_traces_change_the_graph() -> None:
     assert g == plain
 
 
-def _streamed(inp: dict[str, Any], size: int) -> WaitGraph:
-    """The builder fed a window at a time with holds from what a replay would have said
-    at each window's end: the acquisitions that ended in it (with their end) and those
-    still open (ending beyond it), nothing else."""
-    ev, rep = inp["ev"], inp["rep"]
-    kinds = ev["kind"]
-    obj = np.nonzero(kinds.isin(waits.OBJECT_KINDS).to_numpy())[0]
-    gaps = np.nonzero((kinds == "gap").to_numpy())[0]
-    b = WaitBuilder(inp["base"])
-    if not len(obj):
-        return b.finish()
-    probe, cls_of, table = _object_classes(inp, obj)
-    acqs = rep.acquisitions.assign(acq=np.arange(len(rep.acquisitions), dtype=np.int64))
-    start = acqs["row"].to_numpy(dtype=np.int64)
-    end = waits.hold_ends(rep, ev["ts_ns"].to_numpy())
-    hs = HoldStream()
-    for lo in range(0, len(ev), size):
-        hi = min(lo + size, len(ev))
-        seen = (start < hi) & (end >= lo)
-        cand = acqs[seen]
-        shown = np.where(end[seen] < hi, end[seen], waits._FAR)
-        local = obj[(obj >= lo) & (obj < hi)] - lo
-        o = waits.object_rows(ev.iloc[lo:hi], local, lo, lambda at, lo=lo: (
-            np.array([cls_of[int(r) + lo] for r in at], np.int64), table))
-        b.feed(o, hs.window(cand, shown, set(o.tasks)), gaps[(gaps >= lo) & (gaps < hi)])
-        hs.keep(cand, b.open_span_starts())
-    return b.finish()
-
-
 @pytest.mark.parametrize("which", TRACES)
 def test_holds_a_window_at_a_time_give_the_whole_frames_graph(which: str) -> None:
     inp = _inputs(_trace(which))
     whole = waits_reference.wait_graph(inp["ev"], inp["symbols"], inp["rep"], inp["base"],
                                        inp["namer"])
     for size in (1, 3, 64, 1 << 20):
-        assert _streamed(inp, size) == whole, size
+        assert _windowed(inp, size, streamed=True) == whole, size
