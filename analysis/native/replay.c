@@ -1413,11 +1413,17 @@ void td_rp_get(const rp_t *s, int64_t *types, int64_t *edges, int64_t *usage, in
 			usage[k + 2] = x->row[x->order[b]];
 		}
 	}
-	memcpy(recs, s->recs.a, (size_t)s->recs.n * sizeof(rec_t));
-	memcpy(sleeps, s->sleeps.a, (size_t)s->sleeps.n * sizeof(sleep_t));
-	memcpy(sleep_ids, s->sleep_ids.a, (size_t)s->sleep_ids.n * sizeof(int64_t));
-	memcpy(forced, s->forced.a, (size_t)s->forced.n * sizeof(forced_t));
-	memcpy(irq_ended, s->irq_ended.a, (size_t)s->irq_ended.n * sizeof(pair_t));
+	/* (an empty table's array is NULL, which memcpy may not be given even for 0 bytes) */
+	if (s->recs.n)
+		memcpy(recs, s->recs.a, (size_t)s->recs.n * sizeof(rec_t));
+	if (s->sleeps.n)
+		memcpy(sleeps, s->sleeps.a, (size_t)s->sleeps.n * sizeof(sleep_t));
+	if (s->sleep_ids.n)
+		memcpy(sleep_ids, s->sleep_ids.a, (size_t)s->sleep_ids.n * sizeof(int64_t));
+	if (s->forced.n)
+		memcpy(forced, s->forced.a, (size_t)s->forced.n * sizeof(forced_t));
+	if (s->irq_ended.n)
+		memcpy(irq_ended, s->irq_ended.a, (size_t)s->irq_ended.n * sizeof(pair_t));
 }
 
 /* What the replay added since a stream last read it: the sleeps (and their acquisition
