@@ -1435,12 +1435,19 @@ int td_rp_get_from(const rp_t *s, const int64_t *from, int64_t *sleeps, int64_t 
 	if (from[0] < 0 || from[0] > s->sleeps.n || from[1] < 0 || from[1] > s->sleep_ids.n
 	    || from[2] < 0 || from[2] > s->forced.n || from[3] < 0 || from[3] > s->irq_ended.n)
 		return TD_EINPUT;
-	memcpy(sleeps, s->sleeps.a + from[0], (size_t)(s->sleeps.n - from[0]) * sizeof(sleep_t));
-	memcpy(sleep_ids, s->sleep_ids.a + from[1],
-	       (size_t)(s->sleep_ids.n - from[1]) * sizeof(int64_t));
-	memcpy(forced, s->forced.a + from[2], (size_t)(s->forced.n - from[2]) * sizeof(forced_t));
-	memcpy(irq_ended, s->irq_ended.a + from[3],
-	       (size_t)(s->irq_ended.n - from[3]) * sizeof(pair_t));
+	/* only what there is: an empty table's array is NULL (no arithmetic, no memcpy) */
+	if (s->sleeps.n > from[0])
+		memcpy(sleeps, s->sleeps.a + from[0],
+		       (size_t)(s->sleeps.n - from[0]) * sizeof(sleep_t));
+	if (s->sleep_ids.n > from[1])
+		memcpy(sleep_ids, s->sleep_ids.a + from[1],
+		       (size_t)(s->sleep_ids.n - from[1]) * sizeof(int64_t));
+	if (s->forced.n > from[2])
+		memcpy(forced, s->forced.a + from[2],
+		       (size_t)(s->forced.n - from[2]) * sizeof(forced_t));
+	if (s->irq_ended.n > from[3])
+		memcpy(irq_ended, s->irq_ended.a + from[3],
+		       (size_t)(s->irq_ended.n - from[3]) * sizeof(pair_t));
 	return 0;
 }
 
