@@ -45,7 +45,12 @@ from tracedep.analysis.hold_stream import HoldStream
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.replay_types import Replay, RowSet
 from tracedep.analysis.run_symbols import RunSymbols
-from tracedep.analysis.trace import completeness, module_load_times, place_fixed_locks
+from tracedep.analysis.trace import (
+    check_traced,
+    completeness,
+    module_load_times,
+    place_fixed_locks,
+)
 from tracedep.analysis.trace_model import Trace
 from tracedep.analysis.wait_stream import WaitBuilder
 from tracedep.common import heap
@@ -377,6 +382,7 @@ def analyze_run(run_dir: Path, info: RunManifest, aids: Aids | None = None,
     whose events are the store's (what the DWARF pass and the report read).
     ``aids``: the nesting judge and heap namer for the trace (cli's DWARF aids)."""
     t0 = time.monotonic()
+    check_traced(run_dir, info)
     how = how or How()
     if how.total is None:
         how.total = info.lost.decoded_events

@@ -59,11 +59,7 @@ def load_run(run_dir: Path, decoded: Decoded | None = None) -> Trace:
     from tracedep.tracer.decode_stream import decode_run
 
     info = manifest.read(run_dir)
-    if info.untraced:
-        raise InputError(f"{run_dir}: an untraced run (tracedep trace --untraced) has no "
-                         "trace to analyze")
-    if not (run_dir / "control.log").is_file():
-        raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
+    check_traced(run_dir, info)
     if decoded is None:
         rows, why = analysis_rows()
         decoded = decode_run(run_dir, info, rows)
@@ -76,6 +72,15 @@ def load_run(run_dir: Path, decoded: Decoded | None = None) -> Trace:
     warnings = gaps + list(syms.warnings)
     warnings += place_fixed_locks(decoded.events, syms)
     return Trace(decoded.events, decoded.stacks, info, syms, run_dir, warnings)
+
+
+def check_traced(run_dir: Path, info: RunManifest) -> None:
+    """One clear error for a run directory with no trace to read, however it is read."""
+    if info.untraced:
+        raise InputError(f"{run_dir}: an untraced run (tracedep trace --untraced) has no "
+                         "trace to analyze")
+    if not (run_dir / "control.log").is_file():
+        raise TraceFormatError(f"{run_dir}: no control.log; the guest never started tracing")
 
 
 def completeness(info: RunManifest, decoded: Decoded) -> list[str]:

@@ -80,3 +80,16 @@ def test_the_survey_counts_what_the_whole_decode_holds(path: Path) -> None:
     assert s.events == len(whole.events) and s.trace.stacks == whole.stacks
     assert s.per_cpu == whole.rows_per_cpu()
     assert s.baseline == switch_baseline(whole.events)
+
+
+def test_a_run_without_a_trace_is_one_clear_error(tmp_path: Path) -> None:
+    """A run directory whose guest never started tracing: the whole frame's error, and
+    exit 2, when it is streamed too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text((DATA / "tiny" / "manifest.json").read_text())
+    p = subprocess.run([sys.executable, "-m", "tracedep.cli", "analyze", str(run), "--stream",
+                        "--no-dwarf"], capture_output=True, text=True, check=False)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"tracedep: error: {run}: no control.log; the guest never started tracing"]
