@@ -299,7 +299,8 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
         if referenced:
             kept.append(settled[settled["acq"].isin(list(referenced))])
         cand = pd.concat([settled, still], ignore_index=True).sort_values("acq")
-        end = _ends(cand, ev, row0, {f.acq: f.row for f in new_forced}, irq_ended)
+        end = waits.ends_of(cand, ev["ts_ns"].to_numpy(),
+                            {**{f.acq: f.row for f in new_forced}, **irq_ended}, row0)
         obj = np.nonzero(ev["kind"].isin(waits.OBJECT_KINDS).to_numpy())[0]
         gap = np.nonzero((ev["kind"] == "gap").to_numpy())[0] + row0
         gaps.append(gap)
@@ -337,22 +338,6 @@ def _classes_of(ids: np.ndarray, table: list[lock_classes.LockClass]
                 ) -> Callable[[np.ndarray], tuple[np.ndarray, list[lock_classes.LockClass]]]:
     """``waits.object_rows``' classes from the object engine's ids for the window."""
     return lambda at: (ids[at], table)
-
-
-def _ends(cand: pd.DataFrame, ev: pd.DataFrame, row0: int, forced: dict[int, int],
-          irq_ended: dict[int, int]) -> np.ndarray:
-    """Where each of ``cand`` ended, as ``waits._Holds`` reads it (-1: not in this
-    window, open at every row of it)."""
-    end = cand["release_row"].to_numpy(dtype=np.int64).copy()
-    t_rel = cand["ts_release"].to_numpy(dtype=np.int64)
-    timed = (end < 0) & (t_rel >= 0)
-    end[timed] = np.searchsorted(ev["ts_ns"].to_numpy(), t_rel[timed], side="left") + row0
-    acq = cand["acq"].to_numpy(dtype=np.int64)
-    for ends in (forced, irq_ended):
-        if ends:
-            at = np.nonzero(np.isin(acq, list(ends)))[0]
-            end[at] = [ends[int(a)] for a in acq[at]]
-    return end
 
 
 def store_pass(s: Survey, rep: Replay, wg: waits.WaitGraph,

@@ -51,17 +51,29 @@ _WINDOW = 1 << 14  # rows: a hold longer than this is looked at by every questio
 def hold_ends(rep: Replay, ts: np.ndarray) -> np.ndarray:
     """The row at which each of the replay's acquisitions stopped being held (``_FAR``:
     never), from its whole table; ``ts``: the trace's time stamps."""
-    a = rep.acquisitions
+    ended = {fo.acq: fo.row for fo in rep.forced}
+    ended.update(rep.irq_ended)  # an interrupt's lock whose unlock was missed
+    return ends_of(rep.acquisitions, ts, ended)
+
+
+def ends_of(a: pd.DataFrame, ts: np.ndarray, ended: dict[int, int], row0: int = 0
+            ) -> np.ndarray:
+    """The row at which each of acquisitions ``a`` stopped being held (``_FAR``: not
+    seen to stop): its release row, else the first row at its release time (``ts``,
+    rows from ``row0`` on), else where ``ended`` (acquisition -> row: forced releases,
+    IRQ holds ended) says.  ``a``'s column ``acq`` names the acquisitions, else its
+    positions do (the whole table)."""
     end = a["release_row"].to_numpy(dtype=np.int64).copy()
     # released where no row says (handed to a task whose events are filtered, as the
     # runqueue lock to a trace pump): the time says
     t_rel = a["ts_release"].to_numpy(dtype=np.int64)
     timed = (end < 0) & (t_rel >= 0)
-    end[timed] = np.searchsorted(ts, t_rel[timed], side="left")
-    for fo in rep.forced:
-        end[fo.acq] = fo.row
-    for acq, row in rep.irq_ended:  # an interrupt's lock whose unlock was missed
-        end[acq] = row
+    end[timed] = np.searchsorted(ts, t_rel[timed], side="left") + row0
+    if ended:
+        acq = (a["acq"].to_numpy(dtype=np.int64) if "acq" in a.columns
+               else np.arange(len(a), dtype=np.int64))
+        at = np.nonzero(np.isin(acq, list(ended)))[0]
+        end[at] = [ended[int(x)] for x in acq[at]]
     end[end < 0] = _FAR
     return end
 

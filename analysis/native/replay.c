@@ -1381,6 +1381,14 @@ int td_rp_block_shift(rp_t *s, int shift)
 	return 0;
 }
 
+/* Entries from .. n-1 of a table of n (0 <= from <= n) into dst: none when there are none,
+ * for an empty table's array is NULL (no arithmetic on it, no memcpy from it). */
+static void copy_tail(void *dst, const void *src, int64_t n, int64_t from, size_t size)
+{
+	if (n > from)
+		memcpy(dst, (const char *)src + (size_t)from * size, (size_t)(n - from) * size);
+}
+
 /* the tables, as rows of int64 (replay_native reads them) */
 void td_rp_get(const rp_t *s, int64_t *types, int64_t *edges, int64_t *usage, int64_t *recs,
 	       int64_t *sleeps, int64_t *sleep_ids, int64_t *forced, int64_t *irq_ended)
@@ -1413,17 +1421,11 @@ void td_rp_get(const rp_t *s, int64_t *types, int64_t *edges, int64_t *usage, in
 			usage[k + 2] = x->row[x->order[b]];
 		}
 	}
-	/* (an empty table's array is NULL, which memcpy may not be given even for 0 bytes) */
-	if (s->recs.n)
-		memcpy(recs, s->recs.a, (size_t)s->recs.n * sizeof(rec_t));
-	if (s->sleeps.n)
-		memcpy(sleeps, s->sleeps.a, (size_t)s->sleeps.n * sizeof(sleep_t));
-	if (s->sleep_ids.n)
-		memcpy(sleep_ids, s->sleep_ids.a, (size_t)s->sleep_ids.n * sizeof(int64_t));
-	if (s->forced.n)
-		memcpy(forced, s->forced.a, (size_t)s->forced.n * sizeof(forced_t));
-	if (s->irq_ended.n)
-		memcpy(irq_ended, s->irq_ended.a, (size_t)s->irq_ended.n * sizeof(pair_t));
+	copy_tail(recs, s->recs.a, s->recs.n, 0, sizeof(rec_t));
+	copy_tail(sleeps, s->sleeps.a, s->sleeps.n, 0, sizeof(sleep_t));
+	copy_tail(sleep_ids, s->sleep_ids.a, s->sleep_ids.n, 0, sizeof(int64_t));
+	copy_tail(forced, s->forced.a, s->forced.n, 0, sizeof(forced_t));
+	copy_tail(irq_ended, s->irq_ended.a, s->irq_ended.n, 0, sizeof(pair_t));
 }
 
 /* What the replay added since a stream last read it: the sleeps (and their acquisition
@@ -1435,19 +1437,10 @@ int td_rp_get_from(const rp_t *s, const int64_t *from, int64_t *sleeps, int64_t 
 	if (from[0] < 0 || from[0] > s->sleeps.n || from[1] < 0 || from[1] > s->sleep_ids.n
 	    || from[2] < 0 || from[2] > s->forced.n || from[3] < 0 || from[3] > s->irq_ended.n)
 		return TD_EINPUT;
-	/* only what there is: an empty table's array is NULL (no arithmetic, no memcpy) */
-	if (s->sleeps.n > from[0])
-		memcpy(sleeps, s->sleeps.a + from[0],
-		       (size_t)(s->sleeps.n - from[0]) * sizeof(sleep_t));
-	if (s->sleep_ids.n > from[1])
-		memcpy(sleep_ids, s->sleep_ids.a + from[1],
-		       (size_t)(s->sleep_ids.n - from[1]) * sizeof(int64_t));
-	if (s->forced.n > from[2])
-		memcpy(forced, s->forced.a + from[2],
-		       (size_t)(s->forced.n - from[2]) * sizeof(forced_t));
-	if (s->irq_ended.n > from[3])
-		memcpy(irq_ended, s->irq_ended.a + from[3],
-		       (size_t)(s->irq_ended.n - from[3]) * sizeof(pair_t));
+	copy_tail(sleeps, s->sleeps.a, s->sleeps.n, from[0], sizeof(sleep_t));
+	copy_tail(sleep_ids, s->sleep_ids.a, s->sleep_ids.n, from[1], sizeof(int64_t));
+	copy_tail(forced, s->forced.a, s->forced.n, from[2], sizeof(forced_t));
+	copy_tail(irq_ended, s->irq_ended.a, s->irq_ended.n, from[3], sizeof(pair_t));
 	return 0;
 }
 
