@@ -40,7 +40,8 @@ REASON_TEXT = {
     "release-unseen": "where their release probe is known to be missing and the "
                       "function that took them was no longer on the stack",
     "re-acquired": "when their holder took them again (reported as recursive locking)",
-    "gap": "where the trace has a gap (events missing: a page or record could not be read)",
+    "gap": "where the trace has a gap (events missing: a page or record could not be read, "
+           "or a CPU changed task with no context switch traced)",
 }
 
 

@@ -8,6 +8,7 @@ tracedep's probes), and validates the events against ``tracer.schema``.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,12 +102,15 @@ def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
     before = {k: int(getattr(lost, k))
               for k in ("decoder_torn_pages", "decoder_backwards_pages",
                         "decoder_rejected_records", "decoder_damaged_pages",
-                        "decoder_missing_pages", "unreadable_events")}
+                        "decoder_missing_pages", "decoder_unseen_switches",
+                        "unreadable_events")}
     now = {"decoder_torn_pages": int(decoded.torn_pages),
            "decoder_backwards_pages": int(decoded.backwards_pages),
            "decoder_rejected_records": int(sum(decoded.rejected.values())),
            "decoder_damaged_pages": int(decoded.damaged_pages),
-           "decoder_missing_pages": int(decoded.missing_pages)}
+           "decoder_missing_pages": int(decoded.missing_pages),
+           # said once, by the health's own line for them (analysis.pipeline)
+           "decoder_unseen_switches": int(decoded.unseen_switches)}
     per_cpu = decoded.rows_per_cpu()
     recorded = lost.decoded_per_cpu
     missing: dict[int, int] = {}
@@ -142,6 +146,8 @@ def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
         for k in now:
             setattr(lost, k, max(now[k], before[k]))
         lost.total = total
+    if decoded.unseen_switch_first and not lost.decoder_unseen_switch:
+        lost.decoder_unseen_switch = asdict(decoded.unseen_switch_first)
     return out
 
 

@@ -90,6 +90,10 @@ class Lost:
     decoder_rejected: dict[str, int] = field(default_factory=dict)  # by reason
     decoder_damaged_pages: int = 0
     decoder_missing_pages: int = 0
+    # changes of task on a CPU with no context switch traced (tracer.unseen_switches),
+    # and the first: {"cpu", "ts_ns", "from_pid", "to_pid"}
+    decoder_unseen_switches: int = 0
+    decoder_unseen_switch: dict[str, int] = field(default_factory=dict)
     unreadable_events: int = 0
     undelivered_events: int = 0
     foreign_events: int = 0
@@ -344,6 +348,9 @@ SCHEMA: dict[str, _Spec] = {
                      "decoder_torn_pages": "int", "decoder_backwards_pages": "int",
                      "decoder_rejected_records": "int", "decoder_rejected": ("map", "int"),
                      "decoder_damaged_pages": "int", "decoder_missing_pages": "int",
+                     "decoder_unseen_switches": "int",
+                     "decoder_unseen_switch": ("obj", {"cpu": "int", "ts_ns": "int",
+                                                       "from_pid": "int", "to_pid": "int"}),
                      "unreadable_events": "int", "undelivered_events": "int",
                      "foreign_events": "int", "ftrace_overrun": "int",
                      "ftrace_commit_overrun": "int", "ftrace_dropped": "int",

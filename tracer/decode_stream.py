@@ -62,6 +62,7 @@ from tracedep.tracer.ftrace_formats import parse_header_page
 from tracedep.tracer.lockdep_events import merge_lockdep
 from tracedep.tracer.retention import GZ_SUFFIX, raw_files
 from tracedep.tracer.ring_pages import CpuCursor
+from tracedep.tracer.unseen_switches import UnseenSwitch
 
 BATCH_PAGES = 1024  # 4 MiB of pages per CPU and batch
 _READ_MAX = 1 << 26
@@ -150,6 +151,8 @@ class _Totals:
     comms_by_cpu: dict[int, dict[int, str]] = field(default_factory=dict)
     rows: int = 0  # rows out so far, gaps too
     samples: dict[str, int] = field(default_factory=dict)  # calibration records per kind
+    unseen_switches: int = 0
+    unseen_switch_first: UnseenSwitch | None = None
 
     def add(self, d: Decoded) -> None:
         for k, v in d.counts.items():
@@ -163,6 +166,8 @@ class _Totals:
         self.backwards += d.backwards_pages
         self.damaged += d.damaged_pages
         self.section_rows += d.section_rows
+        self.unseen_switches += d.unseen_switches
+        self.unseen_switch_first = self.unseen_switch_first or d.unseen_switch_first
         votes = d.calibration.get("_spin_votes")
         if isinstance(votes, tuple):
             self.spin_votes = (self.spin_votes[0] + votes[0], self.spin_votes[1] + votes[1])
@@ -409,7 +414,9 @@ class StreamDecoder:
                        rejected=t.rejected, damaged_pages=t.damaged,
                        missing_pages=self.missing_pages,
                        module_loads=module_sections.assemble(t.section_rows),
-                       records_per_cpu=t.records_per_cpu, section_rows=t.section_rows)
+                       records_per_cpu=t.records_per_cpu, section_rows=t.section_rows,
+                       unseen_switches=t.unseen_switches,
+                       unseen_switch_first=t.unseen_switch_first)
 
 
 def _tally(cut: Cut | None, left: pd.DataFrame, kept: int) -> Cut:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from tracedep.common.run_manifest import RunManifest
 from tracedep.errors import TraceFormatError
-from tracedep.tracer import calibration, module_sections, schema
+from tracedep.tracer import calibration, module_sections, schema, unseen_switches
 from tracedep.tracer.event_rows import MIGHT_SLEEP as MIGHT_SLEEP  # analysis.rules reads it here
 from tracedep.tracer.event_rows import CatColumn, RecordColumns, SectionRow
 from tracedep.tracer.ftrace_formats import EventFormat, parse_format, parse_header_page
@@ -31,6 +31,7 @@ from tracedep.tracer.ring_pages import (
     page_gaps,
     walk_buffers,
 )
+from tracedep.tracer.unseen_switches import SwitchState, UnseenSwitch
 
 
 @dataclass
@@ -66,6 +67,10 @@ class Decoded:
     # rows per CPU of a trace read a window at a time, whose frame is not kept (the
     # streaming analysis counts them; ``events`` is then empty)
     streamed_per_cpu: dict[int, int] | None = None
+    # changes of task on a CPU with no context switch traced (tracer.unseen_switches):
+    # each left a gap row; the first, for the reports
+    unseen_switches: int = 0
+    unseen_switch_first: UnseenSwitch | None = None
 
     def rows_per_cpu(self) -> dict[int, int]:
         """Rows per CPU of the whole trace: the frame's, and those a cut left out."""
@@ -110,6 +115,8 @@ class Carry:
     last_record: dict[int, tuple[int, bool]] = field(default_factory=dict)
     # out, per CPU: the names its context switches gave, in record order
     comms_by_cpu: dict[int, dict[int, str]] = field(default_factory=dict)
+    # per CPU, the task running at the batch's end (tracer.unseen_switches)
+    switches: SwitchState = field(default_factory=SwitchState)
 
 
 def decode(
@@ -165,6 +172,10 @@ def decode(
                      carry.calibration if carry else None)
     if carry is not None:
         _batch_edges(carry, rc)
+    unseen = _unseen_switches(rc, gap_cpu, gap_ts, carry)
+    if unseen:
+        gap_cpu = np.concatenate([gap_cpu, np.array([u.cpu for u in unseen], np.int16)])
+        gap_ts = np.concatenate([gap_ts, np.array([u.ts_ns for u in unseen], np.int64)])
     events = rc.events(gap_ts, gap_cpu, "gap", GAP_EVENT)
     if carry is not None and carry.stack_base:
         sid = events["stack_id"].to_numpy()
@@ -174,7 +185,22 @@ def decode(
                    len(events) - n_gaps, rc.comms, cal, backwards_pages=recs.backwards_pages,
                    rejected=rc.rejected, damaged_pages=damaged_pages,
                    module_loads=module_sections.assemble(rc.msec_rows),
-                   records_per_cpu=records_per_cpu, section_rows=rc.msec_rows)
+                   records_per_cpu=records_per_cpu, section_rows=rc.msec_rows,
+                   unseen_switches=len(unseen), unseen_switch_first=unseen[0] if unseen else None)
+
+
+def _unseen_switches(rc: RecordColumns, gap_cpu: np.ndarray, gap_ts: np.ndarray,
+                     carry: Carry | None) -> list[UnseenSwitch]:
+    """The kept records that follow a change of task no sched_switch explains; the
+    places already known missing (page gaps, rejected records) are not judged."""
+    sel = np.nonzero(rc.keep)[0]
+    code = rc.kind.index.get("sched_switch", -1)  # none traced: no task is known to run
+    rej = np.nonzero(rc.rejected_mask)[0]
+    return unseen_switches.find(
+        rc.rec_cpu[sel], rc.rec_pid[sel], rc.rec_ts[sel], rc.kind.codes[sel] == code,
+        rc.cols["target_pid"][sel],
+        np.concatenate([gap_cpu, rc.rec_cpu[rej]]), np.concatenate([gap_ts, rc.rec_ts[rej]]),
+        carry.switches if carry is not None else None)
 
 
 def _formats(formats: dict[str, str]) -> dict[int, EventFormat]:

@@ -9,7 +9,7 @@ and the one decode of the trace (kept for the analysis, so a run is decoded once
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def finish_manifest(out: Path, info: RunManifest, under_test: list[ModuleRecord]
     # consistent) are counted apart, in kprobe_missed
     lost.total = (lost.ftrace_overrun + lost.ftrace_dropped + lost.ring_buffer_missed
                   + lost.decoder_torn_pages + lost.decoder_backwards_pages
-                  + lost.decoder_rejected_records)
+                  + lost.decoder_rejected_records + lost.decoder_unseen_switches)
     lost.truncated = not info.trace_complete
     return decoded
 
@@ -180,6 +180,9 @@ def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine
     if decoded.rejected:
         lost.decoder_rejected = decoded.rejected
     lost.ring_buffer_missed = decoded.missed_events
+    lost.decoder_unseen_switches = decoded.unseen_switches
+    if decoded.unseen_switch_first:
+        lost.decoder_unseen_switch = asdict(decoded.unseen_switch_first)
     lost.decoded_events = decoded.total
     lost.decoded_per_cpu = {str(c): int(n) for c, n in decoded.rows_per_cpu().items()}
     return decoded
