@@ -19,6 +19,7 @@ import pandas as pd
 
 from tracedep.analysis import rt_rules
 from tracedep.analysis.heldlocks import SPIN_TYPES, irq_context, task_key
+from tracedep.analysis.hold_stream import OpenSites
 from tracedep.analysis.replay_inputs import GFP_DIRECT_RECLAIM
 from tracedep.analysis.row_store import AllocationCase
 from tracedep.analysis.rt_rules import CORE_MODULES
@@ -51,25 +52,21 @@ class AllocationStream:
     symbols: RunSymbols
     found: dict[Hashable, list[int | tuple[tuple[int, int], ...]]] = field(default_factory=dict)
     pending: list[_Case] = field(default_factory=list)
-    # the call sites of the acquire rows of locks not settled yet (sorted by row): a
-    # lock held at a later window's allocation was taken in a window gone by then
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    ips: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # the locks not settled yet: one held at a later window's allocation was taken
+    # in a window gone by then
+    sites: OpenSites = field(default_factory=OpenSites)
 
     def feed(self, ev: pd.DataFrame, row0: int, cand: pd.DataFrame,
              settled: pd.DataFrame) -> None:
         """A window (``ev``, its first row ``row0`` of the trace), the acquisitions it
         may see (``cand``, column ``acq``: the replay's order) and those settled in
         it, with their final fields."""
-        self._note(ev, row0)
+        self.sites.add(ev, row0)
         self._settle(settled)
         self._cases(ev, row0, cand, settled)
         # only the locks still open can be held at a later window's allocation
-        open_rows = np.sort(cand["row"].to_numpy(dtype=np.int64)[
+        self.sites.keep(cand["row"].to_numpy(dtype=np.int64)[
             ~np.isin(cand["acq"].to_numpy(), settled["acq"].to_numpy())])
-        keep = np.isin(self.rows, open_rows)
-        self.rows, self.ips, self.ts = self.rows[keep], self.ips[keep], self.ts[keep]
 
     def _cases(self, ev: pd.DataFrame, row0: int, cand: pd.DataFrame,
                settled: pd.DataFrame) -> None:
@@ -112,18 +109,11 @@ class AllocationStream:
             else:
                 self._judge(case)
 
-    def _note(self, ev: pd.DataFrame, row0: int) -> None:
-        at = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-        self.rows = np.concatenate([self.rows, at.astype(np.int64) + row0])
-        self.ips = np.concatenate([self.ips, ev["ip"].to_numpy()[at].astype(np.uint64)])
-        self.ts = np.concatenate([self.ts, ev["ts_ns"].to_numpy()[at].astype(np.int64)])
-
     def _site(self, row: int) -> tuple[int, int]:
-        i = int(np.searchsorted(self.rows, row))
-        if i >= len(self.rows) or int(self.rows[i]) != row:
+        site = self.sites.at(row)
+        if site is None:
             raise KeyError(f"acquire row {row}: not a lock held open since its window")
-        ip = int(self.ips[i])
-        return ip, self.symbols.epoch(ip, int(self.ts[i]))
+        return site[0], self.symbols.epoch(*site)
 
     def _settle(self, settled: pd.DataFrame) -> None:
         if not len(settled) or not self.pending:

@@ -108,3 +108,33 @@ def _by_key(a: pd.DataFrame) -> dict[Key, _Taken]:
             acq[lo:hi].astype(np.int64), row[lo:hi].astype(np.int64),
             cls[lo:hi].astype(np.int64), tryl[lo:hi].astype(bool))
     return out
+
+
+@dataclass
+class OpenSites:
+    """The call site and time of each acquire row of a lock still held, by row: a
+    question about such a lock (its holder's stack, an allocation under it) may come
+    windows after the row it was taken at."""
+
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ips: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add(self, ev: pd.DataFrame, row0: int) -> None:
+        """A window's acquire rows (``ev``; ``row0``: its first row in the trace)."""
+        at = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+        self.rows = np.concatenate([self.rows, at.astype(np.int64) + row0])
+        self.ips = np.concatenate([self.ips, ev["ip"].to_numpy()[at].astype(np.uint64)])
+        self.ts = np.concatenate([self.ts, ev["ts_ns"].to_numpy()[at].astype(np.int64)])
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Forget all but ``rows`` (those still open)."""
+        k = np.isin(self.rows, rows)
+        self.rows, self.ips, self.ts = self.rows[k], self.ips[k], self.ts[k]
+
+    def at(self, row: int) -> tuple[int, int] | None:
+        """(ip, ts) of the acquire row ``row``; None when it is not kept."""
+        i = int(np.searchsorted(self.rows, row))
+        if i < len(self.rows) and int(self.rows[i]) == row:
+            return int(self.ips[i]), int(self.ts[i])
+        return None

@@ -18,7 +18,7 @@ releases may hide.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -180,21 +180,38 @@ def holder_on_stack(events: pd.DataFrame, stacks: list[tuple[int, ...]],
     return ask
 
 
+@dataclass
+class ForcedCount:
+    """Forced releases counted by reason and by lock class, as they come: from a whole
+    replay (:func:`health`) or from the acquisitions a stream settles, window by
+    window (analysis.stream_pipeline)."""
+
+    by_reason: dict[str, int] = field(default_factory=dict)
+    per_class: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reasons: Iterable[str], classes: Iterable[int], names: list[str]) -> None:
+        """Each forced release's reason and its class (an index into ``names``)."""
+        for why, c in zip(reasons, classes, strict=True):
+            self.by_reason[why] = self.by_reason.get(why, 0) + 1
+            name = names[int(c)] if 0 <= int(c) < len(names) else "?"
+            self.per_class[name] = self.per_class.get(name, 0) + 1
+
+    def summary(self, missing: MissingReleases) -> ForcedReleases:
+        """``health.forced_releases`` of analysis.json: counts, classes, why suspect."""
+        classes = sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ForcedReleases(total=sum(self.by_reason.values()),
+                              by_reason={r: self.by_reason[r] for r in FORCED_REASONS
+                                         if self.by_reason.get(r)},
+                              classes=[ForcedClass(n, c) for n, c in classes],
+                              suspect_sources=list(missing.sources))
+
+
 def health(rep: Replay, missing: MissingReleases, class_name: list[str]) -> ForcedReleases:
-    """``health.forced_releases`` of analysis.json: counts, classes, why suspect."""
-    by_reason = {r: 0 for r in FORCED_REASONS}
-    per_class: dict[str, int] = {}
+    """``health.forced_releases`` of analysis.json, from a whole replay."""
     cls = rep.acquisitions["cls"].to_numpy() if len(rep.acquisitions) else np.zeros(0, int)
-    for f in rep.forced:
-        by_reason[f.reason] += 1
-        c = int(cls[f.acq])
-        name = class_name[c] if 0 <= c < len(class_name) else "?"
-        per_class[name] = per_class.get(name, 0) + 1
-    classes = sorted(per_class.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ForcedReleases(total=len(rep.forced),
-                          by_reason={k: v for k, v in by_reason.items() if v},
-                          classes=[ForcedClass(n, c) for n, c in classes],
-                          suspect_sources=list(missing.sources))
+    count = ForcedCount()
+    count.add((f.reason for f in rep.forced), (cls[f.acq] for f in rep.forced), class_name)
+    return count.summary(missing)
 
 
 def warning(summary: ForcedReleases) -> str | None:

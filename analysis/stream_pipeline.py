@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +39,8 @@ from tracedep.analysis.class_stats import StatsAcc
 from tracedep.analysis.class_stream import ClassEngine, ClassPlan, join_frames, whole_timestamps
 from tracedep.analysis.coverage import ModuleCoverage, coverage
 from tracedep.analysis.findings import Analysis
-from tracedep.analysis.health import ForcedClass, ForcedReleases
 from tracedep.analysis.heldlocks import Replayer
-from tracedep.analysis.hold_stream import HoldStream
+from tracedep.analysis.hold_stream import HoldStream, OpenSites
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.replay_types import Replay, RowSet
 from tracedep.analysis.run_symbols import RunSymbols
@@ -185,53 +184,9 @@ def _object_rows_with_addr(ev: pd.DataFrame) -> np.ndarray:
     return rows[probe.has_addr()]
 
 
-@dataclass
-class _Open:
-    """The call sites of the acquire rows of locks still held (``holder_on_stack``
-    asks about a lock taken windows ago)."""
-
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    ips: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def add(self, ev: pd.DataFrame, row0: int) -> None:
-        at = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-        self.rows = np.concatenate([self.rows, at.astype(np.int64) + row0])
-        self.ips = np.concatenate([self.ips, ev["ip"].to_numpy()[at].astype(np.uint64)])
-        self.ts = np.concatenate([self.ts, ev["ts_ns"].to_numpy()[at].astype(np.int64)])
-
-    def keep(self, rows: np.ndarray) -> None:
-        k = np.isin(self.rows, rows)
-        self.rows, self.ips, self.ts = self.rows[k], self.ips[k], self.ts[k]
-
-    def at(self, row: int) -> tuple[int, int] | None:
-        i = int(np.searchsorted(self.rows, row))
-        if i < len(self.rows) and int(self.rows[i]) == row:
-            return int(self.ips[i]), int(self.ts[i])
-        return None
-
-
-@dataclass
-class _Forced:
-    """``missing.health``'s counts, from the settled acquisitions as they come."""
-
-    by_reason: dict[str, int] = field(default_factory=dict)
-    per_class: dict[str, int] = field(default_factory=dict)
-
-    def add(self, settled: pd.DataFrame, names: list[str]) -> None:
-        f = settled[settled["forced"].astype(str) != ""]
-        for why, c in zip(f["forced"].astype(str), f["cls"].to_numpy(), strict=True):
-            self.by_reason[why] = self.by_reason.get(why, 0) + 1
-            name = names[int(c)] if 0 <= int(c) < len(names) else "?"
-            self.per_class[name] = self.per_class.get(name, 0) + 1
-
-    def summary(self, unseen: missing.MissingReleases) -> ForcedReleases:
-        classes = sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
-        return ForcedReleases(total=sum(self.by_reason.values()),
-                              by_reason={k: self.by_reason[k] for k in missing.FORCED_REASONS
-                                         if self.by_reason.get(k)},
-                              classes=[ForcedClass(n, c) for n, c in classes],
-                              suspect_sources=list(unseen.sources))
+def _count_forced(count: missing.ForcedCount, settled: pd.DataFrame, names: list[str]) -> None:
+    f = settled[settled["forced"].astype(str) != ""]
+    count.add(f["forced"].astype(str), f["cls"].to_numpy(), names)
 
 
 @dataclass
@@ -264,10 +219,10 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
     builder, holds = WaitBuilder(len(table)), HoldStream()
     allocs = (AllocationStream(syms) if rt_rules.judged(getattr(namer, "scope", None),
                                                          t.lock_types) else None)
-    stats, forced = StatsAcc(table), _Forced()
+    stats, forced = StatsAcc(table), missing.ForcedCount()
     mods = pipeline.module_names(t)
     hits = dict.fromkeys(mods, 0)
-    held_open = _Open()
+    held_open = OpenSites()
     irq_ended: dict[int, int] = {}  # acquisition -> the row it ended at
     referenced: set[int] = set()
     kept: list[pd.DataFrame] = []
@@ -295,7 +250,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
         still = rp.undrained()
         irq_ended.update(new_ended)
         stats.add(settled)
-        forced.add(settled, names)
+        _count_forced(forced, settled, names)
         if referenced:
             kept.append(settled[settled["acq"].isin(list(referenced))])
         cand = pd.concat([settled, still], ignore_index=True).sort_values("acq")
@@ -320,7 +275,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
     rep = rp.finish()
     last = rep.acquisitions  # the acquisitions never settled, as the trace left them
     stats.add(last)
-    forced.add(last, names)
+    _count_forced(forced, last, names)
     cases = allocs.finish(last) if allocs is not None else []
     kept.append(last[last["acq"].isin(list(referenced))])
     owned = {m: ModuleCoverage(sum(c.module == m for c in table), hits[m]) for m in mods}
