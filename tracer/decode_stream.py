@@ -456,17 +456,34 @@ def _merge(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         return a
     if not len(a):
         return b
-    cols = {}
+    gap = np.concatenate([(a["kind"] == "gap").to_numpy(), (b["kind"] == "gap").to_numpy()])
+    order = np.lexsort((gap, np.concatenate([a["cpu"].to_numpy(), b["cpu"].to_numpy()]),
+                        np.concatenate([a["ts_ns"].to_numpy(), b["ts_ns"].to_numpy()])))
+    # each column taken into place once (a frame's take would copy it again), and a
+    # categorical's codes recoded into the union of the two category lists (what
+    # union_categoricals gives, without its per-value work)
+    cols: dict[str, Any] = {}
     for name in a.columns:
-        x, y = a[name], b[name]
-        if isinstance(x.dtype, pd.CategoricalDtype):
-            cols[name] = pd.Series(union_categoricals([_obj(x), _obj(y)], ignore_order=True))
+        x, y = a[name].array, b[name].array
+        if isinstance(x, pd.Categorical) and isinstance(y, pd.Categorical):
+            cats, codes = _union_codes(x, y)
+            cols[name] = pd.Categorical.from_codes(codes[order], categories=cats)
         else:
-            cols[name] = pd.Series(np.concatenate([x.to_numpy(), y.to_numpy()]))
-    df = pd.DataFrame(cols)
-    gap = (df["kind"] == "gap").to_numpy()
-    order = np.lexsort((gap, df["cpu"].to_numpy(), df["ts_ns"].to_numpy()))
-    return df.take(order).reset_index(drop=True)
+            cols[name] = np.concatenate([np.asarray(x), np.asarray(y)])[order]
+    return pd.DataFrame(cols, index=pd.RangeIndex(len(order)), copy=False)
+
+
+def _union_codes(x: pd.Categorical, y: pd.Categorical) -> tuple[pd.Index, np.ndarray]:
+    """The categories of ``x`` then those only ``y`` has (object dtype), and the
+    codes of ``x`` then ``y`` in them."""
+    cx = x.categories.astype(object)
+    at = cx.get_indexer(y.categories.astype(object))
+    new = at < 0
+    cats = cx.append(y.categories[new].astype(object)) if new.any() else cx
+    at[new] = len(cx) + np.arange(int(new.sum()))
+    yc = y.codes.astype(np.int64)
+    y_codes = np.where(yc < 0, -1, at[np.maximum(yc, 0)]) if len(at) else yc
+    return pd.Index(cats, dtype=object), np.concatenate([x.codes.astype(np.int64), y_codes])
 
 
 def _obj(c: pd.Series | pd.Categorical) -> pd.Series | pd.Categorical:

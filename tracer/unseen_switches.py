@@ -63,33 +63,36 @@ def find(cpu: np.ndarray, pid: np.ndarray, ts: np.ndarray, is_switch: np.ndarray
     for c in np.unique(cpu).tolist():
         rows = np.nonzero(cpu == c)[0]
         p = pid[rows].astype(np.int64)
-        sw = is_switch[rows]
-        tg = target[rows].astype(np.int64)
-        n = len(rows)
-        idx = np.arange(n)
-        reset = np.zeros(n, dtype=bool)
+        sw_at = np.nonzero(is_switch[rows])[0]
+        tg = target[rows[sw_at]].astype(np.int64)
         mine = gap_ts[gap_cpu == c]
-        if len(mine):
-            # record times per CPU only go forward (pages out of time order are
-            # dropped); the running maximum keeps the search defined if one does not
-            at = np.searchsorted(np.maximum.accumulate(ts[rows]), mine, side="left")
-            reset[at[at < n]] = True
+        # record times per CPU only go forward (pages out of time order are dropped);
+        # the running maximum keeps the search defined if one does not
+        reset_at = (np.unique(np.searchsorted(np.maximum.accumulate(ts[rows]), mine))
+                    if len(mine) else np.zeros(0, np.int64))
+        reset_at = reset_at[reset_at < len(rows)]
         before = st.last_pid.get(c)
-        prev = np.concatenate([[p[0] if before is None else before], p[:-1]])
-        # the last sched_switch strictly before each record, and the last gap at it
-        last_sw = np.concatenate([[-1], np.maximum.accumulate(np.where(sw, idx, -1))[:-1]])
-        last_reset = np.maximum.accumulate(np.where(reset, idx, -1))
         carried = st.target.get(c, UNKNOWN)
-        expect = np.where(last_sw >= np.maximum(last_reset, 0),
-                          tg[np.maximum(last_sw, 0)],
+        # only where the pid differs from the record before it (few: about one per
+        # switch) is anything to judge
+        cand = np.nonzero(p[1:] != p[:-1])[0] + 1
+        if before is not None and p[0] != before:
+            cand = np.concatenate([[0], cand])
+        prev = np.where(cand > 0, p[np.maximum(cand - 1, 0)], -1 if before is None else before)
+        k = np.searchsorted(sw_at, cand, side="left") - 1  # the last switch before it
+        last_sw = np.where(k >= 0, sw_at[np.maximum(k, 0)] if len(sw_at) else -1, -1)
+        j = np.searchsorted(reset_at, cand, side="right") - 1  # the last gap at or before
+        last_reset = np.where(j >= 0, reset_at[np.maximum(j, 0)] if len(reset_at) else -1, -1)
+        expect = np.where((last_sw >= 0) & (last_sw >= last_reset),
+                          tg[np.maximum(k, 0)] if len(tg) else UNKNOWN,
                           np.where(last_reset < 0, carried, UNKNOWN))
-        bad = np.nonzero((p != prev) & (expect != UNKNOWN) & (p != expect))[0]
-        out += [UnseenSwitch(int(c), int(ts[rows[i]]), int(prev[i]), int(p[i]))
+        bad = np.nonzero((expect != UNKNOWN) & (p[cand] != expect))[0]
+        out += [UnseenSwitch(int(c), int(ts[rows[cand[i]]]), int(prev[i]), int(p[cand[i]]))
                 for i in bad.tolist()]
         st.last_pid[c] = int(p[-1])
-        last = int(np.nonzero(sw)[0][-1]) if sw.any() else -1
-        last_gap = int(last_reset[-1])
-        st.target[c] = (int(tg[last]) if last >= 0 and last >= last_gap
+        last = int(sw_at[-1]) if len(sw_at) else -1
+        last_gap = int(reset_at[-1]) if len(reset_at) else -1
+        st.target[c] = (int(tg[-1]) if last >= 0 and last >= last_gap
                         else carried if last_gap < 0 else UNKNOWN)
     return out
 
