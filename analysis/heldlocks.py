@@ -478,9 +478,14 @@ class Replayer:
                     if ok:
                         acquire(prow, pvals, task, ctx, lf is not None and "trylock" in lf.flags,
                                 pflags, pcls)
-                        # a sleeping lock's wait ends when the call returns
+                        # a sleeping lock's wait ends when the call returns, and it
+                        # leaves the wait list (else a later return without a call of
+                        # its own would end it again, and it would stay open)
                         if a_row and a_row[-1] == prow:
                             a_acquired[-1] = ts[i]
+                        wo = wait_open.get((task, ctx))
+                        if wo and wo[-1][1] == prow:
+                            wo.pop()
                 else:
                     wo = wait_open.get((task, ctx))
                     if wo:

@@ -886,6 +886,16 @@ static int on_return(rp_t *s, ch_t *ch, int64_t i, int64_t ti, int ctx)
 				return TD_EOPEN;
 			if (x && x->row == p.row)
 				x->ts_acquired = ch->ts[i];
+			/* and it leaves the wait list */
+			cs = CS(s, ti, ctx);
+			if (cs->wait.n) {
+				acq_t *w = acq_at(s, cs->wait.a[cs->wait.n - 1]);
+
+				if (!w)
+					return TD_EOPEN;
+				if (w->row == p.row)
+					cs->wait.n--;
+			}
 		}
 	} else if (cs->wait.n) {
 		acq_t *x = acq_at(s, cs->wait.a[--cs->wait.n]);

@@ -196,10 +196,29 @@ def _ev(kind: str, fn: str, **kw: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("native", [False, True])
 def test_a_released_lock_still_waited_for_is_not_drained(native: bool) -> None:
-    """mutex_lock_interruptible's acquisition goes on the wait list too, and stays there
-    after its return and its release: a later return with no pending call takes it off
-    and sets its ts_acquired.  Drained before that, it would have been handed out with
-    the wrong ts_acquired."""
+    """mutex_lock's acquisition goes on the wait list at its call and leaves it at its
+    return, which sets its ts_acquired.  Released before that return came (events
+    out of the usual order), it is still waited for: drained then, it would have been
+    handed out without its ts_acquired."""
+    ev = _rows(_ev("lock_acquire", "mutex_lock"),
+               _ev("lock_release", "mutex_unlock"),
+               _ev("lock_return", "mutex_lock"))
+    cls = np.array([2, -1, -1], np.int32)
+    rp = Replayer(native=native)
+    rp.feed(ev.iloc[:2], cls[:2], row_offset=0)
+    assert rp.drain().empty  # released, but waited for
+    rp.feed(ev.iloc[2:], cls[2:], row_offset=2)
+    out = rp.drain()
+    assert out["acq"].tolist() == [0] and out["release_row"].tolist() == [1]
+    assert out["ts_acquired"].tolist() == [1_200]  # its return's
+    assert rp.drain().empty and rp.finish().acquisitions.empty
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_call_whose_return_decides_is_not_waited_for_after_it(native: bool) -> None:
+    """mutex_lock_interruptible's acquisition is made at its return, whose time ends its
+    wait: it is off the wait list from then, drained once released, and a later return
+    with no call of its own (its call unseen) changes nothing of it."""
     ev = _rows(_ev("lock_acquire", "mutex_lock_interruptible", lock_flags="interruptible"),
                _ev("lock_return", "mutex_lock_interruptible"),
                _ev("lock_release", "mutex_unlock"),
@@ -207,11 +226,10 @@ def test_a_released_lock_still_waited_for_is_not_drained(native: bool) -> None:
     cls = np.array([2, -1, -1, -1], np.int32)
     rp = Replayer(native=native)
     rp.feed(ev.iloc[:3], cls[:3], row_offset=0)
-    assert rp.drain().empty  # released, but waited for
-    rp.feed(ev.iloc[3:], cls[3:], row_offset=3)
     out = rp.drain()
     assert out["acq"].tolist() == [0] and out["release_row"].tolist() == [2]
-    assert out["ts_acquired"].tolist() == [1_300]  # the last return's
+    assert out["ts_acquired"].tolist() == [1_100]  # its own return's
+    rp.feed(ev.iloc[3:], cls[3:], row_offset=3)
     assert rp.drain().empty and rp.finish().acquisitions.empty
 
 
