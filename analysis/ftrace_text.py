@@ -34,7 +34,10 @@ names, in :attr:`Trace.text_stacks` (see ``analysis.witness.clean_text_stack``).
 
 Lost events are never silent: ``CPU:n [LOST m EVENTS]`` lines, the events a
 ``trace`` header says were overwritten, and a truncated last line are counted
-into ``info["lost"]`` (the run's health).  Anything else that is not ftrace
+into ``info["lost"]`` (the run's health).  A ``[LOST]`` line, and a change of a
+CPU's task that no ``sched_switch`` explains (tracer.unseen_switches), also leave a
+``gap`` row before the CPU's next row, as the binary decoder does, so the analysis
+forgets what was held there.  Anything else that is not ftrace
 text raises :class:`~tracedep.errors.TraceFormatError` naming file and line.
 
 The lines are read by :mod:`.text_parser`, printed symbols and kallsyms handled by
@@ -69,8 +72,10 @@ from tracedep.common.machines import MACHINES, Machine
 from tracedep.common.run_manifest import Kaslr, Lost, RunManifest
 from tracedep.errors import TraceFormatError
 from tracedep.kimage.elf_symbols import SymbolTable
-from tracedep.tracer import schema
+from tracedep.tracer import schema, unseen_switches
+from tracedep.tracer.ftrace_binary import GAP_EVENT
 from tracedep.tracer.probes import parse_event_name
+from tracedep.tracer.unseen_switches import UnseenSwitch
 
 
 def load_text(path: Path, kallsyms: Path | None = None) -> Trace:
@@ -110,7 +115,7 @@ def _finish(p: TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | N
         warnings.append(f"{unresolved} call sites are known only by name ({why}): their "
                         "events have ip 0 and heap lock classes may be missing")
     warnings += _parse_warnings(p, guessed)
-    events, new_row = _events(p, ip, ours, machine.kprobe_reports_irqs_off)
+    events, new_row, unseen = _events(p, ip, ours, machine.kprobe_reports_irqs_off)
     text_sites = {int(new_row[row]): f for row, f in site_of_row.items()}
     stacks, text_stacks, names_only = _stacks(p, tables, symbols)
     if names_only:
@@ -118,7 +123,7 @@ def _finish(p: TextParser, ksyms: list[tuple[int, str, str]], kallsyms: Path | N
             f"{names_only} kernel stacks are known by name, not by address (capture with "
             "options/sym-addr, or with options/sym-offset and pass --kallsyms, for exact "
             "frames)")
-    lost = _lost(p, warnings)
+    lost = _lost(p, warnings, unseen)
     info = _info(p, ksyms, kallsyms, machine, arch, lost)
     return Trace(events, stacks, info, symbols, p.path, warnings, text_stacks=text_stacks,
                  text_sites=text_sites)
@@ -170,8 +175,11 @@ def _parse_warnings(p: TextParser, guessed_arch: bool) -> list[str]:
 
 
 def _events(p: TextParser, ip: np.ndarray, ours: np.ndarray, kprobe_reports_irqs_off: bool
-            ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The events frame, in time order, and each parsed row's index in it."""
+            ) -> tuple[pd.DataFrame, np.ndarray, list[UnseenSwitch]]:
+    """The events frame, in time order, each parsed row's index in it, and the changes of
+    task no context switch explains.  Where events are missing (a ``[LOST]`` line, such
+    a change) a ``gap`` row goes before the CPU's next row, as the binary decoder places
+    them: the analysis forgets what was held there."""
     r = p.rows
     n = len(r)
     ctx = np.array(r.ctx, dtype=np.int64).reshape(n, 6) if n else np.zeros((0, 6), np.int64)
@@ -183,10 +191,19 @@ def _events(p: TextParser, ip: np.ndarray, ours: np.ndarray, kprobe_reports_irqs
     comm = [c if c != "<...>" else comms.get(pid, c) for c, pid in zip(r.comm, r.pid,
                                                                       strict=True)]
     stack_id = np.array(r.stack_id, dtype=np.int32)
+    ts = np.array(r.ts, dtype=np.int64)
+    cpu = np.array(r.cpu, dtype=np.int16)
+    pid = np.array(r.pid, dtype=np.int32)
+    kind = pd.Categorical(r.kind)
+    target = np.array(r.target_pid, dtype=np.int32)
+    lost_at = _lost_rows(p, cpu)
+    unseen = unseen_switches.find(cpu, pid, ts, np.asarray(kind == "sched_switch"), target,
+                                  cpu[lost_at], ts[lost_at])
+    gap_at = np.unique(np.concatenate([lost_at, [u.index for u in unseen]])).astype(np.int64)
     df = pd.DataFrame({
-        "ts_ns": np.array(r.ts, dtype=np.int64),
-        "cpu": np.array(r.cpu, dtype=np.int16),
-        "pid": np.array(r.pid, dtype=np.int32),
+        "ts_ns": ts,
+        "cpu": cpu,
+        "pid": pid,
         "comm": pd.Categorical(comm),
         "irqs_off": irqs_off,
         "preempt_depth": ctx[:, 5].astype(np.int8),
@@ -194,7 +211,7 @@ def _events(p: TextParser, ip: np.ndarray, ours: np.ndarray, kprobe_reports_irqs
         "in_hardirq": ctx[:, 2].astype(bool),
         "in_softirq": ctx[:, 3].astype(bool),
         "in_nmi": ctx[:, 4].astype(bool),
-        "kind": pd.Categorical(r.kind),
+        "kind": kind,
         "event": pd.Categorical(r.event),
         "lock_addr": np.array(r.lock_addr, dtype=np.uint64),
         "lock_type": pd.Categorical(r.lock_type),
@@ -206,18 +223,47 @@ def _events(p: TextParser, ip: np.ndarray, ours: np.ndarray, kprobe_reports_irqs
         "func": pd.Categorical(r.func),
         "value": np.array(r.value, dtype=np.int64),
         "stack_id": stack_id,
-        "target_pid": np.array(r.target_pid, dtype=np.int32),
+        "target_pid": target,
         "lock_name": pd.Categorical(_sparse(r.lock_name, n, "")),
         "key_addr": np.array(_sparse(r.key_addr, n, 0), dtype=np.uint64),
         "_row": np.arange(n, dtype=np.int64),
+        "_seq": 2 * np.arange(n, dtype=np.int64) + 1,
     })
-    df = df.sort_values("ts_ns", kind="stable")
+    if len(gap_at):
+        df = _with_gaps(df, gap_at)
+    df = df.sort_values(["ts_ns", "_seq"], kind="stable")
     new_row = np.empty(n, dtype=np.int64)
-    new_row[df["_row"].to_numpy()] = np.arange(n)
-    df = df.drop(columns="_row")
+    rows = df["_row"].to_numpy()
+    new_row[rows[rows >= 0]] = np.nonzero(rows >= 0)[0]
+    df = df.drop(columns=["_row", "_seq"]).reset_index(drop=True)
     events = schema.conform(df)
     schema.validate(events)
-    return events, new_row
+    return events, new_row, unseen
+
+
+def _with_gaps(df: pd.DataFrame, gap_at: np.ndarray) -> pd.DataFrame:
+    """``df`` and a gap row at the time of each of the rows ``gap_at``, sorting just
+    before it (text times are microseconds: rows before it on its CPU may share them)."""
+    k = len(gap_at)
+    given = {"ts_ns": df["ts_ns"].to_numpy()[gap_at], "cpu": df["cpu"].to_numpy()[gap_at],
+             "kind": ["gap"] * k, "event": [GAP_EVENT] * k, "_row": np.full(k, -1),
+             "_seq": 2 * gap_at}
+    cats = [c for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)]
+    gaps = pd.DataFrame({c: given[c] if c in given else [""] * k if c in cats else
+                         np.full(k, -1 if c in ("stack_id", "target_pid") else 0,
+                                 dtype=df[c].to_numpy().dtype) for c in df.columns})
+    return pd.concat([df.astype({c: object for c in cats}), gaps], ignore_index=True)
+
+
+def _lost_rows(p: TextParser, cpu: np.ndarray) -> np.ndarray:
+    """The row before which each ``[LOST]`` line's events are missing: its CPU's next
+    row (none after the CPU's last row: nothing is left to forget there)."""
+    out = []
+    for x in p.lost_lines:
+        after = np.nonzero(cpu[int(x["row"]):] == int(x["cpu"]))[0]
+        if len(after):
+            out.append(int(x["row"]) + int(after[0]))
+    return np.asarray(out, dtype=np.int64)
 
 
 def _stacks(p: TextParser, tables: dict[str, SymbolTable], symbols: RunSymbols
@@ -241,8 +287,9 @@ def _stacks(p: TextParser, tables: dict[str, SymbolTable], symbols: RunSymbols
     return stacks, text_stacks, names_only
 
 
-def _lost(p: TextParser, warnings: list[str]) -> Lost:
-    """What the text says was lost (``info["lost"]``); its warnings go to ``warnings``."""
+def _lost(p: TextParser, warnings: list[str], unseen: list[UnseenSwitch]) -> Lost:
+    """What the text says was lost (``info["lost"]``), and what its changes of task
+    with no context switch say (``unseen``); its warnings go to ``warnings``."""
     lost_reported = sum(int(x["count"]) for x in p.lost_lines if x["count"] is not None)
     unknown_markers = sum(1 for x in p.lost_lines if x["count"] is None)
     if unknown_markers:
@@ -251,9 +298,11 @@ def _lost(p: TextParser, warnings: list[str]) -> Lost:
     if p.truncated_lines:
         warnings.append("the last line of the trace file is cut short (capture interrupted); "
                         "it was ignored")
-    total = lost_reported + p.overwritten + unknown_markers + p.truncated_lines
+    total = lost_reported + p.overwritten + unknown_markers + p.truncated_lines + len(unseen)
     return Lost(
         total=total,
+        decoder_unseen_switches=len(unseen),
+        decoder_unseen_switch=unseen[0].record() if unseen else {},
         lost_lines=list(p.lost_lines),
         reported=lost_reported,
         unknown_count_lines=unknown_markers,

@@ -171,7 +171,8 @@ def _health(trace: Trace, unmatched: int, events: int) -> Health:
         warnings.append(lost_note(lost.total))
     if lost.decoder_unseen_switches:
         warnings.append(unseen_switches.note(lost.decoder_unseen_switches,
-                                             _first_unseen(lost.decoder_unseen_switch)))
+                                             unseen_switches.UnseenSwitch.from_record(
+                                                 lost.decoder_unseen_switch)))
     missed = lost.kprobe_missed
     if missed:
         warnings.append(f"{missed} probe hits were missed by kprobes: interrupt handlers "
@@ -212,13 +213,6 @@ def _health(trace: Trace, unmatched: int, events: int) -> Health:
                   truncated=lost.truncated, ending=ending,
                   unmatched_releases=unmatched, warnings=warnings, unseen=_unseen(info),
                   source=str(trace.source))
-
-
-def _first_unseen(d: dict[str, int]) -> unseen_switches.UnseenSwitch | None:
-    keys = ("cpu", "ts_ns", "from_pid", "to_pid")
-    if not all(isinstance(d.get(k), int) for k in keys):
-        return None
-    return unseen_switches.UnseenSwitch(*(int(d[k]) for k in keys))
 
 
 _ROLE_TEXT = {"lk": "lock", "ul": "unlock", "lr": "lock-return", "sl": "may-sleep",

@@ -184,6 +184,13 @@ class TextParser:
 
     # -- lines ------------------------------------------------------------------
 
+    def _lost(self, m: re.Match[str], lineno: int) -> None:
+        n = m.group("n")
+        self.lost_lines.append({
+            "line": lineno, "cpu": int(m.group("cpu")), "count": int(n) if n is not None else None,
+            # where: after the row printed last (its time), before the next
+            "after_ts_ns": self.rows.ts[-1] if len(self.rows) else None, "row": len(self.rows)})
+
     def error(self, lineno: int, what: str) -> TraceFormatError:
         return TraceFormatError(f"{self.path}:{lineno}: {what}")
 
@@ -225,12 +232,7 @@ class TextParser:
                 continue
             m = _LOST.match(line)
             if m:
-                n = m.group("n")
-                self.lost_lines.append({
-                    "line": lineno, "cpu": int(m.group("cpu")),
-                    "count": int(n) if n is not None else None,
-                    # where: after the event printed last (trace time)
-                    "after_ts_ns": self.rows.ts[-1] if len(self.rows) else None})
+                self._lost(m, lineno)
                 text_continues = False
                 continue
             h = _HEADER.match(line)

@@ -8,7 +8,6 @@ tracedep's probes), and validates the events against ``tracer.schema``.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,7 +146,7 @@ def completeness(info: RunManifest, decoded: Decoded) -> list[str]:
             setattr(lost, k, max(now[k], before[k]))
         lost.total = total
     if decoded.unseen_switch_first and not lost.decoder_unseen_switch:
-        lost.decoder_unseen_switch = asdict(decoded.unseen_switch_first)
+        lost.decoder_unseen_switch = decoded.unseen_switch_first.record()
     return out
 
 

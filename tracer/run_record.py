@@ -9,7 +9,7 @@ and the one decode of the trace (kept for the analysis, so a run is decoded once
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,7 @@ def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine
     lost.ring_buffer_missed = decoded.missed_events
     lost.decoder_unseen_switches = decoded.unseen_switches
     if decoded.unseen_switch_first:
-        lost.decoder_unseen_switch = asdict(decoded.unseen_switch_first)
+        lost.decoder_unseen_switch = decoded.unseen_switch_first.record()
     lost.decoded_events = decoded.total
     lost.decoded_per_cpu = {str(c): int(n) for c, n in decoded.rows_per_cpu().items()}
     return decoded

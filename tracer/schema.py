@@ -63,8 +63,9 @@ object, ``lock_type`` ``work`` or ``timer``, ``ip`` the function).
 
 A ``gap`` row [1.4] (event ``tracedep/gap``) marks where events of ``cpu`` are
 missing: a ring-buffer page that was torn, out of time order, changed since it
-was recorded, or preceded by events the ring buffer lost, or a record rejected
-against its format.  Only ``ts_ns`` and ``cpu`` mean anything in it.
+was recorded, or preceded by events the ring buffer lost, a record rejected
+against its format, or a change of the CPU's task with no ``sched_switch`` traced
+(tracer.unseen_switches).  Only ``ts_ns`` and ``cpu`` mean anything in it.
 """
 
 from __future__ import annotations

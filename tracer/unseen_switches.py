@@ -17,7 +17,9 @@ made up three findings.  The decoder puts a ``gap`` row before such a record
 a release it never saw (analysis.heldlocks), and every report says so.
 
 Not judged: a CPU's records before its first ``sched_switch``, and after a gap until
-its next one (which task runs there is not known from the trace).  One change of pid
+its next one (which task runs there is not known from the trace); and ``sched_switch``
+records themselves, which a trace filtered by pid has from tasks it otherwise leaves
+out (see :func:`find`).  One change of pid
 is legitimate and untraced: a thread other than the leader that calls ``exec`` takes
 the leader's pid (``de_thread()``, ``exchange_tids()``).  It too becomes a gap: what
 was held there is forgotten, which may lose a finding but never makes one up.
@@ -40,6 +42,20 @@ class UnseenSwitch:
     ts_ns: int  # the time of the first record after the change
     from_pid: int
     to_pid: int
+    # that record's position in the arrays :func:`find` was given
+    index: int = field(default=-1, compare=False)
+
+    def record(self) -> dict[str, int]:
+        """As the manifest keeps it (``lost.decoder_unseen_switch``)."""
+        return {"cpu": self.cpu, "ts_ns": self.ts_ns, "from_pid": self.from_pid,
+                "to_pid": self.to_pid}
+
+    @classmethod
+    def from_record(cls, d: dict[str, int]) -> UnseenSwitch | None:
+        keys = ("cpu", "ts_ns", "from_pid", "to_pid")
+        if not all(isinstance(d.get(k), int) for k in keys):
+            return None
+        return cls(*(int(d[k]) for k in keys))
 
 
 @dataclass
@@ -63,7 +79,8 @@ def find(cpu: np.ndarray, pid: np.ndarray, ts: np.ndarray, is_switch: np.ndarray
     for c in np.unique(cpu).tolist():
         rows = np.nonzero(cpu == c)[0]
         p = pid[rows].astype(np.int64)
-        sw_at = np.nonzero(is_switch[rows])[0]
+        sw_rec = is_switch[rows]
+        sw_at = np.nonzero(sw_rec)[0]
         tg = target[rows[sw_at]].astype(np.int64)
         mine = gap_ts[gap_cpu == c]
         # record times per CPU only go forward (pages out of time order are dropped);
@@ -86,9 +103,14 @@ def find(cpu: np.ndarray, pid: np.ndarray, ts: np.ndarray, is_switch: np.ndarray
         expect = np.where((last_sw >= 0) & (last_sw >= last_reset),
                           tg[np.maximum(k, 0)] if len(tg) else UNKNOWN,
                           np.where(last_reset < 0, carried, UNKNOWN))
-        bad = np.nonzero((expect != UNKNOWN) & (p[cand] != expect))[0]
-        out += [UnseenSwitch(int(c), int(ts[rows[cand[i]]]), int(prev[i]), int(p[cand[i]]))
-                for i in bad.tolist()]
+        # a sched_switch record is not judged: with event pid filtering (set_event_pid,
+        # trace-cmd -P) a switch between two untraced tasks is not recorded, and the
+        # next one (an untraced task's switch to a traced one) is recorded as the
+        # untraced task's; every other record is a traced task's, switched in by a
+        # switch that was recorded
+        bad = np.nonzero((expect != UNKNOWN) & (p[cand] != expect) & ~sw_rec[cand])[0]
+        out += [UnseenSwitch(int(c), int(ts[rows[cand[i]]]), int(prev[i]), int(p[cand[i]]),
+                             int(rows[cand[i]])) for i in bad.tolist()]
         st.last_pid[c] = int(p[-1])
         last = int(sw_at[-1]) if len(sw_at) else -1
         last_gap = int(reset_at[-1]) if len(reset_at) else -1

@@ -189,14 +189,53 @@ def test_trace_pipe_lost_events_are_counted() -> None:
     assert lost == [1414, 1308]
     t = load_text(PIPE)
     info = t.info.lost
-    assert info.total == info.reported == sum(lost)
+    assert info.reported == sum(lost)
+    # and the two changes of task no context switch explains (test_text_gaps_…)
+    assert info.total == sum(lost) + info.decoder_unseen_switches == sum(lost) + 2
     assert [(x["cpu"], x["count"]) for x in info.lost_lines] == [(1, 1414), (0, 1308)]
     assert all(isinstance(x["line"], int) and x["line"] > 0 for x in info.lost_lines)
     assert not info.truncated and t.info.source is not None
     assert t.info.source["reader"] == "trace_pipe"
     a = analyze(t)
-    assert a.health.lost == sum(lost)
-    assert any(f"{sum(lost)} events were lost" in w for w in a.health.warnings)
+    assert a.health.lost == sum(lost) + 2
+    assert any(f"{sum(lost) + 2} events were lost" in w for w in a.health.warnings)
+
+
+def test_text_gaps_where_events_are_missing() -> None:
+    """A ``[LOST]`` line leaves a gap row before its CPU's next row, and so does a change
+    of task no sched_switch explains: here the capture's pause, 3.8 s without a record
+    (tracer.unseen_switches); the analysis forgets what was held at each."""
+    t = load_text(PIPE)
+    ev = t.events
+    gaps = ev.index[ev["kind"] == "gap"].tolist()
+    lines = PIPE.read_text().splitlines()
+    assert lines[0] == "CPU:1 [LOST 1414 EVENTS]" and gaps[0] == 0 and ev["cpu"].iat[1] == 1
+    # CPU 0's loss: the gap is the row before CPU 0's first row after the line
+    cpu0 = ev.index[(ev["cpu"] == 0) & (ev["kind"] != "gap")]
+    after = int(cpu0[cpu0 > gaps[1]][0])
+    assert ev["cpu"].iat[gaps[1]] == 0 and not ((ev["cpu"] == 0).iloc[gaps[1] + 1:after]).any()
+    u = t.info.lost.decoder_unseen_switch
+    assert len(gaps) == 4 and t.info.lost.decoder_unseen_switches == 2
+    assert u == {"cpu": 0, "ts_ns": 95_840_764_000, "from_pid": 328, "to_pid": 15}
+    nxt = ev.iloc[gaps[3] + 1]
+    assert (nxt["cpu"], nxt["ts_ns"], nxt["pid"]) == (0, u["ts_ns"], 15)
+    a = analyze(t)
+    assert any(w.startswith("2 time(s) a CPU went from one task to another")
+               for w in a.health.warnings)
+
+
+def test_switches_a_pid_filter_leaves_out_are_no_gap() -> None:
+    """trace.txt was captured with the pumps in set_event_notrace_pid: a switch between
+    two pumps is not recorded, and the next pump's switch out of the CPU comes with no
+    switch to it.  That is no loss of events, and makes no gap."""
+    t = load_text(TRACE)
+    sw = t.events[t.events["kind"] == "sched_switch"]
+    # a switch out of a task that the CPU's switch before it did not go to
+    unexplained = sum(int((g["pid"].to_numpy()[1:] != g["target_pid"].to_numpy()[:-1]).sum())
+                      for _, g in sw.groupby("cpu"))
+    assert unexplained == 2
+    assert t.info.lost.decoder_unseen_switches == 0 and t.info.lost.total == 0
+    assert not (t.events["kind"] == "gap").any()
 
 
 def test_sym_addr_trace_gives_exact_stacks_and_its_own_symbols() -> None:
