@@ -93,3 +93,21 @@ def test_a_run_without_a_trace_is_one_clear_error(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == [
         f"tracedep: error: {run}: no control.log; the guest never started tracing"]
+
+
+def test_a_run_whose_decode_was_cut_is_streamed_whole(tmp_path: Path) -> None:
+    """``tracedep run`` hands its own decode to the analysis (cli._analyze_and_report):
+    when that decode was cut for memory, the run is streamed, every event, and its
+    reports are the whole frame's, with no "cut short"."""
+    from tracedep import cli
+    from tracedep.tracer.decode_stream import decode_run
+
+    run = DATA / "classes" / "raw"
+    decoded = decode_run(run, run_manifest.read(run), max_rows=100)
+    assert decoded.cut is not None and len(decoded.events) == 100
+    got = cli._analyze_and_report(run, tmp_path / "run", None, False, decoded=decoded)
+    assert not decoded.events.shape[0]  # the cut frame was let go before the stream
+    assert not [w for w in got.health.warnings if "cut short" in w]
+    assert _comparable(got) == _comparable(pipeline.analyze(load_run(run)))
+    written = json.loads((tmp_path / "run" / "analysis.json").read_text())
+    assert written["health"]["events"] == got.health.events > 100
