@@ -53,7 +53,7 @@ from tracedep.analysis.trace import (
 from tracedep.analysis.trace_model import Trace
 from tracedep.analysis.wait_stream import WaitBuilder
 from tracedep.common import heap
-from tracedep.common.memory_budget import analysis_rows
+from tracedep.common.memory_budget import whole_rows
 from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer import schema
 from tracedep.tracer.decode_stream import StreamDecoder, Window, comm_column
@@ -66,7 +66,7 @@ Aids = Callable[[Trace], tuple[NestingJudge | None, lock_classes.ClassNamer | No
 def too_long(info: RunManifest) -> bool:
     """Does this run's trace hold more events than the whole frame may (the events
     its run decoded when it ended; common.memory_budget)?"""
-    rows, _ = analysis_rows()
+    rows, _ = whole_rows()
     n = info.lost.decoded_events
     return rows is not None and n is not None and n > rows
 

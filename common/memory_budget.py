@@ -15,7 +15,11 @@ whose event count is unknown (its own decode failed).
 The limit is ``TRACEDEP_MAX_MEMORY`` (bytes, or with a K/M/G suffix: ``1.5G``) when
 set, else 80 % of what the machine can give: ``MemAvailable`` from
 ``/proc/meminfo``, or the cgroup's ``memory.max`` less its ``memory.current`` when
-that is smaller (a CI container).  Layer 0: nothing here imports another layer.
+that is smaller (a CI container).  A run directory, which can stream, is also held to
+:data:`RUN_CEILING` when no limit is given (:func:`whole_rows`): its analysis peaks
+under 1.5 GiB whatever the machine, and whatever the trace's length (a kernel CI
+runner sizes its jobs by that); ``TRACEDEP_MAX_MEMORY`` raises it, for the whole
+frame's speed on a larger machine.  Layer 0: nothing here imports another layer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ BASE_BYTES = 400 << 20  # interpreter, pandas, symbols, DWARF: 1.17 M events wit
 SHARE = 0.8  # of the available memory, when no limit is given
 ENV = "TRACEDEP_MAX_MEMORY"
 MIN_EVENTS = 100_000
+RUN_CEILING = 3 << 29  # 1.5 GiB: a run directory's analysis, when no limit is given
 _SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -104,3 +109,16 @@ def analysis_rows() -> tuple[int | None, str]:
         return None, where
     floor = 1 if os.environ.get(ENV) else MIN_EVENTS
     return max_events(limit, floor), f"{limit / 2**30:.2f} GiB ({where})"
+
+
+def whole_rows() -> tuple[int | None, str]:
+    """:func:`analysis_rows` for a run directory, whose trace can stream when it does
+    not fit: no more than :data:`RUN_CEILING` holds when no limit is given."""
+    rows, why = analysis_rows()
+    if os.environ.get(ENV):
+        return rows, why
+    ceiling = max_events(RUN_CEILING, MIN_EVENTS)
+    if rows is None or (ceiling is not None and ceiling < rows):
+        return ceiling, (f"{RUN_CEILING / 2**30:.1f} GiB (a run's analysis when no "
+                         f"{ENV} is given)")
+    return rows, why

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep.common.machines import Machine
-from tracedep.common.memory_budget import analysis_rows
+from tracedep.common.memory_budget import whole_rows
 from tracedep.common.run_manifest import Kaslr, Load, Lost, ModuleRecord, RunManifest
 from tracedep.errors import ModuleBuildError
 from tracedep.kimage import kallsyms as ksyms
@@ -161,7 +161,7 @@ def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine
     lost = info.lost
     try:
         _write_page_sums(out, ctl)
-        rows, why = analysis_rows()
+        rows, why = whole_rows()
         decoded = decode_run(out, info, rows)
         if decoded.cut:
             decoded.cut.why = why

@@ -101,6 +101,25 @@ def test_the_limit_is_the_smaller_of_meminfo_and_the_cgroup(tmp_path: Path) -> N
     assert mb.max_events(mb.BASE_BYTES + 10**9) == 10**9 // mb.BYTES_PER_EVENT
 
 
+def test_a_run_directory_holds_to_the_ceiling_unless_a_limit_is_given(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run can stream: with no TRACEDEP_MAX_MEMORY its whole frame holds no more than
+    1.5 GiB allows, however much the machine has; a limit given is obeyed, above the
+    ceiling too; a machine with less than the ceiling gets its own figure."""
+    ceiling = mb.max_events(mb.RUN_CEILING)
+    assert ceiling is not None and 5_000_000 < ceiling < 6_500_000
+    monkeypatch.delenv(mb.ENV, raising=False)
+    monkeypatch.setattr(mb, "available_bytes", lambda: 20 << 30)
+    rows, why = mb.whole_rows()
+    assert rows == ceiling and why.startswith("1.5 GiB")
+    assert mb.analysis_rows()[0] == mb.max_events(int((20 << 30) * mb.SHARE))  # text: all
+    monkeypatch.setattr(mb, "available_bytes", lambda: 1 << 30)
+    assert mb.whole_rows() == mb.analysis_rows() and mb.whole_rows()[0] < ceiling
+    monkeypatch.setenv(mb.ENV, "4G")
+    assert mb.whole_rows() == mb.analysis_rows() == (mb.max_events(4 << 30),
+                                                     f"4.00 GiB ({mb.ENV}=4G)")
+
+
 def test_the_events_that_fit_are_what_the_analysis_holds() -> None:
     """The model against a measurement small enough for a test: analysing the
     classes run must peak under what the budget charges for its events."""
