@@ -79,31 +79,31 @@ class AllocationStream:
         if not rows:
             return
         spin = cand[cand["lock_type"].isin(SPIN_TYPES)]
-        by_task = {k: g for k, g in spin.groupby(["task", "ctx"], sort=False)}
-        done = set(settled["acq"].tolist()) if len(settled) else set()
+        done = np.sort(settled["acq"].to_numpy(dtype=np.int64)) if len(settled) else None
+        groups: dict[tuple[int, str], _Group] = {}
         pid, cpu = ev["pid"].to_numpy(), ev["cpu"].to_numpy()
         hard, soft, nmi = (ev[c].to_numpy() for c in ("in_hardirq", "in_softirq", "in_nmi"))
+        by_task = {k: g for k, g in spin.groupby(["task", "ctx"], sort=False)}
         for r in rows:
-            task = task_key(int(pid[r]), int(cpu[r]))
-            g = by_task.get((task, irq_context(bool(hard[r]), bool(soft[r]), bool(nmi[r]))))
-            if g is None:
-                continue
+            key = (task_key(int(pid[r]), int(cpu[r])),
+                   irq_context(bool(hard[r]), bool(soft[r]), bool(nmi[r])))
+            grp = groups.get(key)
+            if grp is None:
+                g = by_task.get(key)
+                if g is None:
+                    continue
+                grp = groups[key] = _Group.of(g, done)
             at = r + row0
-            rel = g["release_row"].to_numpy(dtype=np.int64)
-            acq = g["acq"].to_numpy(dtype=np.int64)
-            settled_here = np.isin(acq, list(done)) if done else np.zeros(len(g), bool)
             # an open lock may still end in the ordinary way (after the window: after r)
-            live = (g["row"].to_numpy() < at) & ((rel > at) | ~settled_here)
-            live &= ~settled_here | _ordinary(g)
+            live = (grp.row < at) & ((grp.rel > at) | ~grp.settled) & (~grp.settled | grp.ordinary)
             if not live.any():
                 continue
-            sel = g[live].sort_values("row")
             held = [_Held(int(a), int(w), int(c), str(lt), self._site(int(w)))
-                    for a, w, c, lt in zip(sel["acq"], sel["row"], sel["cls"],
-                                           sel["lock_type"], strict=True)]
+                    for a, w, c, lt in zip(grp.acq[live], grp.row[live], grp.cls[live],
+                                           grp.lock_type[live], strict=True)]
             case = _Case(at, (int(ips[r]), self.symbols.epoch(int(ips[r]), int(ts[r]))),
                          int(gfp[r]), str(ev["func"].iat[r]), held,
-                         {h.acq for h in held if h.acq not in done})
+                         set(grp.acq[live & ~grp.settled].tolist()))
             if case.open:
                 self.pending.append(case)
             else:
@@ -157,6 +157,29 @@ class AllocationStream:
         self.pending = []
         return sorted((AllocationCase(r, h, n) for r, h, n in self.found.values()),  # type: ignore[arg-type]
                       key=lambda c: c.row)
+
+
+@dataclass
+class _Group:
+    """One (task, context)'s spinning-lock acquisitions a window may see, by row (the
+    order the whole pass lists the held ones in), as arrays read once per window."""
+
+    acq: np.ndarray
+    row: np.ndarray
+    cls: np.ndarray
+    lock_type: np.ndarray
+    rel: np.ndarray
+    settled: np.ndarray  # settled in this window
+    ordinary: np.ndarray
+
+    @classmethod
+    def of(cls, g: pd.DataFrame, done: np.ndarray | None) -> _Group:
+        g = g.sort_values("row", kind="stable")
+        acq = g["acq"].to_numpy(dtype=np.int64)
+        settled = np.isin(acq, done) if done is not None else np.zeros(len(g), bool)
+        return cls(acq, g["row"].to_numpy(dtype=np.int64), g["cls"].to_numpy(),
+                   g["lock_type"].astype(str).to_numpy(), g["release_row"].to_numpy(np.int64),
+                   settled, _ordinary(g))
 
 
 def _ordinary(a: pd.DataFrame) -> np.ndarray:
