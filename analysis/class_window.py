@@ -18,7 +18,7 @@ loop over its lock rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,6 +59,9 @@ class StreamState:
     spans: tuple[np.ndarray, np.ndarray]  # where symbols may be (class_stream._spans)
     static: U64Map  # lock address -> candidate of its symbol's class (-2: none)
     heap_memo: U64Map  # record << 32 | offset -> candidate (-1: no class)
+    # what heap_class reads -> its candidate: the allocations of one call site, size and
+    # load of its module name one class per offset and lock type, however many there are
+    site_memo: dict[tuple[int, int, int, int, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -280,10 +283,15 @@ def _memo(eng: StreamState, rows: np.ndarray, j: np.ndarray, off: np.ndarray,
         made = []
         for k in at.tolist():
             r, jj = int(rows[k]), int(j[k])
-            p = int(heap.ptr[jj])
-            c = heap_class(eng.symbols, eng.namer, p, int(heap.end[jj]) - p, int(heap.ip[jj]),
-                           int(heap.ts[jj]), int(lr.addr[r]), names[int(lr.ltype[r])])
-            made.append(eng.cands.id(c))
+            p, ip, ts = int(heap.ptr[jj]), int(heap.ip[jj]), int(heap.ts[jj])
+            size, a, lt = int(heap.end[jj]) - p, int(lr.addr[r]), names[int(lr.ltype[r])]
+            # heap_class reads the allocation's time only through its module's load
+            site = (ip, eng.symbols.epoch(ip, ts), size, a - p, lt)
+            made_id = eng.site_memo.get(site)
+            if made_id is None:
+                made_id = eng.site_memo[site] = eng.cands.id(
+                    heap_class(eng.symbols, eng.namer, p, size, ip, ts, a, lt))
+            made.append(made_id)
         mk = np.array(made, dtype=np.int64)
         eng.heap_memo.put(nk, mk)
         hit = mk >= 0
