@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,11 +205,53 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
+    from tracedep.tracer.run_record import recover
+
     src: Path = a.trace
+    if a.live:
+        return _analyze_live(src, a.out)
     out: Path = a.out or (src if src.is_dir() else src.with_name(src.name + ".tracedep"))
+    if src.is_dir() and recover(src):
+        print(f"tracedep: warning: {src}: the tracedep that ran it died while the guest ran; "
+              f"its manifest is now completed from what reached the disk", file=sys.stderr)
     n = len(_analyze_and_report(src, out, a.vmlinux, not a.no_dwarf, a.kallsyms,
                                 stream=a.stream).findings)
     return 1 if n else 0
+
+
+def _analyze_live(run_dir: Path, out: Path | None) -> int:
+    """``analyze --live``: the trace of a run still going, as far as every CPU has sent
+    it (tracer.live_prefix), streamed, into ``RUN/live`` (tracer.live)."""
+    from tracedep.analysis.stream_pipeline import How, analyze_run
+    from tracedep.common import run_manifest
+    from tracedep.errors import InputError
+    from tracedep.reports.serialize import write_run_outputs
+    from tracedep.tracer.live import LIVE_DIR, LiveResult
+    from tracedep.tracer.live_prefix import readable_prefix
+    from tracedep.tracer.run_record import calibrate, snapshot
+
+    if not run_dir.is_dir():
+        raise InputError(f"--live: {run_dir}: not a run directory")
+    state = run_manifest.read(run_dir).state
+    if state != "running":
+        raise InputError(f"--live: {run_dir} is not a run in progress (state: {state}); "
+                         f"`tracedep analyze {run_dir}` reads it whole")
+    prefix = readable_prefix(run_dir)
+    if prefix is None:
+        raise InputError(f"--live: {run_dir}: no page of the trace has reached the disk yet")
+    info = snapshot(run_dir)
+    an, _ = analyze_run(run_dir, info, None, How(
+        prefix=prefix, on_decoded=lambda d: calibrate(info, d)))
+    an.health.add_warning(
+        f"analysed while the run went on: its events up to {prefix.until_ns / 1e9:.3f} s "
+        f"(guest clock), by which every CPU's pages had arrived; the run's own report, "
+        f"when the guest has stopped, supersedes this one")
+    out = out or run_dir / LIVE_DIR
+    write_run_outputs(out, an)
+    LiveResult(len(an.findings), prefix.until_ns, an.health.events).write(out)
+    print(f"tracedep: {len(an.findings)} findings up to {prefix.until_ns / 1e9:.1f} s of "
+          f"the run so far; report in {out / 'index.html'}")
+    return 1 if an.findings else 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -335,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read a run directory a window at a time even if it fits in memory "
                          "(the way a trace longer than memory is read: four decodes, same "
                          "findings)")
+    an.add_argument("--live", action="store_true",
+                    help="a run still going: analyse the trace as far as every CPU has sent "
+                         "it, into RUN/live (what `run` does as the trace doubles)")
     an.add_argument("--out", type=Path, default=None,
                     help="where to write the report (default: the run directory)")
     an.set_defaults(func=cmd_analyze)
@@ -383,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("tracedep.analysis.symbolizer").setLevel(logging.ERROR)
         # qemu.qmp logs (with tracebacks) what our QemuError then says in one line
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL + 1)
+    # a SIGTERM (a CI job's time limit, kill) ends tracedep as Ctrl-C does: one line,
+    # exit 3, files half-written removed; while a guest runs, both first end its
+    # workload and report the trace so far (tracer.early_stop)
+    with contextlib.suppress(ValueError):  # not the main thread: Python's own handling
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         rc: int = args.func(args)
         return rc
@@ -401,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tracedep: internal error ({type(e).__name__}: {e}); "
               f"details in {log_path}", file=sys.stderr)
         return INTERNAL_ERROR
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _crash_log(argv: list[str] | None, e: BaseException) -> str:

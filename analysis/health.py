@@ -85,6 +85,14 @@ def lost_note(lost: int) -> str:
 TRUNCATED_NOTE = "the trace is truncated: the guest did not finish sending it"
 
 
+def stopped_note(by: str, start_s: float | None, end_s: float | None) -> str:
+    """The warning for a workload the user stopped (tracer.early_stop)."""
+    ran = (f", {end_s - start_s:.1f} s after it started" if start_s is not None
+           and end_s is not None else "")
+    return (f"the workload was stopped before its end ({by}{ran}): the trace ends there, "
+            f"and what it had still to run is untested")
+
+
 def ending_note(ending: Ending) -> str | None:
     """The warning for a guest that did not power off (None: it did, or no guest)."""
     if ending.how is None or ending.clean:

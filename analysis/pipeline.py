@@ -23,6 +23,7 @@ from tracedep.analysis.health import (
     Health,
     ending_note,
     lost_note,
+    stopped_note,
 )
 from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.lock_ctypes import LockTypes, Scope
@@ -183,6 +184,9 @@ def _health(trace: Trace, unmatched: int, events: int) -> Health:
     ended = ending_note(ending)
     if ended:
         warnings.append(ended)
+    wl = info.workload
+    if wl.stopped_by:
+        warnings.append(stopped_note(wl.stopped_by, wl.start_uptime_s, wl.end_uptime_s))
     failed = info.probes.failed
     if failed:
         warnings.append(_probe_failures(failed, info.probes.failed_reasons,

@@ -56,7 +56,14 @@ from tracedep.common import heap
 from tracedep.common.memory_budget import whole_rows
 from tracedep.common.run_manifest import RunManifest
 from tracedep.tracer import schema
-from tracedep.tracer.decode_stream import StreamDecoder, Window, comm_column
+from tracedep.tracer.decode_stream import (
+    BATCH_PAGES,
+    Prefix,
+    StreamDecoder,
+    Window,
+    comm_column,
+)
+from tracedep.tracer.ftrace_binary import Decoded
 
 _LOAD_EVENTS = ("module/module_load", "module/module_free")
 
@@ -81,14 +88,17 @@ class How:
     say: Callable[[str], None] | None = None
     every_s: float = 30.0
     total: int | None = None  # the trace's events, when the run counted them
+    # a run still being written: the part every CPU has sent (tracer.live_prefix)
+    prefix: Prefix | None = None
+    # the survey's decode (its calibration, for a manifest the run has not finished)
+    on_decoded: Callable[[Decoded], None] | None = None
 
 
 def windows(run_dir: Path, info: RunManifest, how: How | None = None, label: str = ""
             ) -> tuple[StreamDecoder, Iterator[Window]]:
     """A fresh decode of the run, its windows cut where no time stamp is split."""
     how = how or How()
-    dec = (StreamDecoder(run_dir, info) if how.batch_pages is None
-           else StreamDecoder(run_dir, info, how.batch_pages))
+    dec = StreamDecoder(run_dir, info, how.batch_pages or BATCH_PAGES, how.prefix)
     wins = whole_timestamps(dec.windows())
     return dec, (_metered(wins, how, label) if how.say is not None else wins)
 
@@ -147,6 +157,8 @@ def survey(run_dir: Path, info: RunManifest, how: How | None = None) -> Survey:
             depths[:len(got)] += got
     decoded = dec.decoded()
     decoded.streamed_per_cpu = per_cpu
+    if how is not None and how.on_decoded is not None:
+        how.on_decoded(decoded)
     gaps = completeness(info, decoded)
     load_frame = (pd.concat(loads, ignore_index=True) if loads
                   else pd.DataFrame({"event": [], "func": [], "ts_ns": []}))

@@ -124,26 +124,37 @@ class TimingRecord:
 
 @dataclass(frozen=True)
 class WorkloadRecord:
-    """The guest's workload: which script, its exit code, when it ran (guest uptime)."""
+    """The guest's workload: which script, its exit code, when it ran (guest uptime),
+    and whether it was stopped before its end."""
 
     end_uptime_s: float | None = None
     rc: int | None = None
     script: str | None = None  # "default", or the --workload path
     start_uptime_s: float | None = None
+    # the signal tracedep got (SIGINT, SIGTERM) when the guest says it stopped the
+    # workload on the host's word (tracer.early_stop); None (and absent from the
+    # JSON): it ran to its end
+    stopped_by: str | None = None
 
     def to_json(self) -> JSONObject:
-        return {"end_uptime_s": self.end_uptime_s, "rc": self.rc, "script": self.script,
-                "start_uptime_s": self.start_uptime_s}
+        out: JSONObject = {"end_uptime_s": self.end_uptime_s, "rc": self.rc,
+                           "script": self.script, "start_uptime_s": self.start_uptime_s}
+        if self.stopped_by is not None:  # only a workload that was stopped says so
+            out["stopped_by"] = self.stopped_by
+        return out
 
     @classmethod
     def from_json(cls, f: Fields) -> WorkloadRecord:
         return cls(f.opt_number("end_uptime_s"), f.opt_integer("rc"), f.opt_text("script"),
-                   f.opt_number("start_uptime_s"))
+                   f.opt_number("start_uptime_s"),
+                   # absent from analyses written before it was recorded
+                   f.opt_text("stopped_by") if f.has("stopped_by") else None)
 
     @classmethod
     def from_manifest(cls, d: dict[str, object]) -> WorkloadRecord:
         return cls(float_or_none(d.get("end_uptime_s")), int_or_none(d.get("rc")),
-                   str_or_none(d.get("script")), float_or_none(d.get("start_uptime_s")))
+                   str_or_none(d.get("script")), float_or_none(d.get("start_uptime_s")),
+                   str_or_none(d.get("stopped_by")))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import gzip
 from collections.abc import Iterable
 from pathlib import Path
 
+from tracedep.common.files import atomic_write
 from tracedep.errors import TraceFormatError
 
 # (address, type letter, name as printed, ``[module]`` tag included)
@@ -48,8 +49,8 @@ def read_file(path: Path) -> list[Entry]:
 def write_file(path: Path, entries: Iterable[Entry]) -> None:
     """Write ``entries`` gzip'd, in kallsyms' own format (``parse`` reads it back)."""
     text = "".join(f"{a:016x} {t} {n}\n" for a, t, n in entries)
-    with gzip.open(path, "wt", compresslevel=6) as fh:
-        fh.write(text)
+    # whole or not at all: a run's live analysis may read it while it is written
+    atomic_write(path, gzip.compress(text.encode(), compresslevel=6), fsync=False)
 
 
 def text_functions(entries: Iterable[Entry]) -> list[tuple[int, str]]:

@@ -38,6 +38,8 @@ class Sink(Protocol):
 
     async def drain(self, idle: float, limit: float) -> None: ...
 
+    async def send(self, data: bytes) -> bool: ...
+
     async def close(self) -> None: ...
 
 
@@ -54,6 +56,7 @@ class SocketSink:
         self.eof = False
         self._server: asyncio.base_events.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self._fh = open(path, "wb")  # noqa: SIM115 - lives as long as the sink
 
     async def start(self, vm: Vm) -> None:
@@ -75,6 +78,7 @@ class SocketSink:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._task = asyncio.current_task()  # type: ignore[assignment]
+        self._writer = writer
         try:
             while True:
                 chunk = await reader.read(1 << 20)
@@ -101,6 +105,17 @@ class SocketSink:
             if time.monotonic() - last >= idle:
                 break
             await asyncio.sleep(idle / 4)
+
+    async def send(self, data: bytes) -> bool:
+        """Write ``data`` to the guest's end of the port (host to guest)."""
+        if self._writer is None or self.eof:
+            return False
+        try:
+            self._writer.write(data)
+            await asyncio.wait_for(self._writer.drain(), 5)
+        except (OSError, TimeoutError):
+            return False
+        return True
 
     async def close(self) -> None:
         if self._server is not None:
@@ -172,6 +187,16 @@ class RingbufSink:
             if time.monotonic() - last >= idle:
                 break
             await asyncio.sleep(idle / 4)
+
+    async def send(self, data: bytes) -> bool:
+        if self._vm is None:
+            return False
+        try:
+            await self._vm.execute("ringbuf-write", {"device": self._cid, "format": "base64",
+                                                     "data": base64.b64encode(data).decode()})
+        except QemuError:
+            return False
+        return True
 
     async def close(self) -> None:
         self._stop = True

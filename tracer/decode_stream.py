@@ -76,12 +76,23 @@ class Window:
     row0: int
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """The part of a run still being written that can be read (tracer.live_prefix):
+    each CPU's first ``limits[cpu]`` bytes (whole pages; a CPU not named: none), and
+    the events up to ``until_ns``, by which every CPU's records are all there."""
+
+    limits: dict[int, int]
+    until_ns: int
+
+
 class _CpuPages:
     """One CPU's raw pages, read a batch at a time, with the page after the batch."""
 
-    def __init__(self, path: Path, psize: int) -> None:
+    def __init__(self, path: Path, psize: int, limit: int | None = None) -> None:
         self.path = path
         self.psize = psize
+        self.left = limit  # bytes that may still be read (None: the whole file)
         self.f: IO[bytes] = (gzip.open(path, "rb") if path.name.endswith(GZ_SUFFIX)  # type: ignore[assignment]
                              else path.open("rb"))
         self.page = 0  # index of the batch's first page in the file
@@ -91,12 +102,16 @@ class _CpuPages:
 
     def _read(self, n: int) -> bytes:
         """Up to ``n`` bytes (read in pieces: ``n`` may be far more than the file has)."""
+        if self.left is not None:
+            n = min(n, self.left)
         out = bytearray()
         try:
             while len(out) < n and (piece := self.f.read(min(n - len(out), _READ_MAX))):
                 out += piece
         except (OSError, EOFError, zlib.error):
             pass  # a damaged .gz: what was read is kept, the rest counts as lost
+        if self.left is not None:
+            self.left -= len(out)
         return bytes(out)
 
     @property
@@ -193,7 +208,7 @@ class StreamDecoder:
     :meth:`decoded` says what ``decode_run`` would have, without the events."""
 
     def __init__(self, run_dir: Path, info: RunManifest | None = None,
-                 batch_pages: int = BATCH_PAGES) -> None:
+                 batch_pages: int = BATCH_PAGES, prefix: Prefix | None = None) -> None:
         ctl = control.load(run_dir / "control.log")
         hp = ctl.header_page()
         if not hp:
@@ -213,6 +228,7 @@ class StreamDecoder:
         self.cmdlines = ctl.file("/sys/kernel/tracing/saved_cmdlines") or ""
         self.sites: dict[str, dict[str, Any]] = dict(info.inline_sites)
         self.batch_pages = max(int(batch_pages), 1)
+        self.prefix = prefix
         self.run_dir = run_dir
         self.stacks: list[tuple[int, ...]] = []  # each distinct stack once
         self._stack_ids: dict[tuple[int, ...], int] = {}
@@ -296,7 +312,8 @@ class StreamDecoder:
 
     def _raw(self) -> Iterator[tuple[pd.DataFrame, int]]:
         """The windows as they leave the merge: (events, first row)."""
-        cpus = {cpu: _CpuPages(p, self.psize)
+        pre = self.prefix
+        cpus = {cpu: _CpuPages(p, self.psize, None if pre is None else pre.limits.get(cpu, 0))
                 for cpu, p in raw_files(self.run_dir / "trace").items()}
         held: pd.DataFrame | None = None  # events not yet in time order with every CPU's
         try:
@@ -306,16 +323,24 @@ class StreamDecoder:
                 batch = self._decode(cpus, todo, held)
                 held = batch if held is None else _merge(held, batch)
                 out, held = _split(held, self._watermark(cpus))
+                out = self._until(out)
                 if len(out):
                     yield self._count(out)
                 left = [c for c, p in cpus.items() if not p.done]
                 todo = [min(left, key=lambda c: (cpus[c].next_ts() or 0, c))] if left else []
-            if held is not None and len(held):
+            if held is not None and len(held := self._until(held)):
                 yield self._count(held)
         finally:
             for c in cpus.values():
                 c.close()
         self._finish(cpus)
+
+    def _until(self, ev: pd.DataFrame) -> pd.DataFrame:
+        """A prefix's events: none after the time every CPU has reached."""
+        if self.prefix is None or not len(ev):
+            return ev
+        keep = ev["ts_ns"].to_numpy() <= self.prefix.until_ns
+        return ev if keep.all() else ev[keep]
 
     def _count(self, ev: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         row0 = self.totals.rows

@@ -2,7 +2,10 @@
 
 Every ``interval`` seconds the run prints, on stderr, one line such as::
 
-    tracedep: progress uptime_s=412.7 records=51230456 records_per_s=124500 trace_mb=1834.2 lost=0
+    tracedep: progress uptime_s=412.7 records=51230456 records_per_s=124500 \
+      trace_mb=1834.2 lost=0 findings=3 findings_uptime_s=205.1
+
+(one line: cut in two here)
 
 ``key=value`` fields, always in this order, so a terminal user reads it and a log
 reader splits it:
@@ -14,7 +17,11 @@ reader splits it:
   (the first line: since the first record);
 * ``trace_mb``: raw trace bytes received (all CPUs);
 * ``lost``: events the guest's ring buffer reported overwritten or dropped in the
-  pages received (the page headers' missed-events counts).
+  pages received (the page headers' missed-events counts);
+* ``findings``: the findings of the latest analysis made while the guest runs
+  (tracer.live; ``-`` until the first is done), and ``findings_uptime_s``: the
+  guest time its events reach (behind ``uptime_s``: it analysed the trace as it
+  stood when it began, and takes its time).
 
 The meter reads only the complete pages appended to ``trace/cpuN.raw`` since its
 last look, with the same page walker as the decoder (tracer.ring_pages); the
@@ -42,11 +49,15 @@ class Progress:
     records_per_s: int
     trace_mb: float
     lost: int
+    findings: int | None = None
+    findings_uptime_s: float | None = None
 
     def line(self) -> str:
+        at = "-" if self.findings_uptime_s is None else f"{self.findings_uptime_s:.1f}"
         return (f"tracedep: progress uptime_s={self.uptime_s:.1f} records={self.records} "
                 f"records_per_s={self.records_per_s} trace_mb={self.trace_mb:.1f} "
-                f"lost={self.lost}")
+                f"lost={self.lost} findings={'-' if self.findings is None else self.findings} "
+                f"findings_uptime_s={at}")
 
 
 class ProgressMeter:

@@ -13,9 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tracedep.common import run_lock
 from tracedep.common.machines import Machine
 from tracedep.common.memory_budget import whole_rows
-from tracedep.common.run_manifest import Kaslr, Load, Lost, ModuleRecord, RunManifest
+from tracedep.common.run_manifest import Ending, Kaslr, Load, Lost, ModuleRecord, RunManifest
 from tracedep.errors import ModuleBuildError
 from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control
@@ -31,20 +32,9 @@ def finish_manifest(out: Path, info: RunManifest, under_test: list[ModuleRecord]
     """Fill the manifest from what the guest sent and from the trace itself; the trace,
     decoded (None if it could not be), for the analysis to use rather than decode again."""
     ctl = control.load(out / "control.log")
-    _guest_said(info, ctl)
-    kas = ctl.kaslr_text()
-    info.kaslr = Kaslr(kas[1], kas[0]) if kas else None
-    if kas and info.discovery_dir:
-        _copy_kallsyms(Path(info.discovery_dir) / "kallsyms.gz", out / "kallsyms.gz", kas)
-    info.modules = _modules_record(under_test, ctl)
-    info.other_modules = _other_modules(info, under_test, ctl)
-    info.probes.failed = ctl.probe_failures()
-    info.probes.failed_reasons = ctl.probe_failure_reasons()
-    info.events_enabled = dict(ctl.event_status())
+    _from_guest(out, info, under_test, ctl, machine)
     info.trace_complete = "trace" in ctl.done
     info.lost = _guest_losses(ctl)
-    info.call_insn_size = machine.call_insn_size
-    info.machine_kprobe_irqs_masked = info.kprobe_irqs_unknown = machine.kprobe_reports_irqs_off
     decoded = _decode(out, info, ctl, machine)
     lost = info.lost
     # lost = what the ring buffer or the transport dropped; probe hits that kprobes
@@ -56,6 +46,71 @@ def finish_manifest(out: Path, info: RunManifest, under_test: list[ModuleRecord]
                   + lost.decoder_rejected_records + lost.decoder_unseen_switches)
     lost.truncated = not info.trace_complete
     return decoded
+
+
+def snapshot(run_dir: Path) -> RunManifest:
+    """The manifest of a run still going (``tracedep analyze --live``), from what the
+    guest has said so far; the trace's own counts are the analysis's to make.  Its
+    only write: the guest's kallsyms (as the run's end writes it), for the symbols."""
+    from tracedep.common import run_manifest as manifest
+    from tracedep.common.machines import machine_for
+
+    info = manifest.read(run_dir)
+    ctl = control.load(run_dir / "control.log")
+    _from_guest(run_dir, info, list(info.modules), ctl, machine_for(info.arch or "x86_64"))
+    info.trace_complete = False
+    info.lost = replace(Lost(), truncated=True)
+    return info
+
+
+def calibrate(info: RunManifest, decoded: Decoded) -> None:
+    """A decode's calibration into a manifest the run has not finished (``snapshot``):
+    what the run's end does with its own decode."""
+    from tracedep.common.machines import machine_for
+
+    record_calibration(info, decoded.calibration, machine_for(info.arch or "x86_64"))
+
+
+def _from_guest(out: Path, info: RunManifest, under_test: list[ModuleRecord],
+                ctl: control.Control, machine: Machine) -> None:
+    """What the guest said of itself, its modules and probes, into the manifest."""
+    _guest_said(info, ctl)
+    kas = ctl.kaslr_text()
+    info.kaslr = Kaslr(kas[1], kas[0]) if kas else None
+    if kas and info.discovery_dir:
+        _copy_kallsyms(Path(info.discovery_dir) / "kallsyms.gz", out / "kallsyms.gz", kas)
+    info.modules = _modules_record(under_test, ctl)
+    info.other_modules = _other_modules(info, under_test, ctl)
+    info.probes.failed = ctl.probe_failures()
+    info.probes.failed_reasons = ctl.probe_failure_reasons()
+    info.events_enabled = dict(ctl.event_status())
+    info.call_insn_size = machine.call_insn_size
+    info.machine_kprobe_irqs_masked = info.kprobe_irqs_unknown = machine.kprobe_reports_irqs_off
+
+
+END_HOST_DIED = "host-died"
+
+
+def recover(run_dir: Path) -> bool:
+    """A run whose tracedep process died while the guest ran (``kill -9``, the OOM
+    killer, the machine going down) left its manifest at ``state: running``, the
+    guest's words and trace as far as they reached the disk, and no process holding
+    it (common.run_lock).  Complete its manifest from them as the run's end would
+    have (``finish_manifest``), its ending ``host-died``; True if it was such a run."""
+    from tracedep.common import run_manifest as manifest
+    from tracedep.common.machines import machine_for
+
+    info = manifest.read(run_dir)
+    if info.state != "running" or info.untraced or run_lock.in_use(run_dir):
+        return False
+    if not (run_dir / "control.log").is_file():
+        return False  # the guest never spoke: check_traced says so
+    finish_manifest(run_dir, info, list(info.modules), machine_for(info.arch or "x86_64"))
+    info.ending = Ending(END_HOST_DIED, "tracedep stopped while the guest ran; the trace "
+                                        "is what had reached the disk")
+    info.state = "incomplete"
+    manifest.write(run_dir, info)
+    return True
 
 
 def finish_untraced(out: Path, info: RunManifest, under_test: list[ModuleRecord]) -> bool:
@@ -88,7 +143,10 @@ def _guest_said(info: RunManifest, ctl: control.Control) -> None:
     info.untraced_pids = [int(p) for p in start.get("untraced_pids", "").split() if p.isdigit()]
     info.workload = replace(info.workload, rc=int(wl["rc"]) if "rc" in wl else None,
                             start_uptime_s=_float(start.get("uptime")),
-                            end_uptime_s=_float(wl.get("uptime")))
+                            end_uptime_s=_float(wl.get("uptime")),
+                            # asked (the session's signal) and done (the guest's word)
+                            stopped_by=info.workload.stopped_by
+                            if wl.get("stopped") == "host" else None)
 
 
 def _modules_record(under_test: list[ModuleRecord], ctl: control.Control

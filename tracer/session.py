@@ -14,6 +14,7 @@ Run directory layout::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tracedep import __version__
+from tracedep.common import run_lock
 from tracedep.common import run_manifest as manifest
 from tracedep.common.cache import cache_root
 from tracedep.common.files import atomic_write
@@ -40,12 +42,14 @@ from tracedep.common.run_manifest import (
     RunManifest,
 )
 from tracedep.common.run_records import QemuRecord, TimingRecord, WorkloadRecord
-from tracedep.errors import GuestError, InputError, RunError, TracedepError
+from tracedep.errors import GuestError, InputError, QemuError, RunError, TracedepError
 from tracedep.kimage import kallsyms as ksyms
 from tracedep.tracer import control, module_sections
 from tracedep.tracer.channels import Sink, open_sink
+from tracedep.tracer.early_stop import END_INTERRUPTED, STOP_LINE, EarlyStop
 from tracedep.tracer.extra_probes import extra_probes, inline_probes_calibrated
 from tracedep.tracer.ftrace_binary import Decoded
+from tracedep.tracer.live import LiveAnalyses
 from tracedep.tracer.lock_init import class_probes
 from tracedep.tracer.probes import (
     TRACEPOINTS,
@@ -136,8 +140,9 @@ def _prepare_out(out: Path, untraced: bool = False) -> None:
         (out / "trace").mkdir()
 
 
-async def _progress(run_dir: Path, interval: float) -> None:
-    """Print the progress line (tracer.progress) every ``interval`` seconds."""
+async def _progress(run_dir: Path, interval: float, live: LiveAnalyses) -> None:
+    """Print the progress line (tracer.progress) every ``interval`` seconds, and start
+    the live analyses (tracer.live)."""
     meter = ProgressMeter(run_dir)
     while True:
         await asyncio.sleep(interval)
@@ -148,8 +153,16 @@ async def _progress(run_dir: Path, interval: float) -> None:
             # ends; the progress line just stops
             log.warning("progress line stopped: %s", e)
             return
-        if p is not None:
-            print(p.line(), file=sys.stderr, flush=True)
+        if p is None:
+            continue
+        got = live.latest()
+        if got is not None:
+            p = replace(p, findings=got.findings, findings_uptime_s=round(got.until_ns / 1e9, 1))
+        print(p.line(), file=sys.stderr, flush=True)
+        try:
+            await live.tick()
+        except OSError as e:  # the machine's refusal: the run goes on without them
+            log.warning("live analysis not started: %s", e)
 
 
 async def _boot(spec: VmSpec, ports: list[tuple[str, Path]], transport: str, timeout: float,
@@ -166,13 +179,22 @@ async def _boot(spec: VmSpec, ports: list[tuple[str, Path]], transport: str, tim
             sinks.append(await open_sink(vm, transport, name, path))
         await vm.cont()
         t_cont = time.monotonic()
-        meter = asyncio.create_task(_progress(ports[0][1].parent, progress)) if (
+        live = LiveAnalyses(ports[0][1].parent)
+        meter = asyncio.create_task(_progress(ports[0][1].parent, progress, live)) if (
             progress > 0) else None
         try:
-            ending = await vm.wait_end(timeout)
+            # sinks[0]: the control port, where the guest listens for "stop"
+            with EarlyStop(lambda: sinks[0].send(STOP_LINE)) as stop:
+                ending = await stop.wait_end(vm.wait_end(timeout))
+            timings["stop_signal"] = stop.signal
+            if ending.how == END_INTERRUPTED:
+                # at once: the guest runs no further, what is in flight still comes
+                with contextlib.suppress(QemuError):
+                    await vm.execute("stop")
         finally:
             if meter is not None:
                 meter.cancel()
+            await live.stop()
         # -no-shutdown keeps QEMU alive after the guest stops: drain what is in flight
         for s in sinks:
             await s.drain(idle=0.3, limit=10)
@@ -306,14 +328,15 @@ def trace(opts: TraceOptions) -> TraceResult:
         timeout_s=opts.timeout,
         untraced=opts.untraced,
     )
-    manifest.write(opts.out, info)
-    try:
-        return _trace(opts, machine, info)
-    except BaseException as e:
-        info.state = "failed"
-        info.error = str(e) or type(e).__name__
+    with run_lock.held(opts.out):
         manifest.write(opts.out, info)
-        raise
+        try:
+            return _trace(opts, machine, info)
+        except BaseException as e:
+            info.state = "failed"
+            info.error = str(e) or type(e).__name__
+            manifest.write(opts.out, info)
+            raise
 
 
 def probe_vmlinux(kernel: Kernel) -> Path | None:
@@ -498,6 +521,8 @@ def _boot_until_traced(opts: TraceOptions, spec: VmSpec, info: RunManifest
             {"how": how, "detail": detail, "why": why, "files": kept})
         manifest.write(out, info)
     # the QMP events as the manifest has always recorded them, read by the one reader
+    # the guest's word decides whether it was the workload's end (tracer.run_record)
+    info.workload = replace(info.workload, stopped_by=timings.pop("stop_signal", None))
     events = QemuRecord.from_manifest({"events": timings.pop("qmp_events", [])}).events
     info.qemu = replace(info.qemu, command=timings.pop("qemu_command", info.qemu.command),
                         events=events)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,6 +36,17 @@ END_PANIC = "panic"
 END_RESET = "reset"  # triple fault or a panic with no pvpanic: -no-reboot turns it into SHUTDOWN
 END_TIMEOUT = "timeout"
 END_QEMU_DIED = "qemu-died"
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a child of tracedep before exec (QEMU, a live analysis): SIGKILL when
+    tracedep dies (a ``kill -9`` or the OOM killer leave no clean-up to run), so no
+    guest outlives its run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def machine_args(m: Machine, accel: str, mem_mb: int, smp: int = 1) -> list[str]:
@@ -149,9 +162,12 @@ class Vm:
         self.cmdline = self.spec.command(self.qmp_path)
         log.info("launching: %s", shlex.join(self.cmdline))
         with open(self.qemu_log, "wb") as out:
+            # its own session: a terminal's Ctrl-C (or hang-up) is tracedep's to handle
+            # (tracer.early_stop), not a signal that kills QEMU under the guest; and
+            # it dies with tracedep, whatever kills tracedep (die_with_parent)
             self.proc = await asyncio.create_subprocess_exec(
-                *self.cmdline, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
-            )
+                *self.cmdline, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                start_new_session=True, preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
         accept = asyncio.ensure_future(self.qmp.accept())
         died = asyncio.ensure_future(self.proc.wait())

@@ -21,7 +21,8 @@ from tracedep.tracer.ring_pages import walk_buffers
 
 TINY = Path(__file__).parents[1] / "data" / "traces" / "tiny"
 LINE = re.compile(r"^tracedep: progress uptime_s=(\d+\.\d) records=(\d+) records_per_s=(\d+) "
-                  r"trace_mb=(\d+\.\d) lost=(\d+)$")
+                  r"trace_mb=(\d+\.\d) lost=(\d+) findings=(\d+|-) "
+                  r"findings_uptime_s=(\d+\.\d|-)$")
 
 
 @pytest.mark.parametrize("read_pages", [4096, 3, 1])
@@ -54,4 +55,11 @@ def test_progress_counts_the_complete_pages(tmp_path: Path, read_pages: int,
         lines.append(p.line())
     for line in lines:
         assert LINE.match(line), line
+        assert line.endswith(" findings=- findings_uptime_s=-")  # no live analysis here
     assert int(LINE.match(lines[-1]).group(3)) > 0  # type: ignore[union-attr]
+
+
+def test_the_line_carries_the_latest_live_analysis() -> None:
+    p = progress.Progress(412.7, 51230456, 124500, 1834.2, 0, 3, 205.1)
+    m = LINE.match(p.line())
+    assert m is not None and m.group(6, 7) == ("3", "205.1"), p.line()

@@ -37,7 +37,8 @@ while ! CTL=$(port_dev tracedep.ctl) || [ ! -c "$CTL" ]; do
     if [ $i -gt 200 ]; then say "no control port; powering off"; poweroff -f; fi
     sleep 0.05
 done
-exec 3>"$CTL"
+# read and write: the host writes "stop" here to end the workload early (below)
+exec 3<>"$CTL"
 
 block() { echo "@@TD $*" >&3; }
 endblock() { echo "@@TD end $1" >&3; }
@@ -272,6 +273,29 @@ modprobe() {
     [ -e /sys/module/$want/initstate ] && return 0
     td_insmod "$kdir/${depline%%:*}" "$@"
 }
+# the pids of $1's descendants, each before its own children (PPid from /proc)
+descendants() {
+    local st k v kids=""
+    for st in /proc/[0-9]*/status; do
+        while read -r k v; do
+            [ "$k" = PPid: ] || continue
+            [ "$v" = "$1" ] && { kids="$kids ${st%/status}"; }
+            break
+        done < "$st" 2>/dev/null
+    done
+    for k in $kids; do
+        echo "${k#/proc/}"
+        descendants "${k#/proc/}"
+    done
+}
+# end the process $1 and everything it started: TERM, then KILL what is left
+stop_tree() {
+    local all p
+    all="$1 $(descendants "$1")"
+    for p in $all; do kill -TERM "$p" 2>/dev/null; done
+    sleep 2
+    for p in $all; do kill -KILL "$p" 2>/dev/null; done
+}
 # misses counted before tracing starts are not lost trace events: keep a baseline
 if [ "$TD_MODE" != untraced ]; then
     block file kprobe_profile_start
@@ -300,8 +324,24 @@ sync
 echo "tracedep: workload start" > $T/trace_marker
 
 # a subshell, so a workload that calls exit does not kill init
-( . /workload.sh )
+( . /workload.sh ) &
+WL=$!
+# The host ends a workload early (tracedep run, on SIGINT or SIGTERM: tracer.early_stop)
+# with "stop" on the control port; the rest of this script then runs as after any
+# workload, so the trace ends at one instant on every CPU and reaches the host whole.
+(
+    while read -r cmd <&3; do
+        [ "$cmd" = stop ] || continue
+        : > /tmp/stopped
+        echo "tracedep: workload stopped by the host" > $T/trace_marker
+        stop_tree "$WL"
+        break
+    done
+) &
+STOPPER=$!
+wait $WL
 rc=$?
+kill $STOPPER 2>/dev/null
 
 echo "tracedep: workload end rc=$rc" > $T/trace_marker
 echo 0 > $T/tracing_on
@@ -310,6 +350,7 @@ while read -r m _; do report_module "$m"; done < /proc/modules
 
 block workload
 echo "rc=$rc" >&3
+[ -e /tmp/stopped ] && echo "stopped=host" >&3
 echo "uptime=$(cut -d' ' -f1 /proc/uptime)" >&3
 endblock workload
 

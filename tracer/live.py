@@ -1,0 +1,109 @@
+"""Findings while the guest runs: a ``tracedep analyze --live`` of the trace so far,
+in a child process, each time the trace has doubled since the last one began.
+
+The child reads the part of the trace every CPU has sent whole (tracer.live_prefix),
+streamed (analysis.stream_pipeline), and writes its report to ``RUN/live/`` with
+``live.json`` (:class:`LiveResult`): how many findings, up to which guest time.  The
+progress line carries the latest (tracer.progress).  Doubling keeps the work of all
+of them under twice the final analysis's; the child runs at the lowest priority, so
+on a busy host it falls behind the guest rather than slowing it (the guest's pumps
+must keep up with its ring buffers).  The run's own analysis, when the guest has
+stopped, supersedes them: a child still running then is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracedep.common.files import atomic_write
+from tracedep.tracer.retention import raw_files
+from tracedep.vm.qemu import die_with_parent
+
+LIVE_DIR = "live"  # RUN/live: the latest live analysis's report
+RESULT = "live.json"
+RESULT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """``RUN/live/live.json``: what the latest live analysis found."""
+
+    findings: int
+    until_ns: int  # the guest time (trace clock) its events reach
+    events: int
+
+    def write(self, out: Path) -> None:
+        atomic_write(out / RESULT, json.dumps(
+            {"version": RESULT_VERSION, "findings": self.findings, "until_ns": self.until_ns,
+             "events": self.events}, sort_keys=True) + "\n", fsync=False)
+
+    @classmethod
+    def read(cls, out: Path) -> LiveResult | None:
+        """The latest result; None if there is none (or it is not one of ours)."""
+        try:
+            d = json.loads((out / RESULT).read_text())
+            return cls(int(d["findings"]), int(d["until_ns"]), int(d["events"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+
+class LiveAnalyses:
+    """Starts the live analyses of ``run_dir`` (:meth:`tick`, from the progress loop)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.out = run_dir / LIVE_DIR
+        self.proc: asyncio.subprocess.Process | None = None
+        self.began_at_bytes = 0  # the trace's size when the latest child began
+        self.started = 0
+
+    def _trace_bytes(self) -> int:
+        total = 0
+        for p in raw_files(self.run_dir / "trace").values():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    async def tick(self) -> None:
+        """Start a child if none runs and the trace has doubled since the last began."""
+        if self.proc is not None and self.proc.returncode is None:
+            return
+        size = self._trace_bytes()
+        if not size or size < 2 * self.began_at_bytes:
+            return
+        self.out.mkdir(exist_ok=True)
+        with (self.out / "analyze.log").open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tracedep.cli", "analyze", str(self.run_dir), "--live",
+                "--no-dwarf", stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, preexec_fn=_lowest_priority)
+        self.began_at_bytes = size
+        self.started += 1
+
+    def latest(self) -> LiveResult | None:
+        return LiveResult.read(self.out)
+
+    async def stop(self) -> None:
+        """Stop a child still running: the run's own analysis comes next."""
+        p = self.proc
+        if p is None or p.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()  # SIGTERM: tracedep ends as on Ctrl-C, its half-written files gone
+        try:
+            await asyncio.wait_for(p.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+
+
+def _lowest_priority() -> None:
+    die_with_parent()
+    os.nice(19)
