@@ -194,6 +194,31 @@ class BundledRun:
         return data
 
 
+def mid_run(run: Path, dest: Path, shares: dict[int, float]) -> Path:
+    """A copy of the finished run directory ``run`` as it stood while still being
+    written (``tracedep analyze --live``): the manifest at ``state: running``, no page
+    sums, and CPU n's file cut after ``shares[n]`` of its pages (half a page more, as
+    a live stream leaves it)."""
+    from tracedep.tracer import control
+    from tracedep.tracer.ftrace_formats import parse_header_page
+
+    page = parse_header_page(control.load(run / "control.log").header_page() or "").page_size
+    (dest / "trace").mkdir(parents=True)
+    # kallsyms.gz: a live run has it from its discovery boot, whose cache may be gone
+    for f in ("control.log", "console.log", "kallsyms.gz"):
+        shutil.copy(run / f, dest / f)
+    m = json.loads((run / "manifest.json").read_text())
+    m["state"] = "running"
+    (dest / "manifest.json").write_text(json.dumps(m))
+    for raw in sorted((run / "trace").glob("cpu*.raw")):
+        data = raw.read_bytes()
+        pages = len(data) // page
+        keep = int(pages * shares[int(raw.stem[3:])])
+        (dest / "trace" / raw.name).write_bytes(
+            data[:keep * page + (page // 2 if keep < pages else 0)])
+    return dest
+
+
 @pytest.fixture(scope="session")
 def bundled_run(tmp_path_factory: pytest.TempPathFactory) -> BundledRun:
     """``tracedep run`` of the bundled example drivers, once per test session."""

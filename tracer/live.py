@@ -5,10 +5,11 @@ The child reads the part of the trace every CPU has sent whole (tracer.live_pref
 streamed (analysis.stream_pipeline), and writes its report to ``RUN/live/`` with
 ``live.json`` (:class:`LiveResult`): how many findings, up to which guest time.  The
 progress line carries the latest (tracer.progress).  Doubling keeps the work of all
-of them under twice the final analysis's; the child runs at the lowest priority, so
-on a busy host it falls behind the guest rather than slowing it (the guest's pumps
-must keep up with its ring buffers).  The run's own analysis, when the guest has
-stopped, supersedes them: a child still running then is stopped.
+of them under twice the final analysis's; the child runs at the lowest priority
+(``_lowest_priority``), so on a busy host it falls behind the guest rather than
+slowing it (the guest's pumps must keep up with its ring buffers).  The run's own
+analysis, when the guest has stopped, supersedes them: a child still running then
+is stopped.
 """
 
 from __future__ import annotations
@@ -105,5 +106,14 @@ class LiveAnalyses:
 
 
 def _lowest_priority() -> None:
+    """In the child before exec: CPU time only when the guest and the run leave some.
+    Its own session is its own autogroup (sched_autogroup_enabled), whose weight
+    the child's nice does not change: that group's nice is set too, else the group
+    takes a fair share against QEMU's (measured: the guest's event rate halved and
+    the ring buffers overflowed while a live analysis ran)."""
     die_with_parent()
     os.nice(19)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text("19")
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

@@ -12,13 +12,12 @@ finds; the whole files read live must find all of it.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import BundledRun, run_tracedep
+from conftest import BundledRun, mid_run, run_tracedep
 
 from tracedep.common import run_manifest
 from tracedep.tracer.decode_stream import StreamDecoder, decode_run
@@ -27,24 +26,6 @@ from tracedep.tracer.live_prefix import readable_prefix
 pytestmark = pytest.mark.guest
 
 COLS = ["ts_ns", "cpu", "pid", "kind", "event", "lock_addr", "ip", "preempt_depth"]
-PAGE = 4096
-
-
-def _mid_run(run: Path, dest: Path, shares: dict[int, float]) -> Path:
-    """``run`` as it stood mid-run: CPU n's file cut after ``shares[n]`` of its pages."""
-    (dest / "trace").mkdir(parents=True)
-    for f in ("control.log", "console.log"):
-        shutil.copy(run / f, dest / f)
-    m = json.loads((run / "manifest.json").read_text())
-    m["state"] = "running"
-    (dest / "manifest.json").write_text(json.dumps(m))
-    for raw in sorted((run / "trace").glob("cpu*.raw")):
-        data = raw.read_bytes()
-        pages = len(data) // PAGE
-        keep = int(pages * shares[int(raw.stem[3:])])
-        (dest / "trace" / raw.name).write_bytes(
-            data[:keep * PAGE + (PAGE // 2 if keep < pages else 0)])
-    return dest
 
 
 def _signatures(d: Path) -> set[str]:
@@ -65,7 +46,7 @@ def test_the_prefix_is_the_whole_trace_up_to_its_time(bundled_run: BundledRun,
                                                       tmp_path: Path) -> None:
     run = bundled_run.run_dir
     assert len(list((run / "trace").glob("cpu*.raw"))) == 2
-    mid = _mid_run(run, tmp_path / "mid", {0: 0.5, 1: 0.3})
+    mid = mid_run(run, tmp_path / "mid", {0: 0.5, 1: 0.3})
     pre = readable_prefix(mid)
     assert pre is not None and set(pre.limits) == {0, 1}
     info = run_manifest.read(run)
@@ -83,7 +64,7 @@ def test_the_prefix_is_the_whole_trace_up_to_its_time(bundled_run: BundledRun,
 def test_a_live_analysis_finds_what_the_whole_trace_finds(
         bundled_run: BundledRun, no_dwarf: Path, tmp_path: Path,
         shares: dict[int, float]) -> None:
-    mid = _mid_run(bundled_run.run_dir, tmp_path / "mid", shares)
+    mid = mid_run(bundled_run.run_dir, tmp_path / "mid", shares)
     res = run_tracedep("analyze", mid, "--live")
     assert res.rc in (0, 1), res.explain()
     live = mid / "live"
