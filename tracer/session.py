@@ -166,9 +166,12 @@ async def _progress(run_dir: Path, interval: float, live: LiveAnalyses) -> None:
 
 
 async def _boot(spec: VmSpec, ports: list[tuple[str, Path]], transport: str, timeout: float,
-                on_start: Any = None, progress: float = 0.0) -> tuple[str, str, dict[str, Any]]:
+                on_start: Any = None, progress: float = 0.0, workload: bool = True
+                ) -> tuple[str, str, dict[str, Any]]:
     """Boot, stream ``ports`` to files, wait for the end; return (ending, detail, timings).
-    ``progress``: seconds between progress lines (0: none)."""
+    ``progress``: seconds between progress lines (0: none); ``workload``: the guest
+    runs one, which SIGINT and SIGTERM end (tracer.early_stop; not the discovery
+    boot, which Ctrl-C just interrupts)."""
     t0 = time.monotonic()
     timings: dict[str, Any] = {}
     sinks: list[Sink] = []
@@ -183,10 +186,13 @@ async def _boot(spec: VmSpec, ports: list[tuple[str, Path]], transport: str, tim
         meter = asyncio.create_task(_progress(ports[0][1].parent, progress, live)) if (
             progress > 0) else None
         try:
-            # sinks[0]: the control port, where the guest listens for "stop"
-            with EarlyStop(lambda: sinks[0].send(STOP_LINE)) as stop:
-                ending = await stop.wait_end(vm.wait_end(timeout))
-            timings["stop_signal"] = stop.signal
+            if workload:
+                # sinks[0]: the control port, where the guest listens for "stop"
+                with EarlyStop(lambda: sinks[0].send(STOP_LINE)) as stop:
+                    ending = await stop.wait_end(vm.wait_end(timeout))
+                timings["stop_signal"] = stop.signal
+            else:
+                ending = await vm.wait_end(timeout)
             if ending.how == END_INTERRUPTED:
                 # at once: the guest runs no further, what is in flight still comes
                 with contextlib.suppress(QemuError):
@@ -234,7 +240,7 @@ def discover(machine: Machine, kernel: Kernel, accel: str) -> Discovery:
                              cdir / "initramfs.cpio.gz")
     spec = VmSpec(machine, kernel.image, initrd, boot_args(machine), cdir, accel=accel)
     how, detail, _ = asyncio.run(_boot(spec, [("tracedep.ctl", cdir / "control.log")],
-                                       "socket", 180))
+                                       "socket", 180, workload=False))
     ctl = control.load(cdir / "control.log")
     if "discover" not in ctl.done:
         raise RunError(f"discovery boot of {kernel.image} did not finish ({how} {detail}); "
