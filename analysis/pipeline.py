@@ -113,7 +113,8 @@ def conclude(trace: Trace, g: Gathered, nesting: NestingJudge | None,
                        m.name for m in trace.info.module_records if m.src_dir))
     findings = judge(cx, getattr(namer, "scope", None), trace.lock_types, kept.cases)
     withheld = _without_kallsyms(trace, findings, table)
-    findings = [f for f in findings if all(f is not w for w in withheld)]
+    gone = {id(f) for f in withheld}
+    findings = [f for f in findings if id(f) not in gone]
     edges = []
     for (u, v), accs in [*cx.replay.edges.items(), *cx.wait_edges.items()]:
         acc = accs[0]

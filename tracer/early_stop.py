@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 
 from tracedep.vm.qemu import Ending
@@ -39,7 +38,6 @@ class EarlyStop:
         self.ask_guest = ask_guest  # sends STOP_LINE; False: it could not be sent
         self.grace_s = grace_s
         self.signal: str | None = None  # the first signal's name (SIGINT, SIGTERM)
-        self.asked_at: float | None = None
         self._asked = asyncio.Event()
         self._now = asyncio.Event()
         self._why = ""
@@ -67,7 +65,6 @@ class EarlyStop:
     def _on_signal(self, s: signal.Signals) -> None:
         if self.signal is None:
             self.signal = s.name
-            self.asked_at = time.monotonic()
             self._asked.set()
             _say(f"{s.name}: asking the guest to end its workload; the trace so far "
                  f"will be analysed (again to stop the guest at once)")

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracedep.common.files import atomic_write
-from tracedep.tracer.retention import raw_files
 from tracedep.vm.qemu import die_with_parent
 
 LIVE_DIR = "live"  # RUN/live: the latest live analysis's report
@@ -61,22 +60,14 @@ class LiveAnalyses:
         self.run_dir = run_dir
         self.out = run_dir / LIVE_DIR
         self.proc: asyncio.subprocess.Process | None = None
-        self.began_at_bytes = 0  # the trace's size when the latest child began
-        self.started = 0
+        self.began_at_mb = 0.0  # the trace's size when the latest child began
 
-    def _trace_bytes(self) -> int:
-        total = 0
-        for p in raw_files(self.run_dir / "trace").values():
-            with contextlib.suppress(OSError):
-                total += p.stat().st_size
-        return total
-
-    async def tick(self) -> None:
-        """Start a child if none runs and the trace has doubled since the last began."""
+    async def tick(self, trace_mb: float) -> None:
+        """Start a child if none runs and the trace (``trace_mb``, as the progress
+        meter measured it) has doubled since the last one began."""
         if self.proc is not None and self.proc.returncode is None:
             return
-        size = self._trace_bytes()
-        if not size or size < 2 * self.began_at_bytes:
+        if not trace_mb or trace_mb < 2 * self.began_at_mb:
             return
         self.out.mkdir(exist_ok=True)
         with (self.out / "analyze.log").open("ab") as log:
@@ -84,8 +75,7 @@ class LiveAnalyses:
                 sys.executable, "-m", "tracedep.cli", "analyze", str(self.run_dir), "--live",
                 "--no-dwarf", stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, preexec_fn=_lowest_priority)
-        self.began_at_bytes = size
-        self.started += 1
+        self.began_at_mb = trace_mb
 
     def latest(self) -> LiveResult | None:
         return LiveResult.read(self.out)

@@ -160,7 +160,7 @@ async def _progress(run_dir: Path, interval: float, live: LiveAnalyses) -> None:
             p = replace(p, findings=got.findings, findings_uptime_s=round(got.until_ns / 1e9, 1))
         print(p.line(), file=sys.stderr, flush=True)
         try:
-            await live.tick()
+            await live.tick(p.trace_mb)
         except OSError as e:  # the machine's refusal: the run goes on without them
             log.warning("live analysis not started: %s", e)
 
