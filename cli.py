@@ -377,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--no-dwarf", action="store_true")
     an.add_argument("--stream", action="store_true",
                     help="read a run directory a window at a time even if it fits in memory "
-                         "(the way a trace longer than memory is read: four decodes, same "
-                         "findings)")
+                         "(the way a trace longer than memory is read: same findings, and "
+                         "free disk about the size of the trace while it runs)")
     an.add_argument("--live", action="store_true",
                     help="a run still going: analyse the trace as far as every CPU has sent "
                          "it, into RUN/live (what `run` does as the trace doubles)")

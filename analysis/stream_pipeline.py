@@ -18,8 +18,10 @@ Four passes over the decoder's windows (tracer.decode_stream), each holding one 
 Then the rules run over the store, as ``pipeline.conclude`` runs them for the whole
 frame: the findings are the whole frame's.  What it keeps grows with classes, edges,
 held locks and the findings' witnesses (and the sleeps in atomic context the replay
-counts one by one), not with events.  Each pass decodes the trace again: about four
-times the decode of ``pipeline.analyze``, for a trace that would not fit otherwise.
+counts one by one), not with events.  The survey decodes the pages and keeps its
+windows on disk (analysis.window_spill) for the other passes, which read them back
+instead of decoding again; without room on disk for them, each pass decodes the trace
+again.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from tracedep.analysis.trace import (
 )
 from tracedep.analysis.trace_model import Trace
 from tracedep.analysis.wait_stream import WaitBuilder
+from tracedep.analysis.window_spill import WindowSpill, room_for
 from tracedep.common import heap
 from tracedep.common.memory_budget import whole_rows
 from tracedep.common.run_manifest import RunManifest
@@ -92,6 +95,8 @@ class How:
     prefix: Prefix | None = None
     # the survey's decode (its calibration, for a manifest the run has not finished)
     on_decoded: Callable[[Decoded], None] | None = None
+    # the survey's windows kept on disk for the later passes (room permitting)
+    spill: bool = True
 
 
 def windows(run_dir: Path, info: RunManifest, how: How | None = None, label: str = ""
@@ -99,8 +104,11 @@ def windows(run_dir: Path, info: RunManifest, how: How | None = None, label: str
     """A fresh decode of the run, its windows cut where no time stamp is split."""
     how = how or How()
     dec = StreamDecoder(run_dir, info, how.batch_pages or BATCH_PAGES, how.prefix)
-    wins = whole_timestamps(dec.windows())
-    return dec, (_metered(wins, how, label) if how.say is not None else wins)
+    return dec, _meter(whole_timestamps(dec.windows()), how, label)
+
+
+def _meter(wins: Iterator[Window], how: How, label: str) -> Iterator[Window]:
+    return _metered(wins, how, label) if how.say is not None else wins
 
 
 def _metered(wins: Iterator[Window], how: How, label: str) -> Iterator[Window]:
@@ -128,10 +136,54 @@ class Survey:
     events: int
     baseline: int
     per_cpu: dict[int, int]  # rows per CPU
+    names: dict[int, str]  # the task names the trace ends with
+    spill: WindowSpill | None  # the windows, for the later passes (None: decode again)
+    how: How
+
+    def windows(self, label: str, rows: np.ndarray | None = None) -> Iterator[Window]:
+        """The trace's windows again: read back from the spill, or decoded again.
+        ``rows`` (sorted): the windows without one of them may be left out."""
+        if self.spill is not None and self.spill.usable:
+            return _meter(self.spill.windows(rows), self.how, label)
+        return windows(self.trace.source, self.trace.info, self.how, label)[1]
+
+    def close(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
+
+
+def _spill_for(run_dir: Path, info: RunManifest, how: How) -> WindowSpill | None:
+    """A spill for the survey's windows, if the disk has room for them (the events the
+    run counted, else as many as its pages could hold at ~30 bytes each)."""
+    if not how.spill:
+        return None
+    events = info.lost.decoded_events
+    if events is None or how.prefix is not None:
+        raw = sum(p.stat().st_size for p in (run_dir / "trace").glob("cpu*.raw*")
+                  if p.is_file())
+        events = max(events or 0, raw // 30)
+    if not room_for(events):
+        if how.say is not None:
+            how.say("tracedep: analysis: no room on disk to keep the decoded windows "
+                    "between passes; each pass decodes the pages again")
+        return None
+    return WindowSpill()
 
 
 def survey(run_dir: Path, info: RunManifest, how: How | None = None) -> Survey:
+    how = how or How()
     dec, wins = windows(run_dir, info, how, "pass 1/4 (survey)")
+    spill = _spill_for(run_dir, info, how)
+    try:
+        return _survey(run_dir, info, how, dec, wins, spill)
+    except BaseException:
+        if spill is not None:
+            spill.close()
+        raise
+
+
+def _survey(run_dir: Path, info: RunManifest, how: How, dec: StreamDecoder,
+            wins: Iterator[Window], spill: WindowSpill | None) -> Survey:
     loads: list[pd.DataFrame] = []
     depths = np.zeros(1, dtype=np.int64)
     n = 0
@@ -139,6 +191,8 @@ def survey(run_dir: Path, info: RunManifest, how: How | None = None) -> Survey:
     for w in wins:
         ev = w.events
         schema.validate(ev)
+        if spill is not None:
+            spill.add(w)
         n += len(ev)
         cpus, counts = np.unique(ev["cpu"].to_numpy(), return_counts=True)
         for c, k in zip(cpus.tolist(), counts.tolist(), strict=True):
@@ -155,9 +209,13 @@ def survey(run_dir: Path, info: RunManifest, how: How | None = None) -> Survey:
             if len(got) > len(depths):
                 depths = np.concatenate([depths, np.zeros(len(got) - len(depths), np.int64)])
             depths[:len(got)] += got
+    if spill is not None:
+        spill.close_writing()
+        if spill.failed and how.say is not None:
+            how.say(f"tracedep: analysis: {spill.failed}")
     decoded = dec.decoded()
     decoded.streamed_per_cpu = per_cpu
-    if how is not None and how.on_decoded is not None:
+    if how.on_decoded is not None:
         how.on_decoded(decoded)
     gaps = completeness(info, decoded)
     load_frame = (pd.concat(loads, ignore_index=True) if loads
@@ -166,7 +224,8 @@ def survey(run_dir: Path, info: RunManifest, how: How | None = None) -> Survey:
                               decoded.module_loads)
     trace = Trace(schema.empty(), decoded.stacks, info, syms, run_dir,
                   gaps + list(syms.warnings))
-    return Survey(trace, n, int(depths.argmax()) if depths.any() else 1, per_cpu)
+    return Survey(trace, n, int(depths.argmax()) if depths.any() else 1, per_cpu,
+                  decoded.comms, spill, how)
 
 
 @dataclass
@@ -176,14 +235,12 @@ class Plans:
     fixed_warnings: list[str]
 
 
-def class_plans(s: Survey, namer: lock_classes.ClassNamer | None,
-                how: How | None = None) -> Plans:
+def class_plans(s: Survey, namer: lock_classes.ClassNamer | None) -> Plans:
     """Pass 2: the class engines' first pass."""
     t = s.trace
     locks, objects = ClassEngine(t.symbols, namer), ClassEngine(t.symbols, namer)
     warned: set[str] = set()
-    _, wins = windows(t.source, t.info, how, "pass 2/4 (lock classes)")
-    for w in wins:
+    for w in s.windows("pass 2/4 (lock classes)"):
         warned.update(place_fixed_locks(w.events, t.symbols))
         locks.feed(w.events, w.row0)
         objects.feed(w.events, w.row0, _object_rows_with_addr(w.events))
@@ -213,8 +270,8 @@ class Replayed:
 
 
 # long: the window loop, one step per consumer of the replay, read best in order
-def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
-                how: How | None = None) -> tuple[pipeline.Gathered, Replayed]:
+def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
+                ) -> tuple[pipeline.Gathered, Replayed]:
     t = s.trace
     info, syms = t.info, t.symbols
     table = plans.locks.table
@@ -240,8 +297,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None,
     kept: list[pd.DataFrame] = []
     gaps: list[np.ndarray] = []
     carry = np.zeros(0, dtype=np.int64)  # suspect rows of calls still pending
-    _, wins = windows(t.source, info, how, "pass 3/4 (held locks, waits)")
-    for w in wins:
+    for w in s.windows("pass 3/4 (held locks, waits)"):
         ev, row0 = w.events, w.row0
         place_fixed_locks(ev, syms)
         classes = locks.feed(ev, row0).astype(np.int32)
@@ -308,22 +364,21 @@ def _classes_of(ids: np.ndarray, table: list[lock_classes.LockClass]
 
 
 def store_pass(s: Survey, rep: Replay, wg: waits.WaitGraph,
-               cases: list[row_store.AllocationCase], gap_rows: np.ndarray,
-               how: How | None = None) -> row_store.RowStore:
+               cases: list[row_store.AllocationCase], gap_rows: np.ndarray
+               ) -> row_store.RowStore:
     """Pass 4: the rows the rules read, as the whole frame has them (the task names
     the trace ends with, as ``decode_run`` gives them)."""
     want = row_store.named_rows(rep, wg.edges, gap_rows, cases)
     t = s.trace
-    dec, wins = windows(t.source, t.info, how, "pass 4/4 (witness rows)")
     parts: list[pd.DataFrame] = []
-    for w in wins:
+    for w in s.windows("pass 4/4 (witness rows)", want):
         ev, row0 = w.events, w.row0
         lo, hi = np.searchsorted(want, [row0, row0 + len(ev)])
         if hi > lo:
             place_fixed_locks(ev, t.symbols)
             parts.append(ev.take(want[lo:hi] - row0).reset_index(drop=True))
     events = join_frames(parts) if parts else schema.empty()
-    events["comm"] = comm_column(events, dec.decoded().comms)
+    events["comm"] = comm_column(events, s.names)
     return row_store.RowStore(events, want)
 
 
@@ -339,13 +394,16 @@ def analyze_run(run_dir: Path, info: RunManifest, aids: Aids | None = None,
     if how.total is None:
         how.total = info.lost.decoded_events
     s = survey(run_dir, info, how)
-    nesting, namer = aids(s.trace) if aids is not None else (None, None)
-    plans = class_plans(s, namer, how)
-    s.trace.warnings += plans.fixed_warnings
-    heap.give_back()
-    g, r = replay_pass(s, plans, namer, how)
-    heap.give_back()
-    store = store_pass(s, r.replay, r.wait_graph, r.cases, r.gap_rows, how)
+    try:
+        nesting, namer = aids(s.trace) if aids is not None else (None, None)
+        plans = class_plans(s, namer)
+        s.trace.warnings += plans.fixed_warnings
+        heap.give_back()
+        g, r = replay_pass(s, plans, namer)
+        heap.give_back()
+        store = store_pass(s, r.replay, r.wait_graph, r.cases, r.gap_rows)
+    finally:
+        s.close()
     g.store = store
     g.kept = row_store.renumber(store, r.replay, r.wait_graph.edges, r.cases)
     s.trace.events = store.events

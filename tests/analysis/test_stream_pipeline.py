@@ -43,6 +43,15 @@ def test_stream_gives_the_whole_frames_analysis(path: Path, batch: int | None) -
     assert _comparable(_streamed(path, batch)) == _comparable(whole)
 
 
+@pytest.mark.parametrize("path", RUNS, ids=[str(p.relative_to(DATA)) for p in RUNS])
+def test_without_room_for_its_windows_the_stream_decodes_each_pass(path: Path) -> None:
+    """With no spill (analysis.window_spill) every pass decodes the pages again: the
+    same analysis."""
+    a, _ = stream_pipeline.analyze_run(path, run_manifest.read(path), None,
+                                       stream_pipeline.How(4, spill=False))
+    assert _comparable(a) == _comparable(pipeline.analyze(load_run(path)))
+
+
 def test_the_runs_say_something() -> None:
     """The runs have findings, edges and classes to compare."""
     got = [pipeline.analyze(load_run(p)) for p in RUNS]

@@ -1,0 +1,221 @@
+"""The decoded windows of one analysis, kept on disk between its passes.
+
+A streamed analysis (analysis.stream_pipeline) reads the trace's events four times.
+Decoding the pages is most of each read: about 0.7 µs an event here, against a few
+hundredths for reading the same window back from this file.  So the first pass writes
+every window it decodes, and the later passes read them back: one decode per analysis.
+
+The file is the analysis's own scratch: an unlinked temporary file (nothing is left
+behind however the process ends) in the cache root's ``spill/`` folder, read back by the
+process that wrote it.  A window comes back as the decoder gave it: the same columns,
+dtypes, categories (with their dtype) and values.
+
+It costs disk, about as much as the raw pages (~40 bytes an event: flags packed to
+bits, columns mostly zero or -1 stored as their other rows).  :func:`room_for` says
+whether the file system has it; when it does not, or a write fails (a full disk), the
+passes decode the pages again instead, as they did before this file existed.
+
+Layout, per window: a little-endian u32 header length, the header (JSON: ``row0``, the
+row count and per column its name, encoding, dtype and byte count), then each column's
+bytes in header order.  Encodings: ``dense`` (the array's bytes), ``bits``
+(``np.packbits`` of a bool column), ``sparse`` (a fill value, the u32 positions of the
+other rows, then their values) and ``cat`` (a categorical's codes; its categories in
+the header).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from tracedep.common.cache import cache_dir
+from tracedep.tracer.decode_stream import Window
+
+BYTES_PER_EVENT = 48  # an upper estimate (about 40 measured on a saturating benchmark run)
+_MARGIN = 1 << 30  # what the file system keeps free beyond the spill
+_SPARSE_BELOW = 0.25  # a numeric column with fewer other rows than this is stored sparse
+_HEAD = struct.Struct("<I")
+
+
+def spill_dir() -> Path:
+    return cache_dir("spill")
+
+
+def room_for(events: int | None, where: Path | None = None) -> bool:
+    """Has the spill's file system room for ``events`` events (unknown: assumed
+    small), with a margin to spare?"""
+    where = where or spill_dir()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return False
+    return free >= (events or 0) * BYTES_PER_EVENT + _MARGIN
+
+
+@dataclass
+class _Entry:
+    offset: int
+    row0: int
+    rows: int
+
+
+class WindowSpill:
+    """Windows written once (:meth:`add`, then :meth:`close_writing`) and read back in
+    order (:meth:`windows`) as often as needed.  ``failed``: a write failed; the caller
+    decodes again instead (what was written is dropped)."""
+
+    def __init__(self, where: Path | None = None) -> None:
+        where = where or spill_dir()
+        where.mkdir(parents=True, exist_ok=True)
+        self.f: IO[bytes] | None = tempfile.TemporaryFile(dir=where, prefix="windows-")
+        self.index: list[_Entry] = []
+        self.failed: str | None = None
+        self.complete = False
+        self.bytes = 0
+        self.events = 0
+
+    def add(self, w: Window) -> None:
+        if self.f is None or self.failed:
+            return
+        head, blobs = _encode(w)
+        try:
+            at = self.f.tell()
+            self.f.write(_HEAD.pack(len(head)) + head)
+            for b in blobs:
+                self.f.write(b)
+        except OSError as e:
+            self.drop(f"writing the analysis's window file failed ({e.strerror or e}); "
+                      "its passes decode the pages again instead")
+            return
+        self.index.append(_Entry(at, w.row0, len(w.events)))
+        self.events += len(w.events)
+        self.bytes = at + _HEAD.size + len(head) + sum(len(b) for b in blobs)
+
+    def close_writing(self) -> None:
+        """Every window is in: the file may be read."""
+        if self.f is not None and not self.failed:
+            try:
+                self.f.flush()
+                self.complete = True
+            except OSError as e:
+                self.drop(f"writing the analysis's window file failed ({e.strerror or e})")
+
+    def drop(self, why: str) -> None:
+        self.failed = why
+        self.close()
+
+    @property
+    def usable(self) -> bool:
+        return self.complete and self.f is not None and not self.failed
+
+    def windows(self, rows: np.ndarray | None = None) -> Iterator[Window]:
+        """The windows as written; ``rows`` (sorted): only the windows holding one of
+        them (the rest are not read)."""
+        assert self.usable and self.f is not None
+        f = self.f
+        for e in self.index:
+            if rows is not None:
+                lo, hi = np.searchsorted(rows, [e.row0, e.row0 + e.rows])
+                if hi == lo:
+                    continue
+            f.seek(e.offset)
+            yield _decode(f)
+
+    def close(self) -> None:
+        f, self.f = self.f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # its buffer could not be written either: it is dropped all the same
+
+
+def _encode(w: Window) -> tuple[bytes, list[bytes]]:
+    cols: list[list[Any]] = []
+    blobs: list[bytes] = []
+    n = len(w.events)
+    for name in w.events.columns:
+        col = w.events[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            cat = col.array
+            assert isinstance(cat, pd.Categorical)
+            codes = np.ascontiguousarray(cat.codes)
+            cats = cat.categories
+            blobs.append(codes.tobytes())
+            cols.append([name, "cat", str(codes.dtype), len(blobs[-1]),
+                         cats.tolist(), str(cats.dtype), bool(cat.ordered)])
+            continue
+        a = np.ascontiguousarray(col.to_numpy())
+        if a.dtype == np.bool_:
+            blobs.append(np.packbits(a).tobytes())
+            cols.append([name, "bits", "bool", len(blobs[-1])])
+            continue
+        fill, at = _sparse(a, n)
+        if at is not None:
+            blobs.append(at.astype(np.uint32).tobytes() + a[at].tobytes())
+            cols.append([name, "sparse", a.dtype.str, len(blobs[-1]), fill, len(at)])
+        else:
+            blobs.append(a.tobytes())
+            cols.append([name, "dense", a.dtype.str, len(blobs[-1])])
+    head = json.dumps({"row0": w.row0, "rows": n, "cols": cols}).encode()
+    return head, blobs
+
+
+def _sparse(a: np.ndarray, n: int) -> tuple[int, np.ndarray | None]:
+    """The fill (0 or -1) and the positions of the other rows, when few enough."""
+    if not n or a.dtype.kind not in "iu" or n >= 1 << 32:
+        return 0, None
+    for fill in (0, -1) if a.dtype.kind == "i" else (0,):
+        other = a != fill
+        k = int(np.count_nonzero(other))
+        if k < n * _SPARSE_BELOW:
+            return fill, np.flatnonzero(other)
+    return 0, None
+
+
+def _decode(f: IO[bytes]) -> Window:
+    (hlen,) = _HEAD.unpack(_read(f, _HEAD.size))
+    head = json.loads(_read(f, hlen))
+    n = int(head["rows"])
+    body = bytearray(sum(int(c[3]) for c in head["cols"]))
+    if f.readinto(body) != len(body):  # type: ignore[attr-defined]
+        raise OSError("the analysis's window file ends early")
+    cols: dict[str, Any] = {}
+    at = 0
+    for c in head["cols"]:
+        name, enc, dtype, size = c[0], c[1], c[2], int(c[3])
+        raw = memoryview(body)[at:at + size]
+        at += size
+        if enc == "cat":
+            codes = np.frombuffer(raw, dtype=dtype)
+            cats = pd.Index(c[4], dtype=c[5])
+            cols[name] = pd.Categorical.from_codes(codes, categories=cats, ordered=c[6],
+                                                   validate=False)
+        elif enc == "bits":
+            cols[name] = np.unpackbits(np.frombuffer(raw, np.uint8), count=n).astype(bool)
+        elif enc == "sparse":
+            fill, k = int(c[4]), int(c[5])
+            pos = np.frombuffer(raw[:4 * k], np.uint32)
+            out = np.full(n, fill, dtype=dtype)
+            out[pos] = np.frombuffer(raw[4 * k:], dtype=dtype)
+            cols[name] = out
+        else:
+            cols[name] = np.frombuffer(raw, dtype=dtype)
+    return Window(pd.DataFrame(cols, index=pd.RangeIndex(n), copy=False), int(head["row0"]))
+
+
+def _read(f: IO[bytes], n: int) -> bytes:
+    b = f.read(n)
+    if len(b) != n:
+        raise OSError("the analysis's window file ends early")
+    return b

@@ -1,0 +1,122 @@
+"""The survey's windows kept on disk for the later passes (analysis.window_spill).
+
+A window read back must be the window the decoder gave: columns, dtypes, categories
+with their dtype, values.  A spill that cannot be written (no room, a full disk) must
+leave the analysis as it was: each pass decodes the pages again, same findings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+import pytest
+from recorded_traces import DATA, RUNS
+
+from tracedep.analysis import stream_pipeline, window_spill
+from tracedep.analysis.window_spill import WindowSpill
+from tracedep.common import run_manifest
+from tracedep.reports.serialize import analysis_to_json
+
+
+def _windows(path: Path, batch: int | None) -> list[stream_pipeline.Window]:
+    _, wins = stream_pipeline.windows(path, run_manifest.read(path),
+                                      stream_pipeline.How(batch))
+    return list(wins)
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    for c in a.columns:
+        if isinstance(a[c].dtype, pd.CategoricalDtype):
+            assert a[c].cat.categories.dtype == b[c].cat.categories.dtype, c
+
+
+@pytest.mark.parametrize("batch", [1, None], ids=["1-page", "default"])
+@pytest.mark.parametrize("path", RUNS, ids=[str(p.relative_to(DATA)) for p in RUNS])
+def test_windows_come_back_as_the_decoder_gave_them(path: Path, batch: int | None,
+                                                    tmp_path: Path) -> None:
+    wins = _windows(path, batch)
+    spill = WindowSpill(tmp_path)
+    for w in wins:
+        spill.add(w)
+    spill.close_writing()
+    assert spill.usable and spill.events == sum(len(w.events) for w in wins)
+    for _ in range(2):  # read as often as the passes need
+        back = list(spill.windows())
+        assert [w.row0 for w in back] == [w.row0 for w in wins]
+        for a, b in zip(wins, back, strict=True):
+            _same(a.events, b.events)
+    assert list(tmp_path.iterdir()) == []  # unlinked: nothing is left behind
+    spill.close()
+
+
+def test_sparse_and_bit_columns_keep_every_value(tmp_path: Path) -> None:
+    """The encodings' edges: a column all fill, one other value, -1 fills, bools whose
+    count is not a multiple of 8, a categorical with a missing code."""
+    n = 1001
+    ev = pd.DataFrame({
+        "zeros": np.zeros(n, np.uint64),
+        "one": np.where(np.arange(n) == 500, np.uint64(1 << 63), np.uint64(0)),
+        "minus": np.where(np.arange(n) % 97 == 0, 7, -1).astype(np.int32),
+        "dense": np.arange(n, dtype=np.int64) - 3,
+        "flag": np.arange(n) % 3 == 0,
+        "cat": pd.Categorical.from_codes(np.where(np.arange(n) % 5 == 0, -1, np.arange(n) % 2),
+                                         categories=pd.Index(["a", "b"], dtype=object)),
+    })
+    spill = WindowSpill(tmp_path)
+    spill.add(stream_pipeline.Window(ev, 10))
+    spill.close_writing()
+    (back,) = spill.windows()
+    assert back.row0 == 10
+    _same(ev, back.events)
+    spill.close()
+
+
+def test_only_the_windows_holding_the_rows_asked_for_are_read(tmp_path: Path) -> None:
+    wins = _windows(DATA / "classes" / "raw", 1)
+    spill = WindowSpill(tmp_path)
+    for w in wins:
+        spill.add(w)
+    spill.close_writing()
+    last = wins[-1]
+    got = list(spill.windows(np.array([last.row0 + len(last.events) - 1])))
+    assert [w.row0 for w in got] == [last.row0]
+    spill.close()
+
+
+def _comparable(path: Path, how: stream_pipeline.How) -> dict[str, object]:
+    a, _ = stream_pipeline.analyze_run(path, run_manifest.read(path), None, how)
+    out = analysis_to_json(a)
+    out["health"].pop("analysis_s")
+    out["findings"] = [f.__dict__ for f in a.findings]
+    return out
+
+
+def test_a_full_disk_leaves_the_analysis_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write fails as on a full disk (/dev/full): the passes decode again, the
+    analysis is the one without a spill, and the progress lines say why."""
+    path = DATA / "classes" / "raw"
+    want = _comparable(path, stream_pipeline.How(4, spill=False))
+
+    def full(**_: object) -> IO[bytes]:
+        return open("/dev/full", "r+b")  # noqa: SIM115 (the spill closes it)
+
+    monkeypatch.setattr(window_spill.tempfile, "TemporaryFile", full)
+    said: list[str] = []
+    assert _comparable(path, stream_pipeline.How(4, say=said.append)) == want
+    assert any("No space left on device" in s and "decode the pages again" in s
+               for s in said), said
+
+
+def test_no_room_on_disk_means_no_spill(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = DATA / "classes" / "raw"
+    monkeypatch.setattr(window_spill, "_MARGIN", 1 << 62)
+    said: list[str] = []
+    s = stream_pipeline.survey(path, run_manifest.read(path),
+                               stream_pipeline.How(4, say=said.append))
+    assert s.spill is None
+    assert any("no room on disk" in line for line in said)
+    assert sum(len(w.events) for w in s.windows("again")) == s.events
