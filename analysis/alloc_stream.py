@@ -71,7 +71,7 @@ class AllocationStream:
     def _cases(self, ev: pd.DataFrame, row0: int, cand: pd.DataFrame,
                settled: pd.DataFrame) -> None:
         gfp = ev["gfp"].to_numpy()
-        cand_rows = np.nonzero((ev["kind"].to_numpy() == "alloc")
+        cand_rows = np.nonzero((ev["kind"] == "alloc").to_numpy()
                                & ((gfp & GFP_DIRECT_RECLAIM) == 0))[0]
         ips, ts = ev["ip"].to_numpy(), ev["ts_ns"].to_numpy()
         rows = [int(r) for r in cand_rows if ips[r] and self.symbols.module_of(

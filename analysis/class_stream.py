@@ -205,24 +205,29 @@ def _spans(symbols: RunSymbols) -> tuple[np.ndarray, np.ndarray]:
 
 
 def whole_timestamps(windows: Iterable[Window]) -> Iterator[Window]:
-    """The same rows, re-cut so that no time stamp spans two windows: each window's
-    rows at its last time stamp go out with the next one."""
-    carry: pd.DataFrame | None = None
-    carry_row0 = 0
+    """The same rows, re-cut so that no time stamp spans two windows: where a window
+    begins at the time stamp the one before ends at, the earlier window's rows at it go
+    out with the later one.  A window is held until the next one is seen, so windows
+    that split nothing (the decoder's, mostly) pass unchanged, not joined."""
+    pend: Window | None = None
     for w in windows:
-        ev, row0 = w.events, w.row0
-        if carry is not None and len(carry):
-            ev = _join(carry, ev)
-            row0 = carry_row0
-        if not len(ev):
+        if not len(w.events):
             continue
-        ts = ev["ts_ns"].to_numpy()
+        if pend is None:
+            pend = w
+            continue
+        ts = pend.events["ts_ns"].to_numpy()
+        if int(w.events["ts_ns"].to_numpy()[0]) != int(ts[-1]):
+            yield pend
+            pend = w
+            continue
         cut = int(np.searchsorted(ts, ts[-1], side="left"))
         if cut:
-            yield Window(ev.iloc[:cut].reset_index(drop=True), row0)
-        carry, carry_row0 = ev.iloc[cut:].reset_index(drop=True), row0 + cut
-    if carry is not None and len(carry):
-        yield Window(carry, carry_row0)
+            yield Window(pend.events.iloc[:cut].reset_index(drop=True), pend.row0)
+        pend = Window(_join(pend.events.iloc[cut:].reset_index(drop=True), w.events),
+                      pend.row0 + cut)
+    if pend is not None:
+        yield pend
 
 
 def _join(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

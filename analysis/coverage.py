@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis.classes import LockClass
+from tracedep.analysis.replay_inputs import kind_is
 from tracedep.analysis.run_symbols import RunSymbols
 
 LOCK_KINDS = ("lock_acquire", "lock_release", "lock_return")
@@ -27,8 +28,7 @@ class ModuleCoverage:
 def coverage(events: pd.DataFrame, symbols: RunSymbols, table: list[LockClass],
              names: list[str]) -> dict[str, ModuleCoverage]:
     want = set(names)
-    kinds = events["kind"].to_numpy()
-    rows = np.nonzero(np.isin(kinds, LOCK_KINDS))[0]
+    rows = np.nonzero(kind_is(events["kind"], LOCK_KINDS))[0]
     ip = events["ip"].to_numpy()[rows]
     ts = events["ts_ns"].to_numpy()[rows]
     hits: dict[str, np.ndarray] = {n: np.zeros(len(rows), dtype=bool) for n in want}

@@ -122,7 +122,7 @@ class OpenSites:
 
     def add(self, ev: pd.DataFrame, row0: int) -> None:
         """A window's acquire rows (``ev``; ``row0``: its first row in the trace)."""
-        at = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+        at = np.nonzero((ev["kind"] == "lock_acquire").to_numpy())[0]
         self.rows = np.concatenate([self.rows, at.astype(np.int64) + row0])
         self.ips = np.concatenate([self.ips, ev["ip"].to_numpy()[at].astype(np.uint64)])
         self.ts = np.concatenate([self.ts, ev["ts_ns"].to_numpy()[at].astype(np.int64)])

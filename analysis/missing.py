@@ -121,11 +121,11 @@ def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingRe
     """The acquire rows (of ``lock_rows``, sorted) whose release may be invisible."""
     if not missing or not len(lock_rows):
         return RowSet()
-    lt = events["lock_type"].to_numpy()[lock_rows].astype(str)
+    lt = events["lock_type"].iloc[lock_rows].to_numpy().astype(str)
     sel = np.isin(lt, list(missing.types)) if missing.types else np.zeros(len(lock_rows), bool)
     if missing.module_types:
         sites = info.inline_sites
-        names = events["event"].to_numpy()[lock_rows].astype(str)
+        names = events["event"].iloc[lock_rows].to_numpy().astype(str)
         ips = events["ip"].to_numpy()[lock_rows]
         tss = events["ts_ns"].to_numpy()[lock_rows]
         mods = {m for m, _ in missing.module_types}

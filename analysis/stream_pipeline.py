@@ -301,7 +301,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
         ev, row0 = w.events, w.row0
         place_fixed_locks(ev, syms)
         classes = locks.feed(ev, row0).astype(np.int32)
-        lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+        lock_rows = np.nonzero((ev["kind"] == "lock_acquire").to_numpy())[0]
         sus = missing.suspect_rows(ev, lock_rows, unseen, info, syms)
         suspects = RowSet.of_sorted(np.union1d(carry, np.asarray(
             sorted(sus), dtype=np.int64) + row0))
@@ -339,7 +339,6 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
         held_open.keep(still["row"].to_numpy(dtype=np.int64))
         carry = np.intersect1d(suspects.rows, rp.pending_rows())
         del ev, w, settled, cand
-        heap.give_back()
     rep = rp.finish()
     last = rep.acquisitions  # the acquisitions never settled, as the trace left them
     stats.add(last)
@@ -390,6 +389,7 @@ def analyze_run(run_dir: Path, info: RunManifest, aids: Aids | None = None,
     ``aids``: the nesting judge and heap namer for the trace (cli's DWARF aids)."""
     t0 = time.monotonic()
     check_traced(run_dir, info)
+    heap.reuse_windows()
     how = how or How()
     if how.total is None:
         how.total = info.lost.decoded_events

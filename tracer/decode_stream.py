@@ -460,14 +460,14 @@ def comm_column(ev: pd.DataFrame, names: dict[int, str]) -> pd.Categorical:
     """Each row's task name from ``names`` (pid 0: ``<idle>``; gap rows: none)."""
     names = {**names, 0: "<idle>"}
     upids, inv = sorted_unique(ev["pid"].to_numpy())
-    idx = np.where(ev["kind"].to_numpy() == "gap", len(upids), inv.reshape(-1))
+    idx = np.where((ev["kind"] == "gap").to_numpy(), len(upids), inv.reshape(-1))
     return unique_names([names.get(int(p), "<...>") for p in upids] + [""], idx)
 
 
 def _give_stack(held: pd.DataFrame, cpu: int, ts: int, sid: int) -> None:
     """Set the stack of ``cpu``'s record at ``ts`` (its latest such row, not a gap)."""
     rows = np.nonzero((held["cpu"].to_numpy() == cpu) & (held["ts_ns"].to_numpy() == ts)
-                      & (held["kind"].to_numpy() != "gap"))[0]
+                      & (held["kind"] != "gap").to_numpy())[0]
     if len(rows):
         col = held["stack_id"].to_numpy().copy()
         col[rows[-1]] = sid

@@ -32,3 +32,37 @@ def test_free_window_arrays_leave_the_process_once_given_back() -> None:
     after = _rss_mb()
     assert before - after > 150, (before, after)
     assert all(int(a.sum()) == len(a) for a in kept)  # what is kept stays intact
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from tracedep.common import heap
+if sys.argv[1] == "reuse" and not heap.reuse_windows():
+    print("skip"); raise SystemExit
+def window():  # a stream's window: a few MB of arrays, freed before the next
+    a = np.ones(1 << 20, np.int64); b = a * 2; return int(b[-1])
+window()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    window()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+def test_reused_windows_fault_no_pages_in_again() -> None:
+    """After ``reuse_windows`` the next window's arrays take the pages the last one
+    freed: no page faults, where by default glibc hands them back and faults them in
+    again, ~1,000 a window here (in a child: the setting is for the whole process)."""
+    import subprocess
+    import sys
+
+    got = {}
+    for how in ("default", "reuse"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, how], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        if out == "skip":
+            pytest.skip("this libc has no mallopt")
+        got[how] = int(out)
+    assert got["default"] > 50 * 500, got  # of the two 8 MB arrays' 4,096 pages
+    assert got["reuse"] < 1000, got
