@@ -54,7 +54,7 @@ from tracedep.analysis.trace import (
 )
 from tracedep.analysis.trace_model import Trace
 from tracedep.analysis.wait_stream import WaitBuilder
-from tracedep.analysis.window_spill import WindowSpill, room_for
+from tracedep.analysis.window_spill import ArraySpill, WindowSpill, room_for
 from tracedep.common import heap
 from tracedep.common.memory_budget import whole_rows
 from tracedep.common.run_manifest import RunManifest
@@ -233,6 +233,13 @@ class Plans:
     locks: ClassPlan
     objects: ClassPlan
     fixed_warnings: list[str]
+    # per window: its lock rows and their first-pass ids, its object rows and theirs
+    # (kept when the windows are: pass 3 resolves them instead of classifying again)
+    ids: ArraySpill | None = None
+
+    def close(self) -> None:
+        if self.ids is not None:
+            self.ids.close()
 
 
 def class_plans(s: Survey, namer: lock_classes.ClassNamer | None) -> Plans:
@@ -240,11 +247,45 @@ def class_plans(s: Survey, namer: lock_classes.ClassNamer | None) -> Plans:
     t = s.trace
     locks, objects = ClassEngine(t.symbols, namer), ClassEngine(t.symbols, namer)
     warned: set[str] = set()
-    for w in s.windows("pass 2/4 (lock classes)"):
-        warned.update(place_fixed_locks(w.events, t.symbols))
-        locks.feed(w.events, w.row0)
-        objects.feed(w.events, w.row0, _object_rows_with_addr(w.events))
-    return Plans(locks.finish(), objects.finish(), sorted(warned))
+    ids = ArraySpill() if s.spill is not None and s.spill.usable else None
+    try:
+        for w in s.windows("pass 2/4 (lock classes)"):
+            warned.update(place_fixed_locks(w.events, t.symbols))
+            lk = locks.feed(w.events, w.row0)
+            orows = _object_rows_with_addr(w.events)
+            ob = objects.feed(w.events, w.row0, orows)
+            if ids is not None:
+                at = np.flatnonzero(lk >= 0)
+                ids.add([at, lk[at], orows, ob[orows]])
+    except BaseException:
+        if ids is not None:
+            ids.close()
+        raise
+    if ids is not None:
+        ids.close_writing()
+    return Plans(locks.finish(), objects.finish(), sorted(warned), ids)
+
+
+def _first_pass_ids(plans: Plans) -> Iterator[list[np.ndarray]] | None:
+    return plans.ids.read() if plans.ids is not None and plans.ids.usable else None
+
+
+def _window_classes(ev: pd.DataFrame, row0: int, plans: Plans,
+                    engines: tuple[ClassEngine, ClassEngine],
+                    kept: Iterator[list[np.ndarray]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The window's final lock classes and object classes: the first pass's ids
+    resolved with its plan where they were kept (``plan.resolve``, as classes.assign
+    does), else the engines run again with the plan."""
+    if kept is None:
+        return (engines[0].feed(ev, row0).astype(np.int32),
+                engines[1].feed(ev, row0, _object_rows_with_addr(ev)))
+    at, prov, orows, oprov = next(kept)
+    la = ev["lock_addr"].to_numpy()
+    locks = np.full(len(ev), -1, dtype=np.int32)
+    locks[at] = plans.locks.resolve(prov, la[at])
+    objects = np.full(len(ev), -1, dtype=np.int64)
+    objects[orows] = plans.objects.resolve(oprov, la[orows])
+    return locks, objects
 
 
 def _object_rows_with_addr(ev: pd.DataFrame) -> np.ndarray:
@@ -283,8 +324,8 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
                   own_classes=frozenset(i for i, c in enumerate(table)
                                         if c.module not in ("vmlinux", "?", "")),
                   baseline=s.baseline)
-    locks = ClassEngine(syms, namer, plans.locks)
-    objects = ClassEngine(syms, namer, plans.objects)
+    engines = (ClassEngine(syms, namer, plans.locks), ClassEngine(syms, namer, plans.objects))
+    kept_ids = _first_pass_ids(plans)
     builder, holds = WaitBuilder(len(table)), HoldStream()
     allocs = (AllocationStream(syms) if rt_rules.judged(getattr(namer, "scope", None),
                                                          t.lock_types) else None)
@@ -300,7 +341,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
     for w in s.windows("pass 3/4 (held locks, waits)"):
         ev, row0 = w.events, w.row0
         place_fixed_locks(ev, syms)
-        classes = locks.feed(ev, row0).astype(np.int32)
+        classes, obj_cls = _window_classes(ev, row0, plans, engines, kept_ids)
         lock_rows = np.nonzero((ev["kind"] == "lock_acquire").to_numpy())[0]
         sus = missing.suspect_rows(ev, lock_rows, unseen, info, syms)
         suspects = RowSet.of_sorted(np.union1d(carry, np.asarray(
@@ -327,8 +368,6 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
         obj = np.nonzero(ev["kind"].isin(waits.OBJECT_KINDS).to_numpy())[0]
         gap = np.nonzero((ev["kind"] == "gap").to_numpy())[0] + row0
         gaps.append(gap)
-        # the object engine sees every window, as the first pass did
-        obj_cls = objects.feed(ev, row0, _object_rows_with_addr(ev))
         o = waits.object_rows(ev, obj, row0, _classes_of(obj_cls, plans.objects.table))
         builder.feed(o, holds.window(cand, end, set(o.tasks)), gap)
         holds.keep(cand, builder.open_span_starts())
@@ -399,7 +438,10 @@ def analyze_run(run_dir: Path, info: RunManifest, aids: Aids | None = None,
         plans = class_plans(s, namer)
         s.trace.warnings += plans.fixed_warnings
         heap.give_back()
-        g, r = replay_pass(s, plans, namer)
+        try:
+            g, r = replay_pass(s, plans, namer)
+        finally:
+            plans.close()
         heap.give_back()
         store = store_pass(s, r.replay, r.wait_graph, r.cases, r.gap_rows)
     finally:

@@ -140,6 +140,65 @@ class WindowSpill:
                 pass  # its buffer could not be written either: it is dropped all the same
 
 
+class ArraySpill:
+    """Arrays a pass works out per window, kept on disk for a later pass that reads
+    them back in the same order (the class engines' first-pass ids: pass 3 resolves
+    them instead of running the engines again).  ``failed`` as for WindowSpill."""
+
+    def __init__(self, where: Path | None = None) -> None:
+        where = where or spill_dir()
+        where.mkdir(parents=True, exist_ok=True)
+        self.f: IO[bytes] | None = tempfile.TemporaryFile(dir=where, prefix="arrays-")
+        self.failed: str | None = None
+
+    def add(self, arrays: list[np.ndarray]) -> None:
+        if self.f is None or self.failed:
+            return
+        head = json.dumps([[a.dtype.str, len(a)] for a in arrays]).encode()
+        try:
+            self.f.write(_HEAD.pack(len(head)) + head)
+            for a in arrays:
+                self.f.write(np.ascontiguousarray(a).tobytes())
+        except OSError as e:
+            self.failed = f"writing the analysis's array file failed ({e.strerror or e})"
+            self.close()
+
+    def close_writing(self) -> None:
+        """Every window's arrays are in (a write still buffered may fail here)."""
+        if self.f is not None and not self.failed:
+            try:
+                self.f.flush()
+            except OSError as e:
+                self.failed = f"writing the analysis's array file failed ({e.strerror or e})"
+                self.close()
+
+    def read(self) -> Iterator[list[np.ndarray]]:
+        """The arrays, window after window, as added (after :meth:`close_writing`)."""
+        f = self.f
+        if f is None or self.failed:
+            raise OSError(self.failed or "the analysis's array file is closed")
+        f.seek(0)
+        while head := f.read(_HEAD.size):
+            (hlen,) = _HEAD.unpack(head)
+            out = []
+            for dtype, n in json.loads(_read(f, hlen)):
+                size = np.dtype(dtype).itemsize * int(n)
+                out.append(np.frombuffer(bytearray(_read(f, size)), dtype=dtype))
+            yield out
+
+    @property
+    def usable(self) -> bool:
+        return self.f is not None and not self.failed
+
+    def close(self) -> None:
+        f, self.f = self.f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
 def _encode(w: Window) -> tuple[bytes, list[bytes]]:
     cols: list[list[Any]] = []
     blobs: list[bytes] = []

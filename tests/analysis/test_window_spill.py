@@ -120,3 +120,45 @@ def test_no_room_on_disk_means_no_spill(monkeypatch: pytest.MonkeyPatch) -> None
     assert s.spill is None
     assert any("no room on disk" in line for line in said)
     assert sum(len(w.events) for w in s.windows("again")) == s.events
+
+
+def test_arrays_come_back_in_order(tmp_path: Path) -> None:
+    spill = window_spill.ArraySpill(tmp_path)
+    sent = [[np.arange(5, dtype=np.int64), np.zeros(0, np.int32)],
+            [np.array([2**63 - 1], np.int64), np.array([-1, 7], np.int32)]]
+    for arrays in sent:
+        spill.add(arrays)
+    spill.close_writing()
+    got = list(spill.read())
+    assert len(got) == 2
+    for a, b in zip(sent, got, strict=True):
+        assert all(x.dtype == y.dtype and (x == y).all() for x, y in zip(a, b, strict=True))
+    assert list(tmp_path.iterdir()) == []
+    spill.close()
+
+
+def test_a_full_disk_for_the_class_ids_runs_the_engines_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The windows are kept but the first pass's class ids cannot be: pass 3 classifies
+    with the plan again, and the analysis is the same."""
+    path = DATA / "classes" / "raw"
+    want = _comparable(path, stream_pipeline.How(4, spill=False))
+    real = window_spill.tempfile.TemporaryFile
+
+    def arrays_full(**kw: object) -> IO[bytes]:
+        if kw.get("prefix") == "arrays-":
+            return open("/dev/full", "r+b")  # noqa: SIM115 (the spill closes it)
+        return real(**kw)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(window_spill.tempfile, "TemporaryFile", arrays_full)
+    used: list[bool] = []
+    first = stream_pipeline._first_pass_ids
+
+    def watch(plans: stream_pipeline.Plans) -> object:
+        got = first(plans)
+        used.append(got is not None)
+        return got
+
+    monkeypatch.setattr(stream_pipeline, "_first_pass_ids", watch)
+    assert _comparable(path, stream_pipeline.How(4)) == want
+    assert used == [False]
