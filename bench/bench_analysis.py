@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         if frac >= 1:
             full = {"events": n, "tot_cpu": tot_cpu, "tot_s": tot_s, "dec_cpu": dec_cpu,
                     "an_cpu": an["analyze_cpu_s"], "findings": an["findings"],
-                    "classes": an["classes"], "base": an["rss_base_mb"], "rss": an["rss_mb"]}
+                    "classes": an["classes"], "base": an["rss_base_mb"], "rss": an["rss_mb"],
+                    "strm": sm["events"] / sm["streamed_cpu_s"], "strm_rss": sm["rss_mb"]}
     print()
     print("RSS = peak resident MB of the child (after imports it is "
           f"{decs[0]['rss_base_mb']:.0f} MB); +an = peak added by analyze over load; "
@@ -331,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
               f"classes; decode {full['dec_cpu'] / n * 1e9:.0f} ns/event, analyze "
               f"{full['an_cpu'] / n * 1e9:.0f} ns/event (CPU); peak "
               f"{(full['rss'] - full['base']) / n * 1e6:.0f} bytes/event above imports")
-        gap = (f"{1e6 / rate:.2f}x short" if rate < 1e6
-               else f"{rate / 1e6:.2f}x the target")
-        print(f"parse + analysis on one core: {rate:,.0f} events/s = {rate / 1e6:.3f} of "
-              f"1M events/s ({gap})")
+        for what, r, mb in (("whole frame", rate, full["rss"]),
+                             ("streamed   ", full["strm"], full["strm_rss"])):
+            gap = f"{1e6 / r:.2f}x short" if r < 1e6 else f"{r / 1e6:.2f}x the target"
+            print(f"parse + analysis on one core, {what}: {r:,.0f} events/s = "
+                  f"{r / 1e6:.3f} of 1M events/s ({gap}), peak {mb:,.0f} MB")
     if a.profile:
         print()
         print("cProfile of analyze on the full trace:")
