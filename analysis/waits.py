@@ -143,8 +143,12 @@ class _Holds:
         if np.searchsorted(s_start, r) - np.searchsorted(s_end, r, side="right") <= 0:
             return []
         near = order[np.searchsorted(s_start, r - _WINDOW):np.searchsorted(s_start, r)]
-        cand = np.union1d(near, long_held)
-        m = cand[(start[cand] < r) & (end[cand] > r) & (cls[cand] >= 0)]
+
+        def open_at(c: np.ndarray) -> np.ndarray:
+            return c[(start[c] < r) & (end[c] > r) & (cls[c] >= 0)]
+
+        # the few open ones of each, then their union (sorting both whole cost more)
+        m = np.union1d(open_at(near), open_at(long_held))
         return [(int(cls[j]), int(start[j]), bool(shared[j])) for j in m]
 
     def any_open(self, tasks: list[int], ctxs: list[str], rows: np.ndarray) -> np.ndarray:
@@ -154,9 +158,9 @@ class _Holds:
         out = np.zeros(len(rows), dtype=bool)
         if not len(rows) or not self.index:
             return out
-        code: dict[tuple[int, str], int] = {}
-        keys = np.array([code.setdefault(k, len(code)) for k in zip(tasks, ctxs, strict=True)],
-                        dtype=np.int64)
+        # one integer per (task, context): the contexts are at most four names
+        ctx_codes, _ = pd.factorize(np.asarray(ctxs, dtype=object))
+        keys = np.asarray(tasks, dtype=np.int64) * 8 + ctx_codes
         order = np.argsort(keys, kind="stable")
         ends = np.flatnonzero(np.diff(keys[order]) != 0) + 1
         for sel in np.split(order, ends):

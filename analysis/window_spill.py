@@ -92,14 +92,14 @@ class WindowSpill:
             at = self.f.tell()
             self.f.write(_HEAD.pack(len(head)) + head)
             for b in blobs:
-                self.f.write(b)
+                self.f.write(b.data)
         except OSError as e:
             self.drop(f"writing the analysis's window file failed ({e.strerror or e}); "
                       "its passes decode the pages again instead")
             return
         self.index.append(_Entry(at, w.row0, len(w.events)))
         self.events += len(w.events)
-        self.bytes = at + _HEAD.size + len(head) + sum(len(b) for b in blobs)
+        self.bytes = at + _HEAD.size + len(head) + sum(b.nbytes for b in blobs)
 
     def close_writing(self) -> None:
         """Every window is in: the file may be read."""
@@ -199,9 +199,9 @@ class ArraySpill:
                 pass
 
 
-def _encode(w: Window) -> tuple[bytes, list[bytes]]:
+def _encode(w: Window) -> tuple[bytes, list[np.ndarray]]:
     cols: list[list[Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[np.ndarray] = []  # written as they are (their buffers, not copies)
     n = len(w.events)
     for name in w.events.columns:
         col = w.events[name]
@@ -210,22 +210,23 @@ def _encode(w: Window) -> tuple[bytes, list[bytes]]:
             assert isinstance(cat, pd.Categorical)
             codes = np.ascontiguousarray(cat.codes)
             cats = cat.categories
-            blobs.append(codes.tobytes())
-            cols.append([name, "cat", str(codes.dtype), len(blobs[-1]),
+            blobs.append(codes)
+            cols.append([name, "cat", str(codes.dtype), codes.nbytes,
                          cats.tolist(), str(cats.dtype), bool(cat.ordered)])
             continue
         a = np.ascontiguousarray(col.to_numpy())
         if a.dtype == np.bool_:
-            blobs.append(np.packbits(a).tobytes())
-            cols.append([name, "bits", "bool", len(blobs[-1])])
+            blobs.append(np.packbits(a))
+            cols.append([name, "bits", "bool", blobs[-1].nbytes])
             continue
         fill, at = _sparse(a, n)
         if at is not None:
-            blobs.append(at.astype(np.uint32).tobytes() + a[at].tobytes())
-            cols.append([name, "sparse", a.dtype.str, len(blobs[-1]), fill, len(at)])
+            pos, vals = at.astype(np.uint32), a[at]
+            blobs += [pos, vals]
+            cols.append([name, "sparse", a.dtype.str, pos.nbytes + vals.nbytes, fill, len(at)])
         else:
-            blobs.append(a.tobytes())
-            cols.append([name, "dense", a.dtype.str, len(blobs[-1])])
+            blobs.append(a)
+            cols.append([name, "dense", a.dtype.str, a.nbytes])
     head = json.dumps({"row0": w.row0, "rows": n, "cols": cols}).encode()
     return head, blobs
 
