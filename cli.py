@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,7 @@ def _analyze_and_report(source: Path, out: Path, vmlinux: Path | None, dwarf: bo
             return dwarf_aids(t, vml) if dwarf else (None, None)
 
         a, trace = analyze_run(source, run_manifest.read(source), aids, How(
-            say=lambda line: print(line, file=sys.stderr, flush=True)))
+            say=lambda line: print(line, file=sys.stderr, flush=True), decoded=decoded))
     else:
         trace = load_run(source, decoded) if decoded is not None else load(source, kallsyms)
         vml = vml_of(trace)
@@ -179,7 +180,7 @@ def _run(a: argparse.Namespace) -> int:
     from tracedep.tracer.ftrace_binary import Decoded
     from tracedep.tracer.session import trace
 
-    opts = _trace_options(a)
+    opts = replace(_trace_options(a), for_analysis=True)
     failure: GuestError | None = None
     decoded: Decoded | None = None
     try:

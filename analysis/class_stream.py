@@ -13,7 +13,7 @@ and per class or new address, never per lock event.
 Windows: ``feed(events, row0)`` with the rows of the trace's events frame ``row0`` …,
 in time order, and no time stamp split between two windows (an allocation at the
 very time stamp of a lock event counts for it, whichever row comes first):
-:func:`whole_timestamps` re-cuts a stream of windows that way.
+:func:`tracer.window_cuts.whole_timestamps` re-cuts a stream of windows that way.
 
 Two passes (offline, exact).  Three things classes.assign decides over the whole
 trace: the instance classes (a union-find over every (address, call site) pair of
@@ -41,12 +41,10 @@ assign has none (``plan.resolve`` with the address gives assign's).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import union_categoricals
 
 from tracedep.analysis.class_bases import Bases
 from tracedep.analysis.class_model import ClassNamer, LockClass
@@ -58,7 +56,6 @@ from tracedep.analysis.init_state import Candidates, InitState, TypeCodes
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.u64map import U64Map
 from tracedep.analysis.window_cols import Cols
-from tracedep.tracer.decode_stream import Window
 
 _NAME_MASK = np.uint64((1 << NAME_BITS) - 1)
 
@@ -138,7 +135,7 @@ class ClassEngine:
         if (len(ts) > 1 and not (ts[1:] >= ts[:-1]).all()) or (
                 self.last_ts is not None and int(ts[0]) <= self.last_ts):
             raise ValueError("windows must come in time order, no time stamp split "
-                             "between two (class_stream.whole_timestamps)")
+                             "between two (tracer.window_cuts.whole_timestamps)")
         self.last_ts = int(ts[-1])
 
     def _ids(self, key: np.ndarray) -> np.ndarray:
@@ -202,53 +199,3 @@ def _spans(symbols: RunSymbols) -> tuple[np.ndarray, np.ndarray]:
     lo_a = np.array([m[0] for m in merged], dtype=np.uint64)
     hi_a = np.array([min(m[1], (1 << 64) - 1) for m in merged], dtype=np.uint64)
     return lo_a, hi_a
-
-
-def whole_timestamps(windows: Iterable[Window]) -> Iterator[Window]:
-    """The same rows, re-cut so that no time stamp spans two windows: where a window
-    begins at the time stamp the one before ends at, the earlier window's rows at it go
-    out with the later one.  A window is held until the next one is seen, so windows
-    that split nothing (the decoder's, mostly) pass unchanged, not joined."""
-    pend: Window | None = None
-    for w in windows:
-        if not len(w.events):
-            continue
-        if pend is None:
-            pend = w
-            continue
-        ts = pend.events["ts_ns"].to_numpy()
-        if int(w.events["ts_ns"].to_numpy()[0]) != int(ts[-1]):
-            yield pend
-            pend = w
-            continue
-        cut = int(np.searchsorted(ts, ts[-1], side="left"))
-        if cut:
-            yield Window(pend.events.iloc[:cut].reset_index(drop=True), pend.row0)
-        pend = Window(_join(pend.events.iloc[cut:].reset_index(drop=True), w.events),
-                      pend.row0 + cut)
-    if pend is not None:
-        yield pend
-
-
-def _join(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    return join_frames([a, b])
-
-
-def join_frames(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """The frames one after the other, their categorical columns kept categorical
-    (each window has categories of its own: a plain concat would make them objects)."""
-    cols = {}
-    for c in parts[0].columns:
-        xs = [p[c] for p in parts]
-        if all(isinstance(x.dtype, pd.CategoricalDtype) for x in xs):
-            cols[c] = pd.Series(union_categoricals([_objects(x) for x in xs],
-                                                   ignore_order=True))
-        else:
-            cols[c] = pd.Series(np.concatenate([x.to_numpy() for x in xs]))
-    return pd.DataFrame(cols)
-
-
-def _objects(c: pd.Series) -> pd.Categorical:
-    """``c`` with object categories (union_categoricals wants one dtype for them)."""
-    cats = c.cat.categories
-    return c.array if cats.dtype == object else c.cat.set_categories(cats.astype(object)).array

@@ -19,7 +19,7 @@ Then the rules run over the store, as ``pipeline.conclude`` runs them for the wh
 frame: the findings are the whole frame's.  What it keeps grows with classes, edges,
 held locks and the findings' witnesses (and the sleeps in atomic context the replay
 counts one by one), not with events.  The survey decodes the pages and keeps its
-windows on disk (analysis.window_spill) for the other passes, which read them back
+windows on disk (tracer.window_spill) for the other passes, which read them back
 instead of decoding again; without room on disk for them, each pass decodes the trace
 again.
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import missing, pipeline, row_store, rt_rules, waits
 from tracedep.analysis.alloc_stream import AllocationStream
 from tracedep.analysis.class_stats import StatsAcc
-from tracedep.analysis.class_stream import ClassEngine, ClassPlan, join_frames, whole_timestamps
+from tracedep.analysis.class_stream import ClassEngine, ClassPlan
 from tracedep.analysis.coverage import ModuleCoverage, coverage
 from tracedep.analysis.findings import Analysis
 from tracedep.analysis.heldlocks import Replayer
@@ -54,7 +54,6 @@ from tracedep.analysis.trace import (
 )
 from tracedep.analysis.trace_model import Trace
 from tracedep.analysis.wait_stream import WaitBuilder
-from tracedep.analysis.window_spill import ArraySpill, WindowSpill, room_for
 from tracedep.common import heap
 from tracedep.common.memory_budget import whole_rows
 from tracedep.common.run_manifest import RunManifest
@@ -67,6 +66,8 @@ from tracedep.tracer.decode_stream import (
     comm_column,
 )
 from tracedep.tracer.ftrace_binary import Decoded
+from tracedep.tracer.window_cuts import join_frames, whole_timestamps
+from tracedep.tracer.window_spill import ArraySpill, WindowSpill, events_bound, room_for
 
 _LOAD_EVENTS = ("module/module_load", "module/module_free")
 
@@ -97,6 +98,9 @@ class How:
     on_decoded: Callable[[Decoded], None] | None = None
     # the survey's windows kept on disk for the later passes (room permitting)
     spill: bool = True
+    # the run's own decode, cut for memory, with its windows kept (Decoded.windows): the
+    # survey reads them instead of decoding the pages again (and closes them)
+    decoded: Decoded | None = None
 
 
 def windows(run_dir: Path, info: RunManifest, how: How | None = None, label: str = ""
@@ -154,14 +158,12 @@ class Survey:
 
 def _spill_for(run_dir: Path, info: RunManifest, how: How) -> WindowSpill | None:
     """A spill for the survey's windows, if the disk has room for them (the events the
-    run counted, else as many as its pages could hold at ~30 bytes each)."""
+    run counted, else as many as its pages could hold)."""
     if not how.spill:
         return None
     events = info.lost.decoded_events
     if events is None or how.prefix is not None:
-        raw = sum(p.stat().st_size for p in (run_dir / "trace").glob("cpu*.raw*")
-                  if p.is_file())
-        events = max(events or 0, raw // 30)
+        events = max(events or 0, events_bound(run_dir))
     if not room_for(events):
         if how.say is not None:
             how.say("tracedep: analysis: no room on disk to keep the decoded windows "
@@ -172,18 +174,29 @@ def _spill_for(run_dir: Path, info: RunManifest, how: How) -> WindowSpill | None
 
 def survey(run_dir: Path, info: RunManifest, how: How | None = None) -> Survey:
     how = how or How()
-    dec, wins = windows(run_dir, info, how, "pass 1/4 (survey)")
-    spill = _spill_for(run_dir, info, how)
+    pre = how.decoded
+    if pre is not None and pre.windows is not None and pre.windows.usable:
+        # the run's decode: its windows are read back, its counts are the trace's
+        spill: WindowSpill | None = pre.windows
+        source: StreamDecoder | Decoded = replace(pre, events=schema.empty(), cut=None,
+                                                  windows=None)
+        wins = _meter(pre.windows.windows(), how, "pass 1/4 (survey, the run's decode)")
+    else:
+        source, wins = windows(run_dir, info, how, "pass 1/4 (survey)")
+        spill = _spill_for(run_dir, info, how)
     try:
-        return _survey(run_dir, info, how, dec, wins, spill)
+        return _survey(run_dir, info, how, source, wins, spill)
     except BaseException:
         if spill is not None:
             spill.close()
         raise
 
 
-def _survey(run_dir: Path, info: RunManifest, how: How, dec: StreamDecoder,
+def _survey(run_dir: Path, info: RunManifest, how: How, source: StreamDecoder | Decoded,
             wins: Iterator[Window], spill: WindowSpill | None) -> Survey:
+    """``source``: the decoder of ``wins``, which fills ``spill``; or the run's decode,
+    whose windows ``wins`` already are."""
+    write = isinstance(source, StreamDecoder)
     loads: list[pd.DataFrame] = []
     depths = np.zeros(1, dtype=np.int64)
     n = 0
@@ -191,7 +204,7 @@ def _survey(run_dir: Path, info: RunManifest, how: How, dec: StreamDecoder,
     for w in wins:
         ev = w.events
         schema.validate(ev)
-        if spill is not None:
+        if spill is not None and write:
             spill.add(w)
         n += len(ev)
         cpus, counts = np.unique(ev["cpu"].to_numpy(), return_counts=True)
@@ -209,11 +222,11 @@ def _survey(run_dir: Path, info: RunManifest, how: How, dec: StreamDecoder,
             if len(got) > len(depths):
                 depths = np.concatenate([depths, np.zeros(len(got) - len(depths), np.int64)])
             depths[:len(got)] += got
-    if spill is not None:
+    if spill is not None and write:
         spill.close_writing()
         if spill.failed and how.say is not None:
             how.say(f"tracedep: analysis: {spill.failed}")
-    decoded = dec.decoded()
+    decoded = source.decoded() if isinstance(source, StreamDecoder) else source
     decoded.streamed_per_cpu = per_cpu
     if how.on_decoded is not None:
         how.on_decoded(decoded)

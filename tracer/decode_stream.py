@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -63,17 +63,10 @@ from tracedep.tracer.lockdep_events import merge_lockdep
 from tracedep.tracer.retention import GZ_SUFFIX, raw_files
 from tracedep.tracer.ring_pages import CpuCursor
 from tracedep.tracer.unseen_switches import UnseenSwitch
+from tracedep.tracer.window import Window as Window  # where the stream's readers find it
 
 BATCH_PAGES = 1024  # 4 MiB of pages per CPU and batch
 _READ_MAX = 1 << 26
-
-
-@dataclass
-class Window:
-    """Rows ``row0`` … ``row0 + len(events) - 1`` of the trace's events frame."""
-
-    events: pd.DataFrame
-    row0: int
 
 
 @dataclass(frozen=True)
@@ -196,11 +189,13 @@ class _Totals:
 
 
 def decode_run(run_dir: Path, info: RunManifest | None = None,
-               max_rows: int | None = None) -> Decoded:
+               max_rows: int | None = None,
+               windows: Callable[[Window], None] | None = None) -> Decoded:
     """Decode a run directory written by ``tracer.session``: its pages a batch at a
     time, put together into the whole events frame (:meth:`StreamDecoder.whole`);
-    ``max_rows``: keep no more events than that (common.memory_budget)."""
-    return StreamDecoder(run_dir, info).whole(max_rows)
+    ``max_rows``: keep no more events than that (common.memory_budget); ``windows``:
+    every window besides, as a stream reads them."""
+    return StreamDecoder(run_dir, info).whole(max_rows, windows)
 
 
 class StreamDecoder:
@@ -246,41 +241,51 @@ class StreamDecoder:
         """The events, a window at a time, each finished as it leaves: static locks
         placed, lockdep names merged, task names as known so far (module docstring)."""
         for ev, row0 in self._raw():
-            if has_static_sites(self.sites):
-                loads = module_sections.assemble(self.totals.section_rows)
-                place_static_locks(ev, loads, self.sites, self.info, self._load_ts)
-            if self.totals.counts.get("lock/lock_acquire"):
-                for k, v in merge_lockdep(ev).items():
-                    self.totals.lockdep[k] = self.totals.lockdep.get(k, 0) + v
-            ev["comm"] = comm_column(ev, {**cmdline_names(self.cmdlines), **self._known})
-            yield Window(ev, row0)
+            yield self._finished(ev, row0)
 
-    def whole(self, max_rows: int | None = None) -> Decoded:
+    def _finished(self, ev: pd.DataFrame, row0: int) -> Window:
+        """A window as it leaves: static locks placed, lockdep names merged, task names
+        as known so far (module docstring)."""
+        if has_static_sites(self.sites):
+            loads = module_sections.assemble(self.totals.section_rows)
+            place_static_locks(ev, loads, self.sites, self.info, self._load_ts)
+        if self.totals.counts.get("lock/lock_acquire"):
+            for k, v in merge_lockdep(ev).items():
+                self.totals.lockdep[k] = self.totals.lockdep.get(k, 0) + v
+        ev["comm"] = comm_column(ev, {**cmdline_names(self.cmdlines), **self._known})
+        return Window(ev, row0)
+
+    def whole(self, max_rows: int | None = None,
+              windows: Callable[[Window], None] | None = None) -> Decoded:
         """:meth:`decoded` with the whole events frame, as ``decode_run`` gives it: the
         windows' columns put together one column at a time (the peak is about one
         frame, not the pages and their records besides), then finished on the whole.
 
         ``max_rows``: the frame keeps the first that many rows (time order); the rest
         is still decoded, for the counts, losses and names of the whole trace, and
-        ``Decoded.cut`` says what was left out."""
+        ``Decoded.cut`` says what was left out.  ``windows``: also given every window
+        as :meth:`windows` makes it (the same decode, for a stream to read later)."""
         parts: dict[str, list[Any]] = {c: [] for c in schema.COLUMNS}
         kept, cut = 0, None
-        for ev, _ in self._raw():
+        for raw, row0 in self._raw():
+            ev = raw
             if max_rows is not None and kept + len(ev) > max_rows:
                 room = max(max_rows - kept, 0)
-                left = ev.iloc[room:]
-                cut = _tally(cut, left, kept + room)
+                cut = _tally(cut, ev.iloc[room:], kept + room)
                 ev = ev.iloc[:room]
-                if not room:
-                    continue
             kept += len(ev)
-            for c in parts:
-                # a copy of its own: a view would keep the window's 2-D block alive
-                col = ev[c]
-                parts[c].append(None if c == "comm" else col.array.copy()
-                                if isinstance(col.dtype, pd.CategoricalDtype)
-                                else col.to_numpy().copy())
-            del ev, col
+            if len(ev):
+                for c in parts:
+                    # a copy of its own: a view would keep the window's 2-D block alive
+                    col = ev[c]
+                    parts[c].append(None if c == "comm" else col.array.copy()
+                                    if isinstance(col.dtype, pd.CategoricalDtype)
+                                    else col.to_numpy().copy())
+                del col
+            del ev
+            if windows is not None:
+                windows(self._finished(raw, row0))
+            del raw
         # the windows' small arrays came from the C heap, and their holes stay resident
         # beside the frame's large (mapped) columns unless handed back (common.heap)
         heap.give_back()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from tracedep.tracer.ring_pages import (
     walk_buffers,
 )
 from tracedep.tracer.unseen_switches import SwitchState, UnseenSwitch
+
+if TYPE_CHECKING:  # it imports this module (through decode_stream)
+    from tracedep.tracer.window_spill import WindowSpill
 
 
 @dataclass
@@ -71,6 +74,9 @@ class Decoded:
     # each left a gap row; the first, for the reports
     unseen_switches: int = 0
     unseen_switch_first: UnseenSwitch | None = None
+    # a cut decode's windows as a stream reads them (tracer.window_spill), so that the
+    # analysis streams them without decoding the pages again; it closes them
+    windows: WindowSpill | None = None
 
     def rows_per_cpu(self) -> dict[int, int]:
         """Rows per CPU of the whole trace: the frame's, and those a cut left out."""

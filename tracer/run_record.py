@@ -28,14 +28,16 @@ log = logging.getLogger(__name__)
 
 
 def finish_manifest(out: Path, info: RunManifest, under_test: list[ModuleRecord],
-                    machine: Machine) -> Decoded | None:
+                    machine: Machine, for_analysis: bool = False) -> Decoded | None:
     """Fill the manifest from what the guest sent and from the trace itself; the trace,
-    decoded (None if it could not be), for the analysis to use rather than decode again."""
+    decoded (None if it could not be), for the analysis to use rather than decode again
+    (``for_analysis``: a trace too long for the frame keeps its windows for the stream,
+    ``Decoded.windows``)."""
     ctl = control.load(out / "control.log")
     _from_guest(out, info, under_test, ctl, machine)
     info.trace_complete = "trace" in ctl.done
     info.lost = _guest_losses(ctl)
-    decoded = _decode(out, info, ctl, machine)
+    decoded = _decode(out, info, ctl, machine, for_analysis)
     lost = info.lost
     # lost = what the ring buffer or the transport dropped; probe hits that kprobes
     # itself missed (an interrupt handler running inside another probe's handler:
@@ -210,24 +212,34 @@ def _guest_losses(ctl: control.Control) -> Lost:
     return lost
 
 
-def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine
-            ) -> Decoded | None:
+def _decode(out: Path, info: RunManifest, ctl: control.Control, machine: Machine,
+            for_analysis: bool) -> Decoded | None:
     """The run's one decode: counts, calibration and the decoder's losses into the
     manifest; None (and ``decode_error``) if the trace cannot be decoded."""
     from tracedep.tracer.decode_stream import decode_run
+    from tracedep.tracer.window_spill import spill_while_decoding
 
     lost = info.lost
+    spill = None
     try:
         _write_page_sums(out, ctl)
         rows, why = whole_rows()
-        decoded = decode_run(out, info, rows)
+        spill, windows, done = (spill_while_decoding(out, rows) if for_analysis
+                                else (None, None, lambda: None))
+        decoded = decode_run(out, info, rows, windows)
+        done()
         if decoded.cut:
             decoded.cut.why = why
+            if spill is not None and spill.usable:
+                decoded.windows, spill = spill, None
     except Exception as e:  # the manifest must still be written
         log.warning("decoding the trace failed: %s", e)
         info.decode_error = str(e)
         lost.read_events_guest = None
         return None
+    finally:
+        if spill is not None:  # not handed to the analysis: the trace fit after all
+            spill.close()
     info.event_counts = decoded.counts
     if decoded.lockdep:
         info.lockdep_events = decoded.lockdep

@@ -116,6 +116,9 @@ class TraceOptions:
     # the same guest, modules, QEMU and workload with nothing armed in the guest (no
     # probe, event or pump) and no trace: what tracing costs the guest, measured
     untraced: bool = False
+    # the trace is analysed next (``tracedep run``): a trace too long for the whole frame
+    # keeps the windows of its one decode for the stream (Decoded.windows)
+    for_analysis: bool = False
 
 
 @dataclass
@@ -380,7 +383,7 @@ def _trace(opts: TraceOptions, machine: Machine, info: RunManifest) -> TraceResu
         decoded = None
         done = finish_untraced(out, info, mods.under_test)
     else:
-        decoded = finish_manifest(out, info, mods.under_test, machine)
+        decoded = finish_manifest(out, info, mods.under_test, machine, opts.for_analysis)
         done = info.trace_complete
     info.state = "complete" if done else "incomplete"
     manifest.write(out, info)

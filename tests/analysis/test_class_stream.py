@@ -35,7 +35,7 @@ import pytest
 from recorded_fixture import load_fixture
 
 from tracedep.analysis import classes
-from tracedep.analysis.class_stream import ClassEngine, ClassPlan, whole_timestamps
+from tracedep.analysis.class_stream import ClassEngine, ClassPlan
 from tracedep.analysis.heap_state import HeapState
 from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.analysis.trace import load_run
@@ -43,6 +43,7 @@ from tracedep.kimage.elf_symbols import SymbolTable
 from tracedep.tracer import schema
 from tracedep.tracer.decode_stream import Window
 from tracedep.tracer.lock_init import INODE_DIR_KEY_NAME, INODE_KEY_NAME, S_IFDIR
+from tracedep.tracer.window_cuts import whole_timestamps
 
 DATA = Path(__file__).parents[1] / "data" / "traces"
 FIXTURES = ([DATA / "classes" / "events"]

@@ -45,7 +45,7 @@ def test_stream_gives_the_whole_frames_analysis(path: Path, batch: int | None) -
 
 @pytest.mark.parametrize("path", RUNS, ids=[str(p.relative_to(DATA)) for p in RUNS])
 def test_without_room_for_its_windows_the_stream_decodes_each_pass(path: Path) -> None:
-    """With no spill (analysis.window_spill) every pass decodes the pages again: the
+    """With no spill (tracer.window_spill) every pass decodes the pages again: the
     same analysis."""
     a, _ = stream_pipeline.analyze_run(path, run_manifest.read(path), None,
                                        stream_pipeline.How(4, spill=False))
@@ -102,6 +102,39 @@ def test_a_run_without_a_trace_is_one_clear_error(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == [
         f"tracedep: error: {run}: no control.log; the guest never started tracing"]
+
+
+def test_a_cut_decode_s_windows_are_streamed_without_decoding_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tracedep run`` keeps the windows of its own decode when it is cut for memory
+    (tracer.window_spill.spill_while_decoding): the analysis reads them, decodes no
+    page, and writes what the whole frame gives."""
+    from tracedep import cli
+    from tracedep.tracer import decode_stream
+    from tracedep.tracer.window_spill import spill_while_decoding
+
+    run = DATA / "classes" / "raw"
+    spill, windows, done = spill_while_decoding(run, 100)
+    assert spill is not None and windows is not None
+    decoded = decode_stream.decode_run(run, run_manifest.read(run), 100, windows)
+    done()
+    assert decoded.cut is not None and spill.usable
+    decoded.windows = spill
+    made: list[Path] = []
+    real = decode_stream.StreamDecoder.__init__
+
+    def counted(self: decode_stream.StreamDecoder, run_dir: Path, *a: object, **k: object
+                ) -> None:
+        made.append(run_dir)
+        real(self, run_dir, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode_stream.StreamDecoder, "__init__", counted)
+    got = cli._analyze_and_report(run, tmp_path / "run", None, False, decoded=decoded)
+    assert made == []  # no decode: the run's windows were read
+    assert spill.f is None  # and closed once read
+    assert not [w for w in got.health.warnings if "cut short" in w]
+    monkeypatch.undo()
+    assert _comparable(got) == _comparable(pipeline.analyze(load_run(run)))
 
 
 def test_a_run_whose_decode_was_cut_is_streamed_whole(tmp_path: Path) -> None:

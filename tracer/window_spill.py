@@ -29,7 +29,7 @@ import json
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from tracedep.common.cache import cache_dir
-from tracedep.tracer.decode_stream import Window
+from tracedep.tracer.window import Window
+from tracedep.tracer.window_cuts import Recut
 
 BYTES_PER_EVENT = 48  # an upper estimate (about 40 measured on a saturating benchmark run)
 _MARGIN = 1 << 30  # what the file system keeps free beyond the spill
@@ -48,6 +49,13 @@ _HEAD = struct.Struct("<I")
 
 def spill_dir() -> Path:
     return cache_dir("spill")
+
+
+def events_bound(run_dir: Path) -> int:
+    """At least the events a run directory's pages hold (a record takes 30 bytes or
+    more), for deciding on a spill before decoding."""
+    return sum(p.stat().st_size for p in (run_dir / "trace").glob("cpu*.raw*")
+               if p.is_file()) // 30
 
 
 def room_for(events: int | None, where: Path | None = None) -> bool:
@@ -138,6 +146,30 @@ class WindowSpill:
                 f.close()
             except OSError:
                 pass  # its buffer could not be written either: it is dropped all the same
+
+
+def spill_while_decoding(run_dir: Path, rows: int | None
+                         ) -> tuple[WindowSpill | None, Callable[[Window], None] | None,
+                                    Callable[[], None]]:
+    """For a decode that will be cut at ``rows`` (and then streamed): a spill, the
+    ``windows`` callback that writes the decoder's windows into it as a stream cuts
+    them (``decode_run(..., windows=...)``), and what to call once the decode ends.
+    No spill (None, None) when the trace seems to fit, or the disk has no room."""
+    bound = events_bound(run_dir)
+    if rows is None or bound <= rows or not room_for(bound):
+        return None, None, lambda: None
+    spill, cuts = WindowSpill(), Recut()
+
+    def add(w: Window) -> None:
+        for x in cuts.push(w):
+            spill.add(x)
+
+    def done() -> None:
+        for x in cuts.end():
+            spill.add(x)
+        spill.close_writing()
+
+    return spill, add, done
 
 
 class ArraySpill:

@@ -1,4 +1,4 @@
-"""The survey's windows kept on disk for the later passes (analysis.window_spill).
+"""The survey's windows kept on disk for the later passes (tracer.window_spill).
 
 A window read back must be the window the decoder gave: columns, dtypes, categories
 with their dtype, values.  A spill that cannot be written (no room, a full disk) must
@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 from recorded_traces import DATA, RUNS
 
-from tracedep.analysis import stream_pipeline, window_spill
-from tracedep.analysis.window_spill import WindowSpill
+from tracedep.analysis import stream_pipeline
 from tracedep.common import run_manifest
 from tracedep.reports.serialize import analysis_to_json
+from tracedep.tracer import window_spill
+from tracedep.tracer.ftrace_binary import Decoded
+from tracedep.tracer.window_spill import WindowSpill
 
 
 def _windows(path: Path, batch: int | None) -> list[stream_pipeline.Window]:
@@ -162,3 +164,36 @@ def test_a_full_disk_for_the_class_ids_runs_the_engines_again(
     monkeypatch.setattr(stream_pipeline, "_first_pass_ids", watch)
     assert _comparable(path, stream_pipeline.How(4)) == want
     assert used == [False]
+
+
+def test_the_run_s_decode_keeps_its_windows_when_the_stream_will_read_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's own decode (tracer.run_record) keeps its windows for ``tracedep run``'s
+    analysis when the frame is cut for memory, and they are the windows a stream
+    decodes; not for ``tracedep trace``, nor when the trace fits."""
+    import shutil
+
+    from tracedep.common.machines import machine_for
+    from tracedep.tracer import control, run_record
+
+    run = tmp_path / "run"
+    shutil.copytree(DATA / "classes" / "raw", run)
+    ctl = control.load(run / "control.log")
+
+    def decode(rows: int | None, for_analysis: bool) -> Decoded:
+        monkeypatch.setattr(run_record, "whole_rows", lambda: (rows, "a test's limit"))
+        got = run_record._decode(run, run_manifest.read(run), ctl, machine_for("x86_64"),
+                                 for_analysis)
+        assert got is not None
+        return got
+
+    d = decode(100, True)
+    assert d.cut is not None and d.windows is not None and d.windows.usable
+    back = list(d.windows.windows())
+    fresh = _windows(run, None)
+    assert [w.row0 for w in back] == [w.row0 for w in fresh]
+    for a, b in zip(fresh, back, strict=True):
+        _same(a.events, b.events)
+    d.windows.close()
+    assert decode(100, False).windows is None  # tracedep trace: no analysis follows
+    assert decode(None, True).windows is None  # the whole frame holds it
