@@ -77,17 +77,32 @@ class _Entry:
     rows: int
 
 
-class WindowSpill:
+class _Scratch:
+    """An unlinked file in ``where`` (the spill folder), open until :meth:`close`."""
+
+    def __init__(self, where: Path | None, prefix: str) -> None:
+        where = where or spill_dir()
+        where.mkdir(parents=True, exist_ok=True)
+        self.f: IO[bytes] | None = tempfile.TemporaryFile(dir=where, prefix=prefix)
+        self.failed: str | None = None
+
+    def close(self) -> None:
+        f, self.f = self.f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # its buffer could not be written either: it is dropped all the same
+
+
+class WindowSpill(_Scratch):
     """Windows written once (:meth:`add`, then :meth:`close_writing`) and read back in
     order (:meth:`windows`) as often as needed.  ``failed``: a write failed; the caller
     decodes again instead (what was written is dropped)."""
 
     def __init__(self, where: Path | None = None) -> None:
-        where = where or spill_dir()
-        where.mkdir(parents=True, exist_ok=True)
-        self.f: IO[bytes] | None = tempfile.TemporaryFile(dir=where, prefix="windows-")
+        super().__init__(where, "windows-")
         self.index: list[_Entry] = []
-        self.failed: str | None = None
         self.complete = False
         self.bytes = 0
         self.events = 0
@@ -139,14 +154,6 @@ class WindowSpill:
             f.seek(e.offset)
             yield _decode(f)
 
-    def close(self) -> None:
-        f, self.f = self.f, None
-        if f is not None:
-            try:
-                f.close()
-            except OSError:
-                pass  # its buffer could not be written either: it is dropped all the same
-
 
 def spill_while_decoding(run_dir: Path, rows: int | None
                          ) -> tuple[WindowSpill | None, Callable[[Window], None] | None,
@@ -172,16 +179,13 @@ def spill_while_decoding(run_dir: Path, rows: int | None
     return spill, add, done
 
 
-class ArraySpill:
+class ArraySpill(_Scratch):
     """Arrays a pass works out per window, kept on disk for a later pass that reads
     them back in the same order (the class engines' first-pass ids: pass 3 resolves
     them instead of running the engines again).  ``failed`` as for WindowSpill."""
 
     def __init__(self, where: Path | None = None) -> None:
-        where = where or spill_dir()
-        where.mkdir(parents=True, exist_ok=True)
-        self.f: IO[bytes] | None = tempfile.TemporaryFile(dir=where, prefix="arrays-")
-        self.failed: str | None = None
+        super().__init__(where, "arrays-")
 
     def add(self, arrays: list[np.ndarray]) -> None:
         if self.f is None or self.failed:
@@ -221,14 +225,6 @@ class ArraySpill:
     @property
     def usable(self) -> bool:
         return self.f is not None and not self.failed
-
-    def close(self) -> None:
-        f, self.f = self.f, None
-        if f is not None:
-            try:
-                f.close()
-            except OSError:
-                pass
 
 
 def _encode(w: Window) -> tuple[bytes, list[np.ndarray]]:
