@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracedep.tracer import calibration, module_sections, schema
+from tracedep.tracer import calibration, module_sections, ring_pages, schema
 from tracedep.tracer.ftrace_formats import EventFormat
 from tracedep.tracer.lock_init import OFFSET_MAX, clean_name
 from tracedep.tracer.probes import (
@@ -95,6 +95,8 @@ def _gather(arr: np.ndarray, offs: np.ndarray, size: int, signed: bool) -> np.nd
         raise ValueError(f"a {size}-byte integer field")
     if len(offs) == 0:
         return np.zeros(0, dtype=np.int64 if signed else np.uint64)
+    if (out := ring_pages.gather(arr, offs, dt)) is not None:
+        return out
     if size == 1:
         return arr[offs].view(dt)
     # the buffer seen as integers from each byte phase: one index per value, where

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,7 +197,28 @@ def _native() -> ctypes.CDLL | None:
                       "ring walker")
     if lib is not None:
         lib.td_walk.restype = ctypes.c_long
+        lib.td_gather.restype = ctypes.c_long
     return lib
+
+
+def gather(arr: np.ndarray, offs: np.ndarray, dt: np.dtype) -> np.ndarray | None:
+    """The little-endian integers of dtype ``dt`` at byte offsets ``offs`` of the
+    bytes ``arr``, in C (one pass); None when the C walker is not at hand or the host
+    is big-endian (the caller gathers with numpy).  Raises ``IndexError`` for an
+    offset whose field does not lie inside ``arr``."""
+    lib = _native()
+    if lib is None or sys.byteorder != "little":
+        return None
+    offs = np.ascontiguousarray(offs, dtype=np.int64)
+    out = np.empty(len(offs), dtype=dt)
+    got = lib.td_gather(arr.ctypes.data_as(ctypes.c_void_p), ctypes.c_long(len(arr)),
+                        offs.ctypes.data_as(ctypes.c_void_p), ctypes.c_long(len(offs)),
+                        ctypes.c_long(dt.itemsize), out.ctypes.data_as(ctypes.c_void_p))
+    if got != len(offs):
+        raise IndexError(f"a {dt.itemsize}-byte field at offset "
+                         f"{int(offs[got]) if 0 <= got < len(offs) else '?'} is outside "
+                         f"the {len(arr)} bytes read")
+    return out
 
 
 def walk_native(lib: ctypes.CDLL, buf: bytes, base: int, cpu: int, hp: PageHeader,

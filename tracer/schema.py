@@ -195,6 +195,12 @@ def validate(df: pd.DataFrame) -> None:
     for col, dtype in COLUMNS.items():
         if str(df[col].dtype) != dtype:
             raise ValueError(f"column {col} has dtype {df[col].dtype}, expected {dtype}")
-    bad = set(df["kind"].astype(str).unique()) - set(KINDS)
+    kind = df["kind"].array
+    if isinstance(kind, pd.Categorical):  # the kinds used, not a string per row
+        codes = np.unique(kind.codes)
+        used = [str(c) for c in kind.categories[codes[codes >= 0]]]
+        bad = set(used + (["nan"] if len(codes) and codes[0] < 0 else [])) - set(KINDS)
+    else:
+        bad = set(df["kind"].astype(str).unique()) - set(KINDS)
     if bad:
         raise ValueError(f"unknown event kinds {sorted(bad)}")

@@ -7,7 +7,18 @@ import struct
 import numpy as np
 import pytest
 
+from tracedep.tracer import ring_pages
 from tracedep.tracer.event_rows import _gather, sorted_unique
+
+@pytest.fixture(params=["c", "numpy"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both gathers: the C one (tracer/native/ringwalk.c) and numpy's, its fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(ring_pages, "gather", lambda *a: None)
+    else:
+        assert ring_pages._native() is not None, "the C walker did not build"
+    return str(request.param)
+
 
 FORMATS = {(1, False): "<B", (1, True): "<b", (2, False): "<H", (2, True): "<h",
            (4, False): "<I", (4, True): "<i", (8, False): "<Q", (8, True): "<q"}
@@ -16,7 +27,7 @@ FORMATS = {(1, False): "<B", (1, True): "<b", (2, False): "<H", (2, True): "<h",
 @pytest.mark.parametrize(("size", "signed"), sorted(FORMATS))
 @pytest.mark.parametrize("align", [1, 2, 4, 8])
 def test_gather_reads_what_struct_reads_at_any_offset(size: int, signed: bool,
-                                                      align: int) -> None:
+                                                      align: int, way: str) -> None:
     rng = np.random.default_rng(size * 16 + align + signed)
     buf = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
     arr = np.frombuffer(buf, dtype=np.uint8)
@@ -28,10 +39,14 @@ def test_gather_reads_what_struct_reads_at_any_offset(size: int, signed: bool,
     assert got.dtype.itemsize == size and got.dtype.kind == ("i" if signed else "u")
 
 
-def test_gather_refuses_an_offset_past_the_end_and_odd_sizes() -> None:
+def test_gather_refuses_an_offset_past_the_end_and_odd_sizes(way: str) -> None:
     arr = np.zeros(64, dtype=np.uint8)
     with pytest.raises(IndexError):
         _gather(arr, np.array([60], dtype=np.int64), 8, False)
+    with pytest.raises(IndexError):
+        _gather(arr, np.array([0, 8, 57], dtype=np.int64), 8, True)
+    with pytest.raises(IndexError):
+        _gather(arr, np.array([64], dtype=np.int64), 1, False)
     with pytest.raises(ValueError, match="3-byte"):
         _gather(arr, np.array([0], dtype=np.int64), 3, False)
 

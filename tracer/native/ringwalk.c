@@ -166,3 +166,32 @@ torn_page:
 	*prev_io = prev_ts;
 	return n;
 }
+
+/*
+ * The `size`-byte integers (1, 2, 4 or 8) at byte offsets `offs[0..n)` of `buf`,
+ * copied into `out` (n of them, host order: the caller checks the host is little-endian
+ * like the trace).  The record fields of a decode are read this way: one pass where
+ * numpy needs a pass per byte phase of the offsets.  Every field is checked to lie inside
+ * `buf` (the offsets come from records the guest wrote): returns n when all did, else
+ * the index of the first that did not (nothing is written from there), -2 for a size
+ * no integer has.
+ */
+long td_gather(const uint8_t *buf, long len, const int64_t *offs, long n, long size,
+	       uint8_t *out)
+{
+	if (size != 1 && size != 2 && size != 4 && size != 8)
+		return -2;
+	for (long i = 0; i < n; i++) {
+		int64_t o = offs[i];
+
+		if (o < 0 || o > (int64_t)len - size)
+			return i;
+		switch (size) {
+		case 1: out[i] = buf[o]; break;
+		case 2: memcpy(out + 2 * i, buf + o, 2); break;
+		case 4: memcpy(out + 4 * i, buf + o, 4); break;
+		default: memcpy(out + 8 * i, buf + o, 8); break;
+		}
+	}
+	return n;
+}
