@@ -10,6 +10,7 @@ import pytest
 from tracedep.tracer import ring_pages
 from tracedep.tracer.event_rows import _gather, sorted_unique
 
+
 @pytest.fixture(params=["c", "numpy"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both gathers: the C one (tracer/native/ringwalk.c) and numpy's, its fallback."""
