@@ -121,9 +121,10 @@ def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingRe
     """The acquire rows (of ``lock_rows``, sorted) whose release may be invisible."""
     if not missing or not len(lock_rows):
         return RowSet()
-    lt = events["lock_type"].iloc[lock_rows].to_numpy().astype(str)
-    sel = np.isin(lt, list(missing.types)) if missing.types else np.zeros(len(lock_rows), bool)
+    col = events["lock_type"].iloc[lock_rows]
+    sel = _of_types(col, missing.types)
     if missing.module_types:
+        lt = col.to_numpy().astype(str)
         sites = info.inline_sites
         names = events["event"].iloc[lock_rows].to_numpy().astype(str)
         ips = events["ip"].to_numpy()[lock_rows]
@@ -136,6 +137,18 @@ def suspect_rows(events: pd.DataFrame, lock_rows: np.ndarray, missing: MissingRe
                 mod = symbols.module_of(int(ips[k]), int(tss[k]))
             sel[k] = (str(mod), lt[k]) in missing.module_types
     return RowSet.of_sorted(lock_rows[sel])
+
+
+def _of_types(col: pd.Series, types: frozenset[str]) -> np.ndarray:
+    """Which values of ``col`` are one of ``types`` (a categorical by its categories:
+    a window has a few lock types and tens of thousands of acquisitions)."""
+    if not types:
+        return np.zeros(len(col), bool)
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = col.cat.codes.to_numpy()
+        known = np.append(np.isin(col.cat.categories.astype(str), list(types)), "nan" in types)
+        return known[codes]  # code -1 (no value) reads the last: astype(str) gave "nan"
+    return np.isin(col.to_numpy().astype(str), list(types))
 
 
 def holder_on_stack(events: pd.DataFrame, stacks: list[tuple[int, ...]],

@@ -27,7 +27,7 @@ again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -357,8 +357,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
         classes, obj_cls = _window_classes(ev, row0, plans, engines, kept_ids)
         lock_rows = np.nonzero((ev["kind"] == "lock_acquire").to_numpy())[0]
         sus = missing.suspect_rows(ev, lock_rows, unseen, info, syms)
-        suspects = RowSet.of_sorted(np.union1d(carry, np.asarray(
-            sorted(sus), dtype=np.int64) + row0))
+        suspects = _suspects(carry, sus, row0)
         held_open.add(ev, row0)
         holder = missing.holder_on_stack(ev, t.stacks, syms, row0, held_open.at)
         for a in range(0, len(ev), 1 << 16):
@@ -389,7 +388,8 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
         for m, c in coverage(ev, syms, [], mods).items():
             hits[m] += c.lock_events
         held_open.keep(still["row"].to_numpy(dtype=np.int64))
-        carry = np.intersect1d(suspects.rows, rp.pending_rows())
+        pending = np.unique(rp.pending_rows())
+        carry = pending[suspects.contains(pending)]
         del ev, w, settled, cand
     rep = rp.finish()
     last = rep.acquisitions  # the acquisitions never settled, as the trace left them
@@ -406,6 +406,18 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
     rep.acquisitions = acqs
     return gathered, Replayed(rep, gathered.waits, cases, acqs,
                               np.concatenate(gaps) if gaps else np.zeros(0, np.int64))
+
+
+def _suspects(carry: np.ndarray, sus: AbstractSet[int], row0: int) -> RowSet:
+    """The suspect rows of a window (``sus``, from its first row) and of the calls still
+    pending from earlier windows (``carry``, sorted): one sorted array without sorting
+    again, since every earlier row comes before the window's."""
+    mine = (sus.rows if isinstance(sus, RowSet) else np.asarray(sorted(sus), np.int64)) + row0
+    if not len(carry):
+        return RowSet.of_sorted(mine)
+    if not len(mine) or int(carry[-1]) < int(mine[0]):
+        return RowSet.of_sorted(np.concatenate([carry, mine]))
+    return RowSet.of_sorted(np.union1d(carry, mine))
 
 
 def _classes_of(ids: np.ndarray, table: list[lock_classes.LockClass]

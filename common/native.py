@@ -38,8 +38,11 @@ def load(src: Path, what: str) -> ctypes.CDLL | None:
     is switched off."""
     if not enabled():
         return None
-    src = src.resolve()
+    if src in _LOADED:  # before resolving: hot loops ask for their library per call
+        return _LOADED[src]
+    given, src = src, src.resolve()
     if src in _LOADED:
+        _LOADED[given] = _LOADED[src]
         return _LOADED[src]
     lib: ctypes.CDLL | None = None
     try:
@@ -55,5 +58,5 @@ def load(src: Path, what: str) -> ctypes.CDLL | None:
         detail = e.stderr.decode(errors="replace")[-500:] if isinstance(
             e, subprocess.CalledProcessError) and e.stderr else str(e)
         log.info("native %s unavailable (%s); using Python", what, detail)
-    _LOADED[src] = lib
+    _LOADED[src] = _LOADED[given] = lib
     return lib

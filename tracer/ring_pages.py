@@ -190,11 +190,13 @@ def walk_pages(buf: bytes, base: int, cpu: int, hp: PageHeader, out: RawRecords,
         cursor.prev_ts = prev_page_ts
 
 
+_SOURCE = Path(__file__).resolve().parent / "native" / "ringwalk.c"
+
+
 def _native() -> ctypes.CDLL | None:
     """The C page walker (tracer/native/ringwalk.c), compiled once into the cache
     (common.native); None when no compiler is at hand (the pure-Python walk is then used)."""
-    lib = native.load(Path(__file__).resolve().parent / "native" / "ringwalk.c",
-                      "ring walker")
+    lib = native.load(_SOURCE, "ring walker")
     if lib is not None:
         lib.td_walk.restype = ctypes.c_long
         lib.td_gather.restype = ctypes.c_long
