@@ -237,6 +237,15 @@ class Replayer:
         self._since = (len(self.sleeps), len(self.forced), len(self.irq_ended))
         return (self.sleeps[was[0]:], self.forced[was[1]:], self.irq_ended[was[2]:])
 
+    def forget_sleeps(self) -> None:
+        """Drop the sleeps :meth:`since` handed out (a stream keeps them its own way,
+        analysis.sleep_fold); :meth:`finish` then gives only those not read yet."""
+        if self.native is not None:
+            self.native.forget_sleeps()
+            return
+        del self.sleeps[:self._since[0]]  # in place: a feed's loop holds this list
+        self._since = (0, self._since[1], self._since[2])
+
     def _open(self) -> Iterator[int]:
         """The acquisitions still open: held, or waited for."""
         for st in self.stacks.values():

@@ -109,6 +109,8 @@ def library() -> ctypes.CDLL | None:
         lib.td_rp_get_from.argtypes = [_P] * 6
         lib.td_rp_get_from.restype = ctypes.c_int
         lib.td_rp_pending_rows.argtypes = [_P, _P]
+        lib.td_rp_forget_sleeps.argtypes = [_P, _I64, _I64]
+        lib.td_rp_forget_sleeps.restype = ctypes.c_int
         lib.td_rp_pending_suspect.argtypes = [_P, _P]
     return lib
 
@@ -386,6 +388,15 @@ class NativeReplayer:
                 [Forced(a, r, FORCED_REASONS[why - 1]) for a, r, why in
                  forced.reshape(-1, 3).tolist()],
                 [(a, r) for a, r in ended.reshape(-1, 2).tolist()])
+
+    def forget_sleeps(self) -> None:
+        """Drop the sleeps :meth:`since` handed out: the stream keeps them its own way
+        (analysis.sleep_fold) and :meth:`finish` gives only those not read yet."""
+        was = getattr(self, "_read", None)
+        if was is None or not was[0]:
+            return
+        self._check(self.lib.td_rp_forget_sleeps(self.handle, int(was[0]), int(was[1])))
+        self._read = np.array([0, 0, was[2], was[3]], np.int64)
 
     def acq_bytes(self) -> int:
         """Bytes the C state holds for acquisitions (blocks, rows kept past a drain)."""

@@ -103,6 +103,12 @@ class SleepEvent:
     held: list[int]  # acquisition indices of spin/rwlocks held (and all held, for the report)
     all_held: list[int]
     preempt_extra: int  # preempt depth not explained by held spinning locks
+    # a stream folds the sleeps one verdict judges alike into the first (analysis.sleep_fold):
+    # how many it stands for, and (``folded``) what its task's other may-sleep calls around
+    # it said, which the rule would otherwise read from them (sleep_rules.around_of)
+    repeats: int = 1
+    folded: bool = False
+    around: object = None
 
 
 @dataclass

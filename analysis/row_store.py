@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tracedep.analysis.findings import Frame
-from tracedep.analysis.replay_types import EdgeAcc, Recursion, Replay, SleepEvent
+from tracedep.analysis.replay_types import EdgeAcc, Recursion, Replay
 
 Edges = dict[tuple[int, int], list[EdgeAcc]]
 
@@ -162,8 +162,9 @@ def renumber(store: RowStore, rep: Replay, wait_edges: Edges,
         usage={c: {b: at(r) for b, r in bits.items()} for c, bits in rep.usage.items()},
         recursions=[Recursion(at(x.row), at(x.held_row), x.same_instance, x.cls)
                     for x in rep.recursions],
-        sleeps=[SleepEvent(at(s.row), list(s.reasons), [new_acq[a] for a in s.held],
-                           [new_acq[a] for a in s.all_held], s.preempt_extra)
+        sleeps=[replace(s, row=at(s.row), reasons=list(s.reasons),
+                        held=[new_acq[a] for a in s.held],
+                        all_held=[new_acq[a] for a in s.all_held])
                 for s in rep.sleeps],
         switch_baseline=rep.switch_baseline, unmatched_releases=rep.unmatched_releases,
         irq_leaked=rep.irq_leaked, warnings=list(rep.warnings))

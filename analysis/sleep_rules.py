@@ -4,6 +4,7 @@ IRQs or BH are off, or in hardirq/softirq context (analysis.rules has the shared
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,8 +24,12 @@ from tracedep.analysis.rules import (
     gfp_text,
     site_context,
 )
+from tracedep.analysis.run_symbols import RunSymbols
 from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
 from tracedep.tracer.probes import api_name
+
+# a task's may-sleep calls this close in time are parts of one incident
+NEAR_NS = 1_000_000
 
 
 class _Labels:
@@ -99,23 +104,25 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
 
     A driver that sleeps in atomic context in a loop does it millions of times from
     a few code paths: what one event comes to (skipped, or counted in which group)
-    depends only on what :func:`_verdict_key` gathers, so only the first of each is
-    symbolized and judged; the rest are counted."""
+    depends only on what :func:`verdict_key` gathers, so only the first of each is
+    symbolized and judged; the rest are counted (a stream has folded them already:
+    analysis.sleep_fold, ``SleepEvent.repeats``)."""
     ev = _SleepEvents.of(cx)
     acq_cls = cx.replay.acquisitions["cls"].to_numpy()
     groups: dict[tuple[str, ...], Finding] = {}
     verdicts: dict[tuple[object, ...], tuple[str, ...] | None] = {}
     for s in cx.replay.sleeps:
-        vkey = _verdict_key(cx, ev, s, acq_cls)
+        around = s.around if s.folded else around_of(ev, s.row)
+        vkey = _verdict_key(cx, ev, s, acq_cls, around)
         if vkey in verdicts:
             seen = verdicts[vkey]
             if seen is not None:
-                groups[seen].count += 1
+                groups[seen].count += s.repeats
             continue
         verdicts[vkey] = None
         frames = cx.stack_frames(s.row)
         call = cx.call_frame(s.row)
-        api = _sleep_api(cx, ev, s, frames, call)
+        api = _sleep_api(cx, ev, s, frames, call, around)
         if api is None:
             continue
         culprit = _culprit(frames, call)
@@ -125,36 +132,67 @@ def sleep_findings(cx: Ctx) -> list[Finding]:
         key = inc.key(cx)
         verdicts[vkey] = key
         if key in groups:
-            groups[key].count += 1
+            groups[key].count += s.repeats
         else:
             groups[key] = _sleep_finding(cx, inc, key)
+            groups[key].count = s.repeats
     return list(groups.values())
 
 
-def _verdict_key(cx: Ctx, ev: _SleepEvents, s: SleepEvent, acq_cls: np.ndarray
-                 ) -> tuple[object, ...]:
-    """Everything the verdict on sleep event ``s`` reads: its stack and call site (and
-    which load of their modules: an address means one thing within one), what it
-    called, the may-sleep events around it that make it part of another incident,
-    its reasons and the classes held."""
+@dataclass(frozen=True)
+class SleepRow:
+    """What the verdict on a sleep reads of its own event row."""
+
+    ts: int
+    ip: int
+    stack_id: int
+    kind: object
+    func: object
+    event: object
+    value: int
+    gfp: int
+
+
+def verdict_key(stacks: list[tuple[int, ...]], symbols: RunSymbols, row: SleepRow,
+                text_row: int | None, around: object, reasons: list[str],
+                held_classes: Iterable[int]) -> tuple[object, ...]:
+    """Everything the verdict on a sleep event reads: its stack and call site (and
+    which load of their modules: an address means one thing within one; ``text_row``:
+    a text trace's row whose site is its own), what it called, what the task's other
+    may-sleep calls around it say (``around``: :func:`around_of`), its reasons and the
+    classes held.  The whole frame's rule and the stream's fold both key by it."""
+    sid = row.stack_id
+    stack = stacks[sid] if 0 <= sid < len(stacks) else ()
+    site: object = (row.ip, symbols.epoch(row.ip, row.ts)) if text_row is None else text_row
+    what = (row.kind, row.func, row.event, row.value, row.gfp if row.kind == "alloc" else 0)
+    return (sid if stack else ("text", sid), tuple(symbols.epoch(a, row.ts) for a in stack),
+            site, what, around, tuple(reasons), tuple(sorted(set(held_classes))))
+
+
+def _verdict_key(cx: Ctx, ev: _SleepEvents, s: SleepEvent, acq_cls: np.ndarray,
+                 around: object) -> tuple[object, ...]:
     r = s.row
-    ts = int(ev.ts[r])
     ip = int(ev.ips[r])
-    sid = int(ev.stack_ids[r])
-    stack = cx.stacks[sid] if 0 <= sid < len(cx.stacks) else ()
-    site: object = (ip, cx.symbols.epoch(ip, ts)) if ip or r not in cx.text_sites else r
-    kind, func = ev.kinds[r], ev.funcs[r]
-    around: object = None
+    row = SleepRow(int(ev.ts[r]), ip, int(ev.stack_ids[r]), ev.kinds[r], ev.funcs[r],
+                   ev.events[r], int(ev.values[r]), int(ev.gfps[r]))
+    text_row = r if not ip and r in cx.text_sites else None
+    return verdict_key(cx.stacks, cx.symbols, row, text_row, around, s.reasons,
+                       (int(acq_cls[a]) for a in s.held))
+
+
+def around_of(ev: _SleepEvents, r: int) -> object:
+    """What the task's other may-sleep calls around row ``r`` make of it: for
+    might_sleep(), whether one is within 1 ms (:func:`_near_api`); for a catalog call,
+    the functions called in the millisecond before and whether one of them came from
+    the same call site (:func:`_before`); None for the rest."""
     if ev.is_might_sleep(r):
-        around = _near_api(ev, r)
-    elif kind == "sleep_call":
+        return _near_api(ev, r)
+    if ev.kinds[r] == "sleep_call":
         before = _before(ev, r)
-        around = (frozenset(str(ev.funcs[q]) for q in before),
-                  bool(ip) and any(int(ev.ips[q]) == ip and ev.funcs[q] != func for q in before))
-    what = (kind, func, ev.events[r], int(ev.values[r]),
-            int(ev.gfps[r]) if kind == "alloc" else 0)
-    return (sid if stack else ("text", sid), tuple(cx.symbols.epoch(a, ts) for a in stack),
-            site, what, around, tuple(s.reasons), tuple(sorted({int(acq_cls[a]) for a in s.held})))
+        ip, func = int(ev.ips[r]), ev.funcs[r]
+        return (frozenset(str(ev.funcs[q]) for q in before),
+                bool(ip) and any(int(ev.ips[q]) == ip and ev.funcs[q] != func for q in before))
+    return None
 
 
 def _near_api(ev: _SleepEvents, r: int) -> bool:
@@ -162,7 +200,7 @@ def _near_api(ev: _SleepEvents, r: int) -> bool:
     t = int(ev.ts[r])
     near = ev.api_ts.get(int(ev.pids[r]), [])
     i = int(np.searchsorted(near, ev.ts[r]))
-    return any(abs(near[j] - t) < 1_000_000 for j in (i - 1, i) if 0 <= j < len(near))
+    return any(abs(near[j] - t) < NEAR_NS for j in (i - 1, i) if 0 <= j < len(near))
 
 
 def _before(ev: _SleepEvents, r: int) -> list[int]:
@@ -171,20 +209,21 @@ def _before(ev: _SleepEvents, r: int) -> list[int]:
     t = int(ev.ts[r])
     pid = int(ev.pids[r])
     times, rows = ev.api_ts.get(pid, []), ev.api_rows.get(pid, [])
-    lo, hi = bisect_right(times, t - 1_000_000), bisect_left(times, t)
+    lo, hi = bisect_right(times, t - NEAR_NS), bisect_left(times, t)
     return [q for q in rows[lo:hi] if ev.kinds[q] == "sleep_call"]
 
 
-def _sleep_api(cx: Ctx, ev: _SleepEvents, s: SleepEvent, frames: list[Frame], call: Frame
-               ) -> str | None:
+def _sleep_api(cx: Ctx, ev: _SleepEvents, s: SleepEvent, frames: list[Frame], call: Frame,
+               around: object) -> str | None:
     """What may sleep, as the message names it; None when this event is not the
     incident (another event of the same call is)."""
     r = s.row
     kind = ev.kinds[r]
     if ev.is_might_sleep(r):
-        return _might_sleep_api(ev, r, frames, call)
+        return _might_sleep_api(bool(around), frames, call)
     if kind == "sleep_call":
-        return _catalog_api(ev, s, frames)
+        assert isinstance(around, tuple)
+        return _catalog_api(ev, s, frames, around)
     if kind == "alloc":
         if ev.events[r] == "kmem/mm_page_alloc" and any(
                 api_name(f.function) in SLAB_INTERNALS for f in frames[1:]):
@@ -202,8 +241,7 @@ def _sleep_api(cx: Ctx, ev: _SleepEvents, s: SleepEvent, frames: list[Frame], ca
     return "schedule() (voluntary context switch)"
 
 
-def _might_sleep_api(ev: _SleepEvents, r: int, frames: list[Frame], call: Frame) -> str | None:
-    close = _near_api(ev, r)
+def _might_sleep_api(close: bool, frames: list[Frame], call: Frame) -> str | None:
     # might_alloc() inside an allocator: the allocation's own event (with its GFP
     # flags) is the incident, stack or no stack
     inside_api = any(api_name(f.function) in ALLOC_FUNCS for f in [call, *frames[1:4]])
@@ -213,18 +251,17 @@ def _might_sleep_api(ev: _SleepEvents, r: int, frames: list[Frame], call: Frame)
     return f"might_sleep() in {where}()"
 
 
-def _catalog_api(ev: _SleepEvents, s: SleepEvent, frames: list[Frame]) -> str | None:
+def _catalog_api(ev: _SleepEvents, s: SleepEvent, frames: list[Frame],
+                 around: tuple[frozenset[str], bool]) -> str | None:
     r = s.row
+    outer, same_site = around
     # one catalog function calling another (flush_work → __flush_work when the
     # compiler kept both out of line): the outer call is the incident
-    before = _before(ev, r)
-    outer = {str(ev.funcs[q]) for q in before}
     if any(f.function in outer for f in frames[1:]):
         return None
     # ... or tail-calling it (flush_work: jmp __flush_work): no frame of the outer
     # one is left, but both were entered from the same call site
-    if int(ev.ips[r]) and any(int(ev.ips[q]) == int(ev.ips[r]) and ev.funcs[q] != ev.funcs[r]
-                              for q in before):
+    if same_site:
         return None
     if ev.funcs[r] == "schedule" and s.reasons == ["irqs-off"]:
         # schedule() itself may be entered with IRQs masked (arm64's do_notify_resume

@@ -47,6 +47,7 @@ from tracedep.analysis.hold_stream import HoldStream, OpenSites
 from tracedep.analysis.nesting import NestingJudge
 from tracedep.analysis.replay_types import Replay, RowSet
 from tracedep.analysis.run_symbols import RunSymbols
+from tracedep.analysis.sleep_fold import SleepFold
 from tracedep.analysis.trace import (
     check_traced,
     completeness,
@@ -347,6 +348,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
     mods = pipeline.module_names(t)
     hits = dict.fromkeys(mods, 0)
     held_open = OpenSites()
+    sleeps = SleepFold(t.stacks, syms)
     irq_ended: dict[int, int] = {}  # acquisition -> the row it ended at
     referenced: set[int] = set()
     kept: list[pd.DataFrame] = []
@@ -365,17 +367,19 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
             rp.feed(ev.iloc[a:a + (1 << 16)], classes[a:a + (1 << 16)], row_offset=row0 + a,
                     suspect_rows=suspects, holder_on_stack=holder)
         new_sleeps, new_forced, new_ended = rp.since()
-        for sl in new_sleeps:
-            referenced.update(sl.held)
-            referenced.update(sl.all_held)
+        rp.forget_sleeps()
         settled = rp.drain()
         still = rp.undrained()
         irq_ended.update(new_ended)
         stats.add(settled)
         _count_forced(forced, settled, names)
+        cand = pd.concat([settled, still], ignore_index=True).sort_values("acq")
+        for sl in sleeps.add(new_sleeps, ev, row0, _class_lookup(cand)):
+            referenced.update(sl.held)
+            referenced.update(sl.all_held)
+        sleeps.window_end(int(ev["ts_ns"].to_numpy()[-1]) if len(ev) else 0)
         if referenced:
             kept.append(settled[settled["acq"].isin(list(referenced))])
-        cand = pd.concat([settled, still], ignore_index=True).sort_values("acq")
         end = waits.ends_of(cand, ev["ts_ns"].to_numpy(),
                             {**{f.acq: f.row for f in new_forced}, **irq_ended}, row0)
         obj = np.nonzero(ev["kind"].isin(waits.OBJECT_KINDS).to_numpy())[0]
@@ -393,6 +397,7 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
         carry = pending[suspects.contains(pending)]
         del ev, w, settled, cand
     rep = rp.finish()
+    rep.sleeps = sleeps.finish()  # finish() has none the windows did not hand out
     last = rep.acquisitions  # the acquisitions never settled, as the trace left them
     stats.add(last)
     _count_forced(forced, last, names)
@@ -407,6 +412,20 @@ def replay_pass(s: Survey, plans: Plans, namer: lock_classes.ClassNamer | None
     rep.acquisitions = acqs
     return gathered, Replayed(rep, gathered.waits, cases, acqs,
                               np.concatenate(gaps) if gaps else np.zeros(0, np.int64))
+
+
+def _class_lookup(acqs: pd.DataFrame) -> Callable[[list[int]], list[int]]:
+    """The lock classes of acquisitions (by index) among ``acqs`` (sorted by ``acq``;
+    -1: not there)."""
+    acq, cls = acqs["acq"].to_numpy(np.int64), acqs["cls"].to_numpy(np.int64)
+
+    def classes(ids: list[int]) -> list[int]:
+        want = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(acq, want), max(len(acq) - 1, 0))
+        found = acq[at] == want if len(acq) else np.zeros(len(want), bool)
+        return np.where(found, cls[at] if len(acq) else -1, -1).tolist()
+
+    return classes
 
 
 def _suspects(carry: np.ndarray, sus: AbstractSet[int], row0: int) -> RowSet:

@@ -1476,3 +1476,30 @@ void td_rp_pending_suspect(rp_t *s, const uint8_t *suspect)
 			for (int64_t j = 0; j < s->tasks[ti].cx[c].pend.n; j++, k++)
 				s->tasks[ti].cx[c].pend.a[j].suspect = suspect[k] != 0;
 }
+
+/* Forget the first n_sleeps sleeps and their first n_ids acquisition ids, which a stream
+ * has read (td_rp_get_from) and keeps in its own way (analysis.sleep_fold): the replay's
+ * sleeps must not grow with a driver that sleeps in atomic context all run long.
+ * TD_EINPUT when the counts are not a prefix that ends on a sleep's boundary. */
+int td_rp_forget_sleeps(rp_t *s, int64_t n_sleeps, int64_t n_ids)
+{
+	int64_t ids = 0;
+
+	if (n_sleeps < 0 || n_sleeps > s->sleeps.n)
+		return TD_EINPUT;
+	for (int64_t i = 0; i < n_sleeps; i++)
+		ids += s->sleeps.a[i].n_held + s->sleeps.a[i].n_all;
+	if (ids != n_ids || n_ids > s->sleep_ids.n)
+		return TD_EINPUT;
+	if (n_sleeps) {
+		memmove(s->sleeps.a, s->sleeps.a + n_sleeps,
+			(size_t)(s->sleeps.n - n_sleeps) * sizeof(sleep_t));
+		s->sleeps.n -= n_sleeps;
+	}
+	if (n_ids) {
+		memmove(s->sleep_ids.a, s->sleep_ids.a + n_ids,
+			(size_t)(s->sleep_ids.n - n_ids) * sizeof(int64_t));
+		s->sleep_ids.n -= n_ids;
+	}
+	return 0;
+}

@@ -301,3 +301,30 @@ def test_the_block_size_is_set_before_the_first_acquisition() -> None:
         rp.native.set_block_shift(2)
     with pytest.raises(ValueError):
         Replayer(native=True).native.set_block_shift(40)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["python", "c"])
+@pytest.mark.parametrize("module", ["td_mutex_spin_bug", "td_alloc_spin_bug",
+                                    "td_percpu_sleep_bug"])
+def test_sleeps_read_and_forgotten_are_every_sleep_once(
+        module: str, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream reads each chunk's sleeps (since()) and has the replay forget them
+    (forget_sleeps(), analysis.sleep_fold): read together they are a whole replay's,
+    and the replay keeps none of them (finish() has the sleeps not read, none)."""
+    (events, classes, *args), kw = pipeline_args(
+        load_fixture(DATA / "rules" / module), monkeypatch)
+    ref = replay(events, classes, *args, native=False, chunk_rows=1 << 30, **kw)
+    assert ref.sleeps, f"{module}: no sleep in atomic context"
+    rp = Replayer(*args, depth_counts_spin=kw.pop("depth_counts_spin", False),
+                  own_classes=kw.pop("own_classes", frozenset()),
+                  baseline=switch_baseline(events), native=native)
+    read = []
+    for a in range(0, len(events), 7):
+        rp.feed(events.iloc[a:a + 7], classes[a:a + 7], row_offset=a, **kw)
+        read += rp.since()[0]
+        rp.forget_sleeps()
+        rp.drain()
+    assert read == ref.sleeps
+    assert rp.finish().sleeps == []
+    rp.forget_sleeps()  # nothing read since: nothing to forget
+    assert rp.since()[0] == []
