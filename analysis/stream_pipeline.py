@@ -17,8 +17,8 @@ Four passes over the decoder's windows (tracer.decode_stream), each holding one 
 
 Then the rules run over the store, as ``pipeline.conclude`` runs them for the whole
 frame: the findings are the whole frame's.  What it keeps grows with classes, edges,
-held locks and the findings' witnesses (and the sleeps in atomic context the replay
-counts one by one), not with events.  The survey decodes the pages and keeps its
+held locks and the findings' witnesses (the sleeps in atomic context one per verdict:
+analysis.sleep_fold), not with events.  The survey decodes the pages and keeps its
 windows on disk (tracer.window_spill) for the other passes, which read them back
 instead of decoding again; without room on disk for them, each pass decodes the trace
 again.

@@ -1,6 +1,6 @@
 """Analysis throughput and peak memory on a large real trace, and on prefixes of it.
 
-Usage: python bench/bench_analysis.py [RUN_DIR] [--record] [--seconds S]
+Usage: python bench/bench_analysis.py [RUN_DIR] [--record] [--seconds S] [--atomic-sleep]
                                       [--fractions 1/16,1/4,1] [--decode-repeats N]
                                       [--profile]
 
@@ -24,8 +24,9 @@ measurement runs in a fresh process, so peak RSS is that stage's:
   together   load + analyze in one process (what ``tracedep analyze --no-dwarf``
              costs before writing reports)
   streamed   analysis.stream_pipeline.analyze_run: the same analysis a window at a
-             time (four decodes; what a trace longer than memory gets, and
-             ``tracedep analyze --stream``): its peak should stay flat
+             time (one decode, its windows kept on disk for the later passes; what a
+             trace longer than memory gets, and ``tracedep analyze --stream``): its
+             peak should stay flat
 
 ev/s is events per wall second and ev/cpu-s per CPU second of the child (the
 child is single-threaded, so ev/cpu-s is the one-core rate, less sensitive to
@@ -145,9 +146,9 @@ def run_child(stage: str, run: Path) -> dict[str, Any]:
 # -- the large run and its prefixes ---------------------------------------------------------
 
 
-def large_run(seconds: int, force: bool) -> Path:
+def large_run(seconds: int, force: bool, atomic_sleep: bool = False) -> Path:
     base = CACHE / "analysis"
-    run = base / f"large-{seconds}s"
+    run = base / f"large-{seconds}s{'-sleep' if atomic_sleep else ''}"
     if run.is_dir() and not force:
         try:
             m = json.loads((run / "manifest.json").read_text())
@@ -161,7 +162,7 @@ def large_run(seconds: int, force: bool) -> Path:
     wl_dir = base / ".workloads"
     wl_dir.mkdir(exist_ok=True)
     print(f"bench_analysis: recording a {seconds} s saturating run into {run} …", flush=True)
-    rr = record(tmp, "socket", 2, workload_file(seconds, wl_dir), seconds)
+    rr = record(tmp, "socket", 2, workload_file(seconds, wl_dir, atomic_sleep), seconds)
     m = json.loads((tmp / "manifest.json").read_text())
     if m.get("state") != "complete":
         raise SystemExit(f"bench_analysis: the recording in {tmp} is {m.get('state')} "
@@ -258,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default="1/16,1/4,1",
                     help="prefixes of the trace to measure (default: 1x, 4x and 16x the first)")
     ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--atomic-sleep", action="store_true",
+                    help="the large run with td_bench_load's atomic_sleep=1: a sleep in atomic "
+                    "context every round (what the stream keeps of millions of them)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile analyze on the full trace (cProfile)")
     ap.add_argument("--child", choices=("decode", "stream", "analyze", "streamed", "profile"),
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.run_dir is not None and a.record:
         ap.error("give a RUN_DIR or --record, not both")
     t_start = time.monotonic()
-    run = a.run_dir.resolve() if a.run_dir else large_run(a.seconds, a.record)
+    run = a.run_dir.resolve() if a.run_dir else large_run(a.seconds, a.record, a.atomic_sleep)
     if not a.run_dir:
         repair_manifest(run)  # only our own recording: never rewrite a user's run
     fracs = [Fraction(f) for f in a.fractions.split(",")]

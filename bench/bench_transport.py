@@ -66,9 +66,12 @@ def loadavg() -> float:
     return os.getloadavg()[0]
 
 
-def workload_file(seconds: int, dest_dir: Path) -> Path:
-    p = dest_dir / f"saturate-{seconds}s.sh"
-    p.write_text(f"TD_BENCH_SECONDS={seconds}\n" + WORKLOAD.read_text())
+def workload_file(seconds: int, dest_dir: Path, atomic_sleep: bool = False) -> Path:
+    """saturate.sh for ``seconds`` (``atomic_sleep``: every round also sleeps in atomic
+    context, td_bench_load's ``atomic_sleep=1``)."""
+    p = dest_dir / f"saturate-{seconds}s{'-sleep' if atomic_sleep else ''}.sh"
+    p.write_text(f"TD_BENCH_SECONDS={seconds}\n"
+                 + ("TD_BENCH_ATOMIC_SLEEP=1\n" if atomic_sleep else "") + WORKLOAD.read_text())
     return p
 
 

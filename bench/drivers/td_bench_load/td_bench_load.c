@@ -2,13 +2,19 @@
 /*
  * td_bench_load - lock/allocation traffic generator for tracedep's benchmarks.
  *
- * Not a test driver: it has no planted bug and no expect.json.  On load it
+ * Not a test driver: it has no planted bug and no expect.json (but for
+ * `atomic_sleep=1`, below).  On load it
  * starts one kthread per online CPU (or `threads`); each loops for `seconds`
  * taking and releasing spinlocks (plain, irqsave, bh, nested pair), a mutex,
  * and allocating and freeing under it, as fast as the CPU allows, calling
  * cond_resched() once per round so the pumps that move the trace still run.
  * The loops also end on rmmod.  Every round is ~14 traced events (lock entry
  * probes, mutex return probe, kmalloc/kfree tracepoints, __cond_resched).
+ *
+ * `atomic_sleep=1` adds, to every round, a mutex_lock() under a spinlock: a
+ * sleep in atomic context as a buggy driver in a loop makes it, millions of
+ * times (the benchmark of what a stream keeps of them).  That mutex is only ever
+ * taken under that spinlock, so it is never contended and never really sleeps.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -29,12 +35,18 @@ static unsigned int threads;
 module_param(threads, uint, 0444);
 MODULE_PARM_DESC(threads, "thread count (default: one per online CPU)");
 
+static unsigned int atomic_sleep;
+module_param(atomic_sleep, uint, 0444);
+MODULE_PARM_DESC(atomic_sleep, "1: each round also takes a mutex under a spinlock");
+
 #define TD_MAX_THREADS 64
 
 static DEFINE_SPINLOCK(td_bench_outer_lock);
 static DEFINE_SPINLOCK(td_bench_inner_lock);
 static DEFINE_SPINLOCK(td_bench_irq_lock);
 static DEFINE_MUTEX(td_bench_mutex);
+static DEFINE_SPINLOCK(td_bench_atomic_lock);
+static DEFINE_MUTEX(td_bench_atomic_mutex);
 static struct task_struct *td_bench_tasks[TD_MAX_THREADS];
 static atomic64_t td_bench_rounds = ATOMIC64_INIT(0);
 static unsigned long td_bench_sink;
@@ -65,6 +77,13 @@ static void td_bench_round(void)
 		kfree(p);
 	}
 	mutex_unlock(&td_bench_mutex);
+
+	if (atomic_sleep) {
+		spin_lock(&td_bench_atomic_lock);
+		mutex_lock(&td_bench_atomic_mutex);	/* may sleep: the bug, on purpose */
+		mutex_unlock(&td_bench_atomic_mutex);
+		spin_unlock(&td_bench_atomic_lock);
+	}
 }
 
 static int td_bench_thread(void *data)
