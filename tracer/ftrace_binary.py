@@ -163,15 +163,16 @@ def decode(
                                         gap_cpu, gap_ts)
     # every record read, stacks and rejected ones too: what the guest's ring buffer
     # counted as read ("read events" in per_cpu/cpuN/stats), when nothing was lost
-    ucpu, ucount = np.unique(rec_cpu, return_counts=True)
-    records_per_cpu = dict(zip(ucpu.tolist(), ucount.tolist(), strict=True))
+    per_cpu = np.bincount(rec_cpu.astype(np.intp)) if len(rec_cpu) else np.zeros(0, np.intp)
+    records_per_cpu = {int(c): int(per_cpu[c]) for c in np.flatnonzero(per_cpu)}
     if len(off) == 0:
         return Decoded(schema.empty(), [], {}, recs.torn_pages, recs.missed_events, 0, {},
                        backwards_pages=recs.backwards_pages, damaged_pages=damaged_pages)
     rc = RecordColumns(buf, rec_ts, rec_cpu, off, reclen32.astype(np.int64), call_insn_size,
                        inline_sites or {}, kprobe_irqs_off_unreliable)
     rc.read_cmdlines(saved_cmdlines)
-    for tid in np.unique(rc.etype[rc.hdr_ok]):
+    # the types present (bincount: a type id is a u16, and a sort of every record is not)
+    for tid in np.flatnonzero(np.bincount(rc.etype[rc.hdr_ok])):
         rc.read_type(tid, fmts.get(int(tid)))
     cal = _calibrate(rc.cols, rc.cal_rows, rc.flags, rc.irq_state, rc.pkind,
                      kprobe_irqs_off_unreliable, rc.kind, rc.lock_type,
@@ -253,7 +254,9 @@ def _batch_edges(carry: Carry, rc: RecordColumns) -> None:
     if rc.stack_rows and rc.stack_rows[0][0] == 0:
         carry.leading_stack[int(rc.rec_cpu[0])] = carry.stack_base + rc.stack_rows[0][1]
     carry.comms_by_cpu = rc.comms_by_cpu
-    for cpu in np.unique(rc.rec_cpu).tolist():
+    cpus: list[int] = (np.flatnonzero(np.bincount(rc.rec_cpu.astype(np.intp))).tolist()
+                       if len(rc.rec_cpu) else [])
+    for cpu in cpus:
         last = int(np.nonzero(rc.rec_cpu == cpu)[0][-1])
         carry.last_record[cpu] = (int(rc.rec_ts[last]), bool(rc.keep[last]))
 
