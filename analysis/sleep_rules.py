@@ -199,7 +199,7 @@ def _near_api(ev: _SleepEvents, r: int) -> bool:
     """Is another may-sleep event of this task within 1 ms of might_sleep() row ``r``?"""
     t = int(ev.ts[r])
     near = ev.api_ts.get(int(ev.pids[r]), [])
-    i = int(np.searchsorted(near, ev.ts[r]))
+    i = bisect_left(near, t)  # np.searchsorted would make the list an array every call
     return any(abs(near[j] - t) < NEAR_NS for j in (i - 1, i) if 0 <= j < len(near))
 
 

@@ -215,12 +215,17 @@ def repair_manifest(run: Path) -> None:
 
 
 def prefix_run(run: Path, frac: Fraction) -> Path:
-    """A copy of ``run`` whose trace/cpu*.raw keep the first ``frac`` of their pages."""
+    """A copy of ``run`` whose trace holds its first ``frac``: every CPU's pages up to one
+    time, the time the first ``frac`` of some CPU's pages reaches (the earliest such), so
+    that the copy is the trace of a shorter run.  Cutting each CPU at ``frac`` of its own
+    pages instead would end the CPUs at different times, as a trace the guest did not
+    finish sending does: a task that went from a CPU that ended to one that goes on would
+    seem to keep what it held (and a lock held then would give findings no run has)."""
     if frac >= 1:
         return run
     dest = run.parent / f"{run.name}-prefix-{frac.numerator}_{frac.denominator}"
     done = dest / ".bench-prefix-done"
-    key = f"{run.stat().st_mtime_ns} {(run / 'manifest.json').stat().st_mtime_ns}"
+    key = f"time-cut {run.stat().st_mtime_ns} {(run / 'manifest.json').stat().st_mtime_ns}"
     if done.is_file() and done.read_text() == key:
         return dest
     shutil.rmtree(dest, ignore_errors=True)
@@ -228,14 +233,19 @@ def prefix_run(run: Path, frac: Fraction) -> Path:
     for p in run.iterdir():
         if p.is_file():
             shutil.copy2(p, dest / p.name)
-    page = 4096
-    for raw in sorted(raw_files(run / "trace").values()):
+    import numpy as np
+
+    raws = sorted(raw_files(run / "trace").values())
+    stamps = {raw: _page_stamps(raw) for raw in raws}
+    cut = min((int(ts[int(len(ts) * frac)]) for ts in stamps.values() if len(ts)), default=0)
+    for raw in raws:
+        ts = stamps[raw]
+        # the pages before the first that starts at or after the cut (pages are in time order)
+        late = np.flatnonzero(ts >= cut)
+        keep = (int(late[0]) if len(late) else len(ts)) * PAGE
         opener = gzip.open if raw.name.endswith(".gz") else open
-        with opener(raw, "rb") as src:
-            pages = sum(iter(lambda: len(src.read(1 << 24)), 0)) // page
-        keep = int(pages * frac) * page
-        name = raw.name.removesuffix(".gz")
-        with opener(raw, "rb") as src, open(dest / "trace" / name, "wb") as dst:
+        with opener(raw, "rb") as src, open(dest / "trace" / raw.name.removesuffix(".gz"),
+                                            "wb") as dst:
             left = keep
             while left:
                 chunk = src.read(min(left, 1 << 24))
@@ -245,6 +255,26 @@ def prefix_run(run: Path, frac: Fraction) -> Path:
                 left -= len(chunk)
     done.write_text(key)
     return dest
+
+
+PAGE = 4096
+
+
+def _page_stamps(raw: Path) -> Any:
+    """The time stamp each whole page of ``raw`` starts with (a page's first 8 bytes)."""
+    import numpy as np
+
+    opener = gzip.open if raw.name.endswith(".gz") else open
+    out = []
+    rest = b""
+    with opener(raw, "rb") as src:
+        while chunk := src.read(PAGE << 12):
+            chunk = rest + chunk
+            whole = len(chunk) // PAGE * PAGE
+            # a copy: a strided view would keep every chunk of the file alive
+            out.append(np.frombuffer(chunk[:whole], "<u8")[::PAGE // 8].copy())
+            rest = chunk[whole:]
+    return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
 
 # -- the table -------------------------------------------------------------------------------
