@@ -238,11 +238,9 @@ class Replayer:
         return (self.sleeps[was[0]:], self.forced[was[1]:], self.irq_ended[was[2]:])
 
     def forget_sleeps(self) -> None:
-        """Drop the sleeps :meth:`since` handed out (a stream keeps them its own way,
-        analysis.sleep_fold); :meth:`finish` then gives only those not read yet."""
+        """Drop the sleeps :meth:`since` handed out (analysis.sleep_fold keeps them)."""
         if self.native is not None:
-            self.native.forget_sleeps()
-            return
+            return self.native.forget_sleeps()
         del self.sleeps[:self._since[0]]  # in place: a feed's loop holds this list
         self._since = (0, self._since[1], self._since[2])
 

@@ -90,10 +90,7 @@ def _prepare(run_dir: Path) -> _Run:
         return _RUNS[run_dir]
     trace = load(run_dir)
     ev = trace.events
-    lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    cls_ids, _table = lock_classes.assign(ev, trace.symbols, lock_rows)
-    classes = np.full(len(ev), -1, dtype=np.int32)
-    classes[lock_rows] = cls_ids
+    classes, _table = row_classes(trace)
     untraced = frozenset(trace.info.untraced_pids)
     spin_pc = trace.info.calibration.get("preempt_count_tracks_spinlocks")
     rep = replay(ev, classes, not trace.info.kprobe_irqs_unknown, untraced,
@@ -682,3 +679,25 @@ def _module_table(entries: list[tuple[int, str, bool]], spans: list[tuple[int, i
                                    np.zeros(len(entries), dtype=bool),
                                    np.array([x for _, _, x in entries], dtype=bool), ends,
                                    first_alias=True)
+
+
+def rules_ctx(path: Path) -> Any:
+    """The rules' context (analysis.rules.Ctx) over a fixture: its classes and replay,
+    as the whole frame's pipeline makes them, without the row store."""
+    from tracedep.analysis.rules import Ctx
+
+    t = load_fixture(path)
+    classes, table = row_classes(t)
+    rep = replay(t.events, classes, not t.info.kprobe_irqs_unknown)
+    return Ctx(t.events, t.stacks, t.symbols, table, rep, t.call_insn_size)
+
+
+def row_classes(t: Trace) -> tuple[np.ndarray, list[Any]]:
+    """Each row's lock class (-1: not an acquisition), as the pipeline assigns them,
+    and the class table."""
+    ev = t.events
+    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
+    ids, table = lock_classes.assign(ev, t.symbols, rows)
+    classes = np.full(len(ev), -1, dtype=np.int32)
+    classes[rows] = ids
+    return classes, table

@@ -14,13 +14,10 @@ import copy
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from recorded_fixture import load_fixture
+from recorded_fixture import rules_ctx
 
-from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import sleep_rules
-from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.replay_types import SleepEvent
 from tracedep.analysis.rules import Ctx
 from tracedep.analysis.sleep_fold import SleepFold
@@ -32,14 +29,8 @@ SLEEPERS = ["td_alloc_spin_bug", "td_mutex_spin_bug", "td_irqoff_sleep_bug",
 
 
 def _ctx(module: str) -> Ctx:
-    t = load_fixture(RULES / module)
-    ev = t.events
-    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    ids, table = lock_classes.assign(ev, t.symbols, rows)
-    classes = np.full(len(ev), -1, dtype=np.int32)
-    classes[rows] = ids
-    rep = replay(ev, classes, not t.info.kprobe_irqs_unknown)
-    return Ctx(ev, t.stacks, t.symbols, table, rep, t.call_insn_size)
+    ctx: Ctx = rules_ctx(RULES / module)
+    return ctx
 
 
 def _folded(cx: Ctx, sleeps: list[SleepEvent], size: int) -> list[SleepEvent]:

@@ -9,13 +9,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from recorded_fixture import load_fixture
+from recorded_fixture import rules_ctx
 
-from tracedep.analysis import classes as lock_classes
 from tracedep.analysis import sleep_rules
-from tracedep.analysis.heldlocks import replay
 from tracedep.analysis.rules import Ctx
 
 RULES = Path(__file__).parents[1] / "data" / "traces" / "rules"
@@ -25,14 +22,8 @@ REPEAT = 40
 
 
 def _ctx(module: str) -> Ctx:
-    t = load_fixture(RULES / module)
-    ev = t.events
-    rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    ids, table = lock_classes.assign(ev, t.symbols, rows)
-    classes = np.full(len(ev), -1, dtype=np.int32)
-    classes[rows] = ids
-    rep = replay(ev, classes, not t.info.kprobe_irqs_unknown)
-    return Ctx(ev, t.stacks, t.symbols, table, rep, t.call_insn_size)
+    ctx: Ctx = rules_ctx(RULES / module)
+    return ctx
 
 
 @pytest.mark.parametrize("module", SLEEPERS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from recorded_fixture import load_fixture
+from recorded_fixture import load_fixture, row_classes
 from recorded_traces import rows_of, with_gap_inside
 
 from tracedep.analysis.pipeline import analyze
@@ -115,16 +115,12 @@ def test_questions_asked_at_once_agree_with_each_question(fixture: Path) -> None
     nothing, on the real trace's wait and signal rows and on every row besides."""
     import numpy as np
 
-    from tracedep.analysis import classes as lock_classes
     from tracedep.analysis.heldlocks import replay, task_contexts
     from tracedep.analysis.waits import _Holds
 
     t = load_fixture(fixture)
     ev = t.events
-    lock_rows = np.nonzero(ev["kind"].to_numpy() == "lock_acquire")[0]
-    ids, _ = lock_classes.assign(ev, t.symbols, lock_rows)
-    classes = np.full(len(ev), -1, dtype=np.int32)
-    classes[lock_rows] = ids
+    classes, _ = row_classes(t)
     rep = replay(ev, classes, untraced=frozenset(t.info.untraced_pids))
     rows = np.arange(len(ev))
     tasks, ctxs = task_contexts(ev, rows)
