@@ -27,8 +27,7 @@ import pandas as pd
 
 from tracedep.analysis.replay_types import SleepEvent
 from tracedep.analysis.run_symbols import RunSymbols
-from tracedep.analysis.sleep_rules import NEAR_NS, SleepRow, verdict_key
-from tracedep.tracer.ftrace_binary import MIGHT_SLEEP
+from tracedep.analysis.sleep_rules import NEAR_NS, SleepRow, is_might_sleep, verdict_key
 
 # a task's catalog call of the last millisecond: (time, is a sleep_call, function, call site)
 _Call = tuple[int, bool, object, int]
@@ -69,7 +68,7 @@ class SleepFold:
             recent = self._recent.setdefault(pid, deque())
             while recent and recent[0][0] <= row.ts - NEAR_NS:
                 recent.popleft()
-            if row.kind == "sleep_call" and row.func == MIGHT_SLEEP:
+            if is_might_sleep(row.kind, row.func):
                 if recent:  # a call of the task in the millisecond before
                     out += self._keep(s, row, True, held)
                 else:

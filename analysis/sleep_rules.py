@@ -78,7 +78,12 @@ class _SleepEvents:
         return v
 
     def is_might_sleep(self, r: int) -> bool:
-        return bool(self.kinds[r] == "sleep_call" and self.funcs[r] == MIGHT_SLEEP)
+        return is_might_sleep(self.kinds[r], self.funcs[r])
+
+
+def is_might_sleep(kind: object, func: object) -> bool:
+    """Is an event of this kind and function a might_sleep() (not a catalog call)?"""
+    return bool(kind == "sleep_call" and func == MIGHT_SLEEP)
 
 
 @dataclass
